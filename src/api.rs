@@ -1,0 +1,14 @@
+//! The gRPC surface: `keyward.v1.KeyService`. Converts proto messages to
+//! domain requests at the boundary (`convert`), maps every domain and storage
+//! error to a `tonic::Status` in one place (`status`), and streams the event
+//! log (`watch`).
+//!
+//! **Architecture invariant:** only `api/`, `ext_authz/`, the operator CLI and
+//! the benchmark tool use proto types; the domain and storage never see them.
+
+mod convert;
+mod key_service;
+pub mod status;
+mod watch;
+
+pub use key_service::KeyServiceApi;

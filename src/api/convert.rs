@@ -1,0 +1,306 @@
+//! Proto messages to domain requests and back. Every field a caller sends is
+//! checked here, and a bad one becomes INVALID_ARGUMENT naming it.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost_types::Timestamp;
+use tonic::Status;
+
+use super::status::invalid_argument;
+use crate::denial::{Denial, Reason};
+use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
+use crate::key_cache::CachedKey;
+use crate::key_management::{ChangeKey, CreateKey};
+use crate::proto;
+use crate::rate_limits::RateLimitStatus;
+use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
+use crate::storage::KeyRecord;
+
+/// More required scopes than this in one request is a caller bug.
+pub const MAX_REQUIRED_SCOPES: usize = 64;
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+/// Year 9999, the end of RFC 3339.
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+pub fn account_id(raw: &str) -> Result<AccountId, Status> {
+    AccountId::parse(raw).map_err(|e| invalid_argument("account_id", e))
+}
+
+pub fn key_id(field: &str, raw: &str) -> Result<KeyId, Status> {
+    KeyId::parse(raw).map_err(|e| invalid_argument(field, e))
+}
+
+pub fn key_name(raw: &str) -> Result<KeyName, Status> {
+    KeyName::parse(raw).map_err(|e| invalid_argument("name", e))
+}
+
+pub fn rate_limit(raw: &proto::RateLimit) -> Result<RateLimit, Status> {
+    RateLimit::new(raw.requests, raw.per_seconds).map_err(|e| invalid_argument("rate_limit", e))
+}
+
+pub fn client_ip(raw: &str) -> Result<Option<IpAddr>, Status> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    trimmed.parse().map(Some).map_err(|_| {
+        invalid_argument(
+            "client_ip",
+            "must be an IPv4 or IPv6 address like 203.0.113.7 (no port)",
+        )
+    })
+}
+
+/// Scope names a request requires, resolved against the catalog.
+pub fn required_scopes(
+    field: &str,
+    names: &[String],
+    catalog: &ScopeCatalog,
+) -> Result<Vec<ScopeIndex>, Status> {
+    if names.len() > MAX_REQUIRED_SCOPES {
+        return Err(invalid_argument(
+            field,
+            format!("at most {MAX_REQUIRED_SCOPES} scopes, got {}", names.len()),
+        ));
+    }
+    names
+        .iter()
+        .map(|name| catalog.require(name).map_err(|e| invalid_argument(field, e)))
+        .collect()
+}
+
+pub fn timestamp_to_millis(field: &str, raw: &Timestamp) -> Result<UnixMillis, Status> {
+    if !(0..1_000_000_000).contains(&raw.nanos) {
+        return Err(invalid_argument(field, "nanos must be between 0 and 999999999"));
+    }
+    if !(0..=MAX_TIMESTAMP_SECONDS).contains(&raw.seconds) {
+        return Err(invalid_argument(
+            field,
+            "must be between 1970-01-01 and 9999-12-31",
+        ));
+    }
+    Ok(UnixMillis(raw.seconds * 1000 + i64::from(raw.nanos / 1_000_000)))
+}
+
+pub fn millis_to_timestamp(at: UnixMillis) -> Timestamp {
+    Timestamp {
+        seconds: at.0.div_euclid(1000),
+        nanos: (at.0.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+impl TryFrom<proto::CreateKeyRequest> for CreateKey {
+    type Error = Status;
+
+    fn try_from(request: proto::CreateKeyRequest) -> Result<Self, Self::Error> {
+        Ok(CreateKey {
+            account_id: account_id(&request.account_id)?,
+            name: key_name(&request.name)?,
+            scopes: request.scopes,
+            preset: (!request.preset.is_empty()).then_some(request.preset),
+            expires_at: request
+                .expires_at
+                .as_ref()
+                .map(|t| timestamp_to_millis("expires_at", t))
+                .transpose()?,
+            rate_limit: request.rate_limit.as_ref().map(rate_limit).transpose()?,
+        })
+    }
+}
+
+/// The fields UpdateKey may change.
+const UPDATABLE: &str = "name, scopes, rate_limit";
+
+impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
+    type Error = Status;
+
+    fn try_from(request: &proto::UpdateKeyRequest) -> Result<Self, Self::Error> {
+        let paths: Vec<&str> = match &request.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
+            // No mask: every field that is set.
+            _ => {
+                let mut inferred = Vec::new();
+                if !request.name.is_empty() {
+                    inferred.push("name");
+                }
+                if !request.scopes.is_empty() {
+                    inferred.push("scopes");
+                }
+                if request.rate_limit.is_some() {
+                    inferred.push("rate_limit");
+                }
+                if inferred.is_empty() {
+                    return Err(invalid_argument(
+                        "update_mask",
+                        format!("nothing to update; set update_mask to some of: {UPDATABLE}"),
+                    ));
+                }
+                inferred
+            }
+        };
+        let mut change = ChangeKey::default();
+        for path in paths {
+            let duplicate = match path {
+                "name" => change.name.replace(key_name(&request.name)?).is_some(),
+                "scopes" => change.scopes.replace(request.scopes.clone()).is_some(),
+                "rate_limit" => change
+                    .rate_limit
+                    .replace(request.rate_limit.as_ref().map(rate_limit).transpose()?)
+                    .is_some(),
+                other => {
+                    return Err(invalid_argument(
+                        "update_mask",
+                        format!(
+                            "unknown path {:?}; updatable: {UPDATABLE}",
+                            other.chars().take(64).collect::<String>()
+                        ),
+                    ));
+                }
+            };
+            if duplicate {
+                return Err(invalid_argument(
+                    "update_mask",
+                    format!("path {path:?} is listed twice"),
+                ));
+            }
+        }
+        Ok(change)
+    }
+}
+
+pub fn page_size(raw: i32) -> Result<u32, Status> {
+    match raw {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n < 0 => Err(invalid_argument("page_size", "must not be negative")),
+        n => Ok((n as u32).min(MAX_PAGE_SIZE)),
+    }
+}
+
+const PAGE_TOKEN_TAG: &str = "k1:";
+
+pub fn encode_page_token(after: &KeyId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_TAG}{after}"))
+}
+
+pub fn decode_page_token(raw: &str) -> Result<Option<KeyId>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        invalid_argument(
+            "page_token",
+            "not a token from a previous ListKeys response",
+        )
+    };
+    if raw.len() > 256 {
+        return Err(bad());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let id = text.strip_prefix(PAGE_TOKEN_TAG).ok_or_else(bad)?;
+    KeyId::parse(id).map(Some).map_err(|_| bad())
+}
+
+fn proto_rate_limit(limit: Option<RateLimit>) -> Option<proto::RateLimit> {
+    limit.map(|l| proto::RateLimit {
+        requests: l.requests(),
+        per_seconds: l.per_seconds(),
+    })
+}
+
+pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key {
+    let (granted, _) = catalog.granted_from_names(record.scopes.iter().map(String::as_str));
+    proto::Key {
+        id: record.id.to_string(),
+        account_id: record.account_id.to_string(),
+        name: record.name.clone(),
+        start: record.start.clone(),
+        scopes: record.scopes.clone(),
+        created_at: Some(millis_to_timestamp(record.created_at)),
+        expires_at: record.expires_at.map(millis_to_timestamp),
+        revoked_at: record.revoked_at.map(millis_to_timestamp),
+        last_used_at: record.last_used_at.map(millis_to_timestamp),
+        rate_limit: proto_rate_limit(record.rate_limit),
+        effective_scopes: catalog.sorted_names(catalog.effective(granted)),
+    }
+}
+
+pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
+    proto::Key {
+        id: key.id.to_string(),
+        account_id: key.account_id.to_string(),
+        name: key.name.to_string(),
+        start: key.start.to_string(),
+        scopes: catalog.names(key.granted).map(str::to_owned).collect(),
+        created_at: Some(millis_to_timestamp(key.created_at)),
+        expires_at: key.expires_at.map(millis_to_timestamp),
+        revoked_at: key.revoked_at.map(millis_to_timestamp),
+        last_used_at: key.last_used_at().map(millis_to_timestamp),
+        rate_limit: proto_rate_limit(key.rate_limit),
+        effective_scopes: catalog.sorted_names(key.effective),
+    }
+}
+
+fn reason(reason: Reason) -> proto::denial::Reason {
+    use proto::denial::Reason as P;
+    match reason {
+        Reason::MissingCredential => P::MissingCredential,
+        Reason::MalformedCredential => P::MalformedCredential,
+        Reason::UnknownKey => P::UnknownKey,
+        Reason::Revoked => P::Revoked,
+        Reason::Expired => P::Expired,
+        Reason::InsufficientScope => P::InsufficientScope,
+        Reason::RateLimited => P::RateLimited,
+        Reason::TooManyFailedAttempts => P::TooManyFailedAttempts,
+        Reason::Unavailable => P::Unavailable,
+    }
+}
+
+pub fn denial(denial: &Denial) -> proto::Denial {
+    proto::Denial {
+        reason: reason(denial.reason) as i32,
+        code: denial.code.to_string(),
+        message: denial.message.to_string(),
+        http_status: u32::from(denial.http_status),
+        required_scope: denial.required_scope.clone().unwrap_or_default(),
+        retry_after_ms: denial.retry_after_ms,
+    }
+}
+
+pub fn rate_limit_status(status: RateLimitStatus) -> proto::RateLimitStatus {
+    proto::RateLimitStatus {
+        limit: status.limit,
+        remaining: status.remaining,
+        reset_ms: u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        let id = KeyId::generate();
+        assert_eq!(decode_page_token(&encode_page_token(&id)).unwrap(), Some(id));
+        assert_eq!(decode_page_token("").unwrap(), None);
+        for garbage in ["%%%", "aGVsbG8", &"A".repeat(300), "azE6a2V5XzEyMw"] {
+            let status = decode_page_token(garbage).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{garbage}");
+            assert!(status.message().starts_with("page_token:"));
+        }
+    }
+
+    #[test]
+    fn timestamps_convert_and_out_of_range_is_refused() {
+        let at = UnixMillis(1_700_000_000_123);
+        assert_eq!(timestamp_to_millis("t", &millis_to_timestamp(at)).unwrap(), at);
+        let bad_nanos = Timestamp { seconds: 1, nanos: -1 };
+        assert!(timestamp_to_millis("t", &bad_nanos).is_err());
+        let far = Timestamp { seconds: MAX_TIMESTAMP_SECONDS + 1, nanos: 0 };
+        assert!(timestamp_to_millis("t", &far).is_err());
+    }
+}

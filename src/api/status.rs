@@ -1,0 +1,44 @@
+//! The one place that turns domain and storage errors into `tonic::Status`.
+//! Database details are logged here and never sent to the caller.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::key_management::ManagementError;
+
+/// INVALID_ARGUMENT naming the field, with `google.rpc.BadRequest` details.
+pub fn invalid_argument(field: &str, reason: impl std::fmt::Display) -> Status {
+    let reason = reason.to_string();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {reason}"),
+        ErrorDetails::with_bad_request_violation(field, reason),
+    )
+}
+
+impl From<ManagementError> for Status {
+    fn from(error: ManagementError) -> Self {
+        match error {
+            ManagementError::Invalid { field, reason } => invalid_argument(field, reason),
+            ManagementError::NotFound => Status::not_found(error.to_string()),
+            ManagementError::KeyLimitReached { limit } => Status::with_error_details(
+                Code::FailedPrecondition,
+                error.to_string(),
+                ErrorDetails::with_precondition_failure_violation(
+                    "KEY_LIMIT",
+                    "account",
+                    format!("at most {limit} active keys per account"),
+                ),
+            ),
+            ManagementError::KeyRevoked => Status::failed_precondition(error.to_string()),
+            ManagementError::Storage(error) => {
+                tracing::error!(%error, "storage failure");
+                Status::unavailable("storage is unavailable; retry later")
+            }
+            ManagementError::Random(error) => {
+                tracing::error!(%error, "random number generator failure");
+                Status::internal("could not generate a key")
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `WatchRevocations`: the event log as a resumable stream.
+//!
+//! A stream subscribes to the feed's live broadcast *before* reading any
+//! history, then reads history from the database, then switches to live
+//! events, skipping any sequence it has already passed. Every event after the
+//! cursor is therefore delivered once, in order: an event committed before
+//! the subscription is in the history read; one committed after it arrives
+//! live. The live buffer is bounded; a consumer that falls behind it is cut
+//! off with RESOURCE_EXHAUSTED and resumes from its last sequence.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::convert::millis_to_timestamp;
+use crate::domain::{AccountId, UnixMillis};
+use crate::proto::RevocationEvent;
+use crate::revocation_feed::RevocationFeed;
+use crate::storage::{KeyEvent, StoreError};
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
+
+/// Events read from history per query.
+const HISTORY_PAGE: u32 = 500;
+/// Messages buffered between the stream task and the transport.
+const OUTBOX: usize = 16;
+
+fn storage_status(error: StoreError) -> Status {
+    tracing::warn!(%error, "watch stream cannot read the event log");
+    Status::unavailable("the event log is unavailable; resume later from your last sequence")
+}
+
+fn checkpoint(seq: u64) -> RevocationEvent {
+    RevocationEvent {
+        seq,
+        key_id: String::new(),
+        account_id: String::new(),
+        kind: "checkpoint".into(),
+        at: Some(millis_to_timestamp(UnixMillis::now())),
+    }
+}
+
+fn to_proto(event: &KeyEvent) -> RevocationEvent {
+    RevocationEvent {
+        seq: event.seq,
+        key_id: event.key_id.to_string(),
+        account_id: event.account_id.to_string(),
+        kind: event.kind.as_str().into(),
+        at: Some(millis_to_timestamp(event.at)),
+    }
+}
+
+/// Validates the cursor and starts the stream.
+pub async fn start(
+    feed: Arc<RevocationFeed>,
+    after_seq: u64,
+    account: Option<AccountId>,
+) -> Result<EventStream, Status> {
+    // Subscribe first: see the module comment.
+    let live = feed.subscribe();
+    let store = Arc::clone(feed.store());
+    let latest = store.latest_seq().await.map_err(storage_status)?;
+    let start_at = if after_seq == 0 {
+        latest
+    } else {
+        let pruned = store.pruned_through().await.map_err(storage_status)?;
+        if after_seq < pruned {
+            return Err(Status::out_of_range(format!(
+                "after_seq {after_seq} is older than the retained history (events up to {pruned} were pruned); \
+                 resync your cache and restart with after_seq = 0"
+            )));
+        }
+        if after_seq > latest {
+            return Err(Status::out_of_range(format!(
+                "after_seq {after_seq} is ahead of the event log (latest is {latest}); \
+                 resync your cache and restart with after_seq = 0"
+            )));
+        }
+        after_seq
+    };
+    let (outbox, receiver) = mpsc::channel(OUTBOX);
+    tokio::spawn(run(feed, live, start_at, after_seq == 0, account, outbox));
+    Ok(Box::pin(ReceiverStream::new(receiver)))
+}
+
+async fn run(
+    feed: Arc<RevocationFeed>,
+    mut live: broadcast::Receiver<Arc<KeyEvent>>,
+    mut position: u64,
+    announce: bool,
+    account: Option<AccountId>,
+    outbox: mpsc::Sender<Result<RevocationEvent, Status>>,
+) {
+    let wanted = |event: &KeyEvent| account.as_ref().is_none_or(|a| *a == event.account_id);
+    if announce && outbox.send(Ok(checkpoint(position))).await.is_err() {
+        return;
+    }
+
+    // History: everything committed after the cursor so far.
+    let store = Arc::clone(feed.store());
+    loop {
+        let page = match store.events_after(position, HISTORY_PAGE).await {
+            Ok(page) => page,
+            Err(error) => {
+                let _ = outbox.send(Err(storage_status(error))).await;
+                return;
+            }
+        };
+        if page.is_empty() {
+            break;
+        }
+        for event in page {
+            position = event.seq;
+            if wanted(&event) && outbox.send(Ok(to_proto(&event))).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    // Live, with a checkpoint whenever the stream has been quiet for a while.
+    let interval = feed.settings().checkpoint_interval;
+    let mut quiet = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            () = outbox.closed() => return,
+            _ = quiet.tick() => {
+                if outbox.send(Ok(checkpoint(position))).await.is_err() {
+                    return;
+                }
+            }
+            received = live.recv() => match received {
+                Ok(event) => {
+                    if event.seq <= position {
+                        continue;
+                    }
+                    position = event.seq;
+                    if wanted(&event) {
+                        if outbox.send(Ok(to_proto(&event))).await.is_err() {
+                            return;
+                        }
+                        quiet.reset();
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let _ = outbox
+                        .send(Err(Status::resource_exhausted(format!(
+                            "consumer too slow: {missed} events overflowed the server's buffer of {}; \
+                             resume with after_seq = {position}",
+                            feed.settings().watch_buffer
+                        ))))
+                        .await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    let _ = outbox
+                        .send(Err(Status::unavailable(format!(
+                            "server shutting down; resume with after_seq = {position}"
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The hot path shared by Authenticate, CheckScope and ext_authz Check:
+//!
+//! ban check -> credential shape -> freshness -> SHA-256 -> cache (on a miss,
+//! one indexed read, then cache) -> revoked / expired -> scopes -> rate limit
+//! -> note the use in memory -> answer.
+//!
+//! **Invariant:** on a cache hit there is no database call, no write and no
+//! lock shared by all requests. Denials are values, never errors.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::denial::{Denial, DenialCatalog, Reason};
+use crate::domain::{KeyDigest, KeyId, UnixMillis};
+use crate::failed_auth_bans::FailedAuthBans;
+use crate::key_cache::{CachedKey, KeyCache, LoadTicket, Lookup};
+use crate::key_format::{CredentialProblem, KeyFormat};
+use crate::rate_limits::{KeyRateLimits, RateDecision, RateLimitStatus};
+use crate::revocation_feed::Freshness;
+use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
+use crate::storage::{KeyRecord, KeyStore, StoreError};
+use crate::usage::UsageRecorder;
+
+/// How many times a cache miss reloads when a change lands mid-load.
+const LOAD_ATTEMPTS: usize = 3;
+
+/// Who is asking, and for what.
+pub struct Presented<'a> {
+    pub key: PresentedKey<'a>,
+    pub required: &'a [ScopeIndex],
+    pub client: Option<IpAddr>,
+}
+
+pub enum PresentedKey<'a> {
+    /// A credential as received (`Bearer ...`, `ApiKey ...`, or bare).
+    Credential(&'a str),
+    /// A key with no scheme (from a named header or a query parameter).
+    BareKey(&'a str),
+    /// A key id (CheckScope by id): no secret, so no ban accounting.
+    Id(&'a KeyId),
+}
+
+/// The answer.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The key the credential identified, when it identified a live one.
+    pub key: Option<Arc<CachedKey>>,
+    pub denial: Option<Denial>,
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.denial.is_none()
+    }
+
+    fn deny(denial: Denial) -> Self {
+        Self {
+            key: None,
+            denial: Some(denial),
+            rate_limit: None,
+        }
+    }
+}
+
+pub struct Authenticator {
+    pub key_format: KeyFormat,
+    pub catalog: Arc<ScopeCatalog>,
+    pub denials: DenialCatalog,
+    pub cache: Arc<KeyCache>,
+    pub store: Arc<dyn KeyStore>,
+    pub freshness: Arc<Freshness>,
+    pub bans: FailedAuthBans,
+    pub rate_limits: KeyRateLimits,
+    pub usage: UsageRecorder,
+}
+
+enum Loaded {
+    Found(Arc<CachedKey>),
+    NotFound,
+}
+
+impl Authenticator {
+    pub async fn authenticate(&self, request: Presented<'_>) -> Verdict {
+        if let Some(client) = request.client
+            && let Some(wait) = self.bans.banned_for(client)
+        {
+            let mut denial = self.denials.deny(Reason::TooManyFailedAttempts);
+            denial.retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            return Verdict::deny(denial);
+        }
+
+        let found = match request.key {
+            PresentedKey::Id(id) => self.find_by_id(id).await,
+            PresentedKey::Credential(credential) => match self.key_format.extract(credential) {
+                Ok(key) => self.find_by_secret(key).await,
+                Err(problem) => Err(shape_reason(problem)),
+            },
+            PresentedKey::BareKey(key) => match self.key_format.check_key(key) {
+                Ok(()) => self.find_by_secret(key).await,
+                Err(problem) => Err(shape_reason(problem)),
+            },
+        };
+        let key = match found {
+            Ok(key) => key,
+            Err(reason) => return self.refuse(reason, &request),
+        };
+
+        let now = UnixMillis::now();
+        if key.revoked_at.is_some() {
+            return self.refuse(Reason::Revoked, &request);
+        }
+        if key.is_expired(now) {
+            return self.refuse(Reason::Expired, &request);
+        }
+
+        if let Some(&missing) = request
+            .required
+            .iter()
+            .find(|&&scope| !key.effective.contains(scope))
+        {
+            let mut denial = self.denials.deny(Reason::InsufficientScope);
+            if let Some(text) = self.catalog.denial_text(missing) {
+                denial.code = text.code.as_str().into();
+                denial.message = text.message.as_str().into();
+            }
+            denial.required_scope = Some(self.catalog.name(missing).to_owned());
+            return Verdict {
+                key: Some(key),
+                denial: Some(denial),
+                rate_limit: None,
+            };
+        }
+
+        let rate_limit = match self.rate_limits.check(&key) {
+            RateDecision::Unlimited => None,
+            RateDecision::Allowed(status) => Some(status),
+            RateDecision::Limited {
+                status,
+                retry_after,
+            } => {
+                let mut denial = self.denials.deny(Reason::RateLimited);
+                denial.retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+                return Verdict {
+                    key: Some(key),
+                    denial: Some(denial),
+                    rate_limit: Some(status),
+                };
+            }
+        };
+
+        self.usage.record(&key, now);
+        Verdict {
+            key: Some(key),
+            denial: None,
+            rate_limit,
+        }
+    }
+
+    /// A denial for a credential that identified no live key; counts toward
+    /// a ban when it was an attempt with some credential.
+    fn refuse(&self, reason: Reason, request: &Presented<'_>) -> Verdict {
+        let attempted = match request.key {
+            PresentedKey::Credential(text) | PresentedKey::BareKey(text) => !text.trim().is_empty(),
+            PresentedKey::Id(_) => false,
+        };
+        if attempted
+            && reason.is_invalid_credential()
+            && let Some(client) = request.client
+        {
+            self.bans.record_failure(client);
+        }
+        Verdict::deny(self.denials.deny(reason))
+    }
+
+    async fn find_by_secret(&self, secret: &str) -> Result<Arc<CachedKey>, Reason> {
+        if !self.freshness.is_fresh() {
+            return Err(Reason::Unavailable);
+        }
+        let digest = KeyDigest::of(secret);
+        let ticket = match self.cache.lookup_digest(&digest) {
+            Lookup::Hit(key) => return Ok(key),
+            Lookup::KnownUnknown => return Err(Reason::UnknownKey),
+            Lookup::Miss(ticket) => ticket,
+        };
+        let loaded = self
+            .load(ticket, |store| {
+                let store = Arc::clone(store);
+                async move { store.find_by_digest(&digest).await }
+            }, |cache, ticket, key| cache.insert_by_digest(ticket, key, digest))
+            .await?;
+        match loaded {
+            Loaded::Found(key) => Ok(key),
+            Loaded::NotFound => {
+                self.cache.insert_unknown(digest);
+                Err(Reason::UnknownKey)
+            }
+        }
+    }
+
+    async fn find_by_id(&self, id: &KeyId) -> Result<Arc<CachedKey>, Reason> {
+        if !self.freshness.is_fresh() {
+            return Err(Reason::Unavailable);
+        }
+        let ticket = match self.cache.lookup_id(id) {
+            Lookup::Hit(key) => return Ok(key),
+            Lookup::KnownUnknown => return Err(Reason::UnknownKey),
+            Lookup::Miss(ticket) => ticket,
+        };
+        let loaded = self
+            .load(ticket, |store| {
+                let store = Arc::clone(store);
+                let id = id.clone();
+                async move { store.find_by_id(&id).await }
+            }, KeyCache::insert_by_id)
+            .await?;
+        match loaded {
+            Loaded::Found(key) => Ok(key),
+            Loaded::NotFound => Err(Reason::UnknownKey),
+        }
+    }
+
+    /// Reads a key and caches it unless a change landed while reading, in
+    /// which case it reads again: a read that starts after the change's
+    /// epoch bump sees the change.
+    async fn load<F, Fut>(
+        &self,
+        mut ticket: LoadTicket,
+        read: F,
+        insert: impl Fn(&KeyCache, LoadTicket, &Arc<CachedKey>) -> bool,
+    ) -> Result<Loaded, Reason>
+    where
+        F: Fn(&Arc<dyn KeyStore>) -> Fut,
+        Fut: Future<Output = Result<Option<KeyRecord>, StoreError>>,
+    {
+        for attempt in 1..=LOAD_ATTEMPTS {
+            let record = match read(&self.store).await {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(Loaded::NotFound),
+                Err(error) => {
+                    tracing::warn!(%error, "key lookup failed");
+                    return Err(Reason::Unavailable);
+                }
+            };
+            let key = Arc::new(CachedKey::from_record(record, &self.catalog));
+            if insert(&self.cache, ticket, &key) || attempt == LOAD_ATTEMPTS {
+                // On the last attempt the answer stands uncached: the change
+                // that keeps landing is concurrent with this request.
+                return Ok(Loaded::Found(key));
+            }
+            ticket = self.cache.ticket();
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+}
+
+fn shape_reason(problem: CredentialProblem) -> Reason {
+    match problem {
+        CredentialProblem::Missing => Reason::MissingCredential,
+        CredentialProblem::Malformed => Reason::MalformedCredential,
+    }
+}

@@ -1,0 +1,128 @@
+//! The config file exactly as written (serde), before validation. Every
+//! table refuses unknown keys, so a typo is a startup error, not a silent
+//! default.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub keys: RawKeys,
+    /// Absent: the built-in Carboncopy catalog.
+    pub scopes: Option<Vec<RawScope>>,
+    pub presets: Vec<RawPreset>,
+    pub denials: RawDenials,
+    pub cache: RawCache,
+    pub feed: RawFeed,
+    pub rate_limit: Option<RawRateLimit>,
+    pub bans: RawBans,
+    pub last_used: RawLastUsed,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub max_connections: Option<u32>,
+    pub shutdown_grace_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKeys {
+    pub prefix: Option<String>,
+    pub body_length: Option<usize>,
+    pub alphabet: Option<String>,
+    pub display_chars: Option<usize>,
+    pub schemes: Option<Vec<String>>,
+    pub max_active_per_account: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScope {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub implies: Vec<String>,
+    #[serde(default)]
+    pub auto_grant: bool,
+    #[serde(default)]
+    pub reserved: bool,
+    pub denial_code: Option<String>,
+    pub denial_message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreset {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDenials {
+    pub missing: Option<RawDenialText>,
+    pub invalid: Option<RawDenialText>,
+    pub insufficient_scope: Option<RawDenialText>,
+    pub rate_limited: Option<RawDenialText>,
+    pub too_many_failed_attempts: Option<RawDenialText>,
+    pub unavailable: Option<RawDenialText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDenialText {
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub http_status: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub capacity: Option<u64>,
+    pub ttl_seconds: Option<f64>,
+    pub negative_capacity: Option<u64>,
+    pub negative_ttl_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFeed {
+    pub poll_interval_ms: Option<u64>,
+    pub freshness_bound_ms: Option<u64>,
+    pub retention_hours: Option<f64>,
+    pub prune_interval_seconds: Option<f64>,
+    pub watch_buffer: Option<usize>,
+    pub checkpoint_interval_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBans {
+    pub enabled: Option<bool>,
+    pub max_failures: Option<u32>,
+    pub window_seconds: Option<f64>,
+    pub ban_seconds: Option<f64>,
+    pub max_tracked_addresses: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLastUsed {
+    pub flush_interval_seconds: Option<f64>,
+}

@@ -1,0 +1,194 @@
+//! Denials: the exact reason for the caller's logs, and the code, message and
+//! HTTP status a product shows its users. The texts are configuration (per
+//! product), grouped so that unknown, revoked, expired and malformed keys can
+//! only ever look the same to a client.
+
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingCredential,
+    MalformedCredential,
+    UnknownKey,
+    Revoked,
+    Expired,
+    InsufficientScope,
+    RateLimited,
+    TooManyFailedAttempts,
+    Unavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::MissingCredential,
+        Reason::MalformedCredential,
+        Reason::UnknownKey,
+        Reason::Revoked,
+        Reason::Expired,
+        Reason::InsufficientScope,
+        Reason::RateLimited,
+        Reason::TooManyFailedAttempts,
+        Reason::Unavailable,
+    ];
+
+    /// Stable lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingCredential => "missing_credential",
+            Reason::MalformedCredential => "malformed_credential",
+            Reason::UnknownKey => "unknown_key",
+            Reason::Revoked => "revoked",
+            Reason::Expired => "expired",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::RateLimited => "rate_limited",
+            Reason::TooManyFailedAttempts => "too_many_failed_attempts",
+            Reason::Unavailable => "unavailable",
+        }
+    }
+
+    /// Whether this reason counts as an invalid credential toward a ban.
+    pub fn is_invalid_credential(self) -> bool {
+        matches!(
+            self,
+            Reason::MissingCredential
+                | Reason::MalformedCredential
+                | Reason::UnknownKey
+                | Reason::Revoked
+                | Reason::Expired
+        )
+    }
+}
+
+/// The user-facing text of one group of reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenialText {
+    pub code: Arc<str>,
+    pub message: Arc<str>,
+    pub http_status: u16,
+}
+
+impl DenialText {
+    pub fn new(code: &str, message: &str, http_status: u16) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            http_status,
+        }
+    }
+}
+
+/// The configured texts, one per group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenialCatalog {
+    /// No credential, or not in this product's key namespace.
+    pub missing: DenialText,
+    /// Malformed, unknown, revoked or expired: deliberately indistinguishable.
+    pub invalid: DenialText,
+    pub insufficient_scope: DenialText,
+    pub rate_limited: DenialText,
+    pub too_many_failed_attempts: DenialText,
+    pub unavailable: DenialText,
+}
+
+impl Default for DenialCatalog {
+    /// Carboncopy's texts (seeds 000/001) and plain ones for the rest.
+    fn default() -> Self {
+        let unauthorized = DenialText::new("unauthorized", "Invalid or missing API key.", 401);
+        Self {
+            missing: unauthorized.clone(),
+            invalid: unauthorized,
+            insufficient_scope: DenialText::new(
+                "forbidden",
+                "This key does not have the required scope.",
+                403,
+            ),
+            rate_limited: DenialText::new(
+                "rate_limit_exceeded",
+                "Rate limit exceeded for this key; retry later.",
+                429,
+            ),
+            too_many_failed_attempts: DenialText::new(
+                "too_many_failed_auth",
+                "Too many invalid API keys from this address; retry later.",
+                401,
+            ),
+            unavailable: DenialText::new(
+                "unavailable",
+                "Authorization is temporarily unavailable; retry shortly.",
+                503,
+            ),
+        }
+    }
+}
+
+impl DenialCatalog {
+    pub fn text(&self, reason: Reason) -> &DenialText {
+        match reason {
+            Reason::MissingCredential => &self.missing,
+            Reason::MalformedCredential
+            | Reason::UnknownKey
+            | Reason::Revoked
+            | Reason::Expired => &self.invalid,
+            Reason::InsufficientScope => &self.insufficient_scope,
+            Reason::RateLimited => &self.rate_limited,
+            Reason::TooManyFailedAttempts => &self.too_many_failed_attempts,
+            Reason::Unavailable => &self.unavailable,
+        }
+    }
+
+    pub fn deny(&self, reason: Reason) -> Denial {
+        let text = self.text(reason);
+        Denial {
+            reason,
+            code: text.code.clone(),
+            message: text.message.clone(),
+            http_status: text.http_status,
+            required_scope: None,
+            retry_after_ms: 0,
+        }
+    }
+}
+
+/// A decided denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub code: Arc<str>,
+    pub message: Arc<str>,
+    pub http_status: u16,
+    /// The first missing scope, for `InsufficientScope`.
+    pub required_scope: Option<String>,
+    pub retry_after_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_carboncopy_documents() {
+        let denials = DenialCatalog::default();
+        let invalid = denials.deny(Reason::UnknownKey);
+        assert_eq!(
+            (&*invalid.code, &*invalid.message, invalid.http_status),
+            ("unauthorized", "Invalid or missing API key.", 401)
+        );
+        let scope = denials.deny(Reason::InsufficientScope);
+        assert_eq!(
+            (&*scope.code, &*scope.message, scope.http_status),
+            ("forbidden", "This key does not have the required scope.", 403)
+        );
+    }
+
+    #[test]
+    fn unknown_revoked_expired_and_malformed_look_the_same() {
+        let denials = DenialCatalog::default();
+        let shown = |reason| {
+            let d = denials.deny(reason);
+            (d.code, d.message, d.http_status)
+        };
+        assert_eq!(shown(Reason::UnknownKey), shown(Reason::Revoked));
+        assert_eq!(shown(Reason::UnknownKey), shown(Reason::Expired));
+        assert_eq!(shown(Reason::UnknownKey), shown(Reason::MalformedCredential));
+    }
+}

@@ -1,0 +1,208 @@
+//! Validated value types shared by every layer: account and key ids, key
+//! names, digests, timestamps, rate limits. Parse, don't validate: holding one
+//! of these means it is valid. No proto or database types here.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+/// Why a value was rejected. `field` is filled in by the API layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidValue {
+    InvalidValue(message.into())
+}
+
+/// An account id as the caller's own system names its accounts
+/// (a user id, a Privy DID, a UUID...): 1 to 128 visible characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(invalid(format!(
+                "must be at most {} bytes, got {}",
+                Self::MAX_LEN,
+                raw.len()
+            )));
+        }
+        if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(invalid("must not contain whitespace or control characters"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key's public identifier: `key_` and 32 lowercase hex digits (a UUIDv7,
+/// so ids sort by creation time). Not derived from the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    const PREFIX: &'static str = "key_";
+    const HEX_LEN: usize = 32;
+
+    pub fn generate() -> Self {
+        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::now_v7().simple()))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        let valid = raw
+            .strip_prefix(Self::PREFIX)
+            .is_some_and(|hex| hex.len() == Self::HEX_LEN && is_lower_hex(hex));
+        if !valid {
+            return Err(invalid(
+                "must be `key_` followed by 32 lowercase hex digits, as returned by CreateKey",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub(crate) fn is_lower_hex(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A human label for a key: 1 to 100 characters, no control characters,
+/// surrounding whitespace removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        let chars = trimmed.chars().count();
+        if chars > Self::MAX_CHARS {
+            return Err(invalid(format!(
+                "must be at most {} characters, got {chars}",
+                Self::MAX_CHARS
+            )));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(invalid("must not contain control characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// SHA-256 of a whole key secret: the only form of a secret keyward stores.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    // A digest is not secret, but there is no reason to spread it around either.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyDigest(..)")
+    }
+}
+
+/// Milliseconds since the Unix epoch; the one time type of storage and domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    pub fn now() -> Self {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    pub fn saturating_add_millis(self, millis: i64) -> Self {
+        Self(self.0.saturating_add(millis))
+    }
+}
+
+/// At most `requests` requests per `per_seconds` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    requests: u32,
+    per_seconds: u32,
+}
+
+impl RateLimit {
+    /// One day; longer windows are almost certainly a unit mistake.
+    pub const MAX_PER_SECONDS: u32 = 86_400;
+
+    pub fn new(requests: u32, per_seconds: u32) -> Result<Self, InvalidValue> {
+        if requests == 0 {
+            return Err(invalid("requests must be at least 1"));
+        }
+        if per_seconds == 0 || per_seconds > Self::MAX_PER_SECONDS {
+            return Err(invalid(format!(
+                "per_seconds must be between 1 and {}, got {per_seconds}",
+                Self::MAX_PER_SECONDS
+            )));
+        }
+        Ok(Self {
+            requests,
+            per_seconds,
+        })
+    }
+
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
+    pub fn per_seconds(&self) -> u32 {
+        self.per_seconds
+    }
+}
+
+#[cfg(test)]
+mod tests;

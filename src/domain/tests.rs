@@ -1,0 +1,51 @@
+use super::*;
+
+#[test]
+fn account_id_rejects_empty_long_and_whitespace() {
+    assert!(AccountId::parse("acct_1").is_ok());
+    assert!(AccountId::parse("did:privy:cm3x9").is_ok());
+    assert!(AccountId::parse("").is_err());
+    assert!(AccountId::parse(&"a".repeat(129)).is_err());
+    assert!(AccountId::parse("a b").is_err());
+    assert!(AccountId::parse("a\nb").is_err());
+}
+
+#[test]
+fn key_id_round_trips_and_rejects_other_shapes() {
+    let id = KeyId::generate();
+    assert_eq!(KeyId::parse(id.as_str()).unwrap(), id);
+    assert!(KeyId::parse("").is_err());
+    assert!(KeyId::parse("key_123").is_err());
+    assert!(KeyId::parse(&format!("key_{}", "A".repeat(32))).is_err());
+    assert!(KeyId::parse(&format!("kex_{}", "a".repeat(32))).is_err());
+}
+
+#[test]
+fn key_ids_sort_by_creation() {
+    let first = KeyId::generate();
+    let second = KeyId::generate();
+    assert!(first < second);
+}
+
+#[test]
+fn key_name_is_trimmed_and_bounded() {
+    assert_eq!(KeyName::parse("  bot  ").unwrap().as_str(), "bot");
+    assert!(KeyName::parse("   ").is_err());
+    assert!(KeyName::parse(&"é".repeat(100)).is_ok());
+    assert!(KeyName::parse(&"é".repeat(101)).is_err());
+    assert!(KeyName::parse("a\u{0}b").is_err());
+}
+
+#[test]
+fn rate_limit_bounds() {
+    assert!(RateLimit::new(10, 1).is_ok());
+    assert!(RateLimit::new(0, 1).is_err());
+    assert!(RateLimit::new(1, 0).is_err());
+    assert!(RateLimit::new(1, RateLimit::MAX_PER_SECONDS + 1).is_err());
+}
+
+#[test]
+fn digest_debug_does_not_print_bytes() {
+    let digest = KeyDigest::of("cc_secret");
+    assert_eq!(format!("{digest:?}"), "KeyDigest(..)");
+}

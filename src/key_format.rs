@@ -1,0 +1,249 @@
+//! The shape of a key secret (prefix, body length, alphabet): generating new
+//! secrets from the OS CSPRNG and recognising presented credentials before
+//! any hashing or database access.
+
+use std::fmt;
+
+use crate::domain::KeyDigest;
+
+/// Credentials longer than this are rejected on length alone, so a 1 MiB
+/// header costs a comparison, not a scan.
+const MAX_CREDENTIAL_BYTES: usize = 512;
+
+/// Characters a key body is drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alphabet {
+    /// `0-9a-f`
+    LowerHex,
+    /// `0-9a-z`
+    LowerAlphanumeric,
+    /// `0-9A-Za-z`
+    Base62,
+}
+
+impl Alphabet {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "hex" => Some(Self::LowerHex),
+            "lower_alphanumeric" => Some(Self::LowerAlphanumeric),
+            "base62" => Some(Self::Base62),
+            _ => None,
+        }
+    }
+
+    pub const NAMES: &'static str = "hex, lower_alphanumeric, base62";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LowerHex => "hex",
+            Self::LowerAlphanumeric => "lower_alphanumeric",
+            Self::Base62 => "base62",
+        }
+    }
+
+    fn symbols(self) -> &'static [u8] {
+        match self {
+            Self::LowerHex => b"0123456789abcdef",
+            Self::LowerAlphanumeric => b"0123456789abcdefghijklmnopqrstuvwxyz",
+            Self::Base62 => b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        }
+    }
+
+    fn contains(self, byte: u8) -> bool {
+        match self {
+            Self::LowerHex => byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte),
+            Self::LowerAlphanumeric => byte.is_ascii_digit() || byte.is_ascii_lowercase(),
+            Self::Base62 => byte.is_ascii_alphanumeric(),
+        }
+    }
+
+    /// Bits of entropy per symbol.
+    pub fn bits_per_symbol(self) -> f64 {
+        (self.symbols().len() as f64).log2()
+    }
+}
+
+/// A new secret. Exists only between generation and the CreateKey response.
+pub struct KeySecret(String);
+
+impl KeySecret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_exposed(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
+}
+
+/// What is wrong with a presented credential. Both are decided on shape alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialProblem {
+    /// Empty, or not carrying this deployment's prefix.
+    Missing,
+    /// Carries the prefix, but the body has the wrong length or characters.
+    Malformed,
+}
+
+/// Minimum entropy of a generated body, checked when the format is configured.
+pub const MIN_ENTROPY_BITS: f64 = 128.0;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFormat {
+    prefix: String,
+    body_length: usize,
+    alphabet: Alphabet,
+    /// Authorization schemes accepted in front of a key (`Bearer`, `ApiKey`).
+    schemes: Vec<String>,
+    /// How many body characters `start` shows.
+    display_chars: usize,
+}
+
+impl KeyFormat {
+    /// Carboncopy's format: `cc_` and 64 lowercase hex digits.
+    pub fn carboncopy() -> Self {
+        Self::new(
+            "cc_",
+            64,
+            Alphabet::LowerHex,
+            vec!["Bearer".into(), "ApiKey".into()],
+            6,
+        )
+        .expect("built-in key format is valid")
+    }
+
+    pub fn new(
+        prefix: &str,
+        body_length: usize,
+        alphabet: Alphabet,
+        schemes: Vec<String>,
+        display_chars: usize,
+    ) -> Result<Self, String> {
+        if prefix.is_empty() || prefix.len() > 32 {
+            return Err("prefix must be 1 to 32 characters".into());
+        }
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err("prefix may contain only ASCII letters, digits, `_` and `-`".into());
+        }
+        let entropy = body_length as f64 * alphabet.bits_per_symbol();
+        if entropy < MIN_ENTROPY_BITS {
+            return Err(format!(
+                "a body of {body_length} {} characters carries {entropy:.0} bits; at least {MIN_ENTROPY_BITS:.0} are required",
+                alphabet.name()
+            ));
+        }
+        if prefix.len() + body_length > MAX_CREDENTIAL_BYTES - 16 {
+            return Err(format!(
+                "prefix plus body must stay under {} characters",
+                MAX_CREDENTIAL_BYTES - 16
+            ));
+        }
+        for scheme in &schemes {
+            if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(format!(
+                    "scheme {scheme:?} must be a non-empty ASCII word like `Bearer`"
+                ));
+            }
+        }
+        if display_chars > body_length / 4 {
+            return Err(format!(
+                "display_chars must be at most a quarter of the body ({}), got {display_chars}",
+                body_length / 4
+            ));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            body_length,
+            alphabet,
+            schemes,
+            display_chars,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn body_length(&self) -> usize {
+        self.body_length
+    }
+
+    pub fn alphabet(&self) -> Alphabet {
+        self.alphabet
+    }
+
+    pub fn schemes(&self) -> &[String] {
+        &self.schemes
+    }
+
+    /// A fresh secret from the OS CSPRNG, its digest, and its display `start`.
+    pub fn generate(&self) -> Result<(KeySecret, KeyDigest, String), getrandom::Error> {
+        let symbols = self.alphabet.symbols();
+        // Rejection sampling keeps every symbol equally likely.
+        let limit = 256 - (256 % symbols.len());
+        let mut secret = String::with_capacity(self.prefix.len() + self.body_length);
+        secret.push_str(&self.prefix);
+        let mut random = [0u8; 64];
+        while secret.len() < self.prefix.len() + self.body_length {
+            getrandom::fill(&mut random)?;
+            for &byte in &random {
+                if (byte as usize) < limit && secret.len() < self.prefix.len() + self.body_length {
+                    secret.push(symbols[byte as usize % symbols.len()] as char);
+                }
+            }
+        }
+        let digest = KeyDigest::of(&secret);
+        let start = secret[..self.prefix.len() + self.display_chars].to_owned();
+        Ok((KeySecret(secret), digest, start))
+    }
+
+    /// Takes what a caller received (`Bearer <key>`, `ApiKey <key>`, or the
+    /// bare key; scheme case-insensitive; surrounding whitespace ignored) and
+    /// returns the key if it has this format.
+    pub fn extract<'a>(&self, credential: &'a str) -> Result<&'a str, CredentialProblem> {
+        if credential.len() > MAX_CREDENTIAL_BYTES {
+            return Err(if credential.trim_start().starts_with(&self.prefix) {
+                CredentialProblem::Malformed
+            } else {
+                CredentialProblem::Missing
+            });
+        }
+        let trimmed = credential.trim();
+        if trimmed.is_empty() {
+            return Err(CredentialProblem::Missing);
+        }
+        let key = match trimmed.split_once(|c: char| c.is_ascii_whitespace()) {
+            Some((scheme, rest))
+                if self.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
+            {
+                rest.trim_start()
+            }
+            _ => trimmed,
+        };
+        self.check_key(key)?;
+        Ok(key)
+    }
+
+    /// Checks a key with no scheme in front (from a header or query parameter).
+    pub fn check_key(&self, key: &str) -> Result<(), CredentialProblem> {
+        let Some(body) = key.strip_prefix(self.prefix.as_str()) else {
+            return Err(CredentialProblem::Missing);
+        };
+        if body.len() != self.body_length || !body.bytes().all(|b| self.alphabet.contains(b)) {
+            return Err(CredentialProblem::Malformed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

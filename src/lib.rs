@@ -1,0 +1,20 @@
+//! keyward: an API-key authorization service. See ARCHITECTURE.md for the map.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod authenticator;
+pub mod cli;
+pub mod config;
+pub mod denial;
+pub mod domain;
+pub mod failed_auth_bans;
+pub mod key_cache;
+pub mod key_format;
+pub mod key_management;
+pub mod proto;
+pub mod rate_limits;
+pub mod revocation_feed;
+pub mod scope_catalog;
+pub mod server;
+pub mod storage;
+pub mod usage;

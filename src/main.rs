@@ -1,0 +1,87 @@
+//! The `keyward` binary: parses the command line, sets up logging, and runs
+//! the chosen command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keyward::cli::{Cli, Command, LogFormat, ServeArgs};
+use keyward::config::Config;
+use keyward::server::{self, ServeOptions};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::CheckConfig { file } => check_config(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("keyward: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = load_config(args.config.as_deref())?;
+    let (listen, database_url) = config.server.resolve(args.listen, args.database_url);
+    keyward::storage::check_database_url(&database_url)
+        .map_err(|reason| format!("--database-url: {reason}"))?;
+    tracing::info!(config = %config.source_name(), "configuration loaded");
+    let running = server::start(ServeOptions {
+        config,
+        listen,
+        database_url,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let stop = running.stop_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    running.wait().await.map_err(|e| e.to_string())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received");
+}
+
+fn check_config(file: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    println!("{}: ok", config.source_name());
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The one door to generated protobuf code. Only `api/` (and the operator
+//! CLI and benchmarks, which are gRPC clients) use these types.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod keyward {
+    pub mod v1 {
+        tonic::include_proto!("keyward.v1");
+    }
+}
+
+pub use keyward::v1::*;
+
+/// The encoded file descriptor set of `proto/`, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/keyward_descriptor.bin"));

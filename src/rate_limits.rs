@@ -1,0 +1,220 @@
+//! Per-key rate limits (GCRA, via governor): the key's own limit if it has
+//! one, else the configured default, else none. One limiter per key, in a
+//! bounded moka cache whose entries expire after the key has been idle for a
+//! full refill period: by then its bucket is full again, so dropping it loses
+//! nothing. Limits are per replica.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use moka::Expiry;
+use moka::sync::Cache;
+
+use crate::domain::{KeyId, RateLimit};
+use crate::key_cache::CachedKey;
+
+type DirectLimiter =
+    RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+struct KeyLimiter {
+    limit: RateLimit,
+    limiter: DirectLimiter,
+}
+
+/// Where a key stands after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the full burst is available again.
+    pub reset: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    Unlimited,
+    Allowed(RateLimitStatus),
+    Limited {
+        status: RateLimitStatus,
+        retry_after: Duration,
+    },
+}
+
+/// Idle expiry: one full refill period of the key's limit.
+struct IdleForRefill;
+
+impl Expiry<KeyId, Arc<KeyLimiter>> for IdleForRefill {
+    fn expire_after_create(
+        &self,
+        _key: &KeyId,
+        value: &Arc<KeyLimiter>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(refill_period(value.limit))
+    }
+
+    fn expire_after_read(
+        &self,
+        _key: &KeyId,
+        value: &Arc<KeyLimiter>,
+        _read_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+        _last_modified_at: Instant,
+    ) -> Option<Duration> {
+        Some(refill_period(value.limit))
+    }
+}
+
+fn refill_period(limit: RateLimit) -> Duration {
+    Duration::from_secs(u64::from(limit.per_seconds()))
+}
+
+fn quota(limit: RateLimit) -> Quota {
+    let burst = std::num::NonZeroU32::new(limit.requests()).expect("RateLimit requests >= 1");
+    Quota::with_period(refill_period(limit) / limit.requests())
+        .expect("RateLimit period is positive")
+        .allow_burst(burst)
+}
+
+pub struct KeyRateLimits {
+    default: Option<RateLimit>,
+    limiters: Cache<KeyId, Arc<KeyLimiter>>,
+    clock: DefaultClock,
+}
+
+impl KeyRateLimits {
+    pub fn new(default: Option<RateLimit>, capacity: u64) -> Self {
+        Self {
+            default,
+            limiters: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(IdleForRefill)
+                .build(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    pub fn default_limit(&self) -> Option<RateLimit> {
+        self.default
+    }
+
+    /// Takes one request from the key's budget.
+    pub fn check(&self, key: &CachedKey) -> RateDecision {
+        let Some(limit) = key.rate_limit.or(self.default) else {
+            return RateDecision::Unlimited;
+        };
+        let limiter = match self.limiters.get(&key.id) {
+            Some(existing) if existing.limit == limit => existing,
+            // New key, or its limit changed: start a fresh bucket.
+            _ => {
+                let fresh = Arc::new(KeyLimiter {
+                    limit,
+                    limiter: RateLimiter::direct_with_clock(quota(limit), self.clock.clone())
+                        .with_middleware::<StateInformationMiddleware>(),
+                });
+                self.limiters.insert(key.id.clone(), Arc::clone(&fresh));
+                fresh
+            }
+        };
+        let per_request = refill_period(limit) / limit.requests();
+        match limiter.limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                RateDecision::Allowed(RateLimitStatus {
+                    limit: limit.requests(),
+                    remaining,
+                    reset: per_request * (limit.requests() - remaining.min(limit.requests())),
+                })
+            }
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(self.clock.now());
+                RateDecision::Limited {
+                    status: RateLimitStatus {
+                        limit: limit.requests(),
+                        remaining: 0,
+                        reset: per_request * limit.requests(),
+                    },
+                    retry_after: retry_after.max(Duration::from_millis(1)),
+                }
+            }
+        }
+    }
+
+    /// Limiters held (approximately), for metrics and benchmarks.
+    pub fn size(&self) -> u64 {
+        self.limiters.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AccountId, KeyDigest, UnixMillis};
+    use crate::scope_catalog::ScopeCatalog;
+    use crate::storage::KeyRecord;
+
+    fn key(rate_limit: Option<RateLimit>) -> CachedKey {
+        CachedKey::from_record(
+            KeyRecord {
+                id: KeyId::generate(),
+                account_id: AccountId::parse("a").unwrap(),
+                name: "k".into(),
+                digest: KeyDigest::of("x"),
+                start: "cc_x".into(),
+                scopes: vec![],
+                rate_limit,
+                created_at: UnixMillis(0),
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+            },
+            &ScopeCatalog::carboncopy(),
+        )
+    }
+
+    #[test]
+    fn no_limit_configured_means_unlimited() {
+        let limits = KeyRateLimits::new(None, 100);
+        assert_eq!(limits.check(&key(None)), RateDecision::Unlimited);
+    }
+
+    #[test]
+    fn burst_then_limited_with_retry_after() {
+        let limits = KeyRateLimits::new(Some(RateLimit::new(3, 60).unwrap()), 100);
+        let key = key(None);
+        let remaining: Vec<u32> = (0..3)
+            .map(|_| match limits.check(&key) {
+                RateDecision::Allowed(status) => status.remaining,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        match limits.check(&key) {
+            RateDecision::Limited {
+                status,
+                retry_after,
+            } => {
+                assert_eq!((status.limit, status.remaining), (3, 0));
+                assert!(retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_key_override_beats_the_default_and_keys_are_separate() {
+        let limits = KeyRateLimits::new(Some(RateLimit::new(1, 60).unwrap()), 100);
+        let generous = key(Some(RateLimit::new(5, 60).unwrap()));
+        let plain = key(None);
+        for _ in 0..5 {
+            assert!(matches!(limits.check(&generous), RateDecision::Allowed(_)));
+        }
+        assert!(matches!(limits.check(&plain), RateDecision::Allowed(_)));
+        assert!(matches!(limits.check(&plain), RateDecision::Limited { .. }));
+        assert!(matches!(limits.check(&generous), RateDecision::Limited { .. }));
+    }
+}

@@ -1,0 +1,268 @@
+//! Keeps this replica's key cache in step with the event log, and proves it.
+//!
+//! The follower reads the log after the last sequence it applied, on every
+//! wake-up hint (PostgreSQL NOTIFY, or the SQLite store's in-process signal)
+//! and on a short poll interval, so a lost hint costs latency, never
+//! correctness. Each event invalidates the key's cache entries and is
+//! broadcast to `WatchRevocations` streams.
+//!
+//! **Invariant (fail closed):** a poll that started at time T and found no
+//! more events proves every change committed before T is applied. The hot
+//! path answers from the cache only while the last such proof is younger
+//! than `freshness_bound`; otherwise it denies with `UNAVAILABLE`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::domain::UnixMillis;
+use crate::key_cache::KeyCache;
+use crate::storage::{KeyEvent, KeyStore, StoreError, Wakeup};
+
+/// Events read per query while catching up.
+const PAGE: u32 = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedSettings {
+    pub poll_interval: Duration,
+    pub freshness_bound: Duration,
+    pub retention: Duration,
+    pub prune_interval: Duration,
+    pub watch_buffer: usize,
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(200),
+            freshness_bound: Duration::from_secs(2),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(600),
+            watch_buffer: 1024,
+            checkpoint_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// When this replica last proved it was caught up.
+pub struct Freshness {
+    origin: Instant,
+    /// Milliseconds after `origin` at which the last successful poll began,
+    /// plus one (0: never).
+    confirmed_at: AtomicU64,
+    bound: Duration,
+}
+
+impl Freshness {
+    pub fn new(bound: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            confirmed_at: AtomicU64::new(0),
+            bound,
+        }
+    }
+
+    fn ticks(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// Records that everything committed before `poll_started` is applied.
+    pub fn confirm(&self, poll_started: Instant) {
+        self.confirmed_at
+            .fetch_max(self.ticks(poll_started), Ordering::Release);
+    }
+
+    /// How long ago the last proof was, or `None` if there never was one.
+    pub fn age(&self) -> Option<Duration> {
+        let confirmed = self.confirmed_at.load(Ordering::Acquire);
+        (confirmed > 0).then(|| {
+            Duration::from_millis(self.ticks(Instant::now()).saturating_sub(confirmed))
+        })
+    }
+
+    pub fn is_fresh(&self) -> bool {
+        self.age().is_some_and(|age| age <= self.bound)
+    }
+
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+}
+
+pub struct RevocationFeed {
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    freshness: Arc<Freshness>,
+    events: broadcast::Sender<Arc<KeyEvent>>,
+    applied: AtomicU64,
+    settings: FeedSettings,
+}
+
+impl RevocationFeed {
+    /// Starts at the log's current end: the cache is empty, so there is
+    /// nothing older to apply.
+    pub async fn start(
+        store: Arc<dyn KeyStore>,
+        cache: Arc<KeyCache>,
+        settings: FeedSettings,
+    ) -> Result<Arc<Self>, StoreError> {
+        let poll_started = Instant::now();
+        let latest = store.latest_seq().await?;
+        let freshness = Arc::new(Freshness::new(settings.freshness_bound));
+        freshness.confirm(poll_started);
+        let (events, _) = broadcast::channel(settings.watch_buffer.max(1));
+        Ok(Arc::new(Self {
+            store,
+            cache,
+            freshness,
+            events,
+            applied: AtomicU64::new(latest),
+            settings,
+        }))
+    }
+
+    pub fn freshness(&self) -> &Arc<Freshness> {
+        &self.freshness
+    }
+
+    pub fn settings(&self) -> &FeedSettings {
+        &self.settings
+    }
+
+    /// The last sequence applied to this replica's cache.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Live events, in sequence order, from the moment of subscription.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<KeyEvent>> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// Reads and applies everything after the last applied sequence.
+    /// Returns how many events were applied.
+    pub async fn poll_once(&self) -> Result<usize, StoreError> {
+        let started = Instant::now();
+        let mut applied_now = 0;
+        loop {
+            let after = self.applied_seq();
+            let events = self.store.events_after(after, PAGE).await?;
+            if events.is_empty() && after < self.store.pruned_through().await? {
+                // Retention removed events this replica never saw (it was cut
+                // off longer than the retention period): start over.
+                tracing::warn!(after, "event log pruned past this replica; clearing the cache");
+                let latest = self.store.latest_seq().await?;
+                self.cache.clear();
+                self.applied.store(latest, Ordering::Release);
+                continue;
+            }
+            let full_page = events.len() == PAGE as usize;
+            for event in events {
+                self.cache.invalidate(&event.key_id, &event.digest);
+                self.applied.store(event.seq, Ordering::Release);
+                // No receivers is fine.
+                let _ = self.events.send(Arc::new(event));
+                applied_now += 1;
+            }
+            if !full_page {
+                break;
+            }
+        }
+        self.freshness.confirm(started);
+        Ok(applied_now)
+    }
+
+    /// Follows the log until `shutdown` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        mut wakeups: mpsc::Receiver<Wakeup>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(self.settings.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hints_open = true;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticker.tick() => {}
+                wakeup = wakeups.recv(), if hints_open => match wakeup {
+                    Some(Wakeup::Resubscribed) => tracing::info!("event hints resubscribed; replaying from last sequence"),
+                    Some(Wakeup::Changed) => {}
+                    None => {
+                        tracing::warn!("event hints ended; following by polling only");
+                        hints_open = false;
+                    }
+                },
+            }
+            // A poll that hangs must not hold up the proof of freshness.
+            match tokio::time::timeout(self.settings.freshness_bound, self.poll_once()).await {
+                Ok(Ok(_)) => {
+                    if failing {
+                        tracing::info!("event log reachable again; caught up");
+                        failing = false;
+                    }
+                }
+                Ok(Err(error)) => {
+                    if !failing {
+                        tracing::warn!(%error, "cannot read the event log");
+                        failing = true;
+                    }
+                }
+                Err(_) => {
+                    if !failing {
+                        tracing::warn!("reading the event log timed out");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes events older than the retention period, every prune interval.
+    pub async fn run_pruner(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(self.settings.prune_interval);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticker.tick() => {}
+            }
+            let retention_ms = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
+            let cutoff = UnixMillis::now().saturating_add_millis(-retention_ms);
+            match self.store.prune_events(cutoff).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "pruned old events"),
+                Err(error) => tracing::warn!(%error, "could not prune old events"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_needs_a_recent_proof() {
+        let freshness = Freshness::new(Duration::from_millis(50));
+        assert!(!freshness.is_fresh());
+        freshness.confirm(Instant::now());
+        assert!(freshness.is_fresh());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!freshness.is_fresh());
+        // An older proof never replaces a newer one.
+        let old = Instant::now() - Duration::from_secs(1);
+        freshness.confirm(Instant::now());
+        freshness.confirm(old);
+        assert!(freshness.is_fresh());
+    }
+}

@@ -1,0 +1,424 @@
+//! The scope catalog: which scopes exist, what each implies, which every key
+//! gets, which are reserved, and the named presets. Scopes are held as bit
+//! sets over catalog positions, so a scope check on the hot path is one AND.
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// At most this many scopes per catalog (one bit each in [`ScopeSet`]).
+pub const MAX_SCOPES: usize = 128;
+const MAX_SCOPE_NAME_LEN: usize = 64;
+
+/// A set of catalog scopes.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(u128);
+
+impl ScopeSet {
+    pub const EMPTY: Self = Self(0);
+
+    fn single(index: usize) -> Self {
+        Self(1 << index)
+    }
+
+    pub fn contains(self, index: ScopeIndex) -> bool {
+        self.0 & (1 << index.0) != 0
+    }
+
+    pub fn contains_all(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn insert(&mut self, index: ScopeIndex) {
+        self.0 |= 1 << index.0;
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn indices(self) -> impl Iterator<Item = usize> {
+        (0..MAX_SCOPES).filter(move |i| self.0 & (1 << i) != 0)
+    }
+}
+
+impl fmt::Debug for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ScopeSet({:#x})", self.0)
+    }
+}
+
+/// A scope's position in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScopeIndex(usize);
+
+/// A scope's own denial text, e.g. CSBoard's `trading_not_enabled`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeDenialText {
+    pub code: String,
+    pub message: String,
+}
+
+/// One catalog entry as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeDefinition {
+    pub name: String,
+    pub description: String,
+    pub implies: Vec<String>,
+    pub auto_grant: bool,
+    pub reserved: bool,
+    pub denial: Option<ScopeDenialText>,
+}
+
+/// A named preset as configured. Entries may end in `*` to take every scope
+/// with that prefix (`read:*`, or `*` for all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresetDefinition {
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Preset {
+    pub name: String,
+    pub description: String,
+    pub scopes: ScopeSet,
+}
+
+/// Why a catalog could not be built; `path` names the offending entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct CatalogError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Why a requested grant was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("unknown scope {name:?}; valid scopes: {valid}")]
+    UnknownScope { name: String, valid: String },
+    #[error("scope {0:?} is listed more than once")]
+    DuplicateScope(String),
+    #[error("unknown preset {name:?}; valid presets: {valid}")]
+    UnknownPreset { name: String, valid: String },
+}
+
+#[derive(Debug)]
+pub struct ScopeCatalog {
+    definitions: Vec<ScopeDefinition>,
+    by_name: HashMap<String, ScopeIndex>,
+    /// `closure[i]`: scope `i` and everything it implies, transitively.
+    closure: Vec<ScopeSet>,
+    auto_granted: ScopeSet,
+    presets: Vec<Preset>,
+}
+
+fn valid_scope_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SCOPE_NAME_LEN
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b':' | b'_' | b'-' | b'.')
+        })
+}
+
+impl ScopeCatalog {
+    pub fn new(
+        definitions: Vec<ScopeDefinition>,
+        preset_definitions: Vec<PresetDefinition>,
+    ) -> Result<Self, CatalogError> {
+        let error = |path: String, reason: String| CatalogError { path, reason };
+        if definitions.len() > MAX_SCOPES {
+            return Err(error(
+                "scopes".into(),
+                format!("at most {MAX_SCOPES} scopes, got {}", definitions.len()),
+            ));
+        }
+        let mut by_name = HashMap::new();
+        for (i, definition) in definitions.iter().enumerate() {
+            if !valid_scope_name(&definition.name) {
+                return Err(error(
+                    format!("scopes[{i}].name"),
+                    format!(
+                        "{:?} is not a scope name: use 1 to {MAX_SCOPE_NAME_LEN} of a-z 0-9 : _ - . starting with a letter or digit",
+                        definition.name
+                    ),
+                ));
+            }
+            if by_name
+                .insert(definition.name.clone(), ScopeIndex(i))
+                .is_some()
+            {
+                return Err(error(
+                    format!("scopes[{i}].name"),
+                    format!("scope {:?} is defined twice", definition.name),
+                ));
+            }
+            if let Some(denial) = &definition.denial
+                && (denial.code.is_empty() || denial.message.is_empty())
+            {
+                return Err(error(
+                    format!("scopes[{i}]"),
+                    "denial_code and denial_message must both be set and non-empty".into(),
+                ));
+            }
+        }
+
+        let mut direct = vec![ScopeSet::EMPTY; definitions.len()];
+        for (i, definition) in definitions.iter().enumerate() {
+            direct[i] = ScopeSet::single(i);
+            for implied in &definition.implies {
+                let Some(&target) = by_name.get(implied) else {
+                    return Err(error(
+                        format!("scopes[{i}].implies"),
+                        format!(
+                            "{:?} implies {implied:?}, which is not in the catalog",
+                            definition.name
+                        ),
+                    ));
+                };
+                direct[i].insert(target);
+            }
+        }
+        // Transitive closure; at most MAX_SCOPES rounds, usually two.
+        let mut closure = direct.clone();
+        loop {
+            let mut changed = false;
+            for i in 0..closure.len() {
+                let mut grown = closure[i];
+                for j in closure[i].indices() {
+                    grown = grown.union(closure[j]);
+                }
+                if grown != closure[i] {
+                    closure[i] = grown;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+
+        let mut auto_granted = ScopeSet::EMPTY;
+        for (i, definition) in definitions.iter().enumerate() {
+            if definition.auto_grant {
+                auto_granted = auto_granted.union(closure[i]);
+            }
+        }
+
+        let mut presets: Vec<Preset> = Vec::new();
+        for (p, preset) in preset_definitions.into_iter().enumerate() {
+            if preset.name.trim().is_empty() {
+                return Err(error(
+                    format!("presets[{p}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if presets.iter().any(|known| known.name == preset.name) {
+                return Err(error(
+                    format!("presets[{p}].name"),
+                    format!("preset {:?} is defined twice", preset.name),
+                ));
+            }
+            let mut scopes = ScopeSet::EMPTY;
+            for pattern in &preset.scopes {
+                let matched = match pattern.strip_suffix('*') {
+                    Some(stem) => definitions
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, d)| d.name.starts_with(stem))
+                        .fold(ScopeSet::EMPTY, |set, (i, _)| {
+                            set.union(ScopeSet::single(i))
+                        }),
+                    None => by_name
+                        .get(pattern)
+                        .map_or(ScopeSet::EMPTY, |&i| ScopeSet::single(i.0)),
+                };
+                if matched.is_empty() {
+                    return Err(error(
+                        format!("presets[{p}].scopes"),
+                        format!("{pattern:?} matches no scope in the catalog"),
+                    ));
+                }
+                scopes = scopes.union(matched);
+            }
+            presets.push(Preset {
+                name: preset.name,
+                description: preset.description,
+                scopes,
+            });
+        }
+
+        Ok(Self {
+            definitions,
+            by_name,
+            closure,
+            auto_granted,
+            presets,
+        })
+    }
+
+    /// Carboncopy's catalog (seeds 000/001), the built-in default.
+    pub fn carboncopy() -> Self {
+        let scope = |name: &str, description: &str, implies: &[&str], reserved: bool| {
+            ScopeDefinition {
+                name: name.into(),
+                description: description.into(),
+                implies: implies.iter().map(|s| (*s).to_owned()).collect(),
+                auto_grant: false,
+                reserved,
+                denial: None,
+            }
+        };
+        Self::new(
+            vec![
+                scope(
+                    "portfolio:read",
+                    "View portfolio summary, history, and positions",
+                    &[],
+                    false,
+                ),
+                scope("traders:read", "List and view traders", &[], false),
+                scope(
+                    "traders:write",
+                    "Follow, edit and unfollow traders",
+                    &["traders:read"],
+                    false,
+                ),
+                scope("orders:read", "View orders", &[], false),
+                scope(
+                    "orders:write",
+                    "Future order mutations",
+                    &["orders:read"],
+                    false,
+                ),
+                scope(
+                    "markets:read",
+                    "Market data access (coming soon)",
+                    &[],
+                    true,
+                ),
+                scope("account:read", "View account information", &[], false),
+            ],
+            vec![],
+        )
+        .expect("built-in catalog is valid")
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<ScopeIndex> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn name(&self, index: ScopeIndex) -> &str {
+        &self.definitions[index.0].name
+    }
+
+    pub fn definitions(&self) -> &[ScopeDefinition] {
+        &self.definitions
+    }
+
+    pub fn presets(&self) -> &[Preset] {
+        &self.presets
+    }
+
+    pub fn denial_text(&self, index: ScopeIndex) -> Option<&ScopeDenialText> {
+        self.definitions[index.0].denial.as_ref()
+    }
+
+    fn valid_names(&self) -> String {
+        self.definitions
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Resolves a scope name that a request requires.
+    pub fn require(&self, name: &str) -> Result<ScopeIndex, GrantError> {
+        self.lookup(name).ok_or_else(|| GrantError::UnknownScope {
+            name: name.chars().take(MAX_SCOPE_NAME_LEN * 2).collect(),
+            valid: self.valid_names(),
+        })
+    }
+
+    /// What a new or updated key is granted: the listed scopes plus the
+    /// preset's. Unknown or repeated scopes and unknown presets are refused.
+    pub fn resolve_grant(
+        &self,
+        names: &[String],
+        preset: Option<&str>,
+    ) -> Result<ScopeSet, GrantError> {
+        let mut granted = ScopeSet::EMPTY;
+        for name in names {
+            let index = self.require(name)?;
+            if granted.contains(index) {
+                return Err(GrantError::DuplicateScope(name.clone()));
+            }
+            granted.insert(index);
+        }
+        if let Some(preset_name) = preset {
+            let preset = self
+                .presets
+                .iter()
+                .find(|p| p.name == preset_name)
+                .ok_or_else(|| GrantError::UnknownPreset {
+                    name: preset_name.chars().take(128).collect(),
+                    valid: self
+                        .presets
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            granted = granted.union(preset.scopes);
+        }
+        Ok(granted)
+    }
+
+    /// Maps stored scope names back to a set; names no longer in the catalog
+    /// are returned separately so the caller can log them.
+    pub fn granted_from_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> (ScopeSet, Vec<&'a str>) {
+        let mut set = ScopeSet::EMPTY;
+        let mut unknown = Vec::new();
+        for name in names {
+            match self.lookup(name) {
+                Some(index) => set.insert(index),
+                None => unknown.push(name),
+            }
+        }
+        (set, unknown)
+    }
+
+    /// Everything a key with `granted` may do.
+    pub fn effective(&self, granted: ScopeSet) -> ScopeSet {
+        granted
+            .indices()
+            .fold(self.auto_granted, |set, i| set.union(self.closure[i]))
+    }
+
+    /// Catalog names of a set, in catalog order.
+    pub fn names(&self, set: ScopeSet) -> impl Iterator<Item = &str> {
+        set.indices().map(|i| self.definitions[i].name.as_str())
+    }
+
+    /// Catalog names of a set, sorted alphabetically.
+    pub fn sorted_names(&self, set: ScopeSet) -> Vec<String> {
+        let mut names: Vec<String> = self.names(set).map(str::to_owned).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Assembles keyward from its parts and runs it: storage, cache, event-log
+//! follower, usage flusher, the gRPC services (KeyService, health,
+//! reflection), and graceful shutdown.
+//!
+//! Shutdown order: health goes NOT_SERVING, the gRPC server stops accepting
+//! and drains in-flight calls (up to the grace period), background tasks
+//! stop, and the usage flusher writes what is pending.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::KeyServiceApi;
+use crate::authenticator::Authenticator;
+use crate::config::Config;
+use crate::failed_auth_bans::FailedAuthBans;
+use crate::key_cache::KeyCache;
+use crate::key_management::KeyManager;
+use crate::proto;
+use crate::proto::key_service_server::KeyServiceServer;
+use crate::rate_limits::KeyRateLimits;
+use crate::revocation_feed::{Freshness, RevocationFeed};
+use crate::storage::{self, KeyStore, PoolSettings, StoreError};
+use crate::usage::usage_channel;
+
+/// Services whose health follows the replica's freshness.
+const HEALTH_SERVICES: [&str; 2] = ["", "keyward.v1.KeyService"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Storage(#[from] StoreError),
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Everything `serve` needs.
+pub struct ServeOptions {
+    pub config: Config,
+    pub listen: SocketAddr,
+    pub database_url: String,
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Asks the server to stop, as SIGTERM does, and waits until it has.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.stop.cancel();
+        self.task.await.expect("server task panicked")
+    }
+
+    /// Waits until the server stops by itself (after a signal).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task.await.expect("server task panicked")
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Opens storage, binds the listener and starts serving in the background.
+pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
+    let ServeOptions {
+        config,
+        listen,
+        database_url,
+    } = options;
+    let store = storage::open(
+        &database_url,
+        &PoolSettings {
+            max_connections: config.server.max_connections,
+            ..PoolSettings::default()
+        },
+    )
+    .await?;
+    tracing::info!(backend = %store.backend(), "storage ready");
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        address: listen,
+        source,
+    })?;
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(config, store, listener, stop.clone()));
+    tracing::info!(%addr, "keyward listening");
+    Ok(RunningServer { addr, stop, task })
+}
+
+async fn run(
+    config: Config,
+    store: Arc<dyn KeyStore>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let cache = Arc::new(KeyCache::new(&config.cache));
+    let feed = RevocationFeed::start(Arc::clone(&store), Arc::clone(&cache), config.feed.clone()).await?;
+    let wakeups = store.subscribe_wakeups().await?;
+    let (usage, usage_flusher) = usage_channel(Arc::clone(&store));
+
+    let authenticator = Arc::new(Authenticator {
+        key_format: config.key_format.clone(),
+        catalog: Arc::clone(&config.catalog),
+        denials: config.denials.clone(),
+        cache: Arc::clone(&cache),
+        store: Arc::clone(&store),
+        freshness: Arc::clone(feed.freshness()),
+        bans: FailedAuthBans::new(config.bans.clone()),
+        rate_limits: KeyRateLimits::new(config.default_rate_limit, config.cache.capacity),
+        usage,
+    });
+    let manager = Arc::new(KeyManager {
+        store: Arc::clone(&store),
+        cache: Arc::clone(&cache),
+        catalog: Arc::clone(&config.catalog),
+        key_format: config.key_format.clone(),
+        max_active_keys_per_account: config.max_active_keys_per_account,
+    });
+
+    // Background work stops when `background` is cancelled, after the gRPC
+    // server has drained.
+    let background = CancellationToken::new();
+    let follower = tokio::spawn(
+        Arc::clone(&feed).run(wakeups, background.clone().cancelled_owned()),
+    );
+    let pruner = tokio::spawn(Arc::clone(&feed).run_pruner(background.clone().cancelled_owned()));
+    let flusher = tokio::spawn(
+        usage_flusher.run(config.last_used_flush_interval, background.clone().cancelled_owned()),
+    );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Stops with the first sign of shutdown, so it cannot undo NOT_SERVING.
+    let watchdog = tokio::spawn(health_watchdog(
+        health_reporter.clone(),
+        Arc::clone(feed.freshness()),
+        stop.clone(),
+    ));
+
+    // Both reflection versions: grpcurl 1.8 and many tools still speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let key_service = KeyServiceServer::new(KeyServiceApi::new(
+        Arc::clone(&authenticator),
+        Arc::clone(&manager),
+        Arc::clone(&feed),
+    ));
+
+    let grace = config.server.shutdown_grace;
+    let shutdown_signal = {
+        let stop = stop.clone();
+        let health_reporter = health_reporter.clone();
+        async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down: draining in-flight calls");
+            for service in HEALTH_SERVICES {
+                health_reporter
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(key_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+
+    // Stop waiting for in-flight calls after the grace period.
+    let result = tokio::select! {
+        result = server => result,
+        () = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "grace period over; dropping remaining calls");
+            Ok(())
+        }
+    };
+
+    background.cancel();
+    let _ = tokio::join!(follower, pruner, watchdog);
+    // The flusher writes pending last-use times before it returns.
+    let _ = flusher.await;
+    tracing::info!("stopped");
+    result.map_err(ServeError::from)
+}
+
+/// Keeps health in step with freshness: NOT_SERVING while this replica cannot
+/// prove it is caught up (which includes the database being unreachable).
+async fn health_watchdog(
+    reporter: HealthReporter,
+    freshness: Arc<Freshness>,
+    stop: CancellationToken,
+) {
+    let mut serving = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let fresh = freshness.is_fresh();
+        if serving == Some(fresh) {
+            continue;
+        }
+        let status = if fresh {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if serving.is_some() {
+            if fresh {
+                tracing::info!("caught up with the event log; serving");
+            } else {
+                tracing::warn!(bound = ?freshness.bound(), "cannot prove the cache is current; failing closed");
+            }
+        }
+        for service in HEALTH_SERVICES {
+            reporter.set_service_status(service, status).await;
+        }
+        serving = Some(fresh);
+    }
+}

@@ -1,0 +1,415 @@
+//! Persistent state behind one trait, [`KeyStore`], with a SQLite backend
+//! (embedded default, one process) and a PostgreSQL backend (several
+//! replicas). Both pass the same conformance suite (`storage/tests.rs`).
+//!
+//! Every write that removes or alters access appends to the event log
+//! (`key_events`) in the same transaction; the log is what replicas follow.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// A key about to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: KeyId,
+    pub account_id: AccountId,
+    pub name: KeyName,
+    pub digest: KeyDigest,
+    pub start: String,
+    /// Granted scope names, after preset expansion, in catalog order.
+    pub scopes: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub created_at: UnixMillis,
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// A stored key. Holds the digest (needed to find cache entries) but never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub digest: KeyDigest,
+    pub start: String,
+    pub scopes: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub created_at: UnixMillis,
+    pub expires_at: Option<UnixMillis>,
+    pub revoked_at: Option<UnixMillis>,
+    pub last_used_at: Option<UnixMillis>,
+}
+
+impl KeyRecord {
+    /// Neither revoked nor expired at `now`.
+    pub fn is_active(&self, now: UnixMillis) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// What UpdateKey changes; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub name: Option<KeyName>,
+    pub scopes: Option<Vec<String>>,
+    /// `Some(None)` returns the key to the configured default limit.
+    pub rate_limit: Option<Option<RateLimit>>,
+}
+
+/// What a logged change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Revoked,
+    ScopesChanged,
+    RateLimitChanged,
+    Renamed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Revoked => "revoked",
+            EventKind::ScopesChanged => "scopes_changed",
+            EventKind::RateLimitChanged => "rate_limit_changed",
+            EventKind::Renamed => "renamed",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "revoked" => Ok(EventKind::Revoked),
+            "scopes_changed" => Ok(EventKind::ScopesChanged),
+            "rate_limit_changed" => Ok(EventKind::RateLimitChanged),
+            "renamed" => Ok(EventKind::Renamed),
+            other => Err(format!("unknown event kind {other:?}")),
+        }
+    }
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub seq: u64,
+    pub key_id: KeyId,
+    pub account_id: AccountId,
+    pub digest: KeyDigest,
+    pub kind: EventKind,
+    pub at: UnixMillis,
+}
+
+/// A hint that the event log may have grown. Hints can be lost; followers
+/// also poll, so a lost hint costs latency, never correctness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Something was appended.
+    Changed,
+    /// The notification channel was lost and re-established; hints may have
+    /// been missed in between.
+    Resubscribed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("the account already has {limit} active keys")]
+    KeyLimitReached { limit: u32 },
+    #[error("the key is revoked")]
+    KeyRevoked,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        })
+    }
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Inserts a key unless the account already has `max_active` active keys.
+    /// Holds under concurrency: the check and the insert are one transaction
+    /// serialized per account.
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError>;
+
+    /// Revokes a key of `account`, logging a `revoked` event. Revoking a
+    /// revoked key returns it unchanged and logs nothing.
+    async fn revoke_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Applies `update` to a key of `account`, logging one event per changed
+    /// aspect. Revoked keys cannot be changed (`KeyRevoked`).
+    async fn update_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        update: KeyUpdate,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError>;
+
+    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError>;
+
+    /// Keys of `account` in id (creation) order, after `after` if given.
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        include_revoked: bool,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// The hot path's only query, on a cache miss.
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError>;
+
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError>;
+
+    /// The highest sequence ever assigned (0 when none).
+    async fn latest_seq(&self) -> Result<u64, StoreError>;
+
+    /// Events up to and including this sequence have been pruned.
+    async fn pruned_through(&self) -> Result<u64, StoreError>;
+
+    /// Deletes events older than `before`; returns how many went.
+    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError>;
+
+    /// Writes a batch of last-use times (never moving one backwards).
+    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError>;
+
+    /// A cheap round trip, for health.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Wake-up hints for event-log followers.
+    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError>;
+}
+
+/// Opens the store a database URL names and runs its migrations.
+pub async fn open(
+    database_url: &str,
+    settings: &PoolSettings,
+) -> Result<Arc<dyn KeyStore>, StoreError> {
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PostgresStore::open(database_url, settings).await?,
+        ))
+    } else {
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(database_url, settings).await?,
+        ))
+    }
+}
+
+/// Whether a URL names a backend keyward supports (checked at startup).
+pub fn check_database_url(database_url: &str) -> Result<(), String> {
+    let supported = ["sqlite:", "postgres://", "postgresql://"];
+    if supported.iter().any(|p| database_url.starts_with(p)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unsupported database URL scheme; use sqlite://PATH or postgres://... (got {:?})",
+            database_url.split(':').next().unwrap_or_default()
+        ))
+    }
+}
+
+/// Connection pool sizing.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: std::time::Duration::from_secs(3),
+        }
+    }
+}
+
+/// A key row as both backends return it (same column names and types).
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: String,
+    account_id: String,
+    name: String,
+    key_hash: Vec<u8>,
+    start: String,
+    scopes: String,
+    rate_limit_requests: Option<i64>,
+    rate_limit_per_seconds: Option<i64>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+/// The columns of [`KeyRow`], as a literal so queries stay `&'static str`.
+macro_rules! key_columns {
+    () => {
+        "id, account_id, name, key_hash, start, scopes, rate_limit_requests, \
+         rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+use key_columns;
+
+impl TryFrom<KeyRow> for KeyRecord {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of key {}", row.id));
+        let rate_limit = match (row.rate_limit_requests, row.rate_limit_per_seconds) {
+            (Some(requests), Some(per_seconds)) => Some(
+                u32::try_from(requests)
+                    .ok()
+                    .zip(u32::try_from(per_seconds).ok())
+                    .and_then(|(r, p)| RateLimit::new(r, p).ok())
+                    .ok_or_else(|| corrupt("rate limit"))?,
+            ),
+            (None, None) => None,
+            _ => return Err(corrupt("rate limit")),
+        };
+        let id = KeyId::parse(&row.id).map_err(|_| corrupt("id"))?;
+        let account_id = AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?;
+        let digest = KeyDigest::from_bytes(&row.key_hash).ok_or_else(|| corrupt("hash"))?;
+        Ok(KeyRecord {
+            id,
+            account_id,
+            digest,
+            scopes: split_scopes(&row.scopes),
+            name: row.name,
+            start: row.start,
+            rate_limit,
+            created_at: UnixMillis(row.created_at),
+            expires_at: row.expires_at.map(UnixMillis),
+            revoked_at: row.revoked_at.map(UnixMillis),
+            last_used_at: row.last_used_at.map(UnixMillis),
+        })
+    }
+}
+
+/// Scopes are stored as one space-separated column (scope names hold no spaces).
+fn join_scopes(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
+fn split_scopes(column: &str) -> Vec<String> {
+    column.split_whitespace().map(str::to_owned).collect()
+}
+
+/// An event row as both backends return it.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    key_id: String,
+    account_id: String,
+    key_hash: Vec<u8>,
+    kind: String,
+    at: i64,
+}
+
+/// The columns of [`EventRow`].
+macro_rules! event_columns {
+    () => {
+        "seq, key_id, account_id, key_hash, kind, at"
+    };
+}
+use event_columns;
+
+impl TryFrom<EventRow> for KeyEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of event {}", row.seq));
+        Ok(KeyEvent {
+            seq: u64::try_from(row.seq).map_err(|_| corrupt("sequence"))?,
+            key_id: KeyId::parse(&row.key_id).map_err(|_| corrupt("key id"))?,
+            account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?,
+            digest: KeyDigest::from_bytes(&row.key_hash).ok_or_else(|| corrupt("hash"))?,
+            kind: row.kind.parse().map_err(|_| corrupt("kind"))?,
+            at: UnixMillis(row.at),
+        })
+    }
+}
+
+/// The events an update produces, in a fixed order.
+fn events_for_update(update: &KeyUpdate, before: &KeyRecord) -> Vec<EventKind> {
+    let mut kinds = Vec::new();
+    if update.scopes.as_ref().is_some_and(|s| *s != before.scopes) {
+        kinds.push(EventKind::ScopesChanged);
+    }
+    if update.rate_limit.is_some_and(|r| r != before.rate_limit) {
+        kinds.push(EventKind::RateLimitChanged);
+    }
+    if update.name.as_ref().is_some_and(|n| n.as_str() != before.name) {
+        kinds.push(EventKind::Renamed);
+    }
+    kinds
+}
+
+/// Applies an update to a record in memory (what the row becomes).
+fn apply_update(mut record: KeyRecord, update: KeyUpdate) -> KeyRecord {
+    if let Some(name) = update.name {
+        record.name = name.as_str().to_owned();
+    }
+    if let Some(scopes) = update.scopes {
+        record.scopes = scopes;
+    }
+    if let Some(rate_limit) = update.rate_limit {
+        record.rate_limit = rate_limit;
+    }
+    record
+}
+
+fn rate_limit_columns(rate_limit: Option<RateLimit>) -> (Option<i64>, Option<i64>) {
+    match rate_limit {
+        Some(limit) => (
+            Some(i64::from(limit.requests())),
+            Some(i64::from(limit.per_seconds())),
+        ),
+        None => (None, None),
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,397 @@
+//! The PostgreSQL backend, for several replicas sharing one database.
+//! CreateKey serializes per account by locking the account's row; the event
+//! log's trigger (see the migration) keeps sequence order equal to commit
+//! order and sends a NOTIFY that followers receive through `PgListener`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
+
+use super::{
+    EventKind, EventRow, KeyEvent, KeyRecord, KeyRow, KeyStore, KeyUpdate, NewKey, PoolSettings,
+    StoreError, Wakeup, apply_update, event_columns, events_for_update, join_scopes, key_columns,
+    rate_limit_columns, to_u64,
+};
+use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
+use crate::storage::Backend;
+
+/// The NOTIFY channel the event-log trigger signals.
+pub const EVENTS_CHANNEL: &str = "keyward_key_events";
+/// `application_name` of the listener connection, so operators (and tests)
+/// can find it in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "keyward-listener";
+
+pub struct PostgresStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+impl PostgresStore {
+    pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("keyward");
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        // sqlx takes an advisory lock here, so replicas starting together
+        // migrate once.
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Self { pool, options })
+    }
+
+    async fn key_in_account(
+        conn: &mut sqlx::PgConnection,
+        account: &AccountId,
+        id: &KeyId,
+        lock: bool,
+    ) -> Result<KeyRecord, StoreError> {
+        let query = if lock {
+            concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM api_keys WHERE id = $1 AND account_id = $2 FOR UPDATE"
+            )
+        } else {
+            concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM api_keys WHERE id = $1 AND account_id = $2"
+            )
+        };
+        let row: Option<KeyRow> = sqlx::query_as(query)
+            .bind(id.as_str())
+            .bind(account.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.ok_or(StoreError::NotFound)?.try_into()
+    }
+
+    async fn append_event(
+        conn: &mut sqlx::PgConnection,
+        record: &KeyRecord,
+        kind: EventKind,
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        // `seq` is assigned by the trigger, under its ordering lock.
+        sqlx::query(
+            "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(record.id.as_str())
+        .bind(record.account_id.as_str())
+        .bind(record.digest.as_bytes().as_slice())
+        .bind(kind.as_str())
+        .bind(at.0)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(key.account_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        // Concurrent creates for one account queue here, so the count below
+        // cannot be overtaken.
+        sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(key.account_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(key.account_id.as_str())
+        .bind(key.created_at.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= i64::from(max_active) {
+            return Err(StoreError::KeyLimitReached { limit: max_active });
+        }
+        let (requests, per_seconds) = rate_limit_columns(key.rate_limit);
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, name, key_hash, start, scopes, \
+             rate_limit_requests, rate_limit_per_seconds, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.account_id.as_str())
+        .bind(key.name.as_str())
+        .bind(key.digest.as_bytes().as_slice())
+        .bind(&key.start)
+        .bind(join_scopes(&key.scopes))
+        .bind(requests)
+        .bind(per_seconds)
+        .bind(key.created_at.0)
+        .bind(key.expires_at.map(|t| t.0))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(KeyRecord {
+            id: key.id,
+            account_id: key.account_id,
+            name: key.name.as_str().to_owned(),
+            digest: key.digest,
+            start: key.start,
+            scopes: key.scopes,
+            rate_limit: key.rate_limit,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        })
+    }
+
+    async fn revoke_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut record = Self::key_in_account(&mut tx, account, id, true).await?;
+        if record.revoked_at.is_some() {
+            return Ok(record);
+        }
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
+            .bind(now.0)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Self::append_event(&mut tx, &record, EventKind::Revoked, now).await?;
+        tx.commit().await?;
+        record.revoked_at = Some(now);
+        Ok(record)
+    }
+
+    async fn update_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        update: KeyUpdate,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before = Self::key_in_account(&mut tx, account, id, true).await?;
+        if before.revoked_at.is_some() {
+            return Err(StoreError::KeyRevoked);
+        }
+        let kinds = events_for_update(&update, &before);
+        let after = apply_update(before, update);
+        if kinds.is_empty() {
+            return Ok(after);
+        }
+        let (requests, per_seconds) = rate_limit_columns(after.rate_limit);
+        sqlx::query(
+            "UPDATE api_keys SET name = $1, scopes = $2, rate_limit_requests = $3, \
+             rate_limit_per_seconds = $4 WHERE id = $5",
+        )
+        .bind(&after.name)
+        .bind(join_scopes(&after.scopes))
+        .bind(requests)
+        .bind(per_seconds)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        for kind in kinds {
+            Self::append_event(&mut tx, &after, kind, now).await?;
+        }
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::key_in_account(&mut conn, account, id, false).await
+    }
+
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        include_revoked: bool,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE account_id = $1 AND ($2 OR revoked_at IS NULL) \
+             AND id > $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(account.as_str())
+        .bind(include_revoked)
+        .bind(after.map_or("", KeyId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(KeyRecord::try_from).collect()
+    }
+
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        let row: Option<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE key_hash = $1"
+        ))
+        .bind(digest.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row: Option<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(KeyEvent::try_from).collect()
+    }
+
+    async fn latest_seq(&self) -> Result<u64, StoreError> {
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
+             (SELECT pruned_through FROM feed_state WHERE id = 1))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u64(seq))
+    }
+
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        let seq: i64 = sqlx::query_scalar("SELECT pruned_through FROM feed_state WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(seq))
+    }
+
+    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Only one pruner at a time (replicas each run one).
+        sqlx::query("SELECT pruned_through FROM feed_state WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        let through: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM key_events WHERE at < $1")
+                .bind(before.0)
+                .fetch_one(&mut *tx)
+                .await?;
+        let Some(through) = through else {
+            return Ok(0);
+        };
+        let deleted = sqlx::query("DELETE FROM key_events WHERE seq <= $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE feed_state SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1",
+        )
+        .bind(through)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = uses.iter().map(|(id, _)| id.as_str()).collect();
+        let times: Vec<i64> = uses.iter().map(|(_, at)| at.0).collect();
+        // One statement for the whole batch.
+        sqlx::query(
+            "UPDATE api_keys AS k SET last_used_at = u.at \
+             FROM UNNEST($1::text[], $2::bigint[]) AS u(id, at) \
+             WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+        )
+        .bind(ids)
+        .bind(times)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(
+                self.options
+                    .clone()
+                    .application_name(LISTENER_APPLICATION_NAME),
+            );
+        let mut listener = PgListener::connect_with(&listener_pool).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(forward_notifications(listener, tx));
+        Ok(rx)
+    }
+}
+
+/// Turns notifications into wake-ups until the follower goes away. When the
+/// connection drops, `PgListener` reconnects and re-listens on the next call;
+/// notifications sent in between are lost, which the follower covers by
+/// replaying from its last applied sequence (it is told `Resubscribed`, and
+/// it polls on an interval regardless).
+async fn forward_notifications(mut listener: PgListener, wakeups: mpsc::Sender<Wakeup>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let next = tokio::select! {
+            next = listener.try_recv() => next,
+            () = wakeups.closed() => return,
+        };
+        let wakeup = match next {
+            Ok(Some(_)) => Wakeup::Changed,
+            Ok(None) => {
+                tracing::warn!("event listener connection lost; reconnecting");
+                Wakeup::Resubscribed
+            }
+            Err(error) => {
+                tracing::warn!(%error, ?backoff, "event listener cannot reconnect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        match wakeups.try_send(wakeup) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `last_used_at`: the hot path notes each use in memory (an atomic on the
+//! cached key, and the key queued once per flush interval); a background task
+//! writes the queued keys to the database in one batch per interval, and once
+//! more at shutdown. No database write happens on the request path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::domain::{KeyId, UnixMillis};
+use crate::key_cache::CachedKey;
+use crate::storage::KeyStore;
+
+/// The hot path's handle.
+#[derive(Clone)]
+pub struct UsageRecorder {
+    queue: mpsc::UnboundedSender<Arc<CachedKey>>,
+}
+
+/// The flusher's end of the queue.
+pub struct UsageFlusher {
+    queue: mpsc::UnboundedReceiver<Arc<CachedKey>>,
+    store: Arc<dyn KeyStore>,
+}
+
+/// A recorder and the flusher that drains it. The queue holds each key at
+/// most once until the flusher takes it, so its length is bounded by the
+/// number of keys in use.
+pub fn usage_channel(store: Arc<dyn KeyStore>) -> (UsageRecorder, UsageFlusher) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (UsageRecorder { queue: tx }, UsageFlusher { queue: rx, store })
+}
+
+impl UsageRecorder {
+    pub fn record(&self, key: &Arc<CachedKey>, now: UnixMillis) {
+        if key.note_use(now) {
+            // Only fails after shutdown, when nothing is flushed any more.
+            let _ = self.queue.send(Arc::clone(key));
+        }
+    }
+}
+
+impl UsageFlusher {
+    /// Writes everything queued so far; returns how many keys were written.
+    pub async fn flush(&mut self) -> usize {
+        let mut latest: HashMap<KeyId, UnixMillis> = HashMap::new();
+        while let Ok(key) = self.queue.try_recv() {
+            if let Some(at) = key.take_use() {
+                let slot = latest.entry(key.id.clone()).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+        }
+        if latest.is_empty() {
+            return 0;
+        }
+        let batch: Vec<(KeyId, UnixMillis)> = latest.into_iter().collect();
+        match self.store.record_last_used(&batch).await {
+            Ok(()) => batch.len(),
+            Err(error) => {
+                // Dropped, not retried: a later use records a later time anyway.
+                tracing::warn!(%error, keys = batch.len(), "could not record last-use times");
+                0
+            }
+        }
+    }
+
+    /// Flushes every `interval` until `shutdown` resolves, then once more.
+    pub async fn run(mut self, interval: Duration, shutdown: impl Future<Output = ()>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => { self.flush().await; }
+                () = &mut shutdown => break,
+            }
+        }
+        let written = self.flush().await;
+        tracing::debug!(written, "flushed last-use times at shutdown");
+    }
+}
