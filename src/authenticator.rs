@@ -19,6 +19,7 @@ use crate::rate_limits::{KeyRateLimits, RateDecision, RateLimitStatus};
 use crate::revocation_feed::Freshness;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
 use crate::storage::{KeyRecord, KeyStore, StoreError};
+use crate::telemetry;
 use crate::usage::UsageRecorder;
 
 /// How many times a cache miss reloads when a change lands mid-load.
@@ -26,9 +27,28 @@ const LOAD_ATTEMPTS: usize = 3;
 
 /// Who is asking, and for what.
 pub struct Presented<'a> {
+    pub surface: Surface,
     pub key: PresentedKey<'a>,
     pub required: &'a [ScopeIndex],
     pub client: Option<IpAddr>,
+}
+
+/// Which entry point asked (a metrics and log label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Authenticate,
+    CheckScope,
+    ExtAuthzCheck,
+}
+
+impl Surface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Surface::Authenticate => "Authenticate",
+            Surface::CheckScope => "CheckScope",
+            Surface::ExtAuthzCheck => "Check",
+        }
+    }
 }
 
 pub enum PresentedKey<'a> {
@@ -82,6 +102,13 @@ enum Loaded {
 
 impl Authenticator {
     pub async fn authenticate(&self, request: Presented<'_>) -> Verdict {
+        let started = std::time::Instant::now();
+        let verdict = self.decide(&request).await;
+        telemetry::record_verdict(request.surface, &verdict, started.elapsed());
+        verdict
+    }
+
+    async fn decide(&self, request: &Presented<'_>) -> Verdict {
         if let Some(client) = request.client
             && let Some(wait) = self.bans.banned_for(client)
         {
@@ -103,15 +130,15 @@ impl Authenticator {
         };
         let key = match found {
             Ok(key) => key,
-            Err(reason) => return self.refuse(reason, &request),
+            Err(reason) => return self.refuse(reason, request),
         };
 
         let now = UnixMillis::now();
         if key.revoked_at.is_some() {
-            return self.refuse(Reason::Revoked, &request);
+            return self.refuse(Reason::Revoked, request);
         }
         if key.is_expired(now) {
-            return self.refuse(Reason::Expired, &request);
+            return self.refuse(Reason::Expired, request);
         }
 
         if let Some(&missing) = request
@@ -184,10 +211,14 @@ impl Authenticator {
             Lookup::Miss(ticket) => ticket,
         };
         let loaded = self
-            .load(ticket, |store| {
-                let store = Arc::clone(store);
-                async move { store.find_by_digest(&digest).await }
-            }, |cache, ticket, key| cache.insert_by_digest(ticket, key, digest))
+            .load(
+                ticket,
+                |store| {
+                    let store = Arc::clone(store);
+                    async move { store.find_by_digest(&digest).await }
+                },
+                |cache, ticket, key| cache.insert_by_digest(ticket, key, digest),
+            )
             .await?;
         match loaded {
             Loaded::Found(key) => Ok(key),
@@ -208,11 +239,15 @@ impl Authenticator {
             Lookup::Miss(ticket) => ticket,
         };
         let loaded = self
-            .load(ticket, |store| {
-                let store = Arc::clone(store);
-                let id = id.clone();
-                async move { store.find_by_id(&id).await }
-            }, KeyCache::insert_by_id)
+            .load(
+                ticket,
+                |store| {
+                    let store = Arc::clone(store);
+                    let id = id.clone();
+                    async move { store.find_by_id(&id).await }
+                },
+                KeyCache::insert_by_id,
+            )
             .await?;
         match loaded {
             Loaded::Found(key) => Ok(key),

@@ -115,7 +115,11 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             fail(
-                if key == "." { "(top level)".into() } else { key },
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 e.into_inner().message().trim().to_owned(),
             )
         })?;
@@ -134,8 +138,12 @@ impl Config {
             .listen
             .as_deref()
             .map(|text| {
-                text.parse::<SocketAddr>()
-                    .map_err(|_| fail("server.listen", format!("{text:?} is not an address like 127.0.0.1:50051")))
+                text.parse::<SocketAddr>().map_err(|_| {
+                    fail(
+                        "server.listen",
+                        format!("{text:?} is not an address like 127.0.0.1:50051"),
+                    )
+                })
             })
             .transpose()?;
         if let Some(url) = &raw.server.database_url {
@@ -144,14 +152,14 @@ impl Config {
         let server = ServerSettings {
             listen,
             database_url: raw.server.database_url,
-            max_connections: in_range(
-                raw.server.max_connections.unwrap_or(10),
-                1,
-                1_000,
+            max_connections: in_range(raw.server.max_connections.unwrap_or(10), 1, 1_000)
+                .map_err(|r| fail("server.max_connections", r))?,
+            shutdown_grace: seconds(
+                raw.server.shutdown_grace_seconds.unwrap_or(10.0),
+                0.0,
+                3600.0,
             )
-            .map_err(|r| fail("server.max_connections", r))?,
-            shutdown_grace: seconds(raw.server.shutdown_grace_seconds.unwrap_or(10.0), 0.0, 3600.0)
-                .map_err(|r| fail("server.shutdown_grace_seconds", r))?,
+            .map_err(|r| fail("server.shutdown_grace_seconds", r))?,
         };
 
         let keys = raw.keys;
@@ -171,12 +179,9 @@ impl Config {
             keys.display_chars.unwrap_or(6),
         )
         .map_err(|r| fail("keys", r))?;
-        let max_active_keys_per_account = in_range(
-            keys.max_active_per_account.unwrap_or(10),
-            1,
-            100_000,
-        )
-        .map_err(|r| fail("keys.max_active_per_account", r))?;
+        let max_active_keys_per_account =
+            in_range(keys.max_active_per_account.unwrap_or(10), 1, 100_000)
+                .map_err(|r| fail("keys.max_active_per_account", r))?;
 
         let catalog = match raw.scopes {
             None if raw.presets.is_empty() => ScopeCatalog::carboncopy(),
@@ -188,7 +193,9 @@ impl Config {
                         .map(|(i, s)| {
                             let denial = match (s.denial_code, s.denial_message) {
                                 (None, None) => None,
-                                (Some(code), Some(message)) => Some(ScopeDenialText { code, message }),
+                                (Some(code), Some(message)) => {
+                                    Some(ScopeDenialText { code, message })
+                                }
                                 _ => {
                                     return Err(fail(
                                         &format!("scopes[{i}]"),
@@ -222,12 +229,23 @@ impl Config {
         };
 
         let defaults = DenialCatalog::default();
-        let text = |key: &str, raw: Option<RawDenialText>, default: DenialText, statuses: &[u16]| {
-            denial_text(raw, default, statuses).map_err(|r| fail(key, r))
-        };
+        let text =
+            |key: &str, raw: Option<RawDenialText>, default: DenialText, statuses: &[u16]| {
+                denial_text(raw, default, statuses).map_err(|r| fail(key, r))
+            };
         let denials = DenialCatalog {
-            missing: text("denials.missing", raw.denials.missing, defaults.missing, &[400, 401])?,
-            invalid: text("denials.invalid", raw.denials.invalid, defaults.invalid, &[401, 403])?,
+            missing: text(
+                "denials.missing",
+                raw.denials.missing,
+                defaults.missing,
+                &[400, 401],
+            )?,
+            invalid: text(
+                "denials.invalid",
+                raw.denials.invalid,
+                defaults.invalid,
+                &[401, 403],
+            )?,
             insufficient_scope: text(
                 "denials.insufficient_scope",
                 raw.denials.insufficient_scope,
@@ -256,14 +274,22 @@ impl Config {
 
         let cache_defaults = CacheSettings::default();
         let cache = CacheSettings {
-            capacity: in_range(raw.cache.capacity.unwrap_or(cache_defaults.capacity), 1, 100_000_000)
-                .map_err(|r| fail("cache.capacity", r))?,
+            capacity: in_range(
+                raw.cache.capacity.unwrap_or(cache_defaults.capacity),
+                1,
+                100_000_000,
+            )
+            .map_err(|r| fail("cache.capacity", r))?,
             ttl: match raw.cache.ttl_seconds {
-                Some(value) => seconds(value, 0.01, 86_400.0).map_err(|r| fail("cache.ttl_seconds", r))?,
+                Some(value) => {
+                    seconds(value, 0.01, 86_400.0).map_err(|r| fail("cache.ttl_seconds", r))?
+                }
                 None => cache_defaults.ttl,
             },
             negative_capacity: in_range(
-                raw.cache.negative_capacity.unwrap_or(cache_defaults.negative_capacity),
+                raw.cache
+                    .negative_capacity
+                    .unwrap_or(cache_defaults.negative_capacity),
                 1,
                 100_000_000,
             )
@@ -278,7 +304,9 @@ impl Config {
         let feed_defaults = FeedSettings::default();
         let poll_interval = Duration::from_millis(
             in_range(
-                raw.feed.poll_interval_ms.unwrap_or(feed_defaults.poll_interval.as_millis() as u64),
+                raw.feed
+                    .poll_interval_ms
+                    .unwrap_or(feed_defaults.poll_interval.as_millis() as u64),
                 5,
                 60_000,
             )
@@ -307,8 +335,12 @@ impl Config {
             poll_interval,
             freshness_bound,
             retention: match raw.feed.retention_hours {
-                Some(hours) => seconds(hours * 3600.0, 60.0, 8_760.0 * 3600.0)
-                    .map_err(|_| fail("feed.retention_hours", format!("must be between 1/60 and 8760 hours, got {hours}")))?,
+                Some(hours) => seconds(hours * 3600.0, 60.0, 8_760.0 * 3600.0).map_err(|_| {
+                    fail(
+                        "feed.retention_hours",
+                        format!("must be between 1/60 and 8760 hours, got {hours}"),
+                    )
+                })?,
                 None => feed_defaults.retention,
             },
             prune_interval: match raw.feed.prune_interval_seconds {
@@ -336,25 +368,34 @@ impl Config {
             .map_err(|e| fail("rate_limit", e.0))?;
 
         let ban_defaults = BanSettings::default();
-        let bans = BanSettings {
-            enabled: raw.bans.enabled.unwrap_or(ban_defaults.enabled),
-            max_failures: in_range(raw.bans.max_failures.unwrap_or(ban_defaults.max_failures), 1, 1_000_000)
+        let bans =
+            BanSettings {
+                enabled: raw.bans.enabled.unwrap_or(ban_defaults.enabled),
+                max_failures: in_range(
+                    raw.bans.max_failures.unwrap_or(ban_defaults.max_failures),
+                    1,
+                    1_000_000,
+                )
                 .map_err(|r| fail("bans.max_failures", r))?,
-            window: match raw.bans.window_seconds {
-                Some(value) => seconds(value, 0.01, 86_400.0).map_err(|r| fail("bans.window_seconds", r))?,
-                None => ban_defaults.window,
-            },
-            ban_duration: match raw.bans.ban_seconds {
-                Some(value) => seconds(value, 0.01, 7.0 * 86_400.0).map_err(|r| fail("bans.ban_seconds", r))?,
-                None => ban_defaults.ban_duration,
-            },
-            max_tracked_addresses: in_range(
-                raw.bans.max_tracked_addresses.unwrap_or(ban_defaults.max_tracked_addresses),
-                1,
-                100_000_000,
-            )
-            .map_err(|r| fail("bans.max_tracked_addresses", r))?,
-        };
+                window: match raw.bans.window_seconds {
+                    Some(value) => seconds(value, 0.01, 86_400.0)
+                        .map_err(|r| fail("bans.window_seconds", r))?,
+                    None => ban_defaults.window,
+                },
+                ban_duration: match raw.bans.ban_seconds {
+                    Some(value) => seconds(value, 0.01, 7.0 * 86_400.0)
+                        .map_err(|r| fail("bans.ban_seconds", r))?,
+                    None => ban_defaults.ban_duration,
+                },
+                max_tracked_addresses: in_range(
+                    raw.bans
+                        .max_tracked_addresses
+                        .unwrap_or(ban_defaults.max_tracked_addresses),
+                    1,
+                    100_000_000,
+                )
+                .map_err(|r| fail("bans.max_tracked_addresses", r))?,
+            };
 
         let last_used_flush_interval = seconds(
             raw.last_used.flush_interval_seconds.unwrap_or(5.0),
@@ -386,7 +427,11 @@ impl Config {
     }
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, min: T, max: T) -> Result<T, String> {
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, String> {
     if value < min || value > max {
         return Err(format!("must be between {min} and {max}, got {value}"));
     }
@@ -395,7 +440,9 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, min: T, max: T) 
 
 fn seconds(value: f64, min: f64, max: f64) -> Result<Duration, String> {
     if !value.is_finite() || value < min || value > max {
-        return Err(format!("must be between {min} and {max} seconds, got {value}"));
+        return Err(format!(
+            "must be between {min} and {max} seconds, got {value}"
+        ));
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -411,7 +458,9 @@ fn denial_text(
     let code = raw.code.unwrap_or_else(|| default.code.to_string());
     if code.is_empty()
         || code.len() > 64
-        || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
     {
         return Err(format!(
             "code {code:?} must be 1 to 64 characters of a-z A-Z 0-9 _ . -"

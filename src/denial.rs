@@ -176,7 +176,11 @@ mod tests {
         let scope = denials.deny(Reason::InsufficientScope);
         assert_eq!(
             (&*scope.code, &*scope.message, scope.http_status),
-            ("forbidden", "This key does not have the required scope.", 403)
+            (
+                "forbidden",
+                "This key does not have the required scope.",
+                403
+            )
         );
     }
 
@@ -189,6 +193,9 @@ mod tests {
         };
         assert_eq!(shown(Reason::UnknownKey), shown(Reason::Revoked));
         assert_eq!(shown(Reason::UnknownKey), shown(Reason::Expired));
-        assert_eq!(shown(Reason::UnknownKey), shown(Reason::MalformedCredential));
+        assert_eq!(
+            shown(Reason::UnknownKey),
+            shown(Reason::MalformedCredential)
+        );
     }
 }

@@ -92,7 +92,8 @@ impl fmt::Display for KeyId {
 }
 
 pub(crate) fn is_lower_hex(text: &str) -> bool {
-    text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A human label for a key: 1 to 100 characters, no control characters,

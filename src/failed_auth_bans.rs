@@ -160,8 +160,14 @@ mod tests {
         let bans = bans(2, Duration::from_secs(60));
         bans.record_failure("2001:db8:1:2::1".parse().unwrap());
         bans.record_failure("2001:db8:1:2:ffff::9".parse().unwrap());
-        assert!(bans.banned_for("2001:db8:1:2::77".parse().unwrap()).is_some());
-        assert!(bans.banned_for("2001:db8:1:3::1".parse().unwrap()).is_none());
+        assert!(
+            bans.banned_for("2001:db8:1:2::77".parse().unwrap())
+                .is_some()
+        );
+        assert!(
+            bans.banned_for("2001:db8:1:3::1".parse().unwrap())
+                .is_none()
+        );
 
         bans.record_failure("::ffff:198.51.100.7".parse().unwrap());
         bans.record_failure("198.51.100.7".parse().unwrap());

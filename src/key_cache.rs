@@ -47,7 +47,8 @@ pub struct CachedKey {
 
 impl CachedKey {
     pub fn from_record(record: KeyRecord, catalog: &ScopeCatalog) -> Self {
-        let (granted, unknown) = catalog.granted_from_names(record.scopes.iter().map(String::as_str));
+        let (granted, unknown) =
+            catalog.granted_from_names(record.scopes.iter().map(String::as_str));
         if !unknown.is_empty() {
             tracing::warn!(
                 key_id = %record.id,
@@ -83,7 +84,8 @@ impl CachedKey {
         if now.0 - self.last_used_ms.load(Ordering::Relaxed) >= 1000 {
             self.last_used_ms.fetch_max(now.0, Ordering::Relaxed);
         }
-        !self.usage_queued.load(Ordering::Relaxed) && !self.usage_queued.swap(true, Ordering::AcqRel)
+        !self.usage_queued.load(Ordering::Relaxed)
+            && !self.usage_queued.swap(true, Ordering::AcqRel)
     }
 
     /// Takes the pending last-use time and lets the key be queued again.
@@ -201,7 +203,12 @@ impl KeyCache {
 
     /// Caches a loaded key under its digest unless something changed since
     /// `ticket`. Returns whether it was cached.
-    pub fn insert_by_digest(&self, ticket: LoadTicket, key: &Arc<CachedKey>, digest: KeyDigest) -> bool {
+    pub fn insert_by_digest(
+        &self,
+        ticket: LoadTicket,
+        key: &Arc<CachedKey>,
+        digest: KeyDigest,
+    ) -> bool {
         let _stripe = self.stripe(&key.id);
         if self.epoch.load(Ordering::SeqCst) != ticket.epoch {
             return false;

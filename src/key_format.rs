@@ -6,8 +6,7 @@ use std::fmt;
 
 use crate::domain::KeyDigest;
 
-/// Credentials longer than this are rejected on length alone, so a 1 MiB
-/// header costs a comparison, not a scan.
+/// The longest key a format may define.
 const MAX_CREDENTIAL_BYTES: usize = 512;
 
 /// Characters a key body is drawn from.
@@ -210,21 +209,12 @@ impl KeyFormat {
     /// bare key; scheme case-insensitive; surrounding whitespace ignored) and
     /// returns the key if it has this format.
     pub fn extract<'a>(&self, credential: &'a str) -> Result<&'a str, CredentialProblem> {
-        if credential.len() > MAX_CREDENTIAL_BYTES {
-            return Err(if credential.trim_start().starts_with(&self.prefix) {
-                CredentialProblem::Malformed
-            } else {
-                CredentialProblem::Missing
-            });
-        }
         let trimmed = credential.trim();
         if trimmed.is_empty() {
             return Err(CredentialProblem::Missing);
         }
         let key = match trimmed.split_once(|c: char| c.is_ascii_whitespace()) {
-            Some((scheme, rest))
-                if self.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
-            {
+            Some((scheme, rest)) if self.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) => {
                 rest.trim_start()
             }
             _ => trimmed,
@@ -238,6 +228,7 @@ impl KeyFormat {
         let Some(body) = key.strip_prefix(self.prefix.as_str()) else {
             return Err(CredentialProblem::Missing);
         };
+        // Length first, so a 1 MiB body costs a comparison, not a scan.
         if body.len() != self.body_length || !body.bytes().all(|b| self.alphabet.contains(b)) {
             return Err(CredentialProblem::Malformed);
         }

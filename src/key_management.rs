@@ -113,7 +113,10 @@ impl KeyManager {
                 reason: "must lie in the future".into(),
             });
         }
-        let (secret, digest, start) = self.key_format.generate().map_err(ManagementError::Random)?;
+        let (secret, digest, start) = self
+            .key_format
+            .generate()
+            .map_err(ManagementError::Random)?;
         let record = self
             .store
             .create_key(

@@ -17,4 +17,5 @@ pub mod revocation_feed;
 pub mod scope_catalog;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod usage;

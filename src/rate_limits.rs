@@ -17,8 +17,7 @@ use moka::sync::Cache;
 use crate::domain::{KeyId, RateLimit};
 use crate::key_cache::CachedKey;
 
-type DirectLimiter =
-    RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 struct KeyLimiter {
     limit: RateLimit,
@@ -199,7 +198,9 @@ mod tests {
                 retry_after,
             } => {
                 assert_eq!((status.limit, status.remaining), (3, 0));
-                assert!(retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20));
+                assert!(
+                    retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -215,6 +216,9 @@ mod tests {
         }
         assert!(matches!(limits.check(&plain), RateDecision::Allowed(_)));
         assert!(matches!(limits.check(&plain), RateDecision::Limited { .. }));
-        assert!(matches!(limits.check(&generous), RateDecision::Limited { .. }));
+        assert!(matches!(
+            limits.check(&generous),
+            RateDecision::Limited { .. }
+        ));
     }
 }

@@ -78,9 +78,8 @@ impl Freshness {
     /// How long ago the last proof was, or `None` if there never was one.
     pub fn age(&self) -> Option<Duration> {
         let confirmed = self.confirmed_at.load(Ordering::Acquire);
-        (confirmed > 0).then(|| {
-            Duration::from_millis(self.ticks(Instant::now()).saturating_sub(confirmed))
-        })
+        (confirmed > 0)
+            .then(|| Duration::from_millis(self.ticks(Instant::now()).saturating_sub(confirmed)))
     }
 
     pub fn is_fresh(&self) -> bool {
@@ -157,7 +156,10 @@ impl RevocationFeed {
             if events.is_empty() && after < self.store.pruned_through().await? {
                 // Retention removed events this replica never saw (it was cut
                 // off longer than the retention period): start over.
-                tracing::warn!(after, "event log pruned past this replica; clearing the cache");
+                tracing::warn!(
+                    after,
+                    "event log pruned past this replica; clearing the cache"
+                );
                 let latest = self.store.latest_seq().await?;
                 self.cache.clear();
                 self.applied.store(latest, Ordering::Release);
@@ -236,7 +238,8 @@ impl RevocationFeed {
                 () = &mut shutdown => return,
                 _ = ticker.tick() => {}
             }
-            let retention_ms = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
+            let retention_ms =
+                i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
             let cutoff = UnixMillis::now().saturating_add_millis(-retention_ms);
             match self.store.prune_events(cutoff).await {
                 Ok(0) => {}

@@ -268,16 +268,15 @@ impl ScopeCatalog {
 
     /// Carboncopy's catalog (seeds 000/001), the built-in default.
     pub fn carboncopy() -> Self {
-        let scope = |name: &str, description: &str, implies: &[&str], reserved: bool| {
-            ScopeDefinition {
+        let scope =
+            |name: &str, description: &str, implies: &[&str], reserved: bool| ScopeDefinition {
                 name: name.into(),
                 description: description.into(),
                 implies: implies.iter().map(|s| (*s).to_owned()).collect(),
                 auto_grant: false,
                 reserved,
                 denial: None,
-            }
-        };
+            };
         Self::new(
             vec![
                 scope(

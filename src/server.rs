@@ -126,7 +126,8 @@ async fn run(
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
     let cache = Arc::new(KeyCache::new(&config.cache));
-    let feed = RevocationFeed::start(Arc::clone(&store), Arc::clone(&cache), config.feed.clone()).await?;
+    let feed =
+        RevocationFeed::start(Arc::clone(&store), Arc::clone(&cache), config.feed.clone()).await?;
     let wakeups = store.subscribe_wakeups().await?;
     let (usage, usage_flusher) = usage_channel(Arc::clone(&store));
 
@@ -152,13 +153,13 @@ async fn run(
     // Background work stops when `background` is cancelled, after the gRPC
     // server has drained.
     let background = CancellationToken::new();
-    let follower = tokio::spawn(
-        Arc::clone(&feed).run(wakeups, background.clone().cancelled_owned()),
-    );
+    let follower =
+        tokio::spawn(Arc::clone(&feed).run(wakeups, background.clone().cancelled_owned()));
     let pruner = tokio::spawn(Arc::clone(&feed).run_pruner(background.clone().cancelled_owned()));
-    let flusher = tokio::spawn(
-        usage_flusher.run(config.last_used_flush_interval, background.clone().cancelled_owned()),
-    );
+    let flusher = tokio::spawn(usage_flusher.run(
+        config.last_used_flush_interval,
+        background.clone().cancelled_owned(),
+    ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Stops with the first sign of shutdown, so it cannot undo NOT_SERVING.

@@ -1,6 +1,7 @@
 //! Persistent state behind one trait, [`KeyStore`], with a SQLite backend
 //! (embedded default, one process) and a PostgreSQL backend (several
-//! replicas). Both pass the same conformance suite (`storage/tests.rs`).
+//! replicas). Both pass the same conformance suite
+//! (`tests/api/storage_conformance.rs`).
 //!
 //! Every write that removes or alters access appends to the event log
 //! (`key_events`) in the same transaction; the log is what replicas follow.
@@ -377,7 +378,11 @@ fn events_for_update(update: &KeyUpdate, before: &KeyRecord) -> Vec<EventKind> {
     if update.rate_limit.is_some_and(|r| r != before.rate_limit) {
         kinds.push(EventKind::RateLimitChanged);
     }
-    if update.name.as_ref().is_some_and(|n| n.as_str() != before.name) {
+    if update
+        .name
+        .as_ref()
+        .is_some_and(|n| n.as_str() != before.name)
+    {
         kinds.push(EventKind::Renamed);
     }
     kinds
@@ -410,6 +415,3 @@ fn rate_limit_columns(rate_limit: Option<RateLimit>) -> (Option<i64>, Option<i64
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
-
-#[cfg(test)]
-mod tests;

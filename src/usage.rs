@@ -30,7 +30,10 @@ pub struct UsageFlusher {
 /// number of keys in use.
 pub fn usage_channel(store: Arc<dyn KeyStore>) -> (UsageRecorder, UsageFlusher) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (UsageRecorder { queue: tx }, UsageFlusher { queue: rx, store })
+    (
+        UsageRecorder { queue: tx },
+        UsageFlusher { queue: rx, store },
+    )
 }
 
 impl UsageRecorder {

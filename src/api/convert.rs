@@ -68,13 +68,20 @@ pub fn required_scopes(
     }
     names
         .iter()
-        .map(|name| catalog.require(name).map_err(|e| invalid_argument(field, e)))
+        .map(|name| {
+            catalog
+                .require(name)
+                .map_err(|e| invalid_argument(field, e))
+        })
         .collect()
 }
 
 pub fn timestamp_to_millis(field: &str, raw: &Timestamp) -> Result<UnixMillis, Status> {
     if !(0..1_000_000_000).contains(&raw.nanos) {
-        return Err(invalid_argument(field, "nanos must be between 0 and 999999999"));
+        return Err(invalid_argument(
+            field,
+            "nanos must be between 0 and 999999999",
+        ));
     }
     if !(0..=MAX_TIMESTAMP_SECONDS).contains(&raw.seconds) {
         return Err(invalid_argument(
@@ -82,7 +89,9 @@ pub fn timestamp_to_millis(field: &str, raw: &Timestamp) -> Result<UnixMillis, S
             "must be between 1970-01-01 and 9999-12-31",
         ));
     }
-    Ok(UnixMillis(raw.seconds * 1000 + i64::from(raw.nanos / 1_000_000)))
+    Ok(UnixMillis(
+        raw.seconds * 1000 + i64::from(raw.nanos / 1_000_000),
+    ))
 }
 
 pub fn millis_to_timestamp(at: UnixMillis) -> Timestamp {
@@ -285,7 +294,10 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_garbage_is_refused() {
         let id = KeyId::generate();
-        assert_eq!(decode_page_token(&encode_page_token(&id)).unwrap(), Some(id));
+        assert_eq!(
+            decode_page_token(&encode_page_token(&id)).unwrap(),
+            Some(id)
+        );
         assert_eq!(decode_page_token("").unwrap(), None);
         for garbage in ["%%%", "aGVsbG8", &"A".repeat(300), "azE6a2V5XzEyMw"] {
             let status = decode_page_token(garbage).unwrap_err();
@@ -297,10 +309,19 @@ mod tests {
     #[test]
     fn timestamps_convert_and_out_of_range_is_refused() {
         let at = UnixMillis(1_700_000_000_123);
-        assert_eq!(timestamp_to_millis("t", &millis_to_timestamp(at)).unwrap(), at);
-        let bad_nanos = Timestamp { seconds: 1, nanos: -1 };
+        assert_eq!(
+            timestamp_to_millis("t", &millis_to_timestamp(at)).unwrap(),
+            at
+        );
+        let bad_nanos = Timestamp {
+            seconds: 1,
+            nanos: -1,
+        };
         assert!(timestamp_to_millis("t", &bad_nanos).is_err());
-        let far = Timestamp { seconds: MAX_TIMESTAMP_SECONDS + 1, nanos: 0 };
+        let far = Timestamp {
+            seconds: MAX_TIMESTAMP_SECONDS + 1,
+            nanos: 0,
+        };
         assert!(timestamp_to_millis("t", &far).is_err());
     }
 }

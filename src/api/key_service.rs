@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::invalid_argument;
 use super::watch;
-use crate::authenticator::{Authenticator, Presented, PresentedKey, Verdict};
+use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface, Verdict};
 use crate::key_management::{ChangeKey, CreateKey, KeyManager};
 use crate::proto;
 use crate::proto::key_service_server::KeyService;
@@ -55,11 +55,13 @@ impl KeyService for KeyServiceApi {
     ) -> Result<Response<proto::AuthenticateResponse>, Status> {
         let request = request.into_inner();
         let catalog = &self.authenticator.catalog;
-        let required = convert::required_scopes("required_scopes", &request.required_scopes, catalog)?;
+        let required =
+            convert::required_scopes("required_scopes", &request.required_scopes, catalog)?;
         let client = convert::client_ip(&request.client_ip)?;
         let verdict = self
             .authenticator
             .authenticate(Presented {
+                surface: Surface::Authenticate,
                 key: PresentedKey::Credential(&request.credential),
                 required: &required,
                 client,
@@ -94,7 +96,10 @@ impl KeyService for KeyServiceApi {
             }
         };
         if request.scopes.is_empty() {
-            return Err(invalid_argument("scopes", "name at least one scope to check"));
+            return Err(invalid_argument(
+                "scopes",
+                "name at least one scope to check",
+            ));
         }
         let required = convert::required_scopes("scopes", &request.scopes, catalog)?;
         let client = convert::client_ip(&request.client_ip)?;
@@ -105,6 +110,7 @@ impl KeyService for KeyServiceApi {
         let verdict = self
             .authenticator
             .authenticate(Presented {
+                surface: Surface::CheckScope,
                 key: presented,
                 required: &required,
                 client,
@@ -174,7 +180,12 @@ impl KeyService for KeyServiceApi {
         let after = convert::decode_page_token(&request.page_token)?;
         let page = self
             .manager
-            .list(&account_id, request.include_revoked, after.as_ref(), page_size)
+            .list(
+                &account_id,
+                request.include_revoked,
+                after.as_ref(),
+                page_size,
+            )
             .await?;
         Ok(Response::new(proto::ListKeysResponse {
             keys: page

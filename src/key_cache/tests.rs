@@ -102,6 +102,12 @@ fn use_is_queued_once_until_taken() {
 fn effective_scopes_include_implied_ones() {
     let key = cached(KeyDigest::of("cc_s"));
     let catalog = ScopeCatalog::carboncopy();
-    assert!(key.effective.contains(catalog.lookup("traders:read").unwrap()));
-    assert!(!key.granted.contains(catalog.lookup("traders:read").unwrap()));
+    assert!(
+        key.effective
+            .contains(catalog.lookup("traders:read").unwrap())
+    );
+    assert!(
+        !key.granted
+            .contains(catalog.lookup("traders:read").unwrap())
+    );
 }

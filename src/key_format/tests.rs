@@ -37,7 +37,11 @@ fn schemes_are_case_insensitive_and_whitespace_is_ignored() {
         format!("apikey\t{key}"),
         format!("\n{key}\n"),
     ] {
-        assert_eq!(format.extract(&credential), Ok(key.as_str()), "{credential:?}");
+        assert_eq!(
+            format.extract(&credential),
+            Ok(key.as_str()),
+            "{credential:?}"
+        );
     }
 }
 
@@ -89,14 +93,8 @@ fn huge_credentials_are_rejected_on_length() {
 
 #[test]
 fn other_alphabets_generate_and_parse() {
-    let format = KeyFormat::new(
-        "csb_pub_",
-        32,
-        Alphabet::Base62,
-        vec!["Bearer".into()],
-        4,
-    )
-    .unwrap();
+    let format =
+        KeyFormat::new("csb_pub_", 32, Alphabet::Base62, vec!["Bearer".into()], 4).unwrap();
     let (secret, _, start) = format.generate().unwrap();
     assert!(start.starts_with("csb_pub_") && start.len() == 12);
     assert_eq!(format.extract(secret.expose()), Ok(secret.expose()));

@@ -22,14 +22,20 @@ fn write_implies_read_in_the_default_catalog() {
         .resolve_grant(&["traders:write".into()], None)
         .unwrap();
     let effective = catalog.effective(granted);
-    assert_eq!(names(&catalog, effective), ["traders:read", "traders:write"]);
+    assert_eq!(
+        names(&catalog, effective),
+        ["traders:read", "traders:write"]
+    );
     assert!(!effective.contains(catalog.lookup("orders:read").unwrap()));
 }
 
 #[test]
 fn implication_is_transitive() {
-    let catalog =
-        ScopeCatalog::new(vec![def("a", &["b"]), def("b", &["c"]), def("c", &[])], vec![]).unwrap();
+    let catalog = ScopeCatalog::new(
+        vec![def("a", &["b"]), def("b", &["c"]), def("c", &[])],
+        vec![],
+    )
+    .unwrap();
     let granted = catalog.resolve_grant(&["a".into()], None).unwrap();
     assert_eq!(names(&catalog, catalog.effective(granted)), ["a", "b", "c"]);
 }
@@ -38,8 +44,7 @@ fn implication_is_transitive() {
 fn auto_granted_scopes_are_in_every_effective_set() {
     let mut catalog_scope = def("read:catalog", &[]);
     catalog_scope.auto_grant = true;
-    let catalog =
-        ScopeCatalog::new(vec![catalog_scope, def("read:trades", &[])], vec![]).unwrap();
+    let catalog = ScopeCatalog::new(vec![catalog_scope, def("read:trades", &[])], vec![]).unwrap();
     assert_eq!(
         names(&catalog, catalog.effective(ScopeSet::EMPTY)),
         ["read:catalog"]
@@ -49,11 +54,7 @@ fn auto_granted_scopes_are_in_every_effective_set() {
 #[test]
 fn presets_expand_patterns() {
     let catalog = ScopeCatalog::new(
-        vec![
-            def("read:a", &[]),
-            def("write:a", &[]),
-            def("read:b", &[]),
-        ],
+        vec![def("read:a", &[]), def("write:a", &[]), def("read:b", &[])],
         vec![
             PresetDefinition {
                 name: "read-everything".into(),
@@ -105,8 +106,13 @@ fn bad_catalogs_are_refused_naming_the_entry() {
     assert_eq!(err.path, "scopes[1].name");
     let err = ScopeCatalog::new(vec![def("Bad Name", &[])], vec![]).unwrap_err();
     assert_eq!(err.path, "scopes[0].name");
-    let too_many = (0..=MAX_SCOPES).map(|i| def(&format!("s{i}"), &[])).collect();
-    assert_eq!(ScopeCatalog::new(too_many, vec![]).unwrap_err().path, "scopes");
+    let too_many = (0..=MAX_SCOPES)
+        .map(|i| def(&format!("s{i}"), &[]))
+        .collect();
+    assert_eq!(
+        ScopeCatalog::new(too_many, vec![]).unwrap_err().path,
+        "scopes"
+    );
     let err = ScopeCatalog::new(
         vec![def("a", &[])],
         vec![PresetDefinition {

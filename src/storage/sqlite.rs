@@ -14,9 +14,9 @@ use sqlx::sqlite::{
 use tokio::sync::mpsc;
 
 use super::{
-    EventKind, EventRow, KeyEvent, KeyRecord, KeyRow, KeyStore,
-    KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, apply_update, events_for_update,
-    event_columns, join_scopes, key_columns, rate_limit_columns, to_u64,
+    EventKind, EventRow, KeyEvent, KeyRecord, KeyRow, KeyStore, KeyUpdate, NewKey, PoolSettings,
+    StoreError, Wakeup, apply_update, event_columns, events_for_update, join_scopes, key_columns,
+    rate_limit_columns, to_u64,
 };
 use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
 use crate::storage::Backend;
@@ -62,7 +62,12 @@ impl SqliteStore {
     fn wake_followers(&self) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         // A full channel already holds a pending wake-up; a closed one is gone.
-        subscribers.retain(|tx| !matches!(tx.try_send(Wakeup::Changed), Err(mpsc::error::TrySendError::Closed(_))));
+        subscribers.retain(|tx| {
+            !matches!(
+                tx.try_send(Wakeup::Changed),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
     }
 
     async fn key_in_account(
@@ -70,7 +75,11 @@ impl SqliteStore {
         account: &AccountId,
         id: &KeyId,
     ) -> Result<KeyRecord, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = ?1 AND account_id = ?2"))
+        let row: Option<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE id = ?1 AND account_id = ?2"
+        ))
         .bind(id.as_str())
         .bind(account.as_str())
         .fetch_optional(&mut *tx)
@@ -227,8 +236,12 @@ impl KeyStore for SqliteStore {
         after: Option<&KeyId>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows: Vec<KeyRow> = sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE account_id = ?1 \
-             AND (?2 OR revoked_at IS NULL) AND id > ?3 ORDER BY id LIMIT ?4"))
+        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE account_id = ?1 \
+             AND (?2 OR revoked_at IS NULL) AND id > ?3 ORDER BY id LIMIT ?4"
+        ))
         .bind(account.as_str())
         .bind(include_revoked)
         .bind(after.map_or("", KeyId::as_str))
@@ -239,7 +252,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE key_hash = ?1"))
+        let row: Option<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE key_hash = ?1"
+        ))
         .bind(digest.as_bytes().as_slice())
         .fetch_optional(&self.pool)
         .await?;
@@ -247,7 +264,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = ?1"))
+        let row: Option<KeyRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE id = ?1"
+        ))
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
@@ -255,7 +276,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(concat!("SELECT ", event_columns!(), " FROM key_events WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
+        let rows: Vec<EventRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM key_events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

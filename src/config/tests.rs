@@ -1,0 +1,135 @@
+use super::*;
+
+#[test]
+fn no_file_means_the_carboncopy_defaults() {
+    let config = Config::default();
+    assert_eq!(config.key_format.prefix(), "cc_");
+    assert_eq!(config.key_format.body_length(), 64);
+    assert_eq!(config.max_active_keys_per_account, 10);
+    assert_eq!(config.catalog.definitions().len(), 7);
+    assert_eq!(&*config.denials.invalid.code, "unauthorized");
+    assert_eq!(config.default_rate_limit, None);
+    assert_eq!(config.bans.max_failures, 10);
+    assert_eq!(config.feed.freshness_bound, Duration::from_secs(2));
+}
+
+#[test]
+fn an_empty_file_is_the_defaults() {
+    let config = Config::parse("", "empty.toml").unwrap();
+    assert_eq!(config.key_format, Config::default().key_format);
+}
+
+#[test]
+fn a_full_profile_parses() {
+    let text = r#"
+        [server]
+        listen = "0.0.0.0:6000"
+        database_url = "postgres://db/keyward"
+
+        [keys]
+        prefix = "csb_pub_"
+        body_length = 40
+        alphabet = "base62"
+        schemes = ["Bearer"]
+        max_active_per_account = 3
+
+        [[scopes]]
+        name = "read"
+        auto_grant = true
+
+        [[scopes]]
+        name = "trading"
+        denial_code = "trading_not_enabled"
+        denial_message = "Trading is not enabled for this key."
+
+        [[presets]]
+        name = "everything"
+        scopes = ["*"]
+
+        [denials.missing]
+        code = "missing_api_key"
+        message = "No API key."
+
+        [rate_limit]
+        requests = 60
+        per_seconds = 60
+
+        [bans]
+        ban_seconds = 0.5
+    "#;
+    let config = Config::parse(text, "csboard.toml").unwrap();
+    assert_eq!(config.server.listen, Some("0.0.0.0:6000".parse().unwrap()));
+    assert_eq!(config.key_format.prefix(), "csb_pub_");
+    assert_eq!(config.max_active_keys_per_account, 3);
+    let trading = config.catalog.lookup("trading").unwrap();
+    assert_eq!(
+        config.catalog.denial_text(trading).unwrap().code,
+        "trading_not_enabled"
+    );
+    assert_eq!(&*config.denials.missing.code, "missing_api_key");
+    assert_eq!(
+        config.denials.missing.http_status, 401,
+        "status kept from the default"
+    );
+    assert_eq!(
+        config.default_rate_limit,
+        Some(RateLimit::new(60, 60).unwrap())
+    );
+    assert_eq!(config.bans.ban_duration, Duration::from_millis(500));
+}
+
+#[test]
+fn errors_name_the_file_and_key() {
+    let cases = [
+        (
+            "[keys]\nmax_active_per_account = 0",
+            "keys.max_active_per_account",
+        ),
+        ("[rate_limit]\nrequests = 0\nper_seconds = 1", "rate_limit"),
+        ("[rate_limit]\nrequests = 1", "rate_limit"),
+        ("[feed]\nwatch_buffer = 0", "feed.watch_buffer"),
+        ("[feed]\nretention_hours = 0", "feed.retention_hours"),
+        (
+            "[last_used]\nflush_interval_seconds = 0",
+            "last_used.flush_interval_seconds",
+        ),
+        (
+            "[[scopes]]\nname = \"x\"\ndenial_code = \"only_code\"",
+            "scopes[0]",
+        ),
+        (
+            "[[presets]]\nname = \"p\"\nscopes = [\"nope\"]",
+            "presets[0].scopes",
+        ),
+        ("[denials.missing]\ncode = \"has space\"", "denials.missing"),
+        (
+            "[denials.unavailable]\nhttp_status = 500",
+            "denials.unavailable",
+        ),
+        ("[cache]\nttl_seconds = nan", "cache.ttl_seconds"),
+        ("unknown_table = 1", "unknown_table"),
+    ];
+    for (text, key) in cases {
+        let error = Config::parse(text, "p.toml").unwrap_err();
+        assert_eq!(error.file, "p.toml");
+        assert_eq!(error.key, key, "{text:?}: {error}");
+        assert!(!error.reason.is_empty());
+        assert!(error.to_string().starts_with(&format!("p.toml: `{key}`: ")));
+    }
+}
+
+#[test]
+fn layering_prefers_flags_then_file_then_defaults() {
+    let config = Config::parse("[server]\nlisten = \"127.0.0.1:7000\"", "p.toml").unwrap();
+    let (listen, url) = config.server.resolve(None, None);
+    assert_eq!(listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(url, DEFAULT_DATABASE_URL);
+    let (listen, url) = config.server.resolve(
+        Some("127.0.0.1:8000".parse().unwrap()),
+        Some("sqlite://x.db".into()),
+    );
+    assert_eq!(listen, "127.0.0.1:8000".parse().unwrap());
+    assert_eq!(url, "sqlite://x.db");
+    let (listen, _) = Config::default().server.resolve(None, None);
+    assert_eq!(listen, DEFAULT_LISTEN.parse().unwrap());
+}

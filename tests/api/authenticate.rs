@@ -1,0 +1,314 @@
+//! Authenticate and CheckScope: credential forms, denials and their texts,
+//! scopes and implications, bad input.
+
+use keyward::proto::{self, denial::Reason};
+
+use crate::helpers::{Db, assert_invalid_argument, reason, spawn_app};
+use crate::on_both_databases;
+
+on_both_databases!(
+    every_credential_form_is_accepted,
+    shape_problems_are_denied_with_the_documented_texts,
+    unknown_revoked_and_expired_look_alike,
+    write_implies_read_and_missing_scopes_are_named,
+    a_huge_credential_is_denied_and_the_server_keeps_serving,
+    bad_authenticate_input_is_invalid_argument,
+    check_scope_by_id_and_by_credential,
+    bad_check_scope_input_is_invalid_argument,
+);
+
+async fn every_credential_form_is_accepted(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &["portfolio:read"]).await;
+
+    for credential in [
+        secret.clone(),
+        format!("Bearer {secret}"),
+        format!("bearer {secret}"),
+        format!("  BEARER\t{secret} \n"),
+        format!("ApiKey {secret}"),
+        format!("APIKEY {secret}"),
+    ] {
+        let response = app.authenticate(&credential, &["portfolio:read"]).await;
+        assert!(response.allowed, "{credential:?}: {response:?}");
+        assert_eq!(response.key.unwrap().id, key.id);
+        assert!(response.denial.is_none());
+    }
+    app.shutdown().await;
+}
+
+async fn shape_problems_are_denied_with_the_documented_texts(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let cases = [
+        ("", Reason::MissingCredential),
+        ("Bearer ", Reason::MissingCredential),
+        ("Basic dXNlcjpwYXNz", Reason::MissingCredential),
+        (
+            "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x",
+            Reason::MissingCredential,
+        ),
+        ("Bearer cc_abc", Reason::MalformedCredential),
+        (
+            &format!("Bearer cc_{}", "A".repeat(64)),
+            Reason::MalformedCredential,
+        ),
+        (
+            &format!("Bearer cc_{}", "a".repeat(65)),
+            Reason::MalformedCredential,
+        ),
+        (&format!("Bearer cc_{}", "0".repeat(64)), Reason::UnknownKey),
+    ];
+    for (credential, expected) in cases {
+        let response = app.authenticate(credential, &[]).await;
+        assert!(!response.allowed);
+        assert!(response.key.is_none());
+        let denial = response.denial.as_ref().unwrap();
+        assert_eq!(denial.reason(), expected, "{credential:?}");
+        // Seeds 000/001: 401 {"code":"unauthorized","message":"Invalid or missing API key."}
+        assert_eq!(denial.http_status, 401);
+        assert_eq!(denial.code, "unauthorized");
+        assert_eq!(denial.message, "Invalid or missing API key.");
+    }
+    app.shutdown().await;
+}
+
+async fn unknown_revoked_and_expired_look_alike(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &[]).await;
+    app.revoke("acct_1", &key.id).await;
+
+    let revoked = app.authenticate(&secret, &[]).await;
+    let unknown = app
+        .authenticate(&format!("cc_{}", "f".repeat(64)), &[])
+        .await;
+    // Asked twice: the second answer comes from the negative cache.
+    let unknown_again = app
+        .authenticate(&format!("cc_{}", "f".repeat(64)), &[])
+        .await;
+
+    assert_eq!(reason(&revoked), Reason::Revoked);
+    assert_eq!(reason(&unknown), Reason::UnknownKey);
+    assert_eq!(reason(&unknown_again), Reason::UnknownKey);
+    let shown = |r: &proto::AuthenticateResponse| {
+        let d = r.denial.clone().unwrap();
+        (d.code, d.message, d.http_status)
+    };
+    assert_eq!(shown(&revoked), shown(&unknown));
+    assert!(revoked.key.is_none(), "a revoked key is not disclosed");
+    app.shutdown().await;
+}
+
+async fn write_implies_read_and_missing_scopes_are_named(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &["traders:write"]).await;
+
+    let read = app.authenticate(&secret, &["traders:read"]).await;
+    let both = app
+        .authenticate(&secret, &["traders:read", "traders:write"])
+        .await;
+    let denied = app
+        .authenticate(&secret, &["traders:read", "orders:read", "portfolio:read"])
+        .await;
+
+    assert!(read.allowed && both.allowed);
+    assert!(!denied.allowed);
+    let denial = denied.denial.unwrap();
+    assert_eq!(denial.reason(), Reason::InsufficientScope);
+    assert_eq!(denial.http_status, 403);
+    assert_eq!(denial.code, "forbidden");
+    assert_eq!(denial.message, "This key does not have the required scope.");
+    assert_eq!(
+        denial.required_scope, "orders:read",
+        "the first missing scope"
+    );
+    assert!(denied.key.is_some(), "the key was identified");
+    app.shutdown().await;
+}
+
+async fn a_huge_credential_is_denied_and_the_server_keeps_serving(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    let huge = format!("Bearer cc_{}", "a".repeat(1 << 20));
+
+    let response = app.authenticate(&huge, &[]).await;
+    let bare_huge = app.authenticate(&"x".repeat(1 << 20), &[]).await;
+
+    assert_eq!(reason(&response), Reason::MalformedCredential);
+    assert_eq!(reason(&bare_huge), Reason::MissingCredential);
+    assert!(app.authenticate(&secret, &[]).await.allowed);
+    app.shutdown().await;
+}
+
+async fn bad_authenticate_input_is_invalid_argument(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    let request = |scopes: Vec<String>, client_ip: &str| proto::AuthenticateRequest {
+        credential: secret.clone(),
+        required_scopes: scopes,
+        client_ip: client_ip.into(),
+    };
+
+    let unknown_scope = app
+        .keys
+        .authenticate(request(vec!["orders:admin".into()], ""))
+        .await
+        .unwrap_err();
+    let too_many = app
+        .keys
+        .authenticate(request(vec!["orders:read".into(); 65], ""))
+        .await
+        .unwrap_err();
+    let bad_ip = app
+        .keys
+        .authenticate(request(vec![], "10.0.0.1:443"))
+        .await
+        .unwrap_err();
+
+    assert_invalid_argument(&unknown_scope, "required_scopes");
+    assert!(unknown_scope.message().contains("orders:read"));
+    assert_invalid_argument(&too_many, "required_scopes");
+    assert_invalid_argument(&bad_ip, "client_ip");
+    let ok = app
+        .keys
+        .authenticate(request(vec![], " 2001:db8::1 "))
+        .await;
+    assert!(ok.unwrap().into_inner().allowed);
+    app.shutdown().await;
+}
+
+async fn check_scope_by_id_and_by_credential(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &["orders:write"]).await;
+    let check = |key_id: &str, credential: &str, scopes: &[&str]| proto::CheckScopeRequest {
+        key_id: key_id.into(),
+        credential: credential.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        client_ip: String::new(),
+    };
+
+    let by_id = app
+        .keys
+        .check_scope(check(&key.id, "", &["orders:read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_credential = app
+        .keys
+        .check_scope(check("", &format!("ApiKey {secret}"), &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let missing = app
+        .keys
+        .check_scope(check(
+            &key.id,
+            "",
+            &["portfolio:read", "orders:read", "account:read"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let unknown = app
+        .keys
+        .check_scope(check(
+            &format!("key_{}", "0".repeat(32)),
+            "",
+            &["orders:read"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert!(by_id.allowed && by_id.missing_scopes.is_empty());
+    assert!(by_credential.allowed);
+    assert!(!missing.allowed);
+    assert_eq!(missing.missing_scopes, ["portfolio:read", "account:read"]);
+    assert_eq!(missing.denial.unwrap().required_scope, "portfolio:read");
+    assert_eq!(unknown.denial.unwrap().reason(), Reason::UnknownKey);
+
+    app.revoke("acct_1", &key.id).await;
+    let after_revoke = app
+        .keys
+        .check_scope(check(&key.id, "", &["orders:read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after_revoke.denial.unwrap().reason(), Reason::Revoked);
+    app.shutdown().await;
+}
+
+async fn bad_check_scope_input_is_invalid_argument(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &["orders:read"]).await;
+    let cases = [
+        (
+            proto::CheckScopeRequest {
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            "key_id",
+        ),
+        (
+            proto::CheckScopeRequest {
+                key_id: key.id.clone(),
+                credential: secret.clone(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            "key_id",
+        ),
+        (
+            proto::CheckScopeRequest {
+                key_id: "bogus".into(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            "key_id",
+        ),
+        (
+            proto::CheckScopeRequest {
+                key_id: key.id.clone(),
+                ..Default::default()
+            },
+            "scopes",
+        ),
+        (
+            proto::CheckScopeRequest {
+                key_id: key.id.clone(),
+                scopes: vec!["nope".into()],
+                ..Default::default()
+            },
+            "scopes",
+        ),
+        (
+            proto::CheckScopeRequest {
+                key_id: key.id.clone(),
+                scopes: vec!["orders:read".into()],
+                client_ip: "not-an-ip".into(),
+                ..Default::default()
+            },
+            "client_ip",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = app.keys.check_scope(request).await.unwrap_err();
+        assert_invalid_argument(&status, field);
+    }
+    app.shutdown().await;
+}

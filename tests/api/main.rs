@@ -1,0 +1,11 @@
+//! keyward's integration tests: one binary, one module per area. Every test
+//! runs the real server on 127.0.0.1:0 with the generated client, on a real
+//! SQLite file and (through `on_both_databases!`) on a real PostgreSQL.
+
+mod helpers;
+
+mod authenticate;
+mod management;
+mod revocation;
+mod serving;
+mod storage_conformance;

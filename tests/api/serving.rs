@@ -1,0 +1,286 @@
+//! Serving: health, reflection (v1 and v1alpha), the real binary's startup
+//! errors and its graceful shutdown on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{Db, connect, spawn_app};
+use crate::on_both_databases;
+
+on_both_databases!(
+    health_reports_serving_overall_and_per_service,
+    reflection_lists_services_in_v1_and_v1alpha
+);
+
+async fn health_reports_serving_overall_and_per_service(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    for service in ["", "keyward.v1.KeyService"] {
+        let status = app
+            .health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = app
+        .health
+        .check(HealthCheckRequest {
+            service: "nope.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    app.shutdown().await;
+}
+
+async fn reflection_lists_services_in_v1_and_v1alpha(db: Db) {
+    use tokio_stream::StreamExt;
+    let Some(app) = spawn_app(db).await else {
+        return;
+    };
+
+    let mut v1 = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+        app.channel.clone(),
+    );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut replies = v1
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    let Some(
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = reply.message_response
+    else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"keyward.v1.KeyService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+
+    let mut v1alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            app.channel.clone(),
+        );
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "keyward.v1.KeyService".into(),
+            ),
+        ),
+    };
+    let mut replies = v1alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    assert!(matches!(
+        reply.message_response,
+        Some(tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+    ));
+    app.shutdown().await;
+}
+
+fn keyward() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keyward"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the binary to completion and returns (success, stderr).
+fn run_to_end(command: &mut Command) -> (bool, String) {
+    let output = command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run keyward");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_config_file_stops_startup_naming_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[cache]\ncapacity = 0\n",
+            "`cache.capacity`",
+            "must be between",
+        ),
+        (
+            "[cache]\ncapacity = \"lots\"\n",
+            "`cache.capacity`",
+            "invalid type",
+        ),
+        ("[keys]\nprefix = \"c c\"\n", "`keys`", "prefix"),
+        ("[keys]\nalphabet = \"emoji\"\n", "`keys.alphabet`", "hex"),
+        (
+            "[feed]\nfreshness_bound_ms = 60\npoll_interval_ms = 50\n",
+            "`feed.freshness_bound_ms`",
+            "poll_interval",
+        ),
+        (
+            "[bans]\nban_seconds = -1\n",
+            "`bans.ban_seconds`",
+            "between",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\nimplies = [\"b\"]\n",
+            "`scopes[0].implies`",
+            "not in the catalog",
+        ),
+        (
+            "[denials.invalid]\nhttp_status = 200\n",
+            "`denials.invalid`",
+            "not allowed",
+        ),
+        (
+            "[server]\nlisten = \"nowhere\"\n",
+            "`server.listen`",
+            "not an address",
+        ),
+        (
+            "[server]\ndatabase_url = \"mysql://x\"\n",
+            "`server.database_url`",
+            "unsupported",
+        ),
+        (
+            "[cache]\ncapasity = 5\n",
+            "`cache.capasity`",
+            "unknown field",
+        ),
+        ("this is not toml", "`(syntax)`", "expected"),
+    ];
+    for (text, key, reason) in cases {
+        let path = dir.path().join("profile.toml");
+        std::fs::write(&path, text).unwrap();
+        let (ok, stderr) = run_to_end(keyward().args(["serve", "--config"]).arg(&path));
+        assert!(!ok, "{text:?} should fail");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "names the file: {stderr}"
+        );
+        assert!(stderr.contains(key), "names {key}: {stderr}");
+        assert!(stderr.contains(reason), "says {reason}: {stderr}");
+        let (ok, check_stderr) = run_to_end(keyward().arg("check-config").arg(&path));
+        assert!(
+            !ok && check_stderr.contains(key),
+            "check-config agrees: {check_stderr}"
+        );
+    }
+    let (ok, stderr) = run_to_end(keyward().args(["serve", "--config", "/no/such/file.toml"]));
+    assert!(
+        !ok && stderr.contains("/no/such/file.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_stop_startup_with_a_clear_message() {
+    let (ok, stderr) = run_to_end(keyward().args(["serve", "--listen", "not-an-address"]));
+    assert!(!ok && stderr.contains("--listen"), "{stderr}");
+    let (ok, stderr) =
+        run_to_end(keyward().args(["serve", "--database-url", "mysql://localhost/x"]));
+    assert!(
+        !ok && stderr.contains("--database-url") && stderr.contains("unsupported"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run_to_end(keyward().args([
+        "serve",
+        "--listen",
+        "127.0.0.1:1",
+        "--database-url",
+        "sqlite:///no/such/dir/k.db",
+    ]));
+    assert!(!ok && stderr.contains("database"), "{stderr}");
+    let (ok, stderr) = run_to_end(
+        keyward()
+            .args(["serve"])
+            .env("KEYWARD_LISTEN", "also-not-an-address"),
+    );
+    assert!(
+        !ok && stderr.contains("--listen"),
+        "environment values are checked too: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env(
+            "KEYWARD_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("k.db").display()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut connected = None;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            connected = Some(connect(addr).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let channel = connected.expect("binary listens");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    let pid = child.id().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

@@ -1,0 +1,366 @@
+//! One conformance suite for the `KeyStore` trait, run against SQLite and
+//! PostgreSQL, so the backends cannot drift apart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
+use keyward::storage::{self, EventKind, KeyStore, KeyUpdate, NewKey, PoolSettings, StoreError};
+
+use crate::helpers::{Db, TestDatabase};
+use crate::on_both_databases;
+
+on_both_databases!(
+    created_keys_are_found_by_digest_id_and_account,
+    revocation_is_logged_once,
+    updates_log_one_event_per_change,
+    events_are_read_in_order_from_any_point,
+    pruning_removes_a_prefix_and_remembers_it,
+    last_use_never_moves_backwards,
+    the_key_limit_is_atomic,
+    account_scoping_is_enforced_by_the_store,
+    wakeups_follow_appends,
+);
+
+async fn open(db: Db) -> Option<(Arc<TestDatabase>, Arc<dyn KeyStore>)> {
+    let database = TestDatabase::create(db).await?;
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .expect("open store");
+    Some((database, store))
+}
+
+fn account(name: &str) -> AccountId {
+    AccountId::parse(name).unwrap()
+}
+
+fn new_key(account_name: &str, secret: &str) -> NewKey {
+    NewKey {
+        id: KeyId::generate(),
+        account_id: account(account_name),
+        name: KeyName::parse("k").unwrap(),
+        digest: KeyDigest::of(secret),
+        start: "cc_123456".into(),
+        scopes: vec!["orders:read".into(), "traders:write".into()],
+        rate_limit: None,
+        created_at: UnixMillis::now(),
+        expires_at: None,
+    }
+}
+
+async fn created_keys_are_found_by_digest_id_and_account(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let mut key = new_key("acct_1", "cc_secret_1");
+    key.rate_limit = Some(RateLimit::new(5, 10).unwrap());
+    key.expires_at = Some(UnixMillis::now().saturating_add_millis(60_000));
+    let created = store.create_key(key.clone(), 10).await.unwrap();
+
+    assert_eq!(created.id, key.id);
+    assert_eq!(created.scopes, key.scopes);
+    let by_digest = store.find_by_digest(&key.digest).await.unwrap().unwrap();
+    let by_id = store.find_by_id(&key.id).await.unwrap().unwrap();
+    let in_account = store.get_key(&key.account_id, &key.id).await.unwrap();
+    assert_eq!(by_digest, created);
+    assert_eq!(by_id, created);
+    assert_eq!(in_account, created);
+    assert_eq!(by_digest.rate_limit, key.rate_limit);
+    assert!(
+        store
+            .find_by_digest(&KeyDigest::of("other"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .find_by_id(&KeyId::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn revocation_is_logged_once(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let key = store.create_key(new_key("acct_1", "s1"), 10).await.unwrap();
+    let before = store.latest_seq().await.unwrap();
+
+    let revoked = store
+        .revoke_key(&key.account_id, &key.id, UnixMillis(42))
+        .await
+        .unwrap();
+    let again = store
+        .revoke_key(&key.account_id, &key.id, UnixMillis(99))
+        .await
+        .unwrap();
+
+    assert_eq!(revoked.revoked_at, Some(UnixMillis(42)));
+    assert_eq!(
+        again.revoked_at,
+        Some(UnixMillis(42)),
+        "second revoke changes nothing"
+    );
+    let events = store.events_after(before, 100).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Revoked);
+    assert_eq!(events[0].key_id, key.id);
+    assert_eq!(events[0].digest, key.digest);
+    assert_eq!(store.latest_seq().await.unwrap(), events[0].seq);
+}
+
+async fn updates_log_one_event_per_change(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let key = store.create_key(new_key("acct_1", "s1"), 10).await.unwrap();
+    let before = store.latest_seq().await.unwrap();
+
+    let updated = store
+        .update_key(
+            &key.account_id,
+            &key.id,
+            KeyUpdate {
+                name: Some(KeyName::parse("renamed").unwrap()),
+                scopes: Some(vec!["portfolio:read".into()]),
+                rate_limit: Some(Some(RateLimit::new(1, 1).unwrap())),
+            },
+            UnixMillis(7),
+        )
+        .await
+        .unwrap();
+    let unchanged = store
+        .update_key(
+            &key.account_id,
+            &key.id,
+            KeyUpdate {
+                name: Some(KeyName::parse("renamed").unwrap()),
+                ..KeyUpdate::default()
+            },
+            UnixMillis(8),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(updated.name, "renamed");
+    assert_eq!(updated.scopes, ["portfolio:read"]);
+    assert_eq!(
+        store.get_key(&key.account_id, &key.id).await.unwrap(),
+        updated
+    );
+    assert_eq!(unchanged, updated);
+    let kinds: Vec<EventKind> = store
+        .events_after(before, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::ScopesChanged,
+            EventKind::RateLimitChanged,
+            EventKind::Renamed
+        ],
+        "no event for a change that changes nothing"
+    );
+
+    store
+        .revoke_key(&key.account_id, &key.id, UnixMillis(9))
+        .await
+        .unwrap();
+    let refused = store
+        .update_key(
+            &key.account_id,
+            &key.id,
+            KeyUpdate::default(),
+            UnixMillis(10),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::KeyRevoked), "{refused:?}");
+}
+
+async fn events_are_read_in_order_from_any_point(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let start = store.latest_seq().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let key = store
+            .create_key(new_key(&format!("acct_{i}"), &format!("s{i}")), 10)
+            .await
+            .unwrap();
+        store
+            .revoke_key(&key.account_id, &key.id, UnixMillis::now())
+            .await
+            .unwrap();
+        ids.push(key.id);
+    }
+
+    let all = store.events_after(start, 1000).await.unwrap();
+    let paged_first = store.events_after(start, 10).await.unwrap();
+    let paged_rest = store
+        .events_after(paged_first.last().unwrap().seq, 1000)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        all.iter().map(|e| e.key_id.clone()).collect::<Vec<_>>(),
+        ids
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!([paged_first, paged_rest].concat(), all);
+    assert!(
+        store
+            .events_after(all.last().unwrap().seq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn pruning_removes_a_prefix_and_remembers_it(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let key_a = store.create_key(new_key("acct_1", "a"), 10).await.unwrap();
+    let key_b = store.create_key(new_key("acct_1", "b"), 10).await.unwrap();
+    store
+        .revoke_key(&key_a.account_id, &key_a.id, UnixMillis(1_000))
+        .await
+        .unwrap();
+    store
+        .revoke_key(&key_b.account_id, &key_b.id, UnixMillis(5_000))
+        .await
+        .unwrap();
+    let latest = store.latest_seq().await.unwrap();
+
+    let deleted = store.prune_events(UnixMillis(2_000)).await.unwrap();
+
+    assert_eq!(deleted, 1);
+    let remaining = store.events_after(0, 100).await.unwrap();
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0].key_id, key_b.id);
+    assert_eq!(store.pruned_through().await.unwrap(), remaining[0].seq - 1);
+    assert_eq!(store.prune_events(UnixMillis(2_000)).await.unwrap(), 0);
+
+    // Everything pruned: the latest sequence is still known, and new events
+    // continue after it rather than reusing numbers.
+    store.prune_events(UnixMillis(10_000)).await.unwrap();
+    assert_eq!(store.latest_seq().await.unwrap(), latest);
+    let key_c = store.create_key(new_key("acct_1", "c"), 10).await.unwrap();
+    store
+        .revoke_key(&key_c.account_id, &key_c.id, UnixMillis::now())
+        .await
+        .unwrap();
+    assert!(store.latest_seq().await.unwrap() > latest);
+}
+
+async fn last_use_never_moves_backwards(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let key = store.create_key(new_key("acct_1", "s"), 10).await.unwrap();
+    let other = store.create_key(new_key("acct_1", "t"), 10).await.unwrap();
+
+    store
+        .record_last_used(&[
+            (key.id.clone(), UnixMillis(2_000)),
+            (other.id.clone(), UnixMillis(5)),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_last_used(&[(key.id.clone(), UnixMillis(1_000))])
+        .await
+        .unwrap();
+    store.record_last_used(&[]).await.unwrap();
+
+    let stored = store.get_key(&key.account_id, &key.id).await.unwrap();
+    assert_eq!(stored.last_used_at, Some(UnixMillis(2_000)));
+    let stored_other = store.get_key(&other.account_id, &other.id).await.unwrap();
+    assert_eq!(stored_other.last_used_at, Some(UnixMillis(5)));
+}
+
+async fn the_key_limit_is_atomic(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let attempts = (0..20).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .create_key(new_key("acct_race", &format!("s{i}")), 10)
+                .await
+        })
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let limited = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(StoreError::KeyLimitReached { limit: 10 }))))
+        .count();
+    assert_eq!((created, limited), (10, 10));
+    let listed = store
+        .list_keys(&account("acct_race"), true, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 10);
+}
+
+async fn account_scoping_is_enforced_by_the_store(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let key = store
+        .create_key(new_key("acct_owner", "s"), 10)
+        .await
+        .unwrap();
+    let intruder = account("acct_intruder");
+
+    assert!(matches!(
+        store.get_key(&intruder, &key.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .revoke_key(&intruder, &key.id, UnixMillis::now())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .update_key(&intruder, &key.id, KeyUpdate::default(), UnixMillis::now())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(
+        store
+            .list_keys(&intruder, true, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let untouched = store.get_key(&key.account_id, &key.id).await.unwrap();
+    assert_eq!(untouched, key);
+}
+
+async fn wakeups_follow_appends(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let mut wakeups = store.subscribe_wakeups().await.unwrap();
+    let key = store.create_key(new_key("acct_1", "s"), 10).await.unwrap();
+    store
+        .revoke_key(&key.account_id, &key.id, UnixMillis::now())
+        .await
+        .unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(5), wakeups.recv()).await;
+    assert!(matches!(woke, Ok(Some(_))), "{woke:?}");
+}
