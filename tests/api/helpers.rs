@@ -190,6 +190,11 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 }
 
 impl TestApp {
+    /// The address the server listens on.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("running").addr()
+    }
+
     /// Creates a key and returns it with its secret.
     pub async fn create_key(&mut self, account: &str, scopes: &[&str]) -> (proto::Key, String) {
         let response = self

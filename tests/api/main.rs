@@ -9,3 +9,4 @@ mod management;
 mod revocation;
 mod serving;
 mod storage_conformance;
+mod watch;

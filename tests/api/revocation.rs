@@ -2,14 +2,24 @@
 //! database, the change feed between them, failing closed, and the race
 //! between a cache load and a revocation.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use keyward::proto::denial::Reason;
+use keyward::proto::{self, denial::Reason};
+use sqlx::Connection;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{Db, TestDatabase, eventually, reason, spawn_on, test_config};
+use crate::helpers::postgres::ThrowawayCluster;
+use crate::helpers::{
+    Db, TestApp, TestDatabase, eventually, reason, spawn_app, spawn_on, test_config,
+};
+use crate::on_both_databases;
 
-/// Revoke on A; B must deny within the freshness bound (in practice, within
-/// milliseconds; the benchmark measures it).
+on_both_databases!(a_load_racing_a_revocation_never_resurrects_the_key);
+
+/// Revoke on A; B must deny within the freshness bound (in practice within
+/// milliseconds; `keyward bench` measures it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_on_one_replica_is_seen_by_the_other() {
     let Some(database) = TestDatabase::create(Db::Postgres).await else {
@@ -30,4 +40,362 @@ async fn revoking_on_one_replica_is_seen_by_the_other() {
     assert!(denied, "replica B still accepts a revoked key");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Scope changes travel the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_change_on_one_replica_reaches_the_other() {
+    let Some(database) = TestDatabase::create(Db::Postgres).await else {
+        return;
+    };
+    let mut a = spawn_on(database.clone(), test_config()).await;
+    let mut b = spawn_on(database.clone(), test_config()).await;
+    let (key, secret) = a.create_key("acct_1", &["orders:write"]).await;
+    assert!(b.authenticate(&secret, &["orders:write"]).await.allowed);
+
+    a.keys
+        .update_key(proto::UpdateKeyRequest {
+            account_id: "acct_1".into(),
+            key_id: key.id,
+            scopes: vec!["orders:read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let narrowed = eventually(Duration::from_secs(2), async || {
+        reason(&b.authenticate(&secret, &["orders:write"]).await) == Reason::InsufficientScope
+    })
+    .await;
+    assert!(narrowed, "replica B still grants the removed scope");
+    assert!(b.authenticate(&secret, &["orders:read"]).await.allowed);
+}
+
+/// Revocations issued at the same time on both replicas: none is missed by
+/// either replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_revocations_on_both_replicas_are_all_applied() {
+    let Some(database) = TestDatabase::create(Db::Postgres).await else {
+        return;
+    };
+    let mut a = spawn_on(database.clone(), test_config()).await;
+    let mut b = spawn_on(database.clone(), test_config()).await;
+    let mut keys = Vec::new();
+    for i in 0..24 {
+        let account = format!("acct_{}", i % 4);
+        let (key, secret) = a.create_key(&account, &[]).await;
+        // Both replicas cache every key as live.
+        assert!(a.authenticate(&secret, &[]).await.allowed);
+        assert!(b.authenticate(&secret, &[]).await.allowed);
+        keys.push((account, key.id, secret));
+    }
+
+    let revocations = keys.iter().enumerate().map(|(i, (account, id, _))| {
+        let mut client = if i % 2 == 0 {
+            a.keys.clone()
+        } else {
+            b.keys.clone()
+        };
+        let request = proto::RevokeKeyRequest {
+            account_id: account.clone(),
+            key_id: id.clone(),
+        };
+        async move { client.revoke_key(request).await.map(|_| ()) }
+    });
+    for result in futures_util::future::join_all(revocations).await {
+        result.expect("RevokeKey");
+    }
+
+    for replica in [&mut a, &mut b] {
+        for (_, id, secret) in &keys {
+            let denied = eventually(Duration::from_secs(2), async || {
+                reason(&replica.authenticate(secret, &[]).await) == Reason::Revoked
+            })
+            .await;
+            assert!(denied, "{id} still accepted");
+        }
+    }
+}
+
+async fn listener_backends(admin: &mut sqlx::PgConnection) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(keyward::storage::postgres::LISTENER_APPLICATION_NAME)
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+/// The listener connection is killed (pg_terminate_backend) again and again
+/// while revocations happen: B never accepts a revoked key once the
+/// fail-closed bound has passed, and it recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_listener_never_lets_a_revoked_key_through() {
+    let Some(database) = TestDatabase::create(Db::Postgres).await else {
+        return;
+    };
+    let mut config = test_config();
+    // Poll slowly, so notifications (and their loss) matter.
+    config.feed.poll_interval = Duration::from_millis(400);
+    config.feed.freshness_bound = Duration::from_secs(1);
+    let bound = config.feed.freshness_bound;
+    let mut a = spawn_on(database.clone(), config.clone()).await;
+    let mut b = spawn_on(database.clone(), config).await;
+    let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || !listener_backends(
+            &mut admin
+        )
+        .await
+        .is_empty())
+        .await,
+        "listeners connected"
+    );
+
+    let mut killed = 0;
+    for round in 0..6 {
+        let account = format!("acct_{round}");
+        let (key, secret) = a.create_key(&account, &[]).await;
+        assert!(b.authenticate(&secret, &[]).await.allowed);
+
+        for pid in listener_backends(&mut admin).await {
+            let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            killed += usize::from(terminated);
+        }
+        a.revoke(&account, &key.id).await;
+
+        // Once the bound has passed, B must deny, whatever state its
+        // listener is in: revoked (caught up) or unavailable (cannot prove it).
+        tokio::time::sleep(bound).await;
+        let after_bound = reason(&b.authenticate(&secret, &[]).await);
+        assert!(
+            matches!(after_bound, Reason::Revoked | Reason::Unavailable),
+            "round {round}: revoked key answered {after_bound:?} after the bound"
+        );
+    }
+    assert!(killed > 0, "the test did kill listener connections");
+
+    // Recovery: the listener comes back and a new revocation travels by it.
+    assert!(
+        eventually(Duration::from_secs(10), async || !listener_backends(
+            &mut admin
+        )
+        .await
+        .is_empty())
+        .await,
+        "listener reconnected"
+    );
+    let (key, secret) = a.create_key("acct_recovery", &[]).await;
+    assert!(b.authenticate(&secret, &[]).await.allowed);
+    a.revoke("acct_recovery", &key.id).await;
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            reason(&b.authenticate(&secret, &[]).await) == Reason::Revoked
+        })
+        .await
+    );
+    let health = b
+        .health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(health, ServingStatus::Serving);
+}
+
+async fn revoke_by_hand(conn: &mut sqlx::PgConnection, id: &str) {
+    sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) \
+         SELECT id, account_id, key_hash, 'revoked', 1 FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+/// Sequence numbers must become visible in commit order. A writer holding an
+/// uncommitted event makes later writers wait, so a follower can never read
+/// seq N+1 while N is still to come; both revocations reach replica B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncommitted_event_is_not_overtaken() {
+    let Some(database) = TestDatabase::create(Db::Postgres).await else {
+        return;
+    };
+    let mut a = spawn_on(database.clone(), test_config()).await;
+    let mut b = spawn_on(database.clone(), test_config()).await;
+    let (first, first_secret) = a.create_key("acct_1", &[]).await;
+    let (second, second_secret) = a.create_key("acct_1", &[]).await;
+    assert!(b.authenticate(&first_secret, &[]).await.allowed);
+    assert!(b.authenticate(&second_secret, &[]).await.allowed);
+
+    // Two transactions revoke the keys by hand, as any writer would.
+    let mut early = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut late = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut early).await.unwrap();
+    revoke_by_hand(&mut early, &first.id).await;
+
+    // The second writer starts while the first is uncommitted.
+    let second_id = second.id.clone();
+    let late_writer = tokio::spawn(async move {
+        sqlx::query("BEGIN").execute(&mut late).await.unwrap();
+        revoke_by_hand(&mut late, &second_id).await;
+        let seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM key_events")
+            .fetch_one(&mut late)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut late).await.unwrap();
+        seq
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !late_writer.is_finished(),
+        "the later writer waits for the earlier one"
+    );
+    assert!(
+        b.authenticate(&second_secret, &[]).await.allowed,
+        "nothing committed yet"
+    );
+
+    let early_seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM key_events")
+        .fetch_one(&mut early)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut early).await.unwrap();
+    let late_seq = late_writer.await.unwrap();
+
+    assert!(early_seq < late_seq, "commit order is sequence order");
+    for secret in [&first_secret, &second_secret] {
+        assert!(
+            eventually(Duration::from_secs(2), async || {
+                reason(&b.authenticate(secret, &[]).await) == Reason::Revoked
+            })
+            .await,
+            "a revocation was skipped"
+        );
+    }
+}
+
+/// Many rounds of an Authenticate that misses the cache racing a RevokeKey:
+/// once RevokeKey has returned, the key is never allowed again, so a load
+/// that read the row before the revocation never re-caches it.
+async fn a_load_racing_a_revocation_never_resurrects_the_key(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    for round in 0..150 {
+        let account = format!("acct_{}", round % 15);
+        let (key, secret) = app.create_key(&account, &[]).await;
+        let mut auth_client = app.keys.clone();
+        let mut revoke_client = app.keys.clone();
+        let credential = secret.clone();
+        let lookup = tokio::spawn(async move {
+            auth_client
+                .authenticate(proto::AuthenticateRequest {
+                    credential,
+                    ..Default::default()
+                })
+                .await
+        });
+        let revoke = revoke_client
+            .revoke_key(proto::RevokeKeyRequest {
+                account_id: account.clone(),
+                key_id: key.id.clone(),
+            })
+            .await;
+        revoke.expect("RevokeKey");
+        lookup.await.unwrap().expect("Authenticate");
+
+        for _ in 0..3 {
+            let after = app.authenticate(&secret, &[]).await;
+            assert_eq!(
+                reason(&after),
+                Reason::Revoked,
+                "round {round}: revoked key answered {after:?}"
+            );
+        }
+    }
+    app.shutdown().await;
+}
+
+/// With its database gone, a replica keeps answering cached keys (no
+/// database call on a hit) only until it can no longer prove it is current;
+/// then it fails closed (UNAVAILABLE, 503, NOT_SERVING) and recovers by
+/// itself when the database returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_fails_closed_and_recovers() {
+    let cluster = match ThrowawayCluster::start() {
+        Ok(cluster) => cluster,
+        Err(reason) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but no throwaway PostgreSQL: {reason}");
+            }
+            eprintln!(
+                "\n*** SKIPPED losing_the_database_fails_closed_and_recovers: {reason} ***\n"
+            );
+            return;
+        }
+    };
+    let database = Arc::new(TestDatabase::create_postgres(&cluster.admin_url()).await);
+    let mut config = test_config();
+    config.feed.freshness_bound = Duration::from_millis(1500);
+    let mut app: TestApp = spawn_on(database.clone(), config).await;
+    let (_, cached_secret) = app.create_key("acct_1", &["orders:read"]).await;
+    let (_, uncached_secret) = app.create_key("acct_1", &["orders:read"]).await;
+    assert!(
+        app.authenticate(&cached_secret, &["orders:read"])
+            .await
+            .allowed
+    );
+
+    cluster.stop();
+
+    // Within the bound: the cached key needs no database.
+    let cached = app.authenticate(&cached_secret, &["orders:read"]).await;
+    let uncached = app.authenticate(&uncached_secret, &["orders:read"]).await;
+    assert!(cached.allowed, "{cached:?}");
+    assert_eq!(reason(&uncached), Reason::Unavailable);
+    assert_eq!(uncached.denial.unwrap().http_status, 503);
+
+    // Past the bound: fail closed, health NOT_SERVING.
+    let not_serving = eventually(Duration::from_secs(10), async || {
+        app.health
+            .check(HealthCheckRequest::default())
+            .await
+            .is_ok_and(|r| r.into_inner().status() == ServingStatus::NotServing)
+    })
+    .await;
+    assert!(not_serving, "health still SERVING without a database");
+    let closed = app.authenticate(&cached_secret, &["orders:read"]).await;
+    assert_eq!(reason(&closed), Reason::Unavailable);
+
+    cluster.start_again().expect("restart PostgreSQL");
+    let recovered = eventually(Duration::from_secs(20), async || {
+        app.authenticate(&cached_secret, &["orders:read"])
+            .await
+            .allowed
+    })
+    .await;
+    assert!(recovered, "did not recover after the database came back");
+    // Health follows within its watchdog tick.
+    let serving = eventually(Duration::from_secs(2), async || {
+        app.health
+            .check(HealthCheckRequest::default())
+            .await
+            .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+    })
+    .await;
+    assert!(serving, "health did not return to SERVING");
+    app.shutdown().await;
 }
