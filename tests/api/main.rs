@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod abuse;
 mod authenticate;
 mod management;
 mod revocation;

@@ -239,15 +239,22 @@ fn bad_flags_stop_startup_with_a_clear_message() {
     );
 }
 
+/// SIGTERM drains and stops cleanly, and a last use recorded just before it
+/// (with the periodic flush an hour away) reaches the database.
 #[tokio::test]
 async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.toml");
+    std::fs::write(&profile, "[last_used]\nflush_interval_seconds = 3600\n").unwrap();
+    let database = dir.path().join("k.db");
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&profile)
         .env(
             "KEYWARD_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("k.db").display()),
+            format!("sqlite://{}", database.display()),
         )
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -264,7 +271,8 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let channel = connected.expect("binary listens");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut keys = keyward::proto::key_service_client::KeyServiceClient::new(channel);
     let status = health
         .check(HealthCheckRequest::default())
         .await
@@ -272,6 +280,25 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .into_inner()
         .status();
     assert_eq!(status, ServingStatus::Serving);
+    let created = keys
+        .create_key(keyward::proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let used = keys
+        .authenticate(keyward::proto::AuthenticateRequest {
+            credential: created.secret,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(used.allowed);
 
     let pid = child.id().unwrap();
     Command::new("kill")
@@ -283,4 +310,15 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .expect("exits after SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    let last_used: Option<i64> = sqlx::query_scalar("SELECT last_used_at FROM api_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        last_used.is_some(),
+        "the last use before SIGTERM was flushed"
+    );
 }

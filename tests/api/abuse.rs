@@ -1,0 +1,374 @@
+//! Abuse protection and usage through gRPC: per-key rate limits,
+//! failed-authentication bans per client address, and last-use tracking.
+
+use std::time::Duration;
+
+use keyward::domain::RateLimit;
+use keyward::proto::{self, denial::Reason};
+
+use crate::helpers::{Db, TestApp, eventually, reason, spawn_app_with, test_config};
+use crate::on_both_databases;
+
+on_both_databases!(
+    the_default_limit_applies_and_reports_its_state,
+    limits_refill_over_time,
+    a_key_override_beats_the_default_and_keys_are_independent,
+    changing_a_keys_limit_takes_effect_at_once,
+    bans_follow_repeated_invalid_credentials_from_one_address,
+    bans_expire,
+    last_use_is_recorded_in_batches,
+    last_use_pending_at_shutdown_is_written,
+);
+
+async fn authenticate_from(
+    app: &mut TestApp,
+    credential: &str,
+    client_ip: &str,
+) -> proto::AuthenticateResponse {
+    app.keys
+        .authenticate(proto::AuthenticateRequest {
+            credential: credential.into(),
+            required_scopes: vec![],
+            client_ip: client_ip.into(),
+        })
+        .await
+        .expect("Authenticate")
+        .into_inner()
+}
+
+async fn the_default_limit_applies_and_reports_its_state(db: Db) {
+    let mut config = test_config();
+    config.default_rate_limit = Some(RateLimit::new(3, 60).unwrap());
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &["orders:read"]).await;
+
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let response = app.authenticate(&secret, &["orders:read"]).await;
+        assert!(response.allowed);
+        let status = response.rate_limit.unwrap();
+        assert_eq!(status.limit, 3);
+        remaining.push(status.remaining);
+    }
+    let limited = app.authenticate(&secret, &["orders:read"]).await;
+
+    assert_eq!(remaining, [2, 1, 0]);
+    assert!(!limited.allowed);
+    assert!(limited.key.is_some(), "the key was identified");
+    let denial = limited.denial.unwrap();
+    assert_eq!(denial.reason(), Reason::RateLimited);
+    assert_eq!(
+        (denial.code.as_str(), denial.http_status),
+        ("rate_limit_exceeded", 429)
+    );
+    assert!(
+        denial.retry_after_ms > 15_000 && denial.retry_after_ms <= 20_000,
+        "{}",
+        denial.retry_after_ms
+    );
+    let status = limited.rate_limit.unwrap();
+    assert_eq!((status.limit, status.remaining), (3, 0));
+    assert!(status.reset_ms > 0);
+
+    // CheckScope draws on the same budget.
+    let check = app
+        .keys
+        .check_scope(proto::CheckScopeRequest {
+            credential: secret.clone(),
+            scopes: vec!["orders:read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check.denial.unwrap().reason(), Reason::RateLimited);
+    app.shutdown().await;
+}
+
+async fn limits_refill_over_time(db: Db) {
+    let mut config = test_config();
+    // One request per 500 ms, burst 2.
+    config.default_rate_limit = Some(RateLimit::new(2, 1).unwrap());
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    assert!(app.authenticate(&secret, &[]).await.allowed);
+    assert!(app.authenticate(&secret, &[]).await.allowed);
+    let limited = app.authenticate(&secret, &[]).await;
+    assert_eq!(reason(&limited), Reason::RateLimited);
+    let wait = limited.denial.unwrap().retry_after_ms;
+    assert!(wait > 0 && wait <= 500, "{wait}");
+
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+    assert!(app.authenticate(&secret, &[]).await.allowed, "refilled");
+    app.shutdown().await;
+}
+
+async fn a_key_override_beats_the_default_and_keys_are_independent(db: Db) {
+    let mut config = test_config();
+    config.default_rate_limit = Some(RateLimit::new(1, 60).unwrap());
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let generous = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "generous".into(),
+            rate_limit: Some(proto::RateLimit {
+                requests: 5,
+                per_seconds: 60,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let (_, plain) = app.create_key("acct_1", &[]).await;
+    let (_, other) = app.create_key("acct_2", &[]).await;
+
+    for _ in 0..5 {
+        assert!(app.authenticate(&generous, &[]).await.allowed);
+    }
+    assert_eq!(
+        reason(&app.authenticate(&generous, &[]).await),
+        Reason::RateLimited
+    );
+    assert!(app.authenticate(&plain, &[]).await.allowed);
+    assert_eq!(
+        reason(&app.authenticate(&plain, &[]).await),
+        Reason::RateLimited
+    );
+    assert!(
+        app.authenticate(&other, &[]).await.allowed,
+        "other keys are unaffected"
+    );
+    app.shutdown().await;
+}
+
+async fn changing_a_keys_limit_takes_effect_at_once(db: Db) {
+    let Some(mut app) = spawn_app_with(db, test_config()).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &[]).await;
+    for _ in 0..5 {
+        assert!(
+            app.authenticate(&secret, &[]).await.allowed,
+            "no default limit"
+        );
+    }
+    app.keys
+        .update_key(proto::UpdateKeyRequest {
+            account_id: "acct_1".into(),
+            key_id: key.id.clone(),
+            rate_limit: Some(proto::RateLimit {
+                requests: 1,
+                per_seconds: 60,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(app.authenticate(&secret, &[]).await.allowed);
+    assert_eq!(
+        reason(&app.authenticate(&secret, &[]).await),
+        Reason::RateLimited
+    );
+    app.shutdown().await;
+}
+
+async fn bans_follow_repeated_invalid_credentials_from_one_address(db: Db) {
+    let mut config = test_config();
+    config.bans.max_failures = 3;
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    let attacker = "203.0.113.9";
+
+    let garbage = [
+        format!("cc_{}", "0".repeat(64)),
+        "cc_short".to_owned(),
+        "Bearer not-a-key".to_owned(),
+    ];
+    for credential in &garbage[..2] {
+        let response = authenticate_from(&mut app, credential, attacker).await;
+        assert_ne!(reason(&response), Reason::TooManyFailedAttempts);
+    }
+    assert!(
+        authenticate_from(&mut app, &secret, attacker).await.allowed,
+        "not banned before the threshold"
+    );
+    authenticate_from(&mut app, &garbage[2], attacker).await;
+
+    let banned = authenticate_from(&mut app, &secret, attacker).await;
+    let denial = banned.denial.clone().unwrap();
+    assert_eq!(
+        denial.reason(),
+        Reason::TooManyFailedAttempts,
+        "a valid key is refused too"
+    );
+    assert_eq!(
+        (denial.code.as_str(), denial.http_status),
+        ("too_many_failed_auth", 401)
+    );
+    assert!(
+        denial.retry_after_ms > 250_000 && denial.retry_after_ms <= 300_000,
+        "{}",
+        denial.retry_after_ms
+    );
+    assert!(banned.key.is_none());
+
+    // Other addresses and callers without an address are unaffected.
+    assert!(
+        authenticate_from(&mut app, &secret, "198.51.100.1")
+            .await
+            .allowed
+    );
+    assert!(authenticate_from(&mut app, &secret, "").await.allowed);
+    // CheckScope from the banned address is refused as well.
+    let check = app
+        .keys
+        .check_scope(proto::CheckScopeRequest {
+            credential: secret.clone(),
+            scopes: vec!["orders:read".into()],
+            client_ip: attacker.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        check.denial.unwrap().reason(),
+        Reason::TooManyFailedAttempts
+    );
+    app.shutdown().await;
+}
+
+async fn bans_expire(db: Db) {
+    let mut config = test_config();
+    config.bans.max_failures = 2;
+    config.bans.ban_duration = Duration::from_millis(400);
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    let attacker = "2001:db8::66";
+    for _ in 0..2 {
+        authenticate_from(&mut app, "cc_nope", attacker).await;
+    }
+    assert_eq!(
+        reason(&authenticate_from(&mut app, &secret, attacker).await),
+        Reason::TooManyFailedAttempts
+    );
+    // The same /64 is the same client.
+    assert_eq!(
+        reason(&authenticate_from(&mut app, &secret, "2001:db8::67").await),
+        Reason::TooManyFailedAttempts
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        authenticate_from(&mut app, &secret, attacker).await.allowed,
+        "ban expired"
+    );
+    app.shutdown().await;
+}
+
+async fn get_key(app: &mut TestApp, account: &str, id: &str) -> proto::Key {
+    app.keys
+        .get_key(proto::GetKeyRequest {
+            account_id: account.into(),
+            key_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap()
+}
+
+async fn last_use_is_recorded_in_batches(db: Db) {
+    let Some(mut app) = spawn_app_with(db, test_config()).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &[]).await;
+    let (unused, _) = app.create_key("acct_1", &[]).await;
+    assert!(
+        get_key(&mut app, "acct_1", &key.id)
+            .await
+            .last_used_at
+            .is_none()
+    );
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+
+    for _ in 0..20 {
+        assert!(app.authenticate(&secret, &[]).await.allowed);
+    }
+
+    let recorded = eventually(Duration::from_secs(3), async || {
+        get_key(&mut app, "acct_1", &key.id)
+            .await
+            .last_used_at
+            .is_some()
+    })
+    .await;
+    assert!(recorded, "last_used_at written after a flush");
+    let at = get_key(&mut app, "acct_1", &key.id)
+        .await
+        .last_used_at
+        .unwrap();
+    assert!(std::time::SystemTime::try_from(at).unwrap() >= before);
+    let listed = app
+        .keys
+        .list_keys(proto::ListKeysRequest {
+            account_id: "acct_1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .keys
+            .iter()
+            .find(|k| k.id == key.id)
+            .unwrap()
+            .last_used_at
+            .is_some()
+    );
+    assert!(
+        get_key(&mut app, "acct_1", &unused.id)
+            .await
+            .last_used_at
+            .is_none()
+    );
+    app.shutdown().await;
+}
+
+async fn last_use_pending_at_shutdown_is_written(db: Db) {
+    let mut config = test_config();
+    // Nothing would be flushed for an hour, except at shutdown.
+    config.last_used_flush_interval = Duration::from_secs(3600);
+    let Some(database) = crate::helpers::TestDatabase::create(db).await else {
+        return;
+    };
+    let mut app = crate::helpers::spawn_on(database.clone(), config.clone()).await;
+    let (key, secret) = app.create_key("acct_1", &[]).await;
+    // The flusher's first tick happens at start; let it pass.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(app.authenticate(&secret, &[]).await.allowed);
+    app.shutdown().await;
+
+    let mut restarted = crate::helpers::spawn_on(database, config).await;
+    let stored = get_key(&mut restarted, "acct_1", &key.id).await;
+    assert!(
+        stored.last_used_at.is_some(),
+        "the pending use was flushed at shutdown"
+    );
+    restarted.shutdown().await;
+}
