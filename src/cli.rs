@@ -33,6 +33,8 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Start keyward and measure it (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]

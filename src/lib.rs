@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod authenticator;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod denial;

@@ -9,8 +9,9 @@ use keyward::config::Config;
 use keyward::server::{self, ServeOptions};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -23,10 +24,16 @@ fn init_logging(format: LogFormat) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The server logs its life at info; tools only warn.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_level);
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::CheckConfig { file } => check_config(&file),
+        Command::Bench(args) => bench(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +87,14 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("signal received");
+}
+
+async fn bench(args: keyward::bench::BenchArgs) -> Result<(), String> {
+    let rows = keyward::bench::run(&args)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{}", keyward::bench::render(&rows));
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {

@@ -1,0 +1,722 @@
+//! `keyward bench`: starts keyward itself (as child processes of this same
+//! binary), creates keys, and measures the hot path against the floor of the
+//! same server answering `grpc.health.v1.Health/Check`, plus cache misses,
+//! CreateKey and RevokeKey rates, revocation propagation between two
+//! replicas (PostgreSQL), and resident memory. Prints a table of each figure
+//! beside its goal. `--smoke` runs everything small and fast, for CI.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+use crate::proto;
+use crate::proto::key_service_client::KeyServiceClient;
+
+mod load;
+mod seed;
+mod server_process;
+
+use load::{LoadStats, closed_loop, closed_loop_count, open_loop};
+use server_process::{ServerProcess, connect};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("benchmark setup failed: {0}")]
+    Setup(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC call failed: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// PostgreSQL admin URL; the benchmark creates its own databases there
+    /// and drops them afterwards. Without it: temporary SQLite files.
+    #[arg(long, env = "KEYWARD_BENCH_POSTGRES")]
+    pub postgres: Option<String>,
+    /// Keys to create and spread Authenticate calls over.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// HTTP/2 connections from the load generator.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Calls in flight in closed-loop runs.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Open-loop rates (calls per second).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000u64, 10_000])]
+    pub rates: Vec<u64>,
+    /// Revocations timed between two replicas (PostgreSQL only).
+    #[arg(long, default_value_t = 1_000)]
+    pub propagation_samples: u64,
+    /// Keys cached for the memory measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub memory_keys: u64,
+    /// Small and fast: checks the tool works, not the figures.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Also compare Authenticate with Health/Check using h2load (Debian
+    /// package nghttp2-client), as an independent cross-check.
+    #[arg(long)]
+    pub h2load: bool,
+}
+
+impl BenchArgs {
+    fn effective(&self) -> Self {
+        if !self.smoke {
+            return self.clone();
+        }
+        Self {
+            keys: self.keys.min(200),
+            seconds: self.seconds.min(0.5),
+            rates: vec![200],
+            propagation_samples: self.propagation_samples.min(20),
+            memory_keys: self.memory_keys.min(2_000),
+            ..self.clone()
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds.max(0.1))
+    }
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub measure: String,
+    pub value: String,
+    pub goal: String,
+    pub met: Option<bool>,
+}
+
+fn row(measure: impl Into<String>, value: impl Into<String>) -> Row {
+    Row {
+        measure: measure.into(),
+        value: value.into(),
+        goal: String::new(),
+        met: None,
+    }
+}
+
+fn goal_row(
+    measure: impl Into<String>,
+    value: impl Into<String>,
+    goal: impl Into<String>,
+    met: bool,
+) -> Row {
+    Row {
+        measure: measure.into(),
+        value: value.into(),
+        goal: goal.into(),
+        met: Some(met),
+    }
+}
+
+fn latency(stats: &LoadStats) -> String {
+    format!(
+        "{:.0}/s, p50 {} µs, p99 {} µs",
+        stats.throughput(),
+        stats.p50_us(),
+        stats.p99_us()
+    )
+}
+
+/// Keys created for the run: secret and id, by index.
+struct CreatedKeys {
+    secrets: Vec<String>,
+    ids: Vec<(String, String)>,
+}
+
+/// The database the servers run on, and how to clean it up.
+struct BenchDatabase {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl BenchDatabase {
+    async fn create(args: &BenchArgs, label: &str) -> Result<Self, BenchError> {
+        match &args.postgres {
+            None => {
+                let dir = tempfile::tempdir()?;
+                Ok(Self {
+                    url: format!(
+                        "sqlite://{}",
+                        dir.path().join(format!("{label}.db")).display()
+                    ),
+                    _dir: Some(dir),
+                    postgres: None,
+                })
+            }
+            Some(admin) => {
+                use sqlx::Connection;
+                let name = format!("keyward_bench_{label}_{}", std::process::id());
+                let mut conn = sqlx::PgConnection::connect(admin).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await?;
+                Ok(Self {
+                    url: replace_database(admin, &name),
+                    _dir: None,
+                    postgres: Some((admin.clone(), name)),
+                })
+            }
+        }
+    }
+
+    async fn drop_database(self) -> Result<(), BenchError> {
+        if let Some((admin, name)) = &self.postgres {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn replace_database(admin: &str, database: &str) -> String {
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin, None), |(b, q)| (b, Some(q)));
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let root = base[after_scheme..]
+        .find('/')
+        .map_or(base, |slash| &base[..after_scheme + slash]);
+    match query {
+        Some(query) => format!("{root}/{database}?{query}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+/// Runs every measurement and returns the table.
+pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
+    let args = args.effective();
+    let work = tempfile::tempdir()?;
+    let config = work.path().join("bench.toml");
+    // Defaults (Carboncopy), with a cache large enough for the memory run.
+    std::fs::write(
+        &config,
+        format!(
+            "[cache]\ncapacity = {}\n",
+            (args.memory_keys.max(args.keys) * 2).max(1_000)
+        ),
+    )?;
+    let backend = if args.postgres.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let mut rows = vec![row("database", backend)];
+
+    let database = BenchDatabase::create(&args, "main").await?;
+    let server = ServerProcess::start(&config, &database.url).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = server.resident_bytes()?;
+    rows.push(goal_row(
+        "idle resident memory",
+        format!("{:.1} MiB", idle as f64 / 1_048_576.0),
+        "≤ 20 MiB",
+        idle <= 20 * 1_048_576,
+    ));
+
+    let channels = open_channels(&server, args.connections).await?;
+    let (created, create_stats) = create_keys(&channels, &args).await?;
+    rows.push(row(
+        format!("CreateKey ({} keys)", args.keys),
+        latency(&create_stats),
+    ));
+
+    let keys = Arc::new(created.secrets.clone());
+    let miss_stats = authenticate_each_once(&channels, &keys, args.concurrency).await;
+    rows.push(row(
+        format!("Authenticate, cache miss ({backend})"),
+        latency(&miss_stats),
+    ));
+
+    rows.extend(saturation(&channels, &keys, &args).await);
+    if args.h2load {
+        rows.extend(h2load_cross_check(&server, &keys[0], &args).await?);
+    }
+    rows.extend(open_loop_rates(&channels, &keys, &args).await);
+
+    let revoke_stats = revoke_half(&channels, &created, args.concurrency).await;
+    rows.push(row("RevokeKey", latency(&revoke_stats)));
+
+    if args.postgres.is_some() {
+        rows.push(propagation(&server, &config, &database, &args).await?);
+    } else {
+        rows.push(row(
+            "revocation propagation between replicas",
+            "needs PostgreSQL (--postgres URL); SQLite is one process",
+        ));
+    }
+    server.stop().await?;
+    database.drop_database().await?;
+
+    if args.memory_keys > 0 {
+        rows.push(memory_per_key(&config, &args).await?);
+    }
+    Ok(rows)
+}
+
+async fn open_channels(server: &ServerProcess, count: usize) -> Result<Vec<Channel>, BenchError> {
+    let mut channels = Vec::new();
+    for _ in 0..count.max(1) {
+        channels.push(connect(server.addr).await?);
+    }
+    Ok(channels)
+}
+
+fn client(channels: &[Channel], i: u64) -> KeyServiceClient<Channel> {
+    KeyServiceClient::new(channels[i as usize % channels.len()].clone())
+}
+
+async fn create_keys(
+    channels: &[Channel],
+    args: &BenchArgs,
+) -> Result<(CreatedKeys, LoadStats), BenchError> {
+    let slots: Arc<Mutex<Vec<Option<(String, String, String)>>>> =
+        Arc::new(Mutex::new(vec![None; args.keys as usize]));
+    let channels = channels.to_vec();
+    let stats = {
+        let slots = Arc::clone(&slots);
+        closed_loop_count(args.concurrency, args.keys, move |i| {
+            let mut client = client(&channels, i);
+            let slots = Arc::clone(&slots);
+            async move {
+                let account = format!("bench_{}", i / 10);
+                let reply = client
+                    .create_key(proto::CreateKeyRequest {
+                        account_id: account.clone(),
+                        name: format!("bench {i}"),
+                        scopes: vec!["portfolio:read".into(), "orders:write".into()],
+                        ..Default::default()
+                    })
+                    .await;
+                match reply {
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        let id = reply.key.map(|k| k.id).unwrap_or_default();
+                        slots.lock().expect("slots")[i as usize] =
+                            Some((reply.secret, account, id));
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+    };
+    let slots = Arc::try_unwrap(slots)
+        .map_err(|_| BenchError::Setup("key slots still shared".into()))?
+        .into_inner()
+        .expect("slots");
+    let mut secrets = Vec::new();
+    let mut ids = Vec::new();
+    for (secret, account, id) in slots.into_iter().flatten() {
+        secrets.push(secret);
+        ids.push((account, id));
+    }
+    if secrets.is_empty() {
+        return Err(BenchError::Setup("no key could be created".into()));
+    }
+    Ok((CreatedKeys { secrets, ids }, stats))
+}
+
+fn authenticate_call(
+    channels: Vec<Channel>,
+    keys: Arc<Vec<String>>,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+    move |i| {
+        let mut client = client(&channels, i);
+        let credential = format!("Bearer {}", keys[i as usize % keys.len()]);
+        Box::pin(async move {
+            client
+                .authenticate(proto::AuthenticateRequest {
+                    credential,
+                    required_scopes: vec!["portfolio:read".into()],
+                    client_ip: String::new(),
+                })
+                .await
+                .is_ok_and(|reply| reply.into_inner().allowed)
+        })
+    }
+}
+
+fn health_call(
+    channels: Vec<Channel>,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+    move |i| {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(
+            channels[i as usize % channels.len()].clone(),
+        );
+        Box::pin(async move {
+            client
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .is_ok()
+        })
+    }
+}
+
+async fn authenticate_each_once(
+    channels: &[Channel],
+    keys: &Arc<Vec<String>>,
+    concurrency: usize,
+) -> LoadStats {
+    closed_loop_count(
+        concurrency,
+        keys.len() as u64,
+        authenticate_call(channels.to_vec(), Arc::clone(keys)),
+    )
+    .await
+}
+
+/// Closed loop at saturation, Health and Authenticate alternated twice so
+/// drift on a shared machine hits both alike.
+async fn saturation(channels: &[Channel], keys: &Arc<Vec<String>>, args: &BenchArgs) -> Vec<Row> {
+    let duration = args.duration();
+    let mut health_runs = Vec::new();
+    let mut auth_runs = Vec::new();
+    for _ in 0..2 {
+        health_runs
+            .push(closed_loop(args.concurrency, duration, health_call(channels.to_vec())).await);
+        auth_runs.push(
+            closed_loop(
+                args.concurrency,
+                duration,
+                authenticate_call(channels.to_vec(), Arc::clone(keys)),
+            )
+            .await,
+        );
+    }
+    let merged = |runs: &[LoadStats]| {
+        let mut histogram: Histogram<u64> = runs[0].latency_us.clone();
+        for run in &runs[1..] {
+            histogram.add(&run.latency_us).expect("same bounds");
+        }
+        LoadStats {
+            succeeded: runs.iter().map(|r| r.succeeded).sum(),
+            failed: runs.iter().map(|r| r.failed).sum(),
+            elapsed: runs.iter().map(|r| r.elapsed).sum(),
+            latency_us: histogram,
+        }
+    };
+    let health = merged(&health_runs);
+    let auth = merged(&auth_runs);
+    let ratio = auth.throughput() / health.throughput();
+    vec![
+        row(
+            format!("Health/Check, closed loop ({} in flight)", args.concurrency),
+            latency(&health),
+        ),
+        row(
+            format!(
+                "Authenticate, cached, closed loop ({} in flight)",
+                args.concurrency
+            ),
+            latency(&auth),
+        ),
+        goal_row(
+            "Authenticate / Health throughput",
+            format!("{ratio:.2}"),
+            "≥ 0.90",
+            ratio >= 0.9,
+        ),
+    ]
+}
+
+async fn open_loop_rates(
+    channels: &[Channel],
+    keys: &Arc<Vec<String>>,
+    args: &BenchArgs,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &rate in &args.rates {
+        let health = open_loop(rate, args.duration(), health_call(channels.to_vec())).await;
+        let auth = open_loop(
+            rate,
+            args.duration(),
+            authenticate_call(channels.to_vec(), Arc::clone(keys)),
+        )
+        .await;
+        rows.push(row(
+            format!("Health/Check, open loop {rate}/s"),
+            format!(
+                "p50 {} µs, p99 {} µs, {} failed",
+                health.p50_us(),
+                health.p99_us(),
+                health.failed
+            ),
+        ));
+        let value = format!(
+            "p50 {} µs, p99 {} µs, {} failed",
+            auth.p50_us(),
+            auth.p99_us(),
+            auth.failed
+        );
+        if rate >= 10_000 {
+            rows.push(goal_row(
+                format!("Authenticate, open loop {rate}/s"),
+                value,
+                "p99 ≤ 500 µs",
+                auth.p99_us() <= 500 && auth.failed == 0,
+            ));
+        } else {
+            rows.push(row(format!("Authenticate, open loop {rate}/s"), value));
+        }
+    }
+    rows
+}
+
+async fn revoke_half(channels: &[Channel], created: &CreatedKeys, concurrency: usize) -> LoadStats {
+    let ids = Arc::new(created.ids.clone());
+    let channels = channels.to_vec();
+    let count = (ids.len() / 2) as u64;
+    closed_loop_count(concurrency, count, move |i| {
+        let mut client = client(&channels, i);
+        let (account, id) = ids[i as usize].clone();
+        async move {
+            client
+                .revoke_key(proto::RevokeKeyRequest {
+                    account_id: account,
+                    key_id: id,
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+/// RevokeKey returns on A; how long until B's first denial.
+async fn propagation(
+    a: &ServerProcess,
+    config: &std::path::Path,
+    database: &BenchDatabase,
+    args: &BenchArgs,
+) -> Result<Row, BenchError> {
+    let b = ServerProcess::start(config, &database.url).await?;
+    let mut on_a = KeyServiceClient::new(connect(a.addr).await?);
+    let mut on_b = KeyServiceClient::new(connect(b.addr).await?);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut slowest = Duration::ZERO;
+    for i in 0..args.propagation_samples {
+        let account = format!("propagation_{i}");
+        let created = on_a
+            .create_key(proto::CreateKeyRequest {
+                account_id: account.clone(),
+                name: "propagation".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let request = proto::AuthenticateRequest {
+            credential: created.secret,
+            ..Default::default()
+        };
+        if !on_b
+            .authenticate(request.clone())
+            .await?
+            .into_inner()
+            .allowed
+        {
+            return Err(BenchError::Setup("replica B refused a fresh key".into()));
+        }
+        on_a.revoke_key(proto::RevokeKeyRequest {
+            account_id: account,
+            key_id: created.key.map(|k| k.id).unwrap_or_default(),
+        })
+        .await?;
+        let revoked_at = Instant::now();
+        loop {
+            if !on_b
+                .authenticate(request.clone())
+                .await?
+                .into_inner()
+                .allowed
+            {
+                break;
+            }
+            if revoked_at.elapsed() > Duration::from_secs(10) {
+                return Err(BenchError::Setup(
+                    "revocation never reached replica B".into(),
+                ));
+            }
+        }
+        let took = revoked_at.elapsed();
+        slowest = slowest.max(took);
+        let _ = histogram.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+    }
+    b.stop().await?;
+    let p99 = histogram.value_at_quantile(0.99);
+    Ok(goal_row(
+        format!("revocation propagation A→B ({} samples)", histogram.len()),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            histogram.value_at_quantile(0.5) as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            slowest.as_secs_f64() * 1000.0
+        ),
+        "p99 ≤ 10 ms",
+        p99 <= 10_000,
+    ))
+}
+
+/// Resident memory per cached key: a server over `memory_keys` keys, before
+/// and after every key has been looked up once.
+async fn memory_per_key(config: &std::path::Path, args: &BenchArgs) -> Result<Row, BenchError> {
+    let database = BenchDatabase::create(args, "memory").await?;
+    let secrets = Arc::new(seed::insert_keys(&database.url, args.memory_keys).await?);
+    let server = ServerProcess::start(config, &database.url).await?;
+    let channels = open_channels(&server, args.connections).await?;
+    // Settle the connections and the runtime before the baseline.
+    authenticate_each_once(&channels, &Arc::new(secrets[..1].to_vec()), 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.resident_bytes()?;
+    let warmed = authenticate_each_once(&channels, &secrets, args.concurrency.max(64)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.resident_bytes()?;
+    server.stop().await?;
+    database.drop_database().await?;
+    let per_key = after.saturating_sub(before) as f64 / warmed.succeeded.max(1) as f64;
+    Ok(goal_row(
+        format!("resident memory per cached key ({} keys)", warmed.succeeded),
+        format!(
+            "{per_key:.0} B ({:.1} → {:.1} MiB)",
+            before as f64 / 1_048_576.0,
+            after as f64 / 1_048_576.0
+        ),
+        "≤ 400 B",
+        per_key <= 400.0,
+    ))
+}
+
+/// Renders the table as Markdown.
+pub fn render(rows: &[Row]) -> String {
+    let mut out = String::from("| measure | result | goal | met |\n|---|---|---|---|\n");
+    for row in rows {
+        let met = match row.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {met} |\n",
+            row.measure, row.value, row.goal
+        ));
+    }
+    out
+}
+
+/// A request body as gRPC frames it: no compression, 4-byte length, message.
+fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
+    let encoded = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    framed
+}
+
+/// The same Authenticate-vs-Health comparison, by h2load with a fixed body.
+async fn h2load_cross_check(
+    server: &ServerProcess,
+    secret: &str,
+    args: &BenchArgs,
+) -> Result<Vec<Row>, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let authenticate = dir.path().join("authenticate.bin");
+    let health = dir.path().join("health.bin");
+    std::fs::write(
+        &authenticate,
+        grpc_frame(&proto::AuthenticateRequest {
+            credential: format!("Bearer {secret}"),
+            required_scopes: vec!["portfolio:read".into()],
+            client_ip: String::new(),
+        }),
+    )?;
+    std::fs::write(
+        &health,
+        grpc_frame(&tonic_health::pb::HealthCheckRequest::default()),
+    )?;
+    let requests = ((args.seconds * 20_000.0) as u64).max(1_000);
+    let mut rates = Vec::new();
+    for (path, body) in [
+        ("grpc.health.v1.Health/Check", &health),
+        ("keyward.v1.KeyService/Authenticate", &authenticate),
+    ] {
+        let connections = args.connections.max(1);
+        let output = tokio::process::Command::new("h2load")
+            .arg("-n")
+            .arg(requests.to_string())
+            .arg("-c")
+            .arg(connections.to_string())
+            .arg("-m")
+            .arg((args.concurrency / connections).max(1).to_string())
+            .arg("-d")
+            .arg(body)
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg(format!("http://{}/{path}", server.addr))
+            .output()
+            .await;
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => {
+                return Ok(vec![row(
+                    "h2load cross-check",
+                    format!("h2load not runnable: {error}"),
+                )]);
+            }
+        };
+        let text = String::from_utf8_lossy(&output.stdout);
+        let rate = text
+            .lines()
+            .find(|l| l.starts_with("finished in"))
+            .and_then(|l| l.split(", ").nth(1))
+            .and_then(|r| r.trim_end_matches(" req/s").parse::<f64>().ok())
+            .ok_or_else(|| BenchError::Setup(format!("unexpected h2load output: {text}")))?;
+        let succeeded = text
+            .lines()
+            .find(|l| l.starts_with("requests:"))
+            .unwrap_or_default()
+            .to_owned();
+        rates.push((path, rate, succeeded));
+    }
+    let ratio = rates[1].1 / rates[0].1;
+    Ok(vec![
+        row(
+            format!("h2load {}", rates[0].0),
+            format!("{:.0}/s ({})", rates[0].1, rates[0].2),
+        ),
+        row(
+            format!("h2load {}", rates[1].0),
+            format!("{:.0}/s ({})", rates[1].1, rates[1].2),
+        ),
+        goal_row(
+            "h2load Authenticate / Health throughput",
+            format!("{ratio:.2}"),
+            "≥ 0.90",
+            ratio >= 0.9,
+        ),
+    ])
+}
