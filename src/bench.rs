@@ -132,6 +132,9 @@ fn latency(stats: &LoadStats) -> String {
     )
 }
 
+/// One created key: secret, account, id.
+type CreatedSlot = (String, String, String);
+
 /// Keys created for the run: secret and id, by index.
 struct CreatedKeys {
     secrets: Vec<String>,
@@ -295,7 +298,7 @@ async fn create_keys(
     channels: &[Channel],
     args: &BenchArgs,
 ) -> Result<(CreatedKeys, LoadStats), BenchError> {
-    let slots: Arc<Mutex<Vec<Option<(String, String, String)>>>> =
+    let slots: Arc<Mutex<Vec<Option<CreatedSlot>>>> =
         Arc::new(Mutex::new(vec![None; args.keys as usize]));
     let channels = channels.to_vec();
     let stats = {
