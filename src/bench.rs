@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Small and fast: checks the tool works, not the figures.
     #[arg(long)]
     pub smoke: bool,
+    /// Only the in-process cache-hit measurement (for profilers such as
+    /// `valgrind --tool=callgrind`), with this many calls.
+    #[arg(long, value_name = "CALLS")]
+    pub only_hot_path: Option<u64>,
     /// Also compare Authenticate with Health/Check using h2load (Debian
     /// package nghttp2-client), as an independent cross-check.
     #[arg(long)]
@@ -232,7 +236,11 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
     };
     let mut rows = vec![row("database", backend)];
 
-    let calls = if args.smoke { 10_000 } else { 1_000_000 };
+    let calls = match args.only_hot_path {
+        Some(calls) => calls.max(1),
+        None if args.smoke => 10_000,
+        None => 1_000_000,
+    };
     let nanos = hot_path::nanos_per_cached_authenticate(args.keys.min(10_000), calls).await?;
     rows.push(goal_row(
         "server-side cache hit, in-process (decode, handler, encode)",
@@ -240,6 +248,9 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         "≤ 5 µs",
         nanos <= 5_000.0,
     ));
+    if args.only_hot_path.is_some() {
+        return Ok(rows);
+    }
 
     let database = BenchDatabase::create(&args, "main").await?;
     let server = ServerProcess::start(&config, &database.url).await?;

@@ -40,8 +40,18 @@ impl ScopeSet {
         self.0 == 0
     }
 
+    /// Positions of the set bits, lowest first (one step per member, not
+    /// per possible scope: this runs for every response).
     fn indices(self) -> impl Iterator<Item = usize> {
-        (0..MAX_SCOPES).filter(move |i| self.0 & (1 << i) != 0)
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            if rest == 0 {
+                return None;
+            }
+            let index = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            Some(index)
+        })
     }
 }
 
@@ -116,6 +126,8 @@ pub struct ScopeCatalog {
     closure: Vec<ScopeSet>,
     auto_granted: ScopeSet,
     presets: Vec<Preset>,
+    /// Catalog positions in alphabetical order of name.
+    alphabetical: Vec<usize>,
 }
 
 fn valid_scope_name(name: &str) -> bool {
@@ -257,12 +269,15 @@ impl ScopeCatalog {
             });
         }
 
+        let mut alphabetical: Vec<usize> = (0..definitions.len()).collect();
+        alphabetical.sort_by(|&a, &b| definitions[a].name.cmp(&definitions[b].name));
         Ok(Self {
             definitions,
             by_name,
             closure,
             auto_granted,
             presets,
+            alphabetical,
         })
     }
 
@@ -413,9 +428,11 @@ impl ScopeCatalog {
 
     /// Catalog names of a set, sorted alphabetically.
     pub fn sorted_names(&self, set: ScopeSet) -> Vec<String> {
-        let mut names: Vec<String> = self.names(set).map(str::to_owned).collect();
-        names.sort_unstable();
-        names
+        self.alphabetical
+            .iter()
+            .filter(|&&i| set.contains(ScopeIndex(i)))
+            .map(|&i| self.definitions[i].name.clone())
+            .collect()
     }
 }
 

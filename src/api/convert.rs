@@ -223,8 +223,8 @@ fn proto_rate_limit(limit: Option<RateLimit>) -> Option<proto::RateLimit> {
 pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key {
     let (granted, _) = catalog.granted_from_names(record.scopes.iter().map(String::as_str));
     proto::Key {
-        id: record.id.to_string(),
-        account_id: record.account_id.to_string(),
+        id: record.id.as_str().to_owned(),
+        account_id: record.account_id.as_str().to_owned(),
         name: record.name.clone(),
         start: record.start.clone(),
         scopes: record.scopes.clone(),
@@ -238,11 +238,13 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
 }
 
 pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
+    // `to_owned`, not `to_string`: this runs per response, and the latter
+    // goes through the formatting machinery.
     proto::Key {
-        id: key.id.to_string(),
-        account_id: key.account_id.to_string(),
-        name: key.name.to_string(),
-        start: key.start.to_string(),
+        id: key.id.as_str().to_owned(),
+        account_id: key.account_id.as_str().to_owned(),
+        name: key.name.as_ref().to_owned(),
+        start: key.start.as_ref().to_owned(),
         scopes: catalog.names(key.granted).map(str::to_owned).collect(),
         created_at: Some(millis_to_timestamp(key.created_at)),
         expires_at: key.expires_at.map(millis_to_timestamp),
