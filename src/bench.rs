@@ -66,6 +66,9 @@ pub struct BenchArgs {
     /// Small and fast: checks the tool works, not the figures.
     #[arg(long)]
     pub smoke: bool,
+    /// Only the memory measurement.
+    #[arg(long)]
+    pub only_memory: bool,
     /// Only the in-process cache-hit measurement (for profilers such as
     /// `valgrind --tool=callgrind`), with this many calls.
     #[arg(long, value_name = "CALLS")]
@@ -236,6 +239,10 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
     };
     let mut rows = vec![row("database", backend)];
 
+    if args.only_memory {
+        rows.push(memory_per_key(&config, &args).await?);
+        return Ok(rows);
+    }
     let calls = match args.only_hot_path {
         Some(calls) => calls.max(1),
         None if args.smoke => 10_000,
