@@ -8,6 +8,7 @@
 
 mod convert;
 mod key_service;
+pub mod request_gate;
 pub mod status;
 mod watch;
 
