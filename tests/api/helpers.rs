@@ -190,6 +190,16 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 }
 
 impl TestApp {
+    /// The `/metrics` address, when the config turned metrics on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(RunningServer::metrics_addr)
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("running").addr()
+    }
+
     /// Creates a key and returns it with its secret.
     pub async fn create_key(&mut self, account: &str, scopes: &[&str]) -> (proto::Key, String) {
         let response = self

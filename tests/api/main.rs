@@ -6,6 +6,7 @@ mod helpers;
 
 mod authenticate;
 mod management;
+mod management_auth;
 mod revocation;
 mod serving;
 mod storage_conformance;
