@@ -10,3 +10,4 @@ mod management_auth;
 mod revocation;
 mod serving;
 mod storage_conformance;
+mod tls;
