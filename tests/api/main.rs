@@ -7,6 +7,7 @@ mod helpers;
 mod authenticate;
 mod management;
 mod management_auth;
+mod metrics;
 mod revocation;
 mod serving;
 mod storage_conformance;
