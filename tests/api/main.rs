@@ -8,6 +8,7 @@ mod authenticate;
 mod management;
 mod management_auth;
 mod metrics;
+mod operations;
 mod revocation;
 mod serving;
 mod storage_conformance;
