@@ -5,10 +5,12 @@
 mod helpers;
 
 mod authenticate;
+mod config_checks;
 mod management;
 mod management_auth;
 mod metrics;
 mod operations;
+mod operator_cli;
 mod revocation;
 mod serving;
 mod storage_conformance;
