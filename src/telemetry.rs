@@ -7,8 +7,9 @@
 //! **Hot path rule:** recording is an atomic add on a handle registered in
 //! advance, indexed by enums (static label values), so no allocation, no
 //! string formatting, no registry lookup and no shared lock per request.
-//! Histograms append to a lock-free bucket that allocates one block per few
-//! dozen samples and is drained at every scrape and by a periodic upkeep.
+//! Histograms append `(value, Instant)` to a lock-free bucket that allocates
+//! one block per 64 samples; it is drained into the buckets at every scrape
+//! and by a periodic upkeep, so memory stays flat.
 //! Gauges that describe state (cache sizes, feed lag, pool use, bans) are
 //! sampled when `/metrics` is scraped, not maintained per request.
 //!

@@ -64,6 +64,16 @@ fn claims(account: &str) -> serde_json::Value {
     json!({"sub": account, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "exp": now() + 300})
 }
 
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rs256_jwt(claims: &serde_json::Value) -> String {
+    let private = std::fs::read(fixture("rs256-test-private.pem")).unwrap();
+    let encoding = EncodingKey::from_rsa_pem(&private).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &encoding).unwrap()
+}
+
 fn es256_jwt(key: &KeyPair, claims: &serde_json::Value) -> String {
     let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
     jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &encoding).unwrap()
@@ -101,7 +111,7 @@ rpcs = ["Authenticate", "CheckScope"]
 [auth.jwt]
 issuers = ["{ISSUER}"]
 audiences = ["{AUDIENCE}"]
-public_key_files = ["{es256}"]
+public_key_files = ["{es256}", "{rs256}"]
 jwks_file = "{jwks}"
 leeway_seconds = 30
 rpcs = ["CreateKey", "RevokeKey", "GetKey", "ListKeys"]
@@ -110,6 +120,7 @@ rpcs = ["CreateKey", "RevokeKey", "GetKey", "ListKeys"]
         auditor = token_sha256_hex(AUDITOR_TOKEN),
         backend = token_sha256_hex(BACKEND_TOKEN),
         es256 = signers.es256_public_pem.display(),
+        rs256 = fixture("rs256-test-public.pem"),
         jwks = signers.jwks.display(),
     );
     let parsed = Config::parse(&text, "auth-test.toml").expect("valid auth config");
@@ -432,6 +443,27 @@ async fn eddsa_jwts_verify_against_the_jwks_file() {
         .await
         .expect("an EdDSA JWT signed by the JWKS key is accepted");
     assert_eq!(key_count(&mut app, "acct_ed").await, 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_jwts_verify_against_a_pem_public_key() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+        .await
+        .unwrap();
+    let jwt = rs256_jwt(&claims("acct_rsa"));
+    app.keys
+        .create_key(bearer(create("acct_rsa"), &jwt))
+        .await
+        .expect("an RS256 JWT signed by the configured RSA key is accepted");
+    let other = app
+        .keys
+        .create_key(bearer(create("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&other, Code::PermissionDenied, "only its own account");
+    assert_eq!(key_count(&mut app, "acct_rsa").await, 1);
     app.shutdown().await;
 }
 
