@@ -97,6 +97,8 @@ async fn wait_for_signal() {
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {
     let config = Config::load(file).map_err(|e| e.to_string())?;
+    // TLS files named in the profile are checked as `serve` would.
+    keyward::server::tls::server_tls_config(&config.server).map_err(|e| e.to_string())?;
     print!("{}", keyward::config_report::describe(&config));
     Ok(())
 }

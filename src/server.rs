@@ -179,7 +179,14 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
 
 /// Management without credentials is only for loopback (or on request).
 fn check_management_exposure(config: &Config, listen: SocketAddr) -> Result<(), ServeError> {
-    if config.auth.management_locked() {
+    let auth = &config.auth;
+    if auth.management_locked() {
+        tracing::info!(
+            service_tokens = auth.service_tokens.len(),
+            user_jwts = auth.jwt.is_some(),
+            hot_path_requires_token = auth.hot_path_requires_token,
+            "management RPCs require credentials"
+        );
         return Ok(());
     }
     if config.server.insecure_open_management {

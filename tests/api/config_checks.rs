@@ -188,3 +188,25 @@ fn bad_production_flags_are_named() {
     ]);
     assert!(!ok && stderr.contains("needs --tls-ca"), "{stderr}");
 }
+
+#[test]
+fn check_config_checks_the_tls_files_a_profile_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("tls.toml");
+    std::fs::write(
+        &profile,
+        "[server]\ntls_cert = \"/no/such/cert.pem\"\ntls_key = \"/no/such/key.pem\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("check-config")
+        .arg(&profile)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--tls-cert /no/such/cert.pem: cannot read"),
+        "{stderr}"
+    );
+}
