@@ -36,11 +36,11 @@ impl KeyServiceApi {
     }
 }
 
-/// A user JWT may act only for its own account. The request gate put the
+/// A user JWT may act only for its own account. The request gate puts the
 /// proven caller in the request's extensions; without one (open
-/// management), there is nothing to check.
-fn check_account<T>(request: &Request<T>, account: &AccountId) -> Result<(), Status> {
-    match request.extensions().get::<Caller>() {
+/// management, or a service token), there is nothing to check.
+fn check_account(caller: Option<&Caller>, account: &AccountId) -> Result<(), Status> {
+    match caller {
         Some(caller) => caller
             .may_act_for(account)
             .map_err(|refusal| Status::permission_denied(refusal.to_string())),
@@ -137,11 +137,7 @@ impl KeyService for KeyServiceApi {
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let create = CreateKey::try_from(request.into_inner())?;
-        if let Some(caller) = caller {
-            caller
-                .may_act_for(&create.account_id)
-                .map_err(|refusal| Status::permission_denied(refusal.to_string()))?;
-        }
+        check_account(caller.as_ref(), &create.account_id)?;
         let (record, secret) = self.manager.create(create).await?;
         Ok(Response::new(proto::CreateKeyResponse {
             key: Some(convert::key_from_record(&record, &self.manager.catalog)),
@@ -154,7 +150,7 @@ impl KeyService for KeyServiceApi {
         request: Request<proto::RevokeKeyRequest>,
     ) -> Result<Response<proto::RevokeKeyResponse>, Status> {
         let account_id = convert::account_id(&request.get_ref().account_id)?;
-        check_account(&request, &account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let record = self.manager.revoke(&account_id, &key_id).await?;
@@ -168,7 +164,7 @@ impl KeyService for KeyServiceApi {
         request: Request<proto::GetKeyRequest>,
     ) -> Result<Response<proto::GetKeyResponse>, Status> {
         let account_id = convert::account_id(&request.get_ref().account_id)?;
-        check_account(&request, &account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let record = self.manager.get(&account_id, &key_id).await?;
@@ -182,7 +178,7 @@ impl KeyService for KeyServiceApi {
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         let account_id = convert::account_id(&request.get_ref().account_id)?;
-        check_account(&request, &account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
         let page_size = convert::page_size(request.page_size)?;
         let after = convert::decode_page_token(&request.page_token)?;
@@ -214,7 +210,7 @@ impl KeyService for KeyServiceApi {
         request: Request<proto::UpdateKeyRequest>,
     ) -> Result<Response<proto::UpdateKeyResponse>, Status> {
         let account_id = convert::account_id(&request.get_ref().account_id)?;
-        check_account(&request, &account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let change = ChangeKey::try_from(&request)?;
