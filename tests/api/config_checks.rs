@@ -60,6 +60,30 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
             "unknown field `rpc`",
         ),
         (
+            token(&hash, "[\"ListKeys\"]").replace("name = \"t\"", "name = \"\""),
+            "auth.service_tokens[0].name",
+            "must be 1 to 64 characters",
+        ),
+        (
+            format!(
+                "{}{}",
+                token(&hash, "[\"ListKeys\"]"),
+                token(&hash, "[\"GetKey\"]").replace("name = \"t\"", "name = \"u\"")
+            ),
+            "auth.service_tokens[1].sha256",
+            "configured twice",
+        ),
+        (
+            "[auth.jwt]\nissuers = [\"iss\"]\naudiences = [\"\"]\n".into(),
+            "auth.jwt.audiences",
+            "list the accepted `aud` values",
+        ),
+        (
+            "[server]\ntls_client_ca = \" \"\n".into(),
+            "server.tls_client_ca",
+            "must be a file path",
+        ),
+        (
             "[auth]\nhot_path_requires_token = \"yes\"\n".into(),
             "auth.hot_path_requires_token",
             "invalid type",
@@ -187,6 +211,12 @@ fn bad_production_flags_are_named() {
         "https://127.0.0.1:1",
     ]);
     assert!(!ok && stderr.contains("needs --tls-ca"), "{stderr}");
+    let (ok, stderr) = run(&["keys", "list", "--account", "a", "--server", "not a url"]);
+    assert!(!ok && stderr.contains("--server \"not a url\""), "{stderr}");
+    let (ok, stderr) = run(&["--log-format", "xml", "check-config", "x.toml"]);
+    assert!(!ok && stderr.contains("--log-format"), "{stderr}");
+    let (ok, stderr) = run(&["service-token", "--name"]);
+    assert!(!ok && stderr.contains("--name"), "{stderr}");
 }
 
 #[test]
