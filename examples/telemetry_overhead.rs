@@ -1,7 +1,8 @@
 //! Measures what metrics cost the hot path, two ways:
 //!
 //! 1. the recording calls of one decision (verdict, cache lookup, gRPC
-//!    request), with metrics on and off, in a tight loop on two threads;
+//!    request), with metrics on and off, in a tight loop on one thread and
+//!    on two (every thread on the same series: the worst case for sharing);
 //! 2. Authenticate over gRPC against an in-process server (SQLite, cache
 //!    hits), with `--metrics-listen` on and off, alternating runs.
 //!
@@ -23,9 +24,9 @@ const RECORDINGS_PER_THREAD: u32 = 5_000_000;
 const CALLS_PER_RUN: usize = 20_000;
 const CONCURRENT_CALLERS: usize = 8;
 
-fn record_loop(telemetry: Arc<Telemetry>) -> Duration {
+fn record_loop(telemetry: Arc<Telemetry>, thread_count: usize) -> Duration {
     let started = Instant::now();
-    let threads: Vec<_> = (0..2)
+    let threads: Vec<_> = (0..thread_count)
         .map(|_| {
             let telemetry = Arc::clone(&telemetry);
             std::thread::spawn(move || {
@@ -127,13 +128,15 @@ async fn grpc_run(metrics: bool, dir: &std::path::Path) -> (f64, Histogram<u64>)
 async fn main() {
     for (name, telemetry) in [("off", Telemetry::disabled()), ("on", Telemetry::enabled())] {
         let telemetry = Arc::new(telemetry);
-        let elapsed = record_loop(Arc::clone(&telemetry));
-        let per_decision = elapsed.as_nanos() as f64 / f64::from(RECORDINGS_PER_THREAD);
-        println!(
-            "recording, metrics {name:>3}: {per_decision:6.1} ns per decision (2 threads, wall clock per thread)"
-        );
-        // Drain the histograms, as the upkeep task would.
-        let _ = telemetry.render();
+        for thread_count in [1, 2] {
+            let elapsed = record_loop(Arc::clone(&telemetry), thread_count);
+            let per_decision = elapsed.as_nanos() as f64 / f64::from(RECORDINGS_PER_THREAD);
+            println!(
+                "recording, metrics {name:>3}, {thread_count} thread(s): {per_decision:6.1} ns per decision"
+            );
+            // Drain the histograms, as the upkeep task would.
+            let _ = telemetry.render();
+        }
     }
 
     let dir = tempfile::tempdir().unwrap();
