@@ -47,10 +47,24 @@ pub(super) fn access_settings<E>(
         });
     }
     let jwt = raw.jwt.map(|raw| jwt_settings(raw, fail)).transpose()?;
+    let hot_path_requires_token = raw.hot_path_requires_token.unwrap_or(false);
+    let any_hot_path_token = service_tokens.iter().any(|token| {
+        token
+            .rpcs
+            .iter()
+            .any(|rpc| rpc.class() == RpcClass::HotPath)
+    });
+    if hot_path_requires_token && !any_hot_path_token {
+        // Every Authenticate and Check would be refused: surely a mistake.
+        return Err(fail(
+            "auth.hot_path_requires_token",
+            "no service token lists a hot-path RPC (Authenticate, CheckScope, WatchRevocations, Check), so every one would be refused".into(),
+        ));
+    }
     Ok(AccessSettings {
         service_tokens,
         jwt,
-        hot_path_requires_token: raw.hot_path_requires_token.unwrap_or(false),
+        hot_path_requires_token,
     })
 }
 

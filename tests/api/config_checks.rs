@@ -84,6 +84,14 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
             "must be a file path",
         ),
         (
+            format!(
+                "[auth]\nhot_path_requires_token = true\n{}",
+                token(&hash, "[\"ListKeys\"]")
+            ),
+            "auth.hot_path_requires_token",
+            "no service token lists a hot-path RPC",
+        ),
+        (
             "[auth]\nhot_path_requires_token = \"yes\"\n".into(),
             "auth.hot_path_requires_token",
             "invalid type",
