@@ -19,7 +19,7 @@ use crate::rate_limits::{KeyRateLimits, RateDecision, RateLimitStatus};
 use crate::revocation_feed::Freshness;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
 use crate::storage::{KeyRecord, KeyStore, StoreError};
-use crate::telemetry;
+use crate::telemetry::{CacheLookup, Telemetry};
 use crate::usage::UsageRecorder;
 
 /// How many times a cache miss reloads when a change lands mid-load.
@@ -93,6 +93,8 @@ pub struct Authenticator {
     pub bans: FailedAuthBans,
     pub rate_limits: KeyRateLimits,
     pub usage: UsageRecorder,
+    /// Decision, cache and ban metrics (no-op handles when metrics are off).
+    pub telemetry: Arc<Telemetry>,
 }
 
 enum Loaded {
@@ -104,7 +106,8 @@ impl Authenticator {
     pub async fn authenticate(&self, request: Presented<'_>) -> Verdict {
         let started = std::time::Instant::now();
         let verdict = self.decide(&request).await;
-        telemetry::record_verdict(request.surface, &verdict, started.elapsed());
+        self.telemetry
+            .record_verdict(request.surface, &verdict, started.elapsed());
         verdict
     }
 
@@ -194,8 +197,9 @@ impl Authenticator {
         if attempted
             && reason.is_invalid_credential()
             && let Some(client) = request.client
+            && self.bans.record_failure(client)
         {
-            self.bans.record_failure(client);
+            self.telemetry.record_ban_started();
         }
         Verdict::deny(self.denials.deny(reason))
     }
@@ -206,9 +210,18 @@ impl Authenticator {
         }
         let digest = KeyDigest::of(secret);
         let ticket = match self.cache.lookup_digest(&digest) {
-            Lookup::Hit(key) => return Ok(key),
-            Lookup::KnownUnknown => return Err(Reason::UnknownKey),
-            Lookup::Miss(ticket) => ticket,
+            Lookup::Hit(key) => {
+                self.telemetry.record_cache_lookup(CacheLookup::Hit);
+                return Ok(key);
+            }
+            Lookup::KnownUnknown => {
+                self.telemetry.record_cache_lookup(CacheLookup::NegativeHit);
+                return Err(Reason::UnknownKey);
+            }
+            Lookup::Miss(ticket) => {
+                self.telemetry.record_cache_lookup(CacheLookup::Miss);
+                ticket
+            }
         };
         let loaded = self
             .load(
@@ -234,9 +247,18 @@ impl Authenticator {
             return Err(Reason::Unavailable);
         }
         let ticket = match self.cache.lookup_id(id) {
-            Lookup::Hit(key) => return Ok(key),
-            Lookup::KnownUnknown => return Err(Reason::UnknownKey),
-            Lookup::Miss(ticket) => ticket,
+            Lookup::Hit(key) => {
+                self.telemetry.record_cache_lookup(CacheLookup::Hit);
+                return Ok(key);
+            }
+            Lookup::KnownUnknown => {
+                self.telemetry.record_cache_lookup(CacheLookup::NegativeHit);
+                return Err(Reason::UnknownKey);
+            }
+            Lookup::Miss(ticket) => {
+                self.telemetry.record_cache_lookup(CacheLookup::Miss);
+                ticket
+            }
         };
         let loaded = self
             .load(

@@ -35,6 +35,16 @@ pub enum Command {
     },
     /// Start keyward and measure it (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Create, list, show, change and revoke keys on a running server.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print a new random service token and the `[[auth.service_tokens]]`
+    /// entry (with its SHA-256) to put in the config.
+    ServiceToken {
+        /// The name the config entry gets (shown in logs and refusals).
+        #[arg(long, default_value = "my-service")]
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,4 +60,131 @@ pub struct ServeArgs {
     /// TOML config file (a product profile); built-in Carboncopy defaults without one.
     #[arg(long, env = "KEYWARD_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM) [or `server.tls_cert`].
+    #[arg(long, env = "KEYWARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) for --tls-cert [or `server.tls_key`].
+    #[arg(long, env = "KEYWARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS [or `server.tls_client_ca`].
+    #[arg(long, env = "KEYWARD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDRESS/metrics [default: off, or `server.metrics_listen`].
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Allow management RPCs without credentials on a non-loopback address.
+    #[arg(long, env = "KEYWARD_INSECURE_OPEN_MANAGEMENT")]
+    pub insecure_open_management: bool,
+}
+
+/// How the operator CLI reaches a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// The server: http://HOST:PORT, or https://HOST:PORT with --tls-ca.
+    #[arg(long, env = "KEYWARD_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+
+    /// Service token or user JWT, sent as `authorization: Bearer ...`.
+    #[arg(long, env = "KEYWARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// CA certificate (PEM) that signed the server's certificate (for https://).
+    #[arg(long, env = "KEYWARD_CLIENT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for servers that require mutual TLS.
+    #[arg(long, env = "KEYWARD_CLIENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "KEYWARD_CLIENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The name to expect in the server's certificate [default: the host of --server].
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret (shown this once).
+    Create {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// Comma-separated scopes, e.g. `orders:read,traders:write`.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// A preset from the catalog; its scopes are added.
+        #[arg(long)]
+        preset: Option<String>,
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. `30d`, `12h`, `90m`.
+        #[arg(long, value_parser = parse_lifetime)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List an account's keys.
+    List {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// Show revoked keys too.
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Show one key.
+    Get {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// The key id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Rename a key or replace its scopes.
+    Update {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new full scope list, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+    },
+    /// Revoke a key (at once, on every replica).
+    Revoke {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `30d`, `12h`, `90m`, `1h30m`: a positive duration.
+fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; use a duration like 30d, 12h or 90m"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access_control::AccessSettings;
 use crate::denial::{DenialCatalog, DenialText};
 use crate::domain::RateLimit;
 use crate::failed_auth_bans::BanSettings;
@@ -19,6 +20,7 @@ use crate::key_format::{Alphabet, KeyFormat};
 use crate::revocation_feed::FeedSettings;
 use crate::scope_catalog::{PresetDefinition, ScopeCatalog, ScopeDefinition, ScopeDenialText};
 
+mod auth;
 mod raw;
 
 use raw::{RawConfig, RawDenialText};
@@ -52,6 +54,8 @@ pub struct Config {
     pub default_rate_limit: Option<RateLimit>,
     pub bans: BanSettings,
     pub last_used_flush_interval: Duration,
+    /// Who may call which RPC (`[auth]`).
+    pub auth: AccessSettings,
 }
 
 /// Server settings as the file gives them (each may be overridden).
@@ -61,6 +65,16 @@ pub struct ServerSettings {
     pub database_url: Option<String>,
     pub max_connections: u32,
     pub shutdown_grace: Duration,
+    /// TLS for the gRPC port: certificate chain and private key (PEM).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// With this CA (PEM), clients must present a certificate it signed.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Where `/metrics` is served; `None`: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Management RPCs without credentials on a non-loopback address
+    /// (`--insecure-open-management`; never from the file).
+    pub insecure_open_management: bool,
 }
 
 impl ServerSettings {
@@ -149,7 +163,31 @@ impl Config {
         if let Some(url) = &raw.server.database_url {
             crate::storage::check_database_url(url).map_err(|r| fail("server.database_url", r))?;
         }
+        let metrics_listen = raw
+            .server
+            .metrics_listen
+            .as_deref()
+            .map(|text| {
+                text.parse::<SocketAddr>().map_err(|_| {
+                    fail(
+                        "server.metrics_listen",
+                        format!("{text:?} is not an address like 127.0.0.1:9090"),
+                    )
+                })
+            })
+            .transpose()?;
+        let path = |key: &str, value: Option<String>| match value {
+            Some(text) if text.trim().is_empty() => {
+                Err(fail(key, "must be a file path, not empty".into()))
+            }
+            other => Ok(other.map(PathBuf::from)),
+        };
         let server = ServerSettings {
+            tls_cert: path("server.tls_cert", raw.server.tls_cert)?,
+            tls_key: path("server.tls_key", raw.server.tls_key)?,
+            tls_client_ca: path("server.tls_client_ca", raw.server.tls_client_ca)?,
+            metrics_listen,
+            insecure_open_management: false,
             listen,
             database_url: raw.server.database_url,
             max_connections: in_range(raw.server.max_connections.unwrap_or(10), 1, 1_000)
@@ -404,6 +442,8 @@ impl Config {
         )
         .map_err(|r| fail("last_used.flush_interval_seconds", r))?;
 
+        let auth = auth::access_settings(raw.auth, &|key: &str, reason| fail(key, reason))?;
+
         Ok(Self {
             source: None,
             server,
@@ -416,6 +456,7 @@ impl Config {
             default_rate_limit,
             bans,
             last_used_flush_interval,
+            auth,
         })
     }
 

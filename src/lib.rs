@@ -1,17 +1,20 @@
 //! keyward: an API-key authorization service. See ARCHITECTURE.md for the map.
 #![forbid(unsafe_code)]
 
+pub mod access_control;
 pub mod api;
 pub mod authenticator;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod config_report;
 pub mod denial;
 pub mod domain;
 pub mod failed_auth_bans;
 pub mod key_cache;
 pub mod key_format;
 pub mod key_management;
+pub mod operator_cli;
 pub mod proto;
 pub mod rate_limits;
 pub mod revocation_feed;

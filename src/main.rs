@@ -34,6 +34,11 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::CheckConfig { file } => check_config(&file),
         Command::Bench(args) => bench(args).await,
+        Command::Keys(command) => keyward::operator_cli::run(command)
+            .await
+            .map(|output| print!("{output}"))
+            .map_err(|e| e.to_string()),
+        Command::ServiceToken { name } => service_token(&name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,8 +57,16 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = load_config(args.config.as_deref())?;
+    let mut config = load_config(args.config.as_deref())?;
     let (listen, database_url) = config.server.resolve(args.listen, args.database_url);
+    // Flags and environment over the file (clap already put flags over the
+    // environment).
+    let server = &mut config.server;
+    server.tls_cert = args.tls_cert.or(server.tls_cert.take());
+    server.tls_key = args.tls_key.or(server.tls_key.take());
+    server.tls_client_ca = args.tls_client_ca.or(server.tls_client_ca.take());
+    server.metrics_listen = args.metrics_listen.or(server.metrics_listen);
+    server.insecure_open_management = args.insecure_open_management;
     keyward::storage::check_database_url(&database_url)
         .map_err(|reason| format!("--database-url: {reason}"))?;
     tracing::info!(config = %config.source_name(), "configuration loaded");
@@ -99,6 +112,19 @@ async fn bench(args: keyward::bench::BenchArgs) -> Result<(), String> {
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {
     let config = Config::load(file).map_err(|e| e.to_string())?;
-    println!("{}: ok", config.source_name());
+    // TLS files named in the profile are checked as `serve` would.
+    keyward::server::tls::server_tls_config(&config.server).map_err(|e| e.to_string())?;
+    print!("{}", keyward::config_report::describe(&config));
+    Ok(())
+}
+
+fn service_token(name: &str) -> Result<(), String> {
+    let token = keyward::access_control::generate_service_token()
+        .map_err(|e| format!("the OS random number generator failed: {e}"))?;
+    println!("token (give it to the caller; keyward keeps only the hash):\n{token}\n");
+    println!(
+        "config entry:\n[[auth.service_tokens]]\nname = {name:?}\nsha256 = \"{}\"\nrpcs = [\"ListKeys\", \"GetKey\"]",
+        keyward::access_control::token_sha256_hex(&token)
+    );
     Ok(())
 }

@@ -1,6 +1,11 @@
 //! Assembles keyward from its parts and runs it: storage, cache, event-log
 //! follower, usage flusher, the gRPC services (KeyService, health,
-//! reflection), and graceful shutdown.
+//! reflection) behind the request gate (access control, request ids,
+//! metrics), optional TLS (`server/tls.rs`), the optional `/metrics`
+//! listener, and graceful shutdown.
+//!
+//! Startup refuses to serve management RPCs without credentials on a
+//! non-loopback address unless `insecure_open_management` is set.
 //!
 //! Shutdown order: health goes NOT_SERVING, the gRPC server stops accepting
 //! and drains in-flight calls (up to the grace period), background tasks
@@ -17,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::access_control::AccessPolicy;
 use crate::api::KeyServiceApi;
+use crate::api::request_gate::RequestGateLayer;
 use crate::authenticator::Authenticator;
 use crate::config::Config;
 use crate::failed_auth_bans::FailedAuthBans;
@@ -28,7 +35,11 @@ use crate::proto::key_service_server::KeyServiceServer;
 use crate::rate_limits::KeyRateLimits;
 use crate::revocation_feed::{Freshness, RevocationFeed};
 use crate::storage::{self, KeyStore, PoolSettings, StoreError};
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics_endpoint::{self, ScrapeSources};
 use crate::usage::usage_channel;
+
+pub mod tls;
 
 /// Services whose health follows the replica's freshness.
 const HEALTH_SERVICES: [&str; 2] = ["", "keyward.v1.KeyService"];
@@ -37,6 +48,19 @@ const HEALTH_SERVICES: [&str; 2] = ["", "keyward.v1.KeyService"];
 pub enum ServeError {
     #[error("cannot listen on {address}: {source}")]
     Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "management RPCs have no credentials configured ([auth] service tokens or jwt), \
+         so they may only be served on a loopback address, not {address}; configure \
+         credentials, listen on 127.0.0.1, or pass --insecure-open-management"
+    )]
+    OpenManagement { address: SocketAddr },
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("--metrics-listen {address}: cannot listen: {source}")]
+    MetricsBind {
         address: SocketAddr,
         source: std::io::Error,
     },
@@ -58,6 +82,7 @@ pub struct ServeOptions {
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -66,6 +91,11 @@ impl RunningServer {
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound `/metrics` address, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Asks the server to stop, as SIGTERM does, and waits until it has.
@@ -92,6 +122,8 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
         listen,
         database_url,
     } = options;
+    check_management_exposure(&config, listen)?;
+    let tls = tls::server_tls_config(&config.server)?;
     let store = storage::open(
         &database_url,
         &PoolSettings {
@@ -113,18 +145,79 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
         source,
     })?;
 
+    let metrics_listener = match config.server.metrics_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| ServeError::MetricsBind { address, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
+
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run(config, store, listener, stop.clone()));
-    tracing::info!(%addr, "keyward listening");
-    Ok(RunningServer { addr, stop, task })
+    let task = tokio::spawn(run(
+        config,
+        store,
+        listener,
+        Listeners {
+            tls,
+            metrics: metrics_listener,
+        },
+        stop.clone(),
+    ));
+    tracing::info!(%addr, ?metrics_addr, "keyward listening");
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        stop,
+        task,
+    })
+}
+
+/// Management without credentials is only for loopback (or on request).
+fn check_management_exposure(config: &Config, listen: SocketAddr) -> Result<(), ServeError> {
+    let auth = &config.auth;
+    if auth.management_locked() {
+        tracing::info!(
+            service_tokens = auth.service_tokens.len(),
+            user_jwts = auth.jwt.is_some(),
+            hot_path_requires_token = auth.hot_path_requires_token,
+            "management RPCs require credentials"
+        );
+        return Ok(());
+    }
+    if config.server.insecure_open_management {
+        tracing::warn!(%listen, "management RPCs are open to anyone who can reach this address (--insecure-open-management)");
+        return Ok(());
+    }
+    if !listen.ip().is_loopback() {
+        return Err(ServeError::OpenManagement { address: listen });
+    }
+    tracing::warn!(%listen, "no management credentials configured: management RPCs are open to local callers only");
+    Ok(())
+}
+
+/// What `start` prepared for `run` besides the gRPC listener.
+struct Listeners {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    metrics: Option<TcpListener>,
 }
 
 async fn run(
     config: Config,
     store: Arc<dyn KeyStore>,
     listener: TcpListener,
+    listeners: Listeners,
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
+    let telemetry = Arc::new(if listeners.metrics.is_some() {
+        Telemetry::enabled()
+    } else {
+        Telemetry::disabled()
+    });
     let cache = Arc::new(KeyCache::new(&config.cache));
     let feed =
         RevocationFeed::start(Arc::clone(&store), Arc::clone(&cache), config.feed.clone()).await?;
@@ -141,6 +234,7 @@ async fn run(
         bans: FailedAuthBans::new(config.bans.clone()),
         rate_limits: KeyRateLimits::new(config.default_rate_limit, config.cache.capacity),
         usage,
+        telemetry: Arc::clone(&telemetry),
     });
     let manager = Arc::new(KeyManager {
         store: Arc::clone(&store),
@@ -160,6 +254,21 @@ async fn run(
         config.last_used_flush_interval,
         background.clone().cancelled_owned(),
     ));
+
+    let upkeep =
+        tokio::spawn(Arc::clone(&telemetry).run_upkeep(background.clone().cancelled_owned()));
+    let metrics_server = listeners.metrics.map(|metrics_listener| {
+        tokio::spawn(metrics_endpoint::serve(
+            metrics_listener,
+            ScrapeSources {
+                telemetry: Arc::clone(&telemetry),
+                cache: Arc::clone(&cache),
+                feed: Arc::clone(&feed),
+                authenticator: Arc::clone(&authenticator),
+            },
+            background.clone().cancelled_owned(),
+        ))
+    });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Stops with the first sign of shutdown, so it cannot undo NOT_SERVING.
@@ -198,10 +307,19 @@ async fn run(
             }
         }
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = listeners.tls {
+        // Checked in `start`; building it again cannot fail differently.
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(RequestGateLayer::new(
+            AccessPolicy::new(&config.auth),
+            Arc::clone(&telemetry),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -221,7 +339,10 @@ async fn run(
     };
 
     background.cancel();
-    let _ = tokio::join!(follower, pruner, watchdog);
+    let _ = tokio::join!(follower, pruner, watchdog, upkeep);
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     // The flusher writes pending last-use times before it returns.
     let _ = flusher.await;
     tracing::info!("stopped");

@@ -215,6 +215,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// A cheap round trip, for health.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The connection pool's current use, for metrics (no database call).
+    fn pool_stats(&self) -> PoolStats;
+
     /// Wake-up hints for event-log followers.
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError>;
 }
@@ -245,6 +248,25 @@ pub fn check_database_url(database_url: &str) -> Result<(), String> {
             "unsupported database URL scheme; use sqlite://PATH or postgres://... (got {:?})",
             database_url.split(':').next().unwrap_or_default()
         ))
+    }
+}
+
+/// A connection pool's use at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections (idle or in use).
+    pub size: u32,
+    pub idle: u32,
+    pub max_connections: u32,
+}
+
+impl PoolStats {
+    fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            size: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max_connections: pool.options().get_max_connections(),
+        }
     }
 }
 

@@ -1,9 +1,460 @@
-//! Metrics recorded on the hot path. Recording must stay cheap: no
-//! allocation, no lock shared by all requests.
+//! Metrics and the per-decision debug log line. Each server owns one
+//! [`Telemetry`]: its own Prometheus registry (not the process-global
+//! `metrics` recorder, so several servers in one process, as in the tests,
+//! keep separate counts), served over HTTP by `telemetry/metrics_endpoint.rs`
+//! when `--metrics-listen` is set.
+//!
+//! **Hot path rule:** recording is an atomic add on a handle registered in
+//! advance, indexed by enums (static label values), so no allocation, no
+//! string formatting, no registry lookup and no shared lock per request.
+//! Histograms append `(value, Instant)` to a lock-free bucket that allocates
+//! one block per 64 samples; it is drained into the buckets at every scrape
+//! and by a periodic upkeep, so memory stays flat.
+//! Gauges that describe state (cache sizes, feed lag, pool use, bans) are
+//! sampled when `/metrics` is scraped, not maintained per request.
+//!
+//! When metrics are off, every handle is a no-op.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::authenticator::{Surface, Verdict};
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
-/// Records one decision of the hot path.
-pub fn record_verdict(_surface: Surface, _verdict: &Verdict, _elapsed: Duration) {}
+use crate::access_control::Rpc;
+use crate::authenticator::{Surface, Verdict};
+use crate::denial::Reason;
+
+pub mod metrics_endpoint;
+
+const SURFACES: [Surface; 3] = [
+    Surface::Authenticate,
+    Surface::CheckScope,
+    Surface::ExtAuthzCheck,
+];
+/// `allowed`, then one per denial reason.
+const OUTCOMES: usize = 1 + Reason::ALL.len();
+/// Every `Rpc`, then `other` (health, reflection, unknown paths).
+const RPC_LABELS: usize = Rpc::ALL.len() + 1;
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+/// Latency buckets in seconds: 25 µs to 2.5 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5,
+];
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// What a key cache lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLookup {
+    Hit,
+    /// Found in the negative cache (known not to exist).
+    NegativeHit,
+    Miss,
+}
+
+/// Gauges sampled at scrape time.
+pub(crate) struct StateGauges {
+    pub key_cache_entries: Gauge,
+    pub negative_cache_entries: Gauge,
+    pub failing_addresses: Gauge,
+    pub banned_addresses: Gauge,
+    pub feed_applied_sequence: Gauge,
+    pub feed_latest_sequence: Gauge,
+    pub feed_sequence_lag: Gauge,
+    pub feed_seconds_since_catch_up: Gauge,
+    pub feed_fresh: Gauge,
+    pub database_reachable: Gauge,
+    pub pool_in_use: Gauge,
+    pub pool_idle: Gauge,
+    pub pool_max: Gauge,
+}
+
+pub struct Telemetry {
+    /// `None` when metrics are off.
+    recorder: Option<PrometheusRecorder>,
+    decisions: [[Counter; OUTCOMES]; SURFACES.len()],
+    decision_seconds: [Histogram; SURFACES.len()],
+    cache_lookups: [Counter; 3],
+    bans_started: Counter,
+    /// Registered on first use, then read without a lock.
+    grpc_requests: [[OnceLock<Counter>; GRPC_CODES.len()]; RPC_LABELS],
+    grpc_seconds: [OnceLock<Histogram>; RPC_LABELS],
+    pub(crate) gauges: StateGauges,
+}
+
+impl Telemetry {
+    /// A telemetry whose handles do nothing (metrics off).
+    pub fn disabled() -> Self {
+        Self::build(None)
+    }
+
+    /// A telemetry recording into its own Prometheus registry.
+    pub fn enabled() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &LATENCY_BUCKETS)
+            .expect("latency buckets are non-empty")
+            .build_recorder();
+        Self::build(Some(recorder))
+    }
+
+    fn build(recorder: Option<PrometheusRecorder>) -> Self {
+        let describe = |name: &'static str, unit: Option<Unit>, text: &'static str| {
+            if let Some(recorder) = &recorder {
+                recorder.describe_counter(
+                    KeyName::from_const_str(name),
+                    unit,
+                    SharedString::const_str(text),
+                );
+            }
+        };
+        describe(
+            "keyward_decisions_total",
+            None,
+            "Hot-path decisions by RPC and outcome (allowed or the denial reason).",
+        );
+        describe(
+            "keyward_decision_duration_seconds",
+            Some(Unit::Seconds),
+            "Time the authenticator took to decide, by RPC.",
+        );
+        describe(
+            "keyward_grpc_requests_total",
+            None,
+            "gRPC requests by RPC and status code (anything but OK is an error).",
+        );
+        describe(
+            "keyward_grpc_request_duration_seconds",
+            Some(Unit::Seconds),
+            "gRPC request latency until response headers, by RPC.",
+        );
+        describe(
+            "keyward_key_cache_lookups_total",
+            None,
+            "Key cache lookups by result: hit, negative_hit (known unknown key), miss (database read).",
+        );
+        describe(
+            "keyward_key_cache_entries",
+            None,
+            "Keys in the cache (approximate).",
+        );
+        describe(
+            "keyward_negative_cache_entries",
+            None,
+            "Digests known to match no key (approximate).",
+        );
+        describe(
+            "keyward_bans_started_total",
+            None,
+            "Client addresses banned after repeated invalid credentials.",
+        );
+        describe(
+            "keyward_banned_addresses",
+            None,
+            "Client addresses currently banned (approximate).",
+        );
+        describe(
+            "keyward_failing_addresses",
+            None,
+            "Client addresses with recent invalid credentials (approximate).",
+        );
+        describe(
+            "keyward_revocation_feed_applied_sequence",
+            None,
+            "Last event-log sequence applied to this replica's cache.",
+        );
+        describe(
+            "keyward_revocation_feed_latest_sequence",
+            None,
+            "Latest event-log sequence in the database at scrape time.",
+        );
+        describe(
+            "keyward_revocation_feed_sequence_lag",
+            None,
+            "Events in the database not yet applied here.",
+        );
+        describe(
+            "keyward_revocation_feed_seconds_since_catch_up",
+            Some(Unit::Seconds),
+            "Seconds since this replica last proved it was caught up.",
+        );
+        describe(
+            "keyward_revocation_feed_fresh",
+            None,
+            "1 while this replica can prove its cache is current, else 0 (failing closed).",
+        );
+        describe(
+            "keyward_database_reachable",
+            None,
+            "1 if the scrape's database query succeeded, else 0.",
+        );
+        describe(
+            "keyward_database_pool_connections",
+            None,
+            "Database pool connections by state (in_use, idle).",
+        );
+        describe(
+            "keyward_database_pool_max_connections",
+            None,
+            "Configured maximum pool size.",
+        );
+
+        let counter = |name: &'static str, labels: Vec<Label>| match &recorder {
+            Some(recorder) => recorder.register_counter(&Key::from_parts(name, labels), &METADATA),
+            None => Counter::noop(),
+        };
+        let histogram = |name: &'static str, labels: Vec<Label>| match &recorder {
+            Some(recorder) => {
+                recorder.register_histogram(&Key::from_parts(name, labels), &METADATA)
+            }
+            None => Histogram::noop(),
+        };
+        let gauge = |name: &'static str, labels: Vec<Label>| match &recorder {
+            Some(recorder) => recorder.register_gauge(&Key::from_parts(name, labels), &METADATA),
+            None => Gauge::noop(),
+        };
+        let rpc_label = |surface: Surface| Label::from_static_parts("rpc", surface.as_str());
+
+        let decisions = SURFACES.map(|surface| {
+            std::array::from_fn(|outcome| {
+                let outcome = match outcome {
+                    0 => "allowed",
+                    n => Reason::ALL[n - 1].as_str(),
+                };
+                counter(
+                    "keyward_decisions_total",
+                    vec![
+                        rpc_label(surface),
+                        Label::from_static_parts("outcome", outcome),
+                    ],
+                )
+            })
+        });
+        let decision_seconds = SURFACES.map(|surface| {
+            histogram(
+                "keyward_decision_duration_seconds",
+                vec![rpc_label(surface)],
+            )
+        });
+        let cache_lookups = ["hit", "negative_hit", "miss"].map(|result| {
+            counter(
+                "keyward_key_cache_lookups_total",
+                vec![Label::from_static_parts("result", result)],
+            )
+        });
+        let gauges = StateGauges {
+            key_cache_entries: gauge("keyward_key_cache_entries", vec![]),
+            negative_cache_entries: gauge("keyward_negative_cache_entries", vec![]),
+            failing_addresses: gauge("keyward_failing_addresses", vec![]),
+            banned_addresses: gauge("keyward_banned_addresses", vec![]),
+            feed_applied_sequence: gauge("keyward_revocation_feed_applied_sequence", vec![]),
+            feed_latest_sequence: gauge("keyward_revocation_feed_latest_sequence", vec![]),
+            feed_sequence_lag: gauge("keyward_revocation_feed_sequence_lag", vec![]),
+            feed_seconds_since_catch_up: gauge(
+                "keyward_revocation_feed_seconds_since_catch_up",
+                vec![],
+            ),
+            feed_fresh: gauge("keyward_revocation_feed_fresh", vec![]),
+            database_reachable: gauge("keyward_database_reachable", vec![]),
+            pool_in_use: gauge(
+                "keyward_database_pool_connections",
+                vec![Label::from_static_parts("state", "in_use")],
+            ),
+            pool_idle: gauge(
+                "keyward_database_pool_connections",
+                vec![Label::from_static_parts("state", "idle")],
+            ),
+            pool_max: gauge("keyward_database_pool_max_connections", vec![]),
+        };
+        Self {
+            decisions,
+            decision_seconds,
+            cache_lookups,
+            bans_started: counter("keyward_bans_started_total", vec![]),
+            grpc_requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            grpc_seconds: std::array::from_fn(|_| OnceLock::new()),
+            gauges,
+            recorder,
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    /// Records one decision of the hot path, and logs it at debug level when
+    /// it is a denial (the reason and key id, never the credential).
+    pub fn record_verdict(&self, surface: Surface, verdict: &Verdict, elapsed: Duration) {
+        let outcome = match &verdict.denial {
+            None => 0,
+            Some(denial) => 1 + denial.reason as usize,
+        };
+        self.decisions[surface as usize][outcome].increment(1);
+        self.decision_seconds[surface as usize].record(elapsed.as_secs_f64());
+        if let Some(denial) = &verdict.denial {
+            tracing::debug!(
+                rpc = surface.as_str(),
+                reason = denial.reason.as_str(),
+                key_id = verdict.key.as_ref().map(|k| k.id.as_str()),
+                "denied"
+            );
+        }
+    }
+
+    pub fn record_cache_lookup(&self, lookup: CacheLookup) {
+        self.cache_lookups[lookup as usize].increment(1);
+    }
+
+    pub fn record_ban_started(&self) {
+        self.bans_started.increment(1);
+    }
+
+    /// Records a finished gRPC request (`rpc` `None`: any other method).
+    pub fn record_grpc(&self, rpc: Option<Rpc>, code: tonic::Code, elapsed: Duration) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let rpc_index = rpc.map_or(Rpc::ALL.len(), |rpc| rpc as usize);
+        let code_index = (code as usize).min(GRPC_CODES.len() - 1);
+        let rpc_name = rpc.map_or("other", Rpc::as_str);
+        self.grpc_requests[rpc_index][code_index]
+            .get_or_init(|| {
+                recorder.register_counter(
+                    &Key::from_parts(
+                        "keyward_grpc_requests_total",
+                        vec![
+                            Label::from_static_parts("rpc", rpc_name),
+                            Label::from_static_parts("code", GRPC_CODES[code_index]),
+                        ],
+                    ),
+                    &METADATA,
+                )
+            })
+            .increment(1);
+        self.grpc_seconds[rpc_index]
+            .get_or_init(|| {
+                recorder.register_histogram(
+                    &Key::from_parts(
+                        "keyward_grpc_request_duration_seconds",
+                        vec![Label::from_static_parts("rpc", rpc_name)],
+                    ),
+                    &METADATA,
+                )
+            })
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// The exposition text (histograms drained as a side effect).
+    pub fn render(&self) -> String {
+        self.handle().map(|h| h.render()).unwrap_or_default()
+    }
+
+    fn handle(&self) -> Option<PrometheusHandle> {
+        self.recorder.as_ref().map(PrometheusRecorder::handle)
+    }
+
+    /// Drains histogram samples into their buckets every few seconds, so
+    /// memory stays flat when nobody scrapes.
+    pub async fn run_upkeep(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let Some(handle) = self.handle() else {
+            return;
+        };
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticker.tick() => handle.run_upkeep(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_indices_follow_reason_order() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
+        for (i, surface) in SURFACES.iter().enumerate() {
+            assert_eq!(*surface as usize, i);
+        }
+        for (i, rpc) in Rpc::ALL.iter().enumerate() {
+            assert_eq!(*rpc as usize, i);
+        }
+    }
+
+    #[test]
+    fn disabled_telemetry_renders_nothing_and_records_nothing() {
+        let telemetry = Telemetry::disabled();
+        telemetry.record_cache_lookup(CacheLookup::Hit);
+        telemetry.record_grpc(
+            Some(Rpc::CreateKey),
+            tonic::Code::Ok,
+            Duration::from_millis(1),
+        );
+        assert!(!telemetry.is_enabled());
+        assert_eq!(telemetry.render(), "");
+    }
+
+    #[test]
+    fn enabled_telemetry_renders_recorded_series() {
+        let telemetry = Telemetry::enabled();
+        telemetry.record_cache_lookup(CacheLookup::Miss);
+        telemetry.record_cache_lookup(CacheLookup::Miss);
+        telemetry.record_grpc(
+            Some(Rpc::CreateKey),
+            tonic::Code::PermissionDenied,
+            Duration::from_millis(3),
+        );
+        let text = telemetry.render();
+        assert!(
+            text.contains("keyward_key_cache_lookups_total{result=\"miss\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "keyward_grpc_requests_total{rpc=\"CreateKey\",code=\"PERMISSION_DENIED\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "keyward_grpc_request_duration_seconds_bucket{rpc=\"CreateKey\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("keyward_decisions_total{rpc=\"Authenticate\",outcome=\"revoked\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::invalid_argument;
 use super::watch;
-use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface, Verdict};
+use crate::access_control::Caller;
+use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
+use crate::domain::AccountId;
 use crate::key_management::{ChangeKey, CreateKey, KeyManager};
 use crate::proto;
 use crate::proto::key_service_server::KeyService;
@@ -34,16 +36,15 @@ impl KeyServiceApi {
     }
 }
 
-/// One debug line per denial: the exact reason and the key id, never the
-/// credential.
-fn log_denial(rpc: &'static str, verdict: &Verdict) {
-    if let Some(denial) = &verdict.denial {
-        tracing::debug!(
-            rpc,
-            reason = denial.reason.as_str(),
-            key_id = verdict.key.as_ref().map(|k| k.id.as_str()),
-            "denied"
-        );
+/// A user JWT may act only for its own account. The request gate puts the
+/// proven caller in the request's extensions; without one (open
+/// management, or a service token), there is nothing to check.
+fn check_account(caller: Option<&Caller>, account: &AccountId) -> Result<(), Status> {
+    match caller {
+        Some(caller) => caller
+            .may_act_for(account)
+            .map_err(|refusal| Status::permission_denied(refusal.to_string())),
+        None => Ok(()),
     }
 }
 
@@ -67,7 +68,6 @@ impl KeyService for KeyServiceApi {
                 client,
             })
             .await;
-        log_denial("Authenticate", &verdict);
         Ok(Response::new(proto::AuthenticateResponse {
             allowed: verdict.allowed(),
             key: verdict
@@ -116,7 +116,6 @@ impl KeyService for KeyServiceApi {
                 client,
             })
             .await;
-        log_denial("CheckScope", &verdict);
         let missing_scopes = match &verdict.key {
             Some(key) => required
                 .iter()
@@ -136,7 +135,9 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let create = CreateKey::try_from(request.into_inner())?;
+        check_account(caller.as_ref(), &create.account_id)?;
         let (record, secret) = self.manager.create(create).await?;
         Ok(Response::new(proto::CreateKeyResponse {
             key: Some(convert::key_from_record(&record, &self.manager.catalog)),
@@ -148,8 +149,9 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::RevokeKeyRequest>,
     ) -> Result<Response<proto::RevokeKeyResponse>, Status> {
+        let account_id = convert::account_id(&request.get_ref().account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
-        let account_id = convert::account_id(&request.account_id)?;
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let record = self.manager.revoke(&account_id, &key_id).await?;
         Ok(Response::new(proto::RevokeKeyResponse {
@@ -161,8 +163,9 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::GetKeyRequest>,
     ) -> Result<Response<proto::GetKeyResponse>, Status> {
+        let account_id = convert::account_id(&request.get_ref().account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
-        let account_id = convert::account_id(&request.account_id)?;
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let record = self.manager.get(&account_id, &key_id).await?;
         Ok(Response::new(proto::GetKeyResponse {
@@ -174,8 +177,9 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
+        let account_id = convert::account_id(&request.get_ref().account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
-        let account_id = convert::account_id(&request.account_id)?;
         let page_size = convert::page_size(request.page_size)?;
         let after = convert::decode_page_token(&request.page_token)?;
         let page = self
@@ -205,8 +209,9 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::UpdateKeyRequest>,
     ) -> Result<Response<proto::UpdateKeyResponse>, Status> {
+        let account_id = convert::account_id(&request.get_ref().account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
-        let account_id = convert::account_id(&request.account_id)?;
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let change = ChangeKey::try_from(&request)?;
         let record = self.manager.update(&account_id, &key_id, change).await?;

@@ -22,6 +22,7 @@ use crate::proto::key_service_server::KeyService;
 use crate::rate_limits::KeyRateLimits;
 use crate::revocation_feed::RevocationFeed;
 use crate::storage::{self, PoolSettings};
+use crate::telemetry::Telemetry;
 use crate::usage::usage_channel;
 
 use super::BenchError;
@@ -59,6 +60,8 @@ pub async fn nanos_per_cached_authenticate(keys: u64, calls: u64) -> Result<f64,
         bans: FailedAuthBans::new(config.bans.clone()),
         rate_limits: KeyRateLimits::new(None, config.cache.capacity),
         usage,
+        // What production pays with metrics off (the default).
+        telemetry: Arc::new(Telemetry::disabled()),
     });
     let manager = Arc::new(KeyManager {
         store: Arc::clone(&store),

@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub rate_limit: Option<RawRateLimit>,
     pub bans: RawBans,
     pub last_used: RawLastUsed,
+    pub auth: RawAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -27,6 +28,10 @@ pub struct RawServer {
     pub database_url: Option<String>,
     pub max_connections: Option<u32>,
     pub shutdown_grace_seconds: Option<f64>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_client_ca: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,4 +130,34 @@ pub struct RawBans {
 #[serde(deny_unknown_fields, default)]
 pub struct RawLastUsed {
     pub flush_interval_seconds: Option<f64>,
+}
+
+/// `[auth]`: who may call management (and optionally hot-path) RPCs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub hot_path_requires_token: Option<bool>,
+    pub service_tokens: Vec<RawServiceToken>,
+    pub jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServiceToken {
+    pub name: String,
+    pub sha256: String,
+    pub rpcs: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawJwt {
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub public_key_files: Vec<String>,
+    pub jwks_file: Option<String>,
+    pub subject_claim: Option<String>,
+    pub leeway_seconds: Option<u64>,
+    pub rpcs: Option<Vec<String>>,
 }

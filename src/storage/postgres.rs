@@ -346,6 +346,10 @@ impl KeyStore for PostgresStore {
         Ok(())
     }
 
+    fn pool_stats(&self) -> super::PoolStats {
+        super::PoolStats::of(&self.pool)
+    }
+
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
         let listener_pool = PgPoolOptions::new()
             .max_connections(1)

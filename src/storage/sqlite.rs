@@ -354,6 +354,10 @@ impl KeyStore for SqliteStore {
         Ok(())
     }
 
+    fn pool_stats(&self) -> super::PoolStats {
+        super::PoolStats::of(&self.pool)
+    }
+
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
         let (tx, rx) = mpsc::channel(1);
         self.subscribers

@@ -190,8 +190,13 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 }
 
 impl TestApp {
-    /// The address the server listens on.
-    pub fn server_addr(&self) -> SocketAddr {
+    /// The `/metrics` address, when the config turned metrics on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(RunningServer::metrics_addr)
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
         self.server.as_ref().expect("running").addr()
     }
 

@@ -6,8 +6,14 @@ mod helpers;
 
 mod abuse;
 mod authenticate;
+mod config_checks;
 mod management;
+mod management_auth;
+mod metrics;
+mod operations;
+mod operator_cli;
 mod revocation;
 mod serving;
 mod storage_conformance;
+mod tls;
 mod watch;

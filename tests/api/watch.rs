@@ -297,7 +297,7 @@ async fn a_slow_consumer_is_cut_off_and_can_resume(db: Db) {
 }
 
 fn app_addr(app: &TestApp) -> String {
-    app.server_addr().to_string()
+    app.addr().to_string()
 }
 
 async fn bad_watch_input_is_invalid_argument(db: Db) {

@@ -1,0 +1,230 @@
+//! The tower layer in front of every gRPC service the server hosts (keyward's
+//! own, Envoy's ext_authz, health, reflection). Per request, by method path:
+//!
+//! 1. takes the request id from `x-request-id` (or makes one), opens a span
+//!    carrying it so every log line of the request shows it, and echoes it
+//!    in the response metadata;
+//! 2. applies the [`AccessPolicy`] (missing or unknown credentials:
+//!    UNAUTHENTICATED; known but not allowed: PERMISSION_DENIED), and hands
+//!    the proven [`Caller`] to the handler in the request extensions;
+//! 3. records the request's RPC, status code and latency.
+//!
+//! Working on the HTTP request (not on decoded messages) is what lets it
+//! cover services it does not know the types of. The span of a hot-path RPC
+//! is at debug level, so at the default `info` level the hot path pays for
+//! no span; management RPCs get an info span.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue};
+use tonic::Status;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::access_control::{AccessPolicy, Caller, Refusal, Rpc, RpcClass};
+use crate::telemetry::Telemetry;
+
+/// The request id header, read and echoed.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+struct Shared {
+    policy: AccessPolicy,
+    telemetry: Arc<Telemetry>,
+}
+
+/// Builds [`RequestGate`] around the server's routes.
+#[derive(Clone)]
+pub struct RequestGateLayer {
+    shared: Arc<Shared>,
+}
+
+impl RequestGateLayer {
+    pub fn new(policy: AccessPolicy, telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            shared: Arc::new(Shared { policy, telemetry }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RequestGateLayer {
+    type Service = RequestGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestGate {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestGate<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, RequestBody, ResponseBody> Service<http::Request<RequestBody>> for RequestGate<S>
+where
+    S: Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RequestBody: Send + 'static,
+    ResponseBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResponseBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
+        let started = Instant::now();
+        let rpc = Rpc::from_path(request.uri().path());
+        let rpc_name = rpc.map_or("other", Rpc::as_str);
+        let request_id = request_id(request.headers());
+        let span = if rpc.map(Rpc::class) == Some(RpcClass::HotPath) {
+            tracing::debug_span!("grpc", rpc = rpc_name, request_id = %request_id)
+        } else {
+            tracing::info_span!("grpc", rpc = rpc_name, request_id = %request_id)
+        };
+        let shared = Arc::clone(&self.shared);
+
+        if shared.policy.needs_credential(rpc) {
+            let authorization = request
+                .headers()
+                .get(AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            match shared.policy.check(rpc, authorization) {
+                Ok(Caller::Anonymous) => {}
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Err(refusal) => {
+                    let status = match refusal {
+                        Refusal::Unauthenticated(message) => Status::unauthenticated(message),
+                        Refusal::PermissionDenied(message) => Status::permission_denied(message),
+                    };
+                    span.in_scope(|| {
+                        tracing::info!(code = ?status.code(), reason = status.message(), "refused");
+                    });
+                    shared
+                        .telemetry
+                        .record_grpc(rpc, status.code(), started.elapsed());
+                    let mut response = status.into_http::<ResponseBody>();
+                    echo_request_id(response.headers_mut(), &request_id);
+                    return Box::pin(std::future::ready(Ok(response)));
+                }
+            }
+        }
+
+        // The service that was polled ready is the one to call.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(
+            async move {
+                let mut result = inner.call(request).await;
+                let code = match &mut result {
+                    Ok(response) => {
+                        echo_request_id(response.headers_mut(), &request_id);
+                        grpc_code(response.headers())
+                    }
+                    Err(_) => tonic::Code::Unknown,
+                };
+                shared.telemetry.record_grpc(rpc, code, started.elapsed());
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The status of a trailers-only (error) response is in its headers; a
+/// response without one started normally (OK; a stream that fails later
+/// reports in its trailers, which this does not wait for).
+fn grpc_code(headers: &HeaderMap) -> tonic::Code {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+fn echo_request_id(headers: &mut HeaderMap, request_id: &str) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+}
+
+/// The caller's `x-request-id` when it is 1 to 128 visible ASCII characters,
+/// else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    match headers.get(REQUEST_ID_HEADER).map(HeaderValue::as_bytes) {
+        Some(given)
+            if !given.is_empty()
+                && given.len() <= MAX_REQUEST_ID_LEN
+                && given.iter().all(|b| b.is_ascii_graphic()) =>
+        {
+            String::from_utf8_lossy(given).into_owned()
+        }
+        _ => new_request_id(),
+    }
+}
+
+thread_local! {
+    /// Per-thread sequence from a random start: ids are unique with
+    /// overwhelming probability without a counter shared by all requests.
+    static NEXT_REQUEST_ID: Cell<u64> = Cell::new({
+        let mut seed = [0u8; 8];
+        // A failed CSPRNG only makes ids guessable, which they need not be.
+        let _ = getrandom::fill(&mut seed);
+        u64::from_le_bytes(seed)
+    });
+}
+
+fn new_request_id() -> String {
+    let id = NEXT_REQUEST_ID.with(|next| {
+        let id = next.get();
+        next.set(id.wrapping_add(1));
+        id
+    });
+    format!("kw-{id:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_taken_when_sane_and_made_otherwise() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
+        assert!(request_id(&headers).starts_with("kw-"));
+        let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_str(&long).unwrap());
+        assert!(request_id(&headers).starts_with("kw-"));
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn grpc_code_reads_trailers_only_errors() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(grpc_code(&headers), tonic::Code::Ok);
+        headers.insert("grpc-status", HeaderValue::from_static("16"));
+        assert_eq!(grpc_code(&headers), tonic::Code::Unauthenticated);
+    }
+}

@@ -1,0 +1,397 @@
+//! `keyward keys ...`: the operator CLI, a gRPC client of a running server.
+//! It sends the token as `authorization: Bearer ...` (never printing it),
+//! speaks TLS and mutual TLS when asked, and prints keys as a table or as
+//! JSON. The only secret it ever prints is the one CreateKey returns, once.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::cli::{ConnectionArgs, KeysCommand};
+use crate::proto;
+use crate::proto::key_service_client::KeyServiceClient;
+
+/// What went wrong, for the one line the binary prints.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot connect to {server}: {reason}")]
+    Connect { server: String, reason: String },
+    #[error("{rpc} failed: {code:?}: {message}")]
+    Rpc {
+        rpc: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+}
+
+/// Runs one `keys` command and returns what to print on stdout.
+pub async fn run(command: KeysCommand) -> Result<String, CliError> {
+    match command {
+        KeysCommand::Create {
+            connection,
+            account,
+            scopes,
+            preset,
+            name,
+            expires_in,
+        } => {
+            let expires_at = expires_in.map(expiry).transpose()?;
+            let mut client = Client::connect(&connection).await?;
+            let request = proto::CreateKeyRequest {
+                account_id: account,
+                name,
+                scopes,
+                preset: preset.unwrap_or_default(),
+                expires_at,
+                rate_limit: None,
+            };
+            let response = client
+                .call("CreateKey", request, |c, r| Box::pin(c.create_key(r)))
+                .await?;
+            let key = KeyView::from(response.key.unwrap_or_default());
+            if connection.json {
+                return Ok(json(&CreatedView {
+                    key,
+                    secret: response.secret,
+                }));
+            }
+            let mut out = table(std::slice::from_ref(&key));
+            let _ = writeln!(
+                out,
+                "\nsecret (shown only now; keyward keeps only its hash):\n{}",
+                response.secret
+            );
+            Ok(out)
+        }
+        KeysCommand::List {
+            connection,
+            account,
+            include_revoked,
+        } => {
+            let mut client = Client::connect(&connection).await?;
+            let mut keys = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = proto::ListKeysRequest {
+                    account_id: account.clone(),
+                    include_revoked,
+                    page_size: 1_000,
+                    page_token: page_token.clone(),
+                };
+                let page = client
+                    .call("ListKeys", request, |c, r| Box::pin(c.list_keys(r)))
+                    .await?;
+                keys.extend(page.keys.into_iter().map(KeyView::from));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            Ok(if connection.json {
+                json(&keys)
+            } else {
+                table(&keys)
+            })
+        }
+        KeysCommand::Get {
+            connection,
+            account,
+            id,
+        } => {
+            let mut client = Client::connect(&connection).await?;
+            let request = proto::GetKeyRequest {
+                account_id: account,
+                key_id: id,
+            };
+            let response = client
+                .call("GetKey", request, |c, r| Box::pin(c.get_key(r)))
+                .await?;
+            Ok(show(&connection, response.key))
+        }
+        KeysCommand::Update {
+            connection,
+            account,
+            id,
+            name,
+            scopes,
+        } => {
+            let mut paths = Vec::new();
+            if name.is_some() {
+                paths.push("name".to_owned());
+            }
+            if scopes.is_some() {
+                paths.push("scopes".to_owned());
+            }
+            if paths.is_empty() {
+                return Err(CliError::Usage(
+                    "nothing to update: pass --name and/or --scopes".into(),
+                ));
+            }
+            let mut client = Client::connect(&connection).await?;
+            let request = proto::UpdateKeyRequest {
+                account_id: account,
+                key_id: id,
+                name: name.unwrap_or_default(),
+                scopes: scopes.unwrap_or_default(),
+                update_mask: Some(prost_types::FieldMask { paths }),
+                rate_limit: None,
+            };
+            let response = client
+                .call("UpdateKey", request, |c, r| Box::pin(c.update_key(r)))
+                .await?;
+            Ok(show(&connection, response.key))
+        }
+        KeysCommand::Revoke {
+            connection,
+            account,
+            id,
+        } => {
+            let mut client = Client::connect(&connection).await?;
+            let request = proto::RevokeKeyRequest {
+                account_id: account,
+                key_id: id,
+            };
+            let response = client
+                .call("RevokeKey", request, |c, r| Box::pin(c.revoke_key(r)))
+                .await?;
+            Ok(show(&connection, response.key))
+        }
+    }
+}
+
+fn expiry(lifetime: Duration) -> Result<prost_types::Timestamp, CliError> {
+    let at = SystemTime::now()
+        .checked_add(lifetime)
+        .ok_or_else(|| CliError::Usage("--expires-in is too far in the future".into()))?;
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Ok(prost_types::Timestamp {
+        seconds: i64::try_from(since_epoch.as_secs())
+            .map_err(|_| CliError::Usage("--expires-in is too far in the future".into()))?,
+        nanos: 0,
+    })
+}
+
+fn show(connection: &ConnectionArgs, key: Option<proto::Key>) -> String {
+    let key = KeyView::from(key.unwrap_or_default());
+    if connection.json {
+        json(&key)
+    } else {
+        table(&[key])
+    }
+}
+
+type CallFuture<'a, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'a>>;
+
+struct Client {
+    keys: KeyServiceClient<Channel>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    async fn connect(connection: &ConnectionArgs) -> Result<Self, CliError> {
+        let fail = |reason: String| CliError::Connect {
+            server: connection.server.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(connection.server.clone())
+            .map_err(|e| CliError::Usage(format!("--server {:?}: {e}", connection.server)))?
+            .connect_timeout(Duration::from_secs(10));
+        let https = connection.server.starts_with("https://");
+        if https {
+            let ca_path = connection.tls_ca.as_ref().ok_or_else(|| {
+                CliError::Usage(
+                    "an https:// server needs --tls-ca (the CA that signed its certificate)".into(),
+                )
+            })?;
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("--tls-ca", ca_path)?));
+            match (&connection.tls_cert, &connection.tls_key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read("--tls-cert", cert)?,
+                        read("--tls-key", key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(CliError::Usage(
+                        "--tls-cert and --tls-key go together".into(),
+                    ));
+                }
+            }
+            if let Some(domain) = &connection.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| fail(format!("TLS setup: {e}")))?;
+        } else if connection.tls_ca.is_some() || connection.tls_cert.is_some() {
+            return Err(CliError::Usage(
+                "TLS options need an https:// --server".into(),
+            ));
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            fail(
+                std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |source| format!("{e}: {source}")),
+            )
+        })?;
+        let authorization = connection
+            .token
+            .as_deref()
+            .map(|token| {
+                format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                    CliError::Usage("--token holds characters not allowed in metadata".into())
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            keys: KeyServiceClient::new(channel),
+            authorization,
+        })
+    }
+
+    async fn call<Q, R>(
+        &mut self,
+        rpc: &'static str,
+        message: Q,
+        send: impl for<'a> FnOnce(
+            &'a mut KeyServiceClient<Channel>,
+            tonic::Request<Q>,
+        ) -> CallFuture<'a, R>,
+    ) -> Result<R, CliError> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(Duration::from_secs(30));
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        send(&mut self.keys, request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| CliError::Rpc {
+                rpc,
+                code: status.code(),
+                message: status.message().to_owned(),
+            })
+    }
+}
+
+fn read(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path)
+        .map_err(|e| CliError::Usage(format!("{flag} {}: cannot read: {e}", path.display())))
+}
+
+/// A key as printed (table or JSON). Times are RFC 3339 UTC.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub start: String,
+    pub scopes: Vec<String>,
+    pub effective_scopes: Vec<String>,
+    pub created_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CreatedView {
+    key: KeyView,
+    secret: String,
+}
+
+fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
+    let at = at?;
+    let seconds = u64::try_from(at.seconds).ok()?;
+    Some(humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string())
+}
+
+impl From<proto::Key> for KeyView {
+    fn from(key: proto::Key) -> Self {
+        Self {
+            created_at: rfc3339(key.created_at),
+            expires_at: rfc3339(key.expires_at),
+            revoked_at: rfc3339(key.revoked_at),
+            last_used_at: rfc3339(key.last_used_at),
+            id: key.id,
+            account_id: key.account_id,
+            name: key.name,
+            start: key.start,
+            scopes: key.scopes,
+            effective_scopes: key.effective_scopes,
+        }
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("views serialize");
+    text.push('\n');
+    text
+}
+
+/// Aligned columns, one row per key.
+fn table(keys: &[KeyView]) -> String {
+    let header = [
+        "ID",
+        "NAME",
+        "START",
+        "SCOPES",
+        "CREATED",
+        "EXPIRES",
+        "REVOKED",
+        "LAST USED",
+    ];
+    let dash = || "-".to_owned();
+    let rows: Vec<[String; 8]> = keys
+        .iter()
+        .map(|key| {
+            [
+                key.id.clone(),
+                key.name.clone(),
+                format!("{}...", key.start),
+                if key.scopes.is_empty() {
+                    dash()
+                } else {
+                    key.scopes.join(",")
+                },
+                key.created_at.clone().unwrap_or_else(dash),
+                key.expires_at.clone().unwrap_or_else(dash),
+                key.revoked_at.clone().unwrap_or_else(dash),
+                key.last_used_at.clone().unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no keys)");
+    }
+    out
+}

@@ -1,0 +1,250 @@
+//! Every new config key and flag of the production features, given
+//! something wrong: the error names the file, the key (or flag) and the
+//! reason.
+
+use keyward::access_control::token_sha256_hex;
+use keyward::config::Config;
+
+#[test]
+fn bad_auth_and_server_settings_name_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ec_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let ec_pem = write("ec.pem", &ec_key.public_key_pem());
+    let garbage = write("garbage.pem", "not a key");
+    let hmac_jwks = write(
+        "hmac.json",
+        r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}"#,
+    );
+    let hash = token_sha256_hex("token");
+    let token = |sha256: &str, rpcs: &str| {
+        format!("[[auth.service_tokens]]\nname = \"t\"\nsha256 = \"{sha256}\"\nrpcs = {rpcs}\n")
+    };
+    let jwt = |extra: &str| {
+        format!(
+            "[auth.jwt]\nissuers = [\"iss\"]\naudiences = [\"aud\"]\npublic_key_files = [\"{ec_pem}\"]\n{extra}\n"
+        )
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            token("my-plain-token", "[\"ListKeys\"]"),
+            "auth.service_tokens[0].sha256",
+            "never the token itself",
+        ),
+        (
+            token(&hash, "[\"DeleteKey\"]"),
+            "auth.service_tokens[0].rpcs",
+            "unknown RPC \"DeleteKey\"",
+        ),
+        (
+            token(&hash, "[]"),
+            "auth.service_tokens[0].rpcs",
+            "list at least one RPC",
+        ),
+        (
+            format!(
+                "{}{}",
+                token(&hash, "[\"ListKeys\"]"),
+                token(&token_sha256_hex("other"), "[\"GetKey\"]")
+            ),
+            "auth.service_tokens[1].name",
+            "used by two tokens",
+        ),
+        (
+            token(&hash, "[\"ListKeys\"]").replace("rpcs", "rpc"),
+            "auth.service_tokens[0].rpc",
+            "unknown field `rpc`",
+        ),
+        (
+            token(&hash, "[\"ListKeys\"]").replace("name = \"t\"", "name = \"\""),
+            "auth.service_tokens[0].name",
+            "must be 1 to 64 characters",
+        ),
+        (
+            format!(
+                "{}{}",
+                token(&hash, "[\"ListKeys\"]"),
+                token(&hash, "[\"GetKey\"]").replace("name = \"t\"", "name = \"u\"")
+            ),
+            "auth.service_tokens[1].sha256",
+            "configured twice",
+        ),
+        (
+            "[auth.jwt]\nissuers = [\"iss\"]\naudiences = [\"\"]\n".into(),
+            "auth.jwt.audiences",
+            "list the accepted `aud` values",
+        ),
+        (
+            "[server]\ntls_client_ca = \" \"\n".into(),
+            "server.tls_client_ca",
+            "must be a file path",
+        ),
+        (
+            format!(
+                "[auth]\nhot_path_requires_token = true\n{}",
+                token(&hash, "[\"ListKeys\"]")
+            ),
+            "auth.hot_path_requires_token",
+            "no service token lists a hot-path RPC",
+        ),
+        (
+            "[auth]\nhot_path_requires_token = \"yes\"\n".into(),
+            "auth.hot_path_requires_token",
+            "invalid type",
+        ),
+        (
+            "[auth.jwt]\nissuers = [\"iss\"]\naudiences = [\"aud\"]\n".into(),
+            "auth.jwt",
+            "set public_key_files or jwks_file",
+        ),
+        (
+            "[auth.jwt]\nissuers = []\naudiences = [\"aud\"]\n".into(),
+            "auth.jwt.issuers",
+            "list the accepted `iss` values",
+        ),
+        (
+            jwt("algorithms = [\"HS256\"]"),
+            "auth.jwt.algorithms",
+            "only asymmetric algorithms",
+        ),
+        (
+            jwt("algorithms = [\"XS999\"]"),
+            "auth.jwt.algorithms",
+            "not an algorithm",
+        ),
+        (
+            jwt("algorithms = [\"EdDSA\"]"),
+            "auth.jwt.algorithms",
+            "fits none of the accepted algorithms",
+        ),
+        (
+            jwt("leeway_seconds = 301"),
+            "auth.jwt.leeway_seconds",
+            "between 0 and 300",
+        ),
+        (
+            jwt("rpcs = [\"Authenticate\"]"),
+            "auth.jwt.rpcs",
+            "not a management RPC",
+        ),
+        (
+            jwt("subject_claim = \" \""),
+            "auth.jwt.subject_claim",
+            "must not be empty",
+        ),
+        (
+            jwt("").replace(&ec_pem, "/no/such/key.pem"),
+            "auth.jwt.public_key_files[0]",
+            "cannot read",
+        ),
+        (
+            jwt("").replace(&ec_pem, &garbage),
+            "auth.jwt.public_key_files[0]",
+            "holds no EC, RSA or Ed25519 public key",
+        ),
+        (
+            jwt(&format!("jwks_file = \"{garbage}\"")),
+            "auth.jwt.jwks_file",
+            "is not a JWKS",
+        ),
+        (
+            jwt(&format!("jwks_file = \"{hmac_jwks}\"")),
+            "auth.jwt.jwks_file",
+            "symmetric",
+        ),
+        (
+            "[server]\nmetrics_listen = \"everywhere\"\n".into(),
+            "server.metrics_listen",
+            "not an address",
+        ),
+        (
+            "[server]\ntls_cert = \"\"\n".into(),
+            "server.tls_cert",
+            "must be a file path",
+        ),
+    ];
+    for (text, key, reason) in cases {
+        let error = Config::parse(&text, "profile.toml")
+            .err()
+            .unwrap_or_else(|| panic!("should be refused:\n{text}"));
+        assert_eq!(error.file, "profile.toml");
+        assert_eq!(error.key, key, "{text}\n{error}");
+        assert!(error.reason.contains(reason), "says {reason:?}: {error}");
+        assert!(
+            !error.reason.contains("my-plain-token"),
+            "a pasted token is not echoed: {error}"
+        );
+    }
+}
+
+#[test]
+fn bad_production_flags_are_named() {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = run(&["serve", "--metrics-listen", "nowhere"]);
+    assert!(!ok && stderr.contains("--metrics-listen"), "{stderr}");
+    let (ok, stderr) = run(&[
+        "keys",
+        "create",
+        "--account",
+        "a",
+        "--name",
+        "n",
+        "--expires-in",
+        "0s",
+    ]);
+    assert!(
+        !ok && stderr.contains("--expires-in") && stderr.contains("longer than zero"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(&[
+        "keys",
+        "list",
+        "--account",
+        "a",
+        "--server",
+        "https://127.0.0.1:1",
+    ]);
+    assert!(!ok && stderr.contains("needs --tls-ca"), "{stderr}");
+    let (ok, stderr) = run(&["keys", "list", "--account", "a", "--server", "not a url"]);
+    assert!(!ok && stderr.contains("--server \"not a url\""), "{stderr}");
+    let (ok, stderr) = run(&["--log-format", "xml", "check-config", "x.toml"]);
+    assert!(!ok && stderr.contains("--log-format"), "{stderr}");
+    let (ok, stderr) = run(&["service-token", "--name"]);
+    assert!(!ok && stderr.contains("--name"), "{stderr}");
+}
+
+#[test]
+fn check_config_checks_the_tls_files_a_profile_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("tls.toml");
+    std::fs::write(
+        &profile,
+        "[server]\ntls_cert = \"/no/such/cert.pem\"\ntls_key = \"/no/such/key.pem\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("check-config")
+        .arg(&profile)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--tls-cert /no/such/cert.pem: cannot read"),
+        "{stderr}"
+    );
+}

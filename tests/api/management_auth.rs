@@ -1,0 +1,550 @@
+//! Who may call what: service tokens and user JWTs on management RPCs, the
+//! optional token on the hot path, and the open RPCs. Every refusal is
+//! checked for its code and message, and for having changed nothing.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use keyward::access_control::token_sha256_hex;
+use keyward::config::Config;
+use keyward::proto;
+use rcgen::KeyPair;
+use serde_json::json;
+use tonic::Code;
+
+use crate::helpers::{Db, TestApp, spawn_app_with, test_config};
+
+const ISSUER: &str = "https://auth.example.test";
+const AUDIENCE: &str = "keyward-test";
+const DASHBOARD_TOKEN: &str = "kwt_dashboard_test_token";
+const AUDITOR_TOKEN: &str = "kwt_auditor_test_token";
+const BACKEND_TOKEN: &str = "kwt_backend_test_token";
+
+/// Signing keys made for this test, and the files the server reads.
+struct Signers {
+    es256: KeyPair,
+    ed25519: KeyPair,
+    _dir: tempfile::TempDir,
+    es256_public_pem: std::path::PathBuf,
+    jwks: std::path::PathBuf,
+}
+
+fn signers() -> Signers {
+    use base64::Engine;
+    let es256 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let es256_public_pem = dir.path().join("es256.pem");
+    std::fs::write(&es256_public_pem, es256.public_key_pem()).unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ed25519.public_key_raw());
+    std::fs::write(
+        &jwks,
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed-1", "use": "sig"}]})
+            .to_string(),
+    )
+    .unwrap();
+    Signers {
+        es256,
+        ed25519,
+        _dir: dir,
+        es256_public_pem,
+        jwks,
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(account: &str) -> serde_json::Value {
+    json!({"sub": account, "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "exp": now() + 300})
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rs256_jwt(claims: &serde_json::Value) -> String {
+    let private = std::fs::read(fixture("rs256-test-private.pem")).unwrap();
+    let encoding = EncodingKey::from_rsa_pem(&private).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &encoding).unwrap()
+}
+
+fn es256_jwt(key: &KeyPair, claims: &serde_json::Value) -> String {
+    let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &encoding).unwrap()
+}
+
+fn eddsa_jwt(key: &KeyPair, kid: &str, claims: &serde_json::Value) -> String {
+    let encoding = EncodingKey::from_ed_pem(key.serialize_pem().as_bytes()).unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+}
+
+/// The test config with an `[auth]` section (and its key files).
+fn config_with_auth(signers: &Signers, hot_path_requires_token: bool) -> Config {
+    let text = format!(
+        r#"
+[auth]
+hot_path_requires_token = {hot_path_requires_token}
+
+[[auth.service_tokens]]
+name = "dashboard"
+sha256 = "{dashboard}"
+rpcs = ["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys"]
+
+[[auth.service_tokens]]
+name = "auditor"
+sha256 = "{auditor}"
+rpcs = ["ListKeys", "GetKey"]
+
+[[auth.service_tokens]]
+name = "backend"
+sha256 = "{backend}"
+rpcs = ["Authenticate", "CheckScope"]
+
+[auth.jwt]
+issuers = ["{ISSUER}"]
+audiences = ["{AUDIENCE}"]
+public_key_files = ["{es256}", "{rs256}"]
+jwks_file = "{jwks}"
+leeway_seconds = 30
+rpcs = ["CreateKey", "RevokeKey", "GetKey", "ListKeys"]
+"#,
+        dashboard = token_sha256_hex(DASHBOARD_TOKEN),
+        auditor = token_sha256_hex(AUDITOR_TOKEN),
+        backend = token_sha256_hex(BACKEND_TOKEN),
+        es256 = signers.es256_public_pem.display(),
+        rs256 = fixture("rs256-test-public.pem"),
+        jwks = signers.jwks.display(),
+    );
+    let parsed = Config::parse(&text, "auth-test.toml").expect("valid auth config");
+    let mut config = test_config();
+    config.auth = parsed.auth;
+    config
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn create(account: &str) -> proto::CreateKeyRequest {
+    proto::CreateKeyRequest {
+        account_id: account.into(),
+        name: "bot".into(),
+        scopes: vec!["orders:read".into()],
+        ..Default::default()
+    }
+}
+
+fn list(account: &str) -> proto::ListKeysRequest {
+    proto::ListKeysRequest {
+        account_id: account.into(),
+        include_revoked: true,
+        ..Default::default()
+    }
+}
+
+#[track_caller]
+fn assert_refused(status: &tonic::Status, code: Code, says: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(says),
+        "message should say {says:?}: {:?}",
+        status.message()
+    );
+}
+
+/// How many keys (revoked too) an account has, asked with the dashboard token.
+async fn key_count(app: &mut TestApp, account: &str) -> usize {
+    app.keys
+        .list_keys(bearer(list(account), DASHBOARD_TOKEN))
+        .await
+        .expect("dashboard may list")
+        .into_inner()
+        .keys
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_calls_need_a_credential_allowed_that_rpc() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+        .await
+        .unwrap();
+
+    let missing = app.keys.create_key(create("acct_a")).await.unwrap_err();
+    assert_refused(&missing, Code::Unauthenticated, "missing credentials");
+
+    let unknown = app
+        .keys
+        .create_key(bearer(create("acct_a"), "kwt_not_a_configured_token"))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &unknown,
+        Code::Unauthenticated,
+        "neither a known service token",
+    );
+    assert!(!unknown.message().contains("kwt_not_a_configured_token"));
+
+    let wrong_rpc = app
+        .keys
+        .create_key(bearer(create("acct_a"), AUDITOR_TOKEN))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &wrong_rpc,
+        Code::PermissionDenied,
+        "service token \"auditor\" may not call CreateKey",
+    );
+    assert_eq!(
+        key_count(&mut app, "acct_a").await,
+        0,
+        "refusals wrote nothing"
+    );
+
+    let created = app
+        .keys
+        .create_key(bearer(create("acct_a"), DASHBOARD_TOKEN))
+        .await
+        .expect("the dashboard may create")
+        .into_inner();
+    let listed = app
+        .keys
+        .list_keys(bearer(list("acct_a"), AUDITOR_TOKEN))
+        .await
+        .expect("the auditor may list")
+        .into_inner();
+    assert_eq!(listed.keys.len(), 1);
+    let revoke_by_auditor = app
+        .keys
+        .revoke_key(bearer(
+            proto::RevokeKeyRequest {
+                account_id: "acct_a".into(),
+                key_id: created.key.unwrap().id,
+            },
+            AUDITOR_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &revoke_by_auditor,
+        Code::PermissionDenied,
+        "may not call RevokeKey",
+    );
+    // The key still works: the refused revocation changed nothing.
+    assert!(
+        app.authenticate(&created.secret, &["orders:read"])
+            .await
+            .allowed
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_jwt_manages_its_own_account_and_nothing_else() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+        .await
+        .unwrap();
+    let jwt = es256_jwt(&signers.es256, &claims("acct_user"));
+
+    let own = app
+        .keys
+        .create_key(bearer(create("acct_user"), &jwt))
+        .await
+        .expect("a JWT may create keys in its own account")
+        .into_inner();
+    let listed = app
+        .keys
+        .list_keys(bearer(list("acct_user"), &jwt))
+        .await
+        .expect("and list them")
+        .into_inner();
+    assert_eq!(listed.keys.len(), 1);
+
+    let elsewhere = app
+        .keys
+        .create_key(bearer(create("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&elsewhere, Code::PermissionDenied, "only its own account");
+    let other_list = app
+        .keys
+        .list_keys(bearer(list("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&other_list, Code::PermissionDenied, "only its own account");
+    assert_eq!(key_count(&mut app, "acct_other").await, 0);
+
+    // A key of another account cannot be revoked through a JWT either.
+    let (victim, victim_secret) = {
+        let created = app
+            .keys
+            .create_key(bearer(create("acct_other"), DASHBOARD_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        (created.key.unwrap(), created.secret)
+    };
+    let revoke = app
+        .keys
+        .revoke_key(bearer(
+            proto::RevokeKeyRequest {
+                account_id: "acct_other".into(),
+                key_id: victim.id.clone(),
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap_err();
+    assert_refused(&revoke, Code::PermissionDenied, "only its own account");
+    assert!(
+        app.authenticate(&victim_secret, &["orders:read"])
+            .await
+            .allowed
+    );
+
+    // UpdateKey is not among the RPCs this deployment lets users call.
+    let update = app
+        .keys
+        .update_key(bearer(
+            proto::UpdateKeyRequest {
+                account_id: "acct_user".into(),
+                key_id: own.key.unwrap().id,
+                name: "renamed".into(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &update,
+        Code::PermissionDenied,
+        "user JWTs may not call UpdateKey",
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jwts_are_unauthenticated_and_change_nothing() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+        .await
+        .unwrap();
+    let stranger = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let with = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut claims = claims("acct_user");
+        change(&mut claims);
+        claims
+    };
+    let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("acct_user"),
+        &EncodingKey::from_secret(b"shared secret"),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "expired beyond the leeway",
+            es256_jwt(&signers.es256, &with(&|c| c["exp"] = json!(now() - 120))),
+            "expired",
+        ),
+        (
+            "signed by another key",
+            es256_jwt(&stranger, &claims("acct_user")),
+            "signature does not verify",
+        ),
+        (
+            "wrong audience",
+            es256_jwt(&signers.es256, &with(&|c| c["aud"] = json!("someone-else"))),
+            "audience",
+        ),
+        (
+            "wrong issuer",
+            es256_jwt(
+                &signers.es256,
+                &with(&|c| c["iss"] = json!("https://evil.test")),
+            ),
+            "issuer",
+        ),
+        (
+            "not valid yet",
+            es256_jwt(&signers.es256, &with(&|c| c["nbf"] = json!(now() + 600))),
+            "not valid yet",
+        ),
+        (
+            "no subject",
+            es256_jwt(
+                &signers.es256,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("sub");
+                }),
+            ),
+            "subject claim `sub`",
+        ),
+        ("symmetric algorithm", hs256, "not accepted"),
+        (
+            "unknown key id",
+            eddsa_jwt(&stranger_ed25519(), "ed-1", &claims("acct_user")),
+            "signature does not verify",
+        ),
+    ];
+    for (case, jwt, says) in cases {
+        let status = app
+            .keys
+            .create_key(bearer(create("acct_user"), &jwt))
+            .await
+            .expect_err(case);
+        assert_refused(&status, Code::Unauthenticated, says);
+        assert!(
+            status.message().starts_with("invalid JWT"),
+            "{case}: {status:?}"
+        );
+        assert!(
+            !status.message().contains(&jwt),
+            "{case}: the token is not echoed"
+        );
+    }
+    // Within the leeway an expired token still passes (clock skew).
+    let skewed = es256_jwt(&signers.es256, &with(&|c| c["exp"] = json!(now() - 5)));
+    app.keys
+        .list_keys(bearer(list("acct_user"), &skewed))
+        .await
+        .expect("30 s of leeway covers 5 s of skew");
+    assert_eq!(key_count(&mut app, "acct_user").await, 0);
+    app.shutdown().await;
+}
+
+fn stranger_ed25519() -> KeyPair {
+    KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_jwts_verify_against_the_jwks_file() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+        .await
+        .unwrap();
+    let jwt = eddsa_jwt(&signers.ed25519, "ed-1", &claims("acct_ed"));
+    app.keys
+        .create_key(bearer(create("acct_ed"), &jwt))
+        .await
+        .expect("an EdDSA JWT signed by the JWKS key is accepted");
+    assert_eq!(key_count(&mut app, "acct_ed").await, 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_jwts_verify_against_a_pem_public_key() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+        .await
+        .unwrap();
+    let jwt = rs256_jwt(&claims("acct_rsa"));
+    app.keys
+        .create_key(bearer(create("acct_rsa"), &jwt))
+        .await
+        .expect("an RS256 JWT signed by the configured RSA key is accepted");
+    let other = app
+        .keys
+        .create_key(bearer(create("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&other, Code::PermissionDenied, "only its own account");
+    assert_eq!(key_count(&mut app, "acct_rsa").await, 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_path_is_open_unless_a_service_token_is_required() {
+    let signers = signers();
+    let mut open = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+        .await
+        .unwrap();
+    let secret = open
+        .keys
+        .create_key(bearer(create("acct_a"), DASHBOARD_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    assert!(open.authenticate(&secret, &["orders:read"]).await.allowed);
+    open.keys
+        .list_scopes(proto::ListScopesRequest {})
+        .await
+        .expect("ListScopes is open");
+    open.shutdown().await;
+
+    let mut locked = spawn_app_with(Db::Sqlite, config_with_auth(&signers, true))
+        .await
+        .unwrap();
+    let secret = locked
+        .keys
+        .create_key(bearer(create("acct_a"), DASHBOARD_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let authenticate = || proto::AuthenticateRequest {
+        credential: secret.clone(),
+        required_scopes: vec!["orders:read".into()],
+        client_ip: String::new(),
+    };
+    let missing = locked.keys.authenticate(authenticate()).await.unwrap_err();
+    assert_refused(&missing, Code::Unauthenticated, "missing credentials");
+    let jwt = es256_jwt(&signers.es256, &claims("acct_a"));
+    let user = locked
+        .keys
+        .authenticate(bearer(authenticate(), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &user,
+        Code::Unauthenticated,
+        "Authenticate needs a service token",
+    );
+    let wrong = locked
+        .keys
+        .authenticate(bearer(authenticate(), AUDITOR_TOKEN))
+        .await
+        .unwrap_err();
+    assert_refused(&wrong, Code::PermissionDenied, "may not call Authenticate");
+    let allowed = locked
+        .keys
+        .authenticate(bearer(authenticate(), BACKEND_TOKEN))
+        .await
+        .expect("the backend token may authenticate")
+        .into_inner();
+    assert!(allowed.allowed);
+    let watch = locked
+        .keys
+        .watch_revocations(bearer(
+            proto::WatchRevocationsRequest::default(),
+            BACKEND_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &watch,
+        Code::PermissionDenied,
+        "may not call WatchRevocations",
+    );
+    locked
+        .keys
+        .list_scopes(proto::ListScopesRequest {})
+        .await
+        .expect("ListScopes stays open");
+    locked.shutdown().await;
+}

@@ -1,0 +1,425 @@
+//! Running the real binary as an operator would: the secure default for
+//! management without credentials (loopback only, or an explicit flag), JSON
+//! logs with one line per denial and request ids, and `check-config`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keyward::access_control::token_sha256_hex;
+use keyward::proto;
+use keyward::proto::key_service_client::KeyServiceClient;
+use tokio::io::AsyncReadExt;
+
+use crate::helpers::connect;
+
+const DASHBOARD_TOKEN: &str = "kwt_operations_dashboard_token";
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `keyward serve` child process with stderr captured.
+struct ServeProcess {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl ServeProcess {
+    /// `keyward serve --listen IP:PORT ARGS...` on a fresh port.
+    async fn start(listen_ip: &str, args: &[&str], database_dir: &Path) -> Self {
+        let port = free_port(listen_ip);
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["serve", "--listen", &format!("{listen_ip}:{port}")])
+            .args(args)
+            .env(
+                "KEYWARD_DATABASE_URL",
+                format!("sqlite://{}", database_dir.join("k.db").display()),
+            )
+            .env("RUST_LOG", "keyward=debug")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut listening = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                listening = true;
+                break;
+            }
+            if let Ok(Some(exit)) = child.try_wait() {
+                panic!("keyward serve exited: {exit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(listening, "keyward serve did not start listening");
+        Self { child, addr }
+    }
+
+    /// SIGTERM, wait, and return everything it logged.
+    async fn stop(mut self) -> String {
+        let pid = self.child.id().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}: {stderr}");
+        stderr
+    }
+}
+
+#[test]
+fn open_management_on_a_public_address_needs_the_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env(
+            "KEYWARD_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("k.db").display()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("only be served on a loopback address, not 0.0.0.0:0")
+            && stderr.contains("--insecure-open-management"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("k.db").exists(),
+        "refusing to start writes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_management_is_served_on_loopback_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start("127.0.0.1", &[], dir.path()).await;
+    let mut keys = KeyServiceClient::new(connect(server.addr).await);
+    keys.create_key(proto::CreateKeyRequest {
+        account_id: "acct_local".into(),
+        name: "local".into(),
+        scopes: vec!["orders:read".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("open management on loopback");
+    let stderr = server.stop().await;
+    assert!(
+        stderr.contains("management RPCs are open to local callers only"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_insecure_flag_or_configured_credentials_allow_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let flagged = ServeProcess::start("0.0.0.0", &["--insecure-open-management"], dir.path()).await;
+    let mut keys = KeyServiceClient::new(connect(flagged.addr).await);
+    keys.list_keys(proto::ListKeysRequest {
+        account_id: "acct".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("open management, as asked");
+    let stderr = flagged.stop().await;
+    assert!(
+        stderr.contains("open to anyone who can reach this address"),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("locked.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"ListKeys\"]\n",
+            token_sha256_hex(DASHBOARD_TOKEN)
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let locked = ServeProcess::start("0.0.0.0", &["--config", &config_arg], dir.path()).await;
+    let mut keys = KeyServiceClient::new(connect(locked.addr).await);
+    let refused = keys
+        .list_keys(proto::ListKeysRequest {
+            account_id: "acct".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    keys.list_keys(with_metadata(
+        proto::ListKeysRequest {
+            account_id: "acct".into(),
+            ..Default::default()
+        },
+        &[("authorization", &format!("Bearer {DASHBOARD_TOKEN}"))],
+    ))
+    .await
+    .expect("the configured token opens ListKeys");
+    locked.stop().await;
+}
+
+fn with_metadata<T>(message: T, pairs: &[(&'static str, &str)]) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    for (name, value) in pairs {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    request
+}
+
+fn request_id_of<T>(response: &tonic::Response<T>) -> String {
+    response
+        .metadata()
+        .get("x-request-id")
+        .expect("x-request-id echoed")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_ids_and_one_line_per_denial_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("profile.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"CreateKey\", \"ListKeys\"]\n",
+            token_sha256_hex(DASHBOARD_TOKEN)
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let server = ServeProcess::start(
+        "127.0.0.1",
+        &["--log-format", "json", "--config", &config_arg],
+        dir.path(),
+    )
+    .await;
+    let mut keys = KeyServiceClient::new(connect(server.addr).await);
+    let bearer = format!("Bearer {DASHBOARD_TOKEN}");
+
+    let created = keys
+        .create_key(with_metadata(
+            proto::CreateKeyRequest {
+                account_id: "acct_logs".into(),
+                name: "logged".into(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            &[("authorization", &bearer), ("x-request-id", "req-create-1")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(request_id_of(&created), "req-create-1");
+    let created = created.into_inner();
+    let key_id = created.key.unwrap().id;
+    let secret = created.secret;
+
+    let unknown_key = format!("cc_{}", "cd".repeat(32));
+    let authenticate = |credential: &str, scope: &str| proto::AuthenticateRequest {
+        credential: credential.into(),
+        required_scopes: vec![scope.into()],
+        client_ip: String::new(),
+    };
+    let denied = keys
+        .authenticate(with_metadata(
+            authenticate(&unknown_key, "orders:read"),
+            &[("x-request-id", "req-deny-1")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(request_id_of(&denied), "req-deny-1");
+    assert!(!denied.into_inner().allowed);
+    let scope_denied = keys
+        .authenticate(with_metadata(
+            authenticate(&secret, "orders:write"),
+            &[("x-request-id", "req-deny-2")],
+        ))
+        .await
+        .unwrap();
+    assert!(!scope_denied.into_inner().allowed);
+    let wrong_token = "kwt_this_token_is_wrong_and_must_not_be_logged";
+    let refused = keys
+        .create_key(with_metadata(
+            proto::CreateKeyRequest::default(),
+            &[
+                ("authorization", &format!("Bearer {wrong_token}")),
+                ("x-request-id", "req-refused-1"),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        refused.metadata().get("x-request-id").unwrap(),
+        "req-refused-1"
+    );
+    let generated = keys
+        .authenticate(authenticate(&secret, "orders:read"))
+        .await
+        .unwrap();
+    assert!(request_id_of(&generated).starts_with("kw-"));
+
+    let stderr = server.stop().await;
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let find = |message: &str, request_id: &str| {
+        lines
+            .iter()
+            .find(|line| line["message"] == message && line["span"]["request_id"] == request_id)
+            .unwrap_or_else(|| panic!("no {message:?} line for {request_id}:\n{stderr}"))
+    };
+    let unknown = find("denied", "req-deny-1");
+    assert_eq!(unknown["reason"], "unknown_key");
+    assert_eq!(unknown["level"], "DEBUG");
+    let scope = find("denied", "req-deny-2");
+    assert_eq!(scope["reason"], "insufficient_scope");
+    assert_eq!(scope["key_id"], key_id.as_str());
+    assert_eq!(scope["span"]["rpc"], "Authenticate");
+    assert_eq!(
+        find("key created", "req-create-1")["key_id"],
+        key_id.as_str()
+    );
+    let refusal = find("refused", "req-refused-1");
+    assert_eq!(refusal["span"]["rpc"], "CreateKey");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line["message"] == "denied")
+            .count(),
+        2,
+        "one line per denied request"
+    );
+    for secret_text in [&secret, &unknown_key, wrong_token, DASHBOARD_TOKEN] {
+        assert!(
+            !stderr.contains(secret_text),
+            "a secret reached the logs: {secret_text}"
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_what_a_profile_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let key_file = dir.path().join("privy.pem");
+    std::fs::write(&key_file, key.public_key_pem()).unwrap();
+    let profile = dir.path().join("journal.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            r#"
+[keys]
+prefix = "tj_"
+body_length = 40
+alphabet = "base62"
+max_active_per_account = 3
+
+[[scopes]]
+name = "journal:read"
+description = "Read entries"
+
+[[scopes]]
+name = "journal:write"
+implies = ["journal:read"]
+
+[[scopes]]
+name = "profile"
+auto_grant = true
+
+[[scopes]]
+name = "export"
+reserved = true
+denial_code = "export_not_enabled"
+denial_message = "Exports are not enabled."
+
+[[presets]]
+name = "everything"
+scopes = ["journal:*", "export"]
+
+[rate_limit]
+requests = 100
+per_seconds = 60
+
+[bans]
+enabled = false
+
+[server]
+metrics_listen = "127.0.0.1:9464"
+
+[[auth.service_tokens]]
+name = "auditor"
+sha256 = "{hash}"
+rpcs = ["ListKeys", "GetKey"]
+
+[auth.jwt]
+issuers = ["privy.io"]
+audiences = ["app-123"]
+public_key_files = ["{key}"]
+subject_claim = "account"
+"#,
+            hash = token_sha256_hex("t"),
+            key = key_file.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("check-config")
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        &format!("{}: ok", profile.display()),
+        "tj_<40 base62 characters>",
+        "journal:write  [implies journal:read]",
+        "profile  [granted to every key]",
+        "export  [reserved: grantable, not used yet; denied as export_not_enabled: \"Exports are not enabled.\"]",
+        "everything: journal:read, journal:write, export",
+        "at most 3 active keys per account",
+        "default rate limit: 100 requests per 60 s per key",
+        "Failed-authentication bans:\n  off",
+        "service token \"auditor\": GetKey, ListKeys",
+        "user JWTs: CreateKey, RevokeKey, GetKey, ListKeys, UpdateKey for the account in claim `account`; iss privy.io; aud app-123",
+        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): open",
+        "metrics: http://127.0.0.1:9464/metrics",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains(&token_sha256_hex("t")),
+        "hashes are not printed"
+    );
+}
