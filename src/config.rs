@@ -19,7 +19,10 @@ use crate::key_format::{Alphabet, KeyFormat};
 use crate::revocation_feed::FeedSettings;
 use crate::scope_catalog::{PresetDefinition, ScopeCatalog, ScopeDefinition, ScopeDenialText};
 
+mod http;
 mod raw;
+
+pub use http::HttpSettings;
 
 use raw::{RawConfig, RawDenialText};
 
@@ -52,6 +55,8 @@ pub struct Config {
     pub default_rate_limit: Option<RateLimit>,
     pub bans: BanSettings,
     pub last_used_flush_interval: Duration,
+    /// `[http]`: the Envoy ext_authz surface.
+    pub http: HttpSettings,
 }
 
 /// Server settings as the file gives them (each may be overridden).
@@ -404,6 +409,8 @@ impl Config {
         )
         .map_err(|r| fail("last_used.flush_interval_seconds", r))?;
 
+        let http = HttpSettings::from_raw(raw.http, file, &key_format, &catalog, &denials)?;
+
         Ok(Self {
             source: None,
             server,
@@ -416,6 +423,7 @@ impl Config {
             default_rate_limit,
             bans,
             last_used_flush_interval,
+            http,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod denial;
 pub mod domain;
+pub mod ext_authz;
 pub mod failed_auth_bans;
 pub mod key_cache;
 pub mod key_format;

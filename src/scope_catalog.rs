@@ -118,7 +118,9 @@ pub struct ScopeCatalog {
     presets: Vec<Preset>,
 }
 
-fn valid_scope_name(name: &str) -> bool {
+/// Whether `name` is well-formed as a scope name (whether or not it is in a
+/// catalog).
+pub fn valid_scope_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_SCOPE_NAME_LEN
         && name

@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::KeyServiceApi;
 use crate::authenticator::Authenticator;
 use crate::config::Config;
+use crate::ext_authz::{self, ExtAuthzApi};
 use crate::failed_auth_bans::FailedAuthBans;
 use crate::key_cache::KeyCache;
 use crate::key_management::KeyManager;
@@ -29,9 +30,10 @@ use crate::rate_limits::KeyRateLimits;
 use crate::revocation_feed::{Freshness, RevocationFeed};
 use crate::storage::{self, KeyStore, PoolSettings, StoreError};
 use crate::usage::usage_channel;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Services whose health follows the replica's freshness.
-const HEALTH_SERVICES: [&str; 2] = ["", "keyward.v1.KeyService"];
+const HEALTH_SERVICES: [&str; 3] = ["", "keyward.v1.KeyService", ext_authz::SERVICE_NAME];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -174,6 +176,8 @@ async fn run(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Empty when build.rs could not find Envoy's protos.
+            .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -182,6 +186,16 @@ async fn run(
         Arc::clone(&authenticator),
         Arc::clone(&manager),
         Arc::clone(&feed),
+    ));
+
+    if config.http.routes.is_empty()
+        && config.http.unmatched_route == ext_authz::UnmatchedRoute::Deny
+    {
+        tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
+    }
+    let ext_authz_service = AuthorizationServer::new(ExtAuthzApi::new(
+        Arc::clone(&authenticator),
+        config.http.clone(),
     ));
 
     let grace = config.server.shutdown_grace;
@@ -206,6 +220,7 @@ async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(key_service)
+        .add_service(ext_authz_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
 
     // Stop waiting for in-flight calls after the grace period.

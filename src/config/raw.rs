@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub rate_limit: Option<RawRateLimit>,
     pub bans: RawBans,
     pub last_used: RawLastUsed,
+    pub http: RawHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,4 +126,46 @@ pub struct RawBans {
 #[serde(deny_unknown_fields, default)]
 pub struct RawLastUsed {
     pub flush_interval_seconds: Option<f64>,
+}
+
+/// `[http]`: the Envoy ext_authz surface (validated in `config/http.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub authorization_header: Option<bool>,
+    pub key_header: Option<String>,
+    pub key_query_parameter: Option<String>,
+    pub error_style: Option<String>,
+    pub identity_headers: RawIdentityHeaders,
+    pub strip_credential: Option<bool>,
+    pub unmatched_route: Option<String>,
+    pub trusted_proxy_hops: Option<u32>,
+    pub www_authenticate: Option<String>,
+    pub denials: RawHttpDenials,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentityHeaders {
+    pub key_id: Option<String>,
+    pub account_id: Option<String>,
+    pub scopes: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttpDenials {
+    pub unmatched_route: Option<RawDenialText>,
+    pub malformed_request: Option<RawDenialText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub methods: Vec<String>,
+    pub path: String,
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub public: bool,
 }
