@@ -265,3 +265,6 @@ fn query_parameter_name(name: &str) -> Result<String, String> {
     }
     Ok(name.to_owned())
 }
+
+#[cfg(test)]
+mod tests;

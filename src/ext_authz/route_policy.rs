@@ -502,7 +502,7 @@ impl PathPattern {
                     segments.push(PatternSegment::Param);
                     continue;
                 }
-                if segment == "." || segment == ".." || segment == PREFIX_MARKER {
+                if segment == "." || segment == ".." || segment.contains(PREFIX_MARKER) {
                     return Err(fail(format!(
                         "{path:?} has a {segment:?} segment; `...` may only end a path, right after a name"
                     )));
