@@ -5,6 +5,7 @@
 mod helpers;
 
 mod authenticate;
+mod ext_authz;
 mod management;
 mod revocation;
 mod serving;
