@@ -22,6 +22,8 @@ use tonic::transport::Channel;
 use crate::helpers::{Db, TestApp, spawn_app_with, test_config};
 use crate::on_both_databases;
 
+mod envoy_example;
+
 on_both_databases!(
     an_allowed_request_carries_identity_and_loses_its_credential,
     revoked_and_unknown_keys_are_denied_alike,
