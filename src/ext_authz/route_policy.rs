@@ -275,7 +275,8 @@ impl<'a> RequestTarget<'a> {
 /// bad escape or a result that is not UTF-8. Borrows when there is nothing
 /// to decode.
 fn percent_decode(raw: &str, plus_as_space: bool) -> Option<Cow<'_, str>> {
-    if !raw.contains('%') && !(plus_as_space && raw.contains('+')) {
+    let needs_decoding = raw.contains('%') || (plus_as_space && raw.contains('+'));
+    if !needs_decoding {
         return Some(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();

@@ -139,7 +139,7 @@ impl HttpCall {
         self.header("Authorization", &format!("Bearer {secret}"))
     }
 
-    pub fn from_peer(mut self, address: &str) -> Self {
+    pub fn sent_by_peer(mut self, address: &str) -> Self {
         self.peer = address.into();
         self
     }
@@ -441,7 +441,7 @@ async fn failed_keys_through_ext_authz_ban_the_address(db: Db) {
             .check(
                 get("/api/v1/account")
                     .bearer(&wrong)
-                    .from_peer("203.0.113.9")
+                    .sent_by_peer("203.0.113.9")
                     .build(),
             )
             .await;
@@ -452,7 +452,7 @@ async fn failed_keys_through_ext_authz_ban_the_address(db: Db) {
             .check(
                 get("/api/v1/account")
                     .bearer(&secret)
-                    .from_peer("203.0.113.9")
+                    .sent_by_peer("203.0.113.9")
                     .build(),
             )
             .await,
@@ -467,7 +467,7 @@ async fn failed_keys_through_ext_authz_ban_the_address(db: Db) {
         .check(
             get("/api/v1/account")
                 .bearer(&secret)
-                .from_peer("203.0.113.10")
+                .sent_by_peer("203.0.113.10")
                 .build(),
         )
         .await;
@@ -900,7 +900,7 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
     let mut envoy = Envoy::of(&app);
     let via_proxy = |forwarded: &str| {
         get("/api/v1/account")
-            .from_peer("10.0.0.1")
+            .sent_by_peer("10.0.0.1")
             .header("x-forwarded-for", forwarded)
     };
     for _ in 0..3 {
@@ -926,7 +926,7 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
         &envoy
             .check(
                 get("/api/v1/account")
-                    .from_peer("10.0.0.1")
+                    .sent_by_peer("10.0.0.1")
                     .bearer(&secret)
                     .build(),
             )

@@ -31,10 +31,13 @@ const INCLUDE_DIRS: [&str; 5] = [
 ];
 
 fn envoy_schema() -> DescriptorPool {
-    let proto_dir = option_env!("KEYWARD_ENVOY_PROTO_DIR").expect(
-        "build.rs did not find envoy-types' .proto files (see its cargo:warning); \
-         set KEYWARD_ENVOY_PROTO_DIR to the crate's proto/ folder",
-    );
+    // Set by build.rs when it finds the protos (it warns when it does not).
+    let Some(proto_dir) = option_env!("KEYWARD_ENVOY_PROTO_DIR") else {
+        panic!(
+            "build.rs did not find envoy-types' .proto files (see its cargo:warning); \
+             set KEYWARD_ENVOY_PROTO_DIR to the crate's proto/ folder"
+        );
+    };
     let includes: Vec<PathBuf> = INCLUDE_DIRS
         .iter()
         .map(|dir| Path::new(proto_dir).join(dir))
