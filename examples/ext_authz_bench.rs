@@ -53,6 +53,7 @@ struct Args {
 #[derive(Clone, Copy, Debug)]
 enum Target {
     Health,
+    Authenticate,
     Check,
 }
 
@@ -113,6 +114,7 @@ fn main() {
             .into_inner()
             .secret;
         let check = Arc::new(check_request(&secret));
+        let credential: Arc<str> = format!("Bearer {secret}").into();
         wait_until_serving(&channels[0]).await;
 
         println!(
@@ -120,17 +122,20 @@ fn main() {
             args.seconds, args.warmup_seconds, args.concurrency, args.connections, args.rounds
         );
         let mut best_health: Option<Measurement> = None;
+        let mut best_authenticate: Option<Measurement> = None;
         let mut best_check: Option<Measurement> = None;
         for round in 1..=args.rounds {
-            for target in [Target::Health, Target::Check] {
-                run(&channels, &check, target, &args, Duration::from_secs(args.warmup_seconds)).await;
-                let measured = run(&channels, &check, target, &args, Duration::from_secs(args.seconds)).await;
+            for target in [Target::Health, Target::Authenticate, Target::Check] {
+                let load = Load { channels: &channels, check: &check, credential: &credential, target };
+                load.run(&args, Duration::from_secs(args.warmup_seconds)).await;
+                let measured = load.run(&args, Duration::from_secs(args.seconds)).await;
                 println!(
                     "round {round} {target:?}: {:.0} calls/s, p50 {} us, p99 {} us, {} failed",
                     measured.calls_per_second, measured.p50_us, measured.p99_us, measured.failures
                 );
                 let best = match target {
                     Target::Health => &mut best_health,
+                    Target::Authenticate => &mut best_authenticate,
                     Target::Check => &mut best_check,
                 };
                 if best
@@ -141,11 +146,19 @@ fn main() {
                 }
             }
         }
-        let (health, check) = (best_health.unwrap(), best_check.unwrap());
+        let (health, authenticate, check) = (
+            best_health.unwrap(),
+            best_authenticate.unwrap(),
+            best_check.unwrap(),
+        );
         println!();
         println!("| call | calls/s | p50 | p99 | failed |");
         println!("| --- | --- | --- | --- | --- |");
-        for (name, m) in [("Health/Check", &health), ("ext_authz Check (cached key)", &check)] {
+        for (name, m) in [
+            ("Health/Check", &health),
+            ("KeyService/Authenticate (cached key)", &authenticate),
+            ("ext_authz Check (cached key)", &check),
+        ] {
             println!(
                 "| {name} | {:.0} | {} us | {} us | {} |",
                 m.calls_per_second, m.p50_us, m.p99_us, m.failures
@@ -195,12 +208,16 @@ fn check_request(secret: &str) -> CheckRequest {
                 http: Some(HttpRequest {
                     method: "GET".into(),
                     path: "/api/v1/portfolio?page=1".into(),
+                    // The headers curl and Envoy put on a plain GET.
                     headers: [
                         (":authority", "api.example.com"),
                         (":method", "GET"),
                         (":path", "/api/v1/portfolio?page=1"),
+                        (":scheme", "http"),
                         ("accept", "*/*"),
-                        ("user-agent", "bench"),
+                        ("user-agent", "curl/8.5.0"),
+                        ("x-forwarded-proto", "http"),
+                        ("x-request-id", "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10"),
                         ("authorization", &format!("Bearer {secret}")),
                     ]
                     .into_iter()
@@ -215,9 +232,30 @@ fn check_request(secret: &str) -> CheckRequest {
     }
 }
 
-async fn run(
+/// One closed-loop load against one target.
+struct Load<'a> {
+    channels: &'a [Channel],
+    check: &'a Arc<CheckRequest>,
+    credential: &'a Arc<str>,
+    target: Target,
+}
+
+impl Load<'_> {
+    async fn run(&self, args: &Args, duration: Duration) -> Measurement {
+        let Load {
+            channels,
+            check,
+            credential,
+            target,
+        } = *self;
+        measure(channels, check, credential, target, args, duration).await
+    }
+}
+
+async fn measure(
     channels: &[Channel],
     check: &Arc<CheckRequest>,
+    credential: &Arc<str>,
     target: Target,
     args: &Args,
     duration: Duration,
@@ -229,10 +267,12 @@ async fn run(
     for worker in 0..args.concurrency.max(1) {
         let channel = channels[worker % channels.len()].clone();
         let check = Arc::clone(check);
+        let credential = Arc::clone(credential);
         let failures = Arc::clone(&failures);
         workers.push(tokio::spawn(async move {
             let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut health = HealthClient::new(channel.clone());
+            let mut keys = KeyServiceClient::new(channel.clone());
             let mut authz = AuthorizationClient::new(channel);
             while Instant::now() < deadline {
                 let sent = Instant::now();
@@ -243,6 +283,14 @@ async fn run(
                         })
                         .await
                         .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving),
+                    Target::Authenticate => keys
+                        .authenticate(proto::AuthenticateRequest {
+                            credential: credential.to_string(),
+                            required_scopes: vec!["portfolio:read".into()],
+                            client_ip: "192.0.2.10".into(),
+                        })
+                        .await
+                        .is_ok_and(|r| r.into_inner().allowed),
                     Target::Check => authz.check((*check).clone()).await.is_ok_and(|r| {
                         matches!(
                             r.into_inner().http_response,

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
 use crate::config::HttpSettings;
+use crate::denial::Reason;
 use crate::scope_catalog::ScopeIndex;
 
 pub mod request;
@@ -105,11 +106,10 @@ impl ExtAuthzApi {
         };
         let (fixed, templates) = match access {
             Access::Public => {
-                let strip = match self.settings.strip_credential {
-                    true => {
-                        sources.carrying_keys(&headers, &target, &self.authenticator.key_format)
-                    }
-                    false => CredentialRemoval::default(),
+                let strip = if self.settings.strip_credential {
+                    sources.carrying_keys(&headers, &target, &self.authenticator.key_format)
+                } else {
+                    CredentialRemoval::default()
                 };
                 return responses.allow_public(strip);
             }
@@ -170,10 +170,12 @@ impl ExtAuthzApi {
             );
             return responses.deny(denial, verdict.rate_limit);
         }
-        let key = verdict
-            .key
-            .as_ref()
-            .expect("an allowed verdict names its key");
+        let Some(key) = verdict.key.as_deref() else {
+            // The hot path always names the key it allowed; fail closed if not.
+            tracing::error!(rpc = "Check", "an allowed verdict named no key; denying");
+            let unavailable = self.authenticator.denials.deny(Reason::Unavailable);
+            return responses.deny(&unavailable, None);
+        };
         if let Some(scope) = unknown_scope {
             tracing::debug!(
                 rpc = "Check",
@@ -184,9 +186,10 @@ impl ExtAuthzApi {
             );
             return responses.deny_unknown_scope(&scope);
         }
-        let removal = match self.settings.strip_credential {
-            true => sources.present(&headers, &target),
-            false => CredentialRemoval::default(),
+        let removal = if self.settings.strip_credential {
+            sources.present(&headers, &target)
+        } else {
+            CredentialRemoval::default()
         };
         responses.allow(key, catalog, verdict.rate_limit, removal)
     }

@@ -70,9 +70,12 @@ impl<'a> RequestHeaders<'a> {
             .raw
             .iter()
             .filter(|header| header.key.eq_ignore_ascii_case(name))
-            .map(|header| match header.raw_value.is_empty() {
-                false => String::from_utf8_lossy(&header.raw_value),
-                true => Cow::Borrowed(header.value.as_str()),
+            .map(|header| {
+                if header.raw_value.is_empty() {
+                    Cow::Borrowed(header.value.as_str())
+                } else {
+                    String::from_utf8_lossy(&header.raw_value)
+                }
             });
         let first = values.next()?;
         Some(values.fold(first, |mut joined, next| {
