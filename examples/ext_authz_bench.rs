@@ -45,9 +45,12 @@ struct Args {
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Rounds of (Health, Check); the best round of each is reported.
+    /// Rounds of (Health, Authenticate, Check); the best run of each is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Serve with `http.dynamic_metadata = false`.
+    #[arg(long)]
+    no_dynamic_metadata: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +84,12 @@ fn main() {
 
     let data = tempfile::tempdir().expect("temp dir");
     let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/carboncopy.toml");
-    let config = Config::load(&profile).expect("the Carboncopy profile loads");
+    let mut text = std::fs::read_to_string(&profile).expect("the Carboncopy profile exists");
+    if args.no_dynamic_metadata {
+        text = text.replace("[http]\n", "[http]\ndynamic_metadata = false\n");
+    }
+    let config =
+        Config::parse(&text, &profile.display().to_string()).expect("the Carboncopy profile loads");
     let running = server_runtime
         .block_on(server::start(ServeOptions {
             config,
@@ -118,8 +126,13 @@ fn main() {
         wait_until_serving(&channels[0]).await;
 
         println!(
-            "keyward ext_authz bench: {}s per run after {}s warm-up, {} in flight over {} connections, {} rounds",
-            args.seconds, args.warmup_seconds, args.concurrency, args.connections, args.rounds
+            "keyward ext_authz bench: {}s per run after {}s warm-up, {} in flight over {} connections, {} rounds, dynamic metadata {}",
+            args.seconds,
+            args.warmup_seconds,
+            args.concurrency,
+            args.connections,
+            args.rounds,
+            if args.no_dynamic_metadata { "off" } else { "on" }
         );
         let mut best_health: Option<Measurement> = None;
         let mut best_authenticate: Option<Measurement> = None;

@@ -215,6 +215,7 @@ impl HttpSettings {
         let responses = Responses::new(
             style,
             identity,
+            raw.dynamic_metadata.unwrap_or(true),
             www_authenticate,
             denials,
             catalog,

@@ -138,6 +138,7 @@ pub struct RawHttp {
     pub error_style: Option<String>,
     pub identity_headers: RawIdentityHeaders,
     pub strip_credential: Option<bool>,
+    pub dynamic_metadata: Option<bool>,
     pub unmatched_route: Option<String>,
     pub trusted_proxy_hops: Option<u32>,
     pub www_authenticate: Option<String>,

@@ -137,6 +137,8 @@ pub struct CredentialRemoval {
 pub struct Responses {
     style: ErrorBodyStyle,
     identity: IdentityHeaders,
+    /// Also hand the identity to later Envoy filters as dynamic metadata.
+    dynamic_metadata: bool,
     www_authenticate: Option<String>,
     /// Body per [`Reason`], by position in [`Reason::ALL`].
     reason_bodies: Vec<String>,
@@ -154,6 +156,7 @@ impl Responses {
     pub fn new(
         style: ErrorBodyStyle,
         identity: IdentityHeaders,
+        dynamic_metadata: bool,
         www_authenticate: Option<String>,
         denials: &DenialCatalog,
         catalog: &ScopeCatalog,
@@ -189,6 +192,7 @@ impl Responses {
         Self {
             style,
             identity,
+            dynamic_metadata,
             www_authenticate,
             reason_bodies,
             scope_bodies,
@@ -233,7 +237,7 @@ impl Responses {
         let response_headers_to_add = rate_limit
             .map(|status| rate_limit_headers(status).to_vec())
             .unwrap_or_default();
-        let metadata = Struct {
+        let metadata = self.dynamic_metadata.then(|| Struct {
             fields: HashMap::from([
                 ("key_id".to_owned(), string_value(key.id.as_str())),
                 (
@@ -242,7 +246,7 @@ impl Responses {
                 ),
                 ("scopes".to_owned(), string_value(&scopes_header)),
             ]),
-        };
+        });
         ok_response(
             OkHttpResponse {
                 headers,
@@ -251,7 +255,7 @@ impl Responses {
                 response_headers_to_add,
                 ..Default::default()
             },
-            Some(metadata),
+            metadata,
         )
     }
 

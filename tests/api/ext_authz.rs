@@ -925,6 +925,25 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
 }
 
 #[tokio::test]
+async fn dynamic_metadata_can_be_turned_off() {
+    let text = ROUTES.replace("[http]\n", "[http]\ndynamic_metadata = false\n");
+    let mut app = spawn_app_with(Db::Sqlite, config_from(&text))
+        .await
+        .unwrap();
+    let (key, secret) = app.create_key("acct_1", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    let response = envoy
+        .check(get("/api/v1/account").bearer(&secret).build())
+        .await;
+    assert_eq!(
+        upstream_headers(allowed(&response))["x-keyward-key-id"],
+        key.id
+    );
+    assert_eq!(response.dynamic_metadata, None);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn raw_header_encoding_reads_like_the_header_map() {
     let mut app = spawn_app_with(Db::Sqlite, config_from(ROUTES))
         .await

@@ -32,6 +32,7 @@ fn a_full_http_section_parses() {
         key_query_parameter = "api_key"
         error_style = "code_detail"
         strip_credential = false
+        dynamic_metadata = false
         unmatched_route = "any_key"
         trusted_proxy_hops = 2
         www_authenticate = 'Bearer realm="csboard"'
@@ -98,6 +99,7 @@ fn bad_http_values_name_the_key() {
             "http.strip_credential",
         ),
         ("[http]\nstrip_credentials = true", "http.strip_credentials"),
+        ("[http]\ndynamic_metadata = 1", "http.dynamic_metadata"),
         (
             "[http.identity_headers]\nkey_id = \"x-id\"\naccount_id = \"x-id\"",
             "http.identity_headers.account_id",

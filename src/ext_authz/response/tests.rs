@@ -6,6 +6,7 @@ fn responses(style: ErrorBodyStyle) -> Responses {
     Responses::new(
         style,
         IdentityHeaders::default(),
+        true,
         Some("Bearer".into()),
         &DenialCatalog::default(),
         &ScopeCatalog::carboncopy(),
