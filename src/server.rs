@@ -1,6 +1,6 @@
 //! Assembles keyward from its parts and runs it: storage, cache, event-log
-//! follower, usage flusher, the gRPC services (KeyService, health,
-//! reflection), and graceful shutdown.
+//! follower, usage flusher, the gRPC services (KeyService, Envoy's
+//! ext_authz Authorization, health, reflection), and graceful shutdown.
 //!
 //! Shutdown order: health goes NOT_SERVING, the gRPC server stops accepting
 //! and drains in-flight calls (up to the grace period), background tasks
@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,6 @@ use crate::rate_limits::KeyRateLimits;
 use crate::revocation_feed::{Freshness, RevocationFeed};
 use crate::storage::{self, KeyStore, PoolSettings, StoreError};
 use crate::usage::usage_channel;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Services whose health follows the replica's freshness.
 const HEALTH_SERVICES: [&str; 3] = ["", "keyward.v1.KeyService", ext_authz::SERVICE_NAME];

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::raw::RawHttp;
 use super::{ConfigError, denial_text};
 use crate::denial::{DenialCatalog, DenialText};
+use crate::ext_authz::response::ResponseSettings;
 use crate::ext_authz::{
     ErrorBodyStyle, IdentityHeaders, KeySources, Responses, RouteDefinition, RoutePolicy,
     UnmatchedRoute,
@@ -213,14 +214,16 @@ impl HttpSettings {
         })?;
 
         let responses = Responses::new(
-            style,
-            identity,
-            raw.dynamic_metadata.unwrap_or(true),
-            www_authenticate,
+            ResponseSettings {
+                style,
+                identity,
+                dynamic_metadata: raw.dynamic_metadata.unwrap_or(true),
+                www_authenticate,
+                unmatched_route: unmatched_route_denial,
+                malformed_request: malformed_request_denial,
+            },
             denials,
             catalog,
-            unmatched_route_denial,
-            malformed_request_denial,
         );
         Ok(Self {
             key_sources,

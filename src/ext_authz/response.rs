@@ -152,17 +152,34 @@ pub struct Responses {
 
 const CONTENT_TYPE_JSON: &str = "application/json";
 
+/// The validated `[http]` values that shape responses.
+#[derive(Debug, Clone)]
+pub struct ResponseSettings {
+    pub style: ErrorBodyStyle,
+    pub identity: IdentityHeaders,
+    pub dynamic_metadata: bool,
+    /// The challenge on 401s; `None` sends none.
+    pub www_authenticate: Option<String>,
+    pub unmatched_route: DenialText,
+    pub malformed_request: DenialText,
+}
+
 impl Responses {
+    /// Renders every fixed body once, from the settings, the product's
+    /// denial texts and its scope catalog.
     pub fn new(
-        style: ErrorBodyStyle,
-        identity: IdentityHeaders,
-        dynamic_metadata: bool,
-        www_authenticate: Option<String>,
+        settings: ResponseSettings,
         denials: &DenialCatalog,
         catalog: &ScopeCatalog,
-        unmatched_route: DenialText,
-        malformed_request: DenialText,
     ) -> Self {
+        let ResponseSettings {
+            style,
+            identity,
+            dynamic_metadata,
+            www_authenticate,
+            unmatched_route,
+            malformed_request,
+        } = settings;
         let reason_bodies = Reason::ALL
             .iter()
             .map(|&reason| {

@@ -4,14 +4,20 @@ use super::*;
 
 fn responses(style: ErrorBodyStyle) -> Responses {
     Responses::new(
-        style,
-        IdentityHeaders::default(),
-        true,
-        Some("Bearer".into()),
+        ResponseSettings {
+            style,
+            identity: IdentityHeaders::default(),
+            dynamic_metadata: true,
+            www_authenticate: Some("Bearer".into()),
+            unmatched_route: DenialText::new("not_found", "No such endpoint.", 404),
+            malformed_request: DenialText::new(
+                "bad_request",
+                "The request could not be read.",
+                400,
+            ),
+        },
         &DenialCatalog::default(),
         &ScopeCatalog::carboncopy(),
-        DenialText::new("not_found", "No such endpoint.", 404),
-        DenialText::new("bad_request", "The request could not be read.", 400),
     )
 }
 
