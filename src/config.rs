@@ -21,7 +21,10 @@ use crate::revocation_feed::FeedSettings;
 use crate::scope_catalog::{PresetDefinition, ScopeCatalog, ScopeDefinition, ScopeDenialText};
 
 mod auth;
+mod http;
 mod raw;
+
+pub use http::HttpSettings;
 
 use raw::{RawConfig, RawDenialText};
 
@@ -56,6 +59,8 @@ pub struct Config {
     pub last_used_flush_interval: Duration,
     /// Who may call which RPC (`[auth]`).
     pub auth: AccessSettings,
+    /// `[http]`: the Envoy ext_authz surface.
+    pub http: HttpSettings,
 }
 
 /// Server settings as the file gives them (each may be overridden).
@@ -443,6 +448,7 @@ impl Config {
         .map_err(|r| fail("last_used.flush_interval_seconds", r))?;
 
         let auth = auth::access_settings(raw.auth, &|key: &str, reason| fail(key, reason))?;
+        let http = HttpSettings::from_raw(raw.http, file, &key_format, &catalog, &denials)?;
 
         Ok(Self {
             source: None,
@@ -457,6 +463,7 @@ impl Config {
             bans,
             last_used_flush_interval,
             auth,
+            http,
         })
     }
 

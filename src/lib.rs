@@ -10,6 +10,7 @@ pub mod config;
 pub mod config_report;
 pub mod denial;
 pub mod domain;
+pub mod ext_authz;
 pub mod failed_auth_bans;
 pub mod key_cache;
 pub mod key_format;

@@ -14,3 +14,9 @@ pub use keyward::v1::*;
 /// The encoded file descriptor set of `proto/`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/keyward_descriptor.bin"));
+
+/// The encoded file descriptor set of Envoy's `envoy.service.auth.v3`
+/// (compiled by `build.rs` from the protos inside the `envoy-types` crate),
+/// served by reflection. Empty when the build could not find them.
+pub const ENVOY_EXT_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));

@@ -130,7 +130,9 @@ pub struct ScopeCatalog {
     alphabetical: Vec<usize>,
 }
 
-fn valid_scope_name(name: &str) -> bool {
+/// Whether `name` is well-formed as a scope name (whether or not it is in a
+/// catalog).
+pub fn valid_scope_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_SCOPE_NAME_LEN
         && name

@@ -1,8 +1,8 @@
 //! Assembles keyward from its parts and runs it: storage, cache, event-log
-//! follower, usage flusher, the gRPC services (KeyService, health,
-//! reflection) behind the request gate (access control, request ids,
-//! metrics), optional TLS (`server/tls.rs`), the optional `/metrics`
-//! listener, and graceful shutdown.
+//! follower, usage flusher, the gRPC services (KeyService, Envoy's ext_authz
+//! Authorization, health, reflection) behind the request gate (access
+//! control, request ids, metrics), optional TLS (`server/tls.rs`), the
+//! optional `/metrics` listener, and graceful shutdown.
 //!
 //! Startup refuses to serve management RPCs without credentials on a
 //! non-loopback address unless `insecure_open_management` is set.
@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -27,6 +28,7 @@ use crate::api::KeyServiceApi;
 use crate::api::request_gate::RequestGateLayer;
 use crate::authenticator::Authenticator;
 use crate::config::Config;
+use crate::ext_authz::{self, ExtAuthzApi};
 use crate::failed_auth_bans::FailedAuthBans;
 use crate::key_cache::KeyCache;
 use crate::key_management::KeyManager;
@@ -42,7 +44,7 @@ use crate::usage::usage_channel;
 pub mod tls;
 
 /// Services whose health follows the replica's freshness.
-const HEALTH_SERVICES: [&str; 2] = ["", "keyward.v1.KeyService"];
+const HEALTH_SERVICES: [&str; 3] = ["", "keyward.v1.KeyService", ext_authz::SERVICE_NAME];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -283,6 +285,8 @@ async fn run(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Empty when build.rs could not find Envoy's protos.
+            .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -291,6 +295,16 @@ async fn run(
         Arc::clone(&authenticator),
         Arc::clone(&manager),
         Arc::clone(&feed),
+    ));
+
+    if config.http.routes.is_empty()
+        && config.http.unmatched_route == ext_authz::UnmatchedRoute::Deny
+    {
+        tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
+    }
+    let ext_authz_service = AuthorizationServer::new(ExtAuthzApi::new(
+        Arc::clone(&authenticator),
+        config.http.clone(),
     ));
 
     let grace = config.server.shutdown_grace;
@@ -324,7 +338,15 @@ async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(key_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+        .add_service(ext_authz_service)
+        // TCP_NODELAY set on the accepted sockets themselves: the builder's
+        // `tcp_nodelay` is ignored for a caller-supplied listener, and
+        // without it Nagle's algorithm held ext_authz Check replies for a
+        // delayed ACK (about 40 ms each).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown_signal,
+        );
 
     // Stop waiting for in-flight calls after the grace period.
     let result = tokio::select! {

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub bans: RawBans,
     pub last_used: RawLastUsed,
     pub auth: RawAuth,
+    pub http: RawHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +142,39 @@ pub struct RawAuth {
     pub jwt: Option<RawJwt>,
 }
 
+/// `[http]`: the Envoy ext_authz surface (validated in `config/http.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub authorization_header: Option<bool>,
+    pub key_header: Option<String>,
+    pub key_query_parameter: Option<String>,
+    pub error_style: Option<String>,
+    pub identity_headers: RawIdentityHeaders,
+    pub strip_credential: Option<bool>,
+    pub dynamic_metadata: Option<bool>,
+    pub unmatched_route: Option<String>,
+    pub trusted_proxy_hops: Option<u32>,
+    pub www_authenticate: Option<String>,
+    pub denials: RawHttpDenials,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentityHeaders {
+    pub key_id: Option<String>,
+    pub account_id: Option<String>,
+    pub scopes: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttpDenials {
+    pub unmatched_route: Option<RawDenialText>,
+    pub malformed_request: Option<RawDenialText>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServiceToken {
@@ -160,4 +194,14 @@ pub struct RawJwt {
     pub subject_claim: Option<String>,
     pub leeway_seconds: Option<u64>,
     pub rpcs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub methods: Vec<String>,
+    pub path: String,
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub public: bool,
 }

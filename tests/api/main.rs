@@ -7,6 +7,7 @@ mod helpers;
 mod abuse;
 mod authenticate;
 mod config_checks;
+mod ext_authz;
 mod management;
 mod management_auth;
 mod metrics;

@@ -1,0 +1,214 @@
+//! `envoy.service.auth.v3.Authorization/Check`: keyward as Envoy's external
+//! authorization server. Each Check reads the HTTP request Envoy describes,
+//! finds its route in the policy (`route_policy`), reads the key and the
+//! client address (`request`), asks the same hot path as Authenticate
+//! ([`Authenticator`]), and answers with an OK or denied HTTP response
+//! (`response`).
+//!
+//! **Every answer is `Ok(CheckResponse)`.** A denial, including a request
+//! keyward cannot read (no HTTP attributes, an ambiguous path), is a denied
+//! HTTP response with the product's status and body, never a gRPC error:
+//! Envoy turns gRPC errors into its own bare 403 (or, with
+//! `failure_mode_allow`, lets the request through), which would hide the
+//! product's error body. gRPC errors are left to tonic for calls that are
+//! not a CheckRequest at all.
+//!
+//! The credential is never logged; denials are logged at debug level with
+//! the reason, the route index and the key id.
+
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
+use tonic::{Request, Response, Status};
+
+use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
+use crate::config::HttpSettings;
+use crate::denial::Reason;
+use crate::scope_catalog::ScopeIndex;
+
+pub mod request;
+pub mod response;
+pub mod route_policy;
+
+pub use request::KeySources;
+pub use response::{ErrorBodyStyle, IdentityHeaders, Responses};
+pub use route_policy::{RouteDefinition, RoutePolicy};
+
+use request::{FoundKey, RequestHeaders};
+use response::{CredentialRemoval, PolicyDenial};
+use route_policy::{Access, MalformedRequest, RequestTarget, ResolvedScope};
+
+/// The fully-qualified service name, for health and logs.
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+
+/// What happens to a request that no route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmatchedRoute {
+    /// Denied with `http.denials.unmatched_route` (404 by default).
+    Deny,
+    /// Allowed with any valid key, no particular scope.
+    AnyKey,
+    /// Allowed without a key.
+    Public,
+}
+
+impl UnmatchedRoute {
+    pub const NAMES: &'static str = "deny, any_key, public";
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "deny" => Some(Self::Deny),
+            "any_key" => Some(Self::AnyKey),
+            "public" => Some(Self::Public),
+            _ => None,
+        }
+    }
+}
+
+/// The Authorization service.
+pub struct ExtAuthzApi {
+    authenticator: Arc<Authenticator>,
+    settings: HttpSettings,
+}
+
+impl ExtAuthzApi {
+    pub fn new(authenticator: Arc<Authenticator>, settings: HttpSettings) -> Self {
+        Self {
+            authenticator,
+            settings,
+        }
+    }
+
+    async fn decide(&self, check: &CheckRequest) -> CheckResponse {
+        let responses = &self.settings.responses;
+        let Some(attributes) = check.attributes.as_ref() else {
+            return self.refuse_malformed(MalformedRequest::NoHttpAttributes);
+        };
+        let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
+            return self.refuse_malformed(MalformedRequest::NoHttpAttributes);
+        };
+        let target = match RequestTarget::parse(&http.path) {
+            Ok(target) => target,
+            Err(problem) => return self.refuse_malformed(problem),
+        };
+        let headers = RequestHeaders::of(http);
+        let sources = &self.settings.key_sources;
+
+        let matched = self.settings.routes.find(&http.method, &target);
+        let access = match (&matched, self.settings.unmatched_route) {
+            (Some(matched), _) => matched.access,
+            (None, UnmatchedRoute::Deny) => {
+                tracing::debug!(rpc = "Check", reason = "unmatched_route", method = %http.method, "denied");
+                return responses.deny_policy(PolicyDenial::UnmatchedRoute);
+            }
+            (None, UnmatchedRoute::AnyKey) => &Access::ANY_KEY,
+            (None, UnmatchedRoute::Public) => &Access::Public,
+        };
+        let (fixed, templates) = match access {
+            Access::Public => {
+                let strip = if self.settings.strip_credential {
+                    sources.carrying_keys(&headers, &target, &self.authenticator.key_format)
+                } else {
+                    CredentialRemoval::default()
+                };
+                return responses.allow_public(strip);
+            }
+            Access::Scopes { fixed, templates } => (fixed, templates),
+        };
+
+        // Templated scopes, filled in from this request.
+        let catalog = &self.authenticator.catalog;
+        let mut filled: Vec<ScopeIndex> = Vec::new();
+        let mut unknown_scope = None;
+        if let Some(matched) = &matched {
+            for template in templates {
+                match matched.resolve(template, &target, catalog) {
+                    Ok(ResolvedScope::Known(index)) => filled.push(index),
+                    Ok(ResolvedScope::Unknown(name)) => {
+                        unknown_scope.get_or_insert(name);
+                    }
+                    Err(problem) => return self.refuse_malformed(problem),
+                }
+            }
+        }
+        let required: &[ScopeIndex] = if filled.is_empty() {
+            fixed
+        } else {
+            filled.extend_from_slice(fixed);
+            &filled
+        };
+
+        let found = match sources.find(&headers, &target) {
+            Ok(found) => found,
+            Err(problem) => return self.refuse_malformed(problem),
+        };
+        let key = match &found {
+            FoundKey::Authorization(value) => PresentedKey::Credential(value),
+            FoundKey::Bare(value) => PresentedKey::BareKey(value),
+            FoundKey::None => PresentedKey::Credential(""),
+        };
+        let client =
+            request::client_address(attributes, &headers, self.settings.trusted_proxy_hops);
+        let verdict = self
+            .authenticator
+            .authenticate(Presented {
+                surface: Surface::ExtAuthzCheck,
+                key,
+                required,
+                client,
+            })
+            .await;
+        let route = matched.as_ref().map(|m| m.index);
+        let key_id = verdict.key.as_ref().map(|k| k.id.as_str());
+        if let Some(denial) = &verdict.denial {
+            tracing::debug!(
+                rpc = "Check",
+                reason = denial.reason.as_str(),
+                route,
+                key_id,
+                "denied"
+            );
+            return responses.deny(denial, verdict.rate_limit);
+        }
+        let Some(key) = verdict.key.as_deref() else {
+            // The hot path always names the key it allowed; fail closed if not.
+            tracing::error!(rpc = "Check", "an allowed verdict named no key; denying");
+            let unavailable = self.authenticator.denials.deny(Reason::Unavailable);
+            return responses.deny(&unavailable, None);
+        };
+        if let Some(scope) = unknown_scope {
+            tracing::debug!(
+                rpc = "Check",
+                reason = "unknown_templated_scope",
+                route,
+                key_id,
+                "denied"
+            );
+            return responses.deny_unknown_scope(&scope);
+        }
+        let removal = if self.settings.strip_credential {
+            sources.present(&headers, &target)
+        } else {
+            CredentialRemoval::default()
+        };
+        responses.allow(key, catalog, verdict.rate_limit, removal)
+    }
+
+    fn refuse_malformed(&self, problem: MalformedRequest) -> CheckResponse {
+        tracing::debug!(rpc = "Check", reason = "malformed_request", %problem, "denied");
+        self.settings
+            .responses
+            .deny_policy(PolicyDenial::MalformedRequest)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzApi {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let check = request.into_inner();
+        Ok(Response::new(self.decide(&check).await))
+    }
+}

@@ -1,0 +1,235 @@
+//! Reading what Envoy sends about the HTTP request: its headers (the
+//! lower-case `headers` map, or `header_map` when Envoy is configured with
+//! `encode_raw_headers`), where the key is, and the client's address (the
+//! peer address, or an `x-forwarded-for` entry chosen by the number of
+//! trusted proxy hops).
+//!
+//! Nothing here logs or keeps the credential; it is only borrowed for the
+//! hot path.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use envoy_types::ext_authz::v3::pb::{Address, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+
+use super::response::CredentialRemoval;
+use super::route_policy::{MalformedRequest, RequestTarget};
+use crate::key_format::{CredentialProblem, KeyFormat};
+
+/// Where keys are read from, in this order; the first source present wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySources {
+    /// `authorization: <scheme> <key>` with the schemes of `keys.schemes`.
+    pub authorization_header: bool,
+    /// A header holding the bare key, e.g. `x-api-key` (lower case).
+    pub header: Option<String>,
+    /// A query parameter holding the bare key, e.g. `api_key`.
+    pub query_parameter: Option<String>,
+}
+
+impl Default for KeySources {
+    fn default() -> Self {
+        Self {
+            authorization_header: true,
+            header: None,
+            query_parameter: None,
+        }
+    }
+}
+
+const AUTHORIZATION: &str = "authorization";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The request's headers, whichever way Envoy encoded them.
+pub struct RequestHeaders<'a> {
+    map: &'a HashMap<String, String>,
+    raw: &'a [HeaderValue],
+}
+
+impl<'a> RequestHeaders<'a> {
+    pub fn of(http: &'a HttpRequest) -> Self {
+        Self {
+            map: &http.headers,
+            raw: http
+                .header_map
+                .as_ref()
+                .map_or(&[][..], |map| &map.headers[..]),
+        }
+    }
+
+    /// A header by lower-case name. Raw headers that repeat are joined with
+    /// `,` as Envoy does for the map, so both encodings read the same.
+    pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+        if let Some(value) = self.map.get(name) {
+            return Some(Cow::Borrowed(value));
+        }
+        let mut values = self
+            .raw
+            .iter()
+            .filter(|header| header.key.eq_ignore_ascii_case(name))
+            .map(|header| {
+                if header.raw_value.is_empty() {
+                    Cow::Borrowed(header.value.as_str())
+                } else {
+                    String::from_utf8_lossy(&header.raw_value)
+                }
+            });
+        let first = values.next()?;
+        Some(values.fold(first, |mut joined, next| {
+            let owned = joined.to_mut();
+            owned.push(',');
+            owned.push_str(&next);
+            joined
+        }))
+    }
+}
+
+/// The key a request presents, and where it was found.
+pub enum FoundKey<'a> {
+    /// The `authorization` header's value (scheme and key).
+    Authorization(Cow<'a, str>),
+    /// A bare key from the configured header or query parameter.
+    Bare(Cow<'a, str>),
+    None,
+}
+
+impl KeySources {
+    /// The first configured source the request carries.
+    pub fn find<'a>(
+        &self,
+        headers: &RequestHeaders<'a>,
+        target: &RequestTarget<'a>,
+    ) -> Result<FoundKey<'a>, MalformedRequest> {
+        if self.authorization_header
+            && let Some(value) = headers.get(AUTHORIZATION)
+        {
+            return Ok(FoundKey::Authorization(value));
+        }
+        if let Some(name) = &self.header
+            && let Some(value) = headers.get(name)
+        {
+            return Ok(FoundKey::Bare(value));
+        }
+        if let Some(name) = &self.query_parameter
+            && let Some(value) = target.query_parameter(name)?
+        {
+            return Ok(FoundKey::Bare(value));
+        }
+        Ok(FoundKey::None)
+    }
+
+    /// Every configured source the request carries (after an allow, none of
+    /// them goes upstream, not only the one that was used).
+    pub fn present(
+        &self,
+        headers: &RequestHeaders<'_>,
+        target: &RequestTarget<'_>,
+    ) -> CredentialRemoval {
+        self.select(headers, target, |_| true)
+    }
+
+    /// The sources that carry something in this product's key namespace
+    /// (a public route does not read keys, but must not pass one upstream;
+    /// a foreign credential such as a JWT for the upstream itself stays).
+    pub fn carrying_keys(
+        &self,
+        headers: &RequestHeaders<'_>,
+        target: &RequestTarget<'_>,
+        key_format: &KeyFormat,
+    ) -> CredentialRemoval {
+        self.select(headers, target, |source| match source {
+            Source::Authorization(value) => {
+                key_format.extract(value) != Err(CredentialProblem::Missing)
+            }
+            Source::Bare(value) => {
+                key_format.check_key(value.trim()) != Err(CredentialProblem::Missing)
+            }
+        })
+    }
+
+    fn select(
+        &self,
+        headers: &RequestHeaders<'_>,
+        target: &RequestTarget<'_>,
+        keep: impl Fn(Source<'_>) -> bool,
+    ) -> CredentialRemoval {
+        let mut removal = CredentialRemoval::default();
+        if self.authorization_header
+            && let Some(value) = headers.get(AUTHORIZATION)
+            && keep(Source::Authorization(&value))
+        {
+            removal.headers.push(AUTHORIZATION.to_owned());
+        }
+        if let Some(name) = &self.header
+            && let Some(value) = headers.get(name)
+            && keep(Source::Bare(&value))
+        {
+            removal.headers.push(name.clone());
+        }
+        // Only when present: asking Envoy to remove a query parameter makes
+        // it rebuild the query string, which should not happen needlessly.
+        if let Some(name) = &self.query_parameter
+            && target.has_query_parameter(name)
+        {
+            // A value that cannot be decoded cannot be a key; it goes anyway.
+            let carries_key = match target.query_parameter(name) {
+                Ok(Some(value)) => keep(Source::Bare(&value)),
+                _ => true,
+            };
+            if carries_key {
+                removal.query_parameters.push(name.clone());
+            }
+        }
+        removal
+    }
+}
+
+enum Source<'v> {
+    Authorization(&'v str),
+    Bare(&'v str),
+}
+
+/// The client's address: with `trusted_proxy_hops = 0`, the address of
+/// Envoy's peer; with N > 0, the N-th `x-forwarded-for` entry from the right
+/// (each trusted proxy appends the address it received the request from, so
+/// entries further left were written by the client and prove nothing). When
+/// the header has fewer entries, or that entry is not an address, the peer
+/// address is used: it is at least not client-chosen.
+pub fn client_address(
+    attributes: &AttributeContext,
+    headers: &RequestHeaders<'_>,
+    trusted_proxy_hops: u32,
+) -> Option<IpAddr> {
+    if trusted_proxy_hops > 0
+        && let Some(forwarded) = headers.get(X_FORWARDED_FOR)
+        && let Some(entry) = forwarded.rsplit(',').nth(trusted_proxy_hops as usize - 1)
+        && let Some(address) = parse_address(entry)
+    {
+        return Some(address);
+    }
+    let peer = attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?;
+    match peer {
+        Address::SocketAddress(socket) => parse_address(&socket.address),
+        _ => None,
+    }
+}
+
+/// `203.0.113.7`, `2001:db8::1`, or either with a port (`[2001:db8::1]:443`).
+fn parse_address(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+use envoy_types::ext_authz::v3::pb::Address;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+
+use super::*;
+
+fn http(headers: &[(&str, &str)]) -> HttpRequest {
+    HttpRequest {
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn attributes_from(peer: &str) -> AttributeContext {
+    AttributeContext {
+        source: Some(Peer {
+            address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                address: Some(Address::SocketAddress(SocketAddress {
+                    address: peer.into(),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ip(text: &str) -> Option<IpAddr> {
+    Some(text.parse().unwrap())
+}
+
+#[test]
+fn the_client_is_the_peer_unless_proxy_hops_are_trusted() {
+    let attributes = attributes_from("10.0.0.2");
+    let request = http(&[("x-forwarded-for", "1.1.1.1, 203.0.113.7, 10.0.0.1")]);
+    let headers = RequestHeaders::of(&request);
+    assert_eq!(client_address(&attributes, &headers, 0), ip("10.0.0.2"));
+    assert_eq!(client_address(&attributes, &headers, 1), ip("10.0.0.1"));
+    assert_eq!(client_address(&attributes, &headers, 2), ip("203.0.113.7"));
+    assert_eq!(client_address(&attributes, &headers, 3), ip("1.1.1.1"));
+    assert_eq!(
+        client_address(&attributes, &headers, 4),
+        ip("10.0.0.2"),
+        "fewer entries than trusted hops: the peer"
+    );
+
+    let garbage = http(&[("x-forwarded-for", "not-an-ip")]);
+    assert_eq!(
+        client_address(&attributes, &RequestHeaders::of(&garbage), 1),
+        ip("10.0.0.2")
+    );
+    let with_ports = http(&[("x-forwarded-for", "[2001:db8::1]:443,198.51.100.1:80")]);
+    let headers = RequestHeaders::of(&with_ports);
+    assert_eq!(client_address(&attributes, &headers, 1), ip("198.51.100.1"));
+    assert_eq!(client_address(&attributes, &headers, 2), ip("2001:db8::1"));
+
+    let none = http(&[]);
+    assert_eq!(
+        client_address(&AttributeContext::default(), &RequestHeaders::of(&none), 1),
+        None
+    );
+}
+
+#[test]
+fn raw_headers_read_like_the_map() {
+    let request = HttpRequest {
+        header_map: Some(HeaderMap {
+            headers: vec![
+                HeaderValue {
+                    key: "authorization".into(),
+                    value: String::new(),
+                    raw_value: b"Bearer a".to_vec(),
+                },
+                HeaderValue {
+                    key: "x-api-key".into(),
+                    value: "one".into(),
+                    raw_value: Vec::new(),
+                },
+                HeaderValue {
+                    key: "x-api-key".into(),
+                    value: String::new(),
+                    raw_value: b"two".to_vec(),
+                },
+            ],
+        }),
+        ..Default::default()
+    };
+    let headers = RequestHeaders::of(&request);
+    assert_eq!(headers.get("authorization").as_deref(), Some("Bearer a"));
+    assert_eq!(headers.get("x-api-key").as_deref(), Some("one,two"));
+    assert_eq!(headers.get("cookie"), None);
+}
+
+#[test]
+fn the_first_present_source_is_read_and_every_present_one_is_removed() {
+    let sources = KeySources {
+        authorization_header: true,
+        header: Some("x-api-key".into()),
+        query_parameter: Some("api_key".into()),
+    };
+    let request = http(&[("x-api-key", "cc_from_header")]);
+    let headers = RequestHeaders::of(&request);
+    let target = RequestTarget::parse("/a?api_key=cc_from_query").unwrap();
+    match sources.find(&headers, &target).unwrap() {
+        FoundKey::Bare(value) => assert_eq!(value, "cc_from_header"),
+        _ => panic!("expected the named header"),
+    }
+    let removal = sources.present(&headers, &target);
+    assert_eq!(removal.headers, ["x-api-key"]);
+    assert_eq!(removal.query_parameters, ["api_key"]);
+
+    let plain = RequestTarget::parse("/a?other=1").unwrap();
+    let nothing = http(&[]);
+    let no_headers = RequestHeaders::of(&nothing);
+    assert!(matches!(
+        sources.find(&no_headers, &plain).unwrap(),
+        FoundKey::None
+    ));
+    assert_eq!(
+        sources.present(&no_headers, &plain),
+        CredentialRemoval::default()
+    );
+}
+
+#[test]
+fn public_routes_strip_only_what_carries_the_key_prefix() {
+    let sources = KeySources {
+        authorization_header: true,
+        header: Some("x-api-key".into()),
+        query_parameter: Some("api_key".into()),
+    };
+    let format = KeyFormat::carboncopy();
+    let jwt = http(&[("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig")]);
+    let target = RequestTarget::parse("/a?api_key=cc_short").unwrap();
+    let removal = sources.carrying_keys(&RequestHeaders::of(&jwt), &target, &format);
+    assert!(removal.headers.is_empty(), "a JWT for the upstream stays");
+    assert_eq!(
+        removal.query_parameters,
+        ["api_key"],
+        "a malformed key goes"
+    );
+
+    let key = http(&[("authorization", "Bearer cc_abc"), ("x-api-key", "other")]);
+    let removal = sources.carrying_keys(
+        &RequestHeaders::of(&key),
+        &RequestTarget::parse("/a").unwrap(),
+        &format,
+    );
+    assert_eq!(removal.headers, ["authorization"]);
+}

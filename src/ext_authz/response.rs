@@ -1,0 +1,464 @@
+//! Building ext_authz answers: the OK response (identity headers and
+//! metadata for the upstream, credential and spoofed-header removal,
+//! rate-limit headers for the client) and the denied response (status,
+//! JSON body in the product's error style, `www-authenticate`,
+//! `retry-after`).
+//!
+//! Everything that does not depend on the request is rendered once, when the
+//! config is loaded: the JSON body of every denial text and of every scope's
+//! insufficient-scope denial, and the header names. A request then copies
+//! strings; it formats only numbers and the rare unknown templated scope.
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::{
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+use serde::Serialize;
+
+use crate::denial::{Denial, DenialCatalog, DenialText, Reason};
+use crate::key_cache::CachedKey;
+use crate::rate_limits::RateLimitStatus;
+use crate::scope_catalog::ScopeCatalog;
+
+/// The JSON shape of a denied response's body, as the seeds document them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorBodyStyle {
+    /// `{"error":{"code":"...","message":"..."}}` (Carboncopy, seeds 000/001).
+    ErrorObject,
+    /// `{"error":{"code","message","details":{"required_scope"}}}` (seed 003);
+    /// `details` only on insufficient-scope denials.
+    ErrorObjectWithDetails,
+    /// `{"code":"...","detail":"..."}` (CSBoard, seed 004).
+    CodeDetail,
+}
+
+impl ErrorBodyStyle {
+    pub const NAMES: &'static str = "error_object, error_object_with_details, code_detail";
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "error_object" => Some(Self::ErrorObject),
+            "error_object_with_details" => Some(Self::ErrorObjectWithDetails),
+            "code_detail" => Some(Self::CodeDetail),
+            _ => None,
+        }
+    }
+
+    /// The body for a code, a message and (for insufficient scope) the
+    /// scope that was missing. Every string is JSON-escaped by serde_json.
+    pub fn render(self, code: &str, message: &str, required_scope: Option<&str>) -> String {
+        #[derive(Serialize)]
+        struct Details<'a> {
+            required_scope: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Error<'a> {
+            code: &'a str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            details: Option<Details<'a>>,
+        }
+        #[derive(Serialize)]
+        struct ErrorObject<'a> {
+            error: Error<'a>,
+        }
+        #[derive(Serialize)]
+        struct CodeDetail<'a> {
+            code: &'a str,
+            detail: &'a str,
+        }
+        let rendered = match self {
+            Self::ErrorObject => serde_json::to_string(&ErrorObject {
+                error: Error {
+                    code,
+                    message,
+                    details: None,
+                },
+            }),
+            Self::ErrorObjectWithDetails => serde_json::to_string(&ErrorObject {
+                error: Error {
+                    code,
+                    message,
+                    details: required_scope.map(|required_scope| Details { required_scope }),
+                },
+            }),
+            Self::CodeDetail => serde_json::to_string(&CodeDetail {
+                code,
+                detail: message,
+            }),
+        };
+        rendered.expect("serializing strings to JSON cannot fail")
+    }
+}
+
+/// Header names and fixed values of the responses, validated by the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub key_id: String,
+    pub account_id: String,
+    pub scopes: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            key_id: "x-keyward-key-id".into(),
+            account_id: "x-keyward-account-id".into(),
+            scopes: "x-keyward-scopes".into(),
+        }
+    }
+}
+
+/// A denial the route policy decides before any key is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDenial {
+    /// No route matched and `unmatched_route = "deny"`.
+    UnmatchedRoute,
+    /// The path or a query parameter keyward reads could not be read
+    /// unambiguously, or the check carried no HTTP request.
+    MalformedRequest,
+}
+
+/// Where a credential was found, so that an allowed request can drop it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CredentialRemoval {
+    /// Request headers to remove before the request goes upstream.
+    pub headers: Vec<String>,
+    /// Query parameters to remove (names exactly as the request has them).
+    pub query_parameters: Vec<String>,
+}
+
+/// Builds every CheckResponse keyward sends. Created once per config.
+#[derive(Debug)]
+pub struct Responses {
+    style: ErrorBodyStyle,
+    identity: IdentityHeaders,
+    /// Also hand the identity to later Envoy filters as dynamic metadata.
+    dynamic_metadata: bool,
+    www_authenticate: Option<String>,
+    /// Body per [`Reason`], by position in [`Reason::ALL`].
+    reason_bodies: Vec<String>,
+    /// Insufficient-scope body per catalog scope (its own denial text when
+    /// it has one, and its name as `required_scope` in the details style).
+    scope_bodies: HashMap<String, String>,
+    insufficient_scope: DenialText,
+    unmatched_route: (DenialText, String),
+    malformed_request: (DenialText, String),
+}
+
+const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// The validated `[http]` values that shape responses.
+#[derive(Debug, Clone)]
+pub struct ResponseSettings {
+    pub style: ErrorBodyStyle,
+    pub identity: IdentityHeaders,
+    pub dynamic_metadata: bool,
+    /// The challenge on 401s; `None` sends none.
+    pub www_authenticate: Option<String>,
+    pub unmatched_route: DenialText,
+    pub malformed_request: DenialText,
+}
+
+impl Responses {
+    /// Renders every fixed body once, from the settings, the product's
+    /// denial texts and its scope catalog.
+    pub fn new(
+        settings: ResponseSettings,
+        denials: &DenialCatalog,
+        catalog: &ScopeCatalog,
+    ) -> Self {
+        let ResponseSettings {
+            style,
+            identity,
+            dynamic_metadata,
+            www_authenticate,
+            unmatched_route,
+            malformed_request,
+        } = settings;
+        let reason_bodies = Reason::ALL
+            .iter()
+            .map(|&reason| {
+                let text = denials.text(reason);
+                style.render(&text.code, &text.message, None)
+            })
+            .collect();
+        let scope_bodies = catalog
+            .definitions()
+            .iter()
+            .map(|scope| {
+                let (code, message) = match &scope.denial {
+                    Some(own) => (own.code.as_str(), own.message.as_str()),
+                    None => (
+                        &*denials.insufficient_scope.code,
+                        &*denials.insufficient_scope.message,
+                    ),
+                };
+                let body = style.render(code, message, Some(&scope.name));
+                (scope.name.clone(), body)
+            })
+            .collect();
+        let render = |text: DenialText| {
+            let body = style.render(&text.code, &text.message, None);
+            (text, body)
+        };
+        Self {
+            style,
+            identity,
+            dynamic_metadata,
+            www_authenticate,
+            reason_bodies,
+            scope_bodies,
+            insufficient_scope: denials.insufficient_scope.clone(),
+            unmatched_route: render(unmatched_route),
+            malformed_request: render(malformed_request),
+        }
+    }
+
+    pub fn style(&self) -> ErrorBodyStyle {
+        self.style
+    }
+
+    pub fn identity_headers(&self) -> &IdentityHeaders {
+        &self.identity
+    }
+
+    /// Allowed with a key: identity headers set (overwriting whatever the
+    /// client sent under those names), the same values as dynamic metadata
+    /// (strings; the scopes space-separated as in the header, which costs a
+    /// third less to encode and decode than a list), the credential removed,
+    /// rate-limit headers for the client.
+    pub fn allow(
+        &self,
+        key: &CachedKey,
+        catalog: &ScopeCatalog,
+        rate_limit: Option<RateLimitStatus>,
+        credential: CredentialRemoval,
+    ) -> CheckResponse {
+        let mut scopes_header = String::with_capacity(64);
+        for name in catalog.names(key.effective) {
+            if !scopes_header.is_empty() {
+                scopes_header.push(' ');
+            }
+            scopes_header.push_str(name);
+        }
+        let headers = vec![
+            header(&self.identity.key_id, key.id.as_str()),
+            header(&self.identity.account_id, key.account_id.as_str()),
+            header(&self.identity.scopes, &scopes_header),
+        ];
+        let response_headers_to_add = rate_limit
+            .map(|status| rate_limit_headers(status).to_vec())
+            .unwrap_or_default();
+        let metadata = self.dynamic_metadata.then(|| Struct {
+            fields: HashMap::from([
+                ("key_id".to_owned(), string_value(key.id.as_str())),
+                (
+                    "account_id".to_owned(),
+                    string_value(key.account_id.as_str()),
+                ),
+                ("scopes".to_owned(), string_value(&scopes_header)),
+            ]),
+        });
+        ok_response(
+            OkHttpResponse {
+                headers,
+                headers_to_remove: credential.headers,
+                query_parameters_to_remove: credential.query_parameters,
+                response_headers_to_add,
+                ..Default::default()
+            },
+            metadata,
+        )
+    }
+
+    /// Allowed without a key (a public route): identity headers the client
+    /// sent are removed, so the upstream can trust that they come from
+    /// keyward; `strip` removes what looked like a keyward key.
+    pub fn allow_public(&self, strip: CredentialRemoval) -> CheckResponse {
+        let mut headers_to_remove = Vec::with_capacity(3 + strip.headers.len());
+        headers_to_remove.extend([
+            self.identity.key_id.clone(),
+            self.identity.account_id.clone(),
+            self.identity.scopes.clone(),
+        ]);
+        headers_to_remove.extend(strip.headers);
+        ok_response(
+            OkHttpResponse {
+                headers_to_remove,
+                query_parameters_to_remove: strip.query_parameters,
+                ..Default::default()
+            },
+            None,
+        )
+    }
+
+    /// A denial decided by the hot path; `rate_limit` adds the
+    /// `x-ratelimit-*` headers (a 429 carries them).
+    pub fn deny(&self, denial: &Denial, rate_limit: Option<RateLimitStatus>) -> CheckResponse {
+        let body = match (&denial.required_scope, denial.reason) {
+            (Some(scope), Reason::InsufficientScope) => match self.scope_bodies.get(scope) {
+                Some(body) => body.clone(),
+                None => self
+                    .style
+                    .render(&denial.code, &denial.message, Some(scope)),
+            },
+            (_, reason) => self.reason_bodies[reason_position(reason)].clone(),
+        };
+        let mut headers = self.denial_headers(denial.http_status);
+        let retry_after = matches!(
+            denial.reason,
+            Reason::RateLimited | Reason::TooManyFailedAttempts
+        );
+        if retry_after {
+            headers.push(header(
+                "retry-after",
+                &whole_seconds_rounded_up(denial.retry_after_ms).to_string(),
+            ));
+        }
+        if let Some(status) = rate_limit {
+            headers.extend(rate_limit_headers(status));
+        }
+        denied_response(denial.http_status, headers, body, denial.reason.as_str())
+    }
+
+    /// The key is fine, but a templated scope filled in to a scope that is
+    /// not in the catalog, so no key can hold it: 403 naming that scope.
+    pub fn deny_unknown_scope(&self, required_scope: &str) -> CheckResponse {
+        let text = &self.insufficient_scope;
+        let body = self
+            .style
+            .render(&text.code, &text.message, Some(required_scope));
+        denied_response(
+            text.http_status,
+            self.denial_headers(text.http_status),
+            body,
+            Reason::InsufficientScope.as_str(),
+        )
+    }
+
+    /// A denial decided by the route policy.
+    pub fn deny_policy(&self, denial: PolicyDenial) -> CheckResponse {
+        let ((text, body), reason) = match denial {
+            PolicyDenial::UnmatchedRoute => (&self.unmatched_route, "unmatched_route"),
+            PolicyDenial::MalformedRequest => (&self.malformed_request, "malformed_request"),
+        };
+        denied_response(
+            text.http_status,
+            self.denial_headers(text.http_status),
+            body.clone(),
+            reason,
+        )
+    }
+
+    fn denial_headers(&self, http_status: u16) -> Vec<HeaderValueOption> {
+        let mut headers = Vec::with_capacity(6);
+        headers.push(header("content-type", CONTENT_TYPE_JSON));
+        if http_status == 401
+            && let Some(challenge) = &self.www_authenticate
+        {
+            headers.push(header("www-authenticate", challenge));
+        }
+        headers
+    }
+}
+
+fn reason_position(reason: Reason) -> usize {
+    Reason::ALL
+        .iter()
+        .position(|&known| known == reason)
+        .expect("Reason::ALL lists every reason")
+}
+
+/// `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset`
+/// (seconds until the full budget is back, rounded up).
+fn rate_limit_headers(status: RateLimitStatus) -> [HeaderValueOption; 3] {
+    [
+        header("x-ratelimit-limit", &status.limit.to_string()),
+        header("x-ratelimit-remaining", &status.remaining.to_string()),
+        header(
+            "x-ratelimit-reset",
+            &whole_seconds_rounded_up(u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX))
+                .to_string(),
+        ),
+    ]
+}
+
+/// Seconds for `retry-after` and `x-ratelimit-reset`: rounded up, so a
+/// client that waits that long is never early; at least 1 for a wait.
+pub fn whole_seconds_rounded_up(millis: u64) -> u64 {
+    millis.div_ceil(1000)
+}
+
+/// A header that replaces any header of that name (Envoy's default for an
+/// unset `append_action` appends instead, which would let a client's
+/// spoofed identity header survive next to keyward's).
+fn header(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(text: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
+    }
+}
+
+fn ok_response(ok: OkHttpResponse, metadata: Option<Struct>) -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: tonic::Code::Ok as i32,
+            message: String::new(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: metadata,
+        http_response: Some(HttpResponse::OkResponse(ok)),
+    }
+}
+
+/// A denied response. The gRPC-level status inside it is what Envoy's
+/// network filter and logs see; the HTTP client sees `http_status`.
+fn denied_response(
+    http_status: u16,
+    headers: Vec<HeaderValueOption>,
+    body: String,
+    reason: &str,
+) -> CheckResponse {
+    let code = match http_status {
+        400 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        404 => tonic::Code::NotFound,
+        429 => tonic::Code::ResourceExhausted,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::PermissionDenied,
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code as i32,
+            message: reason.to_owned(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(http_status),
+            }),
+            headers,
+            body,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1218 @@
+//! Envoy ext_authz: `envoy.service.auth.v3.Authorization/Check` against the
+//! real server, with CheckRequests built the way Envoy builds them (the
+//! lower-case header map including pseudo-headers, the request target with
+//! its query string, the method, the peer address).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{
+    Address, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpResponse,
+    OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::google::protobuf::value::Kind;
+use keyward::config::Config;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::helpers::{Db, TestApp, spawn_app_with, test_config};
+use crate::on_both_databases;
+
+mod envoy_example;
+
+on_both_databases!(
+    an_allowed_request_carries_identity_and_loses_its_credential,
+    revoked_and_unknown_keys_are_denied_alike,
+    failed_keys_through_ext_authz_ban_the_address,
+    rate_limits_through_ext_authz_answer_429,
+);
+
+/// Routes for most tests: Carboncopy's shape plus CryptoRobot-style
+/// templates, and a public health check.
+const ROUTES: &str = r#"
+    [http]
+    key_header = "x-api-key"
+    key_query_parameter = "api_key"
+    www_authenticate = 'Bearer realm="test"'
+
+    [[http.routes]]
+    methods = ["GET"]
+    path = "/v1/health"
+    public = true
+
+    [[http.routes]]
+    methods = ["GET"]
+    path = "/api/v1/portfolio..."
+    scopes = ["portfolio:read"]
+
+    [[http.routes]]
+    methods = ["POST", "PUT", "PATCH", "DELETE"]
+    path = "/api/v1/traders..."
+    scopes = ["traders:write"]
+
+    [[http.routes]]
+    methods = ["GET"]
+    path = "/api/v1/traders..."
+    scopes = ["traders:read"]
+
+    [[http.routes]]
+    methods = ["GET"]
+    path = "/restricted"
+    scopes = ["{query.resource}:read"]
+
+    [[http.routes]]
+    methods = ["GET"]
+    path = "/v2/{resource}..."
+    scopes = ["{path.resource}:read"]
+
+    [[http.routes]]
+    methods = ["GET"]
+    path = "/api/v1/account..."
+    scopes = ["account:read"]
+"#;
+
+/// A config from TOML text, with the test harness's short intervals.
+pub fn config_from(text: &str) -> Config {
+    let mut config = Config::parse(text, "test.toml").expect("test config is valid");
+    let harness = test_config();
+    config.feed = harness.feed;
+    config.last_used_flush_interval = harness.last_used_flush_interval;
+    config.server.shutdown_grace = harness.server.shutdown_grace;
+    config
+}
+
+/// Plays Envoy's ext_authz filter.
+pub struct Envoy {
+    client: AuthorizationClient<Channel>,
+}
+
+impl Envoy {
+    pub fn of(app: &TestApp) -> Self {
+        Self {
+            client: AuthorizationClient::new(app.channel.clone()),
+        }
+    }
+
+    pub async fn check(&mut self, request: CheckRequest) -> CheckResponse {
+        self.client
+            .check(request)
+            .await
+            .expect("Check answers every request with a CheckResponse")
+            .into_inner()
+    }
+}
+
+/// An HTTP request as Envoy describes it in a CheckRequest.
+pub struct HttpCall {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    peer: String,
+}
+
+/// `GET /path` from 192.0.2.10.
+pub fn get(target: &str) -> HttpCall {
+    call("GET", target)
+}
+
+pub fn call(method: &str, target: &str) -> HttpCall {
+    HttpCall {
+        method: method.into(),
+        target: target.into(),
+        headers: Vec::new(),
+        peer: "192.0.2.10".into(),
+    }
+}
+
+impl HttpCall {
+    /// Adds a header; Envoy lower-cases names.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    pub fn bearer(self, secret: &str) -> Self {
+        self.header("Authorization", &format!("Bearer {secret}"))
+    }
+
+    pub fn sent_by_peer(mut self, address: &str) -> Self {
+        self.peer = address.into();
+        self
+    }
+
+    pub fn build(self) -> CheckRequest {
+        let mut headers: HashMap<String, String> = HashMap::from([
+            (":authority".into(), "api.example.com".into()),
+            (":method".into(), self.method.clone()),
+            (":path".into(), self.target.clone()),
+            (":scheme".into(), "http".into()),
+            ("user-agent".into(), "curl/8.5.0".into()),
+            ("accept".into(), "*/*".into()),
+            ("x-forwarded-proto".into(), "http".into()),
+            (
+                "x-request-id".into(),
+                "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
+            ),
+        ]);
+        for (name, value) in self.headers {
+            // Envoy merges repeated headers with a comma.
+            headers
+                .entry(name)
+                .and_modify(|existing| {
+                    existing.push(',');
+                    existing.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        let socket = |address: &str, port| core::Address {
+            address: Some(Address::SocketAddress(SocketAddress {
+                address: address.into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    address: Some(socket(&self.peer, 51_234)),
+                    ..Default::default()
+                }),
+                destination: Some(Peer {
+                    address: Some(socket("10.0.0.5", 8080)),
+                    ..Default::default()
+                }),
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        id: "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
+                        method: self.method,
+                        headers,
+                        path: self.target,
+                        host: "api.example.com".into(),
+                        scheme: "http".into(),
+                        protocol: "HTTP/1.1".into(),
+                        size: -1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// The OK part of an allowed response (and checks the gRPC status is OK).
+#[track_caller]
+pub fn allowed(response: &CheckResponse) -> &OkHttpResponse {
+    assert_eq!(
+        response.status.as_ref().map(|s| s.code),
+        Some(0),
+        "not allowed: {response:?}"
+    );
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok,
+        other => panic!("allowed without an OkHttpResponse: {other:?}"),
+    }
+}
+
+/// A denial as the HTTP client will see it.
+#[derive(Debug)]
+pub struct Denied {
+    pub status: i32,
+    pub headers: HashMap<String, String>,
+    pub body: serde_json::Value,
+}
+
+#[track_caller]
+pub fn denied(response: &CheckResponse) -> Denied {
+    assert_ne!(
+        response.status.as_ref().map_or(0, |s| s.code),
+        0,
+        "a denial must not carry gRPC OK: {response:?}"
+    );
+    let Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+        status,
+        headers,
+        body,
+    })) = &response.http_response
+    else {
+        panic!("not denied: {response:?}");
+    };
+    for header in headers {
+        assert_eq!(
+            header.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        );
+    }
+    Denied {
+        status: status.as_ref().expect("a status").code,
+        headers: headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect(),
+        body: serde_json::from_str(body).expect("the body is JSON"),
+    }
+}
+
+/// Request headers an OK response sets for the upstream.
+fn upstream_headers(ok: &OkHttpResponse) -> HashMap<String, String> {
+    for header in &ok.headers {
+        assert_eq!(
+            header.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            "identity headers must overwrite what the client sent"
+        );
+    }
+    ok.headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
+}
+
+fn response_headers(ok: &OkHttpResponse) -> HashMap<String, String> {
+    ok.response_headers_to_add
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
+}
+
+/// Nothing in a response may contain the secret.
+#[track_caller]
+fn assert_secret_absent(response: &CheckResponse, secret: &str) {
+    assert!(
+        !format!("{response:?}").contains(secret),
+        "the secret leaked into a response"
+    );
+}
+
+const IDENTITY_HEADERS: [&str; 3] = [
+    "x-keyward-key-id",
+    "x-keyward-account-id",
+    "x-keyward-scopes",
+];
+
+fn unauthorized() -> serde_json::Value {
+    json!({"error": {"code": "unauthorized", "message": "Invalid or missing API key."}})
+}
+
+fn forbidden() -> serde_json::Value {
+    json!({"error": {"code": "forbidden", "message": "This key does not have the required scope."}})
+}
+
+async fn an_allowed_request_carries_identity_and_loses_its_credential(db: Db) {
+    let Some(mut app) = spawn_app_with(db, config_from(ROUTES)).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &["traders:write"]).await;
+    let mut envoy = Envoy::of(&app);
+
+    let response = envoy
+        .check(
+            get("/api/v1/traders/42?page=2")
+                .bearer(&secret)
+                .header("x-keyward-key-id", "key_spoofed")
+                .header("x-keyward-account-id", "acct_admin")
+                .header("x-keyward-scopes", "everything")
+                .build(),
+        )
+        .await;
+
+    let ok = allowed(&response);
+    let set = upstream_headers(ok);
+    assert_eq!(set["x-keyward-key-id"], key.id);
+    assert_eq!(set["x-keyward-account-id"], "acct_1");
+    assert_eq!(set["x-keyward-scopes"], "traders:read traders:write");
+    assert_eq!(ok.headers_to_remove, ["authorization"]);
+    assert!(
+        ok.headers_to_remove
+            .iter()
+            .all(|h| !IDENTITY_HEADERS.contains(&h.as_str())),
+        "Envoy removes after it sets: removing identity headers would drop keyward's own"
+    );
+    assert!(
+        ok.query_parameters_to_remove.is_empty(),
+        "no key in the query"
+    );
+    assert!(
+        ok.response_headers_to_add.is_empty(),
+        "no rate limit applies"
+    );
+    let metadata = &response.dynamic_metadata.as_ref().expect("metadata").fields;
+    let text = |name: &str| match &metadata[name].kind {
+        Some(Kind::StringValue(value)) => value.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(text("key_id"), key.id);
+    assert_eq!(text("account_id"), "acct_1");
+    assert_eq!(text("scopes"), "traders:read traders:write");
+    assert_secret_absent(&response, &secret);
+
+    // The same key through the named header and the query parameter.
+    let by_header = envoy
+        .check(get("/api/v1/traders").header("X-Api-Key", &secret).build())
+        .await;
+    assert_eq!(allowed(&by_header).headers_to_remove, ["x-api-key"]);
+    let by_query = envoy
+        .check(get(&format!("/api/v1/traders?sort=name&api_key={secret}")).build())
+        .await;
+    let ok = allowed(&by_query);
+    assert_eq!(ok.query_parameters_to_remove, ["api_key"]);
+    assert!(ok.headers_to_remove.is_empty());
+    assert_eq!(upstream_headers(ok)["x-keyward-key-id"], key.id);
+    assert_secret_absent(&by_query, &secret);
+
+    // Write implies read; the write route needs write.
+    let write = envoy
+        .check(call("DELETE", "/api/v1/traders/42").bearer(&secret).build())
+        .await;
+    allowed(&write);
+    app.shutdown().await;
+}
+
+async fn revoked_and_unknown_keys_are_denied_alike(db: Db) {
+    let Some(mut app) = spawn_app_with(db, config_from(ROUTES)).await else {
+        return;
+    };
+    let (key, secret) = app.create_key("acct_1", &["portfolio:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    let before = envoy
+        .check(get("/api/v1/portfolio").bearer(&secret).build())
+        .await;
+    allowed(&before);
+
+    app.revoke("acct_1", &key.id).await;
+    let revoked = denied(
+        &envoy
+            .check(get("/api/v1/portfolio").bearer(&secret).build())
+            .await,
+    );
+    let unknown = denied(
+        &envoy
+            .check(
+                get("/api/v1/portfolio")
+                    .bearer(&format!("cc_{}", "e".repeat(64)))
+                    .build(),
+            )
+            .await,
+    );
+    assert_eq!(revoked.status, 401);
+    assert_eq!(revoked.body, unauthorized());
+    assert_eq!(
+        (revoked.status, &revoked.body, &revoked.headers),
+        (unknown.status, &unknown.body, &unknown.headers),
+        "a revoked key looks exactly like an unknown one"
+    );
+    assert_eq!(
+        revoked.headers["www-authenticate"],
+        r#"Bearer realm="test""#
+    );
+    app.shutdown().await;
+}
+
+async fn failed_keys_through_ext_authz_ban_the_address(db: Db) {
+    let text = format!("{ROUTES}\n[bans]\nmax_failures = 10\nban_seconds = 300\n");
+    let Some(mut app) = spawn_app_with(db, config_from(&text)).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+
+    for attempt in 0..10 {
+        let wrong = format!("cc_{:064x}", attempt + 1);
+        let response = envoy
+            .check(
+                get("/api/v1/account")
+                    .bearer(&wrong)
+                    .sent_by_peer("203.0.113.9")
+                    .build(),
+            )
+            .await;
+        assert_eq!(denied(&response).body, unauthorized(), "attempt {attempt}");
+    }
+    let banned = denied(
+        &envoy
+            .check(
+                get("/api/v1/account")
+                    .bearer(&secret)
+                    .sent_by_peer("203.0.113.9")
+                    .build(),
+            )
+            .await,
+    );
+    assert_eq!(banned.status, 401);
+    assert_eq!(banned.body["error"]["code"], "too_many_failed_auth");
+    let retry_after: u64 = banned.headers["retry-after"].parse().unwrap();
+    assert!((299..=300).contains(&retry_after), "{retry_after}");
+    assert!(banned.headers.contains_key("www-authenticate"));
+
+    let elsewhere = envoy
+        .check(
+            get("/api/v1/account")
+                .bearer(&secret)
+                .sent_by_peer("203.0.113.10")
+                .build(),
+        )
+        .await;
+    allowed(&elsewhere);
+    app.shutdown().await;
+}
+
+async fn rate_limits_through_ext_authz_answer_429(db: Db) {
+    let text = format!("{ROUTES}\n[rate_limit]\nrequests = 2\nper_seconds = 60\n");
+    let Some(mut app) = spawn_app_with(db, config_from(&text)).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+
+    let first = envoy
+        .check(get("/api/v1/account").bearer(&secret).build())
+        .await;
+    let limits = response_headers(allowed(&first));
+    assert_eq!(limits["x-ratelimit-limit"], "2");
+    assert_eq!(limits["x-ratelimit-remaining"], "1");
+    let reset: u64 = limits["x-ratelimit-reset"].parse().unwrap();
+    assert!((1..=30).contains(&reset), "{reset}");
+    let second = envoy
+        .check(get("/api/v1/account").bearer(&secret).build())
+        .await;
+    assert_eq!(
+        response_headers(allowed(&second))["x-ratelimit-remaining"],
+        "0"
+    );
+
+    let limited = denied(
+        &envoy
+            .check(get("/api/v1/account").bearer(&secret).build())
+            .await,
+    );
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.body,
+        json!({"error": {"code": "rate_limit_exceeded", "message": "Rate limit exceeded for this key; retry later."}})
+    );
+    let retry_after: u64 = limited.headers["retry-after"].parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    assert_eq!(limited.headers["x-ratelimit-limit"], "2");
+    assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
+    assert!(!limited.headers.contains_key("www-authenticate"));
+    assert_eq!(limited.headers["content-type"], "application/json");
+    app.shutdown().await;
+}
+
+// HTTP-shape tests: they do not depend on the database, so SQLite only.
+
+#[tokio::test]
+async fn missing_keys_and_insufficient_scopes_get_the_documented_bodies() {
+    let mut app = spawn_app_with(Db::Sqlite, config_from(ROUTES))
+        .await
+        .unwrap();
+    let (_, secret) = app.create_key("acct_1", &["portfolio:read"]).await;
+    let mut envoy = Envoy::of(&app);
+
+    let missing = denied(&envoy.check(get("/api/v1/portfolio").build()).await);
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.body, unauthorized());
+    assert_eq!(missing.headers["content-type"], "application/json");
+    assert_eq!(
+        missing.headers["www-authenticate"],
+        r#"Bearer realm="test""#
+    );
+    assert!(!missing.headers.contains_key("retry-after"));
+
+    let jwt = denied(
+        &envoy
+            .check(
+                get("/api/v1/portfolio")
+                    .bearer("eyJhbGciOiJFUzI1NiJ9.e30.sig")
+                    .build(),
+            )
+            .await,
+    );
+    assert_eq!((jwt.status, &jwt.body), (401, &unauthorized()));
+
+    let scope = envoy
+        .check(
+            call("POST", "/api/v1/traders/42/follow")
+                .bearer(&secret)
+                .build(),
+        )
+        .await;
+    assert_secret_absent(&scope, &secret);
+    let scope = denied(&scope);
+    assert_eq!(scope.status, 403);
+    assert_eq!(scope.body, forbidden());
+    assert!(!scope.headers.contains_key("www-authenticate"));
+    for name in IDENTITY_HEADERS {
+        assert!(
+            !scope.headers.contains_key(name),
+            "a denial names no identity"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_error_style_shapes_the_body() {
+    // error_object_with_details (seed 003): the missing scope is named.
+    let details = format!(
+        "{}\n{ROUTES}",
+        "[denials.insufficient_scope]\ncode = \"forbidden_scope\"\nmessage = \"Missing scope.\""
+    )
+    .replace(
+        "[http]\n",
+        "[http]\nerror_style = \"error_object_with_details\"\n",
+    );
+    let mut app = spawn_app_with(Db::Sqlite, config_from(&details))
+        .await
+        .unwrap();
+    let (_, secret) = app.create_key("acct_1", &["portfolio:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    let denial = denied(
+        &envoy
+            .check(get("/api/v1/account").bearer(&secret).build())
+            .await,
+    );
+    assert_eq!(
+        denial.body,
+        json!({"error": {"code": "forbidden_scope", "message": "Missing scope.",
+                         "details": {"required_scope": "account:read"}}})
+    );
+    let missing = denied(&envoy.check(get("/api/v1/account").build()).await);
+    assert_eq!(
+        missing.body,
+        unauthorized(),
+        "details only where there are some"
+    );
+    app.shutdown().await;
+
+    // code_detail (seed 004).
+    let code_detail = format!(
+        "{}\n{ROUTES}",
+        "[denials.invalid]\ncode = \"invalid_api_key\"\nmessage = \"Unknown or revoked API key.\"\n\
+         [denials.missing]\ncode = \"missing_api_key\"\nmessage = \"No API key.\""
+    )
+    .replace("[http]\n", "[http]\nerror_style = \"code_detail\"\n");
+    let app = spawn_app_with(Db::Sqlite, config_from(&code_detail))
+        .await
+        .unwrap();
+    let mut envoy = Envoy::of(&app);
+    let unknown = denied(
+        &envoy
+            .check(
+                get("/api/v1/account")
+                    .bearer(&format!("cc_{}", "1".repeat(64)))
+                    .build(),
+            )
+            .await,
+    );
+    assert_eq!(
+        unknown.body,
+        json!({"code": "invalid_api_key", "detail": "Unknown or revoked API key."})
+    );
+    let missing = denied(&envoy.check(get("/api/v1/account").build()).await);
+    assert_eq!(
+        missing.body,
+        json!({"code": "missing_api_key", "detail": "No API key."})
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn templated_scopes_come_from_the_query_and_the_path() {
+    let details = ROUTES.replace(
+        "[http]\n",
+        "[http]\nerror_style = \"error_object_with_details\"\n",
+    );
+    let mut app = spawn_app_with(Db::Sqlite, config_from(&details))
+        .await
+        .unwrap();
+    let (_, secret) = app
+        .create_key("acct_1", &["orders:read", "account:read"])
+        .await;
+    let mut envoy = Envoy::of(&app);
+
+    allowed(
+        &envoy
+            .check(get("/restricted?resource=orders").bearer(&secret).build())
+            .await,
+    );
+    allowed(
+        &envoy
+            .check(get("/v2/account/summary").bearer(&secret).build())
+            .await,
+    );
+
+    let other = denied(
+        &envoy
+            .check(
+                get("/restricted?resource=portfolio")
+                    .bearer(&secret)
+                    .build(),
+            )
+            .await,
+    );
+    assert_eq!(other.status, 403);
+    assert_eq!(
+        other.body["error"]["details"]["required_scope"],
+        "portfolio:read"
+    );
+    let by_path = denied(
+        &envoy
+            .check(get("/v2/traders/7").bearer(&secret).build())
+            .await,
+    );
+    assert_eq!(
+        by_path.body["error"]["details"]["required_scope"],
+        "traders:read"
+    );
+
+    // A resource the catalog does not have: no key can hold it.
+    let unknown = denied(
+        &envoy
+            .check(
+                get("/restricted?resource=strategies")
+                    .bearer(&secret)
+                    .build(),
+            )
+            .await,
+    );
+    assert_eq!(unknown.status, 403);
+    assert_eq!(
+        unknown.body["error"]["details"]["required_scope"],
+        "strategies:read"
+    );
+    let no_resource = denied(
+        &envoy
+            .check(get("/restricted").bearer(&secret).build())
+            .await,
+    );
+    assert_eq!(
+        no_resource.body["error"]["details"]["required_scope"],
+        "{query.resource}:read"
+    );
+    // Authentication comes first: without a key it is 401, not 403.
+    let anonymous = denied(
+        &envoy
+            .check(get("/restricted?resource=strategies").build())
+            .await,
+    );
+    assert_eq!(anonymous.status, 401);
+
+    // Twice the same parameter: keyward and the upstream could read different ones.
+    let ambiguous = denied(
+        &envoy
+            .check(
+                get("/restricted?resource=orders&resource=portfolio")
+                    .bearer(&secret)
+                    .build(),
+            )
+            .await,
+    );
+    assert_eq!(ambiguous.status, 400);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn public_routes_need_no_key_and_strip_spoofed_identity() {
+    let mut app = spawn_app_with(Db::Sqlite, config_from(ROUTES))
+        .await
+        .unwrap();
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    let mut envoy = Envoy::of(&app);
+
+    let anonymous = envoy
+        .check(
+            get("/v1/health")
+                .header("x-keyward-key-id", "key_spoofed")
+                .header("x-keyward-scopes", "admin")
+                .build(),
+        )
+        .await;
+    let ok = allowed(&anonymous);
+    assert!(ok.headers.is_empty(), "no identity on a public route");
+    for name in IDENTITY_HEADERS {
+        assert!(ok.headers_to_remove.iter().any(|h| h == name), "{name}");
+    }
+    assert!(anonymous.dynamic_metadata.is_none());
+
+    // A key sent to a public route is not checked, but never goes upstream.
+    let with_key = envoy
+        .check(
+            get(&format!("/v1/health?api_key={secret}"))
+                .bearer(&secret)
+                .build(),
+        )
+        .await;
+    let ok = allowed(&with_key);
+    assert!(ok.headers_to_remove.iter().any(|h| h == "authorization"));
+    assert_eq!(ok.query_parameters_to_remove, ["api_key"]);
+    // A foreign credential (a JWT for the upstream itself) passes through.
+    let with_jwt = envoy
+        .check(
+            get("/v1/health")
+                .bearer("eyJhbGciOiJFUzI1NiJ9.e30.sig")
+                .build(),
+        )
+        .await;
+    assert!(
+        !allowed(&with_jwt)
+            .headers_to_remove
+            .iter()
+            .any(|h| h == "authorization")
+    );
+    // Even a garbage key: public means public.
+    allowed(
+        &envoy
+            .check(get("/v1/health").bearer("cc_nonsense").build())
+            .await,
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn unmatched_routes_follow_the_configured_behaviour() {
+    let mut app = spawn_app_with(Db::Sqlite, config_from(ROUTES))
+        .await
+        .unwrap();
+    let (_, secret) = app.create_key("acct_1", &["portfolio:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    for request in [
+        get("/api/v2/portfolio").bearer(&secret),
+        get("/api/v1/portfolios").bearer(&secret),
+        call("HEAD", "/api/v1/portfolio").bearer(&secret),
+        get("/"),
+    ] {
+        let denial = denied(&envoy.check(request.build()).await);
+        assert_eq!(denial.status, 404);
+        assert_eq!(
+            denial.body,
+            json!({"error": {"code": "not_found", "message": "No such endpoint."}})
+        );
+    }
+    app.shutdown().await;
+
+    let any_key = ROUTES.replace("[http]\n", "[http]\nunmatched_route = \"any_key\"\n");
+    let mut app = spawn_app_with(Db::Sqlite, config_from(&any_key))
+        .await
+        .unwrap();
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    let mut envoy = Envoy::of(&app);
+    allowed(&envoy.check(get("/elsewhere").bearer(&secret).build()).await);
+    assert_eq!(
+        denied(&envoy.check(get("/elsewhere").build()).await).status,
+        401
+    );
+    app.shutdown().await;
+
+    let public = ROUTES.replace("[http]\n", "[http]\nunmatched_route = \"public\"\n");
+    let app = spawn_app_with(Db::Sqlite, config_from(&public))
+        .await
+        .unwrap();
+    let mut envoy = Envoy::of(&app);
+    allowed(&envoy.check(get("/elsewhere").build()).await);
+    assert_eq!(
+        denied(&envoy.check(get("/api/v1/portfolio").build()).await).status,
+        401,
+        "matched routes still need their key"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_denied_with_400() {
+    let mut app = spawn_app_with(Db::Sqlite, config_from(ROUTES))
+        .await
+        .unwrap();
+    let (_, secret) = app
+        .create_key("acct_1", &["portfolio:read", "account:read"])
+        .await;
+    let mut envoy = Envoy::of(&app);
+    let bad_request =
+        json!({"error": {"code": "bad_request", "message": "The request could not be read."}});
+    for target in [
+        "/api/v1/portfolio/../account",
+        "/api/v1/portfolio/%2e%2e/account",
+        "/api/v1/portfolio%2Fx",
+        "/api/v1//portfolio",
+        "/api/v1/portfolio/%zz",
+        "api/v1/portfolio",
+        "",
+    ] {
+        let denial = denied(&envoy.check(get(target).bearer(&secret).build()).await);
+        assert_eq!(denial.status, 400, "{target:?}");
+        assert_eq!(denial.body, bad_request, "{target:?}");
+    }
+    let twice = denied(
+        &envoy
+            .check(
+                get(&format!(
+                    "/api/v1/account?api_key={secret}&api_key={secret}"
+                ))
+                .build(),
+            )
+            .await,
+    );
+    assert_eq!(twice.status, 400);
+
+    // Structurally empty checks are answered, not failed.
+    let empty = denied(&envoy.check(CheckRequest::default()).await);
+    assert_eq!((empty.status, &empty.body), (400, &bad_request));
+    let mut no_http = get("/api/v1/account").build();
+    no_http.attributes.as_mut().unwrap().request = None;
+    assert_eq!(denied(&envoy.check(no_http).await).status, 400);
+
+    // Percent-encoded but unambiguous paths are read decoded.
+    allowed(
+        &envoy
+            .check(get("/api/v1/%70ortfolio").bearer(&secret).build())
+            .await,
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
+    let text = ROUTES.replace("[http]\n", "[http]\ntrusted_proxy_hops = 1\n")
+        + "\n[bans]\nmax_failures = 3\n";
+    let mut app = spawn_app_with(Db::Sqlite, config_from(&text))
+        .await
+        .unwrap();
+    let (_, secret) = app.create_key("acct_1", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    let via_proxy = |forwarded: &str| {
+        get("/api/v1/account")
+            .sent_by_peer("10.0.0.1")
+            .header("x-forwarded-for", forwarded)
+    };
+    for _ in 0..3 {
+        // The client writes anything on the left; the proxy appends the truth.
+        let request = via_proxy("1.2.3.4, 198.51.100.7")
+            .bearer("cc_wrong")
+            .build();
+        assert_eq!(denied(&envoy.check(request).await).status, 401);
+    }
+    let banned = denied(
+        &envoy
+            .check(via_proxy("5.6.7.8, 198.51.100.7").bearer(&secret).build())
+            .await,
+    );
+    assert_eq!(banned.body["error"]["code"], "too_many_failed_auth");
+    // Another client behind the same proxy is not affected, nor is the proxy.
+    allowed(
+        &envoy
+            .check(via_proxy("198.51.100.8").bearer(&secret).build())
+            .await,
+    );
+    allowed(
+        &envoy
+            .check(
+                get("/api/v1/account")
+                    .sent_by_peer("10.0.0.1")
+                    .bearer(&secret)
+                    .build(),
+            )
+            .await,
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn dynamic_metadata_can_be_turned_off() {
+    let text = ROUTES.replace("[http]\n", "[http]\ndynamic_metadata = false\n");
+    let mut app = spawn_app_with(Db::Sqlite, config_from(&text))
+        .await
+        .unwrap();
+    let (key, secret) = app.create_key("acct_1", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    let response = envoy
+        .check(get("/api/v1/account").bearer(&secret).build())
+        .await;
+    assert_eq!(
+        upstream_headers(allowed(&response))["x-keyward-key-id"],
+        key.id
+    );
+    assert_eq!(response.dynamic_metadata, None);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_header_encoding_reads_like_the_header_map() {
+    let mut app = spawn_app_with(Db::Sqlite, config_from(ROUTES))
+        .await
+        .unwrap();
+    let (key, secret) = app.create_key("acct_1", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    // Envoy with `encode_raw_headers: true` sends `header_map` instead.
+    let mut request = get("/api/v1/account").build();
+    let http = request
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    http.headers.clear();
+    http.header_map = Some(core::HeaderMap {
+        headers: vec![core::HeaderValue {
+            key: "authorization".into(),
+            value: String::new(),
+            raw_value: format!("Bearer {secret}").into_bytes(),
+        }],
+    });
+    let response = envoy.check(request).await;
+    assert_eq!(
+        upstream_headers(allowed(&response))["x-keyward-key-id"],
+        key.id
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_prove_it_is_current_answers_503() {
+    // Dropping the test's own PostgreSQL database cuts the replica off.
+    let Some(mut app) = spawn_app_with(Db::Postgres, config_from(ROUTES)).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    allowed(
+        &envoy
+            .check(get("/api/v1/account").bearer(&secret).build())
+            .await,
+    );
+
+    let admin = crate::helpers::postgres::admin_url().expect("PostgreSQL is set up");
+    let database = app.database.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin_connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {database} WITH (FORCE)"
+    )))
+    .execute(&mut admin_connection)
+    .await
+    .unwrap();
+
+    let mut last = None;
+    let unavailable = crate::helpers::eventually(Duration::from_secs(10), async || {
+        let response = envoy
+            .check(get("/api/v1/account").bearer(&secret).build())
+            .await;
+        let is_503 = matches!(
+            &response.http_response,
+            Some(HttpResponse::DeniedResponse(d)) if d.status.as_ref().is_some_and(|s| s.code == 503)
+        );
+        last = Some(response);
+        is_503
+    })
+    .await;
+    assert!(unavailable, "still answering: {last:?}");
+    let denial = denied(last.as_ref().unwrap());
+    assert_eq!(
+        denial.body,
+        json!({"error": {"code": "unavailable", "message": "Authorization is temporarily unavailable; retry shortly."}})
+    );
+    assert_eq!(
+        last.unwrap().status.unwrap().code,
+        tonic::Code::Unavailable as i32
+    );
+    // The server cannot flush usage to a dropped database; do not wait for it.
+    drop(app);
+}
+
+#[tokio::test]
+async fn health_and_reflection_know_the_authorization_service() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let app = spawn_app_with(Db::Sqlite, config_from(ROUTES))
+        .await
+        .unwrap();
+    // The health watchdog publishes statuses just after startup.
+    let mut health = app.health.clone();
+    let serving = crate::helpers::eventually(Duration::from_secs(5), async || {
+        health
+            .check(HealthCheckRequest {
+                service: "envoy.service.auth.v3.Authorization".into(),
+            })
+            .await
+            .is_ok_and(|reply| reply.into_inner().status() == ServingStatus::Serving)
+    })
+    .await;
+    assert!(
+        serving,
+        "health reports the Authorization service as serving"
+    );
+
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(app.channel.clone());
+    let ask = |request| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "envoy.service.auth.v3.Authorization".into(),
+            )),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        replies.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("unexpected reflection reply");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "envoy.service.auth.v3.Authorization"),
+        "{list:?}"
+    );
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        replies.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("the Authorization service's file is served");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    drop(replies);
+    app.shutdown().await;
+}
+
+/// `profiles/carboncopy.toml` as shipped, with the harness's short intervals.
+fn carboncopy_profile() -> Config {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/carboncopy.toml");
+    let mut config = Config::load(&path).expect("the shipped profile loads");
+    let harness = test_config();
+    config.feed = harness.feed;
+    config.last_used_flush_interval = harness.last_used_flush_interval;
+    config.server.shutdown_grace = harness.server.shutdown_grace;
+    config
+}
+
+#[tokio::test]
+async fn the_carboncopy_profile_answers_each_of_its_routes() {
+    let mut app = spawn_app_with(Db::Sqlite, carboncopy_profile())
+        .await
+        .unwrap();
+    let mut envoy = Envoy::of(&app);
+    let routes = [
+        ("GET", "/api/v1/portfolio", "portfolio:read"),
+        (
+            "GET",
+            "/api/v1/portfolio/history?from=2024-01-01",
+            "portfolio:read",
+        ),
+        ("GET", "/api/v1/traders", "traders:read"),
+        ("GET", "/api/v1/traders/0xabc/positions", "traders:read"),
+        ("POST", "/api/v1/traders/0xabc/follow", "traders:write"),
+        ("PUT", "/api/v1/traders/0xabc", "traders:write"),
+        ("PATCH", "/api/v1/traders/0xabc", "traders:write"),
+        ("DELETE", "/api/v1/traders/0xabc/follow", "traders:write"),
+        ("GET", "/api/v1/orders", "orders:read"),
+        ("GET", "/api/v1/orders/17", "orders:read"),
+        ("POST", "/api/v1/orders", "orders:write"),
+        ("DELETE", "/api/v1/orders/17", "orders:write"),
+        ("GET", "/api/v1/markets/btc-usd", "markets:read"),
+        ("GET", "/api/v1/account", "account:read"),
+    ];
+    // One key with nothing but account:read, to be refused everywhere else.
+    let (_, account_only) = app.create_key("acct_other", &["account:read"]).await;
+    for (method, target, scope) in routes {
+        let (key, secret) = app.create_key("acct_1", &[scope]).await;
+        let allowed_response = envoy
+            .check(call(method, target).bearer(&secret).build())
+            .await;
+        let set = upstream_headers(allowed(&allowed_response));
+        assert_eq!(set["x-keyward-key-id"], key.id, "{method} {target}");
+        assert_eq!(set["x-keyward-account-id"], "acct_1");
+        assert!(set["x-keyward-scopes"].split(' ').any(|s| s == scope));
+        app.revoke("acct_1", &key.id).await;
+
+        let anonymous = denied(&envoy.check(call(method, target).build()).await);
+        assert_eq!(
+            (anonymous.status, &anonymous.body),
+            (401, &unauthorized()),
+            "{method} {target}"
+        );
+        assert_eq!(anonymous.headers["www-authenticate"], "Bearer");
+        if scope != "account:read" {
+            let refused = denied(
+                &envoy
+                    .check(call(method, target).bearer(&account_only).build())
+                    .await,
+            );
+            assert_eq!(
+                (refused.status, &refused.body),
+                (403, &forbidden()),
+                "{method} {target}"
+            );
+        }
+    }
+
+    // "write scope implies read for the same resource."
+    let (_, writer) = app
+        .create_key("acct_1", &["traders:write", "orders:write"])
+        .await;
+    for target in ["/api/v1/traders", "/api/v1/orders/17"] {
+        allowed(&envoy.check(get(target).bearer(&writer).build()).await);
+    }
+    // Only `Bearer` is documented.
+    let api_key_scheme = envoy
+        .check(
+            get("/api/v1/account")
+                .header("authorization", &format!("ApiKey {account_only}"))
+                .build(),
+        )
+        .await;
+    assert_eq!(denied(&api_key_scheme).status, 401);
+    // Paths no route names are refused.
+    for (method, target) in [
+        ("GET", "/api/v2/portfolio"),
+        ("HEAD", "/api/v1/account"),
+        ("POST", "/api/v1/portfolio"),
+    ] {
+        let refused = denied(
+            &envoy
+                .check(call(method, target).bearer(&account_only).build())
+                .await,
+        );
+        assert_eq!(refused.status, 404, "{method} {target}");
+    }
+    // Key management carries a Privy JWT for the upstream to verify.
+    for (method, target) in [
+        ("GET", "/api/v1/keys"),
+        ("POST", "/api/v1/keys"),
+        ("DELETE", "/api/v1/keys/key_123"),
+    ] {
+        let response = envoy
+            .check(
+                call(method, target)
+                    .bearer("eyJhbGciOiJFUzI1NiJ9.e30.sig")
+                    .build(),
+            )
+            .await;
+        let ok = allowed(&response);
+        assert!(
+            !ok.headers_to_remove.iter().any(|h| h == "authorization"),
+            "{method} {target}"
+        );
+    }
+    app.shutdown().await;
+}
