@@ -11,8 +11,19 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as HttpAttributes,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
 use crate::proto;
 use crate::proto::key_service_client::KeyServiceClient;
+
+/// The benchmark serves the Carboncopy profile (it carries ext_authz routes).
+const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
 
 mod hot_path;
 mod load;
@@ -223,14 +234,26 @@ fn replace_database(admin: &str, database: &str) -> String {
 pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
     let args = args.effective();
     let work = tempfile::tempdir()?;
+    // The Carboncopy profile (it has the ext_authz routes), with a cache
+    // large enough for the memory run.
+    let base = format!(
+        "{CARBONCOPY_PROFILE}\n[cache]\ncapacity = {}\n",
+        (args.memory_keys.max(args.keys) * 2).max(1_000)
+    );
     let config = work.path().join("bench.toml");
-    // Defaults (Carboncopy), with a cache large enough for the memory run.
+    std::fs::write(&config, &base)?;
+    // The same with a default rate limit that never trips: every call pays
+    // for the limiter.
+    let limited_config = work.path().join("bench-limited.toml");
     std::fs::write(
-        &config,
-        format!(
-            "[cache]\ncapacity = {}\n",
-            (args.memory_keys.max(args.keys) * 2).max(1_000)
-        ),
+        &limited_config,
+        format!("{base}\n[rate_limit]\nrequests = 4000000000\nper_seconds = 1\n"),
+    )?;
+    // The same with the Prometheus listener on.
+    let metrics_config = work.path().join("bench-metrics.toml");
+    std::fs::write(
+        &metrics_config,
+        format!("[server]\nmetrics_listen = \"127.0.0.1:0\"\n{base}"),
     )?;
     let backend = if args.postgres.is_some() {
         "PostgreSQL"
@@ -284,7 +307,26 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         latency(&miss_stats),
     ));
 
-    rows.extend(saturation(&channels, &keys, &args).await);
+    let limited = ServerProcess::start(&limited_config, &database.url).await?;
+    let metered = ServerProcess::start(&metrics_config, &database.url).await?;
+    let limited_channels = open_channels(&limited, args.connections).await?;
+    let metered_channels = open_channels(&metered, args.connections).await?;
+    authenticate_each_once(&limited_channels, &keys, args.concurrency).await;
+    authenticate_each_once(&metered_channels, &keys, args.concurrency).await;
+    rows.extend(
+        saturation(
+            &Targets {
+                plain: &channels,
+                limited: &limited_channels,
+                metered: &metered_channels,
+            },
+            &keys,
+            &args,
+        )
+        .await,
+    );
+    limited.stop().await?;
+    metered.stop().await?;
     if args.h2load {
         rows.extend(h2load_cross_check(&server, &keys[0], &args).await?);
     }
@@ -292,6 +334,8 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
 
     let revoke_stats = revoke_half(&channels, &created, args.concurrency).await;
     rows.push(row("RevokeKey", latency(&revoke_stats)));
+    let garbage = if args.smoke { 2_000 } else { 1_000_000 };
+    rows.push(garbage_addresses(&server, &channels, garbage, args.concurrency).await?);
 
     if args.postgres.is_some() {
         rows.push(propagation(&server, &config, &database, &args).await?);
@@ -423,58 +467,213 @@ async fn authenticate_each_once(
     .await
 }
 
-/// Closed loop at saturation, Health and Authenticate alternated twice so
-/// drift on a shared machine hits both alike.
-async fn saturation(channels: &[Channel], keys: &Arc<Vec<String>>, args: &BenchArgs) -> Vec<Row> {
+/// The servers the saturation runs compare: plain, with a default rate
+/// limit, with metrics on (all on the same database and keys).
+struct Targets<'a> {
+    plain: &'a [Channel],
+    limited: &'a [Channel],
+    metered: &'a [Channel],
+}
+
+fn merge(runs: &[LoadStats]) -> LoadStats {
+    let mut histogram: Histogram<u64> = runs[0].latency_us.clone();
+    for run in &runs[1..] {
+        histogram.add(&run.latency_us).expect("same bounds");
+    }
+    LoadStats {
+        succeeded: runs.iter().map(|r| r.succeeded).sum(),
+        failed: runs.iter().map(|r| r.failed).sum(),
+        elapsed: runs.iter().map(|r| r.elapsed).sum(),
+        latency_us: histogram,
+    }
+}
+
+/// Closed loop at saturation. Every target runs once per round, two rounds,
+/// so drift on a shared machine hits all of them alike.
+async fn saturation(targets: &Targets<'_>, keys: &Arc<Vec<String>>, args: &BenchArgs) -> Vec<Row> {
     let duration = args.duration();
-    let mut health_runs = Vec::new();
-    let mut auth_runs = Vec::new();
+    let callers = args.concurrency;
+    let check = Arc::new(check_request(&keys[0]));
+    let mut runs: [Vec<LoadStats>; 5] = Default::default();
     for _ in 0..2 {
-        health_runs
-            .push(closed_loop(args.concurrency, duration, health_call(channels.to_vec())).await);
-        auth_runs.push(
+        runs[0].push(closed_loop(callers, duration, health_call(targets.plain.to_vec())).await);
+        runs[1].push(
             closed_loop(
-                args.concurrency,
+                callers,
                 duration,
-                authenticate_call(channels.to_vec(), Arc::clone(keys)),
+                authenticate_call(targets.plain.to_vec(), Arc::clone(keys)),
+            )
+            .await,
+        );
+        runs[2].push(
+            closed_loop(
+                callers,
+                duration,
+                check_call(targets.plain.to_vec(), Arc::clone(&check)),
+            )
+            .await,
+        );
+        runs[3].push(
+            closed_loop(
+                callers,
+                duration,
+                authenticate_call(targets.limited.to_vec(), Arc::clone(keys)),
+            )
+            .await,
+        );
+        runs[4].push(
+            closed_loop(
+                callers,
+                duration,
+                authenticate_call(targets.metered.to_vec(), Arc::clone(keys)),
             )
             .await,
         );
     }
-    let merged = |runs: &[LoadStats]| {
-        let mut histogram: Histogram<u64> = runs[0].latency_us.clone();
-        for run in &runs[1..] {
-            histogram.add(&run.latency_us).expect("same bounds");
-        }
-        LoadStats {
-            succeeded: runs.iter().map(|r| r.succeeded).sum(),
-            failed: runs.iter().map(|r| r.failed).sum(),
-            elapsed: runs.iter().map(|r| r.elapsed).sum(),
-            latency_us: histogram,
-        }
-    };
-    let health = merged(&health_runs);
-    let auth = merged(&auth_runs);
-    let ratio = auth.throughput() / health.throughput();
+    let [health, auth, check, limited, metered] = runs.map(|r| merge(&r));
+    let ratio = |a: &LoadStats, b: &LoadStats| a.throughput() / b.throughput();
     vec![
         row(
-            format!("Health/Check, closed loop ({} in flight)", args.concurrency),
+            format!("Health/Check, closed loop ({callers} in flight)"),
             latency(&health),
         ),
         row(
-            format!(
-                "Authenticate, cached, closed loop ({} in flight)",
-                args.concurrency
-            ),
+            format!("Authenticate, cached, closed loop ({callers} in flight)"),
             latency(&auth),
         ),
         goal_row(
             "Authenticate / Health throughput",
-            format!("{ratio:.2}"),
+            format!("{:.2}", ratio(&auth, &health)),
             "≥ 0.90",
-            ratio >= 0.9,
+            ratio(&auth, &health) >= 0.9,
+        ),
+        row(
+            format!("ext_authz Check, cached, closed loop ({callers} in flight)"),
+            latency(&check),
+        ),
+        goal_row(
+            "ext_authz Check / Health throughput",
+            format!("{:.2}", ratio(&check, &health)),
+            "≥ 0.80",
+            ratio(&check, &health) >= 0.8,
+        ),
+        row("Authenticate with a per-key rate limit", latency(&limited)),
+        goal_row(
+            "rate limiting on / off throughput",
+            format!("{:.2}", ratio(&limited, &auth)),
+            "≥ 0.90",
+            ratio(&limited, &auth) >= 0.9,
+        ),
+        row("Authenticate with metrics on", latency(&metered)),
+        goal_row(
+            "metrics on / off throughput",
+            format!("{:.2}", ratio(&metered, &auth)),
+            "≥ 0.95",
+            ratio(&metered, &auth) >= 0.95,
         ),
     ]
+}
+
+/// What Envoy sends for `curl -H "Authorization: Bearer cc_..."
+/// http://api.example.com/api/v1/portfolio?page=1`.
+fn check_request(secret: &str) -> CheckRequest {
+    let peer = core::Address {
+        address: Some(core::address::Address::SocketAddress(SocketAddress {
+            address: "192.0.2.10".into(),
+            ..Default::default()
+        })),
+    };
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", "/api/v1/portfolio?page=1"),
+        (":scheme", "http"),
+        ("accept", "*/*"),
+        ("user-agent", "curl/8.5.0"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10"),
+        ("authorization", &format!("Bearer {secret}")),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(peer),
+                ..Default::default()
+            }),
+            request: Some(HttpAttributes {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api/v1/portfolio?page=1".into(),
+                    headers: headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn check_call(
+    channels: Vec<Channel>,
+    request: Arc<CheckRequest>,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+    move |i| {
+        let mut client = AuthorizationClient::new(channels[i as usize % channels.len()].clone());
+        let request = CheckRequest::clone(&request);
+        Box::pin(async move {
+            client.check(request).await.is_ok_and(|reply| {
+                matches!(
+                    reply.into_inner().http_response,
+                    Some(envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::OkResponse(_))
+                )
+            })
+        })
+    }
+}
+
+/// Resident memory after `count` invalid credentials, each from a different
+/// client address: the ban tables must stay bounded.
+async fn garbage_addresses(
+    server: &ServerProcess,
+    channels: &[Channel],
+    count: u64,
+    concurrency: usize,
+) -> Result<Row, BenchError> {
+    let before = server.resident_bytes()?;
+    let channels = channels.to_vec();
+    let stats = closed_loop_count(concurrency.max(64), count, move |i| {
+        let mut client = client(&channels, i);
+        let address = std::net::Ipv4Addr::from(0x0a00_0000u32 + i as u32).to_string();
+        async move {
+            client
+                .authenticate(proto::AuthenticateRequest {
+                    credential: format!("Bearer cc_{i:x}"),
+                    required_scopes: vec![],
+                    client_ip: address,
+                })
+                .await
+                .is_ok_and(|reply| !reply.into_inner().allowed)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.resident_bytes()?;
+    Ok(row(
+        format!(
+            "resident memory after {} distinct garbage-sending addresses",
+            stats.succeeded
+        ),
+        format!(
+            "{:.1} → {:.1} MiB ({:.0}/s)",
+            before as f64 / 1_048_576.0,
+            after as f64 / 1_048_576.0,
+            stats.throughput()
+        ),
+    ))
 }
 
 async fn open_loop_rates(

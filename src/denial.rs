@@ -46,15 +46,14 @@ impl Reason {
         }
     }
 
-    /// Whether this reason counts as an invalid credential toward a ban.
+    /// Whether this reason counts as an invalid credential toward a ban:
+    /// a credential in this product's key namespace that is not a live key.
+    /// A credential without the prefix (say, a JWT meant for the upstream)
+    /// is not an attempt at one of our keys, and is not counted.
     pub fn is_invalid_credential(self) -> bool {
         matches!(
             self,
-            Reason::MissingCredential
-                | Reason::MalformedCredential
-                | Reason::UnknownKey
-                | Reason::Revoked
-                | Reason::Expired
+            Reason::MalformedCredential | Reason::UnknownKey | Reason::Revoked | Reason::Expired
         )
     }
 }

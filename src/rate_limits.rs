@@ -72,10 +72,16 @@ fn refill_period(limit: RateLimit) -> Duration {
     Duration::from_secs(u64::from(limit.per_seconds()))
 }
 
+/// Time to earn back one request. At least a nanosecond: `requests` may be
+/// up to `u32::MAX` per second, which would otherwise round to zero.
+fn per_request(limit: RateLimit) -> Duration {
+    (refill_period(limit) / limit.requests()).max(Duration::from_nanos(1))
+}
+
 fn quota(limit: RateLimit) -> Quota {
-    let burst = std::num::NonZeroU32::new(limit.requests()).expect("RateLimit requests >= 1");
-    Quota::with_period(refill_period(limit) / limit.requests())
-        .expect("RateLimit period is positive")
+    let burst = std::num::NonZeroU32::new(limit.requests()).unwrap_or(std::num::NonZeroU32::MIN);
+    Quota::with_period(per_request(limit))
+        .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX))
         .allow_burst(burst)
 }
 
@@ -119,7 +125,7 @@ impl KeyRateLimits {
                 fresh
             }
         };
-        let per_request = refill_period(limit) / limit.requests();
+        let per_request = per_request(limit);
         match limiter.limiter.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -204,6 +210,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_largest_limits_do_not_break_the_limiter() {
+        let limits = KeyRateLimits::new(Some(RateLimit::new(u32::MAX, 1).unwrap()), 100);
+        let key = key(None);
+        for _ in 0..1_000 {
+            assert!(matches!(limits.check(&key), RateDecision::Allowed(_)));
+        }
+        let slow = KeyRateLimits::new(
+            Some(RateLimit::new(1, RateLimit::MAX_PER_SECONDS).unwrap()),
+            100,
+        );
+        assert!(matches!(slow.check(&key), RateDecision::Allowed(_)));
+        assert!(matches!(slow.check(&key), RateDecision::Limited { .. }));
     }
 
     #[test]

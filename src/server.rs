@@ -273,6 +273,14 @@ async fn run(
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Published before the first request can arrive (the feed has just
+    // proved it is current), so no early health check finds the services
+    // unregistered; the watchdog keeps them in step from here on.
+    for service in HEALTH_SERVICES {
+        health_reporter
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
     // Stops with the first sign of shutdown, so it cannot undo NOT_SERVING.
     let watchdog = tokio::spawn(health_watchdog(
         health_reporter.clone(),

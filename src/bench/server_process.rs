@@ -37,7 +37,7 @@ impl ServerProcess {
             .arg(database_url)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)

@@ -14,6 +14,7 @@ on_both_databases!(
     limits_refill_over_time,
     a_key_override_beats_the_default_and_keys_are_independent,
     changing_a_keys_limit_takes_effect_at_once,
+    extreme_limits_are_served,
     bans_follow_repeated_invalid_credentials_from_one_address,
     bans_expire,
     last_use_is_recorded_in_batches,
@@ -181,6 +182,41 @@ async fn changing_a_keys_limit_takes_effect_at_once(db: Db) {
     app.shutdown().await;
 }
 
+/// The largest and slowest limits the API accepts work (the largest once
+/// made the limiter's period round to zero).
+async fn extreme_limits_are_served(db: Db) {
+    let Some(mut app) = spawn_app_with(db, test_config()).await else {
+        return;
+    };
+    for (requests, per_seconds, allowed_in_a_row) in [(u32::MAX, 1, 50), (1, 86_400, 1)] {
+        let secret = app
+            .keys
+            .create_key(proto::CreateKeyRequest {
+                account_id: "acct_1".into(),
+                name: "extreme".into(),
+                rate_limit: Some(proto::RateLimit {
+                    requests,
+                    per_seconds,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .secret;
+        for _ in 0..allowed_in_a_row {
+            assert!(app.authenticate(&secret, &[]).await.allowed);
+        }
+        if requests == 1 {
+            assert_eq!(
+                reason(&app.authenticate(&secret, &[]).await),
+                Reason::RateLimited
+            );
+        }
+    }
+    app.shutdown().await;
+}
+
 async fn bans_follow_repeated_invalid_credentials_from_one_address(db: Db) {
     let mut config = test_config();
     config.bans.max_failures = 3;
@@ -193,7 +229,7 @@ async fn bans_follow_repeated_invalid_credentials_from_one_address(db: Db) {
     let garbage = [
         format!("cc_{}", "0".repeat(64)),
         "cc_short".to_owned(),
-        "Bearer not-a-key".to_owned(),
+        format!("Bearer cc_{}", "Z".repeat(64)),
     ];
     for credential in &garbage[..2] {
         let response = authenticate_from(&mut app, credential, attacker).await;
@@ -223,6 +259,21 @@ async fn bans_follow_repeated_invalid_credentials_from_one_address(db: Db) {
     );
     assert!(banned.key.is_none());
 
+    // Credentials that are not ours (no key prefix) never count: a browser
+    // sending its JWT along does not get its address banned.
+    for _ in 0..10 {
+        authenticate_from(
+            &mut app,
+            "Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig",
+            "198.51.100.2",
+        )
+        .await;
+    }
+    assert!(
+        authenticate_from(&mut app, &secret, "198.51.100.2")
+            .await
+            .allowed
+    );
     // Other addresses and callers without an address are unaffected.
     assert!(
         authenticate_from(&mut app, &secret, "198.51.100.1")
