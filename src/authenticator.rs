@@ -30,6 +30,10 @@ pub struct Presented<'a> {
     pub surface: Surface,
     pub key: PresentedKey<'a>,
     pub required: &'a [ScopeIndex],
+    /// A required scope that is not in the catalog (an ext_authz template
+    /// filled in from the request): no key holds it, so a live key is denied
+    /// INSUFFICIENT_SCOPE naming it, before any budget is spent.
+    pub required_unknown: Option<&'a str>,
     pub client: Option<IpAddr>,
 }
 
@@ -144,6 +148,15 @@ impl Authenticator {
             return self.refuse(Reason::Expired, request);
         }
 
+        if let Some(name) = request.required_unknown {
+            let mut denial = self.denials.deny(Reason::InsufficientScope);
+            denial.required_scope = Some(name.to_owned());
+            return Verdict {
+                key: Some(key),
+                denial: Some(denial),
+                rate_limit: None,
+            };
+        }
         if let Some(&missing) = request
             .required
             .iter()

@@ -221,7 +221,7 @@ impl Config {
                 .unwrap_or_else(|| vec!["Bearer".into(), "ApiKey".into()]),
             keys.display_chars.unwrap_or(6),
         )
-        .map_err(|r| fail("keys", r))?;
+        .map_err(|(key, reason)| fail(&format!("keys.{key}"), reason))?;
         let max_active_keys_per_account =
             in_range(keys.max_active_per_account.unwrap_or(10), 1, 100_000)
                 .map_err(|r| fail("keys.max_active_per_account", r))?;

@@ -155,19 +155,12 @@ impl ExtAuthzApi {
                 surface: Surface::ExtAuthzCheck,
                 key,
                 required,
+                required_unknown: unknown_scope.as_deref(),
                 client,
             })
             .await;
-        let route = matched.as_ref().map(|m| m.index);
-        let key_id = verdict.key.as_ref().map(|k| k.id.as_str());
+        // The authenticator has logged and counted the denial.
         if let Some(denial) = &verdict.denial {
-            tracing::debug!(
-                rpc = "Check",
-                reason = denial.reason.as_str(),
-                route,
-                key_id,
-                "denied"
-            );
             return responses.deny(denial, verdict.rate_limit);
         }
         let Some(key) = verdict.key.as_deref() else {
@@ -176,16 +169,6 @@ impl ExtAuthzApi {
             let unavailable = self.authenticator.denials.deny(Reason::Unavailable);
             return responses.deny(&unavailable, None);
         };
-        if let Some(scope) = unknown_scope {
-            tracing::debug!(
-                rpc = "Check",
-                reason = "unknown_templated_scope",
-                route,
-                key_id,
-                "denied"
-            );
-            return responses.deny_unknown_scope(&scope);
-        }
         let removal = if self.settings.strip_credential {
             sources.present(&headers, &target)
         } else {

@@ -117,46 +117,61 @@ impl KeyFormat {
         .expect("built-in key format is valid")
     }
 
+    /// A format, or the setting that is wrong (`prefix`, `body_length`,
+    /// `schemes`, `display_chars`) and why.
     pub fn new(
         prefix: &str,
         body_length: usize,
         alphabet: Alphabet,
         schemes: Vec<String>,
         display_chars: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, (&'static str, String)> {
         if prefix.is_empty() || prefix.len() > 32 {
-            return Err("prefix must be 1 to 32 characters".into());
+            return Err(("prefix", "must be 1 to 32 characters".into()));
         }
         if !prefix
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err("prefix may contain only ASCII letters, digits, `_` and `-`".into());
+            return Err((
+                "prefix",
+                "may contain only ASCII letters, digits, `_` and `-`".into(),
+            ));
         }
         let entropy = body_length as f64 * alphabet.bits_per_symbol();
         if entropy < MIN_ENTROPY_BITS {
-            return Err(format!(
-                "a body of {body_length} {} characters carries {entropy:.0} bits; at least {MIN_ENTROPY_BITS:.0} are required",
-                alphabet.name()
+            return Err((
+                "body_length",
+                format!(
+                    "{body_length} {} characters carry {entropy:.0} bits; at least {MIN_ENTROPY_BITS:.0} are required",
+                    alphabet.name()
+                ),
             ));
         }
         if prefix.len() + body_length > MAX_CREDENTIAL_BYTES - 16 {
-            return Err(format!(
-                "prefix plus body must stay under {} characters",
-                MAX_CREDENTIAL_BYTES - 16
+            return Err((
+                "body_length",
+                format!(
+                    "prefix plus body must stay under {} characters",
+                    MAX_CREDENTIAL_BYTES - 16
+                ),
             ));
         }
         for scheme in &schemes {
             if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err(format!(
-                    "scheme {scheme:?} must be a non-empty ASCII word like `Bearer`"
+                return Err((
+                    "schemes",
+                    format!("{scheme:?} must be a non-empty ASCII word like `Bearer`"),
                 ));
             }
         }
         if display_chars > body_length / 4 {
-            return Err(format!(
-                "display_chars must be at most a quarter of the body ({}), got {display_chars}",
-                body_length / 4
+            return Err((
+                "display_chars",
+                format!(
+                    "must be at most a quarter of the body ({}), got {display_chars}",
+                    body_length / 4
+                ),
             ));
         }
         Ok(Self {

@@ -104,10 +104,6 @@ impl KeyRateLimits {
         }
     }
 
-    pub fn default_limit(&self) -> Option<RateLimit> {
-        self.default
-    }
-
     /// Takes one request from the key's budget.
     pub fn check(&self, key: &CachedKey) -> RateDecision {
         let Some(limit) = key.rate_limit.or(self.default) else {
@@ -164,11 +160,6 @@ impl KeyRateLimits {
                 }
             }
         }
-    }
-
-    /// Limiters held (approximately), for metrics and benchmarks.
-    pub fn size(&self) -> u64 {
-        self.limiters.entry_count()
     }
 }
 

@@ -24,10 +24,6 @@ impl ScopeSet {
         self.0 & (1 << index.0) != 0
     }
 
-    pub fn contains_all(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
-    }
-
     pub fn union(self, other: Self) -> Self {
         Self(self.0 | other.0)
     }

@@ -49,13 +49,6 @@ pub struct KeyRecord {
     pub last_used_at: Option<UnixMillis>,
 }
 
-impl KeyRecord {
-    /// Neither revoked nor expired at `now`.
-    pub fn is_active(&self, now: UnixMillis) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
-    }
-}
-
 /// What UpdateKey changes; `None` leaves a field alone.
 #[derive(Debug, Clone, Default)]
 pub struct KeyUpdate {
@@ -211,9 +204,6 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Writes a batch of last-use times (never moving one backwards).
     async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError>;
-
-    /// A cheap round trip, for health.
-    async fn ping(&self) -> Result<(), StoreError>;
 
     /// The connection pool's current use, for metrics (no database call).
     fn pool_stats(&self) -> PoolStats;

@@ -65,6 +65,7 @@ impl KeyService for KeyServiceApi {
                 surface: Surface::Authenticate,
                 key: PresentedKey::Credential(&request.credential),
                 required: &required,
+                required_unknown: None,
                 client,
             })
             .await;
@@ -113,6 +114,7 @@ impl KeyService for KeyServiceApi {
                 surface: Surface::CheckScope,
                 key: presented,
                 required: &required,
+                required_unknown: None,
                 client,
             })
             .await;

@@ -108,6 +108,59 @@ fn errors_name_the_file_and_key() {
         ),
         ("[cache]\nttl_seconds = nan", "cache.ttl_seconds"),
         ("unknown_table = 1", "unknown_table"),
+        ("[server]\nmax_connections = 0", "server.max_connections"),
+        (
+            "[server]\nshutdown_grace_seconds = -1",
+            "server.shutdown_grace_seconds",
+        ),
+        ("[keys]\nprefix = \"\"", "keys.prefix"),
+        ("[keys]\nbody_length = 8", "keys.body_length"),
+        ("[keys]\nbody_length = 600", "keys.body_length"),
+        ("[keys]\nschemes = [\"Bear er\"]", "keys.schemes"),
+        ("[keys]\ndisplay_chars = 40", "keys.display_chars"),
+        ("[cache]\nnegative_capacity = 0", "cache.negative_capacity"),
+        (
+            "[cache]\nnegative_ttl_seconds = 0",
+            "cache.negative_ttl_seconds",
+        ),
+        ("[feed]\npoll_interval_ms = 1", "feed.poll_interval_ms"),
+        (
+            "[feed]\nprune_interval_seconds = 0",
+            "feed.prune_interval_seconds",
+        ),
+        (
+            "[feed]\ncheckpoint_interval_seconds = 0",
+            "feed.checkpoint_interval_seconds",
+        ),
+        ("[feed]\nmax_watchers = 0", "feed.max_watchers"),
+        ("[bans]\nmax_failures = 0", "bans.max_failures"),
+        ("[bans]\nwindow_seconds = 0", "bans.window_seconds"),
+        (
+            "[bans]\nmax_tracked_addresses = 0",
+            "bans.max_tracked_addresses",
+        ),
+        ("[bans]\nenabled = \"yes\"", "bans.enabled"),
+        (
+            "[[presets]]\nname = \"\"\nscopes = [\"*\"]",
+            "presets[0].name",
+        ),
+        (
+            "[[presets]]\nname = \"p\"\nscopes = [\"*\"]\n[[presets]]\nname = \"p\"\nscopes = [\"*\"]",
+            "presets[1].name",
+        ),
+        (
+            "[denials.insufficient_scope]\nhttp_status = 401",
+            "denials.insufficient_scope",
+        ),
+        (
+            "[denials.rate_limited]\nmessage = \"\"",
+            "denials.rate_limited",
+        ),
+        (
+            "[denials.too_many_failed_attempts]\nhttp_status = 500",
+            "denials.too_many_failed_attempts",
+        ),
+        ("[denials.invalid]\ncode = \"\"", "denials.invalid"),
     ];
     for (text, key) in cases {
         let error = Config::parse(text, "p.toml").unwrap_err();

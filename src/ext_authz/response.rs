@@ -145,7 +145,6 @@ pub struct Responses {
     /// Insufficient-scope body per catalog scope (its own denial text when
     /// it has one, and its name as `required_scope` in the details style).
     scope_bodies: HashMap<String, String>,
-    insufficient_scope: DenialText,
     unmatched_route: (DenialText, String),
     malformed_request: (DenialText, String),
 }
@@ -213,7 +212,6 @@ impl Responses {
             www_authenticate,
             reason_bodies,
             scope_bodies,
-            insufficient_scope: denials.insufficient_scope.clone(),
             unmatched_route: render(unmatched_route),
             malformed_request: render(malformed_request),
         }
@@ -324,21 +322,6 @@ impl Responses {
             headers.extend(rate_limit_headers(status));
         }
         denied_response(denial.http_status, headers, body, denial.reason.as_str())
-    }
-
-    /// The key is fine, but a templated scope filled in to a scope that is
-    /// not in the catalog, so no key can hold it: 403 naming that scope.
-    pub fn deny_unknown_scope(&self, required_scope: &str) -> CheckResponse {
-        let text = &self.insufficient_scope;
-        let body = self
-            .style
-            .render(&text.code, &text.message, Some(required_scope));
-        denied_response(
-            text.http_status,
-            self.denial_headers(text.http_status),
-            body,
-            Reason::InsufficientScope.as_str(),
-        )
     }
 
     /// A denial decided by the route policy.

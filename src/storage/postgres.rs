@@ -350,11 +350,6 @@ impl KeyStore for PostgresStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     fn pool_stats(&self) -> super::PoolStats {
         super::PoolStats::of(&self.pool)
     }

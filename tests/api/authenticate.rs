@@ -305,6 +305,14 @@ async fn bad_check_scope_input_is_invalid_argument(db: Db) {
             },
             "client_ip",
         ),
+        (
+            proto::CheckScopeRequest {
+                key_id: key.id.clone(),
+                scopes: vec!["orders:read".into(); 65],
+                ..Default::default()
+            },
+            "scopes",
+        ),
     ];
     for (request, field) in cases {
         let status = app.keys.check_scope(request).await.unwrap_err();

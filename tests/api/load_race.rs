@@ -122,9 +122,6 @@ impl KeyStore for HeldReads {
     async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
         self.inner.record_last_used(uses).await
     }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
     fn pool_stats(&self) -> PoolStats {
         self.inner.pool_stats()
     }
@@ -210,6 +207,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
         surface: Surface::Authenticate,
         key: PresentedKey::Credential(&secret),
         required: &[],
+        required_unknown: None,
         client: None,
     });
     let revoke = async {
@@ -231,6 +229,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
             surface: Surface::Authenticate,
             key: PresentedKey::Credential(&secret),
             required: &[],
+            required_unknown: None,
             client: None,
         })
         .await;
@@ -251,6 +250,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         surface: Surface::CheckScope,
         key: PresentedKey::Id(&id),
         required: &[],
+        required_unknown: None,
         client: None,
     });
     let revoke = async {
@@ -270,6 +270,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
             surface: Surface::CheckScope,
             key: PresentedKey::Id(&id),
             required: &[],
+            required_unknown: None,
             client: None,
         })
         .await;

@@ -147,7 +147,11 @@ fn a_bad_config_file_stops_startup_naming_file_key_and_reason() {
             "`cache.capacity`",
             "invalid type",
         ),
-        ("[keys]\nprefix = \"c c\"\n", "`keys`", "prefix"),
+        (
+            "[keys]\nprefix = \"c c\"\n",
+            "`keys.prefix`",
+            "ASCII letters",
+        ),
         ("[keys]\nalphabet = \"emoji\"\n", "`keys.alphabet`", "hex"),
         (
             "[feed]\nfreshness_bound_ms = 60\npoll_interval_ms = 50\n",

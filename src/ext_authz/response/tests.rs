@@ -137,7 +137,10 @@ fn insufficient_scope_bodies_name_the_scope_in_the_details_style() {
         denied(&response).body,
         r#"{"error":{"code":"forbidden","message":"This key does not have the required scope.","details":{"required_scope":"orders:write"}}}"#
     );
-    let unknown = responses.deny_unknown_scope("strategies:read");
+    // A scope outside the catalog (a filled-in template) renders the same way.
+    let mut unknown_denial = DenialCatalog::default().deny(Reason::InsufficientScope);
+    unknown_denial.required_scope = Some("strategies:read".into());
+    let unknown = responses.deny(&unknown_denial, None);
     assert_eq!(denied(&unknown).status.as_ref().unwrap().code, 403);
     assert!(
         denied(&unknown)

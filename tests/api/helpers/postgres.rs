@@ -30,15 +30,22 @@ pub fn admin_url() -> Option<String> {
                             "CI=true but no PostgreSQL for tests: set KEYWARD_TEST_DATABASE_URL ({reason})"
                         );
                     }
-                    eprintln!(
-                        "\n*** SKIPPED PostgreSQL tests: KEYWARD_TEST_DATABASE_URL is not set and no \
-                         throwaway cluster could be started ({reason}) ***\n"
-                    );
+                    report_skip(&format!(
+                        "PostgreSQL tests: KEYWARD_TEST_DATABASE_URL is not set and no \
+                         throwaway cluster could be started ({reason})"
+                    ));
                     None
                 }
             }
         })
         .clone()
+}
+
+/// Says loudly that tests were skipped. Written to the process's stderr
+/// directly: `eprintln!` inside a passing test is captured and never shown.
+pub fn report_skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {what} ***\n");
 }
 
 /// `admin` with its database replaced by `database`.
