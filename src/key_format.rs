@@ -243,7 +243,8 @@ impl KeyFormat {
         let Some(body) = key.strip_prefix(self.prefix.as_str()) else {
             return Err(CredentialProblem::Missing);
         };
-        // Length first, so a 1 MiB body costs a comparison, not a scan.
+        // Length before the alphabet check, so an oversized body is refused
+        // without a scan of its characters.
         if body.len() != self.body_length || !body.bytes().all(|b| self.alphabet.contains(b)) {
             return Err(CredentialProblem::Malformed);
         }

@@ -1,5 +1,6 @@
 //! The `keyward` binary: parses the command line, sets up logging, and runs
 //! the chosen command.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

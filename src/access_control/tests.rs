@@ -1,3 +1,5 @@
+//! Unit tests for `access_control`.
+
 use super::*;
 
 fn token(name: &str, secret: &str, rpcs: &[Rpc]) -> ServiceToken {

@@ -1,3 +1,5 @@
+//! Unit tests for `config`.
+
 use super::*;
 
 #[test]

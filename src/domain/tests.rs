@@ -1,3 +1,5 @@
+//! Unit tests for `domain`.
+
 use super::*;
 
 #[test]

@@ -1,3 +1,5 @@
+//! Unit tests for `key_cache`.
+
 use super::*;
 use crate::domain::KeyName;
 

@@ -1,3 +1,5 @@
+//! Unit tests for `key_format`.
+
 use super::*;
 
 fn hex64(fill: char) -> String {

@@ -1,3 +1,5 @@
+//! Unit tests for `scope_catalog`.
+
 use super::*;
 
 fn def(name: &str, implies: &[&str]) -> ScopeDefinition {

@@ -1,3 +1,5 @@
+//! Unit tests for `config::http`.
+
 use crate::config::Config;
 use crate::ext_authz::{ErrorBodyStyle, UnmatchedRoute};
 

@@ -1,3 +1,5 @@
+//! Unit tests for `ext_authz::request`.
+
 use envoy_types::ext_authz::v3::pb::Address;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, SocketAddress};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;

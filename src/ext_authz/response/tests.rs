@@ -1,3 +1,5 @@
+//! Unit tests for `ext_authz::response`.
+
 use std::time::Duration;
 
 use super::*;

@@ -1,3 +1,5 @@
+//! Unit tests for `ext_authz::route_policy`.
+
 use super::*;
 
 fn route(methods: &[&str], path: &str, scopes: &[&str]) -> RouteDefinition {
