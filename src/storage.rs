@@ -33,6 +33,25 @@ pub struct NewKey {
     pub expires_at: Option<UnixMillis>,
 }
 
+impl NewKey {
+    /// The record this key is once inserted.
+    fn into_record(self) -> KeyRecord {
+        KeyRecord {
+            id: self.id,
+            account_id: self.account_id,
+            name: self.name.as_str().to_owned(),
+            digest: self.digest,
+            start: self.start,
+            scopes: self.scopes,
+            rate_limit: self.rate_limit,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+}
+
 /// A stored key. Holds the digest (needed to find cache entries) but never a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {

@@ -148,19 +148,7 @@ impl KeyStore for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(KeyRecord {
-            id: key.id,
-            account_id: key.account_id,
-            name: key.name.as_str().to_owned(),
-            digest: key.digest,
-            start: key.start,
-            scopes: key.scopes,
-            rate_limit: key.rate_limit,
-            created_at: key.created_at,
-            expires_at: key.expires_at,
-            revoked_at: None,
-            last_used_at: None,
-        })
+        Ok(key.into_record())
     }
 
     async fn revoke_key(
