@@ -13,6 +13,7 @@ mod management_auth;
 mod metrics;
 mod operations;
 mod operator_cli;
+mod product_csboard;
 mod revocation;
 mod serving;
 mod storage_conformance;
