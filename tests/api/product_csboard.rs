@@ -141,6 +141,11 @@ async fn csboard_key_is_read_from_a_bearer_header_or_the_api_key_query_parameter
         .await;
     let ok = allowed(&by_header);
     assert_eq!(upstream_headers(ok)["x-keyward-key-id"], key.id);
+    // "tied to your CSBoard account": the upstream learns whose key it is.
+    assert_eq!(
+        upstream_headers(ok)["x-keyward-account-id"],
+        "csboard_user_1"
+    );
     assert_eq!(ok.headers_to_remove, ["authorization"]);
 
     let by_query = envoy
