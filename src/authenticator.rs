@@ -162,6 +162,17 @@ impl Authenticator {
             };
         }
 
+        // A lookup by id names a key the caller has already authenticated
+        // (and paid for): it neither spends the key's budget nor counts as a
+        // use, so knowing a public key id gives no handle on either.
+        if let PresentedKey::Id(_) = request.key {
+            return Verdict {
+                key: Some(key),
+                denial: None,
+                rate_limit: None,
+            };
+        }
+
         let rate_limit = match self.rate_limits.check(&key) {
             RateDecision::Unlimited => None,
             RateDecision::Allowed(status) => Some(status),
@@ -273,7 +284,10 @@ impl Authenticator {
             .await?;
         match loaded {
             Loaded::Found(key) => Ok(key),
-            Loaded::NotFound => Err(Reason::UnknownKey),
+            Loaded::NotFound => {
+                self.cache.insert_unknown_id(id.clone());
+                Err(Reason::UnknownKey)
+            }
         }
     }
 

@@ -402,6 +402,12 @@ impl Config {
                     .map_err(|r| fail("feed.checkpoint_interval_seconds", r))?,
                 None => feed_defaults.checkpoint_interval,
             },
+            max_watchers: in_range(
+                raw.feed.max_watchers.unwrap_or(feed_defaults.max_watchers),
+                1,
+                1_000_000,
+            )
+            .map_err(|r| fail("feed.max_watchers", r))?,
         };
 
         let default_rate_limit = raw

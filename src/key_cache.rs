@@ -144,6 +144,8 @@ pub struct KeyCache {
     by_digest: Cache<KeyDigest, Arc<CachedKey>>,
     by_id: Cache<KeyId, Arc<CachedKey>>,
     unknown: Cache<KeyDigest, ()>,
+    /// Key ids recently looked up (CheckScope by id) and not found.
+    unknown_ids: Cache<KeyId, ()>,
     epoch: AtomicU64,
     stripes: [Mutex<()>; STRIPES],
     stripe_hasher: std::hash::RandomState,
@@ -164,6 +166,10 @@ impl KeyCache {
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
                 .build(),
+            unknown_ids: Cache::builder()
+                .max_capacity(settings.negative_capacity)
+                .time_to_live(settings.negative_ttl)
+                .build(),
             epoch: AtomicU64::new(0),
             stripes: std::array::from_fn(|_| Mutex::new(())),
             stripe_hasher: std::hash::RandomState::new(),
@@ -181,10 +187,13 @@ impl KeyCache {
     }
 
     pub fn lookup_id(&self, id: &KeyId) -> Lookup {
-        match self.by_id.get(id) {
-            Some(key) => Lookup::Hit(key),
-            None => Lookup::Miss(self.ticket()),
+        if let Some(key) = self.by_id.get(id) {
+            return Lookup::Hit(key);
         }
+        if self.unknown_ids.contains_key(id) {
+            return Lookup::KnownUnknown;
+        }
+        Lookup::Miss(self.ticket())
     }
 
     /// A ticket for a load that starts now (take it before the database read).
@@ -246,16 +255,38 @@ impl KeyCache {
         self.unknown.invalidate(digest);
     }
 
+    /// Remembers that no key has this id. Ids are generated at creation and
+    /// first seen by anyone in the CreateKey response, after the commit, so
+    /// an id cannot be looked up before its key exists.
+    pub fn insert_unknown_id(&self, id: KeyId) {
+        self.unknown_ids.insert(id, ());
+    }
+
     /// Entries (by digest, negative), approximately, for metrics.
     pub fn sizes(&self) -> (u64, u64) {
         (self.by_digest.entry_count(), self.unknown.entry_count())
     }
 
     /// Drops everything (used when a follower finds a gap it cannot replay).
+    /// Holds every stripe lock, as a per-key change holds one: a loader that
+    /// passed its epoch check is then either done inserting (and removed
+    /// here) or still waiting (and sees the new epoch).
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        let _stripes: Vec<_> = self
+            .stripes
+            .iter()
+            .map(|stripe| {
+                stripe
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            })
+            .collect();
         self.by_digest.invalidate_all();
         self.by_id.invalidate_all();
+        // `invalidate_all` is lazy; make it take effect while the locks are held.
+        self.by_digest.run_pending_tasks();
+        self.by_id.run_pending_tasks();
     }
 
     /// Runs moka's pending maintenance now (tests and benchmarks measuring size).
@@ -263,6 +294,7 @@ impl KeyCache {
         self.by_digest.run_pending_tasks();
         self.by_id.run_pending_tasks();
         self.unknown.run_pending_tasks();
+        self.unknown_ids.run_pending_tasks();
     }
 }
 

@@ -12,6 +12,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use moka::Expiry;
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
 use crate::domain::{KeyId, RateLimit};
@@ -114,15 +115,31 @@ impl KeyRateLimits {
         };
         let limiter = match self.limiters.get(&key.id) {
             Some(existing) if existing.limit == limit => existing,
-            // New key, or its limit changed: start a fresh bucket.
+            // New key, or its limit changed: one fresh bucket, created under
+            // moka's per-key lock so concurrent first requests share it
+            // (separate buckets would each grant a full burst).
             _ => {
-                let fresh = Arc::new(KeyLimiter {
-                    limit,
-                    limiter: RateLimiter::direct_with_clock(quota(limit), self.clock.clone())
-                        .with_middleware::<StateInformationMiddleware>(),
-                });
-                self.limiters.insert(key.id.clone(), Arc::clone(&fresh));
-                fresh
+                let fresh = || {
+                    Arc::new(KeyLimiter {
+                        limit,
+                        limiter: RateLimiter::direct_with_clock(quota(limit), self.clock.clone())
+                            .with_middleware::<StateInformationMiddleware>(),
+                    })
+                };
+                let result = self
+                    .limiters
+                    .entry_by_ref(&key.id)
+                    .and_compute_with(|current| match current {
+                        Some(entry) if entry.value().limit == limit => Op::Nop,
+                        _ => Op::Put(fresh()),
+                    });
+                match result {
+                    CompResult::Inserted(entry)
+                    | CompResult::ReplacedWith(entry)
+                    | CompResult::Unchanged(entry) => entry.into_value(),
+                    // The closure never removes; keep serving with a bucket.
+                    CompResult::StillNone(_) | CompResult::Removed(_) => fresh(),
+                }
             }
         };
         let per_request = per_request(limit);
@@ -209,6 +226,35 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn concurrent_first_requests_share_one_bucket() {
+        let limits = Arc::new(KeyRateLimits::new(
+            Some(RateLimit::new(1, 60).unwrap()),
+            1_000,
+        ));
+        for round in 0..200 {
+            let key = Arc::new(key(None));
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let limits = Arc::clone(&limits);
+                    let key = Arc::clone(&key);
+                    std::thread::spawn(move || {
+                        matches!(limits.check(&key), RateDecision::Allowed(_))
+                    })
+                })
+                .collect();
+            let allowed = racers
+                .into_iter()
+                .map(|r| r.join().unwrap())
+                .filter(|&a| a)
+                .count();
+            assert_eq!(
+                allowed, 1,
+                "round {round}: a limit of 1 let {allowed} through"
+            );
         }
     }
 

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::UnixMillis;
 use crate::key_cache::KeyCache;
@@ -32,6 +33,8 @@ pub struct FeedSettings {
     pub prune_interval: Duration,
     pub watch_buffer: usize,
     pub checkpoint_interval: Duration,
+    /// Open WatchRevocations streams allowed on this replica.
+    pub max_watchers: usize,
 }
 
 impl Default for FeedSettings {
@@ -43,6 +46,7 @@ impl Default for FeedSettings {
             prune_interval: Duration::from_secs(600),
             watch_buffer: 1024,
             checkpoint_interval: Duration::from_secs(30),
+            max_watchers: 1024,
         }
     }
 }
@@ -91,13 +95,31 @@ impl Freshness {
     }
 }
 
+/// What the feed broadcasts to `WatchRevocations` streams.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    Event(Arc<KeyEvent>),
+    /// This replica found events pruned before it applied them and started
+    /// over at this sequence: streams that relied on it have a gap.
+    Gap {
+        resumed_at: u64,
+    },
+}
+
 pub struct RevocationFeed {
+    /// The follower's own small pool (see `storage::open_follower`).
+    reader: Arc<dyn KeyStore>,
+    /// The shared pool, for watch streams' history reads.
     store: Arc<dyn KeyStore>,
     cache: Arc<KeyCache>,
     freshness: Arc<Freshness>,
-    events: broadcast::Sender<Arc<KeyEvent>>,
+    events: broadcast::Sender<FeedItem>,
     applied: AtomicU64,
     settings: FeedSettings,
+    /// Cancelled when the server begins to shut down; watch streams end.
+    closing: CancellationToken,
+    /// One permit per open watch stream.
+    watchers: Arc<Semaphore>,
 }
 
 impl RevocationFeed {
@@ -105,21 +127,25 @@ impl RevocationFeed {
     /// nothing older to apply.
     pub async fn start(
         store: Arc<dyn KeyStore>,
+        reader: Arc<dyn KeyStore>,
         cache: Arc<KeyCache>,
         settings: FeedSettings,
     ) -> Result<Arc<Self>, StoreError> {
         let poll_started = Instant::now();
-        let latest = store.latest_seq().await?;
+        let latest = reader.latest_seq().await?;
         let freshness = Arc::new(Freshness::new(settings.freshness_bound));
         freshness.confirm(poll_started);
         let (events, _) = broadcast::channel(settings.watch_buffer.max(1));
         Ok(Arc::new(Self {
+            reader,
             store,
             cache,
             freshness,
             events,
             applied: AtomicU64::new(latest),
+            watchers: Arc::new(Semaphore::new(settings.max_watchers)),
             settings,
+            closing: CancellationToken::new(),
         }))
     }
 
@@ -137,12 +163,28 @@ impl RevocationFeed {
     }
 
     /// Live events, in sequence order, from the moment of subscription.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<KeyEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<FeedItem> {
         self.events.subscribe()
     }
 
+    /// The shared store (watch history reads).
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.store
+    }
+
+    /// A permit for one more watch stream, if the bound allows.
+    pub fn admit_watcher(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.watchers).try_acquire_owned().ok()
+    }
+
+    /// Resolves when the server begins to shut down.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Tells watch streams the server is shutting down.
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     /// Reads and applies everything after the last applied sequence.
@@ -152,17 +194,20 @@ impl RevocationFeed {
         let mut applied_now = 0;
         loop {
             let after = self.applied_seq();
-            let events = self.store.events_after(after, PAGE).await?;
-            if events.is_empty() && after < self.store.pruned_through().await? {
-                // Retention removed events this replica never saw (it was cut
-                // off longer than the retention period): start over.
+            let events = self.reader.events_after(after, PAGE).await?;
+            // Checked after the page, so pruning that raced the read is seen:
+            // if events after `after` may be gone, this page may have a hole.
+            if after < self.reader.pruned_through().await? {
+                // Retention removed events this replica never applied (it was
+                // cut off longer than the retention period): start over.
                 tracing::warn!(
                     after,
                     "event log pruned past this replica; clearing the cache"
                 );
-                let latest = self.store.latest_seq().await?;
+                let latest = self.reader.latest_seq().await?;
                 self.cache.clear();
                 self.applied.store(latest, Ordering::Release);
+                let _ = self.events.send(FeedItem::Gap { resumed_at: latest });
                 continue;
             }
             let full_page = events.len() == PAGE as usize;
@@ -170,7 +215,7 @@ impl RevocationFeed {
                 self.cache.invalidate(&event.key_id, &event.digest);
                 self.applied.store(event.seq, Ordering::Release);
                 // No receivers is fine.
-                let _ = self.events.send(Arc::new(event));
+                let _ = self.events.send(FeedItem::Event(Arc::new(event)));
                 applied_now += 1;
             }
             if !full_page {
@@ -241,7 +286,7 @@ impl RevocationFeed {
             let retention_ms =
                 i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
             let cutoff = UnixMillis::now().saturating_add_millis(-retention_ms);
-            match self.store.prune_events(cutoff).await {
+            match self.reader.prune_events(cutoff).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "pruned old events"),
                 Err(error) => tracing::warn!(%error, "could not prune old events"),

@@ -134,6 +134,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
         },
     )
     .await?;
+    let follower_store = storage::open_follower(&database_url, &store).await?;
     tracing::info!(backend = %store.backend(), "storage ready");
 
     let listener = TcpListener::bind(listen)
@@ -163,6 +164,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
     let task = tokio::spawn(run(
         config,
         store,
+        follower_store,
         listener,
         Listeners {
             tls,
@@ -211,6 +213,7 @@ struct Listeners {
 async fn run(
     config: Config,
     store: Arc<dyn KeyStore>,
+    follower_store: Arc<dyn KeyStore>,
     listener: TcpListener,
     listeners: Listeners,
     stop: CancellationToken,
@@ -221,8 +224,13 @@ async fn run(
         Telemetry::disabled()
     });
     let cache = Arc::new(KeyCache::new(&config.cache));
-    let feed =
-        RevocationFeed::start(Arc::clone(&store), Arc::clone(&cache), config.feed.clone()).await?;
+    let feed = RevocationFeed::start(
+        Arc::clone(&store),
+        follower_store,
+        Arc::clone(&cache),
+        config.feed.clone(),
+    )
+    .await?;
     let wakeups = store.subscribe_wakeups().await?;
     let (usage, usage_flusher) = usage_channel(Arc::clone(&store));
 
@@ -281,11 +289,14 @@ async fn run(
             .set_service_status(service, ServingStatus::Serving)
             .await;
     }
-    // Stops with the first sign of shutdown, so it cannot undo NOT_SERVING.
+    // The watchdog is the only writer of health after startup; at shutdown
+    // its last write is NOT_SERVING, then it cancels `health_down`.
+    let health_down = CancellationToken::new();
     let watchdog = tokio::spawn(health_watchdog(
         health_reporter.clone(),
         Arc::clone(feed.freshness()),
         stop.clone(),
+        health_down.clone(),
     ));
 
     // Both reflection versions: grpcurl 1.8 and many tools still speak v1alpha.
@@ -318,15 +329,14 @@ async fn run(
     let grace = config.server.shutdown_grace;
     let shutdown_signal = {
         let stop = stop.clone();
-        let health_reporter = health_reporter.clone();
+        let feed = Arc::clone(&feed);
         async move {
             stop.cancelled().await;
             tracing::info!("shutting down: draining in-flight calls");
-            for service in HEALTH_SERVICES {
-                health_reporter
-                    .set_service_status(service, ServingStatus::NotServing)
-                    .await;
-            }
+            // Watch streams would otherwise hold the drain for the whole
+            // grace period; they end with the position to resume from.
+            feed.close();
+            health_down.cancelled().await;
         }
     };
     let mut builder = tonic::transport::Server::builder();
@@ -385,12 +395,19 @@ async fn health_watchdog(
     reporter: HealthReporter,
     freshness: Arc<Freshness>,
     stop: CancellationToken,
+    health_down: CancellationToken,
 ) {
     let mut serving = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                for service in HEALTH_SERVICES {
+                    reporter.set_service_status(service, ServingStatus::NotServing).await;
+                }
+                health_down.cancel();
+                return;
+            }
             _ = ticker.tick() => {}
         }
         let fresh = freshness.is_fresh();

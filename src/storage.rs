@@ -238,6 +238,33 @@ pub async fn open(
     }
 }
 
+/// A second, small pool on the same database for the event-log follower.
+/// Cache misses, watch history and management share the main pool; load
+/// there (even a flood of unknown keys) must never starve the follower of
+/// the reads that prove this replica is current, or the replica would fail
+/// closed for everyone. An in-memory SQLite database exists once per
+/// connection, so it shares the main store.
+pub async fn open_follower(
+    database_url: &str,
+    main: &Arc<dyn KeyStore>,
+) -> Result<Arc<dyn KeyStore>, StoreError> {
+    let settings = PoolSettings {
+        max_connections: 2,
+        acquire_timeout: std::time::Duration::from_secs(2),
+    };
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PostgresStore::connect(database_url, &settings).await?,
+        ))
+    } else if database_url.contains(":memory:") || database_url.contains("mode=memory") {
+        Ok(Arc::clone(main))
+    } else {
+        Ok(Arc::new(
+            sqlite::SqliteStore::connect(database_url, &settings).await?,
+        ))
+    }
+}
+
 /// Whether a URL names a backend keyward supports (checked at startup).
 pub fn check_database_url(database_url: &str) -> Result<(), String> {
     let supported = ["sqlite:", "postgres://", "postgresql://"];

@@ -7,6 +7,13 @@
 //! the subscription is in the history read; one committed after it arrives
 //! live. The live buffer is bounded; a consumer that falls behind it is cut
 //! off with RESOURCE_EXHAUSTED and resumes from its last sequence.
+//!
+//! A stream never claims more than it knows: history pages are re-checked
+//! against pruning (a page read while the pruner ran may have a hole: the
+//! stream ends with OUT_OF_RANGE), a replica that had to skip pruned events
+//! ends its streams the same way, checkpoints pause while the replica cannot
+//! prove it is current, and at shutdown streams end with UNAVAILABLE and the
+//! position to resume from. The number of streams per replica is bounded.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +26,9 @@ use tonic::Status;
 use super::convert::millis_to_timestamp;
 use crate::domain::{AccountId, UnixMillis};
 use crate::proto::RevocationEvent;
-use crate::revocation_feed::RevocationFeed;
+use crate::revocation_feed::{FeedItem, RevocationFeed};
 use crate::storage::{KeyEvent, StoreError};
+use tokio::sync::OwnedSemaphorePermit;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
 
@@ -60,6 +68,12 @@ pub async fn start(
     after_seq: u64,
     account: Option<AccountId>,
 ) -> Result<EventStream, Status> {
+    let permit = feed.admit_watcher().ok_or_else(|| {
+        Status::resource_exhausted(format!(
+            "this replica already serves {} WatchRevocations streams; retry later or on another replica",
+            feed.settings().max_watchers
+        ))
+    })?;
     // Subscribe first: see the module comment.
     let live = feed.subscribe();
     let store = Arc::clone(feed.store());
@@ -83,17 +97,34 @@ pub async fn start(
         after_seq
     };
     let (outbox, receiver) = mpsc::channel(OUTBOX);
-    tokio::spawn(run(feed, live, start_at, after_seq == 0, account, outbox));
+    tokio::spawn(run(
+        feed,
+        live,
+        start_at,
+        after_seq == 0,
+        account,
+        outbox,
+        permit,
+    ));
     Ok(Box::pin(ReceiverStream::new(receiver)))
+}
+
+fn gap_status(position: u64) -> Status {
+    Status::out_of_range(format!(
+        "events after {position} were pruned before this stream could deliver them; \
+         resync your cache and restart with after_seq = 0"
+    ))
 }
 
 async fn run(
     feed: Arc<RevocationFeed>,
-    mut live: broadcast::Receiver<Arc<KeyEvent>>,
+    mut live: broadcast::Receiver<FeedItem>,
     mut position: u64,
     announce: bool,
     account: Option<AccountId>,
     outbox: mpsc::Sender<Result<RevocationEvent, Status>>,
+    // Held for the stream's life: it is what bounds the number of streams.
+    _permit: OwnedSemaphorePermit,
 ) {
     let wanted = |event: &KeyEvent| account.as_ref().is_none_or(|a| *a == event.account_id);
     if announce && outbox.send(Ok(checkpoint(position))).await.is_err() {
@@ -113,6 +144,17 @@ async fn run(
         if page.is_empty() {
             break;
         }
+        match store.pruned_through().await {
+            Ok(pruned) if pruned > position => {
+                let _ = outbox.send(Err(gap_status(position))).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let _ = outbox.send(Err(storage_status(error))).await;
+                return;
+            }
+        }
         for event in page {
             position = event.seq;
             if wanted(&event) && outbox.send(Ok(to_proto(&event))).await.is_err() {
@@ -127,13 +169,29 @@ async fn run(
     loop {
         tokio::select! {
             () = outbox.closed() => return,
+            () = feed.closing().cancelled() => {
+                let _ = outbox
+                    .send(Err(Status::unavailable(format!(
+                        "server shutting down; resume with after_seq = {position}"
+                    ))))
+                    .await;
+                return;
+            }
             _ = quiet.tick() => {
-                if outbox.send(Ok(checkpoint(position))).await.is_err() {
+                // A checkpoint says "caught up to here"; only a replica that
+                // can prove it is current may say so.
+                if feed.freshness().is_fresh()
+                    && outbox.send(Ok(checkpoint(position))).await.is_err()
+                {
                     return;
                 }
             }
             received = live.recv() => match received {
-                Ok(event) => {
+                Ok(FeedItem::Gap { .. }) => {
+                    let _ = outbox.send(Err(gap_status(position))).await;
+                    return;
+                }
+                Ok(FeedItem::Event(event)) => {
                     if event.seq <= position {
                         continue;
                     }
@@ -155,14 +213,9 @@ async fn run(
                         .await;
                     return;
                 }
-                Err(broadcast::error::RecvError::Closed) => {
-                    let _ = outbox
-                        .send(Err(Status::unavailable(format!(
-                            "server shutting down; resume with after_seq = {position}"
-                        ))))
-                        .await;
-                    return;
-                }
+                // The feed outlives every stream (each holds it), so the
+                // sender cannot close first; treat it like shutdown anyway.
+                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }

@@ -36,9 +36,14 @@ pub async fn nanos_per_cached_authenticate(keys: u64, calls: u64) -> Result<f64,
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let cache = Arc::new(KeyCache::new(&config.cache));
-    let feed = RevocationFeed::start(Arc::clone(&store), Arc::clone(&cache), config.feed.clone())
-        .await
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let feed = RevocationFeed::start(
+        Arc::clone(&store),
+        Arc::clone(&store),
+        Arc::clone(&cache),
+        config.feed.clone(),
+    )
+    .await
+    .map_err(|e| BenchError::Setup(e.to_string()))?;
     let stop = CancellationToken::new();
     let wakeups = store
         .subscribe_wakeups()

@@ -108,6 +108,7 @@ pub struct RawFeed {
     pub prune_interval_seconds: Option<f64>,
     pub watch_buffer: Option<usize>,
     pub checkpoint_interval_seconds: Option<f64>,
+    pub max_watchers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -196,19 +196,18 @@ enum Source<'v> {
 /// Envoy's peer; with N > 0, the N-th `x-forwarded-for` entry from the right
 /// (each trusted proxy appends the address it received the request from, so
 /// entries further left were written by the client and prove nothing). When
-/// the header has fewer entries, or that entry is not an address, the peer
-/// address is used: it is at least not client-chosen.
+/// the header has fewer entries, or that entry is not an address, there is
+/// no client address: the peer is then one of our own proxies, and counting
+/// failures against it would let one client ban every client behind it.
 pub fn client_address(
     attributes: &AttributeContext,
     headers: &RequestHeaders<'_>,
     trusted_proxy_hops: u32,
 ) -> Option<IpAddr> {
-    if trusted_proxy_hops > 0
-        && let Some(forwarded) = headers.get(X_FORWARDED_FOR)
-        && let Some(entry) = forwarded.rsplit(',').nth(trusted_proxy_hops as usize - 1)
-        && let Some(address) = parse_address(entry)
-    {
-        return Some(address);
+    if trusted_proxy_hops > 0 {
+        let forwarded = headers.get(X_FORWARDED_FOR)?;
+        let entry = forwarded.rsplit(',').nth(trusted_proxy_hops as usize - 1)?;
+        return parse_address(entry);
     }
     let peer = attributes
         .source

@@ -176,6 +176,8 @@ pub enum MalformedRequest {
     AmbiguousSegment,
     #[error("a query parameter keyward reads appears more than once")]
     RepeatedQueryParameter,
+    #[error("a query parameter keyward reads has a percent-encoded name")]
+    EncodedQueryParameterName,
     #[error("a query parameter keyward reads has a bad percent-escape")]
     BadQueryEscape,
     #[error("the check request carries no HTTP attributes")]
@@ -194,7 +196,8 @@ impl<'a> RequestTarget<'a> {
     /// decoded). Percent-escapes in the path are decoded for matching; the
     /// path is refused when an upstream could read it as a different path:
     /// an encoded `/` or `\`, a raw `\`, control characters, `.` or `..`
-    /// segments (also encoded), or empty segments other than one trailing
+    /// segments (also encoded, and with `;` path parameters such as `..;`),
+    /// or empty segments other than one trailing
     /// slash. A fragment is not part of a request target and is refused too.
     pub fn parse(target: &'a str) -> Result<Self, MalformedRequest> {
         if target.len() > MAX_REQUEST_TARGET_BYTES {
@@ -217,10 +220,12 @@ impl<'a> RequestTarget<'a> {
         }
         if path != "/" {
             let body = path.strip_suffix('/').unwrap_or(&path);
-            if body[1..]
-                .split('/')
-                .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-            {
+            // `..;x` counts as `..`: servlet containers cut path parameters
+            // at `;` before resolving dot segments.
+            if body[1..].split('/').any(|segment| {
+                let before_parameters = segment.split(';').next().unwrap_or(segment);
+                segment.is_empty() || before_parameters == "." || before_parameters == ".."
+            }) {
                 return Err(MalformedRequest::AmbiguousSegment);
             }
         }
@@ -239,12 +244,18 @@ impl<'a> RequestTarget<'a> {
 
     /// The decoded value of the query parameter named exactly `name`;
     /// `Ok(None)` when absent, an error when it appears twice (keyward and
-    /// the upstream might read different ones) or cannot be decoded.
+    /// the upstream might read different ones) or cannot be decoded. A name
+    /// that only decodes to `name` (`resourc%65`) is refused too: upstreams
+    /// decode names, so it would be a second copy keyward did not read, and
+    /// Envoy (which matches names as written) would not remove it.
     pub fn query_parameter(&self, name: &str) -> Result<Option<Cow<'a, str>>, MalformedRequest> {
         let mut found = None;
         for pair in self.query.split('&') {
             let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             if raw_name != name {
+                if percent_decode(raw_name, true).is_some_and(|decoded| decoded == name) {
+                    return Err(MalformedRequest::EncodedQueryParameterName);
+                }
                 continue;
             }
             if found.is_some() {

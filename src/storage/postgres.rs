@@ -30,16 +30,25 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// Connects and runs the migrations.
     pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let store = Self::connect(url, settings).await?;
+        // sqlx takes an advisory lock here, so replicas starting together
+        // migrate once.
+        sqlx::migrate!("migrations/postgres")
+            .run(&store.pool)
+            .await?;
+        Ok(store)
+    }
+
+    /// Connects to a database whose schema is already in place.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("keyward");
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.clone())
             .await?;
-        // sqlx takes an advisory lock here, so replicas starting together
-        // migrate once.
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self { pool, options })
     }
 

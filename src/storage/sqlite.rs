@@ -27,7 +27,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Connects and runs the migrations.
     pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let store = Self::connect(url, settings).await?;
+        sqlx::migrate!("migrations/sqlite").run(&store.pool).await?;
+        Ok(store)
+    }
+
+    /// Connects to a database whose schema is already in place.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -52,7 +60,6 @@ impl SqliteStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Self {
             pool,
             subscribers: Mutex::new(Vec::new()),

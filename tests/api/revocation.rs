@@ -16,7 +16,90 @@ use crate::helpers::{
 };
 use crate::on_both_databases;
 
-on_both_databases!(a_load_racing_a_revocation_never_resurrects_the_key);
+on_both_databases!(
+    a_load_racing_a_revocation_never_resurrects_the_key,
+    a_replica_behind_pruned_history_starts_over,
+);
+
+/// A replica that was cut off while retention pruned events it never
+/// applied must notice even when later events remain (a non-empty page),
+/// drop its cache, and tell watch streams there is a gap.
+async fn a_replica_behind_pruned_history_starts_over(db: Db) {
+    use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
+    use keyward::key_cache::{CacheSettings, CachedKey, KeyCache, Lookup};
+    use keyward::revocation_feed::{FeedItem, FeedSettings, RevocationFeed};
+    use keyward::storage::{self, NewKey, PoolSettings};
+
+    let Some(database) = TestDatabase::create(db).await else {
+        return;
+    };
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
+    let feed = RevocationFeed::start(
+        Arc::clone(&store),
+        Arc::clone(&store),
+        Arc::clone(&cache),
+        FeedSettings::default(),
+    )
+    .await
+    .unwrap();
+    let mut live = feed.subscribe();
+
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        let key = store
+            .create_key(
+                NewKey {
+                    id: KeyId::generate(),
+                    account_id: AccountId::parse("acct_1").unwrap(),
+                    name: KeyName::parse("k").unwrap(),
+                    digest: KeyDigest::of(&format!("cc_{i}")),
+                    start: "cc_000000".into(),
+                    scopes: vec![],
+                    rate_limit: None,
+                    created_at: UnixMillis::now(),
+                    expires_at: None,
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    // The replica caches the fourth key, then is cut off while three
+    // revocations happen and the first two are pruned.
+    let cached = Arc::new(CachedKey::from_record(
+        keys[3].clone(),
+        &keyward::scope_catalog::ScopeCatalog::carboncopy(),
+    ));
+    assert!(cache.insert_by_digest(cache.ticket(), &cached, keys[3].digest));
+    for (i, key) in keys[..3].iter().enumerate() {
+        store
+            .revoke_key(&key.account_id, &key.id, UnixMillis(1_000 * (i as i64 + 1)))
+            .await
+            .unwrap();
+    }
+    store.prune_events(UnixMillis(2_500)).await.unwrap();
+    assert_eq!(
+        store.events_after(0, 100).await.unwrap().len(),
+        1,
+        "one event remains"
+    );
+
+    feed.poll_once().await.unwrap();
+
+    assert!(
+        matches!(cache.lookup_digest(&keys[3].digest), Lookup::Miss(_)),
+        "the cache was dropped"
+    );
+    assert_eq!(feed.applied_seq(), store.latest_seq().await.unwrap());
+    assert!(
+        matches!(live.try_recv(), Ok(FeedItem::Gap { .. })),
+        "streams are told"
+    );
+}
 
 /// Revoke on A; B must deny within the freshness bound (in practice within
 /// milliseconds; `keyward bench` measures it).

@@ -18,6 +18,8 @@ on_both_databases!(
     cursors_outside_the_retained_log_are_out_of_range,
     a_slow_consumer_is_cut_off_and_can_resume,
     bad_watch_input_is_invalid_argument,
+    a_connected_watcher_ends_with_unavailable_at_shutdown,
+    watchers_beyond_the_bound_are_refused,
 );
 
 async fn watch(app: &mut TestApp, after_seq: u64, account: &str) -> Streaming<RevocationEvent> {
@@ -268,9 +270,13 @@ async fn a_slow_consumer_is_cut_off_and_can_resume(db: Db) {
         app.revoke(&account, &key.id).await;
     }
     let mut last_seq = start;
+    let mut received = 0u64;
     let status = loop {
         match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
-            Ok(Ok(Some(event))) => last_seq = event.seq,
+            Ok(Ok(Some(event))) => {
+                last_seq = event.seq;
+                received += u64::from(event.kind != "checkpoint");
+            }
             Ok(Err(status)) => break status,
             other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
         }
@@ -282,17 +288,88 @@ async fn a_slow_consumer_is_cut_off_and_can_resume(db: Db) {
         status.message()
     );
 
-    // Resuming from the last sequence received delivers the rest.
+    // Resuming from the last sequence received delivers the rest: every
+    // revocation, counted (sequence numbers need not be contiguous).
+    let delivered_before = received;
     let mut resumed = watch(&mut app, last_seq, "").await;
-    let mut count = 0;
     let mut previous = last_seq;
-    while previous < 60 + start {
+    let mut delivered_after = 0;
+    while delivered_before + delivered_after < 60 {
         let event = next_event(&mut resumed).await;
         assert!(event.seq > previous);
         previous = event.seq;
-        count += 1;
+        delivered_after += 1;
     }
-    assert!(count > 0);
+    assert!(delivered_after > 0);
+    app.shutdown().await;
+}
+
+async fn a_connected_watcher_ends_with_unavailable_at_shutdown(db: Db) {
+    let mut config = test_config();
+    config.server.shutdown_grace = Duration::from_secs(60);
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let mut stream = watch(&mut app, 0, "").await;
+    let position = next(&mut stream).await.seq;
+
+    // Shutting down must not wait out the 60 s grace for the open stream.
+    tokio::time::timeout(Duration::from_secs(20), app.shutdown())
+        .await
+        .expect("shutdown does not wait for watch streams");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends");
+
+    let status = ended.expect_err("ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("resume with after_seq = {position}")),
+        "{}",
+        status.message()
+    );
+}
+
+async fn watchers_beyond_the_bound_are_refused(db: Db) {
+    let mut config = test_config();
+    config.feed.max_watchers = 2;
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let mut first = watch(&mut app, 0, "").await;
+    let _second = watch(&mut app, 0, "").await;
+    next(&mut first).await;
+
+    let refused = app
+        .keys
+        .watch_revocations(proto::WatchRevocationsRequest {
+            after_seq: 0,
+            account_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("2 WatchRevocations streams"),
+        "{}",
+        refused.message()
+    );
+
+    // A closed stream frees its place.
+    drop(first);
+    let admitted = crate::helpers::eventually(Duration::from_secs(5), async || {
+        app.keys
+            .watch_revocations(proto::WatchRevocationsRequest {
+                after_seq: 0,
+                account_id: String::new(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(admitted, "a place was freed");
     app.shutdown().await;
 }
 

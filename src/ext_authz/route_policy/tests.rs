@@ -172,6 +172,19 @@ fn templates_fill_from_path_and_query() {
         resolve_all("/restricted?resource=%zz"),
         [Err(MalformedRequest::BadQueryEscape)]
     );
+    // A second copy under an encoded name: an upstream decodes names and
+    // might read `admin`, so it is refused, not ignored.
+    for path in [
+        "/restricted?resource=orders&resourc%65=admin",
+        "/restricted?resourc%65=admin",
+        "/restricted?%72esource=admin&resource=orders",
+    ] {
+        assert_eq!(
+            resolve_all(path),
+            [Err(MalformedRequest::EncodedQueryParameterName)],
+            "{path}"
+        );
+    }
 }
 
 #[test]
@@ -196,6 +209,13 @@ fn ambiguous_paths_are_refused() {
         ("/a//b", MalformedRequest::AmbiguousSegment),
         ("//", MalformedRequest::AmbiguousSegment),
         ("/a/..", MalformedRequest::AmbiguousSegment),
+        // Servlet containers cut `;` path parameters before dot segments.
+        (
+            "/api/v1/portfolio/..;/admin",
+            MalformedRequest::AmbiguousSegment,
+        ),
+        ("/a/..;x/b", MalformedRequest::AmbiguousSegment),
+        ("/a/.;/b", MalformedRequest::AmbiguousSegment),
     ];
     for (target, expected) in cases {
         assert_eq!(
@@ -222,11 +242,17 @@ fn ambiguous_paths_are_refused() {
 }
 
 #[test]
-fn query_parameters_are_matched_by_their_raw_name() {
-    let target = RequestTarget::parse("/a?api%5Fkey=x&api_key=cc+y%21&flag").unwrap();
+fn query_parameters_are_matched_by_their_raw_name_and_encoded_names_are_refused() {
+    let target = RequestTarget::parse("/a?api_key=cc+y%21&flag&other%5Fname=1").unwrap();
     assert_eq!(
         target.query_parameter("api_key").unwrap().as_deref(),
         Some("cc y!")
+    );
+    // An encoded copy of a name keyward reads is ambiguous, not ignored.
+    let encoded = RequestTarget::parse("/a?api%5Fkey=x&api_key=cc_y").unwrap();
+    assert_eq!(
+        encoded.query_parameter("api_key"),
+        Err(MalformedRequest::EncodedQueryParameterName)
     );
     assert!(target.has_query_parameter("flag"));
     assert_eq!(target.query_parameter("flag").unwrap().as_deref(), Some(""));

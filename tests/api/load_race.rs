@@ -1,0 +1,281 @@
+//! The race between a cache load and a revocation, made to happen every
+//! time: the real store (SQLite or PostgreSQL) behind a decorator that holds
+//! a cache-miss read, after it has read the row, until RevokeKey has
+//! returned. The old row must then be neither answered as "allowed" nor
+//! cached. (The loop in `revocation.rs` races the same paths over the
+//! network, where the window is only microseconds wide.)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use keyward::authenticator::{Authenticator, Presented, PresentedKey, Surface};
+use keyward::config::Config;
+use keyward::denial::Reason;
+use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
+use keyward::failed_auth_bans::FailedAuthBans;
+use keyward::key_cache::KeyCache;
+use keyward::key_management::{CreateKey, KeyManager};
+use keyward::rate_limits::KeyRateLimits;
+use keyward::revocation_feed::Freshness;
+use keyward::storage::{
+    self, Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolSettings, PoolStats,
+    StoreError, Wakeup,
+};
+use keyward::telemetry::Telemetry;
+use keyward::usage::usage_channel;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::helpers::{Db, TestDatabase};
+use crate::on_both_databases;
+
+on_both_databases!(
+    a_lookup_held_across_a_revocation_is_not_allowed_or_cached,
+    a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached,
+);
+
+/// Holds the next key read (by digest or id) after it has read its row:
+/// tells the test it has the row, then waits for the test's go-ahead.
+struct HeldReads {
+    inner: Arc<dyn KeyStore>,
+    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+}
+
+impl HeldReads {
+    /// Arms the hold; returns (row read, release).
+    async fn arm(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (read_tx, read_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        *self.hold.lock().await = Some((read_tx, release_rx));
+        (read_rx, release_tx)
+    }
+
+    async fn held<T>(&self, result: T) -> T {
+        let hold = self.hold.lock().await.take();
+        if let Some((read, release)) = hold {
+            let _ = read.send(());
+            let _ = release.await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl KeyStore for HeldReads {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
+        self.inner.create_key(key, max_active).await
+    }
+    async fn revoke_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        self.inner.revoke_key(account, id, now).await
+    }
+    async fn update_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        update: KeyUpdate,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        self.inner.update_key(account, id, update, now).await
+    }
+    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
+        self.inner.get_key(account, id).await
+    }
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        include_revoked: bool,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner
+            .list_keys(account, include_revoked, after, limit)
+            .await
+    }
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        let result = self.inner.find_by_digest(digest).await;
+        self.held(result).await
+    }
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let result = self.inner.find_by_id(id).await;
+        self.held(result).await
+    }
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+        self.inner.events_after(after, limit).await
+    }
+    async fn latest_seq(&self) -> Result<u64, StoreError> {
+        self.inner.latest_seq().await
+    }
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        self.inner.pruned_through().await
+    }
+    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.inner.prune_events(before).await
+    }
+    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
+        self.inner.record_last_used(uses).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    fn pool_stats(&self) -> PoolStats {
+        self.inner.pool_stats()
+    }
+    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
+        self.inner.subscribe_wakeups().await
+    }
+}
+
+struct Parts {
+    store: Arc<HeldReads>,
+    authenticator: Authenticator,
+    manager: KeyManager,
+    _database: Arc<TestDatabase>,
+}
+
+async fn parts(db: Db) -> Option<Parts> {
+    let database = TestDatabase::create(db).await?;
+    let real = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let store = Arc::new(HeldReads {
+        inner: real,
+        hold: Mutex::new(None),
+    });
+    let config = Config::default();
+    let cache = Arc::new(KeyCache::new(&config.cache));
+    let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
+    freshness.confirm(Instant::now());
+    let (usage, _flusher) = usage_channel(Arc::clone(&store) as Arc<dyn KeyStore>);
+    let authenticator = Authenticator {
+        key_format: config.key_format.clone(),
+        catalog: Arc::clone(&config.catalog),
+        denials: config.denials.clone(),
+        cache: Arc::clone(&cache),
+        store: Arc::clone(&store) as Arc<dyn KeyStore>,
+        freshness,
+        bans: FailedAuthBans::new(config.bans.clone()),
+        rate_limits: KeyRateLimits::new(None, 1_000),
+        usage,
+        telemetry: Arc::new(Telemetry::disabled()),
+    };
+    let manager = KeyManager {
+        store: Arc::clone(&store) as Arc<dyn KeyStore>,
+        cache,
+        catalog: Arc::clone(&config.catalog),
+        key_format: config.key_format.clone(),
+        max_active_keys_per_account: 10,
+    };
+    Some(Parts {
+        store,
+        authenticator,
+        manager,
+        _database: database,
+    })
+}
+
+async fn create(manager: &KeyManager) -> (KeyId, String) {
+    let (record, secret) = manager
+        .create(CreateKey {
+            account_id: AccountId::parse("acct_1").unwrap(),
+            name: KeyName::parse("raced").unwrap(),
+            scopes: vec![],
+            preset: None,
+            expires_at: None,
+            rate_limit: None,
+        })
+        .await
+        .unwrap();
+    (record.id, secret.into_exposed())
+}
+
+fn reason(verdict: &keyward::authenticator::Verdict) -> Option<Reason> {
+    verdict.denial.as_ref().map(|d| d.reason)
+}
+
+async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
+    let Some(parts) = parts(db).await else { return };
+    let (id, secret) = create(&parts.manager).await;
+    let (row_read, release) = parts.store.arm().await;
+
+    let authenticator = &parts.authenticator;
+    let lookup = authenticator.authenticate(Presented {
+        surface: Surface::Authenticate,
+        key: PresentedKey::Credential(&secret),
+        required: &[],
+        client: None,
+    });
+    let revoke = async {
+        // Revoke once the lookup holds the live row, then let it go on.
+        row_read.await.unwrap();
+        parts
+            .manager
+            .revoke(&AccountId::parse("acct_1").unwrap(), &id)
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+    };
+    let (in_flight, ()) = tokio::join!(lookup, revoke);
+
+    // It finished after RevokeKey returned: it must not say "allowed".
+    assert_eq!(reason(&in_flight), Some(Reason::Revoked), "{in_flight:?}");
+    let after = authenticator
+        .authenticate(Presented {
+            surface: Surface::Authenticate,
+            key: PresentedKey::Credential(&secret),
+            required: &[],
+            client: None,
+        })
+        .await;
+    assert_eq!(
+        reason(&after),
+        Some(Reason::Revoked),
+        "the old row was cached: {after:?}"
+    );
+}
+
+async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
+    let Some(parts) = parts(db).await else { return };
+    let (id, _) = create(&parts.manager).await;
+    let (row_read, release) = parts.store.arm().await;
+
+    let authenticator = &parts.authenticator;
+    let lookup = authenticator.authenticate(Presented {
+        surface: Surface::CheckScope,
+        key: PresentedKey::Id(&id),
+        required: &[],
+        client: None,
+    });
+    let revoke = async {
+        row_read.await.unwrap();
+        parts
+            .manager
+            .revoke(&AccountId::parse("acct_1").unwrap(), &id)
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+    };
+    let (in_flight, ()) = tokio::join!(lookup, revoke);
+
+    assert_eq!(reason(&in_flight), Some(Reason::Revoked), "{in_flight:?}");
+    let after = authenticator
+        .authenticate(Presented {
+            surface: Surface::CheckScope,
+            key: PresentedKey::Id(&id),
+            required: &[],
+            client: None,
+        })
+        .await;
+    assert_eq!(
+        reason(&after),
+        Some(Reason::Revoked),
+        "the old row was cached: {after:?}"
+    );
+}
