@@ -20,6 +20,7 @@ use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
+pub mod envoy;
 pub mod postgres;
 
 /// Which database a test runs on.
@@ -293,6 +294,89 @@ pub fn assert_invalid_argument(status: &tonic::Status, field: &str) {
         violations.iter().any(|v| v.field == field),
         "BadRequest details should name {field}: {violations:?}"
     );
+}
+
+/// Every text and blob stored for keys, to look for a secret in.
+pub async fn stored_key_rows(app: &TestApp) -> Vec<String> {
+    let url = &app.database.url;
+    let query = "SELECT id || ' ' || account_id || ' ' || name || ' ' || start || ' ' || scopes FROM api_keys";
+    match app.database.db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
+        }
+    }
+}
+
+/// Every stored key hash.
+pub async fn stored_hashes(app: &TestApp) -> Vec<Vec<u8>> {
+    let url = &app.database.url;
+    let query = "SELECT key_hash FROM api_keys";
+    match app.database.db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
+        }
+    }
+}
+
+/// A product's "shown once, stored as SHA-256" promise, for the one key of
+/// a fresh database: GetKey and ListKeys never show the secret, the only
+/// stored hash is SHA-256 of the whole secret, and no stored column holds
+/// its random part.
+pub async fn assert_shown_once_and_stored_as_sha256(
+    app: &mut TestApp,
+    key: &proto::Key,
+    secret: &str,
+    prefix: &str,
+) {
+    use sha2::Digest;
+    let got = app
+        .keys
+        .get_key(proto::GetKeyRequest {
+            account_id: key.account_id.clone(),
+            key_id: key.id.clone(),
+        })
+        .await
+        .expect("GetKey")
+        .into_inner();
+    let listed = app
+        .keys
+        .list_keys(proto::ListKeysRequest {
+            account_id: key.account_id.clone(),
+            include_revoked: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ListKeys")
+        .into_inner();
+    let body = secret
+        .strip_prefix(prefix)
+        .expect("the secret has the prefix");
+    for shown in [format!("{got:?}"), format!("{listed:?}")] {
+        assert!(
+            !shown.contains(body),
+            "the secret can be read again: {shown}"
+        );
+    }
+    assert_eq!(
+        stored_hashes(app).await,
+        vec![sha2::Sha256::digest(secret.as_bytes()).to_vec()]
+    );
+    for row in stored_key_rows(app).await {
+        assert!(
+            !row.contains(body),
+            "a stored column holds the secret: {row}"
+        );
+    }
 }
 
 /// Polls `check` until it returns true or `timeout` passes.

@@ -7,7 +7,9 @@ use keyward::proto::{self, denial::Reason};
 use sha2::Digest;
 use tonic::Code;
 
-use crate::helpers::{Db, TestApp, assert_invalid_argument, reason, spawn_app};
+use crate::helpers::{
+    Db, TestApp, assert_invalid_argument, reason, spawn_app, stored_hashes, stored_key_rows,
+};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -57,37 +59,6 @@ async fn assert_still_serving(app: &mut TestApp) {
         status,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-}
-
-/// Every text and blob stored for keys, to look for a secret in.
-async fn stored_key_rows(app: &TestApp) -> Vec<String> {
-    let url = &app.database.url;
-    let query = "SELECT id || ' ' || account_id || ' ' || name || ' ' || start || ' ' || scopes FROM api_keys";
-    match app.database.db {
-        Db::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
-        }
-        Db::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
-        }
-    }
-}
-
-async fn stored_hashes(app: &TestApp) -> Vec<Vec<u8>> {
-    let url = &app.database.url;
-    let query = "SELECT key_hash FROM api_keys";
-    match app.database.db {
-        Db::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
-        }
-        Db::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query_scalar(query).fetch_all(&pool).await.unwrap()
-        }
-    }
 }
 
 async fn create_returns_the_secret_once_and_stores_only_its_hash(db: Db) {

@@ -1,0 +1,253 @@
+//! Playing Envoy in tests: CheckRequests built the way Envoy's ext_authz
+//! filter builds them (the lower-case header map including pseudo-headers,
+//! the request target with its query string, the method, the peer address),
+//! and readers for the allowed and denied answers. Shared by the ext_authz
+//! tests and the product tests.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use envoy_types::ext_authz::v3::pb::{
+    Address, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpResponse,
+    OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use keyward::config::Config;
+use tonic::transport::Channel;
+
+use super::{TestApp, test_config};
+
+/// A config from TOML text, with the test harness's short intervals.
+pub fn config_from(text: &str) -> Config {
+    let mut config = Config::parse(text, "test.toml").expect("test config is valid");
+    let harness = test_config();
+    config.feed = harness.feed;
+    config.last_used_flush_interval = harness.last_used_flush_interval;
+    config.server.shutdown_grace = harness.server.shutdown_grace;
+    config
+}
+
+/// Plays Envoy's ext_authz filter.
+pub struct Envoy {
+    client: AuthorizationClient<Channel>,
+}
+
+impl Envoy {
+    pub fn of(app: &TestApp) -> Self {
+        Self {
+            client: AuthorizationClient::new(app.channel.clone()),
+        }
+    }
+
+    pub async fn check(&mut self, request: CheckRequest) -> CheckResponse {
+        self.client
+            .check(request)
+            .await
+            .expect("Check answers every request with a CheckResponse")
+            .into_inner()
+    }
+}
+
+/// An HTTP request as Envoy describes it in a CheckRequest.
+pub struct HttpCall {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    peer: String,
+}
+
+/// `GET /path` from 192.0.2.10.
+pub fn get(target: &str) -> HttpCall {
+    call("GET", target)
+}
+
+pub fn call(method: &str, target: &str) -> HttpCall {
+    HttpCall {
+        method: method.into(),
+        target: target.into(),
+        headers: Vec::new(),
+        peer: "192.0.2.10".into(),
+    }
+}
+
+impl HttpCall {
+    /// Adds a header; Envoy lower-cases names.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    pub fn bearer(self, secret: &str) -> Self {
+        self.header("Authorization", &format!("Bearer {secret}"))
+    }
+
+    pub fn sent_by_peer(mut self, address: &str) -> Self {
+        self.peer = address.into();
+        self
+    }
+
+    pub fn build(self) -> CheckRequest {
+        let mut headers: HashMap<String, String> = HashMap::from([
+            (":authority".into(), "api.example.com".into()),
+            (":method".into(), self.method.clone()),
+            (":path".into(), self.target.clone()),
+            (":scheme".into(), "http".into()),
+            ("user-agent".into(), "curl/8.5.0".into()),
+            ("accept".into(), "*/*".into()),
+            ("x-forwarded-proto".into(), "http".into()),
+            (
+                "x-request-id".into(),
+                "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
+            ),
+        ]);
+        for (name, value) in self.headers {
+            // Envoy merges repeated headers with a comma.
+            headers
+                .entry(name)
+                .and_modify(|existing| {
+                    existing.push(',');
+                    existing.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        let socket = |address: &str, port| core::Address {
+            address: Some(Address::SocketAddress(SocketAddress {
+                address: address.into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    address: Some(socket(&self.peer, 51_234)),
+                    ..Default::default()
+                }),
+                destination: Some(Peer {
+                    address: Some(socket("10.0.0.5", 8080)),
+                    ..Default::default()
+                }),
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        id: "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
+                        method: self.method,
+                        headers,
+                        path: self.target,
+                        host: "api.example.com".into(),
+                        scheme: "http".into(),
+                        protocol: "HTTP/1.1".into(),
+                        size: -1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// The OK part of an allowed response (and checks the gRPC status is OK).
+#[track_caller]
+pub fn allowed(response: &CheckResponse) -> &OkHttpResponse {
+    assert_eq!(
+        response.status.as_ref().map(|s| s.code),
+        Some(0),
+        "not allowed: {response:?}"
+    );
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok,
+        other => panic!("allowed without an OkHttpResponse: {other:?}"),
+    }
+}
+
+/// A denial as the HTTP client will see it.
+#[derive(Debug)]
+pub struct Denied {
+    pub status: i32,
+    pub headers: HashMap<String, String>,
+    pub body: serde_json::Value,
+}
+
+#[track_caller]
+pub fn denied(response: &CheckResponse) -> Denied {
+    assert_ne!(
+        response.status.as_ref().map_or(0, |s| s.code),
+        0,
+        "a denial must not carry gRPC OK: {response:?}"
+    );
+    let Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+        status,
+        headers,
+        body,
+    })) = &response.http_response
+    else {
+        panic!("not denied: {response:?}");
+    };
+    for header in headers {
+        assert_eq!(
+            header.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        );
+    }
+    Denied {
+        status: status.as_ref().expect("a status").code,
+        headers: headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect(),
+        body: serde_json::from_str(body).expect("the body is JSON"),
+    }
+}
+
+/// Request headers an OK response sets for the upstream.
+pub fn upstream_headers(ok: &OkHttpResponse) -> HashMap<String, String> {
+    for header in &ok.headers {
+        assert_eq!(
+            header.append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            "identity headers must overwrite what the client sent"
+        );
+    }
+    ok.headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
+}
+
+pub fn response_headers(ok: &OkHttpResponse) -> HashMap<String, String> {
+    ok.response_headers_to_add
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
+}
+
+/// Nothing in a response may contain the secret.
+#[track_caller]
+pub fn assert_secret_absent(response: &CheckResponse, secret: &str) {
+    assert!(
+        !format!("{response:?}").contains(secret),
+        "the secret leaked into a response"
+    );
+}
+
+/// A shipped profile (`profiles/<name>.toml`) exactly as a newcomer starts
+/// it with `--config`, except the harness's short feed, flush and shutdown
+/// intervals, which change only how long tests wait.
+pub fn profile(name: &str) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(format!("{name}.toml"));
+    let mut config = Config::load(&path).expect("the shipped profile loads");
+    let harness = test_config();
+    config.feed = harness.feed;
+    config.last_used_flush_interval = harness.last_used_flush_interval;
+    config.server.shutdown_grace = harness.server.shutdown_grace;
+    config
+}

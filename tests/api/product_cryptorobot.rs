@@ -1,0 +1,546 @@
+//! CryptoRobot (seed 002) on `profiles/cryptorobot.toml`: one test per
+//! statement the document makes about keys, scopes and errors, through
+//! keyward.v1.KeyService (what CryptoRobot's `/keys` endpoints call) and the
+//! ext_authz Check (what Envoy in front of api.cryptorobot.ai sends). The
+//! README's "Products" table maps each statement to its test.
+
+use std::time::Duration;
+
+use keyward::config::Config;
+use keyward::proto;
+use serde_json::{Value, json};
+
+use crate::helpers::envoy::{
+    Envoy, HttpCall, allowed, call, denied, get, profile, upstream_headers,
+};
+use crate::helpers::{
+    Db, TestApp, assert_shown_once_and_stored_as_sha256, eventually, spawn_app_with,
+};
+use crate::on_both_databases;
+
+on_both_databases!(
+    cryptorobot_keys_start_cr_live_and_are_shown_once_and_stored_as_sha256,
+    cryptorobot_revoking_a_key_is_immediate_and_then_401,
+    cryptorobot_last_used_shows_which_keys_are_unused,
+);
+
+const PREFIX: &str = "cr_live_";
+const ACCOUNT: &str = "cryptorobot_user_1";
+
+fn cryptorobot() -> Config {
+    profile("cryptorobot")
+}
+
+/// `Authorization: ApiKey <key>`, as the document sends it.
+fn with_key(request: HttpCall, secret: &str) -> HttpCall {
+    request.header("authorization", &format!("ApiKey {secret}"))
+}
+
+fn unauthorized() -> Value {
+    json!({"error": {"code": "unauthorized", "message": "Invalid or missing API key."}})
+}
+
+fn forbidden(required_scope: &str) -> Value {
+    json!({"error": {"code": "forbidden", "message": "This API key does not have the required scope.",
+                     "details": {"required_scope": required_scope}}})
+}
+
+async fn create(app: &mut TestApp, request: proto::CreateKeyRequest) -> (proto::Key, String) {
+    let created = app
+        .keys
+        .create_key(request)
+        .await
+        .expect("CreateKey")
+        .into_inner();
+    (created.key.expect("key"), created.secret)
+}
+
+/// "Creating an API Key" and its response: the key (`cr_live_...`) is
+/// returned with its id, name, scopes, `lastUsed: null` and `createdAt`;
+/// "The full API key (key field) is only returned once at creation time ...
+/// it cannot be retrieved again"; "Unlike JWT tokens, API keys don't expire
+/// automatically"; "Use descriptive names". The body after `cr_live_` is
+/// our choice (64 lowercase hex; the document elides it).
+async fn cryptorobot_keys_start_cr_live_and_are_shown_once_and_stored_as_sha256(db: Db) {
+    let Some(mut app) = spawn_app_with(db, cryptorobot()).await else {
+        return;
+    };
+    let (key, secret) = create(
+        &mut app,
+        proto::CreateKeyRequest {
+            account_id: ACCOUNT.into(),
+            name: "My Trading Bot".into(),
+            scopes: vec![
+                "read:strategies".into(),
+                "read:exchanges".into(),
+                "write:traders".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let body = secret.strip_prefix(PREFIX).expect("cr_live_ prefix");
+    assert_eq!(body.len(), 64, "{secret}");
+    assert!(
+        body.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{secret}"
+    );
+    assert!(key.id.starts_with("key_"));
+    assert_eq!(key.name, "My Trading Bot");
+    assert_eq!(
+        key.scopes,
+        ["read:strategies", "read:exchanges", "write:traders"]
+    );
+    assert!(key.last_used_at.is_none(), "lastUsed: null");
+    assert!(key.created_at.is_some());
+    assert!(key.expires_at.is_none(), "no automatic expiry");
+    assert_shown_once_and_stored_as_sha256(&mut app, &key, &secret, PREFIX).await;
+    app.shutdown().await;
+}
+
+/// "Include the key in the Authorization header with the ApiKey prefix."
+#[tokio::test]
+async fn cryptorobot_key_is_sent_as_authorization_apikey() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let (key, secret) = app.create_key(ACCOUNT, &["read:strategies"]).await;
+    let mut envoy = Envoy::of(&app);
+
+    let response = envoy
+        .check(with_key(get("/strategies"), &secret).build())
+        .await;
+    let ok = allowed(&response);
+    assert_eq!(upstream_headers(ok)["x-keyward-key-id"], key.id);
+    assert_eq!(ok.headers_to_remove, ["authorization"]);
+
+    // `Bearer` carries the user's JWT on this API, not a key.
+    let bearer = denied(
+        &envoy
+            .check(get("/strategies").bearer(&secret).build())
+            .await,
+    );
+    assert_eq!((bearer.status, &bearer.body), (401, &unauthorized()));
+    let anonymous = denied(&envoy.check(get("/strategies").build()).await);
+    assert_eq!((anonymous.status, &anonymous.body), (401, &unauthorized()));
+    assert_eq!(anonymous.headers["www-authenticate"], "ApiKey");
+
+    // A backend asking keyward directly sends the header's value.
+    let direct = app
+        .authenticate(&format!("ApiKey {secret}"), &["read:strategies"])
+        .await;
+    assert!(direct.allowed, "{direct:?}");
+    app.shutdown().await;
+}
+
+/// "Available Scopes", and the routes they open: GET on a resource needs
+/// `read:<resource>`; POST, PUT, PATCH and DELETE need `write:<resource>`
+/// where the table has one. Portfolio and insights have no write scope, so
+/// no key writes there.
+#[tokio::test]
+async fn cryptorobot_each_scope_opens_exactly_its_resource() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let mut envoy = Envoy::of(&app);
+    let cases = [
+        ("GET", "/strategies", "read:strategies"),
+        ("GET", "/strategies/templates", "read:strategies"),
+        ("GET", "/strategies/indicators/rsi", "read:strategies"),
+        ("POST", "/strategies", "write:strategies"),
+        ("PUT", "/strategies/s1", "write:strategies"),
+        ("PATCH", "/strategies/s1", "write:strategies"),
+        ("DELETE", "/strategies/s1", "write:strategies"),
+        ("GET", "/exchanges", "read:exchanges"),
+        ("GET", "/exchanges/binance/balances", "read:exchanges"),
+        ("POST", "/exchanges", "write:exchanges"),
+        ("DELETE", "/exchanges/binance", "write:exchanges"),
+        ("GET", "/traders", "read:traders"),
+        ("GET", "/traders/t1/pod", "read:traders"),
+        ("POST", "/traders", "write:traders"),
+        ("POST", "/traders/t1/start", "write:traders"),
+        ("POST", "/traders/t1/stop", "write:traders"),
+        ("GET", "/portfolio", "read:portfolio"),
+        ("GET", "/portfolio/snapshots", "read:portfolio"),
+        ("GET", "/insights", "read:insights"),
+        ("GET", "/insights/signals", "read:insights"),
+        ("GET", "/models", "read:models"),
+        ("GET", "/models/m1/subscriptions", "read:models"),
+        ("POST", "/models/m1/subscribe", "write:models"),
+        ("DELETE", "/models/m1/subscription", "write:models"),
+    ];
+    for (method, target, scope) in cases {
+        let (key, secret) = app.create_key(ACCOUNT, &[scope]).await;
+        let response = envoy
+            .check(with_key(call(method, target), &secret).build())
+            .await;
+        assert_eq!(
+            upstream_headers(allowed(&response))["x-keyward-scopes"],
+            scope,
+            "{method} {target}"
+        );
+        app.revoke(ACCOUNT, &key.id).await;
+    }
+
+    // Every other scope of the catalog is refused, naming the one needed.
+    let (_, everything_else) = app
+        .create_key(ACCOUNT, &["read:insights", "read:models", "write:models"])
+        .await;
+    for (method, target, scope) in [
+        ("GET", "/strategies", "read:strategies"),
+        ("POST", "/traders", "write:traders"),
+        ("GET", "/portfolio", "read:portfolio"),
+    ] {
+        let refused = denied(
+            &envoy
+                .check(with_key(call(method, target), &everything_else).build())
+                .await,
+        );
+        assert_eq!(
+            (refused.status, &refused.body),
+            (403, &forbidden(scope)),
+            "{method} {target}"
+        );
+    }
+
+    // No write scope for portfolio and insights: no route, for any key.
+    let mut all: Vec<&str> = cases.iter().map(|(_, _, scope)| *scope).collect();
+    all.sort_unstable();
+    all.dedup();
+    let (_, every_scope) = app.create_key(ACCOUNT, &all).await;
+    for (method, target) in [
+        ("POST", "/portfolio"),
+        ("DELETE", "/insights/i1"),
+        ("GET", "/account"),
+    ] {
+        let refused = denied(
+            &envoy
+                .check(with_key(call(method, target), &every_scope).build())
+                .await,
+        );
+        assert_eq!(refused.status, 404, "{method} {target}");
+        assert_eq!(
+            refused.body,
+            json!({"error": {"code": "not_found", "message": "No such endpoint."}})
+        );
+    }
+    app.shutdown().await;
+}
+
+/// The document never says a write scope implies its read scope (its own
+/// example grants write:traders alone), so a key holds exactly what it was
+/// granted.
+#[tokio::test]
+async fn cryptorobot_write_scopes_do_not_imply_read() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let (key, secret) = app.create_key(ACCOUNT, &["write:traders"]).await;
+    assert_eq!(key.effective_scopes, ["write:traders"]);
+    let mut envoy = Envoy::of(&app);
+    allowed(
+        &envoy
+            .check(with_key(call("POST", "/traders/t1/start"), &secret).build())
+            .await,
+    );
+    let refused = denied(
+        &envoy
+            .check(with_key(get("/traders"), &secret).build())
+            .await,
+    );
+    assert_eq!(
+        (refused.status, &refused.body),
+        (403, &forbidden("read:traders"))
+    );
+    app.shutdown().await;
+}
+
+/// "The restricted endpoint validates that your API key has the required
+/// scope for the requested resource": `/restricted?resource=strategies`
+/// needs read:strategies.
+#[tokio::test]
+async fn cryptorobot_restricted_endpoint_needs_read_of_the_requested_resource() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let (_, secret) = app
+        .create_key(ACCOUNT, &["read:strategies", "write:exchanges"])
+        .await;
+    let mut envoy = Envoy::of(&app);
+
+    allowed(
+        &envoy
+            .check(with_key(get("/restricted?resource=strategies"), &secret).build())
+            .await,
+    );
+    for (resource, required) in [
+        ("exchanges", "read:exchanges"),
+        ("portfolio", "read:portfolio"),
+        // Not a resource of the catalog: no key can hold it.
+        ("wallets", "read:wallets"),
+    ] {
+        let refused = denied(
+            &envoy
+                .check(with_key(get(&format!("/restricted?resource={resource}")), &secret).build())
+                .await,
+        );
+        assert_eq!(
+            (refused.status, &refused.body),
+            (403, &forbidden(required)),
+            "{resource}"
+        );
+    }
+    let anonymous = denied(
+        &envoy
+            .check(get("/restricted?resource=strategies").build())
+            .await,
+    );
+    assert_eq!((anonymous.status, &anonymous.body), (401, &unauthorized()));
+    app.shutdown().await;
+}
+
+/// "Revoking an API key is immediate. Any requests using that key will
+/// receive a 401 error."
+async fn cryptorobot_revoking_a_key_is_immediate_and_then_401(db: Db) {
+    let Some(mut app) = spawn_app_with(db, cryptorobot()).await else {
+        return;
+    };
+    let (key, secret) = app.create_key(ACCOUNT, &["read:strategies"]).await;
+    let mut envoy = Envoy::of(&app);
+    allowed(
+        &envoy
+            .check(with_key(get("/strategies"), &secret).build())
+            .await,
+    );
+
+    let revoked = app.revoke(ACCOUNT, &key.id).await;
+    assert!(revoked.revoked_at.is_some());
+
+    let refused = denied(
+        &envoy
+            .check(with_key(get("/strategies"), &secret).build())
+            .await,
+    );
+    assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
+    let direct = app.authenticate(&format!("ApiKey {secret}"), &[]).await;
+    assert_eq!(direct.denial.expect("denied").http_status, 401);
+    app.shutdown().await;
+}
+
+/// "Rotate keys periodically: Create a new key, update your integration,
+/// then revoke the old key."
+#[tokio::test]
+async fn cryptorobot_rotating_a_key_keeps_the_integration_working() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let (old, old_secret) = app.create_key(ACCOUNT, &["read:portfolio"]).await;
+    let mut envoy = Envoy::of(&app);
+
+    let (_, new_secret) = app.create_key(ACCOUNT, &["read:portfolio"]).await;
+    for secret in [&old_secret, &new_secret] {
+        allowed(
+            &envoy
+                .check(with_key(get("/portfolio"), secret).build())
+                .await,
+        );
+    }
+    app.revoke(ACCOUNT, &old.id).await;
+    assert_eq!(
+        denied(
+            &envoy
+                .check(with_key(get("/portfolio"), &old_secret).build())
+                .await
+        )
+        .status,
+        401
+    );
+    allowed(
+        &envoy
+            .check(with_key(get("/portfolio"), &new_secret).build())
+            .await,
+    );
+    app.shutdown().await;
+}
+
+/// "Monitor usage: Check the lastUsed field to identify unused keys that
+/// should be revoked." Uses through Envoy are recorded; unused keys stay
+/// without one.
+async fn cryptorobot_last_used_shows_which_keys_are_unused(db: Db) {
+    let Some(mut app) = spawn_app_with(db, cryptorobot()).await else {
+        return;
+    };
+    let (used, secret) = app.create_key(ACCOUNT, &["read:insights"]).await;
+    let (unused, _) = app.create_key(ACCOUNT, &["read:insights"]).await;
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+    let mut envoy = Envoy::of(&app);
+    allowed(
+        &envoy
+            .check(with_key(get("/insights"), &secret).build())
+            .await,
+    );
+
+    let list = async |app: &mut TestApp| {
+        app.keys
+            .list_keys(proto::ListKeysRequest {
+                account_id: ACCOUNT.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListKeys")
+            .into_inner()
+            .keys
+    };
+    let recorded = eventually(Duration::from_secs(5), async || {
+        list(&mut app)
+            .await
+            .iter()
+            .any(|k| k.id == used.id && k.last_used_at.is_some())
+    })
+    .await;
+    assert!(recorded, "the use reached lastUsed");
+    let keys = list(&mut app).await;
+    let last_used = |id: &str| keys.iter().find(|k| k.id == id).unwrap().last_used_at;
+    let at = std::time::SystemTime::try_from(last_used(&used.id).unwrap()).unwrap();
+    assert!(at >= before);
+    assert_eq!(
+        last_used(&unused.id),
+        None,
+        "never used: a revocation candidate"
+    );
+    app.shutdown().await;
+}
+
+/// "A monitoring dashboard only needs read:* scopes." The profile names
+/// that advice as the preset `read-only`.
+#[tokio::test]
+async fn cryptorobot_read_only_preset_grants_every_read_scope_and_no_write() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let (key, secret) = create(
+        &mut app,
+        proto::CreateKeyRequest {
+            account_id: ACCOUNT.into(),
+            name: "Portfolio Dashboard".into(),
+            preset: "read-only".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let reads = [
+        "read:strategies",
+        "read:exchanges",
+        "read:traders",
+        "read:portfolio",
+        "read:insights",
+        "read:models",
+    ];
+    assert_eq!(key.scopes, reads);
+    let mut envoy = Envoy::of(&app);
+    for resource in [
+        "strategies",
+        "exchanges",
+        "traders",
+        "portfolio",
+        "insights",
+        "models",
+    ] {
+        allowed(
+            &envoy
+                .check(with_key(get(&format!("/{resource}")), &secret).build())
+                .await,
+        );
+    }
+    let refused = denied(
+        &envoy
+            .check(with_key(call("POST", "/traders"), &secret).build())
+            .await,
+    );
+    assert_eq!(refused.body, forbidden("write:traders"));
+    app.shutdown().await;
+}
+
+/// "Available Scopes": the live catalog holds exactly the ten scopes of the
+/// table, none implying another and none granted to every key.
+#[tokio::test]
+async fn cryptorobot_catalog_lists_the_ten_documented_scopes() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let catalog = app
+        .keys
+        .list_scopes(proto::ListScopesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = catalog.scopes.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "read:strategies",
+            "write:strategies",
+            "read:exchanges",
+            "write:exchanges",
+            "read:traders",
+            "write:traders",
+            "read:portfolio",
+            "read:insights",
+            "read:models",
+            "write:models",
+        ]
+    );
+    assert!(
+        catalog
+            .scopes
+            .iter()
+            .all(|s| s.implies.is_empty() && !s.auto_grant && !s.reserved)
+    );
+    assert_eq!(catalog.key_prefix, PREFIX);
+    let unknown = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: ACCOUNT.into(),
+            name: "x".into(),
+            scopes: vec!["write:portfolio".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    crate::helpers::assert_invalid_argument(&unknown, "scopes");
+    app.shutdown().await;
+}
+
+/// Key management ("curl -X POST https://api.cryptorobot.ai/keys -H
+/// 'Authorization: Bearer eyJ...'", list, revoke) carries the user's JWT.
+/// keyward's ext_authz does not verify JWTs (not yet), so the profile makes
+/// these routes public: the JWT reaches the upstream untouched, and an API
+/// key sent there by mistake does not.
+#[tokio::test]
+async fn cryptorobot_key_management_routes_pass_the_users_jwt_to_the_upstream() {
+    let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
+    let (_, secret) = app.create_key(ACCOUNT, &[]).await;
+    let mut envoy = Envoy::of(&app);
+    for (method, target) in [
+        ("POST", "/keys"),
+        ("GET", "/keys"),
+        ("DELETE", "/keys/key-id-123"),
+    ] {
+        let with_jwt = envoy
+            .check(
+                call(method, target)
+                    .bearer("eyJhbGciOiJSUzI1NiJ9.e30.sig")
+                    .build(),
+            )
+            .await;
+        let ok = allowed(&with_jwt);
+        assert!(
+            !ok.headers_to_remove.iter().any(|h| h == "authorization"),
+            "{method} {target}"
+        );
+        assert!(
+            ok.headers.is_empty(),
+            "no key identity on {method} {target}"
+        );
+
+        let with_key_by_mistake = envoy
+            .check(with_key(call(method, target), &secret).build())
+            .await;
+        assert!(
+            allowed(&with_key_by_mistake)
+                .headers_to_remove
+                .iter()
+                .any(|h| h == "authorization"),
+            "{method} {target}"
+        );
+    }
+    app.shutdown().await;
+}
