@@ -13,6 +13,9 @@ use crate::domain::{KeyId, UnixMillis};
 use crate::key_cache::CachedKey;
 use crate::storage::KeyStore;
 
+/// Keys written per statement.
+const BATCH: usize = 10_000;
+
 /// The hot path's handle.
 #[derive(Clone)]
 pub struct UsageRecorder {
@@ -46,25 +49,32 @@ impl UsageRecorder {
 }
 
 impl UsageFlusher {
-    /// Writes everything queued so far; returns how many keys were written.
+    /// Writes everything queued so far, in batches of [`BATCH`] keys (so a
+    /// million keys used since the last flush cost neither a million-row
+    /// transaction nor its memory at once); returns how many were written.
     pub async fn flush(&mut self) -> usize {
-        let mut latest: HashMap<KeyId, UnixMillis> = HashMap::new();
-        while let Ok(key) = self.queue.try_recv() {
-            if let Some(at) = key.take_use() {
-                let slot = latest.entry(key.id.clone()).or_insert(at);
-                *slot = (*slot).max(at);
+        let mut written = 0;
+        loop {
+            let mut latest: HashMap<KeyId, UnixMillis> = HashMap::new();
+            while latest.len() < BATCH {
+                let Ok(key) = self.queue.try_recv() else {
+                    break;
+                };
+                if let Some(at) = key.take_use() {
+                    let slot = latest.entry(key.id.clone()).or_insert(at);
+                    *slot = (*slot).max(at);
+                }
             }
-        }
-        if latest.is_empty() {
-            return 0;
-        }
-        let batch: Vec<(KeyId, UnixMillis)> = latest.into_iter().collect();
-        match self.store.record_last_used(&batch).await {
-            Ok(()) => batch.len(),
-            Err(error) => {
+            if latest.is_empty() {
+                return written;
+            }
+            let batch: Vec<(KeyId, UnixMillis)> = latest.into_iter().collect();
+            match self.store.record_last_used(&batch).await {
+                Ok(()) => written += batch.len(),
                 // Dropped, not retried: a later use records a later time anyway.
-                tracing::warn!(%error, keys = batch.len(), "could not record last-use times");
-                0
+                Err(error) => {
+                    tracing::warn!(%error, keys = batch.len(), "could not record last-use times");
+                }
             }
         }
     }

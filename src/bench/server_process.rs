@@ -98,14 +98,16 @@ impl ServerProcess {
                 .status()
                 .await;
         }
-        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+        // Generous: at shutdown the server writes every pending last-use
+        // time, which after a million-key run is a million rows.
+        match tokio::time::timeout(Duration::from_secs(180), self.child.wait()).await {
             Ok(status) => {
                 status?;
                 Ok(())
             }
             Err(_) => {
                 self.child.kill().await?;
-                Err(BenchError::Setup("server did not stop within 15 s".into()))
+                Err(BenchError::Setup("server did not stop within 180 s".into()))
             }
         }
     }

@@ -496,6 +496,16 @@ async fn templated_scopes_come_from_the_query_and_the_path() {
             .await,
     );
     assert_eq!(ambiguous.status, 400);
+
+    // A second copy under an encoded name: the upstream decodes names and
+    // might read `portfolio`, so it is refused rather than ignored.
+    for target in [
+        "/restricted?resource=orders&resourc%65=portfolio",
+        "/restricted?%72esource=portfolio",
+    ] {
+        let encoded = denied(&envoy.check(get(target).bearer(&secret).build()).await);
+        assert_eq!(encoded.status, 400, "{target}");
+    }
     app.shutdown().await;
 }
 
@@ -618,6 +628,7 @@ async fn malformed_requests_are_denied_with_400() {
         json!({"error": {"code": "bad_request", "message": "The request could not be read."}});
     for target in [
         "/api/v1/portfolio/../account",
+        "/api/v1/portfolio/..;/account",
         "/api/v1/portfolio/%2e%2e/account",
         "/api/v1/portfolio%2Fx",
         "/api/v1//portfolio",
@@ -690,6 +701,25 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
             .check(via_proxy("198.51.100.8").bearer(&secret).build())
             .await,
     );
+    allowed(
+        &envoy
+            .check(
+                get("/api/v1/account")
+                    .sent_by_peer("10.0.0.1")
+                    .bearer(&secret)
+                    .build(),
+            )
+            .await,
+    );
+    // Requests that arrive without the proxy's entry have no client address:
+    // their failures are not pinned on the proxy, which would ban everyone.
+    for _ in 0..5 {
+        let request = get("/api/v1/account")
+            .sent_by_peer("10.0.0.1")
+            .bearer("cc_wrong")
+            .build();
+        assert_eq!(denied(&envoy.check(request).await).status, 401);
+    }
     allowed(
         &envoy
             .check(
