@@ -43,8 +43,9 @@ pub struct HttpSettings {
     /// Remove the credential before the request goes upstream.
     pub strip_credential: bool,
     pub unmatched_route: UnmatchedRoute,
-    /// 0: the client is Envoy's peer; N: the N-th `x-forwarded-for` entry
-    /// from the right.
+    /// Counted like Envoy's `xff_num_trusted_hops` (the same number): 0,
+    /// the client is Envoy's peer; N, the (N+1)-th `x-forwarded-for` entry
+    /// from the right (Envoy has appended its peer).
     pub trusted_proxy_hops: u32,
     pub routes: Arc<RoutePolicy>,
     pub responses: Arc<Responses>,

@@ -668,6 +668,10 @@ async fn malformed_requests_are_denied_with_400() {
     app.shutdown().await;
 }
 
+/// One load balancer (10.0.0.1) in front of Envoy: Envoy's
+/// `xff_num_trusted_hops: 1` and keyward's `trusted_proxy_hops = 1`. The
+/// load balancer appends the client's address; Envoy appends its peer, the
+/// load balancer, before ext_authz runs; the client is the entry before it.
 #[tokio::test]
 async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
     let text = ROUTES.replace("[http]\n", "[http]\ntrusted_proxy_hops = 1\n")
@@ -677,45 +681,42 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
         .unwrap();
     let (_, secret) = app.create_key("acct_1", &["account:read"]).await;
     let mut envoy = Envoy::of(&app);
-    let via_proxy = |forwarded: &str| {
+    let load_balancer = "10.0.0.1";
+    let via_load_balancer = |received: &str| {
         get("/api/v1/account")
-            .sent_by_peer("10.0.0.1")
-            .header("x-forwarded-for", forwarded)
+            .sent_by_peer(load_balancer)
+            .forwarded_for(received)
     };
     for _ in 0..3 {
-        // The client writes anything on the left; the proxy appends the truth.
-        let request = via_proxy("1.2.3.4, 198.51.100.7")
+        // The client writes anything on the left; the load balancer appends the truth.
+        let request = via_load_balancer("1.2.3.4, 198.51.100.7")
             .bearer("cc_wrong")
             .build();
         assert_eq!(denied(&envoy.check(request).await).status, 401);
     }
     let banned = denied(
         &envoy
-            .check(via_proxy("5.6.7.8, 198.51.100.7").bearer(&secret).build())
-            .await,
-    );
-    assert_eq!(banned.body["error"]["code"], "too_many_failed_auth");
-    // Another client behind the same proxy is not affected, nor is the proxy.
-    allowed(
-        &envoy
-            .check(via_proxy("198.51.100.8").bearer(&secret).build())
-            .await,
-    );
-    allowed(
-        &envoy
             .check(
-                get("/api/v1/account")
-                    .sent_by_peer("10.0.0.1")
+                via_load_balancer("5.6.7.8, 198.51.100.7")
                     .bearer(&secret)
                     .build(),
             )
             .await,
     );
-    // Requests that arrive without the proxy's entry have no client address:
-    // their failures are not pinned on the proxy, which would ban everyone.
+    assert_eq!(banned.body["error"]["code"], "too_many_failed_auth");
+    // Another client behind the same load balancer is not affected: the ban
+    // is not the load balancer's, which Envoy appended last.
+    allowed(
+        &envoy
+            .check(via_load_balancer("198.51.100.8").bearer(&secret).build())
+            .await,
+    );
+    // Requests that reach Envoy without passing the load balancer carry only
+    // Envoy's own entry: no client address, and their failures are not
+    // pinned on the peer, which would ban everyone behind it.
     for _ in 0..5 {
         let request = get("/api/v1/account")
-            .sent_by_peer("10.0.0.1")
+            .sent_by_peer(load_balancer)
             .bearer("cc_wrong")
             .build();
         assert_eq!(denied(&envoy.check(request).await).status, 401);
@@ -724,10 +725,15 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
         &envoy
             .check(
                 get("/api/v1/account")
-                    .sent_by_peer("10.0.0.1")
+                    .sent_by_peer(load_balancer)
                     .bearer(&secret)
                     .build(),
             )
+            .await,
+    );
+    allowed(
+        &envoy
+            .check(via_load_balancer("198.51.100.9").bearer(&secret).build())
             .await,
     );
     app.shutdown().await;

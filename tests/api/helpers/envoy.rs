@@ -1,6 +1,8 @@
 //! Playing Envoy in tests: CheckRequests built the way Envoy's ext_authz
 //! filter builds them (the lower-case header map including pseudo-headers,
-//! the request target with its query string, the method, the peer address),
+//! the request target with its query string, the method, the peer address,
+//! and `x-forwarded-for` with the peer appended, as Envoy's connection
+//! manager does with `use_remote_address: true` before ext_authz runs),
 //! and readers for the allowed and denied answers. Shared by the ext_authz
 //! tests and the product tests.
 
@@ -84,9 +86,16 @@ impl HttpCall {
         self.header("Authorization", &format!("Bearer {secret}"))
     }
 
+    /// The address Envoy received the connection from.
     pub fn sent_by_peer(mut self, address: &str) -> Self {
         self.peer = address.into();
         self
+    }
+
+    /// The `x-forwarded-for` the request arrived at Envoy with (written by
+    /// the client and the proxies in front of Envoy); Envoy appends its peer.
+    pub fn forwarded_for(self, received: &str) -> Self {
+        self.header("x-forwarded-for", received)
     }
 
     pub fn build(self) -> CheckRequest {
@@ -113,6 +122,15 @@ impl HttpCall {
                 })
                 .or_insert(value);
         }
+        // `use_remote_address: true` (examples/envoy/envoy.yaml): Envoy
+        // appends the peer it received the request from.
+        headers
+            .entry("x-forwarded-for".into())
+            .and_modify(|forwarded| {
+                forwarded.push(',');
+                forwarded.push_str(&self.peer);
+            })
+            .or_insert_with(|| self.peer.clone());
         let socket = |address: &str, port| core::Address {
             address: Some(Address::SocketAddress(SocketAddress {
                 address: address.into(),
