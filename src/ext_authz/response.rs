@@ -123,6 +123,18 @@ pub enum PolicyDenial {
     MalformedRequest,
 }
 
+impl PolicyDenial {
+    pub const ALL: [PolicyDenial; 2] = [Self::UnmatchedRoute, Self::MalformedRequest];
+
+    /// The log reason, metrics outcome and gRPC status message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnmatchedRoute => "unmatched_route",
+            Self::MalformedRequest => "malformed_request",
+        }
+    }
+}
+
 /// Where a credential was found, so that an allowed request can drop it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CredentialRemoval {
@@ -326,15 +338,15 @@ impl Responses {
 
     /// A denial decided by the route policy.
     pub fn deny_policy(&self, denial: PolicyDenial) -> CheckResponse {
-        let ((text, body), reason) = match denial {
-            PolicyDenial::UnmatchedRoute => (&self.unmatched_route, "unmatched_route"),
-            PolicyDenial::MalformedRequest => (&self.malformed_request, "malformed_request"),
+        let (text, body) = match denial {
+            PolicyDenial::UnmatchedRoute => &self.unmatched_route,
+            PolicyDenial::MalformedRequest => &self.malformed_request,
         };
         denied_response(
             text.http_status,
             self.denial_headers(text.http_status),
             body.clone(),
-            reason,
+            denial.as_str(),
         )
     }
 

@@ -1025,3 +1025,106 @@ async fn the_carboncopy_profile_answers_each_of_its_routes() {
     }
     app.shutdown().await;
 }
+
+/// `keyward serve --log-format json` as an operator runs it: the debug
+/// "denied" line of every Check carries the HTTP request's `x-request-id`
+/// (what Envoy's access log prints), not the gRPC call's id, for the
+/// authenticator's denials and for the route policy's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_log_lines_carry_the_http_request_id() {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/carboncopy.toml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json", "--config"])
+        .arg(&profile)
+        .env(
+            "KEYWARD_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("k.db").display()),
+        )
+        .env("RUST_LOG", "keyward=debug")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let listening = crate::helpers::eventually(Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(listening, "keyward serve did not start listening");
+
+    let mut envoy = Envoy::on(crate::helpers::connect(addr).await);
+    let unknown_key = format!("cc_{}", "d".repeat(64));
+    for (request, expected) in [
+        (
+            get("/api/v1/account")
+                .bearer(&unknown_key)
+                .request_id("envoy-req-unknown"),
+            401,
+        ),
+        (
+            get("/api/v2/account").request_id("envoy-req-unmatched"),
+            404,
+        ),
+        (
+            get("/api/v1/portfolio/../account").request_id("envoy-req-malformed"),
+            400,
+        ),
+    ] {
+        assert_eq!(denied(&envoy.check(request.build()).await).status, expected);
+    }
+
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}: {stderr}");
+
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let denied_lines: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "denied")
+        .collect();
+    assert_eq!(denied_lines.len(), 3, "one line per denial:\n{stderr}");
+    for (line, (reason, request_id)) in denied_lines.iter().zip([
+        ("unknown_key", "envoy-req-unknown"),
+        ("unmatched_route", "envoy-req-unmatched"),
+        ("malformed_request", "envoy-req-malformed"),
+    ]) {
+        assert_eq!(line["reason"], reason, "{line}");
+        assert_eq!(line["span"]["name"], "check", "{line}");
+        assert_eq!(line["span"]["request_id"], request_id, "{line}");
+        // The gRPC call's own id is still there, one span up.
+        let grpc = &line["spans"][0];
+        assert_eq!(grpc["rpc"], "Check", "{line}");
+        assert_ne!(grpc["request_id"], request_id, "{line}");
+    }
+    assert!(!stderr.contains(&unknown_key), "the key reached the logs");
+}

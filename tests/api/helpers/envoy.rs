@@ -39,8 +39,13 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn of(app: &TestApp) -> Self {
+        Self::on(app.channel.clone())
+    }
+
+    /// Against any keyward, e.g. a `keyward serve` process.
+    pub fn on(channel: Channel) -> Self {
         Self {
-            client: AuthorizationClient::new(app.channel.clone()),
+            client: AuthorizationClient::new(channel),
         }
     }
 
@@ -59,7 +64,11 @@ pub struct HttpCall {
     target: String,
     headers: Vec<(String, String)>,
     peer: String,
+    request_id: String,
 }
+
+/// The `x-request-id` Envoy generated, unless a test names its own.
+const REQUEST_ID: &str = "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10";
 
 /// `GET /path` from 192.0.2.10.
 pub fn get(target: &str) -> HttpCall {
@@ -72,6 +81,7 @@ pub fn call(method: &str, target: &str) -> HttpCall {
         target: target.into(),
         headers: Vec::new(),
         peer: "192.0.2.10".into(),
+        request_id: REQUEST_ID.into(),
     }
 }
 
@@ -84,6 +94,12 @@ impl HttpCall {
 
     pub fn bearer(self, secret: &str) -> Self {
         self.header("Authorization", &format!("Bearer {secret}"))
+    }
+
+    /// The HTTP request's `x-request-id` (Envoy's access log shows it).
+    pub fn request_id(mut self, id: &str) -> Self {
+        self.request_id = id.into();
+        self
     }
 
     /// The address Envoy received the connection from.
@@ -107,10 +123,7 @@ impl HttpCall {
             ("user-agent".into(), "curl/8.5.0".into()),
             ("accept".into(), "*/*".into()),
             ("x-forwarded-proto".into(), "http".into()),
-            (
-                "x-request-id".into(),
-                "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
-            ),
+            ("x-request-id".into(), self.request_id.clone()),
         ]);
         for (name, value) in self.headers {
             // Envoy merges repeated headers with a comma.
@@ -150,7 +163,8 @@ impl HttpCall {
                 }),
                 request: Some(Request {
                     http: Some(HttpRequest {
-                        id: "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
+                        // Envoy's stream id, a number unrelated to x-request-id.
+                        id: "10938562398475629384".into(),
                         method: self.method,
                         headers,
                         path: self.target,
