@@ -151,6 +151,13 @@ impl ExtAuthzApi {
             Err(problem) => return self.refuse_malformed(problem),
         };
         let key = match &found {
+            // A bare key where the product documents a scheme is no key.
+            FoundKey::Authorization(value)
+                if self.settings.require_scheme
+                    && !request::has_scheme(value, self.authenticator.key_format.schemes()) =>
+            {
+                PresentedKey::Credential("")
+            }
             FoundKey::Authorization(value) => PresentedKey::Credential(value),
             FoundKey::Bare(value) => PresentedKey::BareKey(value),
             FoundKey::None => PresentedKey::Credential(""),

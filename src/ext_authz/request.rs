@@ -187,6 +187,15 @@ impl KeySources {
     }
 }
 
+/// Whether an authorization header value starts with one of `schemes`
+/// (case-insensitive) followed by whitespace, as in `Bearer cc_...`.
+pub fn has_scheme(value: &str, schemes: &[String]) -> bool {
+    value
+        .trim_start()
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .is_some_and(|(scheme, _)| schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+}
+
 enum Source<'v> {
     Authorization(&'v str),
     Bare(&'v str),

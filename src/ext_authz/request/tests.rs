@@ -97,6 +97,17 @@ fn trusted_proxy_hops_count_like_envoys_xff_num_trusted_hops() {
 }
 
 #[test]
+fn a_scheme_is_a_known_word_then_whitespace() {
+    let schemes = ["Bearer".to_owned(), "ApiKey".to_owned()];
+    for value in ["Bearer cc_x", "bearer  cc_x", " APIKEY\tcc_x", "Bearer "] {
+        assert!(has_scheme(value, &schemes), "{value:?}");
+    }
+    for value in ["cc_x", "Bearer", "Basic cc_x", "Bearercc_x", ""] {
+        assert!(!has_scheme(value, &schemes), "{value:?}");
+    }
+}
+
+#[test]
 fn raw_headers_read_like_the_map() {
     let request = HttpRequest {
         header_map: Some(HeaderMap {
