@@ -8,7 +8,6 @@ use std::time::Duration;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::google::protobuf::value::Kind;
-use keyward::config::Config;
 use serde_json::json;
 
 use crate::helpers::envoy::{
@@ -907,122 +906,6 @@ async fn health_and_reflection_know_the_authorization_service() {
     };
     assert!(!files.file_descriptor_proto.is_empty());
     drop(replies);
-    app.shutdown().await;
-}
-
-/// `profiles/carboncopy.toml` as shipped, with the harness's short intervals.
-fn carboncopy_profile() -> Config {
-    crate::helpers::envoy::profile("carboncopy")
-}
-
-#[tokio::test]
-async fn the_carboncopy_profile_answers_each_of_its_routes() {
-    let mut app = spawn_app_with(Db::Sqlite, carboncopy_profile())
-        .await
-        .unwrap();
-    let mut envoy = Envoy::of(&app);
-    let routes = [
-        ("GET", "/api/v1/portfolio", "portfolio:read"),
-        (
-            "GET",
-            "/api/v1/portfolio/history?from=2024-01-01",
-            "portfolio:read",
-        ),
-        ("GET", "/api/v1/traders", "traders:read"),
-        ("GET", "/api/v1/traders/0xabc/positions", "traders:read"),
-        ("POST", "/api/v1/traders/0xabc/follow", "traders:write"),
-        ("PUT", "/api/v1/traders/0xabc", "traders:write"),
-        ("PATCH", "/api/v1/traders/0xabc", "traders:write"),
-        ("DELETE", "/api/v1/traders/0xabc/follow", "traders:write"),
-        ("GET", "/api/v1/orders", "orders:read"),
-        ("GET", "/api/v1/orders/17", "orders:read"),
-        ("POST", "/api/v1/orders", "orders:write"),
-        ("DELETE", "/api/v1/orders/17", "orders:write"),
-        ("GET", "/api/v1/markets/btc-usd", "markets:read"),
-        ("GET", "/api/v1/account", "account:read"),
-    ];
-    // One key with nothing but account:read, to be refused everywhere else.
-    let (_, account_only) = app.create_key("acct_other", &["account:read"]).await;
-    for (method, target, scope) in routes {
-        let (key, secret) = app.create_key("acct_1", &[scope]).await;
-        let allowed_response = envoy
-            .check(call(method, target).bearer(&secret).build())
-            .await;
-        let set = upstream_headers(allowed(&allowed_response));
-        assert_eq!(set["x-keyward-key-id"], key.id, "{method} {target}");
-        assert_eq!(set["x-keyward-account-id"], "acct_1");
-        assert!(set["x-keyward-scopes"].split(' ').any(|s| s == scope));
-        app.revoke("acct_1", &key.id).await;
-
-        let anonymous = denied(&envoy.check(call(method, target).build()).await);
-        assert_eq!(
-            (anonymous.status, &anonymous.body),
-            (401, &unauthorized()),
-            "{method} {target}"
-        );
-        assert_eq!(anonymous.headers["www-authenticate"], "Bearer");
-        if scope != "account:read" {
-            let refused = denied(
-                &envoy
-                    .check(call(method, target).bearer(&account_only).build())
-                    .await,
-            );
-            assert_eq!(
-                (refused.status, &refused.body),
-                (403, &forbidden()),
-                "{method} {target}"
-            );
-        }
-    }
-
-    // "write scope implies read for the same resource."
-    let (_, writer) = app
-        .create_key("acct_1", &["traders:write", "orders:write"])
-        .await;
-    for target in ["/api/v1/traders", "/api/v1/orders/17"] {
-        allowed(&envoy.check(get(target).bearer(&writer).build()).await);
-    }
-    // Only `Bearer` is documented.
-    let api_key_scheme = envoy
-        .check(
-            get("/api/v1/account")
-                .header("authorization", &format!("ApiKey {account_only}"))
-                .build(),
-        )
-        .await;
-    assert_eq!(denied(&api_key_scheme).status, 401);
-    // Paths no route names are refused.
-    for (method, target) in [
-        ("GET", "/api/v2/portfolio"),
-        ("HEAD", "/api/v1/account"),
-        ("POST", "/api/v1/portfolio"),
-    ] {
-        let refused = denied(
-            &envoy
-                .check(call(method, target).bearer(&account_only).build())
-                .await,
-        );
-        assert_eq!(refused.status, 404, "{method} {target}");
-    }
-    // Key management carries a Privy JWT for the upstream to verify.
-    for (method, target) in [
-        ("GET", "/api/v1/keys"),
-        ("POST", "/api/v1/keys"),
-        ("DELETE", "/api/v1/keys/key_123"),
-    ] {
-        let response = envoy
-            .check(
-                call(method, target)
-                    .bearer("eyJhbGciOiJFUzI1NiJ9.e30.sig")
-                    .build(),
-            )
-            .await;
-        let ok = allowed(&response);
-        assert!(
-            !ok.headers_to_remove.iter().any(|h| h == "authorization"),
-            "{method} {target}"
-        );
-    }
     app.shutdown().await;
 }
 

@@ -283,3 +283,94 @@ pub fn profile(name: &str) -> Config {
     config.server.shutdown_grace = harness.server.shutdown_grace;
     config
 }
+
+/// A backend asking keyward directly (the other documented path): the
+/// denial it gets must say what the HTTP client sees, the same `code` and
+/// message (read from `body`, in any of the three error styles), the same
+/// status, and `required_scope` (`""` when none; in the details style the
+/// body names the same one).
+#[track_caller]
+pub fn assert_same_denial(
+    denial: Option<&keyward::proto::Denial>,
+    status: i32,
+    body: &serde_json::Value,
+    required_scope: &str,
+) {
+    let denial = denial.expect("denied through gRPC too");
+    let (code, message) = match body.get("error") {
+        Some(error) => {
+            if let Some(details) = error.get("details") {
+                assert_eq!(details["required_scope"], required_scope, "{body}");
+            }
+            (&error["code"], &error["message"])
+        }
+        None => (&body["code"], &body["detail"]),
+    };
+    assert_eq!(
+        (
+            denial.code.as_str(),
+            denial.message.as_str(),
+            i32::try_from(denial.http_status).unwrap(),
+            denial.required_scope.as_str(),
+        ),
+        (
+            code.as_str().expect("a code"),
+            message.as_str().expect("a message"),
+            status,
+            required_scope,
+        ),
+        "gRPC denial {denial:?} against HTTP {status} {body}"
+    );
+}
+
+/// CheckScope with a credential, as a backend sends the header's value.
+pub async fn check_scope(
+    app: &mut TestApp,
+    credential: &str,
+    scopes: &[&str],
+) -> keyward::proto::CheckScopeResponse {
+    app.keys
+        .check_scope(keyward::proto::CheckScopeRequest {
+            credential: credential.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("CheckScope answers")
+        .into_inner()
+}
+
+/// The commented example block of a shipped profile that starts with the
+/// line `# [table]`, uncommented (one `# ` taken off each line up to the
+/// first line that is not a comment), so a test parses exactly what the
+/// profile shows. `replacements` fill in the placeholders; each must occur,
+/// so an edited example makes the test fail instead of drifting.
+pub fn commented_example(name: &str, table: &str, replacements: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).expect("the shipped profile");
+    let header = format!("# [{table}]");
+    let mut lines = text.lines().skip_while(|line| line.trim_end() != header);
+    let mut example = String::new();
+    for line in lines.by_ref().take_while(|line| line.starts_with('#')) {
+        let uncommented = line
+            .strip_prefix("# ")
+            .unwrap_or(line.trim_start_matches('#'));
+        example.push_str(uncommented);
+        example.push('\n');
+    }
+    assert!(
+        !example.is_empty(),
+        "{header} not found in {}",
+        path.display()
+    );
+    for (placeholder, value) in replacements {
+        assert!(
+            example.contains(placeholder),
+            "the example no longer has {placeholder:?}:\n{example}"
+        );
+        example = example.replace(placeholder, value);
+    }
+    example
+}
