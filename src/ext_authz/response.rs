@@ -389,9 +389,13 @@ pub fn whole_seconds_rounded_up(millis: u64) -> u64 {
     millis.div_ceil(1000)
 }
 
-/// A header that replaces any header of that name (Envoy's default for an
-/// unset `append_action` appends instead, which would let a client's
-/// spoofed identity header survive next to keyward's).
+/// A header that replaces any header of that name, so a client's spoofed
+/// identity header cannot survive next to keyward's. For ext_authz answers
+/// Envoy documents an unset `append` as overwrite, and older releases read
+/// only `append` for these headers; recent releases read `append_action`
+/// when `append` is unset, and its zero value, `APPEND_IF_EXISTS_OR_ADD`,
+/// would append. Setting `append_action` explicitly and leaving `append`
+/// unset overwrites on both.
 fn header(name: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
