@@ -256,14 +256,9 @@ impl Responses {
             }
             scopes_header.push_str(name);
         }
-        let headers = vec![
-            header(&self.identity.key_id, key.id.as_str()),
-            header(&self.identity.account_id, key.account_id.as_str()),
-            header(&self.identity.scopes, &scopes_header),
-        ];
-        let response_headers_to_add = rate_limit
-            .map(|status| rate_limit_headers(status).to_vec())
-            .unwrap_or_default();
+        // Every string here is copied once: the metadata copies the scopes,
+        // the header then takes the string itself; the rate-limit headers
+        // are moved out of their array, not cloned.
         let metadata = self.dynamic_metadata.then(|| Struct {
             fields: HashMap::from([
                 ("key_id".to_owned(), string_value(key.id.as_str())),
@@ -274,6 +269,14 @@ impl Responses {
                 ("scopes".to_owned(), string_value(&scopes_header)),
             ]),
         });
+        let headers = vec![
+            header(&self.identity.key_id, key.id.as_str()),
+            header(&self.identity.account_id, key.account_id.as_str()),
+            header_with(&self.identity.scopes, scopes_header),
+        ];
+        let response_headers_to_add = rate_limit
+            .map(|status| Vec::from(rate_limit_headers(status)))
+            .unwrap_or_default();
         ok_response(
             OkHttpResponse {
                 headers,
@@ -325,9 +328,9 @@ impl Responses {
             Reason::RateLimited | Reason::TooManyFailedAttempts
         );
         if retry_after {
-            headers.push(header(
+            headers.push(header_with(
                 "retry-after",
-                &whole_seconds_rounded_up(denial.retry_after_ms).to_string(),
+                whole_seconds_rounded_up(denial.retry_after_ms).to_string(),
             ));
         }
         if let Some(status) = rate_limit {
@@ -373,11 +376,11 @@ fn reason_position(reason: Reason) -> usize {
 /// (seconds until the full budget is back, rounded up).
 fn rate_limit_headers(status: RateLimitStatus) -> [HeaderValueOption; 3] {
     [
-        header("x-ratelimit-limit", &status.limit.to_string()),
-        header("x-ratelimit-remaining", &status.remaining.to_string()),
-        header(
+        header_with("x-ratelimit-limit", status.limit.to_string()),
+        header_with("x-ratelimit-remaining", status.remaining.to_string()),
+        header_with(
             "x-ratelimit-reset",
-            &whole_seconds_rounded_up(u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX))
+            whole_seconds_rounded_up(u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX))
                 .to_string(),
         ),
     ]
@@ -397,10 +400,15 @@ pub fn whole_seconds_rounded_up(millis: u64) -> u64 {
 /// would append. Setting `append_action` explicitly and leaving `append`
 /// unset overwrites on both.
 fn header(name: &str, value: &str) -> HeaderValueOption {
+    header_with(name, value.to_owned())
+}
+
+/// [`header`] with a value the caller already owns.
+fn header_with(name: &str, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_owned(),
-            value: value.to_owned(),
+            value,
             raw_value: Vec::new(),
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
