@@ -14,13 +14,18 @@
 //! not a CheckRequest at all.
 //!
 //! The credential is never logged; denials are logged at debug level with
-//! the reason, the route index and the key id.
+//! the reason and the key id, in a `check` span carrying the HTTP request's
+//! `x-request-id` as `request_id`, and counted in `keyward_decisions_total`
+//! (`rpc="Check"`; the route policy's own denials as `unmatched_route` and
+//! `malformed_request`).
 
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
+use crate::api::request_gate::REQUEST_ID_HEADER;
 use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
 use crate::config::HttpSettings;
 use crate::denial::Reason;
@@ -99,6 +104,9 @@ impl ExtAuthzApi {
             (Some(matched), _) => matched.access,
             (None, UnmatchedRoute::Deny) => {
                 tracing::debug!(rpc = "Check", reason = "unmatched_route", method = %http.method, "denied");
+                self.authenticator
+                    .telemetry
+                    .record_policy_denial(PolicyDenial::UnmatchedRoute);
                 return responses.deny_policy(PolicyDenial::UnmatchedRoute);
             }
             (None, UnmatchedRoute::AnyKey) => &Access::ANY_KEY,
@@ -143,6 +151,13 @@ impl ExtAuthzApi {
             Err(problem) => return self.refuse_malformed(problem),
         };
         let key = match &found {
+            // A bare key where the product documents a scheme is no key.
+            FoundKey::Authorization(value)
+                if self.settings.require_scheme
+                    && !request::has_scheme(value, self.authenticator.key_format.schemes()) =>
+            {
+                PresentedKey::Credential("")
+            }
             FoundKey::Authorization(value) => PresentedKey::Credential(value),
             FoundKey::Bare(value) => PresentedKey::BareKey(value),
             FoundKey::None => PresentedKey::Credential(""),
@@ -179,6 +194,9 @@ impl ExtAuthzApi {
 
     fn refuse_malformed(&self, problem: MalformedRequest) -> CheckResponse {
         tracing::debug!(rpc = "Check", reason = "malformed_request", %problem, "denied");
+        self.authenticator
+            .telemetry
+            .record_policy_denial(PolicyDenial::MalformedRequest);
         self.settings
             .responses
             .deny_policy(PolicyDenial::MalformedRequest)
@@ -192,6 +210,27 @@ impl Authorization for ExtAuthzApi {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let check = request.into_inner();
-        Ok(Response::new(self.decide(&check).await))
+        // Log lines of this Check carry the HTTP request's id, which Envoy's
+        // access log prints (`%REQ(X-REQUEST-ID)%`), rather than the gRPC
+        // call's. The span is debug level like the hot path's: at `info`
+        // it is disabled and the header is not even looked up.
+        let span = tracing::debug_span!("check", request_id = tracing::field::Empty);
+        if !span.is_disabled()
+            && let Some(id) = http_request_id(&check)
+        {
+            span.record("request_id", &*id);
+        }
+        Ok(Response::new(self.decide(&check).instrument(span).await))
     }
+}
+
+/// The HTTP request's `x-request-id` (Envoy generates one for every request
+/// unless told not to) when it is 1 to 128 visible ASCII characters, so a
+/// client's value cannot forge log lines. `attributes.request.http.id` is
+/// Envoy's internal stream id, not this.
+fn http_request_id(check: &CheckRequest) -> Option<std::borrow::Cow<'_, str>> {
+    let http = check.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+    let id = RequestHeaders::of(http).get(REQUEST_ID_HEADER)?;
+    let sane = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+    sane.then_some(id)
 }

@@ -28,6 +28,7 @@ use metrics_exporter_prometheus::{
 use crate::access_control::Rpc;
 use crate::authenticator::{Surface, Verdict};
 use crate::denial::Reason;
+use crate::ext_authz::response::PolicyDenial;
 
 pub mod metrics_endpoint;
 
@@ -100,6 +101,9 @@ pub struct Telemetry {
     recorder: Option<PrometheusRecorder>,
     decisions: [[Counter; OUTCOMES]; SURFACES.len()],
     decision_seconds: [Histogram; SURFACES.len()],
+    /// Check denials the route policy decides before the authenticator
+    /// (`rpc="Check"`, outcome `unmatched_route` or `malformed_request`).
+    policy_denials: [Counter; PolicyDenial::ALL.len()],
     cache_lookups: [Counter; 3],
     bans_started: Counter,
     /// Registered on first use, then read without a lock.
@@ -136,7 +140,7 @@ impl Telemetry {
         describe(
             "keyward_decisions_total",
             None,
-            "Hot-path decisions by RPC and outcome (allowed or the denial reason).",
+            "Hot-path decisions by RPC and outcome (allowed, the denial reason, or for Check unmatched_route and malformed_request).",
         );
         describe(
             "keyward_decision_duration_seconds",
@@ -255,6 +259,15 @@ impl Telemetry {
                 )
             })
         });
+        let policy_denials = PolicyDenial::ALL.map(|denial| {
+            counter(
+                "keyward_decisions_total",
+                vec![
+                    rpc_label(Surface::ExtAuthzCheck),
+                    Label::from_static_parts("outcome", denial.as_str()),
+                ],
+            )
+        });
         let decision_seconds = SURFACES.map(|surface| {
             histogram(
                 "keyward_decision_duration_seconds",
@@ -294,6 +307,7 @@ impl Telemetry {
         Self {
             decisions,
             decision_seconds,
+            policy_denials,
             cache_lookups,
             bans_started: counter("keyward_bans_started_total", vec![]),
             grpc_requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
@@ -324,6 +338,12 @@ impl Telemetry {
                 "denied"
             );
         }
+    }
+
+    /// Counts a Check denied by the route policy, before any key is read
+    /// (the caller logs it, with what was wrong).
+    pub fn record_policy_denial(&self, denial: PolicyDenial) {
+        self.policy_denials[denial as usize].increment(1);
     }
 
     pub fn record_cache_lookup(&self, lookup: CacheLookup) {
@@ -409,6 +429,9 @@ mod tests {
         }
         for (i, rpc) in Rpc::ALL.iter().enumerate() {
             assert_eq!(*rpc as usize, i);
+        }
+        for (i, denial) in PolicyDenial::ALL.iter().enumerate() {
+            assert_eq!(*denial as usize, i);
         }
     }
 

@@ -40,11 +40,15 @@ const RESERVED_HEADERS: [&str; 9] = [
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub key_sources: KeySources,
+    /// The authorization header must carry one of `keys.schemes` before the
+    /// key (`Bearer cc_...`); a bare key there counts as no key.
+    pub require_scheme: bool,
     /// Remove the credential before the request goes upstream.
     pub strip_credential: bool,
     pub unmatched_route: UnmatchedRoute,
-    /// 0: the client is Envoy's peer; N: the N-th `x-forwarded-for` entry
-    /// from the right.
+    /// Counted like Envoy's `xff_num_trusted_hops` (the same number): 0,
+    /// the client is Envoy's peer; N, the (N+1)-th `x-forwarded-for` entry
+    /// from the right (Envoy has appended its peer).
     pub trusted_proxy_hops: u32,
     pub routes: Arc<RoutePolicy>,
     pub responses: Arc<Responses>,
@@ -92,6 +96,16 @@ impl HttpSettings {
             return Err(fail(
                 "http.authorization_header".into(),
                 "no key source is left: keep the authorization header, or set key_header or key_query_parameter".into(),
+            ));
+        }
+
+        let require_scheme = raw.require_scheme.unwrap_or(false);
+        if require_scheme && (!key_sources.authorization_header || key_format.schemes().is_empty())
+        {
+            return Err(fail(
+                "http.require_scheme".into(),
+                "needs the authorization header as a key source and at least one of keys.schemes"
+                    .into(),
             ));
         }
 
@@ -227,6 +241,7 @@ impl HttpSettings {
         );
         Ok(Self {
             key_sources,
+            require_scheme,
             strip_credential: raw.strip_credential.unwrap_or(true),
             unmatched_route,
             trusted_proxy_hops,

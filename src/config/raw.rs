@@ -148,6 +148,7 @@ pub struct RawAuth {
 #[serde(deny_unknown_fields, default)]
 pub struct RawHttp {
     pub authorization_header: Option<bool>,
+    pub require_scheme: Option<bool>,
     pub key_header: Option<String>,
     pub key_query_parameter: Option<String>,
     pub error_style: Option<String>,

@@ -2,7 +2,7 @@
 //! lower-case `headers` map, or `header_map` when Envoy is configured with
 //! `encode_raw_headers`), where the key is, and the client's address (the
 //! peer address, or an `x-forwarded-for` entry chosen by the number of
-//! trusted proxy hops).
+//! trusted proxy hops, counted as Envoy's `xff_num_trusted_hops`).
 //!
 //! Nothing here logs or keeps the credential; it is only borrowed for the
 //! hot path.
@@ -187,18 +187,35 @@ impl KeySources {
     }
 }
 
+/// Whether an authorization header value starts with one of `schemes`
+/// (case-insensitive) followed by whitespace, as in `Bearer cc_...`.
+pub fn has_scheme(value: &str, schemes: &[String]) -> bool {
+    value
+        .trim_start()
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .is_some_and(|(scheme, _)| schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+}
+
 enum Source<'v> {
     Authorization(&'v str),
     Bare(&'v str),
 }
 
-/// The client's address: with `trusted_proxy_hops = 0`, the address of
-/// Envoy's peer; with N > 0, the N-th `x-forwarded-for` entry from the right
-/// (each trusted proxy appends the address it received the request from, so
-/// entries further left were written by the client and prove nothing). When
-/// the header has fewer entries, or that entry is not an address, there is
-/// no client address: the peer is then one of our own proxies, and counting
-/// failures against it would let one client ban every client behind it.
+/// The client's address, the way Envoy finds its trusted client address
+/// for `xff_num_trusted_hops = N` (so both settings take the same number):
+///
+/// - `N = 0`: Envoy's peer (`attributes.source.address`, the connection's
+///   direct peer; Envoy never puts an `x-forwarded-for` address there).
+/// - `N > 0`: the (N+1)-th `x-forwarded-for` entry from the right. With
+///   `use_remote_address: true` Envoy has already appended its peer (the
+///   nearest of the N trusted proxies) before ext_authz sees the header;
+///   each trusted proxy appended the address it received the request from;
+///   entries further left were written by the client and prove nothing.
+///
+/// When the header has fewer entries, or that entry is not an address,
+/// there is no client address (where Envoy would fall back to the peer):
+/// the peer is then one of our own proxies, and counting failures against
+/// it would let one client ban every client behind it.
 pub fn client_address(
     attributes: &AttributeContext,
     headers: &RequestHeaders<'_>,
@@ -206,7 +223,7 @@ pub fn client_address(
 ) -> Option<IpAddr> {
     if trusted_proxy_hops > 0 {
         let forwarded = headers.get(X_FORWARDED_FOR)?;
-        let entry = forwarded.rsplit(',').nth(trusted_proxy_hops as usize - 1)?;
+        let entry = forwarded.rsplit(',').nth(trusted_proxy_hops as usize)?;
         return parse_address(entry);
     }
     let peer = attributes

@@ -123,6 +123,18 @@ pub enum PolicyDenial {
     MalformedRequest,
 }
 
+impl PolicyDenial {
+    pub const ALL: [PolicyDenial; 2] = [Self::UnmatchedRoute, Self::MalformedRequest];
+
+    /// The log reason, metrics outcome and gRPC status message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnmatchedRoute => "unmatched_route",
+            Self::MalformedRequest => "malformed_request",
+        }
+    }
+}
+
 /// Where a credential was found, so that an allowed request can drop it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CredentialRemoval {
@@ -244,14 +256,9 @@ impl Responses {
             }
             scopes_header.push_str(name);
         }
-        let headers = vec![
-            header(&self.identity.key_id, key.id.as_str()),
-            header(&self.identity.account_id, key.account_id.as_str()),
-            header(&self.identity.scopes, &scopes_header),
-        ];
-        let response_headers_to_add = rate_limit
-            .map(|status| rate_limit_headers(status).to_vec())
-            .unwrap_or_default();
+        // Every string here is copied once: the metadata copies the scopes,
+        // the header then takes the string itself; the rate-limit headers
+        // are moved out of their array, not cloned.
         let metadata = self.dynamic_metadata.then(|| Struct {
             fields: HashMap::from([
                 ("key_id".to_owned(), string_value(key.id.as_str())),
@@ -262,6 +269,14 @@ impl Responses {
                 ("scopes".to_owned(), string_value(&scopes_header)),
             ]),
         });
+        let headers = vec![
+            header(&self.identity.key_id, key.id.as_str()),
+            header(&self.identity.account_id, key.account_id.as_str()),
+            header_with(&self.identity.scopes, scopes_header),
+        ];
+        let response_headers_to_add = rate_limit
+            .map(|status| Vec::from(rate_limit_headers(status)))
+            .unwrap_or_default();
         ok_response(
             OkHttpResponse {
                 headers,
@@ -313,9 +328,9 @@ impl Responses {
             Reason::RateLimited | Reason::TooManyFailedAttempts
         );
         if retry_after {
-            headers.push(header(
+            headers.push(header_with(
                 "retry-after",
-                &whole_seconds_rounded_up(denial.retry_after_ms).to_string(),
+                whole_seconds_rounded_up(denial.retry_after_ms).to_string(),
             ));
         }
         if let Some(status) = rate_limit {
@@ -326,15 +341,15 @@ impl Responses {
 
     /// A denial decided by the route policy.
     pub fn deny_policy(&self, denial: PolicyDenial) -> CheckResponse {
-        let ((text, body), reason) = match denial {
-            PolicyDenial::UnmatchedRoute => (&self.unmatched_route, "unmatched_route"),
-            PolicyDenial::MalformedRequest => (&self.malformed_request, "malformed_request"),
+        let (text, body) = match denial {
+            PolicyDenial::UnmatchedRoute => &self.unmatched_route,
+            PolicyDenial::MalformedRequest => &self.malformed_request,
         };
         denied_response(
             text.http_status,
             self.denial_headers(text.http_status),
             body.clone(),
-            reason,
+            denial.as_str(),
         )
     }
 
@@ -361,11 +376,11 @@ fn reason_position(reason: Reason) -> usize {
 /// (seconds until the full budget is back, rounded up).
 fn rate_limit_headers(status: RateLimitStatus) -> [HeaderValueOption; 3] {
     [
-        header("x-ratelimit-limit", &status.limit.to_string()),
-        header("x-ratelimit-remaining", &status.remaining.to_string()),
-        header(
+        header_with("x-ratelimit-limit", status.limit.to_string()),
+        header_with("x-ratelimit-remaining", status.remaining.to_string()),
+        header_with(
             "x-ratelimit-reset",
-            &whole_seconds_rounded_up(u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX))
+            whole_seconds_rounded_up(u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX))
                 .to_string(),
         ),
     ]
@@ -377,14 +392,23 @@ pub fn whole_seconds_rounded_up(millis: u64) -> u64 {
     millis.div_ceil(1000)
 }
 
-/// A header that replaces any header of that name (Envoy's default for an
-/// unset `append_action` appends instead, which would let a client's
-/// spoofed identity header survive next to keyward's).
+/// A header that replaces any header of that name, so a client's spoofed
+/// identity header cannot survive next to keyward's. For ext_authz answers
+/// Envoy documents an unset `append` as overwrite, and older releases read
+/// only `append` for these headers; recent releases read `append_action`
+/// when `append` is unset, and its zero value, `APPEND_IF_EXISTS_OR_ADD`,
+/// would append. Setting `append_action` explicitly and leaving `append`
+/// unset overwrites on both.
 fn header(name: &str, value: &str) -> HeaderValueOption {
+    header_with(name, value.to_owned())
+}
+
+/// [`header`] with a value the caller already owns.
+fn header_with(name: &str, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_owned(),
-            value: value.to_owned(),
+            value,
             raw_value: Vec::new(),
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,

@@ -8,7 +8,6 @@ use std::time::Duration;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::google::protobuf::value::Kind;
-use keyward::config::Config;
 use serde_json::json;
 
 use crate::helpers::envoy::{
@@ -668,6 +667,10 @@ async fn malformed_requests_are_denied_with_400() {
     app.shutdown().await;
 }
 
+/// One load balancer (10.0.0.1) in front of Envoy: Envoy's
+/// `xff_num_trusted_hops: 1` and keyward's `trusted_proxy_hops = 1`. The
+/// load balancer appends the client's address; Envoy appends its peer, the
+/// load balancer, before ext_authz runs; the client is the entry before it.
 #[tokio::test]
 async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
     let text = ROUTES.replace("[http]\n", "[http]\ntrusted_proxy_hops = 1\n")
@@ -677,45 +680,42 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
         .unwrap();
     let (_, secret) = app.create_key("acct_1", &["account:read"]).await;
     let mut envoy = Envoy::of(&app);
-    let via_proxy = |forwarded: &str| {
+    let load_balancer = "10.0.0.1";
+    let via_load_balancer = |received: &str| {
         get("/api/v1/account")
-            .sent_by_peer("10.0.0.1")
-            .header("x-forwarded-for", forwarded)
+            .sent_by_peer(load_balancer)
+            .forwarded_for(received)
     };
     for _ in 0..3 {
-        // The client writes anything on the left; the proxy appends the truth.
-        let request = via_proxy("1.2.3.4, 198.51.100.7")
+        // The client writes anything on the left; the load balancer appends the truth.
+        let request = via_load_balancer("1.2.3.4, 198.51.100.7")
             .bearer("cc_wrong")
             .build();
         assert_eq!(denied(&envoy.check(request).await).status, 401);
     }
     let banned = denied(
         &envoy
-            .check(via_proxy("5.6.7.8, 198.51.100.7").bearer(&secret).build())
-            .await,
-    );
-    assert_eq!(banned.body["error"]["code"], "too_many_failed_auth");
-    // Another client behind the same proxy is not affected, nor is the proxy.
-    allowed(
-        &envoy
-            .check(via_proxy("198.51.100.8").bearer(&secret).build())
-            .await,
-    );
-    allowed(
-        &envoy
             .check(
-                get("/api/v1/account")
-                    .sent_by_peer("10.0.0.1")
+                via_load_balancer("5.6.7.8, 198.51.100.7")
                     .bearer(&secret)
                     .build(),
             )
             .await,
     );
-    // Requests that arrive without the proxy's entry have no client address:
-    // their failures are not pinned on the proxy, which would ban everyone.
+    assert_eq!(banned.body["error"]["code"], "too_many_failed_auth");
+    // Another client behind the same load balancer is not affected: the ban
+    // is not the load balancer's, which Envoy appended last.
+    allowed(
+        &envoy
+            .check(via_load_balancer("198.51.100.8").bearer(&secret).build())
+            .await,
+    );
+    // Requests that reach Envoy without passing the load balancer carry only
+    // Envoy's own entry: no client address, and their failures are not
+    // pinned on the peer, which would ban everyone behind it.
     for _ in 0..5 {
         let request = get("/api/v1/account")
-            .sent_by_peer("10.0.0.1")
+            .sent_by_peer(load_balancer)
             .bearer("cc_wrong")
             .build();
         assert_eq!(denied(&envoy.check(request).await).status, 401);
@@ -724,10 +724,15 @@ async fn trusted_proxy_hops_pick_the_client_from_x_forwarded_for() {
         &envoy
             .check(
                 get("/api/v1/account")
-                    .sent_by_peer("10.0.0.1")
+                    .sent_by_peer(load_balancer)
                     .bearer(&secret)
                     .build(),
             )
+            .await,
+    );
+    allowed(
+        &envoy
+            .check(via_load_balancer("198.51.100.9").bearer(&secret).build())
             .await,
     );
     app.shutdown().await;
@@ -904,118 +909,105 @@ async fn health_and_reflection_know_the_authorization_service() {
     app.shutdown().await;
 }
 
-/// `profiles/carboncopy.toml` as shipped, with the harness's short intervals.
-fn carboncopy_profile() -> Config {
-    crate::helpers::envoy::profile("carboncopy")
-}
+/// `keyward serve --log-format json` as an operator runs it: the debug
+/// "denied" line of every Check carries the HTTP request's `x-request-id`
+/// (what Envoy's access log prints), not the gRPC call's id, for the
+/// authenticator's denials and for the route policy's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_log_lines_carry_the_http_request_id() {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
 
-#[tokio::test]
-async fn the_carboncopy_profile_answers_each_of_its_routes() {
-    let mut app = spawn_app_with(Db::Sqlite, carboncopy_profile())
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/carboncopy.toml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json", "--config"])
+        .arg(&profile)
+        .env(
+            "KEYWARD_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("k.db").display()),
+        )
+        .env("RUST_LOG", "keyward=debug")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let listening = crate::helpers::eventually(Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(listening, "keyward serve did not start listening");
+
+    let mut envoy = Envoy::on(crate::helpers::connect(addr).await);
+    let unknown_key = format!("cc_{}", "d".repeat(64));
+    for (request, expected) in [
+        (
+            get("/api/v1/account")
+                .bearer(&unknown_key)
+                .request_id("envoy-req-unknown"),
+            401,
+        ),
+        (
+            get("/api/v2/account").request_id("envoy-req-unmatched"),
+            404,
+        ),
+        (
+            get("/api/v1/portfolio/../account").request_id("envoy-req-malformed"),
+            400,
+        ),
+    ] {
+        assert_eq!(denied(&envoy.check(request.build()).await).status, expected);
+    }
+
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
         .await
         .unwrap();
-    let mut envoy = Envoy::of(&app);
-    let routes = [
-        ("GET", "/api/v1/portfolio", "portfolio:read"),
-        (
-            "GET",
-            "/api/v1/portfolio/history?from=2024-01-01",
-            "portfolio:read",
-        ),
-        ("GET", "/api/v1/traders", "traders:read"),
-        ("GET", "/api/v1/traders/0xabc/positions", "traders:read"),
-        ("POST", "/api/v1/traders/0xabc/follow", "traders:write"),
-        ("PUT", "/api/v1/traders/0xabc", "traders:write"),
-        ("PATCH", "/api/v1/traders/0xabc", "traders:write"),
-        ("DELETE", "/api/v1/traders/0xabc/follow", "traders:write"),
-        ("GET", "/api/v1/orders", "orders:read"),
-        ("GET", "/api/v1/orders/17", "orders:read"),
-        ("POST", "/api/v1/orders", "orders:write"),
-        ("DELETE", "/api/v1/orders/17", "orders:write"),
-        ("GET", "/api/v1/markets/btc-usd", "markets:read"),
-        ("GET", "/api/v1/account", "account:read"),
-    ];
-    // One key with nothing but account:read, to be refused everywhere else.
-    let (_, account_only) = app.create_key("acct_other", &["account:read"]).await;
-    for (method, target, scope) in routes {
-        let (key, secret) = app.create_key("acct_1", &[scope]).await;
-        let allowed_response = envoy
-            .check(call(method, target).bearer(&secret).build())
-            .await;
-        let set = upstream_headers(allowed(&allowed_response));
-        assert_eq!(set["x-keyward-key-id"], key.id, "{method} {target}");
-        assert_eq!(set["x-keyward-account-id"], "acct_1");
-        assert!(set["x-keyward-scopes"].split(' ').any(|s| s == scope));
-        app.revoke("acct_1", &key.id).await;
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}: {stderr}");
 
-        let anonymous = denied(&envoy.check(call(method, target).build()).await);
-        assert_eq!(
-            (anonymous.status, &anonymous.body),
-            (401, &unauthorized()),
-            "{method} {target}"
-        );
-        assert_eq!(anonymous.headers["www-authenticate"], "Bearer");
-        if scope != "account:read" {
-            let refused = denied(
-                &envoy
-                    .check(call(method, target).bearer(&account_only).build())
-                    .await,
-            );
-            assert_eq!(
-                (refused.status, &refused.body),
-                (403, &forbidden()),
-                "{method} {target}"
-            );
-        }
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let denied_lines: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "denied")
+        .collect();
+    assert_eq!(denied_lines.len(), 3, "one line per denial:\n{stderr}");
+    for (line, (reason, request_id)) in denied_lines.iter().zip([
+        ("unknown_key", "envoy-req-unknown"),
+        ("unmatched_route", "envoy-req-unmatched"),
+        ("malformed_request", "envoy-req-malformed"),
+    ]) {
+        assert_eq!(line["reason"], reason, "{line}");
+        assert_eq!(line["span"]["name"], "check", "{line}");
+        assert_eq!(line["span"]["request_id"], request_id, "{line}");
+        // The gRPC call's own id is still there, one span up.
+        let grpc = &line["spans"][0];
+        assert_eq!(grpc["rpc"], "Check", "{line}");
+        assert_ne!(grpc["request_id"], request_id, "{line}");
     }
-
-    // "write scope implies read for the same resource."
-    let (_, writer) = app
-        .create_key("acct_1", &["traders:write", "orders:write"])
-        .await;
-    for target in ["/api/v1/traders", "/api/v1/orders/17"] {
-        allowed(&envoy.check(get(target).bearer(&writer).build()).await);
-    }
-    // Only `Bearer` is documented.
-    let api_key_scheme = envoy
-        .check(
-            get("/api/v1/account")
-                .header("authorization", &format!("ApiKey {account_only}"))
-                .build(),
-        )
-        .await;
-    assert_eq!(denied(&api_key_scheme).status, 401);
-    // Paths no route names are refused.
-    for (method, target) in [
-        ("GET", "/api/v2/portfolio"),
-        ("HEAD", "/api/v1/account"),
-        ("POST", "/api/v1/portfolio"),
-    ] {
-        let refused = denied(
-            &envoy
-                .check(call(method, target).bearer(&account_only).build())
-                .await,
-        );
-        assert_eq!(refused.status, 404, "{method} {target}");
-    }
-    // Key management carries a Privy JWT for the upstream to verify.
-    for (method, target) in [
-        ("GET", "/api/v1/keys"),
-        ("POST", "/api/v1/keys"),
-        ("DELETE", "/api/v1/keys/key_123"),
-    ] {
-        let response = envoy
-            .check(
-                call(method, target)
-                    .bearer("eyJhbGciOiJFUzI1NiJ9.e30.sig")
-                    .build(),
-            )
-            .await;
-        let ok = allowed(&response);
-        assert!(
-            !ok.headers_to_remove.iter().any(|h| h == "authorization"),
-            "{method} {target}"
-        );
-    }
-    app.shutdown().await;
+    assert!(!stderr.contains(&unknown_key), "the key reached the logs");
 }

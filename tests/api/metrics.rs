@@ -213,3 +213,57 @@ async fn a_metrics_address_in_use_stops_startup_naming_the_flag() {
         "{error}"
     );
 }
+
+/// ext_authz Check decisions, including the denials the route policy makes
+/// before any key is read (no route; a request keyward cannot read), which
+/// never reach the authenticator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_decisions_count_route_policy_denials_too() {
+    use crate::helpers::envoy::{Envoy, allowed, denied, get, profile};
+    let check =
+        |outcome: &str| format!("keyward_decisions_total{{rpc=\"Check\",outcome=\"{outcome}\"}}");
+    let mut config = profile("carboncopy");
+    config.server.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+    let metrics = app.metrics_addr().expect("metrics listener");
+    let before = scrape(metrics).await;
+    for outcome in ["allowed", "unmatched_route", "malformed_request"] {
+        assert_series(&before, &check(outcome), 0.0);
+    }
+
+    let (_, secret) = app.create_key("acct_m", &["account:read"]).await;
+    let mut envoy = Envoy::of(&app);
+    allowed(
+        &envoy
+            .check(get("/api/v1/account").bearer(&secret).build())
+            .await,
+    );
+    denied(&envoy.check(get("/api/v1/account").build()).await);
+    denied(
+        &envoy
+            .check(get("/api/v2/account").bearer(&secret).build())
+            .await,
+    );
+    denied(
+        &envoy
+            .check(get("/api/v1/portfolio/../account").bearer(&secret).build())
+            .await,
+    );
+    denied(
+        &envoy
+            .check(envoy_types::ext_authz::v3::pb::CheckRequest::default())
+            .await,
+    );
+
+    let after = scrape(metrics).await;
+    assert_series(&after, &check("allowed"), 1.0);
+    assert_series(&after, &check("missing_credential"), 1.0);
+    assert_series(&after, &check("unmatched_route"), 1.0);
+    assert_series(&after, &check("malformed_request"), 2.0);
+    assert_series(
+        &after,
+        "keyward_grpc_requests_total{rpc=\"Check\",code=\"OK\"}",
+        5.0,
+    );
+    app.shutdown().await;
+}

@@ -1,10 +1,10 @@
 //! Carboncopy (seeds 000 and 001) on `profiles/carboncopy.toml`: one test per
 //! statement the documents make about keys, scopes and errors, through
 //! keyward.v1.KeyService (what Settings -> API Keys and `/api/v1/keys` call)
-//! and the ext_authz Check (what Envoy in front of `/api/v1` sends). The
-//! README's "Products" table maps each statement to its test; the route
-//! table itself is also covered by
-//! `ext_authz::the_carboncopy_profile_answers_each_of_its_routes`.
+//! and the ext_authz Check (what Envoy in front of `/api/v1` sends); a
+//! backend asking keyward directly (Authenticate, CheckScope) gets the same
+//! codes, messages, statuses and required scopes. The README's "Products"
+//! table maps each statement to its test.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +13,10 @@ use keyward::proto;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::helpers::envoy::{Envoy, allowed, call, denied, get, profile, upstream_headers};
+use crate::helpers::envoy::{
+    Envoy, allowed, assert_same_denial, call, check_scope, commented_example, denied, get, profile,
+    upstream_headers,
+};
 use crate::helpers::{
     Db, TestApp, assert_invalid_argument, assert_shown_once_and_stored_as_sha256, spawn_app_with,
 };
@@ -84,8 +87,9 @@ async fn carboncopy_keys_are_cc_and_64_lowercase_hex_shown_once_and_stored_as_sh
 }
 
 /// "Pass your key as a Bearer token in the Authorization header." Nothing
-/// else carries a key: not the `ApiKey` scheme, another header or a query
-/// parameter; and a body that is not 64 lowercase hex is no key.
+/// else carries a key: not the `ApiKey` scheme, the bare key without a
+/// scheme (`http.require_scheme`), another header or a query parameter; and
+/// a body that is not 64 lowercase hex is no key.
 #[tokio::test]
 async fn carboncopy_key_is_a_bearer_token_in_the_authorization_header() {
     let mut app = spawn_app_with(Db::Sqlite, carboncopy()).await.unwrap();
@@ -102,6 +106,7 @@ async fn carboncopy_key_is_a_bearer_token_in_the_authorization_header() {
     let body = secret.strip_prefix(PREFIX).unwrap();
     for request in [
         get("/api/v1/portfolio").header("authorization", &format!("ApiKey {secret}")),
+        get("/api/v1/portfolio").header("authorization", &secret),
         get("/api/v1/portfolio").header("x-api-key", &secret),
         get(&format!("/api/v1/portfolio?api_key={secret}")),
         get("/api/v1/portfolio").bearer(&format!("{PREFIX}{}", body.to_ascii_uppercase())),
@@ -111,6 +116,145 @@ async fn carboncopy_key_is_a_bearer_token_in_the_authorization_header() {
         let refused = denied(&envoy.check(request.build()).await);
         assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
         assert_eq!(refused.headers["www-authenticate"], "Bearer");
+    }
+
+    // A backend passing the header's value to Authenticate.
+    assert!(
+        app.authenticate(&format!("Bearer {secret}"), &["portfolio:read"])
+            .await
+            .allowed
+    );
+    for credential in [
+        format!("ApiKey {secret}"),
+        format!("Bearer {PREFIX}{}", body.to_ascii_uppercase()),
+        format!("Bearer {secret}0"),
+    ] {
+        let direct = app.authenticate(&credential, &["portfolio:read"]).await;
+        assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
+    }
+    // `require_scheme` is the HTTP surface's: the backend decides what it
+    // passes, and a bare key is a key to Authenticate.
+    assert!(app.authenticate(&secret, &["portfolio:read"]).await.allowed);
+    app.shutdown().await;
+}
+
+/// 000: "All API endpoints are authenticated using API keys", with the
+/// routes of the scope table: each route opens with a key holding its
+/// scope (the upstream learns which key and account), is 401 without a key
+/// and 403 with a key lacking the scope; paths and methods no route names
+/// are refused (404). The key-management routes are the exception: public
+/// for keyward, they carry a Privy JWT the upstream verifies (see
+/// `carboncopy_key_management_routes_pass_the_privy_jwt_to_the_upstream`).
+#[tokio::test]
+async fn carboncopy_all_api_endpoints_need_a_key_with_the_routes_scope() {
+    let mut app = spawn_app_with(Db::Sqlite, carboncopy()).await.unwrap();
+    let mut envoy = Envoy::of(&app);
+    let routes = [
+        ("GET", "/api/v1/portfolio", "portfolio:read"),
+        (
+            "GET",
+            "/api/v1/portfolio/history?from=2024-01-01",
+            "portfolio:read",
+        ),
+        ("GET", "/api/v1/traders", "traders:read"),
+        ("GET", "/api/v1/traders/0xabc/positions", "traders:read"),
+        ("POST", "/api/v1/traders/0xabc/follow", "traders:write"),
+        ("PUT", "/api/v1/traders/0xabc", "traders:write"),
+        ("PATCH", "/api/v1/traders/0xabc", "traders:write"),
+        ("DELETE", "/api/v1/traders/0xabc/follow", "traders:write"),
+        ("GET", "/api/v1/orders", "orders:read"),
+        ("GET", "/api/v1/orders/17", "orders:read"),
+        ("POST", "/api/v1/orders", "orders:write"),
+        ("DELETE", "/api/v1/orders/17", "orders:write"),
+        ("GET", "/api/v1/markets/btc-usd", "markets:read"),
+        ("GET", "/api/v1/account", "account:read"),
+    ];
+    // One key with nothing but account:read, to be refused everywhere else.
+    let (_, account_only) = app.create_key("acct_other", &["account:read"]).await;
+    for (method, target, scope) in routes {
+        let (key, secret) = app.create_key("acct_1", &[scope]).await;
+        let allowed_response = envoy
+            .check(call(method, target).bearer(&secret).build())
+            .await;
+        let set = upstream_headers(allowed(&allowed_response));
+        assert_eq!(set["x-keyward-key-id"], key.id, "{method} {target}");
+        assert_eq!(set["x-keyward-account-id"], "acct_1");
+        assert!(set["x-keyward-scopes"].split(' ').any(|s| s == scope));
+        app.revoke("acct_1", &key.id).await;
+
+        let anonymous = denied(&envoy.check(call(method, target).build()).await);
+        assert_eq!(
+            (anonymous.status, &anonymous.body),
+            (401, &unauthorized()),
+            "{method} {target}"
+        );
+        assert_eq!(anonymous.headers["www-authenticate"], "Bearer");
+        if scope != "account:read" {
+            let refused = denied(
+                &envoy
+                    .check(call(method, target).bearer(&account_only).build())
+                    .await,
+            );
+            assert_eq!(
+                (refused.status, &refused.body),
+                (403, &forbidden()),
+                "{method} {target}"
+            );
+            // The route's scope, asked for directly.
+            let direct = check_scope(&mut app, &format!("Bearer {account_only}"), &[scope]).await;
+            assert_same_denial(direct.denial.as_ref(), 403, &forbidden(), scope);
+        }
+    }
+    let direct = app.authenticate("", &["account:read"]).await;
+    assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
+
+    // "write scope implies read for the same resource."
+    let (_, writer) = app
+        .create_key("acct_1", &["traders:write", "orders:write"])
+        .await;
+    for target in ["/api/v1/traders", "/api/v1/orders/17"] {
+        allowed(&envoy.check(get(target).bearer(&writer).build()).await);
+    }
+    // Only `Bearer` is documented.
+    let api_key_scheme = envoy
+        .check(
+            get("/api/v1/account")
+                .header("authorization", &format!("ApiKey {account_only}"))
+                .build(),
+        )
+        .await;
+    assert_eq!(denied(&api_key_scheme).status, 401);
+    // Paths no route names are refused.
+    for (method, target) in [
+        ("GET", "/api/v2/portfolio"),
+        ("HEAD", "/api/v1/account"),
+        ("POST", "/api/v1/portfolio"),
+    ] {
+        let refused = denied(
+            &envoy
+                .check(call(method, target).bearer(&account_only).build())
+                .await,
+        );
+        assert_eq!(refused.status, 404, "{method} {target}");
+    }
+    // Key management carries a Privy JWT for the upstream to verify.
+    for (method, target) in [
+        ("GET", "/api/v1/keys"),
+        ("POST", "/api/v1/keys"),
+        ("DELETE", "/api/v1/keys/key_123"),
+    ] {
+        let response = envoy
+            .check(
+                call(method, target)
+                    .bearer("eyJhbGciOiJFUzI1NiJ9.e30.sig")
+                    .build(),
+            )
+            .await;
+        let ok = allowed(&response);
+        assert!(
+            !ok.headers_to_remove.iter().any(|h| h == "authorization"),
+            "{method} {target}"
+        );
     }
     app.shutdown().await;
 }
@@ -132,6 +276,7 @@ async fn carboncopy_scope_table_none_read_write_per_resource() {
         ("account", &["read"][..]),
     ] {
         let path = format!("/api/v1/{resource}");
+        let read_scope = format!("{resource}:read");
         // none
         let refused = denied(&envoy.check(get(&path).bearer(&none).build()).await);
         assert_eq!(
@@ -139,18 +284,29 @@ async fn carboncopy_scope_table_none_read_write_per_resource() {
             (403, &forbidden()),
             "{resource}"
         );
+        let direct = app
+            .authenticate(&format!("Bearer {none}"), &[&read_scope])
+            .await;
+        assert_same_denial(direct.denial.as_ref(), 403, &forbidden(), &read_scope);
 
         // read: GET only.
-        let (read_key, read) = app
-            .create_key(ACCOUNT, &[&format!("{resource}:read")])
-            .await;
+        let (read_key, read) = app.create_key(ACCOUNT, &[&read_scope]).await;
         allowed(&envoy.check(get(&path).bearer(&read).build()).await);
+        assert!(
+            check_scope(&mut app, &format!("Bearer {read}"), &[&read_scope])
+                .await
+                .allowed
+        );
         let write_denied = denied(&envoy.check(call("POST", &path).bearer(&read).build()).await);
         if values.contains(&"write") {
             assert_eq!(
                 (write_denied.status, &write_denied.body),
                 (403, &forbidden())
             );
+            let write_scope = format!("{resource}:write");
+            let direct = check_scope(&mut app, &format!("Bearer {read}"), &[&write_scope]).await;
+            assert_eq!(direct.missing_scopes, std::slice::from_ref(&write_scope));
+            assert_same_denial(direct.denial.as_ref(), 403, &forbidden(), &write_scope);
         } else {
             // No write value: no write endpoint.
             assert_eq!(write_denied.status, 404, "{resource}");
@@ -201,6 +357,14 @@ async fn carboncopy_write_implies_read_for_the_same_resource_only() {
         let refused = denied(&envoy.check(get(target).bearer(&secret).build()).await);
         assert_eq!(refused.body, forbidden(), "{target}");
     }
+    let credential = format!("Bearer {secret}");
+    assert!(
+        check_scope(&mut app, &credential, &["traders:read"])
+            .await
+            .allowed
+    );
+    let direct = check_scope(&mut app, &credential, &["orders:read"]).await;
+    assert_same_denial(direct.denial.as_ref(), 403, &forbidden(), "orders:read");
 
     let (both, _) = app
         .create_key(ACCOUNT, &["orders:read", "orders:write"])
@@ -282,6 +446,10 @@ async fn carboncopy_monitoring_bot_with_portfolio_read_cannot_write_traders() {
             .await,
     );
     assert_eq!((refused.status, &refused.body), (403, &forbidden()));
+    let direct = app
+        .authenticate(&format!("Bearer {bot}"), &["traders:write"])
+        .await;
+    assert_same_denial(direct.denial.as_ref(), 403, &forbidden(), "traders:write");
     app.shutdown().await;
 }
 
@@ -349,6 +517,10 @@ async fn carboncopy_keys_can_have_an_optional_expiry_timestamp(db: Db) {
             .await,
     );
     assert_eq!((expired.status, &expired.body), (401, &unauthorized()));
+    let direct = app
+        .authenticate(&format!("Bearer {secret}"), &["orders:read"])
+        .await;
+    assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
 
     let past = app
         .keys
@@ -394,10 +566,19 @@ async fn carboncopy_revoking_a_key_is_immediate_and_other_keys_keep_working(db: 
             .await,
     );
     assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
+    let direct = app
+        .authenticate(&format!("Bearer {exposed_secret}"), &["account:read"])
+        .await;
+    assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
     allowed(
         &envoy
             .check(get("/api/v1/account").bearer(&other_secret).build())
             .await,
+    );
+    assert!(
+        app.authenticate(&format!("Bearer {other_secret}"), &["account:read"])
+            .await
+            .allowed
     );
     app.shutdown().await;
 }
@@ -413,16 +594,25 @@ async fn carboncopy_errors_are_the_documented_401_and_403_bodies() {
     let mut envoy = Envoy::of(&app);
 
     let mut shown = Vec::new();
-    for request in [
-        get("/api/v1/account"),
-        get("/api/v1/account").bearer(&format!("{PREFIX}{}", "a".repeat(64))),
-        get("/api/v1/account").bearer(&revoked_secret),
-        get("/api/v1/account").bearer("cc_not_a_key"),
+    let unknown = format!("{PREFIX}{}", "a".repeat(64));
+    for credential in [
+        None,
+        Some(&*unknown),
+        Some(&*revoked_secret),
+        Some("cc_not_a_key"),
     ] {
+        let request = match credential {
+            Some(credential) => get("/api/v1/account").bearer(credential),
+            None => get("/api/v1/account"),
+        };
         let refused = denied(&envoy.check(request.build()).await);
         assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
         assert_eq!(refused.headers["content-type"], "application/json");
         shown.push(refused.headers);
+        // A backend asking keyward directly gets the same texts.
+        let header = credential.map_or_else(String::new, |c| format!("Bearer {c}"));
+        let direct = app.authenticate(&header, &["account:read"]).await;
+        assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
     }
     assert!(shown.windows(2).all(|pair| pair[0] == pair[1]));
 
@@ -433,23 +623,12 @@ async fn carboncopy_errors_are_the_documented_401_and_403_bodies() {
     );
     assert_eq!((refused.status, &refused.body), (403, &forbidden()));
 
-    // A backend asking keyward directly gets the same texts.
     let direct = app
         .authenticate(&format!("Bearer {secret}"), &["orders:read"])
         .await;
-    let denial = direct.denial.unwrap();
-    assert_eq!(
-        (
-            denial.code.as_str(),
-            denial.message.as_str(),
-            denial.http_status
-        ),
-        (
-            "forbidden",
-            "This key does not have the required scope.",
-            403
-        )
-    );
+    assert_same_denial(direct.denial.as_ref(), 403, &forbidden(), "orders:read");
+    let direct = check_scope(&mut app, &format!("Bearer {secret}"), &["orders:read"]).await;
+    assert_same_denial(direct.denial.as_ref(), 403, &forbidden(), "orders:read");
     app.shutdown().await;
 }
 
@@ -506,29 +685,26 @@ fn with_jwt<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 /// 001: "Privy JWTs ... are required for the Key Management endpoints" and
-/// "Privy JWTs are short-lived". keyward verifies them on its own gRPC
-/// management RPCs with `[auth.jwt]`. The profile cannot name Privy's real
-/// verification key, so it carries a commented example; this test fills it
-/// in with a key of its own that plays Privy (ES256, issuer `privy.io`, the
-/// user's Privy DID as subject).
+/// "Privy JWTs are short-lived" (`exp` is required and checked). keyward
+/// verifies them on its own gRPC management RPCs with `[auth.jwt]`. The
+/// profile cannot name Privy's real verification key, so it carries a
+/// commented example; this test reads that block out of the profile,
+/// uncomments it and fills in a key of its own that plays Privy (ES256,
+/// issuer `privy.io`, the user's Privy DID as subject).
 #[tokio::test]
 async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
     let privy = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let public_key = dir.path().join("privy-verification-key.pem");
     std::fs::write(&public_key, privy.public_key_pem()).unwrap();
-    let jwt_settings = format!(
-        r#"
-[auth.jwt]
-issuers = ["privy.io"]
-audiences = ["test-privy-app-id"]
-public_key_files = ["{}"]
-algorithms = ["ES256"]
-subject_claim = "sub"
-leeway_seconds = 30
-rpcs = ["CreateKey", "ListKeys", "GetKey", "RevokeKey"]
-"#,
-        public_key.display()
+    let public_key = public_key.display().to_string();
+    let jwt_settings = commented_example(
+        "carboncopy",
+        "auth.jwt",
+        &[
+            ("<your Privy app id>", "test-privy-app-id"),
+            ("/etc/keyward/privy-verification-key.pem", &public_key),
+        ],
     );
     let mut config = carboncopy();
     config.auth = Config::parse(&jwt_settings, "privy.toml")
@@ -541,9 +717,7 @@ rpcs = ["CreateKey", "ListKeys", "GetKey", "RevokeKey"]
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let sign = |subject: &str, expires: i64| {
-        let claims = json!({"sub": subject, "iss": "privy.io", "aud": "test-privy-app-id",
-                            "iat": now, "exp": expires});
+    let sign_claims = |claims: Value| {
         let key = jsonwebtoken::EncodingKey::from_ec_pem(privy.serialize_pem().as_bytes()).unwrap();
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
@@ -551,6 +725,12 @@ rpcs = ["CreateKey", "ListKeys", "GetKey", "RevokeKey"]
             &key,
         )
         .unwrap()
+    };
+    let sign = |subject: &str, expires: i64| {
+        sign_claims(
+            json!({"sub": subject, "iss": "privy.io", "aud": "test-privy-app-id",
+                           "iat": now, "exp": expires}),
+        )
     };
     let jwt = sign(user, now + 300);
     let create = |account: &str| proto::CreateKeyRequest {
@@ -613,6 +793,17 @@ rpcs = ["CreateKey", "ListKeys", "GetKey", "RevokeKey"]
         .unwrap_err();
     assert_eq!(expired.code(), Code::Unauthenticated);
     assert!(expired.message().contains("expired"), "{expired:?}");
+    // Short-lived means it says when it ends: a JWT without `exp` is refused.
+    let without_exp = sign_claims(
+        json!({"sub": user, "iss": "privy.io", "aud": "test-privy-app-id", "iat": now}),
+    );
+    let forever = app
+        .keys
+        .create_key(with_jwt(create(user), &without_exp))
+        .await
+        .unwrap_err();
+    assert_eq!(forever.code(), Code::Unauthenticated);
+    assert!(forever.message().contains("`exp`"), "{forever:?}");
 
     // The JWT is no API key: it opens no API route.
     let mut envoy = Envoy::of(&app);

@@ -1,8 +1,10 @@
 //! CryptoRobot (seed 002) on `profiles/cryptorobot.toml`: one test per
 //! statement the document makes about keys, scopes and errors, through
 //! keyward.v1.KeyService (what CryptoRobot's `/keys` endpoints call) and the
-//! ext_authz Check (what Envoy in front of api.cryptorobot.ai sends). The
-//! README's "Products" table maps each statement to its test.
+//! ext_authz Check (what Envoy in front of api.cryptorobot.ai sends); a
+//! backend asking keyward directly (Authenticate, CheckScope) gets the same
+//! codes, messages, statuses and required scopes. The README's "Products"
+//! table maps each statement to its test.
 
 use std::time::Duration;
 
@@ -11,7 +13,8 @@ use keyward::proto;
 use serde_json::{Value, json};
 
 use crate::helpers::envoy::{
-    Envoy, HttpCall, allowed, call, denied, get, profile, upstream_headers,
+    Envoy, HttpCall, allowed, assert_same_denial, call, check_scope, commented_example, denied,
+    get, profile, upstream_headers,
 };
 use crate::helpers::{
     Db, TestApp, assert_shown_once_and_stored_as_sha256, eventually, spawn_app_with,
@@ -101,6 +104,8 @@ async fn cryptorobot_keys_start_cr_live_and_are_shown_once_and_stored_as_sha256(
 }
 
 /// "Include the key in the Authorization header with the ApiKey prefix."
+/// Without the prefix it is no key (`http.require_scheme`), and `Bearer`
+/// carries the user's JWT on this API, not a key.
 #[tokio::test]
 async fn cryptorobot_key_is_sent_as_authorization_apikey() {
     let mut app = spawn_app_with(Db::Sqlite, cryptorobot()).await.unwrap();
@@ -121,6 +126,12 @@ async fn cryptorobot_key_is_sent_as_authorization_apikey() {
             .await,
     );
     assert_eq!((bearer.status, &bearer.body), (401, &unauthorized()));
+    let bare = denied(
+        &envoy
+            .check(get("/strategies").header("authorization", &secret).build())
+            .await,
+    );
+    assert_eq!((bare.status, &bare.body), (401, &unauthorized()));
     let anonymous = denied(&envoy.check(get("/strategies").build()).await);
     assert_eq!((anonymous.status, &anonymous.body), (401, &unauthorized()));
     assert_eq!(anonymous.headers["www-authenticate"], "ApiKey");
@@ -130,6 +141,10 @@ async fn cryptorobot_key_is_sent_as_authorization_apikey() {
         .authenticate(&format!("ApiKey {secret}"), &["read:strategies"])
         .await;
     assert!(direct.allowed, "{direct:?}");
+    for credential in [format!("Bearer {secret}"), String::new()] {
+        let direct = app.authenticate(&credential, &["read:strategies"]).await;
+        assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
+    }
     app.shutdown().await;
 }
 
@@ -199,6 +214,10 @@ async fn cryptorobot_each_scope_opens_exactly_its_resource() {
             (403, &forbidden(scope)),
             "{method} {target}"
         );
+        let direct = app
+            .authenticate(&format!("ApiKey {everything_else}"), &[scope])
+            .await;
+        assert_same_denial(direct.denial.as_ref(), 403, &forbidden(scope), scope);
     }
 
     // No write scope for portfolio and insights: no route, for any key.
@@ -248,6 +267,20 @@ async fn cryptorobot_write_scopes_do_not_imply_read() {
         (refused.status, &refused.body),
         (403, &forbidden("read:traders"))
     );
+    let credential = format!("ApiKey {secret}");
+    assert!(
+        check_scope(&mut app, &credential, &["write:traders"])
+            .await
+            .allowed
+    );
+    let direct = check_scope(&mut app, &credential, &["read:traders"]).await;
+    assert_eq!(direct.missing_scopes, ["read:traders"]);
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden("read:traders"),
+        "read:traders",
+    );
     app.shutdown().await;
 }
 
@@ -283,6 +316,13 @@ async fn cryptorobot_restricted_endpoint_needs_read_of_the_requested_resource() 
             (403, &forbidden(required)),
             "{resource}"
         );
+        if resource != "wallets" {
+            // A backend checking the resource's scope itself.
+            let direct = app
+                .authenticate(&format!("ApiKey {secret}"), &[required])
+                .await;
+            assert_same_denial(direct.denial.as_ref(), 403, &forbidden(required), required);
+        }
     }
     let anonymous = denied(
         &envoy
@@ -317,7 +357,7 @@ async fn cryptorobot_revoking_a_key_is_immediate_and_then_401(db: Db) {
     );
     assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
     let direct = app.authenticate(&format!("ApiKey {secret}"), &[]).await;
-    assert_eq!(direct.denial.expect("denied").http_status, 401);
+    assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
     app.shutdown().await;
 }
 
@@ -448,6 +488,15 @@ async fn cryptorobot_read_only_preset_grants_every_read_scope_and_no_write() {
             .await,
     );
     assert_eq!(refused.body, forbidden("write:traders"));
+    let direct = app
+        .authenticate(&format!("ApiKey {secret}"), &["write:traders"])
+        .await;
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden("write:traders"),
+        "write:traders",
+    );
     app.shutdown().await;
 }
 
@@ -542,5 +591,85 @@ async fn cryptorobot_key_management_routes_pass_the_users_jwt_to_the_upstream() 
             "{method} {target}"
         );
     }
+    app.shutdown().await;
+}
+
+/// The profile's commented `[auth.jwt]` example, for a dashboard backend
+/// that calls keyward's management RPCs with the user's session JWT: read
+/// out of the profile, uncommented, filled in with a key that plays
+/// CryptoRobot's issuer. The JWT's subject is the one account it manages.
+#[tokio::test]
+async fn cryptorobot_commented_jwt_example_lets_a_user_manage_only_their_own_keys() {
+    let issuer_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let public_key = dir.path().join("cryptorobot-jwt-public.pem");
+    std::fs::write(&public_key, issuer_key.public_key_pem()).unwrap();
+    let public_key = public_key.display().to_string();
+    let example = commented_example(
+        "cryptorobot",
+        "auth.jwt",
+        &[
+            (
+                "<the issuer of CryptoRobot's session JWTs>",
+                "https://auth.cryptorobot.test",
+            ),
+            ("<their audience>", "cryptorobot-dashboard"),
+            ("/etc/keyward/cryptorobot-jwt-public.pem", &public_key),
+        ],
+    );
+    let mut config = cryptorobot();
+    config.auth = Config::parse(&example, "cryptorobot-jwt.toml")
+        .expect("the profile's commented [auth.jwt] example, filled in")
+        .auth;
+    let mut app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": ACCOUNT, "iss": "https://auth.cryptorobot.test",
+                        "aud": "cryptorobot-dashboard", "iat": now, "exp": now + 300});
+    let signing =
+        jsonwebtoken::EncodingKey::from_ec_pem(issuer_key.serialize_pem().as_bytes()).unwrap();
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &signing,
+    )
+    .unwrap();
+    let with_jwt = |account: &str| {
+        let mut request = tonic::Request::new(proto::CreateKeyRequest {
+            account_id: account.into(),
+            name: "My Trading Bot".into(),
+            scopes: vec!["read:strategies".into()],
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {jwt}").parse().unwrap());
+        request
+    };
+    let created = app
+        .keys
+        .create_key(with_jwt(ACCOUNT))
+        .await
+        .expect("the user's own account")
+        .into_inner();
+    assert!(created.secret.starts_with(PREFIX));
+    let other = app
+        .keys
+        .create_key(with_jwt("cryptorobot_user_2"))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::PermissionDenied);
+    let anonymous = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: ACCOUNT.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
     app.shutdown().await;
 }

@@ -1,16 +1,21 @@
 //! CSBoard (seed 004) on `profiles/csboard.toml`: one test per statement the
 //! document makes about keys, scopes and errors, through keyward.v1.KeyService
 //! (what CSBoard's profile page calls) and the ext_authz Check (what Envoy in
-//! front of csboard.com sends). The README's "Products" table maps each
-//! statement to its test.
+//! front of csboard.com sends); a backend asking keyward directly
+//! (Authenticate, CheckScope) gets the same codes, details, statuses and
+//! required scopes. The README's "Products" table maps each statement to its
+//! test.
 
 use std::time::Duration;
 
 use keyward::config::Config;
+use keyward::denial::Reason;
 use keyward::proto;
 use serde_json::{Value, json};
 
-use crate::helpers::envoy::{Envoy, allowed, call, denied, get, profile, upstream_headers};
+use crate::helpers::envoy::{
+    Envoy, allowed, assert_same_denial, call, check_scope, denied, get, profile, upstream_headers,
+};
 use crate::helpers::{Db, TestApp, assert_shown_once_and_stored_as_sha256, reason, spawn_app_with};
 use crate::on_both_databases;
 
@@ -103,7 +108,7 @@ async fn csboard_keys_are_csb_pub_keys_shown_once_and_stored_as_sha256(db: Db) {
 /// API key."
 #[tokio::test]
 async fn csboard_health_needs_no_key_and_every_other_request_does() {
-    let app = spawn_app_with(Db::Sqlite, csboard()).await.unwrap();
+    let mut app = spawn_app_with(Db::Sqlite, csboard()).await.unwrap();
     let mut envoy = Envoy::of(&app);
 
     let health = envoy.check(get("/v1/health").build()).await;
@@ -123,6 +128,8 @@ async fn csboard_health_needs_no_key_and_every_other_request_does() {
         );
         assert_eq!(refused.headers["www-authenticate"], "Bearer");
     }
+    let direct = app.authenticate("", &["read"]).await;
+    assert_same_denial(direct.denial.as_ref(), 401, &missing_api_key(), "");
     app.shutdown().await;
 }
 
@@ -171,15 +178,16 @@ async fn csboard_key_is_read_from_a_bearer_header_or_the_api_key_query_parameter
     assert_eq!(ok.headers_to_remove, ["authorization"]);
     assert_eq!(ok.query_parameters_to_remove, ["api_key"]);
 
-    // Only Bearer is documented for the header.
-    let other_scheme = envoy
-        .check(
-            get("/v1/listings")
-                .header("authorization", &format!("ApiKey {secret}"))
-                .build(),
-        )
-        .await;
-    assert_eq!(denied(&other_scheme).body, missing_api_key());
+    // Only Bearer is documented for the header: not another scheme, nor the
+    // bare key (`http.require_scheme`).
+    for value in [format!("ApiKey {secret}"), secret.clone()] {
+        let refused = envoy
+            .check(get("/v1/listings").header("authorization", &value).build())
+            .await;
+        assert_eq!(denied(&refused).body, missing_api_key());
+    }
+    let direct = app.authenticate(&format!("ApiKey {secret}"), &[]).await;
+    assert_same_denial(direct.denial.as_ref(), 401, &missing_api_key(), "");
     app.shutdown().await;
 }
 
@@ -262,14 +270,23 @@ async fn csboard_key_without_trading_gets_403_trading_not_enabled_on_post_orders
     let direct = app
         .authenticate(&format!("Bearer {read_key}"), &["trading"])
         .await;
-    let denial = direct.denial.expect("denied");
-    assert_eq!(
-        (
-            denial.code.as_str(),
-            denial.http_status,
-            denial.required_scope.as_str()
-        ),
-        ("trading_not_enabled", 403, "trading")
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &trading_not_enabled(),
+        "trading",
+    );
+    let direct = check_scope(&mut app, &format!("Bearer {read_key}"), &["trading"]).await;
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &trading_not_enabled(),
+        "trading",
+    );
+    assert!(
+        check_scope(&mut app, &format!("Bearer {trading_key}"), &["trading"])
+            .await
+            .allowed
     );
     app.shutdown().await;
 }
@@ -290,8 +307,22 @@ async fn csboard_trading_switched_on_later_with_update_key_applies_to_the_next_c
         trading_not_enabled()
     );
 
+    let credential = format!("Bearer {secret}");
+    let direct = check_scope(&mut app, &credential, &["trading"]).await;
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &trading_not_enabled(),
+        "trading",
+    );
+
     let enabled = set_scopes(&mut app, &key, &["trading"]).await;
     assert_eq!(enabled.effective_scopes, ["read", "trading"]);
+    assert!(
+        check_scope(&mut app, &credential, &["trading"])
+            .await
+            .allowed
+    );
     let placed = envoy.check(place_order()).await;
     assert_eq!(
         upstream_headers(allowed(&placed))["x-keyward-scopes"],
@@ -315,7 +346,7 @@ async fn csboard_trading_switched_on_later_with_update_key_applies_to_the_next_c
 /// `csb_pub_`".
 #[tokio::test]
 async fn csboard_no_key_or_a_key_outside_csb_pub_is_401_missing_api_key() {
-    let app = spawn_app_with(Db::Sqlite, csboard()).await.unwrap();
+    let mut app = spawn_app_with(Db::Sqlite, csboard()).await.unwrap();
     let mut envoy = Envoy::of(&app);
     let without_prefix = [
         format!("cc_{}", "a".repeat(64)),
@@ -331,6 +362,12 @@ async fn csboard_no_key_or_a_key_outside_csb_pub_is_401_missing_api_key() {
     for request in requests {
         let refused = denied(&envoy.check(request.build()).await);
         assert_eq!((refused.status, &refused.body), (401, &missing_api_key()));
+    }
+    let mut direct_credentials = vec![String::new()];
+    direct_credentials.extend(without_prefix.iter().map(|c| format!("Bearer {c}")));
+    for credential in direct_credentials {
+        let direct = app.authenticate(&credential, &["read"]).await;
+        assert_same_denial(direct.denial.as_ref(), 401, &missing_api_key(), "");
     }
     app.shutdown().await;
 }
@@ -366,6 +403,10 @@ async fn csboard_unknown_or_revoked_key_is_401_invalid_api_key() {
                 .await,
         );
         assert_eq!((by_query.status, &by_query.body), (401, &invalid_api_key()));
+        let direct = app
+            .authenticate(&format!("Bearer {credential}"), &["read"])
+            .await;
+        assert_same_denial(direct.denial.as_ref(), 401, &invalid_api_key(), "");
     }
     app.shutdown().await;
 }
@@ -394,6 +435,15 @@ async fn csboard_revoking_one_key_is_instant_and_leaves_the_others_working(db: D
             .await,
     );
     assert_eq!((revoked.status, &revoked.body), (401, &invalid_api_key()));
+    let direct = app
+        .authenticate(&format!("Bearer {dashboard_key}"), &["read"])
+        .await;
+    assert_same_denial(direct.denial.as_ref(), 401, &invalid_api_key(), "");
+    assert!(
+        app.authenticate(&format!("Bearer {buy_bot_key}"), &["trading"])
+            .await
+            .allowed
+    );
     allowed(
         &envoy
             .check(get("/v1/listings").bearer(&buy_bot_key).build())
@@ -451,6 +501,19 @@ async fn csboard_too_many_invalid_keys_from_an_ip_ban_it_for_5_minutes() {
         (299..=300).contains(&retry_after),
         "5 minutes: {retry_after}"
     );
+    // A backend passing the client's IP to keyward sees the same ban.
+    let direct = app
+        .keys
+        .authenticate(proto::AuthenticateRequest {
+            credential: format!("Bearer {secret}"),
+            required_scopes: vec![],
+            client_ip: attacker.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_same_denial(direct.denial.as_ref(), 401, &banned.body, "");
+    assert!((1..=300_000).contains(&direct.denial.unwrap().retry_after_ms));
     // The ban is the IP's, not the key's.
     allowed(
         &envoy
@@ -575,6 +638,8 @@ async fn csboard_per_key_request_limit_answers_429_rate_limit_exceeded() {
     let retry_after: u64 = limited.headers["retry-after"].parse().unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
+    let direct = app.authenticate(&format!("Bearer {busy_key}"), &[]).await;
+    assert_same_denial(direct.denial.as_ref(), 429, &limited.body, "");
     // Per key: another key of the same account is not affected.
     allowed(
         &envoy
@@ -602,5 +667,120 @@ async fn csboard_catalog_has_read_for_every_key_and_trading_on_request() {
         .collect();
     assert_eq!(shown, [("read", true, true), ("trading", false, true)]);
     assert!(catalog.presets.is_empty());
+    app.shutdown().await;
+}
+
+/// "Every error from the API returns a JSON body in this format: { "code":
+/// "invalid_api_key", "detail": "Unknown or revoked API key." }": each error
+/// keyward answers for CSBoard is exactly `{"code", "detail"}`, the
+/// documented ones (401 x3, 403, 429) and keyward's own (400 for a request
+/// it cannot read, 404 for an endpoint no route names, 503 when it cannot
+/// prove its view of revocations is current).
+#[tokio::test]
+async fn csboard_every_error_is_a_code_detail_json_body() {
+    let config = csboard();
+    // 503 needs an outage; the body is the profile's renderer's, checked
+    // on the renderer the server is built with (an outage of the SQLite
+    // test database cannot be caused reliably).
+    let outage = config
+        .http
+        .responses
+        .deny(&config.denials.deny(Reason::Unavailable), None);
+    let mut app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+    let (_, read_key) = app.create_key("csboard_user_1", &[]).await;
+    let limited_key = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "csboard_user_1".into(),
+            name: "limited".into(),
+            rate_limit: Some(proto::RateLimit {
+                requests: 1,
+                per_seconds: 60,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let mut envoy = Envoy::of(&app);
+    allowed(
+        &envoy
+            .check(get("/v1/listings").bearer(&limited_key).build())
+            .await,
+    );
+    let attacker = "203.0.113.50";
+    for attempt in 0u8..10 {
+        let guess = unissued_key(char::from(b'a' + attempt));
+        let request = get("/v1/listings").bearer(&guess).sent_by_peer(attacker);
+        denied(&envoy.check(request.build()).await);
+    }
+
+    let mut errors = Vec::new();
+    for (request, status, code) in [
+        (
+            get("/v1/listings/../orders").bearer(&read_key),
+            400,
+            "bad_request",
+        ),
+        (
+            call("DELETE", "/v1/listings/1").bearer(&read_key),
+            404,
+            "not_found",
+        ),
+        (get("/v1/listings"), 401, "missing_api_key"),
+        (
+            get("/v1/listings").bearer(&unissued_key('z')),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            get("/v1/listings").bearer(&read_key).sent_by_peer(attacker),
+            401,
+            "too_many_failed_auth",
+        ),
+        (
+            call("POST", "/v1/orders").bearer(&read_key),
+            403,
+            "trading_not_enabled",
+        ),
+        (
+            get("/v1/listings").bearer(&limited_key),
+            429,
+            "rate_limit_exceeded",
+        ),
+    ] {
+        let error = denied(&envoy.check(request.build()).await);
+        assert_eq!(
+            (error.status, error.body["code"].as_str()),
+            (status, Some(code))
+        );
+        errors.push(error);
+    }
+    let outage = denied(&outage);
+    assert_eq!(outage.status, 503);
+    assert_eq!(
+        outage.body,
+        json!({"code": "unavailable", "detail": "Authorization is temporarily unavailable; retry shortly."})
+    );
+    errors.push(outage);
+    for error in errors {
+        let fields: Vec<&str> = error
+            .body
+            .as_object()
+            .expect("a JSON object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            ["code", "detail"],
+            "{}: {}",
+            error.status,
+            error.body
+        );
+        assert!(error.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        assert_eq!(error.headers["content-type"], "application/json");
+    }
     app.shutdown().await;
 }

@@ -1,14 +1,18 @@
 //! The trading journal (seed 003) on `profiles/tradejournal.toml`: one test
 //! per statement its scope reference makes, through keyward.v1.KeyService
 //! (what its Settings -> API page calls) and the ext_authz Check (what Envoy
-//! in front of its API sends). The README's "Products" table maps each
-//! statement to its test.
+//! in front of its API sends); a backend asking keyward directly
+//! (Authenticate, CheckScope) gets the same codes, messages, statuses and
+//! required scopes. The README's "Products" table maps each statement to
+//! its test.
 
 use keyward::config::Config;
 use keyward::proto;
 use serde_json::{Value, json};
 
-use crate::helpers::envoy::{Envoy, allowed, call, denied, get, profile, upstream_headers};
+use crate::helpers::envoy::{
+    Envoy, allowed, assert_same_denial, call, check_scope, denied, get, profile, upstream_headers,
+};
 use crate::helpers::{
     Db, TestApp, assert_invalid_argument, assert_shown_once_and_stored_as_sha256, spawn_app_with,
 };
@@ -142,6 +146,31 @@ async fn tradejournal_read_and_write_are_independent() {
             .await,
     );
     assert_eq!(cannot_write.body, forbidden_scope("write:trades"));
+
+    // The same independence for a backend asking keyward directly.
+    let logger_credential = format!("Bearer {logger_secret}");
+    assert!(
+        check_scope(&mut app, &logger_credential, &["write:trades"])
+            .await
+            .allowed
+    );
+    let direct = check_scope(&mut app, &logger_credential, &["read:trades"]).await;
+    assert_eq!(direct.missing_scopes, ["read:trades"]);
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden_scope("read:trades"),
+        "read:trades",
+    );
+    let direct = app
+        .authenticate(&format!("Bearer {reader_secret}"), &["write:trades"])
+        .await;
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden_scope("write:trades"),
+        "write:trades",
+    );
     app.shutdown().await;
 }
 
@@ -186,6 +215,22 @@ async fn tradejournal_each_resource_get_needs_read_and_writes_need_write() {
                 "{method} {target}"
             );
         }
+        let direct = app
+            .authenticate(&format!("Bearer {write_secret}"), &[&read_scope])
+            .await;
+        assert_same_denial(
+            direct.denial.as_ref(),
+            403,
+            &forbidden_scope(&read_scope),
+            &read_scope,
+        );
+        let direct = check_scope(&mut app, &format!("Bearer {read_secret}"), &[&write_scope]).await;
+        assert_same_denial(
+            direct.denial.as_ref(),
+            403,
+            &forbidden_scope(&write_scope),
+            &write_scope,
+        );
         // Another resource's scope opens nothing here.
         let other = if resource == "trades" {
             "goals"
@@ -210,11 +255,15 @@ async fn tradejournal_each_resource_get_needs_read_and_writes_need_write() {
     app.shutdown().await;
 }
 
-/// The table's finer points: what each scope covers below its resource.
-/// Each request is allowed with exactly its scope, and refused, naming that
-/// scope, with every other scope of the catalog.
+/// Each row of the scope table, for what it covers below its resource
+/// (executions, tags and confirmations on a trade, tag categories, balance
+/// events and payouts, goal progress, protocol responses, strategy setups,
+/// screenshot files, copy-group members, sync history and triggers, and
+/// `PUT` of a trade's tag set needing `write:tags`): each request is allowed
+/// with exactly its scope, and refused, naming that scope, with every other
+/// scope of the catalog.
 #[tokio::test]
-async fn tradejournal_finer_points_of_the_scope_table() {
+async fn tradejournal_each_table_row_covers_its_sub_resources() {
     let mut app = spawn_app_with(Db::Sqlite, tradejournal()).await.unwrap();
     let mut envoy = Envoy::of(&app);
     let cases = [
@@ -280,6 +329,10 @@ async fn tradejournal_finer_points_of_the_scope_table() {
             (403, &forbidden_scope(scope)),
             "{method} {target}"
         );
+        let direct = app
+            .authenticate(&format!("Bearer {rest_secret}"), &[scope])
+            .await;
+        assert_same_denial(direct.denial.as_ref(), 403, &forbidden_scope(scope), scope);
         app.revoke(ACCOUNT, &only.id).await;
         app.revoke(ACCOUNT, &rest.id).await;
     }
@@ -308,6 +361,13 @@ async fn tradejournal_every_key_reads_the_catalog_and_no_key_writes_it() {
             "{target}"
         );
     }
+
+    assert!(
+        check_scope(&mut app, &format!("Bearer {secret}"), &["read:catalog"])
+            .await
+            .allowed,
+        "granted automatically, for a backend asking directly too"
+    );
 
     let no_write_scope = app
         .keys
@@ -388,6 +448,20 @@ async fn tradejournal_settings_scopes_are_reserved_but_grantable() {
             .await,
     );
     assert_eq!(refused.body, forbidden_scope("read:settings"));
+    assert!(
+        app.authenticate(&format!("Bearer {secret}"), &["write:settings"])
+            .await
+            .allowed
+    );
+    let direct = app
+        .authenticate(&format!("Bearer {without}"), &["read:settings"])
+        .await;
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden_scope("read:settings"),
+        "read:settings",
+    );
     app.shutdown().await;
 }
 
@@ -440,6 +514,15 @@ async fn tradejournal_presets_read_everything_and_read_write_everything(db: Db) 
             .await,
     );
     assert_eq!(refused.body, forbidden_scope("write:goals"));
+    let direct = app
+        .authenticate(&format!("Bearer {agent_secret}"), &["write:goals"])
+        .await;
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden_scope("write:goals"),
+        "write:goals",
+    );
 
     let (automation, automation_secret) = create(&mut app, &[], "read-write-everything").await;
     assert_eq!(automation.scopes, every_scope());
@@ -503,22 +586,31 @@ async fn tradejournal_missing_scope_is_403_forbidden_scope_naming_the_required_s
     let direct = app
         .authenticate(&format!("Bearer {secret}"), &["write:goals"])
         .await;
-    let denial = direct.denial.expect("denied");
-    assert_eq!(
-        (
-            denial.code.as_str(),
-            denial.http_status,
-            denial.required_scope.as_str()
-        ),
-        ("forbidden_scope", 403, "write:goals")
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden_scope("write:goals"),
+        "write:goals",
+    );
+    let direct = check_scope(&mut app, &format!("Bearer {secret}"), &["read:protocols"]).await;
+    assert_same_denial(
+        direct.denial.as_ref(),
+        403,
+        &forbidden_scope("read:protocols"),
+        "read:protocols",
     );
 
-    for request in [
-        get("/api/v1/goals"),
-        get("/api/v1/goals").bearer(&format!("{PREFIX}{}", "0".repeat(64))),
-    ] {
+    let unknown = format!("{PREFIX}{}", "0".repeat(64));
+    for credential in [None, Some(&unknown)] {
+        let request = match credential {
+            Some(credential) => get("/api/v1/goals").bearer(credential),
+            None => get("/api/v1/goals"),
+        };
         let refused = denied(&envoy.check(request.build()).await);
         assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
+        let header = credential.map_or_else(String::new, |c| format!("Bearer {c}"));
+        let direct = app.authenticate(&header, &["read:goals"]).await;
+        assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
     }
     app.shutdown().await;
 }
@@ -544,6 +636,10 @@ async fn tradejournal_scopes_endpoint_and_list_scopes_show_the_live_catalog() {
     ] {
         assert_eq!(denied(&envoy.check(request.build()).await).status, 401);
     }
+    let direct = app
+        .authenticate(&format!("Bearer {revoked_secret}"), &[])
+        .await;
+    assert_same_denial(direct.denial.as_ref(), 401, &unauthorized(), "");
 
     let catalog = app
         .keys

@@ -13,6 +13,7 @@ fn without_an_http_section_every_route_is_denied_and_keys_come_from_authorizatio
     assert_eq!(http.key_sources.query_parameter, None);
     assert!(http.strip_credential);
     assert_eq!(http.trusted_proxy_hops, 0);
+    assert!(!http.require_scheme, "a bare key in the header is accepted");
     assert_eq!(http.responses.style(), ErrorBodyStyle::ErrorObject);
     let identity = http.responses.identity_headers();
     assert_eq!(
@@ -30,6 +31,7 @@ fn a_full_http_section_parses() {
     let text = r#"
         [http]
         authorization_header = true
+        require_scheme = true
         key_header = "x-api-key"
         key_query_parameter = "api_key"
         error_style = "code_detail"
@@ -61,6 +63,7 @@ fn a_full_http_section_parses() {
     let http = Config::parse(text, "p.toml").unwrap().http;
     assert_eq!(http.key_sources.header.as_deref(), Some("x-api-key"));
     assert_eq!(http.key_sources.query_parameter.as_deref(), Some("api_key"));
+    assert!(http.require_scheme);
     assert!(!http.strip_credential);
     assert_eq!(http.unmatched_route, UnmatchedRoute::AnyKey);
     assert_eq!(http.trusted_proxy_hops, 2);
@@ -85,6 +88,15 @@ fn bad_http_values_name_the_key() {
             "[http]\nauthorization_header = false",
             "http.authorization_header",
         ),
+        (
+            "[http]\nauthorization_header = false\nkey_header = \"x-api-key\"\nrequire_scheme = true",
+            "http.require_scheme",
+        ),
+        (
+            "[keys]\nschemes = []\n[http]\nrequire_scheme = true",
+            "http.require_scheme",
+        ),
+        ("[http]\nrequire_scheme = \"yes\"", "http.require_scheme"),
         ("[http]\nerror_style = \"problem_json\"", "http.error_style"),
         (
             "[http]\nunmatched_route = \"allow\"",

@@ -35,22 +35,42 @@ fn ip(text: &str) -> Option<IpAddr> {
     Some(text.parse().unwrap())
 }
 
+/// Envoy's documented "edge proxy with two trusted external proxies"
+/// example (use_remote_address: true): downstream 192.0.2.5, XFF
+/// "203.0.113.128, 203.0.113.10, 203.0.113.1"; with xff_num_trusted_hops = 2
+/// Envoy trusts 203.0.113.10 and appends the peer before ext_authz runs.
 #[test]
-fn the_client_is_the_peer_unless_proxy_hops_are_trusted() {
-    let attributes = attributes_from("10.0.0.2");
-    let request = http(&[("x-forwarded-for", "1.1.1.1, 203.0.113.7, 10.0.0.1")]);
-    let headers = RequestHeaders::of(&request);
-    assert_eq!(client_address(&attributes, &headers, 0), ip("10.0.0.2"));
-    assert_eq!(client_address(&attributes, &headers, 1), ip("10.0.0.1"));
-    assert_eq!(client_address(&attributes, &headers, 2), ip("203.0.113.7"));
-    assert_eq!(client_address(&attributes, &headers, 3), ip("1.1.1.1"));
+fn trusted_proxy_hops_count_like_envoys_xff_num_trusted_hops() {
+    let attributes = attributes_from("192.0.2.5");
+    let as_ext_authz_sees_it = http(&[(
+        "x-forwarded-for",
+        "203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5",
+    )]);
+    let headers = RequestHeaders::of(&as_ext_authz_sees_it);
+    assert_eq!(client_address(&attributes, &headers, 0), ip("192.0.2.5"));
+    assert_eq!(client_address(&attributes, &headers, 1), ip("203.0.113.1"));
+    assert_eq!(
+        client_address(&attributes, &headers, 2),
+        ip("203.0.113.10"),
+        "Envoy's trusted client address for xff_num_trusted_hops = 2"
+    );
+    assert_eq!(
+        client_address(&attributes, &headers, 3),
+        ip("203.0.113.128")
+    );
     assert_eq!(
         client_address(&attributes, &headers, 4),
         None,
         "fewer entries than trusted hops: no client address (the peer is our own proxy)"
     );
 
-    let garbage = http(&[("x-forwarded-for", "not-an-ip")]);
+    // Only Envoy's own entry: the request skipped the trusted proxy.
+    let direct = http(&[("x-forwarded-for", "192.0.2.5")]);
+    assert_eq!(
+        client_address(&attributes, &RequestHeaders::of(&direct), 1),
+        None
+    );
+    let garbage = http(&[("x-forwarded-for", "not-an-ip, 192.0.2.5")]);
     assert_eq!(
         client_address(&attributes, &RequestHeaders::of(&garbage), 1),
         None
@@ -61,16 +81,30 @@ fn the_client_is_the_peer_unless_proxy_hops_are_trusted() {
         None,
         "no header behind a trusted proxy: no client address"
     );
-    let with_ports = http(&[("x-forwarded-for", "[2001:db8::1]:443,198.51.100.1:80")]);
+    let with_ports = http(&[(
+        "x-forwarded-for",
+        "[2001:db8::1]:443,198.51.100.1:80,192.0.2.5",
+    )]);
     let headers = RequestHeaders::of(&with_ports);
     assert_eq!(client_address(&attributes, &headers, 1), ip("198.51.100.1"));
     assert_eq!(client_address(&attributes, &headers, 2), ip("2001:db8::1"));
 
     let none = http(&[]);
     assert_eq!(
-        client_address(&AttributeContext::default(), &RequestHeaders::of(&none), 1),
+        client_address(&AttributeContext::default(), &RequestHeaders::of(&none), 0),
         None
     );
+}
+
+#[test]
+fn a_scheme_is_a_known_word_then_whitespace() {
+    let schemes = ["Bearer".to_owned(), "ApiKey".to_owned()];
+    for value in ["Bearer cc_x", "bearer  cc_x", " APIKEY\tcc_x", "Bearer "] {
+        assert!(has_scheme(value, &schemes), "{value:?}");
+    }
+    for value in ["cc_x", "Bearer", "Basic cc_x", "Bearercc_x", ""] {
+        assert!(!has_scheme(value, &schemes), "{value:?}");
+    }
 }
 
 #[test]

@@ -189,6 +189,23 @@ fn the_envoy_example_decodes_as_an_envoy_bootstrap() {
         keyward::ext_authz::SERVICE_NAME
     );
 
+    // Envoy appends its peer to x-forwarded-for, and trusts as many hops
+    // as the profile it fronts: keyward counts hops like Envoy.
+    let connection_manager = &manager["typedConfig"];
+    assert_eq!(connection_manager["useRemoteAddress"], true);
+    let envoy_hops = connection_manager
+        .get("xffNumTrustedHops")
+        .map_or(0, |hops| hops.as_u64().expect("a number"));
+    let carboncopy = keyward::config::Config::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/carboncopy.toml"),
+    )
+    .expect("the profile loads");
+    assert_eq!(
+        u64::from(carboncopy.http.trusted_proxy_hops),
+        envoy_hops,
+        "xff_num_trusted_hops and http.trusted_proxy_hops take the same number"
+    );
+
     // The route sends everything to a cluster that exists.
     let route_cluster = get(
         manager,

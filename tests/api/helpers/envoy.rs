@@ -1,6 +1,8 @@
 //! Playing Envoy in tests: CheckRequests built the way Envoy's ext_authz
 //! filter builds them (the lower-case header map including pseudo-headers,
-//! the request target with its query string, the method, the peer address),
+//! the request target with its query string, the method, the peer address,
+//! and `x-forwarded-for` with the peer appended, as Envoy's connection
+//! manager does with `use_remote_address: true` before ext_authz runs),
 //! and readers for the allowed and denied answers. Shared by the ext_authz
 //! tests and the product tests.
 
@@ -37,8 +39,13 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn of(app: &TestApp) -> Self {
+        Self::on(app.channel.clone())
+    }
+
+    /// Against any keyward, e.g. a `keyward serve` process.
+    pub fn on(channel: Channel) -> Self {
         Self {
-            client: AuthorizationClient::new(app.channel.clone()),
+            client: AuthorizationClient::new(channel),
         }
     }
 
@@ -57,7 +64,11 @@ pub struct HttpCall {
     target: String,
     headers: Vec<(String, String)>,
     peer: String,
+    request_id: String,
 }
+
+/// The `x-request-id` Envoy generated, unless a test names its own.
+const REQUEST_ID: &str = "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10";
 
 /// `GET /path` from 192.0.2.10.
 pub fn get(target: &str) -> HttpCall {
@@ -70,6 +81,7 @@ pub fn call(method: &str, target: &str) -> HttpCall {
         target: target.into(),
         headers: Vec::new(),
         peer: "192.0.2.10".into(),
+        request_id: REQUEST_ID.into(),
     }
 }
 
@@ -84,9 +96,22 @@ impl HttpCall {
         self.header("Authorization", &format!("Bearer {secret}"))
     }
 
+    /// The HTTP request's `x-request-id` (Envoy's access log shows it).
+    pub fn request_id(mut self, id: &str) -> Self {
+        self.request_id = id.into();
+        self
+    }
+
+    /// The address Envoy received the connection from.
     pub fn sent_by_peer(mut self, address: &str) -> Self {
         self.peer = address.into();
         self
+    }
+
+    /// The `x-forwarded-for` the request arrived at Envoy with (written by
+    /// the client and the proxies in front of Envoy); Envoy appends its peer.
+    pub fn forwarded_for(self, received: &str) -> Self {
+        self.header("x-forwarded-for", received)
     }
 
     pub fn build(self) -> CheckRequest {
@@ -98,10 +123,7 @@ impl HttpCall {
             ("user-agent".into(), "curl/8.5.0".into()),
             ("accept".into(), "*/*".into()),
             ("x-forwarded-proto".into(), "http".into()),
-            (
-                "x-request-id".into(),
-                "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
-            ),
+            ("x-request-id".into(), self.request_id.clone()),
         ]);
         for (name, value) in self.headers {
             // Envoy merges repeated headers with a comma.
@@ -113,6 +135,15 @@ impl HttpCall {
                 })
                 .or_insert(value);
         }
+        // `use_remote_address: true` (examples/envoy/envoy.yaml): Envoy
+        // appends the peer it received the request from.
+        headers
+            .entry("x-forwarded-for".into())
+            .and_modify(|forwarded| {
+                forwarded.push(',');
+                forwarded.push_str(&self.peer);
+            })
+            .or_insert_with(|| self.peer.clone());
         let socket = |address: &str, port| core::Address {
             address: Some(Address::SocketAddress(SocketAddress {
                 address: address.into(),
@@ -132,7 +163,8 @@ impl HttpCall {
                 }),
                 request: Some(Request {
                     http: Some(HttpRequest {
-                        id: "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10".into(),
+                        // Envoy's stream id, a number unrelated to x-request-id.
+                        id: "10938562398475629384".into(),
                         method: self.method,
                         headers,
                         path: self.target,
@@ -250,4 +282,95 @@ pub fn profile(name: &str) -> Config {
     config.last_used_flush_interval = harness.last_used_flush_interval;
     config.server.shutdown_grace = harness.server.shutdown_grace;
     config
+}
+
+/// A backend asking keyward directly (the other documented path): the
+/// denial it gets must say what the HTTP client sees, the same `code` and
+/// message (read from `body`, in any of the three error styles), the same
+/// status, and `required_scope` (`""` when none; in the details style the
+/// body names the same one).
+#[track_caller]
+pub fn assert_same_denial(
+    denial: Option<&keyward::proto::Denial>,
+    status: i32,
+    body: &serde_json::Value,
+    required_scope: &str,
+) {
+    let denial = denial.expect("denied through gRPC too");
+    let (code, message) = match body.get("error") {
+        Some(error) => {
+            if let Some(details) = error.get("details") {
+                assert_eq!(details["required_scope"], required_scope, "{body}");
+            }
+            (&error["code"], &error["message"])
+        }
+        None => (&body["code"], &body["detail"]),
+    };
+    assert_eq!(
+        (
+            denial.code.as_str(),
+            denial.message.as_str(),
+            i32::try_from(denial.http_status).unwrap(),
+            denial.required_scope.as_str(),
+        ),
+        (
+            code.as_str().expect("a code"),
+            message.as_str().expect("a message"),
+            status,
+            required_scope,
+        ),
+        "gRPC denial {denial:?} against HTTP {status} {body}"
+    );
+}
+
+/// CheckScope with a credential, as a backend sends the header's value.
+pub async fn check_scope(
+    app: &mut TestApp,
+    credential: &str,
+    scopes: &[&str],
+) -> keyward::proto::CheckScopeResponse {
+    app.keys
+        .check_scope(keyward::proto::CheckScopeRequest {
+            credential: credential.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("CheckScope answers")
+        .into_inner()
+}
+
+/// The commented example block of a shipped profile that starts with the
+/// line `# [table]`, uncommented (one `# ` taken off each line up to the
+/// first line that is not a comment), so a test parses exactly what the
+/// profile shows. `replacements` fill in the placeholders; each must occur,
+/// so an edited example makes the test fail instead of drifting.
+pub fn commented_example(name: &str, table: &str, replacements: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).expect("the shipped profile");
+    let header = format!("# [{table}]");
+    let mut lines = text.lines().skip_while(|line| line.trim_end() != header);
+    let mut example = String::new();
+    for line in lines.by_ref().take_while(|line| line.starts_with('#')) {
+        let uncommented = line
+            .strip_prefix("# ")
+            .unwrap_or(line.trim_start_matches('#'));
+        example.push_str(uncommented);
+        example.push('\n');
+    }
+    assert!(
+        !example.is_empty(),
+        "{header} not found in {}",
+        path.display()
+    );
+    for (placeholder, value) in replacements {
+        assert!(
+            example.contains(placeholder),
+            "the example no longer has {placeholder:?}:\n{example}"
+        );
+        example = example.replace(placeholder, value);
+    }
+    example
 }
