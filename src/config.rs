@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::access_control::AccessSettings;
 use crate::denial::{DenialCatalog, DenialText};
 use crate::domain::RateLimit;
+use crate::ext_authz::RouteDefinition;
 use crate::failed_auth_bans::BanSettings;
 use crate::key_cache::CacheSettings;
 use crate::key_format::{Alphabet, KeyFormat};
@@ -61,6 +62,10 @@ pub struct Config {
     pub auth: AccessSettings,
     /// `[http]`: the Envoy ext_authz surface.
     pub http: HttpSettings,
+    /// The `[[http.routes]]` entries as written, in order, for
+    /// `check-config` (`http.routes` is the compiled policy, which keeps
+    /// only what matching needs).
+    pub http_route_definitions: Arc<[RouteDefinition]>,
 }
 
 /// Server settings as the file gives them (each may be overridden).
@@ -454,6 +459,17 @@ impl Config {
         .map_err(|r| fail("last_used.flush_interval_seconds", r))?;
 
         let auth = auth::access_settings(raw.auth, &|key: &str, reason| fail(key, reason))?;
+        let http_route_definitions = raw
+            .http
+            .routes
+            .iter()
+            .map(|route| RouteDefinition {
+                methods: route.methods.clone(),
+                path: route.path.clone(),
+                scopes: route.scopes.clone(),
+                public: route.public,
+            })
+            .collect();
         let http = HttpSettings::from_raw(raw.http, file, &key_format, &catalog, &denials)?;
 
         Ok(Self {
@@ -470,6 +486,7 @@ impl Config {
             last_used_flush_interval,
             auth,
             http,
+            http_route_definitions,
         })
     }
 

@@ -384,6 +384,26 @@ issuers = ["privy.io"]
 audiences = ["app-123"]
 public_key_files = ["{key}"]
 subject_claim = "account"
+
+[http]
+key_header = "x-api-key"
+error_style = "error_object_with_details"
+trusted_proxy_hops = 2
+unmatched_route = "public"
+strip_credential = false
+
+[http.identity_headers]
+account_id = "x-user-id"
+
+[[http.routes]]
+methods = ["GET", "HEAD"]
+path = "/api/journal..."
+scopes = ["journal:read"]
+
+[[http.routes]]
+methods = ["*"]
+path = "/api/me"
+scopes = []
 "#,
             hash = token_sha256_hex("t"),
             key = key_file.display()
@@ -415,6 +435,13 @@ subject_claim = "account"
         "user JWTs: CreateKey, RevokeKey, GetKey, ListKeys, UpdateKey for the account in claim `account`; iss privy.io; aud app-123",
         "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): open",
         "metrics: http://127.0.0.1:9464/metrics",
+        "keys read from: authorization header (Bearer, ApiKey), then header `x-api-key` (the first present wins)",
+        "credential removed before the request goes upstream: no",
+        "client address: x-forwarded-for entry 2 from the right (trusted_proxy_hops = 2)",
+        "error bodies: error_object_with_details",
+        "identity headers: key id x-keyward-key-id, account id x-user-id, scopes x-keyward-scopes",
+        "routes (the first match wins):\n    [0] GET, HEAD /api/journal...: key with journal:read\n    [1] * /api/me: any valid key\n",
+        "unmatched_route = public: other requests pass without a key",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
