@@ -87,7 +87,8 @@ async fn unknown_revoked_and_expired_look_alike(db: Db) {
     let unknown = app
         .authenticate(&format!("cc_{}", "f".repeat(64)), &[])
         .await;
-    // Asked twice: the second answer comes from the negative cache.
+    // Asked twice, the same answer (`hot_path.rs` shows that the second
+    // comes from the negative cache, without a store read).
     let unknown_again = app
         .authenticate(&format!("cc_{}", "f".repeat(64)), &[])
         .await;
