@@ -585,7 +585,7 @@ async fn bad_create_input_is_refused_and_writes_nothing(db: Db) {
                 }),
                 ..base()
             },
-            "rate_limit",
+            "rate_limit.requests",
         ),
         (
             proto::CreateKeyRequest {
@@ -595,7 +595,17 @@ async fn bad_create_input_is_refused_and_writes_nothing(db: Db) {
                 }),
                 ..base()
             },
-            "rate_limit",
+            "rate_limit.per_seconds",
+        ),
+        (
+            proto::CreateKeyRequest {
+                rate_limit: Some(proto::RateLimit {
+                    requests: 5,
+                    per_seconds: 86_401,
+                }),
+                ..base()
+            },
+            "rate_limit.per_seconds",
         ),
     ];
     for (request, field) in cases {
@@ -832,15 +842,15 @@ async fn bad_update_revoke_and_get_input_is_refused_and_changes_nothing(db: Db) 
         ),
         (
             update("acct_1", &key.id, "", &["rate_limit"], limit(0, 60)),
-            "rate_limit",
+            "rate_limit.requests",
         ),
         (
             update("acct_1", &key.id, "", &["rate_limit"], limit(10, 0)),
-            "rate_limit",
+            "rate_limit.per_seconds",
         ),
         (
             update("acct_1", &key.id, "", &["rate_limit"], limit(10, 86_401)),
-            "rate_limit",
+            "rate_limit.per_seconds",
         ),
     ];
     for (request, field) in cases {
