@@ -133,6 +133,10 @@ pub enum KeysCommand {
         /// Lifetime, e.g. `30d`, `12h`, `90m`.
         #[arg(long, value_parser = parse_lifetime)]
         expires_in: Option<std::time::Duration>,
+        /// The key's own rate limit, REQUESTS/PERIOD: `100/60s`, `10/1m`,
+        /// `5/1` (seconds) [default: the server's `[rate_limit]`].
+        #[arg(long, value_parser = parse_rate_limit)]
+        rate_limit: Option<RateLimitArg>,
     },
     /// List an account's keys.
     List {
@@ -167,6 +171,10 @@ pub enum KeysCommand {
         /// The new full scope list, comma-separated.
         #[arg(long, value_delimiter = ',')]
         scopes: Option<Vec<String>>,
+        /// A new rate limit, REQUESTS/PERIOD (`100/60s`), or `default` to
+        /// drop the key's own limit.
+        #[arg(long, value_parser = parse_rate_limit_change)]
+        rate_limit: Option<RateLimitChange>,
     },
     /// Revoke a key (at once, on every replica).
     Revoke {
@@ -187,4 +195,85 @@ fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// A rate limit as typed: at most `requests` per `per_seconds` seconds
+/// (the server checks the ranges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitArg {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+/// `100/60s`, `10/1m`, `5/1`: requests, a slash, and whole seconds (a bare
+/// number, or a duration like `60s`, `1m`, `1h`).
+fn parse_rate_limit(text: &str) -> Result<RateLimitArg, String> {
+    let usage = "use REQUESTS/PERIOD, like 100/60s, 10/1m or 5/1";
+    let (requests, period) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: {usage}"))?;
+    let requests = requests
+        .trim()
+        .parse()
+        .map_err(|_| format!("{requests:?} is not a number of requests; {usage}"))?;
+    let period = period.trim();
+    let per_seconds = match period.parse::<u32>() {
+        Ok(seconds) => seconds,
+        Err(_) => {
+            let duration = humantime::parse_duration(period)
+                .map_err(|e| format!("{period:?}: {e}; {usage}"))?;
+            if duration.subsec_nanos() != 0 {
+                return Err(format!("{period:?}: the period is whole seconds"));
+            }
+            u32::try_from(duration.as_secs())
+                .map_err(|_| format!("{period:?} is too long a period"))?
+        }
+    };
+    Ok(RateLimitArg {
+        requests,
+        per_seconds,
+    })
+}
+
+/// What `keys update --rate-limit` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitChange {
+    Set(RateLimitArg),
+    /// Drop the key's own limit: the server's default applies again.
+    Default,
+}
+
+fn parse_rate_limit_change(text: &str) -> Result<RateLimitChange, String> {
+    if text.trim() == "default" {
+        return Ok(RateLimitChange::Default);
+    }
+    parse_rate_limit(text).map(RateLimitChange::Set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_read_as_requests_per_period() {
+        let limit = |requests, per_seconds| RateLimitArg {
+            requests,
+            per_seconds,
+        };
+        assert_eq!(parse_rate_limit("100/60s"), Ok(limit(100, 60)));
+        assert_eq!(parse_rate_limit("10/1m"), Ok(limit(10, 60)));
+        assert_eq!(parse_rate_limit("5/1"), Ok(limit(5, 1)));
+        assert_eq!(parse_rate_limit("1/1h"), Ok(limit(1, 3600)));
+        for bad in ["100", "x/60s", "10/soon", "10/1.5s", "-1/60s"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_rate_limit_change("default"),
+            Ok(RateLimitChange::Default)
+        );
+        assert_eq!(
+            parse_rate_limit_change("2/1s"),
+            Ok(RateLimitChange::Set(limit(2, 1)))
+        );
+    }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::access_control::AccessSettings;
 use crate::denial::{DenialCatalog, DenialText};
 use crate::domain::RateLimit;
+use crate::ext_authz::RouteDefinition;
 use crate::failed_auth_bans::BanSettings;
 use crate::key_cache::CacheSettings;
 use crate::key_format::{Alphabet, KeyFormat};
@@ -61,6 +62,10 @@ pub struct Config {
     pub auth: AccessSettings,
     /// `[http]`: the Envoy ext_authz surface.
     pub http: HttpSettings,
+    /// The `[[http.routes]]` entries as written, in order, for
+    /// `check-config` (`http.routes` is the compiled policy, which keeps
+    /// only what matching needs).
+    pub http_route_definitions: Arc<[RouteDefinition]>,
 }
 
 /// Server settings as the file gives them (each may be overridden).
@@ -75,11 +80,23 @@ pub struct ServerSettings {
     pub tls_key: Option<PathBuf>,
     /// With this CA (PEM), clients must present a certificate it signed.
     pub tls_client_ca: Option<PathBuf>,
+    /// Which TLS paths the config file set (rather than a flag, the
+    /// environment or a caller), so TLS errors name the file and key.
+    pub tls_origin: TlsOrigin,
     /// Where `/metrics` is served; `None`: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Management RPCs without credentials on a non-loopback address
     /// (`--insecure-open-management`; never from the file).
     pub insecure_open_management: bool,
+}
+
+/// The config file that set each TLS path, when one did; `None` means a
+/// flag, its environment variable, or a caller set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOrigin {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 impl ServerSettings {
@@ -187,10 +204,19 @@ impl Config {
             }
             other => Ok(other.map(PathBuf::from)),
         };
+        let tls_cert = path("server.tls_cert", raw.server.tls_cert)?;
+        let tls_key = path("server.tls_key", raw.server.tls_key)?;
+        let tls_client_ca = path("server.tls_client_ca", raw.server.tls_client_ca)?;
+        let set_here = |value: &Option<PathBuf>| value.as_ref().map(|_| file.to_owned());
         let server = ServerSettings {
-            tls_cert: path("server.tls_cert", raw.server.tls_cert)?,
-            tls_key: path("server.tls_key", raw.server.tls_key)?,
-            tls_client_ca: path("server.tls_client_ca", raw.server.tls_client_ca)?,
+            tls_origin: TlsOrigin {
+                cert: set_here(&tls_cert),
+                key: set_here(&tls_key),
+                client_ca: set_here(&tls_client_ca),
+            },
+            tls_cert,
+            tls_key,
+            tls_client_ca,
             metrics_listen,
             insecure_open_management: false,
             listen,
@@ -234,9 +260,14 @@ impl Config {
                         .into_iter()
                         .enumerate()
                         .map(|(i, s)| {
+                            let at = |field: &str| format!("scopes[{i}].{field}");
+                            description(&s.description).map_err(|r| fail(&at("description"), r))?;
                             let denial = match (s.denial_code, s.denial_message) {
                                 (None, None) => None,
                                 (Some(code), Some(message)) => {
+                                    denial_code(&code).map_err(|r| fail(&at("denial_code"), r))?;
+                                    denial_message(&message)
+                                        .map_err(|r| fail(&at("denial_message"), r))?;
                                     Some(ScopeDenialText { code, message })
                                 }
                                 _ => {
@@ -261,12 +292,17 @@ impl Config {
                 let presets = raw
                     .presets
                     .into_iter()
-                    .map(|p| PresetDefinition {
-                        name: p.name,
-                        description: p.description,
-                        scopes: p.scopes,
+                    .enumerate()
+                    .map(|(i, p)| {
+                        description(&p.description)
+                            .map_err(|r| fail(&format!("presets[{i}].description"), r))?;
+                        Ok(PresetDefinition {
+                            name: p.name,
+                            description: p.description,
+                            scopes: p.scopes,
+                        })
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>, _>>()?;
                 ScopeCatalog::new(definitions, presets).map_err(|e| fail(&e.path, e.reason))?
             }
         };
@@ -412,9 +448,18 @@ impl Config {
 
         let default_rate_limit = raw
             .rate_limit
-            .map(|r| RateLimit::new(r.requests, r.per_seconds))
-            .transpose()
-            .map_err(|e| fail("rate_limit", e.0))?;
+            .map(|r| {
+                RateLimit::new(r.requests, r.per_seconds).map_err(|e| {
+                    // RateLimit checks `requests` first.
+                    let key = if r.requests == 0 {
+                        "rate_limit.requests"
+                    } else {
+                        "rate_limit.per_seconds"
+                    };
+                    fail(key, e.0)
+                })
+            })
+            .transpose()?;
 
         let ban_defaults = BanSettings::default();
         let bans =
@@ -454,6 +499,17 @@ impl Config {
         .map_err(|r| fail("last_used.flush_interval_seconds", r))?;
 
         let auth = auth::access_settings(raw.auth, &|key: &str, reason| fail(key, reason))?;
+        let http_route_definitions = raw
+            .http
+            .routes
+            .iter()
+            .map(|route| RouteDefinition {
+                methods: route.methods.clone(),
+                path: route.path.clone(),
+                scopes: route.scopes.clone(),
+                public: route.public,
+            })
+            .collect();
         let http = HttpSettings::from_raw(raw.http, file, &key_format, &catalog, &denials)?;
 
         Ok(Self {
@@ -470,6 +526,7 @@ impl Config {
             last_used_flush_interval,
             auth,
             http,
+            http_route_definitions,
         })
     }
 
@@ -501,15 +558,26 @@ fn seconds(value: f64, min: f64, max: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value))
 }
 
-fn denial_text(
-    raw: Option<RawDenialText>,
-    default: DenialText,
-    statuses: &[u16],
-) -> Result<DenialText, String> {
-    let Some(raw) = raw else {
-        return Ok(default);
-    };
-    let code = raw.code.unwrap_or_else(|| default.code.to_string());
+/// Longest scope or preset description (shown by ListScopes).
+const MAX_DESCRIPTION_CHARS: usize = 500;
+/// Longest denial message (sent in every denial of its kind).
+const MAX_DENIAL_MESSAGE_CHARS: usize = 500;
+
+fn description(text: &str) -> Result<(), String> {
+    let chars = text.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
+        return Err(format!(
+            "at most {MAX_DESCRIPTION_CHARS} characters, got {chars}"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must be one line of text without control characters".into());
+    }
+    Ok(())
+}
+
+/// A denial code as clients match on it, e.g. `trading_not_enabled`.
+fn denial_code(code: &str) -> Result<(), String> {
     if code.is_empty()
         || code.len() > 64
         || !code
@@ -520,10 +588,31 @@ fn denial_text(
             "code {code:?} must be 1 to 64 characters of a-z A-Z 0-9 _ . -"
         ));
     }
-    let message = raw.message.unwrap_or_else(|| default.message.to_string());
-    if message.is_empty() || message.len() > 500 {
-        return Err("message must be 1 to 500 characters".into());
+    Ok(())
+}
+
+fn denial_message(message: &str) -> Result<(), String> {
+    let chars = message.chars().count();
+    if message.trim().is_empty() || chars > MAX_DENIAL_MESSAGE_CHARS {
+        return Err(format!(
+            "message must be 1 to {MAX_DENIAL_MESSAGE_CHARS} characters"
+        ));
     }
+    Ok(())
+}
+
+fn denial_text(
+    raw: Option<RawDenialText>,
+    default: DenialText,
+    statuses: &[u16],
+) -> Result<DenialText, String> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let code = raw.code.unwrap_or_else(|| default.code.to_string());
+    denial_code(&code)?;
+    let message = raw.message.unwrap_or_else(|| default.message.to_string());
+    denial_message(&message)?;
     let http_status = raw.http_status.unwrap_or(default.http_status);
     if !statuses.contains(&http_status) {
         return Err(format!(

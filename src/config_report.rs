@@ -1,12 +1,13 @@
 //! `keyward check-config FILE`: what a validated profile means, in plain
 //! text, without starting anything. The report is a list of sections, each
 //! a function from the config to its lines ([`SECTIONS`]); a new part of the
-//! config (such as `[http]` routes) adds one function and one entry.
+//! config adds one function and one entry.
 
 use std::fmt::Write as _;
 
 use crate::config::{Config, DEFAULT_DATABASE_URL, DEFAULT_LISTEN};
 use crate::denial::DenialText;
+use crate::ext_authz::{ErrorBodyStyle, RouteDefinition, UnmatchedRoute};
 
 /// One titled part of the report.
 pub struct Section {
@@ -48,7 +49,10 @@ pub const SECTIONS: &[Section] = &[
         title: "Server (flags and environment may override)",
         lines: server,
     },
-    // The `[http]` routes section goes here once routes exist.
+    Section {
+        title: "Envoy ext_authz ([http])",
+        lines: http,
+    },
 ];
 
 /// The whole report.
@@ -284,6 +288,103 @@ fn server(config: &Config) -> Vec<String> {
     ]
 }
 
+fn http(config: &Config) -> Vec<String> {
+    let http = &config.http;
+    let sources = &http.key_sources;
+    let mut found_in = Vec::new();
+    if sources.authorization_header {
+        found_in.push(format!(
+            "authorization header ({})",
+            config.key_format.schemes().join(", ")
+        ));
+    }
+    if let Some(header) = &sources.header {
+        found_in.push(format!("header `{header}`"));
+    }
+    if let Some(parameter) = &sources.query_parameter {
+        found_in.push(format!("query parameter `{parameter}`"));
+    }
+    let identity = http.responses.identity_headers();
+    let style = match http.responses.style() {
+        ErrorBodyStyle::ErrorObject => "error_object",
+        ErrorBodyStyle::ErrorObjectWithDetails => "error_object_with_details",
+        ErrorBodyStyle::CodeDetail => "code_detail",
+    };
+    let mut lines = vec![
+        format!(
+            "keys read from: {}{}",
+            found_in.join(", then "),
+            if found_in.len() > 1 {
+                " (the first present wins)"
+            } else {
+                ""
+            }
+        ),
+        format!(
+            "credential removed before the request goes upstream: {}",
+            if http.strip_credential { "yes" } else { "no" }
+        ),
+        match http.trusted_proxy_hops {
+            0 => "client address: Envoy's peer (trusted_proxy_hops = 0)".into(),
+            hops => format!(
+                "client address: x-forwarded-for entry {hops} from the right (trusted_proxy_hops = {hops})"
+            ),
+        },
+        format!("error bodies: {style}"),
+        format!(
+            "identity headers: key id {}, account id {}, scopes {}",
+            identity.key_id, identity.account_id, identity.scopes
+        ),
+    ];
+    let routes = &config.http_route_definitions;
+    if routes.is_empty() {
+        lines.push("routes: none".into());
+    } else {
+        lines.push("routes (the first match wins):".into());
+        lines.extend(
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, route)| format!("  [{i}] {}", route_line(route))),
+        );
+    }
+    lines.push(match http.unmatched_route {
+        UnmatchedRoute::Deny => {
+            "unmatched_route = deny: other requests are denied (http.denials.unmatched_route)"
+                .into()
+        }
+        UnmatchedRoute::AnyKey => {
+            "unmatched_route = any_key: other requests need any valid key".into()
+        }
+        UnmatchedRoute::Public => {
+            "unmatched_route = public: other requests pass without a key".into()
+        }
+    });
+    lines
+}
+
+/// `GET, HEAD /v1/orders/{id}: key with orders:read` and the like.
+fn route_line(route: &RouteDefinition) -> String {
+    let access = match &route.scopes {
+        _ if route.public => "public (no key)".to_owned(),
+        None => "any valid key".to_owned(),
+        Some(scopes) if scopes.is_empty() => "any valid key".to_owned(),
+        Some(scopes) => {
+            let templated = scopes.iter().any(|scope| scope.contains('{'));
+            format!(
+                "key with {}{}",
+                scopes.join(", "),
+                if templated {
+                    " (templates filled in from the request)"
+                } else {
+                    ""
+                }
+            )
+        }
+    };
+    format!("{} {}: {access}", route.methods.join(", "), route.path)
+}
+
 /// A database URL without its password.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -321,5 +422,65 @@ mod tests {
         );
         assert!(text.contains("markets:read  [reserved"), "{text}");
         assert!(text.contains("management RPCs: open"), "{text}");
+        assert!(text.contains("routes: none"), "{text}");
+        assert!(
+            text.contains("unmatched_route = deny: other requests are denied"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn routes_are_listed_in_order_with_what_they_need() {
+        let config = Config::parse(
+            r#"
+            [[scopes]]
+            name = "read"
+            [[scopes]]
+            name = "trading"
+            [[scopes]]
+            name = "read:reports"
+
+            [http]
+            authorization_header = true
+            key_query_parameter = "api_key"
+            error_style = "code_detail"
+            trusted_proxy_hops = 1
+            unmatched_route = "any_key"
+
+            [[http.routes]]
+            methods = ["GET"]
+            path = "/v1/health"
+            public = true
+
+            [[http.routes]]
+            methods = ["POST", "PUT"]
+            path = "/v1/orders/{id}"
+            scopes = ["trading"]
+
+            [[http.routes]]
+            methods = ["GET"]
+            path = "/v1/things"
+            scopes = ["read:{query.kind}"]
+
+            [[http.routes]]
+            methods = ["*"]
+            path = "/..."
+            scopes = []
+            "#,
+            "p.toml",
+        )
+        .unwrap();
+        let text = describe(&config);
+        for expected in [
+            "Envoy ext_authz ([http]):",
+            "keys read from: authorization header (Bearer, ApiKey), then query parameter `api_key`",
+            "client address: x-forwarded-for entry 1 from the right",
+            "error bodies: code_detail",
+            "identity headers: key id x-keyward-key-id, account id x-keyward-account-id, scopes x-keyward-scopes",
+            "routes (the first match wins):\n    [0] GET /v1/health: public (no key)\n    [1] POST, PUT /v1/orders/{id}: key with trading\n    [2] GET /v1/things: key with read:{query.kind} (templates filled in from the request)\n    [3] * /...: any valid key\n",
+            "unmatched_route = any_key",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
     }
 }

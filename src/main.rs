@@ -63,9 +63,23 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // Flags and environment over the file (clap already put flags over the
     // environment).
     let server = &mut config.server;
-    server.tls_cert = args.tls_cert.or(server.tls_cert.take());
-    server.tls_key = args.tls_key.or(server.tls_key.take());
-    server.tls_client_ca = args.tls_client_ca.or(server.tls_client_ca.take());
+    // A path from a flag (or its environment variable) is no longer the
+    // file's, so errors about it name the flag.
+    let origin = &mut server.tls_origin;
+    for (flag, path, from_file) in [
+        (args.tls_cert, &mut server.tls_cert, &mut origin.cert),
+        (args.tls_key, &mut server.tls_key, &mut origin.key),
+        (
+            args.tls_client_ca,
+            &mut server.tls_client_ca,
+            &mut origin.client_ca,
+        ),
+    ] {
+        if flag.is_some() {
+            *path = flag;
+            *from_file = None;
+        }
+    }
     server.metrics_listen = args.metrics_listen.or(server.metrics_listen);
     server.insecure_open_management = args.insecure_open_management;
     keyward::storage::check_database_url(&database_url)

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::cli::{ConnectionArgs, KeysCommand};
+use crate::cli::{ConnectionArgs, KeysCommand, RateLimitArg, RateLimitChange};
 use crate::proto;
 use crate::proto::key_service_client::KeyServiceClient;
 
@@ -39,6 +39,7 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             preset,
             name,
             expires_in,
+            rate_limit,
         } => {
             let expires_at = expires_in.map(expiry).transpose()?;
             let mut client = Client::connect(&connection).await?;
@@ -48,7 +49,7 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
                 scopes,
                 preset: preset.unwrap_or_default(),
                 expires_at,
-                rate_limit: None,
+                rate_limit: rate_limit.map(proto_rate_limit),
             };
             let response = client
                 .call("CreateKey", request, |c, r| Box::pin(c.create_key(r)))
@@ -119,6 +120,7 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             id,
             name,
             scopes,
+            rate_limit,
         } => {
             let mut paths = Vec::new();
             if name.is_some() {
@@ -127,9 +129,12 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             if scopes.is_some() {
                 paths.push("scopes".to_owned());
             }
+            if rate_limit.is_some() {
+                paths.push("rate_limit".to_owned());
+            }
             if paths.is_empty() {
                 return Err(CliError::Usage(
-                    "nothing to update: pass --name and/or --scopes".into(),
+                    "nothing to update: pass --name, --scopes and/or --rate-limit".into(),
                 ));
             }
             let mut client = Client::connect(&connection).await?;
@@ -139,7 +144,11 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
                 name: name.unwrap_or_default(),
                 scopes: scopes.unwrap_or_default(),
                 update_mask: Some(prost_types::FieldMask { paths }),
-                rate_limit: None,
+                // `rate_limit` in the mask without a value clears it.
+                rate_limit: match rate_limit {
+                    Some(RateLimitChange::Set(limit)) => Some(proto_rate_limit(limit)),
+                    Some(RateLimitChange::Default) | None => None,
+                },
             };
             let response = client
                 .call("UpdateKey", request, |c, r| Box::pin(c.update_key(r)))
@@ -174,6 +183,13 @@ fn expiry(lifetime: Duration) -> Result<prost_types::Timestamp, CliError> {
             .map_err(|_| CliError::Usage("--expires-in is too far in the future".into()))?,
         nanos: 0,
     })
+}
+
+fn proto_rate_limit(limit: RateLimitArg) -> proto::RateLimit {
+    proto::RateLimit {
+        requests: limit.requests,
+        per_seconds: limit.per_seconds,
+    }
 }
 
 fn show(connection: &ConnectionArgs, key: Option<proto::Key>) -> String {
@@ -302,6 +318,14 @@ pub struct KeyView {
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
     pub last_used_at: Option<String>,
+    /// The key's own limit; `None`: the server's default applies.
+    pub rate_limit: Option<RateLimitView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RateLimitView {
+    pub requests: u32,
+    pub per_seconds: u32,
 }
 
 #[derive(Serialize)]
@@ -323,6 +347,10 @@ impl From<proto::Key> for KeyView {
             expires_at: rfc3339(key.expires_at),
             revoked_at: rfc3339(key.revoked_at),
             last_used_at: rfc3339(key.last_used_at),
+            rate_limit: key.rate_limit.map(|limit| RateLimitView {
+                requests: limit.requests,
+                per_seconds: limit.per_seconds,
+            }),
             id: key.id,
             account_id: key.account_id,
             name: key.name,
@@ -350,9 +378,10 @@ fn table(keys: &[KeyView]) -> String {
         "EXPIRES",
         "REVOKED",
         "LAST USED",
+        "RATE LIMIT",
     ];
     let dash = || "-".to_owned();
-    let rows: Vec<[String; 8]> = keys
+    let rows: Vec<[String; 9]> = keys
         .iter()
         .map(|key| {
             [
@@ -368,6 +397,10 @@ fn table(keys: &[KeyView]) -> String {
                 key.expires_at.clone().unwrap_or_else(dash),
                 key.revoked_at.clone().unwrap_or_else(dash),
                 key.last_used_at.clone().unwrap_or_else(dash),
+                key.rate_limit.map_or_else(
+                    || "default".to_owned(),
+                    |limit| format!("{}/{}s", limit.requests, limit.per_seconds),
+                ),
             ]
         })
         .collect();

@@ -67,6 +67,19 @@ impl Expiry<KeyId, Arc<KeyLimiter>> for IdleForRefill {
     ) -> Option<Duration> {
         Some(refill_period(value.limit))
     }
+
+    /// A changed limit replaces the entry: its expiry is the new limit's
+    /// period, not what was left of the old one (moka's default), or a
+    /// tightened bucket would be dropped, full again, after the old period.
+    fn expire_after_update(
+        &self,
+        _key: &KeyId,
+        value: &Arc<KeyLimiter>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(refill_period(value.limit))
+    }
 }
 
 fn refill_period(limit: RateLimit) -> Duration {
@@ -171,9 +184,13 @@ mod tests {
     use crate::storage::KeyRecord;
 
     fn key(rate_limit: Option<RateLimit>) -> CachedKey {
+        key_with_id(KeyId::generate(), rate_limit)
+    }
+
+    fn key_with_id(id: KeyId, rate_limit: Option<RateLimit>) -> CachedKey {
         CachedKey::from_record(
             KeyRecord {
-                id: KeyId::generate(),
+                id,
                 account_id: AccountId::parse("a").unwrap(),
                 name: "k".into(),
                 digest: KeyDigest::of("x"),
@@ -278,5 +295,38 @@ mod tests {
             limits.check(&generous),
             RateDecision::Limited { .. }
         ));
+    }
+
+    #[test]
+    fn a_tightened_limit_keeps_its_bucket_for_its_own_refill_period() {
+        let limits = KeyRateLimits::new(None, 100);
+        let loose = key(Some(RateLimit::new(10, 1).unwrap()));
+        assert!(matches!(limits.check(&loose), RateDecision::Allowed(_)));
+        // UpdateKey to 1 per minute: the new bucket replaces the old entry,
+        // whose expiry (1 s) must not carry over.
+        let tight = key_with_id(loose.id.clone(), Some(RateLimit::new(1, 60).unwrap()));
+        assert!(matches!(limits.check(&tight), RateDecision::Allowed(_)));
+
+        std::thread::sleep(Duration::from_millis(1_500));
+
+        assert!(
+            matches!(limits.check(&tight), RateDecision::Limited { .. }),
+            "the tightened bucket expired after the old limit's period and refilled"
+        );
+    }
+
+    #[test]
+    fn idle_limiters_are_reclaimed_after_one_refill_period() {
+        let limits = KeyRateLimits::new(Some(RateLimit::new(1, 1).unwrap()), 100);
+        for _ in 0..3 {
+            limits.check(&key(None));
+        }
+        limits.limiters.run_pending_tasks();
+        assert_eq!(limits.limiters.entry_count(), 3);
+
+        std::thread::sleep(Duration::from_millis(1_500));
+        limits.limiters.run_pending_tasks();
+
+        assert_eq!(limits.limiters.entry_count(), 0);
     }
 }

@@ -19,6 +19,7 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -43,8 +44,13 @@ use crate::usage::usage_channel;
 
 pub mod tls;
 
-/// Services whose health follows the replica's freshness.
-const HEALTH_SERVICES: [&str; 3] = ["", "keyward.v1.KeyService", ext_authz::SERVICE_NAME];
+/// Services whose health follows the replica's freshness: the server as a
+/// whole (`""`) and each service by its generated name.
+const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    <KeyServiceServer<KeyServiceApi> as NamedService>::NAME,
+    <AuthorizationServer<ExtAuthzApi> as NamedService>::NAME,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

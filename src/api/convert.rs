@@ -37,8 +37,17 @@ pub fn key_name(raw: &str) -> Result<KeyName, Status> {
     KeyName::parse(raw).map_err(|e| invalid_argument("name", e))
 }
 
+/// Errors name the subfield: `rate_limit.requests` or `rate_limit.per_seconds`.
 pub fn rate_limit(raw: &proto::RateLimit) -> Result<RateLimit, Status> {
-    RateLimit::new(raw.requests, raw.per_seconds).map_err(|e| invalid_argument("rate_limit", e))
+    RateLimit::new(raw.requests, raw.per_seconds).map_err(|e| {
+        // RateLimit checks `requests` first.
+        let field = if raw.requests == 0 {
+            "rate_limit.requests"
+        } else {
+            "rate_limit.per_seconds"
+        };
+        invalid_argument(field, e)
+    })
 }
 
 pub fn client_ip(raw: &str) -> Result<Option<IpAddr>, Status> {

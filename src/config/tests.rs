@@ -87,7 +87,10 @@ fn errors_name_the_file_and_key() {
             "[keys]\nmax_active_per_account = 0",
             "keys.max_active_per_account",
         ),
-        ("[rate_limit]\nrequests = 0\nper_seconds = 1", "rate_limit"),
+        (
+            "[rate_limit]\nrequests = 0\nper_seconds = 1",
+            "rate_limit.requests",
+        ),
         ("[rate_limit]\nrequests = 1", "rate_limit"),
         ("[feed]\nwatch_buffer = 0", "feed.watch_buffer"),
         ("[feed]\nretention_hours = 0", "feed.retention_hours"),

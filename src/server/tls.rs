@@ -2,7 +2,8 @@
 //! `--tls-cert`, `--tls-key` and `--tls-client-ca` (or `server.tls_*`).
 //! Everything is read and checked at startup, so a missing file, a file
 //! without the expected PEM block or a key that does not fit the certificate
-//! stops the server with the flag, the path and the reason.
+//! stops the server with the flag (or the config file and key), the path
+//! and the reason.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,99 +17,173 @@ use crate::config::ServerSettings;
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A TLS setting that cannot be used.
+/// A TLS setting that cannot be used. `setting` names where the path came
+/// from: the flag (`--tls-cert`), or the file and key
+/// (``profile.toml: `server.tls_cert`:``).
 #[derive(Debug, thiserror::Error)]
-#[error("{flag} {path}: {reason}")]
+#[error("{setting} {path}: {reason}")]
 pub struct TlsError {
-    pub flag: &'static str,
+    pub setting: String,
     pub path: String,
     pub reason: String,
 }
 
-fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError {
-        flag,
-        path: path.display().to_string(),
-        reason: format!("cannot read: {error}"),
-    })
+/// One of the three TLS paths.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Cert,
+    Key,
+    ClientCa,
 }
 
-fn certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<(), TlsError> {
-    let fail = |reason: String| TlsError {
-        flag,
-        path: path.display().to_string(),
-        reason,
-    };
-    let mut found = 0;
-    for certificate in CertificateDer::pem_slice_iter(pem) {
-        certificate.map_err(|e| fail(format!("not a valid PEM certificate file: {e}")))?;
-        found += 1;
+impl Which {
+    fn flag(self) -> &'static str {
+        match self {
+            Which::Cert => "--tls-cert",
+            Which::Key => "--tls-key",
+            Which::ClientCa => "--tls-client-ca",
+        }
     }
-    if found == 0 {
-        return Err(fail("holds no PEM `CERTIFICATE` block".into()));
+
+    fn key(self) -> &'static str {
+        match self {
+            Which::Cert => "server.tls_cert",
+            Which::Key => "server.tls_key",
+            Which::ClientCa => "server.tls_client_ca",
+        }
     }
-    Ok(())
+}
+
+/// Names settings the way the operator set them.
+struct Names<'a> {
+    settings: &'a ServerSettings,
+}
+
+impl Names<'_> {
+    fn file(&self, which: Which) -> Option<&str> {
+        let origin = &self.settings.tls_origin;
+        match which {
+            Which::Cert => origin.cert.as_deref(),
+            Which::Key => origin.key.as_deref(),
+            Which::ClientCa => origin.client_ca.as_deref(),
+        }
+    }
+
+    /// The error's subject: the flag, or the file and key.
+    fn setting(&self, which: Which) -> String {
+        match self.file(which) {
+            Some(file) => format!("{file}: `{}`:", which.key()),
+            None => which.flag().to_owned(),
+        }
+    }
+
+    /// Another setting, mentioned in a reason about `about`: in the
+    /// vocabulary `about` was set in.
+    fn other(&self, about: Which, other: Which) -> String {
+        match self.file(about) {
+            Some(_) => format!("`{}` (or {})", other.key(), other.flag()),
+            None => other.flag().to_owned(),
+        }
+    }
+
+    fn error(&self, which: Which, path: &Path, reason: String) -> TlsError {
+        TlsError {
+            setting: self.setting(which),
+            path: path.display().to_string(),
+            reason,
+        }
+    }
+
+    fn read(&self, which: Which, path: &Path) -> Result<Vec<u8>, TlsError> {
+        std::fs::read(path)
+            .map_err(|error| self.error(which, path, format!("cannot read: {error}")))
+    }
+
+    fn certificates(&self, which: Which, path: &Path, pem: &[u8]) -> Result<(), TlsError> {
+        let mut found = 0;
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            certificate.map_err(|e| {
+                self.error(
+                    which,
+                    path,
+                    format!("not a valid PEM certificate file: {e}"),
+                )
+            })?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(self.error(which, path, "holds no PEM `CERTIFICATE` block".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The server's TLS configuration, or `None` for plaintext. Both the
 /// certificate and the key are needed; the client CA needs them too.
 pub fn server_tls_config(settings: &ServerSettings) -> Result<Option<ServerTlsConfig>, TlsError> {
+    use Which::{Cert, ClientCa, Key};
+    let names = Names { settings };
     let (cert_path, key_path) = match (&settings.tls_cert, &settings.tls_key) {
         (None, None) => {
             if let Some(ca) = &settings.tls_client_ca {
-                return Err(TlsError {
-                    flag: "--tls-client-ca",
-                    path: ca.display().to_string(),
-                    reason: "requires --tls-cert and --tls-key (mutual TLS is TLS first)".into(),
-                });
+                return Err(names.error(
+                    ClientCa,
+                    ca,
+                    format!(
+                        "requires {} and {} (mutual TLS is TLS first)",
+                        names.other(ClientCa, Cert),
+                        names.other(ClientCa, Key)
+                    ),
+                ));
             }
             return Ok(None);
         }
         (Some(cert), Some(key)) => (cert, key),
         (Some(cert), None) => {
-            return Err(TlsError {
-                flag: "--tls-cert",
-                path: cert.display().to_string(),
-                reason: "requires --tls-key too".into(),
-            });
+            return Err(names.error(
+                Cert,
+                cert,
+                format!("requires {} too", names.other(Cert, Key)),
+            ));
         }
         (None, Some(key)) => {
-            return Err(TlsError {
-                flag: "--tls-key",
-                path: key.display().to_string(),
-                reason: "requires --tls-cert too".into(),
-            });
+            return Err(names.error(Key, key, format!("requires {} too", names.other(Key, Cert))));
         }
     };
-    let cert_pem = read("--tls-cert", cert_path)?;
-    certificates("--tls-cert", cert_path, &cert_pem)?;
-    let key_pem = read("--tls-key", key_path)?;
-    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
-        flag: "--tls-key",
-        path: key_path.display().to_string(),
-        reason: format!("holds no usable PEM private key: {e}"),
+    let cert_pem = names.read(Cert, cert_path)?;
+    names.certificates(Cert, cert_path, &cert_pem)?;
+    let key_pem = names.read(Key, key_path)?;
+    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        names.error(
+            Key,
+            key_path,
+            format!("holds no usable PEM private key: {e}"),
+        )
     })?;
 
     let mut config = ServerTlsConfig::new()
         .identity(Identity::from_pem(cert_pem, key_pem))
         .timeout(HANDSHAKE_TIMEOUT);
     if let Some(ca_path) = &settings.tls_client_ca {
-        let ca_pem = read("--tls-client-ca", ca_path)?;
-        certificates("--tls-client-ca", ca_path, &ca_pem)?;
+        let ca_pem = names.read(ClientCa, ca_path)?;
+        names.certificates(ClientCa, ca_path, &ca_pem)?;
         config = config.client_ca_root(Certificate::from_pem(ca_pem));
     }
     // Building the acceptor checks that the key fits the certificate.
     tonic::transport::Server::builder()
         .tls_config(config.clone())
-        .map_err(|error| TlsError {
-            flag: "--tls-key",
-            path: key_path.display().to_string(),
-            reason: format!(
-                "cannot be used with --tls-cert {}: {}",
-                cert_path.display(),
-                std::error::Error::source(&error)
-                    .map_or_else(|| error.to_string(), ToString::to_string)
-            ),
+        .map_err(|error| {
+            names.error(
+                Key,
+                key_path,
+                format!(
+                    "cannot be used with {} {}: {}",
+                    names.other(Key, Cert),
+                    cert_path.display(),
+                    std::error::Error::source(&error)
+                        .map_or_else(|| error.to_string(), ToString::to_string)
+                ),
+            )
         })?;
     Ok(Some(config))
 }

@@ -12,6 +12,7 @@ on_both_databases!(
     unknown_revoked_and_expired_look_alike,
     write_implies_read_and_missing_scopes_are_named,
     a_huge_credential_is_denied_and_the_server_keeps_serving,
+    a_huge_check_scope_credential_is_denied_and_the_server_keeps_serving,
     bad_authenticate_input_is_invalid_argument,
     check_scope_by_id_and_by_credential,
     bad_check_scope_input_is_invalid_argument,
@@ -87,7 +88,8 @@ async fn unknown_revoked_and_expired_look_alike(db: Db) {
     let unknown = app
         .authenticate(&format!("cc_{}", "f".repeat(64)), &[])
         .await;
-    // Asked twice: the second answer comes from the negative cache.
+    // Asked twice, the same answer (`hot_path.rs` shows that the second
+    // comes from the negative cache, without a store read).
     let unknown_again = app
         .authenticate(&format!("cc_{}", "f".repeat(64)), &[])
         .await;
@@ -146,6 +148,49 @@ async fn a_huge_credential_is_denied_and_the_server_keeps_serving(db: Db) {
     assert_eq!(reason(&response), Reason::MalformedCredential);
     assert_eq!(reason(&bare_huge), Reason::MissingCredential);
     assert!(app.authenticate(&secret, &[]).await.allowed);
+    app.shutdown().await;
+}
+
+async fn a_huge_check_scope_credential_is_denied_and_the_server_keeps_serving(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &["orders:read"]).await;
+    let check = |credential: String| proto::CheckScopeRequest {
+        key_id: String::new(),
+        credential,
+        scopes: vec!["orders:read".into()],
+        client_ip: String::new(),
+    };
+
+    let mut answers = Vec::new();
+    for credential in [
+        format!("Bearer cc_{}", "a".repeat(1 << 20)),
+        "x".repeat(1 << 20),
+    ] {
+        let answer = app
+            .keys
+            .check_scope(check(credential))
+            .await
+            .expect("a denial is an answer")
+            .into_inner();
+        answers.push(answer);
+    }
+
+    for (answer, expected) in answers
+        .iter()
+        .zip([Reason::MalformedCredential, Reason::MissingCredential])
+    {
+        assert!(!answer.allowed);
+        assert_eq!(answer.denial.as_ref().unwrap().reason(), expected);
+    }
+    let still = app
+        .keys
+        .check_scope(check(secret))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(still.allowed, "{still:?}");
     app.shutdown().await;
 }
 

@@ -166,6 +166,97 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
             "server.tls_cert",
             "must be a file path",
         ),
+        (
+            "[server]\ntls_key = \"  \"\n".into(),
+            "server.tls_key",
+            "must be a file path",
+        ),
+        (
+            jwt("algorithms = []"),
+            "auth.jwt.algorithms",
+            "list at least one algorithm",
+        ),
+        (
+            format!("[[scopes]]\nname = \"a\"\ndescription = \"{}\"\n", "d".repeat(501)),
+            "scopes[0].description",
+            "at most 500 characters, got 501",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\ndescription = \"two\\nlines\"\n".into(),
+            "scopes[0].description",
+            "without control characters",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\ndescription = 5\n".into(),
+            "scopes[0].description",
+            "invalid type",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\nauto_grant = \"yes\"\n".into(),
+            "scopes[0].auto_grant",
+            "invalid type",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\nreserved = 1\n".into(),
+            "scopes[0].reserved",
+            "invalid type",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\ndenial_code = \"c\"\ndenial_message = \" \"\n".into(),
+            "scopes[0].denial_message",
+            "message must be 1 to 500 characters",
+        ),
+        (
+            format!(
+                "[[scopes]]\nname = \"a\"\ndenial_code = \"c\"\ndenial_message = \"{}\"\n",
+                "m".repeat(501)
+            ),
+            "scopes[0].denial_message",
+            "message must be 1 to 500 characters",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\ndenial_code = \"not ok\"\ndenial_message = \"m\"\n".into(),
+            "scopes[0].denial_code",
+            "must be 1 to 64 characters of a-z A-Z 0-9 _ . -",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\ndenial_message = \"m\"\n".into(),
+            "scopes[0]",
+            "denial_code and denial_message go together",
+        ),
+        (
+            format!(
+                "[[scopes]]\nname = \"a\"\n[[presets]]\nname = \"p\"\nscopes = [\"a\"]\ndescription = \"{}\"\n",
+                "d".repeat(501)
+            ),
+            "presets[0].description",
+            "at most 500 characters, got 501",
+        ),
+        (
+            "[[scopes]]\nname = \"a\"\n[[presets]]\nname = \"p\"\nscopes = [\"a\"]\ndescription = [\"x\"]\n".into(),
+            "presets[0].description",
+            "invalid type",
+        ),
+        (
+            "[rate_limit]\nrequests = 10\nper_seconds = 0\n".into(),
+            "rate_limit.per_seconds",
+            "between 1 and 86400, got 0",
+        ),
+        (
+            "[rate_limit]\nrequests = 10\nper_seconds = 86401\n".into(),
+            "rate_limit.per_seconds",
+            "between 1 and 86400, got 86401",
+        ),
+        (
+            "[rate_limit]\nrequests = 0\nper_seconds = 60\n".into(),
+            "rate_limit.requests",
+            "at least 1",
+        ),
+        (
+            "[rate_limit]\nrequests = -1\nper_seconds = 60\n".into(),
+            "rate_limit.requests",
+            "invalid value",
+        ),
     ];
     for (text, key, reason) in cases {
         let error = Config::parse(&text, "profile.toml")
@@ -227,24 +318,85 @@ fn bad_production_flags_are_named() {
     assert!(!ok && stderr.contains("--name"), "{stderr}");
 }
 
+/// TLS paths from the file are named by file and key; a flag that replaces
+/// one is named by the flag. `serve` and `check-config` agree.
 #[test]
-fn check_config_checks_the_tls_files_a_profile_names() {
+fn tls_errors_name_the_file_and_key_or_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let profile = dir.path().join("tls.toml");
-    std::fs::write(
-        &profile,
-        "[server]\ntls_cert = \"/no/such/cert.pem\"\ntls_key = \"/no/such/key.pem\"\n",
-    )
-    .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .arg("check-config")
-        .arg(&profile)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let garbage = garbage.display().to_string();
+    let run = |command: &str, profile_text: &str, flags: &[&str]| {
+        let profile = dir.path().join("tls.toml");
+        std::fs::write(&profile, profile_text).unwrap();
+        let mut keyward = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"));
+        keyward.arg(command);
+        if command == "serve" {
+            keyward.args(["--listen", "127.0.0.1:0", "--config"]);
+        }
+        let output = keyward
+            .arg(&profile)
+            .args(flags)
+            .env("RUST_LOG", "warn")
+            .env(
+                "KEYWARD_DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("k.db").display()),
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{profile_text} {flags:?}");
+        (
+            profile.display().to_string(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let cases: Vec<(String, Vec<&str>, String)> = vec![
+        (
+            "[server]\ntls_cert = \"/no/such/cert.pem\"\ntls_key = \"/no/such/key.pem\"\n".into(),
+            vec![],
+            "`server.tls_cert`: /no/such/cert.pem: cannot read".into(),
+        ),
+        (
+            format!("[server]\ntls_cert = \"{garbage}\"\ntls_key = \"/no/such/key.pem\"\n"),
+            vec![],
+            format!("`server.tls_cert`: {garbage}: holds no PEM `CERTIFICATE` block"),
+        ),
+        (
+            "[server]\ntls_cert = \"/no/such/cert.pem\"\n".into(),
+            vec![],
+            "`server.tls_cert`: /no/such/cert.pem: requires `server.tls_key` (or --tls-key) too"
+                .into(),
+        ),
+        (
+            "[server]\ntls_client_ca = \"/no/such/ca.pem\"\n".into(),
+            vec![],
+            "`server.tls_client_ca`: /no/such/ca.pem: requires `server.tls_cert` (or --tls-cert) and `server.tls_key` (or --tls-key)".into(),
+        ),
+    ];
+    for (text, flags, expected) in &cases {
+        for command in ["serve", "check-config"] {
+            let (profile, stderr) = run(command, text, flags);
+            assert!(
+                stderr.contains(&format!("keyward: {profile}: {expected}")),
+                "{command}: {stderr}"
+            );
+        }
+    }
+
+    // The key file comes from the profile, the certificate from the flag.
+    let (profile, stderr) = run(
+        "serve",
+        &format!("[server]\ntls_cert = \"/no/such/cert.pem\"\ntls_key = \"{garbage}\"\n"),
+        &["--tls-cert", "/no/such/flag-cert.pem"],
+    );
     assert!(
-        stderr.contains("--tls-cert /no/such/cert.pem: cannot read"),
+        stderr.contains("keyward: --tls-cert /no/such/flag-cert.pem: cannot read"),
         "{stderr}"
+    );
+    assert!(!stderr.contains(&profile), "{stderr}");
+    assert!(
+        !dir.path().join("k.db").exists(),
+        "nothing is written before TLS is checked"
     );
 }

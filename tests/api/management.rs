@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use keyward::proto::{self, denial::Reason};
 use sha2::Digest;
 use tonic::Code;
@@ -20,6 +21,8 @@ on_both_databases!(
     another_accounts_key_is_not_found_and_unchanged,
     update_changes_scopes_for_the_very_next_call,
     update_rejects_bad_masks_and_revoked_keys,
+    update_of_an_unknown_key_is_not_found_and_changes_nothing,
+    list_page_size_above_1000_is_treated_as_1000,
     key_limit_holds_under_concurrency,
     revoked_and_expired_keys_do_not_count_toward_the_limit,
     expired_keys_are_denied,
@@ -356,41 +359,154 @@ async fn update_rejects_bad_masks_and_revoked_keys(db: Db) {
         reason(&app.authenticate(&secret, &[]).await),
         Reason::Revoked
     );
+    assert_still_serving(&mut app).await;
+    app.create_key("acct_1", &[]).await;
     app.shutdown().await;
 }
 
-async fn key_limit_holds_under_concurrency(db: Db) {
-    let Some(app) = spawn_app(db).await else {
+async fn update_of_an_unknown_key_is_not_found_and_changes_nothing(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
         return;
     };
-    let creates = (0..20).map(|i| {
+    let (key, secret) = app.create_key("acct_1", &["orders:read"]).await;
+    // Well-formed, and in no account.
+    let unknown = keyward::domain::KeyId::generate().to_string();
+    assert_ne!(unknown, key.id);
+
+    let status = app
+        .keys
+        .update_key(proto::UpdateKeyRequest {
+            account_id: "acct_1".into(),
+            key_id: unknown.clone(),
+            name: "renamed".into(),
+            scopes: vec!["orders:write".into()],
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into(), "scopes".into(), "rate_limit".into()],
+            }),
+            rate_limit: Some(proto::RateLimit {
+                requests: 1,
+                per_seconds: 60,
+            }),
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let get = app
+        .keys
+        .get_key(proto::GetKeyRequest {
+            account_id: "acct_1".into(),
+            key_id: unknown,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(get.code(), Code::NotFound, "nothing was created");
+    assert_eq!(count_keys(&mut app, "acct_1").await, 1);
+    let still = app.authenticate(&secret, &["orders:read"]).await;
+    assert!(still.allowed, "{still:?}");
+    let still = still.key.unwrap();
+    assert_eq!(
+        (still.name.as_str(), still.scopes, still.rate_limit),
+        ("test key", vec!["orders:read".to_owned()], None),
+        "the account's key is unchanged"
+    );
+    assert_still_serving(&mut app).await;
+    app.shutdown().await;
+}
+
+/// The documented bound: `page_size` above 1000 (up to i32::MAX) is served
+/// as 1000, with a token for the rest.
+async fn list_page_size_above_1000_is_treated_as_1000(db: Db) {
+    let mut config = crate::helpers::test_config();
+    config.max_active_keys_per_account = 2_000;
+    let Some(mut app) = crate::helpers::spawn_app_with(db, config).await else {
+        return;
+    };
+    let total = 1_001;
+    let creates = futures_util::stream::iter(0..total).map(|i| {
         let mut client = app.keys.clone();
         async move {
             client
                 .create_key(proto::CreateKeyRequest {
-                    account_id: "acct_race".into(),
+                    account_id: "acct_many".into(),
                     name: format!("key {i}"),
                     ..Default::default()
                 })
                 .await
+                .expect("CreateKey")
         }
     });
-    let results = futures_util::future::join_all(creates).await;
-    let created = results.iter().filter(|r| r.is_ok()).count();
-    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let created: Vec<_> = creates.buffer_unordered(8).collect().await;
+    assert_eq!(created.len(), total);
 
-    assert_eq!(created, 10);
-    assert_eq!(refused.len(), 10);
-    for status in refused {
-        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-        assert!(
-            status.message().contains("10 active keys"),
-            "{}",
-            status.message()
-        );
+    for page_size in [1_001, 5_000, i32::MAX] {
+        let list = |page_token: String| proto::ListKeysRequest {
+            account_id: "acct_many".into(),
+            include_revoked: false,
+            page_size,
+            page_token,
+        };
+        let first = app
+            .keys
+            .list_keys(list(String::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.keys.len(), 1_000, "page_size {page_size}");
+        assert!(!first.next_page_token.is_empty());
+        let rest = app
+            .keys
+            .list_keys(list(first.next_page_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rest.keys.len(), 1, "page_size {page_size}");
+        assert!(rest.next_page_token.is_empty());
     }
-    let mut app = app;
-    assert_eq!(count_keys(&mut app, "acct_race").await, 10);
+    app.shutdown().await;
+}
+
+/// 20 concurrent CreateKey on an empty account, round after round on fresh
+/// accounts: every round exactly 10 succeed and 10 are refused.
+async fn key_limit_holds_under_concurrency(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    for round in 0..20 {
+        let account = format!("acct_race_{round}");
+        let creates = (0..20).map(|i| {
+            let mut client = app.keys.clone();
+            let account = account.clone();
+            async move {
+                client
+                    .create_key(proto::CreateKeyRequest {
+                        account_id: account,
+                        name: format!("key {i}"),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(creates).await;
+        let created = results.iter().filter(|r| r.is_ok()).count();
+        let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+
+        assert_eq!(created, 10, "round {round}");
+        assert_eq!(refused.len(), 10, "round {round}");
+        for status in refused {
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "round {round}: {status:?}"
+            );
+            assert!(
+                status.message().contains("10 active keys"),
+                "round {round}: {}",
+                status.message()
+            );
+        }
+        assert_eq!(count_keys(&mut app, &account).await, 10, "round {round}");
+    }
     app.shutdown().await;
 }
 
@@ -406,11 +522,15 @@ async fn revoked_and_expired_keys_do_not_count_toward_the_limit(db: Db) {
         .create_key(proto::CreateKeyRequest {
             account_id: "acct_1".into(),
             name: "short-lived".into(),
-            expires_at: Some(in_future(Duration::from_secs(1))),
+            // Long enough that the next create surely runs before it ends,
+            // even on a busy machine.
+            expires_at: Some(in_future(Duration::from_secs(3))),
             ..Default::default()
         })
-        .await;
-    assert!(expiring.is_ok());
+        .await
+        .expect("CreateKey")
+        .into_inner();
+    let expires_at = expiring.key.unwrap().expires_at.unwrap();
     let full = app
         .keys
         .create_key(proto::CreateKeyRequest {
@@ -423,7 +543,11 @@ async fn revoked_and_expired_keys_do_not_count_toward_the_limit(db: Db) {
     assert_eq!(full.code(), Code::FailedPrecondition);
 
     app.revoke("acct_1", &first.id).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired =
+        std::time::UNIX_EPOCH + Duration::new(expires_at.seconds as u64, expires_at.nanos as u32);
+    while std::time::SystemTime::now() <= expired + Duration::from_millis(50) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for name in ["after revoke", "after expiry"] {
         app.keys
             .create_key(proto::CreateKeyRequest {
@@ -585,7 +709,7 @@ async fn bad_create_input_is_refused_and_writes_nothing(db: Db) {
                 }),
                 ..base()
             },
-            "rate_limit",
+            "rate_limit.requests",
         ),
         (
             proto::CreateKeyRequest {
@@ -595,7 +719,17 @@ async fn bad_create_input_is_refused_and_writes_nothing(db: Db) {
                 }),
                 ..base()
             },
-            "rate_limit",
+            "rate_limit.per_seconds",
+        ),
+        (
+            proto::CreateKeyRequest {
+                rate_limit: Some(proto::RateLimit {
+                    requests: 5,
+                    per_seconds: 86_401,
+                }),
+                ..base()
+            },
+            "rate_limit.per_seconds",
         ),
     ];
     for (request, field) in cases {
@@ -832,15 +966,15 @@ async fn bad_update_revoke_and_get_input_is_refused_and_changes_nothing(db: Db) 
         ),
         (
             update("acct_1", &key.id, "", &["rate_limit"], limit(0, 60)),
-            "rate_limit",
+            "rate_limit.requests",
         ),
         (
             update("acct_1", &key.id, "", &["rate_limit"], limit(10, 0)),
-            "rate_limit",
+            "rate_limit.per_seconds",
         ),
         (
             update("acct_1", &key.id, "", &["rate_limit"], limit(10, 86_401)),
-            "rate_limit",
+            "rate_limit.per_seconds",
         ),
     ];
     for (request, field) in cases {

@@ -1,6 +1,7 @@
 //! Running the real binary as an operator would: the secure default for
 //! management without credentials (loopback only, or an explicit flag), JSON
-//! logs with one line per denial and request ids, and `check-config`.
+//! logs with one line per denial and request ids, `check-config`, and the
+//! layering of file, environment and flags.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -384,6 +385,26 @@ issuers = ["privy.io"]
 audiences = ["app-123"]
 public_key_files = ["{key}"]
 subject_claim = "account"
+
+[http]
+key_header = "x-api-key"
+error_style = "error_object_with_details"
+trusted_proxy_hops = 2
+unmatched_route = "public"
+strip_credential = false
+
+[http.identity_headers]
+account_id = "x-user-id"
+
+[[http.routes]]
+methods = ["GET", "HEAD"]
+path = "/api/journal..."
+scopes = ["journal:read"]
+
+[[http.routes]]
+methods = ["*"]
+path = "/api/me"
+scopes = []
 "#,
             hash = token_sha256_hex("t"),
             key = key_file.display()
@@ -415,6 +436,13 @@ subject_claim = "account"
         "user JWTs: CreateKey, RevokeKey, GetKey, ListKeys, UpdateKey for the account in claim `account`; iss privy.io; aud app-123",
         "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): open",
         "metrics: http://127.0.0.1:9464/metrics",
+        "keys read from: authorization header (Bearer, ApiKey), then header `x-api-key` (the first present wins)",
+        "credential removed before the request goes upstream: no",
+        "client address: x-forwarded-for entry 2 from the right (trusted_proxy_hops = 2)",
+        "error bodies: error_object_with_details",
+        "identity headers: key id x-keyward-key-id, account id x-user-id, scopes x-keyward-scopes",
+        "routes (the first match wins):\n    [0] GET, HEAD /api/journal...: key with journal:read\n    [1] * /api/me: any valid key\n",
+        "unmatched_route = public: other requests pass without a key",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -422,4 +450,166 @@ subject_claim = "account"
         !text.contains(&token_sha256_hex("t")),
         "hashes are not printed"
     );
+}
+
+/// Where each layer points the gRPC port, the metrics port and the
+/// database.
+struct Layer {
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    database: std::path::PathBuf,
+}
+
+impl Layer {
+    fn new(dir: &Path, name: &str) -> Self {
+        let addr = |port| format!("127.0.0.1:{port}").parse().unwrap();
+        Self {
+            listen: addr(free_port("127.0.0.1")),
+            metrics: addr(free_port("127.0.0.1")),
+            database: dir.join(format!("{name}.db")),
+        }
+    }
+
+    fn database_url(&self) -> String {
+        format!("sqlite://{}", self.database.display())
+    }
+}
+
+async fn listening(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+/// Defaults < file < environment < flags, for the real binary: each layer
+/// names its own gRPC address, metrics address and database, and only the
+/// highest layer present is used. (The file comes in through
+/// `KEYWARD_CONFIG` once, and through `--config` otherwise.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_beats_the_file_and_flags_beat_the_environment() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = Layer::new(dir.path(), "file");
+    let env = Layer::new(dir.path(), "env");
+    let flag = Layer::new(dir.path(), "flag");
+    let profile = dir.path().join("profile.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "[server]\nlisten = \"{}\"\nmetrics_listen = \"{}\"\ndatabase_url = \"{}\"\n",
+            file.listen,
+            file.metrics,
+            file.database_url()
+        ),
+    )
+    .unwrap();
+
+    for highest in ["file", "env", "flag"] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"));
+        command
+            .arg("serve")
+            .env_remove("KEYWARD_LISTEN")
+            .env_remove("KEYWARD_METRICS_LISTEN")
+            .env_remove("KEYWARD_DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if highest == "file" {
+            command.env("KEYWARD_CONFIG", &profile);
+        } else {
+            command
+                .env_remove("KEYWARD_CONFIG")
+                .arg("--config")
+                .arg(&profile);
+            command
+                .env("KEYWARD_LISTEN", env.listen.to_string())
+                .env("KEYWARD_METRICS_LISTEN", env.metrics.to_string())
+                .env("KEYWARD_DATABASE_URL", env.database_url());
+        }
+        if highest == "flag" {
+            command
+                .args(["--listen", &flag.listen.to_string()])
+                .args(["--metrics-listen", &flag.metrics.to_string()])
+                .args(["--database-url", &flag.database_url()]);
+        }
+        let mut child = command.spawn().unwrap();
+        let (winner, losers) = match highest {
+            "file" => (&file, [&env, &flag]),
+            "env" => (&env, [&file, &flag]),
+            _ => (&flag, [&file, &env]),
+        };
+
+        let mut up = false;
+        for _ in 0..400 {
+            if listening(winner.listen).await && listening(winner.metrics).await {
+                up = true;
+                break;
+            }
+            if let Ok(Some(exit)) = child.try_wait() {
+                panic!("{highest}: keyward serve exited: {exit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(
+            up,
+            "{highest}: not listening on {} and {}",
+            winner.listen, winner.metrics
+        );
+
+        let mut keys = KeyServiceClient::new(connect(winner.listen).await);
+        keys.create_key(proto::CreateKeyRequest {
+            account_id: "acct_layers".into(),
+            name: highest.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{highest}: {e}"));
+        let mut scrape = tokio::net::TcpStream::connect(winner.metrics)
+            .await
+            .unwrap();
+        scrape
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        scrape.read_to_string(&mut response).await.unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "{highest}: {response}"
+        );
+        for loser in losers {
+            assert!(
+                !listening(loser.listen).await,
+                "{highest}: also on {}",
+                loser.listen
+            );
+            assert!(
+                !listening(loser.metrics).await,
+                "{highest}: also on {}",
+                loser.metrics
+            );
+            assert!(
+                !loser.database.exists(),
+                "{highest}: opened {}",
+                loser.database.display()
+            );
+        }
+        assert!(winner.database.exists(), "{highest}: its database is used");
+
+        let pid = child.id().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "{highest}: {exit:?}");
+        // The next round looks for databases afresh.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().contains(".db") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+    }
 }

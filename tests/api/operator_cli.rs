@@ -1,6 +1,7 @@
 //! `keyward keys ...` against a real server: create, list, update, get,
 //! revoke, in tables and JSON, with the service token from the environment;
-//! and the CLI's own errors (no token, bad lifetime, unreachable server).
+//! per-key rate limits set, shown and cleared; and the CLI's own errors (no
+//! token, bad lifetime, bad rate limit, unreachable server).
 
 use std::time::{Duration, SystemTime};
 
@@ -238,6 +239,141 @@ async fn the_cli_reports_refusals_and_bad_input_clearly() {
     assert!(
         !unreachable.status.success() && stderr.contains("cannot connect to http://127.0.0.1:1"),
         "{stderr}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_set_shown_and_cleared_from_the_cli() {
+    let mut app = locked_app().await;
+    let created = keys_json(
+        &app,
+        &[
+            "create",
+            "--account",
+            "acct_rl",
+            "--name",
+            "limited",
+            "--rate-limit",
+            "2/60s",
+        ],
+    )
+    .await;
+    assert_eq!(
+        created["key"]["rate_limit"],
+        serde_json::json!({"requests": 2, "per_seconds": 60})
+    );
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        assert!(app.authenticate(&secret, &[]).await.allowed);
+    }
+    assert_eq!(
+        reason(&app.authenticate(&secret, &[]).await),
+        Reason::RateLimited,
+        "the server applies the limit the CLI set"
+    );
+    let (ok, table, stderr) = keys(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &["get", "--account", "acct_rl", "--id", &id],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        table.lines().next().unwrap().ends_with("RATE LIMIT"),
+        "{table}"
+    );
+    assert!(table.lines().nth(1).unwrap().ends_with("2/60s"), "{table}");
+
+    let updated = keys_json(
+        &app,
+        &[
+            "update",
+            "--account",
+            "acct_rl",
+            "--id",
+            &id,
+            "--rate-limit",
+            "5/1m",
+        ],
+    )
+    .await;
+    assert_eq!(
+        updated["rate_limit"],
+        serde_json::json!({"requests": 5, "per_seconds": 60})
+    );
+    assert_eq!(updated["name"], "limited", "only the rate limit changed");
+    let cleared = keys_json(
+        &app,
+        &[
+            "update",
+            "--account",
+            "acct_rl",
+            "--id",
+            &id,
+            "--rate-limit",
+            "default",
+        ],
+    )
+    .await;
+    assert_eq!(cleared["rate_limit"], serde_json::Value::Null);
+    let fetched = keys_json(&app, &["get", "--account", "acct_rl", "--id", &id]).await;
+    assert_eq!(fetched["rate_limit"], serde_json::Value::Null);
+    let (_, table, _) = keys(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &["list", "--account", "acct_rl"],
+    )
+    .await;
+    assert!(
+        table.lines().nth(1).unwrap().ends_with("default"),
+        "{table}"
+    );
+
+    // Bad input: the syntax is checked by the CLI, the range by the server.
+    let (ok, _, stderr) = keys(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &[
+            "create",
+            "--account",
+            "acct_rl",
+            "--name",
+            "n",
+            "--rate-limit",
+            "10",
+        ],
+    )
+    .await;
+    assert!(!ok && stderr.contains("--rate-limit"), "{stderr}");
+    let (ok, _, stderr) = keys(
+        &app,
+        Some(OPERATOR_TOKEN),
+        &[
+            "create",
+            "--account",
+            "acct_rl",
+            "--name",
+            "n",
+            "--rate-limit",
+            "1/2d",
+        ],
+    )
+    .await;
+    assert!(
+        !ok && stderr.contains("InvalidArgument")
+            && stderr.contains("rate_limit.per_seconds: per_seconds must be between 1 and 86400"),
+        "{stderr}"
+    );
+    assert_eq!(
+        keys_json(&app, &["list", "--account", "acct_rl"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the refused create wrote nothing"
     );
     app.shutdown().await;
 }

@@ -21,6 +21,21 @@ const PROFILES: [(&str, &str); 4] = [
     ("tradejournal", "tj_"),
 ];
 
+/// A line `check-config` prints for each profile's `[[http.routes]]`.
+fn a_route_line(profile: &str) -> &'static str {
+    match profile {
+        "carboncopy" => "    [0] GET /api/v1/portfolio...: key with portfolio:read\n",
+        "cryptorobot" => {
+            "    [0] GET /restricted: key with read:{query.resource} (templates filled in from the request)\n"
+        }
+        "csboard" => {
+            "    [0] GET /v1/health: public (no key)\n    [1] POST /v1/orders: key with trading\n"
+        }
+        "tradejournal" => "    [1] PUT /api/v1/trades/{trade_id}/tags: key with write:tags\n",
+        other => panic!("no route line for {other}"),
+    }
+}
+
 fn profiles_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles")
 }
@@ -63,6 +78,15 @@ fn every_shipped_profile_loads_and_passes_validation() {
             "{stdout}"
         );
         assert!(stdout.contains(&format!("{prefix}<")), "{stdout}");
+        assert!(
+            stdout.contains("\nEnvoy ext_authz ([http]):\n"),
+            "{name}: {stdout}"
+        );
+        assert!(stdout.contains(a_route_line(name)), "{name}: {stdout}");
+        assert!(
+            stdout.contains("unmatched_route = deny: other requests are denied"),
+            "{name}: {stdout}"
+        );
     }
 }
 
