@@ -2,9 +2,11 @@
 //! time: the real store (SQLite or PostgreSQL) behind a decorator that holds
 //! a cache-miss read, after it has read the row, until RevokeKey has
 //! returned. The old row must then be neither answered as "allowed" nor
-//! cached. (The loop in `revocation.rs` races the same paths over the
-//! network, where the window is only microseconds wide.)
+//! cached, also when other changes forced the load to read again first.
+//! (The loop in `revocation.rs` races the same paths over the network,
+//! where the window is only microseconds wide.)
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ use keyward::config::Config;
 use keyward::denial::Reason;
 use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
 use keyward::failed_auth_bans::FailedAuthBans;
-use keyward::key_cache::KeyCache;
+use keyward::key_cache::{KeyCache, Lookup};
 use keyward::key_management::{CreateKey, KeyManager};
 use keyward::rate_limits::KeyRateLimits;
 use keyward::revocation_feed::Freshness;
@@ -32,26 +34,35 @@ use crate::on_both_databases;
 on_both_databases!(
     a_lookup_held_across_a_revocation_is_not_allowed_or_cached,
     a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached,
+    a_lookup_that_rereads_until_a_revocation_is_not_allowed_or_cached,
+    a_lookup_by_id_that_rereads_until_a_revocation_is_not_allowed_or_cached,
+    a_lookup_disturbed_on_every_read_fails_closed,
 );
 
-/// Holds the next key read (by digest or id) after it has read its row:
-/// tells the test it has the row, then waits for the test's go-ahead.
+/// Holds the next key reads (by digest or id), one per armed hold, after
+/// each has read its row: tells the test it has the row, then waits for the
+/// test's go-ahead.
 struct HeldReads {
     inner: Arc<dyn KeyStore>,
-    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    holds: Mutex<VecDeque<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
 }
 
 impl HeldReads {
-    /// Arms the hold; returns (row read, release).
+    /// Arms a hold for the next read not yet held; returns (row read, release).
     async fn arm(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (read_tx, read_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel();
-        *self.hold.lock().await = Some((read_tx, release_rx));
+        self.holds.lock().await.push_back((read_tx, release_rx));
         (read_rx, release_tx)
     }
 
+    /// Drops the holds no read has taken.
+    async fn disarm(&self) {
+        self.holds.lock().await.clear();
+    }
+
     async fn held<T>(&self, result: T) -> T {
-        let hold = self.hold.lock().await.take();
+        let hold = self.holds.lock().await.pop_front();
         if let Some((read, release)) = hold {
             let _ = read.send(());
             let _ = release.await;
@@ -132,22 +143,32 @@ impl KeyStore for HeldReads {
 
 struct Parts {
     store: Arc<HeldReads>,
+    cache: Arc<KeyCache>,
     authenticator: Authenticator,
     manager: KeyManager,
     _database: Arc<TestDatabase>,
 }
 
 async fn parts(db: Db) -> Option<Parts> {
+    parts_with(db, None).await
+}
+
+/// `stripes`: a cache with that many stripes (one: every change to any key
+/// disturbs every load in flight), or the default.
+async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
     let database = TestDatabase::create(db).await?;
     let real = storage::open(&database.url, &PoolSettings::default())
         .await
         .unwrap();
     let store = Arc::new(HeldReads {
         inner: real,
-        hold: Mutex::new(None),
+        holds: Mutex::new(VecDeque::new()),
     });
     let config = Config::default();
-    let cache = Arc::new(KeyCache::new(&config.cache));
+    let cache = Arc::new(match stripes {
+        Some(stripes) => KeyCache::with_stripes(&config.cache, stripes),
+        None => KeyCache::new(&config.cache),
+    });
     let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
     freshness.confirm(Instant::now());
     let (usage, _flusher) = usage_channel(Arc::clone(&store) as Arc<dyn KeyStore>);
@@ -165,13 +186,14 @@ async fn parts(db: Db) -> Option<Parts> {
     };
     let manager = KeyManager {
         store: Arc::clone(&store) as Arc<dyn KeyStore>,
-        cache,
+        cache: Arc::clone(&cache),
         catalog: Arc::clone(&config.catalog),
         key_format: config.key_format.clone(),
         max_active_keys_per_account: 10,
     };
     Some(Parts {
         store,
+        cache,
         authenticator,
         manager,
         _database: database,
@@ -179,9 +201,13 @@ async fn parts(db: Db) -> Option<Parts> {
 }
 
 async fn create(manager: &KeyManager) -> (KeyId, String) {
+    create_in(manager, "acct_1").await
+}
+
+async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
     let (record, secret) = manager
         .create(CreateKey {
-            account_id: AccountId::parse("acct_1").unwrap(),
+            account_id: AccountId::parse(account).unwrap(),
             name: KeyName::parse("raced").unwrap(),
             scopes: vec![],
             preset: None,
@@ -279,4 +305,139 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         Some(Reason::Revoked),
         "the old row was cached: {after:?}"
     );
+}
+
+async fn a_lookup_that_rereads_until_a_revocation_is_not_allowed_or_cached(db: Db) {
+    rereads_until_a_revocation(db, Surface::Authenticate).await;
+}
+
+async fn a_lookup_by_id_that_rereads_until_a_revocation_is_not_allowed_or_cached(db: Db) {
+    rereads_until_a_revocation(db, Surface::CheckScope).await;
+}
+
+/// A miss whose first two reads are disturbed by changes to other keys (one
+/// stripe, so they share its epoch) and whose third read holds the live row
+/// across this key's revocation: it must answer neither "allowed" (the old
+/// row) nor cache the key as live, however many reads it has made.
+async fn rereads_until_a_revocation(db: Db, surface: Surface) {
+    let Some(parts) = parts_with(db, Some(1)).await else {
+        return;
+    };
+    let (id, secret) = create(&parts.manager).await;
+    let others = [
+        create_in(&parts.manager, "acct_2").await.0,
+        create_in(&parts.manager, "acct_2").await.0,
+    ];
+    let mut holds = Vec::new();
+    for _ in 0..3 {
+        holds.push(parts.store.arm().await);
+    }
+    let presented = || Presented {
+        surface,
+        key: match surface {
+            Surface::CheckScope => PresentedKey::Id(&id),
+            _ => PresentedKey::Credential(&secret),
+        },
+        required: &[],
+        required_unknown: None,
+        client: None,
+    };
+
+    let lookup = parts.authenticator.authenticate(presented());
+    let changes = async {
+        let mut holds = holds.into_iter();
+        // Reads 1 and 2: an unrelated key changes while each holds its row.
+        for other in &others {
+            let (row_read, release) = holds.next().unwrap();
+            row_read.await.unwrap();
+            parts
+                .manager
+                .revoke(&AccountId::parse("acct_2").unwrap(), other)
+                .await
+                .unwrap();
+            release.send(()).unwrap();
+        }
+        // Read 3: this key is revoked while the read holds the live row.
+        let (row_read, release) = holds.next().unwrap();
+        row_read.await.unwrap();
+        parts
+            .manager
+            .revoke(&AccountId::parse("acct_1").unwrap(), &id)
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+    };
+    let (in_flight, ()) = tokio::join!(lookup, changes);
+
+    assert!(
+        matches!(
+            reason(&in_flight),
+            Some(Reason::Revoked | Reason::Unavailable)
+        ),
+        "a row read before RevokeKey returned was the answer: {in_flight:?}"
+    );
+    let cached = match surface {
+        Surface::CheckScope => parts.cache.lookup_id(&id),
+        _ => parts.cache.lookup_digest(&KeyDigest::of(&secret)),
+    };
+    if let Lookup::Hit(key) = cached {
+        assert!(key.revoked_at.is_some(), "the old row was cached: {key:?}");
+    }
+    let after = parts.authenticator.authenticate(presented()).await;
+    assert_eq!(reason(&after), Some(Reason::Revoked), "{after:?}");
+}
+
+/// When every read overlaps a change on the stripe, the lookup gives up
+/// after a bounded number of reads and fails closed, instead of answering
+/// from a row it cannot vouch for; an undisturbed lookup then succeeds.
+async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
+    let Some(parts) = parts_with(db, Some(1)).await else {
+        return;
+    };
+    let (_, secret) = create(&parts.manager).await;
+    let mut others = Vec::new();
+    for i in 0..8 {
+        let account = format!("acct_other_{i}");
+        others.push((account.clone(), create_in(&parts.manager, &account).await.0));
+    }
+    let mut holds = Vec::new();
+    for _ in 0..others.len() {
+        holds.push(parts.store.arm().await);
+    }
+    let presented = || Presented {
+        surface: Surface::Authenticate,
+        key: PresentedKey::Credential(&secret),
+        required: &[],
+        required_unknown: None,
+        client: None,
+    };
+
+    let lookup = parts.authenticator.authenticate(presented());
+    tokio::pin!(lookup);
+    let mut reads = 0;
+    let mut holds = holds.into_iter();
+    let mut others = others.iter();
+    let verdict = loop {
+        let (row_read, release) = holds.next().expect("the lookup gives up in time");
+        tokio::select! {
+            verdict = &mut lookup => break verdict,
+            read = row_read => {
+                read.unwrap();
+                reads += 1;
+                let (account, other) = others.next().unwrap();
+                parts
+                    .manager
+                    .revoke(&AccountId::parse(account).unwrap(), other)
+                    .await
+                    .unwrap();
+                release.send(()).unwrap();
+            }
+        }
+    };
+    parts.store.disarm().await;
+
+    assert_eq!(reason(&verdict), Some(Reason::Unavailable), "{verdict:?}");
+    assert!(reads > 1, "it read again before giving up ({reads} reads)");
+    let undisturbed = parts.authenticator.authenticate(presented()).await;
+    assert!(undisturbed.allowed(), "{undisturbed:?}");
 }

@@ -74,7 +74,11 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
         keys[3].clone(),
         &keyward::scope_catalog::ScopeCatalog::carboncopy(),
     ));
-    assert!(cache.insert_by_digest(cache.ticket(), &cached, keys[3].digest));
+    assert!(cache.insert_by_digest(
+        cache.ticket_for_digest(&keys[3].digest),
+        &cached,
+        keys[3].digest
+    ));
     for (i, key) in keys[..3].iter().enumerate() {
         store
             .revoke_key(&key.account_id, &key.id, UnixMillis(1_000 * (i as i64 + 1)))
