@@ -141,9 +141,9 @@ async fn run(
                 return;
             }
         };
-        if page.is_empty() {
-            break;
-        }
+        // Checked after every read, an empty one included: if the pruner
+        // ran while this page was read, events after `position` may be gone
+        // from it, and an empty page would otherwise end the history early.
         match store.pruned_through().await {
             Ok(pruned) if pruned > position => {
                 let _ = outbox.send(Err(gap_status(position))).await;
@@ -154,6 +154,9 @@ async fn run(
                 let _ = outbox.send(Err(storage_status(error))).await;
                 return;
             }
+        }
+        if page.is_empty() {
+            break;
         }
         for event in page {
             position = event.seq;

@@ -171,26 +171,11 @@ async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
     });
     let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
     freshness.confirm(Instant::now());
-    let (usage, _flusher) = usage_channel(Arc::clone(&store) as Arc<dyn KeyStore>);
-    let authenticator = Authenticator {
-        key_format: config.key_format.clone(),
-        catalog: Arc::clone(&config.catalog),
-        denials: config.denials.clone(),
-        cache: Arc::clone(&cache),
-        store: Arc::clone(&store) as Arc<dyn KeyStore>,
+    let (authenticator, manager) = in_process(
+        Arc::clone(&store) as Arc<dyn KeyStore>,
+        Arc::clone(&cache),
         freshness,
-        bans: FailedAuthBans::new(config.bans.clone()),
-        rate_limits: KeyRateLimits::new(None, 1_000),
-        usage,
-        telemetry: Arc::new(Telemetry::disabled()),
-    };
-    let manager = KeyManager {
-        store: Arc::clone(&store) as Arc<dyn KeyStore>,
-        cache: Arc::clone(&cache),
-        catalog: Arc::clone(&config.catalog),
-        key_format: config.key_format.clone(),
-        max_active_keys_per_account: 10,
-    };
+    );
     Some(Parts {
         store,
         cache,
@@ -198,6 +183,37 @@ async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
         manager,
         _database: database,
     })
+}
+
+/// The hot path and key management of one replica, in this process, over
+/// `store` (typically a decorator around the real store) and `cache`.
+pub(crate) fn in_process(
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    freshness: Arc<Freshness>,
+) -> (Authenticator, KeyManager) {
+    let config = Config::default();
+    let (usage, _flusher) = usage_channel(Arc::clone(&store));
+    let authenticator = Authenticator {
+        key_format: config.key_format.clone(),
+        catalog: Arc::clone(&config.catalog),
+        denials: config.denials.clone(),
+        cache: Arc::clone(&cache),
+        store: Arc::clone(&store),
+        freshness,
+        bans: FailedAuthBans::new(config.bans.clone()),
+        rate_limits: KeyRateLimits::new(None, 1_000),
+        usage,
+        telemetry: Arc::new(Telemetry::disabled()),
+    };
+    let manager = KeyManager {
+        store,
+        cache,
+        catalog: Arc::clone(&config.catalog),
+        key_format: config.key_format.clone(),
+        max_active_keys_per_account: 10,
+    };
+    (authenticator, manager)
 }
 
 async fn create(manager: &KeyManager) -> (KeyId, String) {
