@@ -10,7 +10,8 @@
 //!
 //! A stream never claims more than it knows: history pages are re-checked
 //! against pruning (a page read while the pruner ran may have a hole: the
-//! stream ends with OUT_OF_RANGE), a replica that had to skip pruned events
+//! stream ends with OUT_OF_RANGE), a replica that had to start over (events
+//! pruned before it applied them, or a log rewound by a restore or failover)
 //! ends its streams the same way, checkpoints pause while the replica cannot
 //! prove it is current, and at shutdown streams end with UNAVAILABLE and the
 //! position to resume from. The number of streams per replica is bounded.
@@ -26,7 +27,7 @@ use tonic::Status;
 use super::convert::millis_to_timestamp;
 use crate::domain::{AccountId, UnixMillis};
 use crate::proto::RevocationEvent;
-use crate::revocation_feed::{FeedItem, RevocationFeed};
+use crate::revocation_feed::{FeedItem, GapCause, RevocationFeed};
 use crate::storage::{KeyEvent, StoreError};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -116,6 +117,13 @@ fn gap_status(position: u64) -> Status {
     ))
 }
 
+fn rewound_status(position: u64) -> Status {
+    Status::out_of_range(format!(
+        "the event log no longer holds what this stream delivered up to {position} \
+         (the database was restored or failed over); resync your cache and restart with after_seq = 0"
+    ))
+}
+
 async fn run(
     feed: Arc<RevocationFeed>,
     mut live: broadcast::Receiver<FeedItem>,
@@ -190,8 +198,12 @@ async fn run(
                 }
             }
             received = live.recv() => match received {
-                Ok(FeedItem::Gap { .. }) => {
-                    let _ = outbox.send(Err(gap_status(position))).await;
+                Ok(FeedItem::Gap { cause, .. }) => {
+                    let status = match cause {
+                        GapCause::Pruned => gap_status(position),
+                        GapCause::Rewound => rewound_status(position),
+                    };
+                    let _ = outbox.send(Err(status)).await;
                     return;
                 }
                 Ok(FeedItem::Event(event)) => {

@@ -19,7 +19,233 @@ use crate::on_both_databases;
 on_both_databases!(
     a_load_racing_a_revocation_never_resurrects_the_key,
     a_replica_behind_pruned_history_starts_over,
+    a_log_that_ends_before_what_was_applied_is_a_gap,
+    a_log_rewritten_from_an_older_copy_is_a_gap,
 );
+
+/// Puts the test's own database back to "just after event `seq`", as a
+/// restore from a backup (or a failover to a standby that was behind)
+/// would: later events are gone and their sequence numbers will be drawn
+/// again.
+pub(crate) async fn rewind_log(database: &TestDatabase, seq: i64) {
+    match database.db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&database.url).await.unwrap();
+            sqlx::query("DELETE FROM key_events WHERE seq > ?1")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'key_events'")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            sqlx::query("DELETE FROM key_events WHERE seq > $1")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("SELECT setval('key_events_seq', $1)")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A follower over a fresh database with `count` keys (all live), the keys,
+/// and the feed's live broadcast.
+struct Follower {
+    store: Arc<dyn keyward::storage::KeyStore>,
+    cache: Arc<keyward::key_cache::KeyCache>,
+    feed: Arc<keyward::revocation_feed::RevocationFeed>,
+    live: tokio::sync::broadcast::Receiver<keyward::revocation_feed::FeedItem>,
+    keys: Vec<keyward::storage::KeyRecord>,
+    database: Arc<TestDatabase>,
+}
+
+async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
+    use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
+    use keyward::key_cache::{CacheSettings, KeyCache};
+    use keyward::revocation_feed::{FeedSettings, RevocationFeed};
+    use keyward::storage::{self, NewKey, PoolSettings};
+
+    let database = TestDatabase::create(db).await?;
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
+    let feed = RevocationFeed::start(
+        Arc::clone(&store),
+        Arc::clone(&store),
+        Arc::clone(&cache),
+        FeedSettings::default(),
+    )
+    .await
+    .unwrap();
+    let live = feed.subscribe();
+    let mut keys = Vec::new();
+    for i in 0..count {
+        keys.push(
+            store
+                .create_key(
+                    NewKey {
+                        id: KeyId::generate(),
+                        account_id: AccountId::parse("acct_1").unwrap(),
+                        name: KeyName::parse("k").unwrap(),
+                        digest: KeyDigest::of(&format!("cc_{i}")),
+                        start: "cc_000000".into(),
+                        scopes: vec![],
+                        rate_limit: None,
+                        created_at: UnixMillis::now(),
+                        expires_at: None,
+                    },
+                    10,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    Some(Follower {
+        store,
+        cache,
+        feed,
+        live,
+        keys,
+        database,
+    })
+}
+
+impl Follower {
+    /// Caches key `i` as live, as a lookup would.
+    fn cache_live(&self, i: usize) {
+        use keyward::key_cache::CachedKey;
+        let key = &self.keys[i];
+        let cached = Arc::new(CachedKey::from_record(
+            key.clone(),
+            &keyward::scope_catalog::ScopeCatalog::carboncopy(),
+        ));
+        assert!(self.cache.insert_by_digest(
+            self.cache.ticket_for_digest(&key.digest),
+            &cached,
+            key.digest
+        ));
+    }
+
+    fn is_cached(&self, i: usize) -> bool {
+        use keyward::key_cache::Lookup;
+        matches!(
+            self.cache.lookup_digest(&self.keys[i].digest),
+            Lookup::Hit(_)
+        )
+    }
+
+    async fn revoke(&self, i: usize) {
+        let key = &self.keys[i];
+        self.store
+            .revoke_key(&key.account_id, &key.id, keyward::domain::UnixMillis::now())
+            .await
+            .unwrap();
+    }
+
+    /// The broadcast items so far: events' sequences, and gaps.
+    fn broadcast(&mut self) -> Vec<String> {
+        use keyward::revocation_feed::FeedItem;
+        let mut items = Vec::new();
+        while let Ok(item) = self.live.try_recv() {
+            items.push(match item {
+                FeedItem::Event(event) => format!("event {}", event.seq),
+                FeedItem::Gap { resumed_at, cause } => format!("gap {cause:?} at {resumed_at}"),
+            });
+        }
+        items
+    }
+}
+
+/// The follower applied events 1 to 3; the database is then put back to
+/// just after event 1 and a new revocation draws seq 2 again. The log now
+/// ends before what the follower applied: it must not wait for seq 4 (and
+/// skip the new revocation), but clear its cache and start over at 2.
+async fn a_log_that_ends_before_what_was_applied_is_a_gap(db: Db) {
+    let Some(mut follower) = follower_with_keys(db, 5).await else {
+        return;
+    };
+    for i in 0..3 {
+        follower.revoke(i).await;
+    }
+    follower.feed.poll_once().await.unwrap();
+    assert_eq!(follower.feed.applied_seq(), 3);
+    follower.cache_live(3);
+    // A replica that started at seq 3 has applied no event it could check.
+    let started_late = keyward::revocation_feed::RevocationFeed::start(
+        Arc::clone(&follower.store),
+        Arc::clone(&follower.store),
+        Arc::new(keyward::key_cache::KeyCache::new(&Default::default())),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut started_late_live = started_late.subscribe();
+
+    rewind_log(&follower.database, 1).await;
+    follower.revoke(3).await;
+    follower.feed.poll_once().await.unwrap();
+    started_late.poll_once().await.unwrap();
+
+    assert!(!follower.is_cached(3), "the revoked key is still cached");
+    assert_eq!(follower.feed.applied_seq(), 2);
+    assert_eq!(
+        follower.broadcast(),
+        ["event 1", "event 2", "event 3", "gap Rewound at 2"]
+    );
+    assert_eq!(started_late.applied_seq(), 2);
+    assert!(matches!(
+        started_late_live.try_recv(),
+        Ok(keyward::revocation_feed::FeedItem::Gap {
+            resumed_at: 2,
+            cause: keyward::revocation_feed::GapCause::Rewound
+        })
+    ));
+    // And it follows the log from there.
+    follower.cache_live(4);
+    follower.revoke(4).await;
+    follower.feed.poll_once().await.unwrap();
+    assert!(!follower.is_cached(4));
+    assert_eq!(follower.broadcast(), ["event 3"]);
+}
+
+/// As above, but enough new changes land before the follower polls that the
+/// rewound log is as long as before: only the differing event at seq 3 (the
+/// last one it applied) shows that the log was rewritten.
+async fn a_log_rewritten_from_an_older_copy_is_a_gap(db: Db) {
+    let Some(mut follower) = follower_with_keys(db, 5).await else {
+        return;
+    };
+    for i in 0..3 {
+        follower.revoke(i).await;
+    }
+    follower.feed.poll_once().await.unwrap();
+    follower.cache_live(3);
+    follower.cache_live(4);
+
+    rewind_log(&follower.database, 1).await;
+    follower.revoke(3).await;
+    follower.revoke(4).await;
+    assert_eq!(follower.store.latest_seq().await.unwrap(), 3);
+    follower.feed.poll_once().await.unwrap();
+
+    assert!(!follower.is_cached(3), "a revoked key is still cached");
+    assert!(!follower.is_cached(4), "a revoked key is still cached");
+    assert_eq!(
+        follower.broadcast(),
+        ["event 1", "event 2", "event 3", "gap Rewound at 3"]
+    );
+}
 
 /// A replica that was cut off while retention pruned events it never
 /// applied must notice even when later events remain (a non-empty page),

@@ -37,6 +37,7 @@ on_both_databases!(
     watchers_beyond_the_bound_are_refused,
     pruning_under_the_first_history_read_is_out_of_range,
     pruning_between_history_pages_is_out_of_range,
+    a_rewound_log_ends_streams_out_of_range,
 );
 
 async fn watch(app: &mut TestApp, after_seq: u64, account: &str) -> Streaming<RevocationEvent> {
@@ -626,4 +627,49 @@ async fn pruning_between_history_pages_is_out_of_range(db: Db) {
         "{}",
         status.message()
     );
+}
+
+/// The database is put back to an older copy under a live stream: the
+/// replica notices and the stream ends OUT_OF_RANGE, telling the client to
+/// resync, instead of waiting for sequence numbers it has already passed.
+async fn a_rewound_log_ends_streams_out_of_range(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let mut stream = watch(&mut app, 0, "").await;
+    next(&mut stream).await;
+    for i in 0..3 {
+        let account = format!("acct_{i}");
+        let (key, _) = app.create_key(&account, &[]).await;
+        app.revoke(&account, &key.id).await;
+    }
+    let mut position = 0;
+    for _ in 0..3 {
+        position = next_event(&mut stream).await.seq;
+    }
+
+    crate::revocation::rewind_log(&app.database, 1).await;
+    let (key, _) = app.create_key("acct_after", &[]).await;
+    app.revoke("acct_after", &key.id).await;
+
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+            Ok(Ok(Some(event))) => assert_eq!(event.kind, "checkpoint", "{event:?}"),
+            Ok(Err(status)) => break status,
+            other => panic!("expected OUT_OF_RANGE, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("delivered up to {position}")),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("resync"), "{}", status.message());
+    // A fresh start works.
+    let mut fresh = watch(&mut app, 0, "").await;
+    assert_eq!(next(&mut fresh).await.seq, 2);
+    app.shutdown().await;
 }
