@@ -4,10 +4,12 @@
 //! order and sends a NOTIFY that followers receive through `PgListener`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
 use super::{
@@ -32,21 +34,43 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects and runs the migrations.
     pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
-        let store = Self::connect(url, settings).await?;
+        // On a connection of its own, without the session limits below: a
+        // replica waiting for another one's migration must not give up.
         // sqlx takes an advisory lock here, so replicas starting together
         // migrate once.
-        sqlx::migrate!("migrations/postgres")
-            .run(&store.pool)
-            .await?;
-        Ok(store)
+        let mut conn = PgConnection::connect_with(&Self::connect_options(url)?).await?;
+        sqlx::migrate!("migrations/postgres").run(&mut conn).await?;
+        conn.close().await?;
+        Self::connect(url, settings).await
     }
 
-    /// Connects to a database whose schema is already in place.
+    fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+        Ok(PgConnectOptions::from_str(url)?.application_name("keyward"))
+    }
+
+    /// Connects to a database whose schema is already in place. Every
+    /// session gets `lock_timeout` and `idle_in_transaction_session_timeout`
+    /// (see `PoolSettings`): writers of the event log commit one at a time
+    /// under one lock, so without them a replica that stalls inside a write
+    /// would stop every replica's writes until TCP gives up, for minutes.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("keyward");
+        let options = Self::connect_options(url)?;
+        let limits: Arc<str> = format!(
+            "SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+            settings.lock_timeout.as_millis().max(1),
+            settings.idle_in_transaction_timeout.as_millis().max(1),
+        )
+        .into();
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            .after_connect(move |conn, _| {
+                let limits = Arc::clone(&limits);
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(&*limits)).await?;
+                    Ok(())
+                })
+            })
             .connect_with(options.clone())
             .await?;
         Ok(Self { pool, options })
@@ -157,20 +181,31 @@ impl KeyStore for PostgresStore {
         id: &KeyId,
         now: UnixMillis,
     ) -> Result<KeyRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut record = Self::key_in_account(&mut tx, account, id, true).await?;
-        if record.revoked_at.is_some() {
-            return Ok(record);
+        // One autocommit statement: the event log's ordering lock (taken by
+        // the insert's trigger) is then held only inside the server, from
+        // the insert to the commit, never across a round trip to this
+        // process. Only a live key matches, so revoking twice logs once.
+        let revoked: Option<KeyRow> = sqlx::query_as(concat!(
+            "WITH revoked AS (UPDATE api_keys SET revoked_at = $1 \
+             WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL RETURNING ",
+            key_columns!(),
+            "), logged AS (INSERT INTO key_events (key_id, account_id, key_hash, kind, at) \
+             SELECT id, account_id, key_hash, $4, $1 FROM revoked) \
+             SELECT ",
+            key_columns!(),
+            " FROM revoked"
+        ))
+        .bind(now.0)
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .bind(EventKind::Revoked.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match revoked {
+            Some(row) => row.try_into(),
+            // Already revoked (returned unchanged), or not this account's key.
+            None => self.get_key(account, id).await,
         }
-        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
-            .bind(now.0)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        Self::append_event(&mut tx, &record, EventKind::Revoked, now).await?;
-        tx.commit().await?;
-        record.revoked_at = Some(now);
-        Ok(record)
     }
 
     async fn update_key(
