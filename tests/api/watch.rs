@@ -38,6 +38,7 @@ on_both_databases!(
     pruning_under_the_first_history_read_is_out_of_range,
     pruning_between_history_pages_is_out_of_range,
     a_rewound_log_ends_streams_out_of_range,
+    a_consumer_that_stops_reading_is_cut_off_and_frees_its_place,
 );
 
 async fn watch(app: &mut TestApp, after_seq: u64, account: &str) -> Streaming<RevocationEvent> {
@@ -671,5 +672,107 @@ async fn a_rewound_log_ends_streams_out_of_range(db: Db) {
     // A fresh start works.
     let mut fresh = watch(&mut app, 0, "").await;
     assert_eq!(next(&mut fresh).await.seq, 2);
+    app.shutdown().await;
+}
+
+/// A client opens a stream and reads nothing while many events are
+/// produced. The server must not let it keep the only watcher place: after
+/// a checkpoint interval of taking nothing it is cut off, and a new stream
+/// is admitted. When the stuck client reads at last, it gets what was queued,
+/// then RESOURCE_EXHAUSTED naming a position from which resuming delivers
+/// every remaining event.
+async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
+    let mut config = test_config();
+    config.feed.max_watchers = 1;
+    config.feed.checkpoint_interval = Duration::from_millis(300);
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    // A client that accepts little data before it reads.
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", app_addr(&app)))
+        .unwrap()
+        .initial_stream_window_size(Some(256))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut stuck = KeyServiceClient::new(narrow)
+        .watch_revocations(proto::WatchRevocationsRequest {
+            after_seq: 0,
+            account_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = app
+        .keys
+        .watch_revocations(proto::WatchRevocationsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "the place is taken"
+    );
+
+    let total = 60;
+    for i in 0..total {
+        let account = format!("acct_{i}");
+        let (key, _) = app.create_key(&account, &[]).await;
+        app.revoke(&account, &key.id).await;
+    }
+    let admitted = crate::helpers::eventually(Duration::from_secs(20), async || {
+        app.keys
+            .watch_revocations(proto::WatchRevocationsRequest::default())
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(admitted, "the stuck consumer still holds the only place");
+
+    let mut last_seq = 0;
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stuck.message()).await {
+            Ok(Ok(Some(event))) => {
+                last_seq = event.seq;
+                received += usize::from(event.kind != "checkpoint");
+            }
+            Ok(Err(status)) => break status,
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("resume with after_seq = {last_seq}")),
+        "{}",
+        status.message()
+    );
+    assert!(received < total, "it was cut off before the end");
+    // The probe stream above frees its place once the server sees it closed.
+    let mut resumed = None;
+    crate::helpers::eventually(Duration::from_secs(10), async || {
+        resumed = app
+            .keys
+            .watch_revocations(proto::WatchRevocationsRequest {
+                after_seq: last_seq,
+                account_id: String::new(),
+            })
+            .await
+            .ok()
+            .map(tonic::Response::into_inner);
+        resumed.is_some()
+    })
+    .await;
+    let mut resumed = resumed.expect("a resumed stream is admitted");
+    let mut previous = last_seq;
+    while received < total {
+        let event = next_event(&mut resumed).await;
+        assert!(event.seq > previous);
+        previous = event.seq;
+        received += 1;
+    }
     app.shutdown().await;
 }
