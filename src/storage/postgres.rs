@@ -22,8 +22,13 @@ use crate::storage::Backend;
 
 /// The NOTIFY channel the event-log trigger signals.
 pub const EVENTS_CHANNEL: &str = "keyward_key_events";
-/// `application_name` of the listener connection, so operators (and tests)
-/// can find it in `pg_stat_activity`.
+/// `application_name` of keyward's sessions, unless the database URL names
+/// another (`?application_name=...`, to tell replicas apart).
+pub const APPLICATION_NAME: &str = "keyward";
+/// Appended to the application name for the listener connection, so
+/// operators (and tests) can find it in `pg_stat_activity`.
+pub const LISTENER_SUFFIX: &str = "-listener";
+/// `application_name` of the listener connection by default.
 pub const LISTENER_APPLICATION_NAME: &str = "keyward-listener";
 
 pub struct PostgresStore {
@@ -45,7 +50,11 @@ impl PostgresStore {
     }
 
     fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
-        Ok(PgConnectOptions::from_str(url)?.application_name("keyward"))
+        let options = PgConnectOptions::from_str(url)?;
+        Ok(match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name(APPLICATION_NAME),
+        })
     }
 
     /// Connects to a database whose schema is already in place. Every
@@ -378,29 +387,43 @@ impl KeyStore for PostgresStore {
     }
 
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
+        let name = format!(
+            "{}{LISTENER_SUFFIX}",
+            self.options
+                .get_application_name()
+                .unwrap_or(APPLICATION_NAME)
+        );
+        // Two: a dropped listener hands its connection back in the
+        // background, and a half-dead one must not block its replacement.
         let listener_pool = PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(2)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(
-                self.options
-                    .clone()
-                    .application_name(LISTENER_APPLICATION_NAME),
-            );
-        let mut listener = PgListener::connect_with(&listener_pool).await?;
-        listener.listen(EVENTS_CHANNEL).await?;
+            .connect_lazy_with(self.options.clone().application_name(&name));
+        let listener = listen(&listener_pool).await?;
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(forward_notifications(listener, tx));
+        tokio::spawn(forward_notifications(listener_pool, listener, tx));
         Ok(rx)
     }
 }
 
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(EVENTS_CHANNEL).await?;
+    Ok(listener)
+}
+
 /// Turns notifications into wake-ups until the follower goes away. When the
-/// connection drops, `PgListener` reconnects and re-listens on the next call;
-/// notifications sent in between are lost, which the follower covers by
-/// replaying from its last applied sequence (it is told `Resubscribed`, and
-/// it polls on an interval regardless).
-async fn forward_notifications(mut listener: PgListener, wakeups: mpsc::Sender<Wakeup>) {
-    let mut backoff = Duration::from_millis(50);
+/// connection drops, the listener is re-established (`PgListener` does it by
+/// itself for a clean loss; after an error a new one is made, with backoff),
+/// and only then is the follower told `Resubscribed`: its replay from the
+/// last applied sequence then starts after the new LISTEN, so no change
+/// falls between the two. Notifications sent while disconnected are lost;
+/// that replay (and the poll interval) covers them.
+async fn forward_notifications(
+    pool: PgPool,
+    mut listener: PgListener,
+    wakeups: mpsc::Sender<Wakeup>,
+) {
     loop {
         let next = tokio::select! {
             next = listener.try_recv() => next,
@@ -408,21 +431,46 @@ async fn forward_notifications(mut listener: PgListener, wakeups: mpsc::Sender<W
         };
         let wakeup = match next {
             Ok(Some(_)) => Wakeup::Changed,
+            // Lost and already listening again (PgListener reconnects eagerly).
             Ok(None) => {
-                tracing::warn!("event listener connection lost; reconnecting");
+                tracing::warn!("event listener connection lost; reconnected");
                 Wakeup::Resubscribed
             }
             Err(error) => {
-                tracing::warn!(%error, ?backoff, "event listener cannot reconnect; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
+                tracing::warn!(%error, "event listener failed; reconnecting");
+                drop(listener);
+                match relisten(&pool, &wakeups).await {
+                    Some(again) => listener = again,
+                    None => return,
+                }
+                tracing::info!("event listener reconnected");
+                Wakeup::Resubscribed
             }
         };
-        backoff = Duration::from_millis(50);
         match wakeups.try_send(wakeup) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// A new listener, retried with backoff; `None` once the follower is gone.
+async fn relisten(pool: &PgPool, wakeups: &mpsc::Sender<Wakeup>) -> Option<PgListener> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        tokio::select! {
+            attempt = listen(pool) => match attempt {
+                Ok(listener) => return Some(listener),
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "event listener cannot reconnect; retrying");
+                }
+            },
+            () = wakeups.closed() => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = wakeups.closed() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

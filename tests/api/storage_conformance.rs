@@ -431,3 +431,41 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
     assert!(revoked.revoked_at.is_some());
     assert_eq!(store.events_after(0, 10).await.unwrap().len(), 1);
 }
+
+/// The database goes away under the listener and comes back: the listener
+/// reconnects by itself and says `Resubscribed` once it listens again, so
+/// the follower replays at once instead of waiting for its next poll (no
+/// change is made, so no `Changed` hint could stand in for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_says_resubscribed_when_it_listens_again() {
+    use crate::helpers::postgres::{ThrowawayCluster, report_skip};
+    use keyward::storage::Wakeup;
+
+    let cluster = match ThrowawayCluster::start() {
+        Ok(cluster) => cluster,
+        Err(reason) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but no throwaway PostgreSQL: {reason}");
+            }
+            report_skip(&format!(
+                "the_listener_says_resubscribed_when_it_listens_again: {reason}"
+            ));
+            return;
+        }
+    };
+    let database = TestDatabase::create_postgres(&cluster.admin_url()).await;
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let mut wakeups = store.subscribe_wakeups().await.unwrap();
+
+    cluster.stop();
+    // Whatever the loss itself produced, drop it: what counts is after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while wakeups.try_recv().is_ok() {}
+    cluster.start_again().expect("restart PostgreSQL");
+
+    let woke = tokio::time::timeout(Duration::from_secs(30), wakeups.recv()).await;
+    assert!(matches!(woke, Ok(Some(Wakeup::Resubscribed))), "{woke:?}");
+    drop(database);
+}
