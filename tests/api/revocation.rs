@@ -430,96 +430,186 @@ async fn concurrent_revocations_on_both_replicas_are_all_applied() {
     }
 }
 
-async fn listener_backends(admin: &mut sqlx::PgConnection) -> Vec<i32> {
+/// The `application_name` replica B's sessions carry (its database URL
+/// names it), so the test can kill B's and only B's.
+const REPLICA_B: &str = "keyward_b";
+
+/// B's sessions in the test's database: its pool, its follower's pool and
+/// (with `listener_only`) just its listener.
+async fn replica_b_backends(admin: &mut sqlx::PgConnection, listener_only: bool) -> Vec<i32> {
+    let pattern = if listener_only {
+        format!("{REPLICA_B}{}", keyward::storage::postgres::LISTENER_SUFFIX)
+    } else {
+        format!("{REPLICA_B}%")
+    };
     sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 AND datname = current_database()",
     )
-    .bind(keyward::storage::postgres::LISTENER_APPLICATION_NAME)
+    .bind(pattern)
     .fetch_all(admin)
     .await
     .unwrap()
 }
 
-/// The listener connection is killed (pg_terminate_backend) again and again
-/// while revocations happen: B never accepts a revoked key once the
-/// fail-closed bound has passed, and it recovers by itself.
+/// Replica B's connections to the database (listener, follower and pool)
+/// are killed with pg_terminate_backend again and again from a spawned loop
+/// while A revokes keys B has cached. B is sampled continuously from each
+/// RevokeKey's return until past the fail-closed bound: once the bound has
+/// passed it never answers "allowed" (revoked, or unavailable when it cannot
+/// prove it is current). Then it recovers by itself, and a revocation
+/// reaches it by NOTIFY: far sooner than its next poll could.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_listener_never_lets_a_revoked_key_through() {
+    use keyward::proto::key_service_client::KeyServiceClient;
+    use keyward::server::{self, ServeOptions};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::time::Instant;
+
     let Some(database) = TestDatabase::create(Db::Postgres).await else {
         return;
     };
     let mut config = test_config();
-    // Poll slowly, so notifications (and their loss) matter.
-    config.feed.poll_interval = Duration::from_millis(400);
-    config.feed.freshness_bound = Duration::from_secs(1);
+    // Poll seldom, so that only NOTIFY explains a quick denial.
+    config.feed.poll_interval = Duration::from_secs(5);
+    config.feed.freshness_bound = Duration::from_secs(10);
     let bound = config.feed.freshness_bound;
+    let margin = Duration::from_secs(1);
     let mut a = spawn_on(database.clone(), config.clone()).await;
-    let mut b = spawn_on(database.clone(), config).await;
+    let b = server::start(ServeOptions {
+        config,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("{}?application_name={REPLICA_B}", database.url),
+    })
+    .await
+    .expect("replica B starts");
+    let b_channel = crate::helpers::connect(b.addr()).await;
+    let b_keys = KeyServiceClient::new(b_channel.clone());
+    let mut b_health = tonic_health::pb::health_client::HealthClient::new(b_channel);
+    let authenticate_on_b = move |secret: String| {
+        let mut client = b_keys.clone();
+        async move {
+            client
+                .authenticate(proto::AuthenticateRequest {
+                    credential: secret,
+                    ..Default::default()
+                })
+                .await
+                .expect("Authenticate on B")
+                .into_inner()
+        }
+    };
     let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), async || !listener_backends(
-            &mut admin
-        )
-        .await
-        .is_empty())
+        eventually(Duration::from_secs(5), async || {
+            !replica_b_backends(&mut admin, true).await.is_empty()
+        })
         .await,
-        "listeners connected"
+        "B's listener connected"
     );
 
-    let mut killed = 0;
+    // Keys B has cached as live.
+    let mut keys = Vec::new();
     for round in 0..6 {
         let account = format!("acct_{round}");
         let (key, secret) = a.create_key(&account, &[]).await;
-        assert!(b.authenticate(&secret, &[]).await.allowed);
+        assert!(authenticate_on_b(secret.clone()).await.allowed);
+        keys.push((account, key.id, secret));
+    }
 
-        for pid in listener_backends(&mut admin).await {
-            let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-                .bind(pid)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-            killed += usize::from(terminated);
+    let stop_killing = Arc::new(AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let stop = Arc::clone(&stop_killing);
+        let url = database.url.clone();
+        async move {
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let (mut listeners, mut others) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let listener = replica_b_backends(&mut admin, true).await;
+                for pid in replica_b_backends(&mut admin, false).await {
+                    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                        .bind(pid)
+                        .fetch_one(&mut admin)
+                        .await
+                        .unwrap();
+                    if terminated && listener.contains(&pid) {
+                        listeners += 1;
+                    } else if terminated {
+                        others += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (listeners, others)
         }
-        a.revoke(&account, &key.id).await;
+    });
 
-        // Once the bound has passed, B must deny, whatever state its
-        // listener is in: revoked (caught up) or unavailable (cannot prove it).
-        tokio::time::sleep(bound).await;
-        let after_bound = reason(&b.authenticate(&secret, &[]).await);
+    let mut samplers = Vec::new();
+    for (account, id, secret) in &keys {
+        a.revoke(account, id).await;
+        let returned = Instant::now();
+        let sample = authenticate_on_b.clone();
+        let secret = secret.clone();
+        samplers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while returned.elapsed() < bound + margin {
+                let sent = returned.elapsed();
+                let answer = sample(secret.clone()).await;
+                if sent > bound {
+                    assert!(
+                        !answer.allowed,
+                        "a revoked key was allowed {sent:?} after RevokeKey returned: {answer:?}"
+                    );
+                }
+                answers.push(reason(&answer));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for sampler in samplers {
+        let answers = sampler.await.expect("sampler");
+        let last = answers.last().copied();
         assert!(
-            matches!(after_bound, Reason::Revoked | Reason::Unavailable),
-            "round {round}: revoked key answered {after_bound:?} after the bound"
+            matches!(last, Some(Reason::Revoked | Reason::Unavailable)),
+            "after the bound: {last:?}"
         );
     }
-    assert!(killed > 0, "the test did kill listener connections");
+    stop_killing.store(true, Ordering::Relaxed);
+    let (listeners_killed, others_killed) = killer.await.unwrap();
+    assert!(listeners_killed > 0, "the test killed B's listener");
+    assert!(others_killed > 0, "the test killed B's other sessions");
 
-    // Recovery: the listener comes back and a new revocation travels by it.
+    // Recovery, by itself: serving, listening, and revocations arrive by
+    // NOTIFY, each well within the 5 s until the next poll at the latest.
+    let serving = eventually(Duration::from_secs(20), async || {
+        b_health
+            .check(HealthCheckRequest::default())
+            .await
+            .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+    })
+    .await;
+    assert!(serving, "B did not return to SERVING");
     assert!(
-        eventually(Duration::from_secs(10), async || !listener_backends(
-            &mut admin
-        )
-        .await
-        .is_empty())
-        .await,
-        "listener reconnected"
-    );
-    let (key, secret) = a.create_key("acct_recovery", &[]).await;
-    assert!(b.authenticate(&secret, &[]).await.allowed);
-    a.revoke("acct_recovery", &key.id).await;
-    assert!(
-        eventually(Duration::from_secs(2), async || {
-            reason(&b.authenticate(&secret, &[]).await) == Reason::Revoked
+        eventually(Duration::from_secs(10), async || {
+            !replica_b_backends(&mut admin, true).await.is_empty()
         })
-        .await
+        .await,
+        "B's listener reconnected"
     );
-    let health = b
-        .health
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .status();
-    assert_eq!(health, ServingStatus::Serving);
+    for round in 0..3 {
+        let account = format!("acct_recovery_{round}");
+        let (key, secret) = a.create_key(&account, &[]).await;
+        assert!(authenticate_on_b(secret.clone()).await.allowed);
+        a.revoke(&account, &key.id).await;
+        let by_notify = eventually(Duration::from_millis(1_500), async || {
+            reason(&authenticate_on_b(secret.clone()).await) == Reason::Revoked
+        })
+        .await;
+        assert!(by_notify, "round {round}: no NOTIFY reached B");
+    }
+    a.shutdown().await;
+    b.shutdown().await.expect("B stops cleanly");
 }
 
 async fn revoke_by_hand(conn: &mut sqlx::PgConnection, id: &str) {
