@@ -37,6 +37,7 @@ on_both_databases!(
     a_lookup_that_rereads_until_a_revocation_is_not_allowed_or_cached,
     a_lookup_by_id_that_rereads_until_a_revocation_is_not_allowed_or_cached,
     a_lookup_disturbed_on_every_read_fails_closed,
+    a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached,
 );
 
 /// Holds the next key reads (by digest or id), one per armed hold, after
@@ -456,4 +457,93 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
     assert!(reads > 1, "it read again before giving up ({reads} reads)");
     let undisturbed = parts.authenticator.authenticate(presented()).await;
     assert!(undisturbed.allowed(), "{undisturbed:?}");
+}
+
+/// The same race across replicas: A is a real server; B is this process's
+/// hot path with its own cache and event-log follower, over the same
+/// database, its key reads held by `HeldReads`. Each round: B's lookup
+/// misses and holds the live row, A revokes (RevokeKey returns), B's
+/// follower applies the event, and only then does the lookup go on. B must
+/// neither answer "allowed" nor cache the key as live.
+async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db: Db) {
+    use keyward::revocation_feed::{FeedSettings, RevocationFeed};
+
+    let Some(database) = TestDatabase::create(db).await else {
+        return;
+    };
+    let mut a = crate::helpers::spawn_on(database.clone(), crate::helpers::test_config()).await;
+    let real = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let held = Arc::new(HeldReads {
+        inner: Arc::clone(&real),
+        holds: Mutex::new(VecDeque::new()),
+    });
+    let cache = Arc::new(KeyCache::new(&Config::default().cache));
+    let feed = RevocationFeed::start(
+        Arc::clone(&held) as Arc<dyn KeyStore>,
+        real,
+        Arc::clone(&cache),
+        FeedSettings {
+            // Rounds are driven by hand; B stays fresh throughout.
+            freshness_bound: Duration::from_secs(600),
+            ..FeedSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (b, _) = in_process(
+        Arc::clone(&held) as Arc<dyn KeyStore>,
+        Arc::clone(&cache),
+        Arc::clone(feed.freshness()),
+    );
+    fn presented(secret: &str) -> Presented<'_> {
+        Presented {
+            surface: Surface::Authenticate,
+            key: PresentedKey::Credential(secret),
+            required: &[],
+            required_unknown: None,
+            client: None,
+        }
+    }
+
+    for round in 0..20 {
+        let account = format!("acct_{}", round % 4);
+        let (key, secret) = a.create_key(&account, &[]).await;
+        let (row_read, release) = held.arm().await;
+
+        let lookup = b.authenticate(presented(&secret));
+        let revoke_elsewhere = async {
+            row_read.await.unwrap();
+            a.revoke(&account, &key.id).await;
+            let applied = feed.poll_once().await.unwrap();
+            assert!(
+                applied >= 1,
+                "round {round}: B's follower saw the revocation"
+            );
+            release.send(()).unwrap();
+        };
+        let (in_flight, ()) = tokio::join!(lookup, revoke_elsewhere);
+
+        assert!(
+            matches!(
+                reason(&in_flight),
+                Some(Reason::Revoked | Reason::Unavailable)
+            ),
+            "round {round}: B answered from the row read before the revocation: {in_flight:?}"
+        );
+        if let Lookup::Hit(cached) = cache.lookup_digest(&KeyDigest::of(&secret)) {
+            assert!(
+                cached.revoked_at.is_some(),
+                "round {round}: B cached the old row: {cached:?}"
+            );
+        }
+        let after = b.authenticate(presented(&secret)).await;
+        assert_eq!(
+            reason(&after),
+            Some(Reason::Revoked),
+            "round {round}: {after:?}"
+        );
+    }
+    a.shutdown().await;
 }
