@@ -22,8 +22,9 @@ use crate::storage::{KeyRecord, KeyStore, StoreError};
 use crate::telemetry::{CacheLookup, Telemetry};
 use crate::usage::UsageRecorder;
 
-/// How many times a cache miss reloads when a change lands mid-load.
-const LOAD_ATTEMPTS: usize = 3;
+/// How many reads a cache miss makes when changes to keys of its stripe keep
+/// landing mid-read, before it gives up and fails closed.
+const LOAD_ATTEMPTS: usize = 4;
 
 /// Who is asking, and for what.
 pub struct Presented<'a> {
@@ -250,6 +251,7 @@ impl Authenticator {
         let loaded = self
             .load(
                 ticket,
+                |cache| cache.ticket_for_digest(&digest),
                 |store| {
                     let store = Arc::clone(store);
                     async move { store.find_by_digest(&digest).await }
@@ -287,6 +289,7 @@ impl Authenticator {
         let loaded = self
             .load(
                 ticket,
+                |cache| cache.ticket_for_id(id),
                 |store| {
                     let store = Arc::clone(store);
                     let id = id.clone();
@@ -307,9 +310,16 @@ impl Authenticator {
     /// Reads a key and caches it unless a change landed while reading, in
     /// which case it reads again: a read that starts after the change's
     /// epoch bump sees the change.
+    ///
+    /// A row whose insert failed may predate a change that has already been
+    /// applied (RevokeKey may have returned), so it is never the answer,
+    /// except a revoked row: revocation is final, so a revoked row cannot be
+    /// stale in a way that matters. If changes keep landing on the stripe
+    /// for `LOAD_ATTEMPTS` reads, the lookup fails closed (`Unavailable`).
     async fn load<F, Fut>(
         &self,
         mut ticket: LoadTicket,
+        next_ticket: impl Fn(&KeyCache) -> LoadTicket,
         read: F,
         insert: impl Fn(&KeyCache, LoadTicket, &Arc<CachedKey>) -> bool,
     ) -> Result<Loaded, Reason>
@@ -317,7 +327,7 @@ impl Authenticator {
         F: Fn(&Arc<dyn KeyStore>) -> Fut,
         Fut: Future<Output = Result<Option<KeyRecord>, StoreError>>,
     {
-        for attempt in 1..=LOAD_ATTEMPTS {
+        for _ in 0..LOAD_ATTEMPTS {
             let record = match read(&self.store).await {
                 Ok(Some(record)) => record,
                 Ok(None) => return Ok(Loaded::NotFound),
@@ -327,14 +337,16 @@ impl Authenticator {
                 }
             };
             let key = Arc::new(CachedKey::from_record(record, &self.catalog));
-            if insert(&self.cache, ticket, &key) || attempt == LOAD_ATTEMPTS {
-                // On the last attempt the answer stands uncached: the change
-                // that keeps landing is concurrent with this request.
+            if insert(&self.cache, ticket, &key) || key.revoked_at.is_some() {
                 return Ok(Loaded::Found(key));
             }
-            ticket = self.cache.ticket();
+            ticket = next_ticket(&self.cache);
         }
-        unreachable!("the loop returns on its last attempt")
+        tracing::warn!(
+            attempts = LOAD_ATTEMPTS,
+            "key lookup raced a change on every read; failing closed"
+        );
+        Err(Reason::Unavailable)
     }
 }
 

@@ -731,11 +731,13 @@ async fn propagation(
         .await?;
         let revoked_at = Instant::now();
         loop {
-            if !on_b
-                .authenticate(request.clone())
-                .await?
-                .into_inner()
-                .allowed
+            // Only REVOKED shows the revocation arrived; any other denial
+            // (UNAVAILABLE, RATE_LIMITED) is B not knowing yet.
+            let answer = on_b.authenticate(request.clone()).await?.into_inner();
+            if answer
+                .denial
+                .as_ref()
+                .is_some_and(|denial| denial.reason() == proto::denial::Reason::Revoked)
             {
                 break;
             }

@@ -3,15 +3,23 @@
 //! no key. All three are moka caches with a TTL as a safety net; the event
 //! log keeps them honest.
 //!
-//! **Invariant:** a load that raced with a change never re-inserts the old
-//! state. Every change bumps `epoch` and then removes the key under its stripe
-//! lock; a loader notes the epoch before its database read and inserts under
-//! the same stripe lock only if the epoch has not moved. Either the loader
-//! inserts first (and the change removes the entry after), or the change
-//! bumped the epoch first (and the loader sees it and does not insert).
+//! **Invariant:** a load that raced with a change never inserts the old
+//! state. Keys hash to stripes (by digest for the digest map, by id for the
+//! id map); each stripe holds an epoch under a lock. A change bumps the
+//! epoch of its key's stripes and removes the entries under the same locks;
+//! a loader takes a ticket (the stripe's epoch) before its database read and
+//! inserts, under the stripe lock, only if the epoch has not moved. Either
+//! the loader inserts first (and the change removes the entry after), or the
+//! change came first (and the loader sees the new epoch and does not
+//! insert). A failed insert tells the loader its row may predate a change:
+//! it must not answer from it either (see `authenticator.rs`).
+//!
+//! Epochs are per stripe so that changes to other keys (a backlog replay, a
+//! busy management API) rarely disturb a load: only a key that shares the
+//! stripe does.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +29,9 @@ use crate::domain::{AccountId, KeyDigest, KeyId, RateLimit, UnixMillis};
 use crate::scope_catalog::{ScopeCatalog, ScopeSet};
 use crate::storage::KeyRecord;
 
-const STRIPES: usize = 64;
+/// Stripes per map. Many, so that unrelated changes seldom share a stripe
+/// with a load in flight; each is one small lock.
+const STRIPES: usize = 1024;
 
 /// A key as the hot path needs it: scopes resolved to bit sets, and the
 /// in-memory last-use time that the usage flusher writes back.
@@ -115,10 +125,34 @@ pub enum Lookup {
     Miss(LoadTicket),
 }
 
-/// Proof of when a load started, for the insert-if-unchanged check.
-#[derive(Debug, Clone, Copy)]
+/// Proof of when a load started, for the insert-if-unchanged check: the
+/// epoch of the stripe the load will insert into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadTicket {
+    map: Map,
+    stripe: usize,
     epoch: u64,
+}
+
+/// Which map a ticket is for (a digest ticket cannot vouch for an id insert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Map {
+    ByDigest,
+    ById,
+}
+
+/// One stripe: the count of changes to its keys, behind the lock that orders
+/// inserts against those changes.
+struct Stripe {
+    epoch: Mutex<u64>,
+}
+
+impl Stripe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.epoch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -146,13 +180,28 @@ pub struct KeyCache {
     unknown: Cache<KeyDigest, ()>,
     /// Key ids recently looked up (CheckScope by id) and not found.
     unknown_ids: Cache<KeyId, ()>,
-    epoch: AtomicU64,
-    stripes: [Mutex<()>; STRIPES],
+    digest_stripes: Box<[Stripe]>,
+    id_stripes: Box<[Stripe]>,
     stripe_hasher: std::hash::RandomState,
 }
 
 impl KeyCache {
     pub fn new(settings: &CacheSettings) -> Self {
+        Self::with_stripes(settings, STRIPES)
+    }
+
+    /// A cache with `stripes` stripes per map. Fewer stripes make unrelated
+    /// keys share epochs (one stripe: any change disturbs every load), which
+    /// tests use to make such interference certain.
+    pub fn with_stripes(settings: &CacheSettings, stripes: usize) -> Self {
+        let stripes = stripes.max(1);
+        let new_stripes = || {
+            (0..stripes)
+                .map(|_| Stripe {
+                    epoch: Mutex::new(0),
+                })
+                .collect()
+        };
         Self {
             by_digest: Cache::builder()
                 .max_capacity(settings.capacity)
@@ -170,8 +219,8 @@ impl KeyCache {
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
                 .build(),
-            epoch: AtomicU64::new(0),
-            stripes: std::array::from_fn(|_| Mutex::new(())),
+            digest_stripes: new_stripes(),
+            id_stripes: new_stripes(),
             stripe_hasher: std::hash::RandomState::new(),
         }
     }
@@ -183,7 +232,7 @@ impl KeyCache {
         if self.unknown.contains_key(digest) {
             return Lookup::KnownUnknown;
         }
-        Lookup::Miss(self.ticket())
+        Lookup::Miss(self.ticket_for_digest(digest))
     }
 
     pub fn lookup_id(&self, id: &KeyId) -> Lookup {
@@ -193,21 +242,36 @@ impl KeyCache {
         if self.unknown_ids.contains_key(id) {
             return Lookup::KnownUnknown;
         }
-        Lookup::Miss(self.ticket())
+        Lookup::Miss(self.ticket_for_id(id))
     }
 
-    /// A ticket for a load that starts now (take it before the database read).
-    pub fn ticket(&self) -> LoadTicket {
+    /// A ticket for a load by digest that starts now (take it before the
+    /// database read).
+    pub fn ticket_for_digest(&self, digest: &KeyDigest) -> LoadTicket {
+        let stripe = self.digest_stripe(digest);
         LoadTicket {
-            epoch: self.epoch.load(Ordering::SeqCst),
+            map: Map::ByDigest,
+            stripe,
+            epoch: *self.digest_stripes[stripe].lock(),
         }
     }
 
-    fn stripe(&self, id: &KeyId) -> std::sync::MutexGuard<'_, ()> {
-        let index = self.stripe_hasher.hash_one(id) as usize % STRIPES;
-        self.stripes[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// A ticket for a load by id that starts now.
+    pub fn ticket_for_id(&self, id: &KeyId) -> LoadTicket {
+        let stripe = self.id_stripe(id);
+        LoadTicket {
+            map: Map::ById,
+            stripe,
+            epoch: *self.id_stripes[stripe].lock(),
+        }
+    }
+
+    fn digest_stripe(&self, digest: &KeyDigest) -> usize {
+        self.stripe_hasher.hash_one(digest) as usize % self.digest_stripes.len()
+    }
+
+    fn id_stripe(&self, id: &KeyId) -> usize {
+        self.stripe_hasher.hash_one(id) as usize % self.id_stripes.len()
     }
 
     /// Caches a loaded key under its digest unless something changed since
@@ -218,8 +282,12 @@ impl KeyCache {
         key: &Arc<CachedKey>,
         digest: KeyDigest,
     ) -> bool {
-        let _stripe = self.stripe(&key.id);
-        if self.epoch.load(Ordering::SeqCst) != ticket.epoch {
+        let stripe = self.digest_stripe(&digest);
+        if ticket.map != Map::ByDigest || ticket.stripe != stripe {
+            return false;
+        }
+        let epoch = self.digest_stripes[stripe].lock();
+        if *epoch != ticket.epoch {
             return false;
         }
         self.by_digest.insert(digest, Arc::clone(key));
@@ -228,8 +296,12 @@ impl KeyCache {
 
     /// Caches a loaded key under its id unless something changed since `ticket`.
     pub fn insert_by_id(&self, ticket: LoadTicket, key: &Arc<CachedKey>) -> bool {
-        let _stripe = self.stripe(&key.id);
-        if self.epoch.load(Ordering::SeqCst) != ticket.epoch {
+        let stripe = self.id_stripe(&key.id);
+        if ticket.map != Map::ById || ticket.stripe != stripe {
+            return false;
+        }
+        let epoch = self.id_stripes[stripe].lock();
+        if *epoch != ticket.epoch {
             return false;
         }
         self.by_id.insert(key.id.clone(), Arc::clone(key));
@@ -245,9 +317,13 @@ impl KeyCache {
 
     /// Forgets a key after a change; see the module invariant.
     pub fn invalidate(&self, id: &KeyId, digest: &KeyDigest) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        let _stripe = self.stripe(id);
-        self.by_digest.invalidate(digest);
+        {
+            let mut epoch = self.digest_stripes[self.digest_stripe(digest)].lock();
+            *epoch += 1;
+            self.by_digest.invalidate(digest);
+        }
+        let mut epoch = self.id_stripes[self.id_stripe(id)].lock();
+        *epoch += 1;
         self.by_id.invalidate(id);
     }
 
@@ -268,20 +344,20 @@ impl KeyCache {
     }
 
     /// Drops everything (used when a follower finds a gap it cannot replay).
-    /// Holds every stripe lock, as a per-key change holds one: a loader that
-    /// passed its epoch check is then either done inserting (and removed
-    /// here) or still waiting (and sees the new epoch).
+    /// Bumps every stripe and holds every lock while it empties the maps, as
+    /// a per-key change does for its stripes: a loader is then either done
+    /// inserting (and removed here) or not yet checked (and sees the new
+    /// epoch). Locks are taken in one fixed order; nothing else holds two.
     pub fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        let _stripes: Vec<_> = self
-            .stripes
+        let mut held: Vec<_> = self
+            .digest_stripes
             .iter()
-            .map(|stripe| {
-                stripe
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-            })
+            .chain(self.id_stripes.iter())
+            .map(Stripe::lock)
             .collect();
+        for epoch in &mut held {
+            **epoch += 1;
+        }
         self.by_digest.invalidate_all();
         self.by_id.invalidate_all();
         // `invalidate_all` is lazy; make it take effect while the locks are held.

@@ -10,6 +10,11 @@
 //! more events proves every change committed before T is applied. The hot
 //! path answers from the cache only while the last such proof is younger
 //! than `freshness_bound`; otherwise it denies with `UNAVAILABLE`.
+//!
+//! **Invariant (no silent gaps):** the follower never moves past events it
+//! did not apply. If retention pruned them, or the log no longer holds the
+//! last event it applied (a restore or failover rewound it), it clears the
+//! cache, starts over at the log's end and ends every watch stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,13 +104,24 @@ impl Freshness {
 #[derive(Debug, Clone)]
 pub enum FeedItem {
     Event(Arc<KeyEvent>),
-    /// This replica found events pruned before it applied them and started
-    /// over at this sequence: streams that relied on it have a gap.
+    /// This replica could not follow the log past a point and started over
+    /// at this sequence (cache cleared): streams that relied on it have a gap.
     Gap {
         resumed_at: u64,
+        cause: GapCause,
     },
 }
 
+/// Why the follower had to start over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapCause {
+    /// Retention pruned events this replica never applied.
+    Pruned,
+    /// The log no longer holds what this replica applied: it ends before,
+    /// or differs at, the last applied event (the database was restored
+    /// from a backup or failed over to a standby that was behind).
+    Rewound,
+}
 pub struct RevocationFeed {
     /// The follower's own small pool (see `storage::open_follower`).
     reader: Arc<dyn KeyStore>,
@@ -115,6 +131,9 @@ pub struct RevocationFeed {
     freshness: Arc<Freshness>,
     events: broadcast::Sender<FeedItem>,
     applied: AtomicU64,
+    /// The last event applied, as read, to check on every poll that the log
+    /// still holds it (see `poll_once`). Also serializes polls.
+    last_applied: tokio::sync::Mutex<Option<KeyEvent>>,
     settings: FeedSettings,
     /// Cancelled when the server begins to shut down; watch streams end.
     closing: CancellationToken,
@@ -143,6 +162,7 @@ impl RevocationFeed {
             freshness,
             events,
             applied: AtomicU64::new(latest),
+            last_applied: tokio::sync::Mutex::new(None),
             watchers: Arc::new(Semaphore::new(settings.max_watchers)),
             settings,
             closing: CancellationToken::new(),
@@ -189,33 +209,79 @@ impl RevocationFeed {
 
     /// Reads and applies everything after the last applied sequence.
     /// Returns how many events were applied.
+    ///
+    /// Each read starts at the last applied event itself, to check that the
+    /// log still holds it: a log that ends before it, or holds a different
+    /// event at its sequence, was restored or failed over, and new events
+    /// may reuse sequence numbers this replica has already passed. That, and
+    /// pruning past this replica, are gaps: the cache is cleared, the
+    /// follower starts over at the log's end, and streams are told.
     pub async fn poll_once(&self) -> Result<usize, StoreError> {
         let started = Instant::now();
+        let mut last_applied = self.last_applied.lock().await;
         let mut applied_now = 0;
         loop {
             let after = self.applied_seq();
-            let events = self.reader.events_after(after, PAGE).await?;
+            let from = last_applied
+                .as_ref()
+                .map_or(after, |last| last.seq.saturating_sub(1));
+            let mut events = self.reader.events_after(from, PAGE + 1).await?;
             // Checked after the page, so pruning that raced the read is seen:
             // if events after `after` may be gone, this page may have a hole.
-            if after < self.reader.pruned_through().await? {
+            let pruned = self.reader.pruned_through().await?;
+            if after < pruned {
                 // Retention removed events this replica never applied (it was
-                // cut off longer than the retention period): start over.
+                // cut off longer than the retention period).
                 tracing::warn!(
                     after,
+                    pruned,
                     "event log pruned past this replica; clearing the cache"
                 );
-                let latest = self.reader.latest_seq().await?;
-                self.cache.clear();
-                self.applied.store(latest, Ordering::Release);
-                let _ = self.events.send(FeedItem::Gap { resumed_at: latest });
+                self.start_over(GapCause::Pruned).await?;
+                *last_applied = None;
                 continue;
             }
-            let full_page = events.len() == PAGE as usize;
+            if let Some(last) = last_applied.as_ref() {
+                if events.first() == Some(last) {
+                    events.remove(0);
+                } else if pruned >= last.seq {
+                    // Retention took it; nothing left to compare against.
+                    *last_applied = None;
+                } else {
+                    tracing::error!(
+                        applied = after,
+                        found = ?events.first().map(|e| e.seq),
+                        "the event log no longer holds the last event this replica applied \
+                         (database restored or failed over?); clearing the cache"
+                    );
+                    self.start_over(GapCause::Rewound).await?;
+                    *last_applied = None;
+                    continue;
+                }
+            }
+            if events.is_empty() {
+                // Without a remembered event (just started, or it was pruned)
+                // a log that went backwards shows as one that ends early.
+                let latest = self.reader.latest_seq().await?;
+                if latest < after {
+                    tracing::error!(
+                        applied = after,
+                        latest,
+                        "the event log ends before what this replica applied \
+                         (database restored or failed over?); clearing the cache"
+                    );
+                    self.start_over(GapCause::Rewound).await?;
+                    continue;
+                }
+            }
+            let full_page = events.len() >= PAGE as usize;
             for event in events {
                 self.cache.invalidate(&event.key_id, &event.digest);
                 self.applied.store(event.seq, Ordering::Release);
+                let event = Arc::new(event);
+                *last_applied = Some(KeyEvent::clone(&event));
                 // No receivers is fine.
-                let _ = self.events.send(FeedItem::Event(Arc::new(event)));
+                let _ = self.events.send(FeedItem::Event(event));
                 applied_now += 1;
             }
             if !full_page {
@@ -224,6 +290,18 @@ impl RevocationFeed {
         }
         self.freshness.confirm(started);
         Ok(applied_now)
+    }
+
+    /// Drops the cache and resumes at the log's current end.
+    async fn start_over(&self, cause: GapCause) -> Result<(), StoreError> {
+        let latest = self.reader.latest_seq().await?;
+        self.cache.clear();
+        self.applied.store(latest, Ordering::Release);
+        let _ = self.events.send(FeedItem::Gap {
+            resumed_at: latest,
+            cause,
+        });
+        Ok(())
     }
 
     /// Follows the log until `shutdown` resolves.

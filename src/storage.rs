@@ -260,6 +260,7 @@ pub async fn open_follower(
     let settings = PoolSettings {
         max_connections: 2,
         acquire_timeout: std::time::Duration::from_secs(2),
+        ..PoolSettings::default()
     };
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         Ok(Arc::new(
@@ -306,11 +307,20 @@ impl PoolStats {
     }
 }
 
-/// Connection pool sizing.
+/// Connection pool sizing, and (PostgreSQL) limits on how long one session
+/// can hold up others.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: std::time::Duration,
+    /// PostgreSQL `lock_timeout`: a statement waiting longer than this for
+    /// a lock (a key row, the event log's ordering lock) fails instead.
+    pub lock_timeout: std::time::Duration,
+    /// PostgreSQL `idle_in_transaction_session_timeout`: a session that sits
+    /// inside a transaction without sending anything for this long (a
+    /// stalled or partitioned replica) is ended by the server, releasing its
+    /// locks, the ordering lock among them.
+    pub idle_in_transaction_timeout: std::time::Duration,
 }
 
 impl Default for PoolSettings {
@@ -318,6 +328,8 @@ impl Default for PoolSettings {
         Self {
             max_connections: 10,
             acquire_timeout: std::time::Duration::from_secs(3),
+            lock_timeout: std::time::Duration::from_secs(10),
+            idle_in_transaction_timeout: std::time::Duration::from_secs(5),
         }
     }
 }

@@ -6,27 +6,34 @@
 //! cursor is therefore delivered once, in order: an event committed before
 //! the subscription is in the history read; one committed after it arrives
 //! live. The live buffer is bounded; a consumer that falls behind it is cut
-//! off with RESOURCE_EXHAUSTED and resumes from its last sequence.
+//! off with RESOURCE_EXHAUSTED and resumes from its last sequence. So is one
+//! that takes nothing for a checkpoint interval while messages wait: it
+//! gives its place among the `max_watchers` streams back. Every ending
+//! status comes after everything queued before it, so the `after_seq` it
+//! names is always safe to resume from.
 //!
 //! A stream never claims more than it knows: history pages are re-checked
 //! against pruning (a page read while the pruner ran may have a hole: the
-//! stream ends with OUT_OF_RANGE), a replica that had to skip pruned events
+//! stream ends with OUT_OF_RANGE), a replica that had to start over (events
+//! pruned before it applied them, or a log rewound by a restore or failover)
 //! ends its streams the same way, checkpoints pause while the replica cannot
 //! prove it is current, and at shutdown streams end with UNAVAILABLE and the
 //! position to resume from. The number of streams per replica is bounded.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::convert::millis_to_timestamp;
 use crate::domain::{AccountId, UnixMillis};
 use crate::proto::RevocationEvent;
-use crate::revocation_feed::{FeedItem, RevocationFeed};
+use crate::revocation_feed::{FeedItem, GapCause, RevocationFeed};
 use crate::storage::{KeyEvent, StoreError};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -116,50 +123,143 @@ fn gap_status(position: u64) -> Status {
     ))
 }
 
+fn rewound_status(position: u64) -> Status {
+    Status::out_of_range(format!(
+        "the event log no longer holds what this stream delivered up to {position} \
+         (the database was restored or failed over); resync your cache and restart with after_seq = 0"
+    ))
+}
+
+fn shutdown_status(position: u64) -> Status {
+    Status::unavailable(format!(
+        "server shutting down; resume with after_seq = {position}"
+    ))
+}
+
+/// The stream task's end of the outbox. A send gives up when the consumer
+/// has gone, when the server shuts down, and when the consumer has taken
+/// nothing for `stall_limit` (the outbox and the transport's window are
+/// full): a consumer that stopped reading must not keep its place among the
+/// `max_watchers` streams, or the task, for ever.
+struct Outbox {
+    sender: mpsc::Sender<Result<RevocationEvent, Status>>,
+    stall_limit: Duration,
+    closing: CancellationToken,
+}
+
+/// Why a message was not queued.
+enum Stop {
+    ConsumerGone,
+    Stalled,
+    ShuttingDown,
+}
+
+impl Outbox {
+    async fn send(&self, event: RevocationEvent) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            () = self.closing.cancelled() => Err(Stop::ShuttingDown),
+            sent = tokio::time::timeout(self.stall_limit, self.sender.send(Ok(event))) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Stop::ConsumerGone),
+                Err(_) => Err(Stop::Stalled),
+            },
+        }
+    }
+
+    /// The status that ends the stream, `position` being the last sequence
+    /// queued (everything up to it reaches the consumer first).
+    fn end(&self, stop: Stop, position: u64) -> Option<Status> {
+        match stop {
+            Stop::ConsumerGone => None,
+            Stop::ShuttingDown => Some(shutdown_status(position)),
+            Stop::Stalled => {
+                tracing::info!(position, "watch consumer stopped reading; cutting it off");
+                Some(Status::resource_exhausted(format!(
+                    "consumer stopped reading: nothing taken for {:?}; resume with after_seq = {position}",
+                    self.stall_limit
+                )))
+            }
+        }
+    }
+}
+
 async fn run(
     feed: Arc<RevocationFeed>,
-    mut live: broadcast::Receiver<FeedItem>,
-    mut position: u64,
+    live: broadcast::Receiver<FeedItem>,
+    position: u64,
     announce: bool,
     account: Option<AccountId>,
     outbox: mpsc::Sender<Result<RevocationEvent, Status>>,
     // Held for the stream's life: it is what bounds the number of streams.
     _permit: OwnedSemaphorePermit,
 ) {
-    let wanted = |event: &KeyEvent| account.as_ref().is_none_or(|a| *a == event.account_id);
-    if announce && outbox.send(Ok(checkpoint(position))).await.is_err() {
+    // One slot kept back for the final status, so a stream always ends with
+    // one, after everything it queued, without waiting for the consumer.
+    let Ok(last) = outbox.clone().reserve_owned().await else {
         return;
+    };
+    let outbox = Outbox {
+        sender: outbox,
+        // A consumer is promised a message at least this often; one that
+        // cannot take a message for as long has stopped reading.
+        stall_limit: feed.settings().checkpoint_interval,
+        closing: feed.closing().clone(),
+    };
+    if let Some(status) = follow(&feed, live, position, announce, account, &outbox).await {
+        let _ = last.send(Err(status));
+    }
+}
+
+/// Reads one page of history after `position`, and checks it against
+/// pruning: if the pruner ran while this page was read (an empty page
+/// included), events after `position` may be missing from it.
+async fn history_page(feed: &RevocationFeed, position: u64) -> Result<Vec<KeyEvent>, Status> {
+    let store = feed.store();
+    let page = store
+        .events_after(position, HISTORY_PAGE)
+        .await
+        .map_err(storage_status)?;
+    let pruned = store.pruned_through().await.map_err(storage_status)?;
+    if pruned > position {
+        return Err(gap_status(position));
+    }
+    Ok(page)
+}
+
+/// Sends history, then live events, until the stream ends; returns the
+/// status to end it with (`None`: the consumer has gone).
+async fn follow(
+    feed: &RevocationFeed,
+    mut live: broadcast::Receiver<FeedItem>,
+    mut position: u64,
+    announce: bool,
+    account: Option<AccountId>,
+    outbox: &Outbox,
+) -> Option<Status> {
+    let wanted = |event: &KeyEvent| account.as_ref().is_none_or(|a| *a == event.account_id);
+    if announce && let Err(stop) = outbox.send(checkpoint(position)).await {
+        return outbox.end(stop, position);
     }
 
     // History: everything committed after the cursor so far.
-    let store = Arc::clone(feed.store());
     loop {
-        let page = match store.events_after(position, HISTORY_PAGE).await {
-            Ok(page) => page,
-            Err(error) => {
-                let _ = outbox.send(Err(storage_status(error))).await;
-                return;
-            }
+        let page = tokio::select! {
+            () = feed.closing().cancelled() => return Some(shutdown_status(position)),
+            page = history_page(feed, position) => page,
         };
-        if page.is_empty() {
-            break;
-        }
-        match store.pruned_through().await {
-            Ok(pruned) if pruned > position => {
-                let _ = outbox.send(Err(gap_status(position))).await;
-                return;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                let _ = outbox.send(Err(storage_status(error))).await;
-                return;
-            }
-        }
+        let page = match page {
+            Ok(page) if page.is_empty() => break,
+            Ok(page) => page,
+            Err(status) => return Some(status),
+        };
         for event in page {
-            position = event.seq;
-            if wanted(&event) && outbox.send(Ok(to_proto(&event))).await.is_err() {
-                return;
+            if wanted(&event)
+                && let Err(stop) = outbox.send(to_proto(&event)).await
+            {
+                return outbox.end(stop, position);
             }
+            position = event.seq;
         }
     }
 
@@ -168,54 +268,46 @@ async fn run(
     let mut quiet = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
-            () = outbox.closed() => return,
-            () = feed.closing().cancelled() => {
-                let _ = outbox
-                    .send(Err(Status::unavailable(format!(
-                        "server shutting down; resume with after_seq = {position}"
-                    ))))
-                    .await;
-                return;
-            }
+            () = outbox.sender.closed() => return None,
+            () = feed.closing().cancelled() => return Some(shutdown_status(position)),
             _ = quiet.tick() => {
                 // A checkpoint says "caught up to here"; only a replica that
                 // can prove it is current may say so.
                 if feed.freshness().is_fresh()
-                    && outbox.send(Ok(checkpoint(position))).await.is_err()
+                    && let Err(stop) = outbox.send(checkpoint(position)).await
                 {
-                    return;
+                    return outbox.end(stop, position);
                 }
             }
             received = live.recv() => match received {
-                Ok(FeedItem::Gap { .. }) => {
-                    let _ = outbox.send(Err(gap_status(position))).await;
-                    return;
+                Ok(FeedItem::Gap { cause, .. }) => {
+                    return Some(match cause {
+                        GapCause::Pruned => gap_status(position),
+                        GapCause::Rewound => rewound_status(position),
+                    });
                 }
                 Ok(FeedItem::Event(event)) => {
                     if event.seq <= position {
                         continue;
                     }
-                    position = event.seq;
                     if wanted(&event) {
-                        if outbox.send(Ok(to_proto(&event))).await.is_err() {
-                            return;
+                        if let Err(stop) = outbox.send(to_proto(&event)).await {
+                            return outbox.end(stop, position);
                         }
                         quiet.reset();
                     }
+                    position = event.seq;
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let _ = outbox
-                        .send(Err(Status::resource_exhausted(format!(
-                            "consumer too slow: {missed} events overflowed the server's buffer of {}; \
-                             resume with after_seq = {position}",
-                            feed.settings().watch_buffer
-                        ))))
-                        .await;
-                    return;
+                    return Some(Status::resource_exhausted(format!(
+                        "consumer too slow: {missed} events overflowed the server's buffer of {}; \
+                         resume with after_seq = {position}",
+                        feed.settings().watch_buffer
+                    )));
                 }
                 // The feed outlives every stream (each holds it), so the
                 // sender cannot close first; treat it like shutdown anyway.
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }

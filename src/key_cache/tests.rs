@@ -45,9 +45,8 @@ fn a_change_after_the_insert_removes_the_entry() {
     let cache = KeyCache::new(&CacheSettings::default());
     let digest = KeyDigest::of("cc_y");
     let key = cached(digest);
-    let ticket = cache.ticket();
-    assert!(cache.insert_by_digest(ticket, &key, digest));
-    assert!(cache.insert_by_id(ticket, &key));
+    assert!(cache.insert_by_digest(cache.ticket_for_digest(&digest), &key, digest));
+    assert!(cache.insert_by_id(cache.ticket_for_id(&key.id), &key));
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Hit(_)));
     cache.invalidate(&key.id, &digest);
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
@@ -63,21 +62,92 @@ fn racing_loads_and_changes_never_leave_a_stale_entry() {
     for round in 0..2_000 {
         let digest = KeyDigest::of(&format!("cc_{round}"));
         let key = cached(digest);
-        let ticket = cache.ticket();
+        let by_digest = cache.ticket_for_digest(&digest);
+        let by_id = cache.ticket_for_id(&key.id);
         let loader = {
             let cache = Arc::clone(&cache);
             let key = Arc::clone(&key);
             std::thread::spawn(move || {
-                cache.insert_by_digest(ticket, &key, digest);
+                cache.insert_by_digest(by_digest, &key, digest);
+                cache.insert_by_id(by_id, &key);
             })
         };
         cache.invalidate(&key.id, &digest);
         loader.join().unwrap();
         assert!(
             matches!(cache.lookup_digest(&digest), Lookup::Miss(_)),
-            "round {round}: stale entry survived"
+            "round {round}: stale entry survived (by digest)"
+        );
+        assert!(
+            matches!(cache.lookup_id(&key.id), Lookup::Miss(_)),
+            "round {round}: stale entry survived (by id)"
         );
     }
+}
+
+#[test]
+fn a_change_to_a_key_in_another_stripe_does_not_disturb_a_load() {
+    let cache = KeyCache::new(&CacheSettings::default());
+    let digest = KeyDigest::of("cc_mine");
+    let key = cached(digest);
+    let by_digest = cache.ticket_for_digest(&digest);
+    let by_id = cache.ticket_for_id(&key.id);
+    // Another key that shares neither of this key's stripes.
+    let (other, other_digest) = (0..)
+        .map(|i| {
+            let digest = KeyDigest::of(&format!("cc_other_{i}"));
+            (cached(digest), digest)
+        })
+        .find(|(other, other_digest)| {
+            cache.digest_stripe(other_digest) != cache.digest_stripe(&digest)
+                && cache.id_stripe(&other.id) != cache.id_stripe(&key.id)
+        })
+        .unwrap();
+
+    cache.invalidate(&other.id, &other_digest);
+
+    assert!(cache.insert_by_digest(by_digest, &key, digest));
+    assert!(cache.insert_by_id(by_id, &key));
+}
+
+#[test]
+fn a_change_to_a_key_in_the_same_stripe_disturbs_a_load() {
+    // One stripe: every key shares it.
+    let cache = KeyCache::with_stripes(&CacheSettings::default(), 1);
+    let digest = KeyDigest::of("cc_mine");
+    let key = cached(digest);
+    let other_digest = KeyDigest::of("cc_other");
+    let other = cached(other_digest);
+    let by_digest = cache.ticket_for_digest(&digest);
+    let by_id = cache.ticket_for_id(&key.id);
+
+    cache.invalidate(&other.id, &other_digest);
+
+    assert!(!cache.insert_by_digest(by_digest, &key, digest));
+    assert!(!cache.insert_by_id(by_id, &key));
+}
+
+#[test]
+fn clearing_disturbs_every_load_in_flight() {
+    let cache = KeyCache::new(&CacheSettings::default());
+    let digest = KeyDigest::of("cc_clear");
+    let key = cached(digest);
+    let by_digest = cache.ticket_for_digest(&digest);
+    let by_id = cache.ticket_for_id(&key.id);
+
+    cache.clear();
+
+    assert!(!cache.insert_by_digest(by_digest, &key, digest));
+    assert!(!cache.insert_by_id(by_id, &key));
+}
+
+#[test]
+fn a_ticket_vouches_only_for_its_own_map_and_stripe() {
+    let cache = KeyCache::with_stripes(&CacheSettings::default(), 1);
+    let digest = KeyDigest::of("cc_t");
+    let key = cached(digest);
+    assert!(!cache.insert_by_id(cache.ticket_for_digest(&digest), &key));
+    assert!(!cache.insert_by_digest(cache.ticket_for_id(&key.id), &key, digest));
 }
 
 #[test]

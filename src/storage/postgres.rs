@@ -4,10 +4,12 @@
 //! order and sends a NOTIFY that followers receive through `PgListener`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
 use super::{
@@ -20,8 +22,13 @@ use crate::storage::Backend;
 
 /// The NOTIFY channel the event-log trigger signals.
 pub const EVENTS_CHANNEL: &str = "keyward_key_events";
-/// `application_name` of the listener connection, so operators (and tests)
-/// can find it in `pg_stat_activity`.
+/// `application_name` of keyward's sessions, unless the database URL names
+/// another (`?application_name=...`, to tell replicas apart).
+pub const APPLICATION_NAME: &str = "keyward";
+/// Appended to the application name for the listener connection, so
+/// operators (and tests) can find it in `pg_stat_activity`.
+pub const LISTENER_SUFFIX: &str = "-listener";
+/// `application_name` of the listener connection by default.
 pub const LISTENER_APPLICATION_NAME: &str = "keyward-listener";
 
 pub struct PostgresStore {
@@ -32,21 +39,47 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects and runs the migrations.
     pub async fn open(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
-        let store = Self::connect(url, settings).await?;
+        // On a connection of its own, without the session limits below: a
+        // replica waiting for another one's migration must not give up.
         // sqlx takes an advisory lock here, so replicas starting together
         // migrate once.
-        sqlx::migrate!("migrations/postgres")
-            .run(&store.pool)
-            .await?;
-        Ok(store)
+        let mut conn = PgConnection::connect_with(&Self::connect_options(url)?).await?;
+        sqlx::migrate!("migrations/postgres").run(&mut conn).await?;
+        conn.close().await?;
+        Self::connect(url, settings).await
     }
 
-    /// Connects to a database whose schema is already in place.
+    fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        Ok(match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name(APPLICATION_NAME),
+        })
+    }
+
+    /// Connects to a database whose schema is already in place. Every
+    /// session gets `lock_timeout` and `idle_in_transaction_session_timeout`
+    /// (see `PoolSettings`): writers of the event log commit one at a time
+    /// under one lock, so without them a replica that stalls inside a write
+    /// would stop every replica's writes until TCP gives up, for minutes.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.application_name("keyward");
+        let options = Self::connect_options(url)?;
+        let limits: Arc<str> = format!(
+            "SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+            settings.lock_timeout.as_millis().max(1),
+            settings.idle_in_transaction_timeout.as_millis().max(1),
+        )
+        .into();
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            .after_connect(move |conn, _| {
+                let limits = Arc::clone(&limits);
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(&*limits)).await?;
+                    Ok(())
+                })
+            })
             .connect_with(options.clone())
             .await?;
         Ok(Self { pool, options })
@@ -157,20 +190,31 @@ impl KeyStore for PostgresStore {
         id: &KeyId,
         now: UnixMillis,
     ) -> Result<KeyRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut record = Self::key_in_account(&mut tx, account, id, true).await?;
-        if record.revoked_at.is_some() {
-            return Ok(record);
+        // One autocommit statement: the event log's ordering lock (taken by
+        // the insert's trigger) is then held only inside the server, from
+        // the insert to the commit, never across a round trip to this
+        // process. Only a live key matches, so revoking twice logs once.
+        let revoked: Option<KeyRow> = sqlx::query_as(concat!(
+            "WITH revoked AS (UPDATE api_keys SET revoked_at = $1 \
+             WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL RETURNING ",
+            key_columns!(),
+            "), logged AS (INSERT INTO key_events (key_id, account_id, key_hash, kind, at) \
+             SELECT id, account_id, key_hash, $4, $1 FROM revoked) \
+             SELECT ",
+            key_columns!(),
+            " FROM revoked"
+        ))
+        .bind(now.0)
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .bind(EventKind::Revoked.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match revoked {
+            Some(row) => row.try_into(),
+            // Already revoked (returned unchanged), or not this account's key.
+            None => self.get_key(account, id).await,
         }
-        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
-            .bind(now.0)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        Self::append_event(&mut tx, &record, EventKind::Revoked, now).await?;
-        tx.commit().await?;
-        record.revoked_at = Some(now);
-        Ok(record)
     }
 
     async fn update_key(
@@ -343,29 +387,43 @@ impl KeyStore for PostgresStore {
     }
 
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
+        let name = format!(
+            "{}{LISTENER_SUFFIX}",
+            self.options
+                .get_application_name()
+                .unwrap_or(APPLICATION_NAME)
+        );
+        // Two: a dropped listener hands its connection back in the
+        // background, and a half-dead one must not block its replacement.
         let listener_pool = PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(2)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(
-                self.options
-                    .clone()
-                    .application_name(LISTENER_APPLICATION_NAME),
-            );
-        let mut listener = PgListener::connect_with(&listener_pool).await?;
-        listener.listen(EVENTS_CHANNEL).await?;
+            .connect_lazy_with(self.options.clone().application_name(&name));
+        let listener = listen(&listener_pool).await?;
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(forward_notifications(listener, tx));
+        tokio::spawn(forward_notifications(listener_pool, listener, tx));
         Ok(rx)
     }
 }
 
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(EVENTS_CHANNEL).await?;
+    Ok(listener)
+}
+
 /// Turns notifications into wake-ups until the follower goes away. When the
-/// connection drops, `PgListener` reconnects and re-listens on the next call;
-/// notifications sent in between are lost, which the follower covers by
-/// replaying from its last applied sequence (it is told `Resubscribed`, and
-/// it polls on an interval regardless).
-async fn forward_notifications(mut listener: PgListener, wakeups: mpsc::Sender<Wakeup>) {
-    let mut backoff = Duration::from_millis(50);
+/// connection drops, the listener is re-established (`PgListener` does it by
+/// itself for a clean loss; after an error a new one is made, with backoff),
+/// and only then is the follower told `Resubscribed`: its replay from the
+/// last applied sequence then starts after the new LISTEN, so no change
+/// falls between the two. Notifications sent while disconnected are lost;
+/// that replay (and the poll interval) covers them.
+async fn forward_notifications(
+    pool: PgPool,
+    mut listener: PgListener,
+    wakeups: mpsc::Sender<Wakeup>,
+) {
     loop {
         let next = tokio::select! {
             next = listener.try_recv() => next,
@@ -373,21 +431,46 @@ async fn forward_notifications(mut listener: PgListener, wakeups: mpsc::Sender<W
         };
         let wakeup = match next {
             Ok(Some(_)) => Wakeup::Changed,
+            // Lost and already listening again (PgListener reconnects eagerly).
             Ok(None) => {
-                tracing::warn!("event listener connection lost; reconnecting");
+                tracing::warn!("event listener connection lost; reconnected");
                 Wakeup::Resubscribed
             }
             Err(error) => {
-                tracing::warn!(%error, ?backoff, "event listener cannot reconnect; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
+                tracing::warn!(%error, "event listener failed; reconnecting");
+                drop(listener);
+                match relisten(&pool, &wakeups).await {
+                    Some(again) => listener = again,
+                    None => return,
+                }
+                tracing::info!("event listener reconnected");
+                Wakeup::Resubscribed
             }
         };
-        backoff = Duration::from_millis(50);
         match wakeups.try_send(wakeup) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// A new listener, retried with backoff; `None` once the follower is gone.
+async fn relisten(pool: &PgPool, wakeups: &mpsc::Sender<Wakeup>) -> Option<PgListener> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        tokio::select! {
+            attempt = listen(pool) => match attempt {
+                Ok(listener) => return Some(listener),
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "event listener cannot reconnect; retrying");
+                }
+            },
+            () = wakeups.closed() => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = wakeups.closed() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

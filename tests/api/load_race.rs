@@ -2,9 +2,11 @@
 //! time: the real store (SQLite or PostgreSQL) behind a decorator that holds
 //! a cache-miss read, after it has read the row, until RevokeKey has
 //! returned. The old row must then be neither answered as "allowed" nor
-//! cached. (The loop in `revocation.rs` races the same paths over the
-//! network, where the window is only microseconds wide.)
+//! cached, also when other changes forced the load to read again first.
+//! (The loop in `revocation.rs` races the same paths over the network,
+//! where the window is only microseconds wide.)
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ use keyward::config::Config;
 use keyward::denial::Reason;
 use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
 use keyward::failed_auth_bans::FailedAuthBans;
-use keyward::key_cache::KeyCache;
+use keyward::key_cache::{KeyCache, Lookup};
 use keyward::key_management::{CreateKey, KeyManager};
 use keyward::rate_limits::KeyRateLimits;
 use keyward::revocation_feed::Freshness;
@@ -32,26 +34,36 @@ use crate::on_both_databases;
 on_both_databases!(
     a_lookup_held_across_a_revocation_is_not_allowed_or_cached,
     a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached,
+    a_lookup_that_rereads_until_a_revocation_is_not_allowed_or_cached,
+    a_lookup_by_id_that_rereads_until_a_revocation_is_not_allowed_or_cached,
+    a_lookup_disturbed_on_every_read_fails_closed,
+    a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached,
 );
 
-/// Holds the next key read (by digest or id) after it has read its row:
-/// tells the test it has the row, then waits for the test's go-ahead.
+/// Holds the next key reads (by digest or id), one per armed hold, after
+/// each has read its row: tells the test it has the row, then waits for the
+/// test's go-ahead.
 struct HeldReads {
     inner: Arc<dyn KeyStore>,
-    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    holds: Mutex<VecDeque<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
 }
 
 impl HeldReads {
-    /// Arms the hold; returns (row read, release).
+    /// Arms a hold for the next read not yet held; returns (row read, release).
     async fn arm(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (read_tx, read_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel();
-        *self.hold.lock().await = Some((read_tx, release_rx));
+        self.holds.lock().await.push_back((read_tx, release_rx));
         (read_rx, release_tx)
     }
 
+    /// Drops the holds no read has taken.
+    async fn disarm(&self) {
+        self.holds.lock().await.clear();
+    }
+
     async fn held<T>(&self, result: T) -> T {
-        let hold = self.hold.lock().await.take();
+        let hold = self.holds.lock().await.pop_front();
         if let Some((read, release)) = hold {
             let _ = read.send(());
             let _ = release.await;
@@ -132,31 +144,63 @@ impl KeyStore for HeldReads {
 
 struct Parts {
     store: Arc<HeldReads>,
+    cache: Arc<KeyCache>,
     authenticator: Authenticator,
     manager: KeyManager,
     _database: Arc<TestDatabase>,
 }
 
 async fn parts(db: Db) -> Option<Parts> {
+    parts_with(db, None).await
+}
+
+/// `stripes`: a cache with that many stripes (one: every change to any key
+/// disturbs every load in flight), or the default.
+async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
     let database = TestDatabase::create(db).await?;
     let real = storage::open(&database.url, &PoolSettings::default())
         .await
         .unwrap();
     let store = Arc::new(HeldReads {
         inner: real,
-        hold: Mutex::new(None),
+        holds: Mutex::new(VecDeque::new()),
     });
     let config = Config::default();
-    let cache = Arc::new(KeyCache::new(&config.cache));
+    let cache = Arc::new(match stripes {
+        Some(stripes) => KeyCache::with_stripes(&config.cache, stripes),
+        None => KeyCache::new(&config.cache),
+    });
     let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
     freshness.confirm(Instant::now());
-    let (usage, _flusher) = usage_channel(Arc::clone(&store) as Arc<dyn KeyStore>);
+    let (authenticator, manager) = in_process(
+        Arc::clone(&store) as Arc<dyn KeyStore>,
+        Arc::clone(&cache),
+        freshness,
+    );
+    Some(Parts {
+        store,
+        cache,
+        authenticator,
+        manager,
+        _database: database,
+    })
+}
+
+/// The hot path and key management of one replica, in this process, over
+/// `store` (typically a decorator around the real store) and `cache`.
+pub(crate) fn in_process(
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    freshness: Arc<Freshness>,
+) -> (Authenticator, KeyManager) {
+    let config = Config::default();
+    let (usage, _flusher) = usage_channel(Arc::clone(&store));
     let authenticator = Authenticator {
         key_format: config.key_format.clone(),
         catalog: Arc::clone(&config.catalog),
         denials: config.denials.clone(),
         cache: Arc::clone(&cache),
-        store: Arc::clone(&store) as Arc<dyn KeyStore>,
+        store: Arc::clone(&store),
         freshness,
         bans: FailedAuthBans::new(config.bans.clone()),
         rate_limits: KeyRateLimits::new(None, 1_000),
@@ -164,24 +208,23 @@ async fn parts(db: Db) -> Option<Parts> {
         telemetry: Arc::new(Telemetry::disabled()),
     };
     let manager = KeyManager {
-        store: Arc::clone(&store) as Arc<dyn KeyStore>,
+        store,
         cache,
         catalog: Arc::clone(&config.catalog),
         key_format: config.key_format.clone(),
         max_active_keys_per_account: 10,
     };
-    Some(Parts {
-        store,
-        authenticator,
-        manager,
-        _database: database,
-    })
+    (authenticator, manager)
 }
 
 async fn create(manager: &KeyManager) -> (KeyId, String) {
+    create_in(manager, "acct_1").await
+}
+
+async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
     let (record, secret) = manager
         .create(CreateKey {
-            account_id: AccountId::parse("acct_1").unwrap(),
+            account_id: AccountId::parse(account).unwrap(),
             name: KeyName::parse("raced").unwrap(),
             scopes: vec![],
             preset: None,
@@ -279,4 +322,228 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         Some(Reason::Revoked),
         "the old row was cached: {after:?}"
     );
+}
+
+async fn a_lookup_that_rereads_until_a_revocation_is_not_allowed_or_cached(db: Db) {
+    rereads_until_a_revocation(db, Surface::Authenticate).await;
+}
+
+async fn a_lookup_by_id_that_rereads_until_a_revocation_is_not_allowed_or_cached(db: Db) {
+    rereads_until_a_revocation(db, Surface::CheckScope).await;
+}
+
+/// A miss whose first two reads are disturbed by changes to other keys (one
+/// stripe, so they share its epoch) and whose third read holds the live row
+/// across this key's revocation: it must answer neither "allowed" (the old
+/// row) nor cache the key as live, however many reads it has made.
+async fn rereads_until_a_revocation(db: Db, surface: Surface) {
+    let Some(parts) = parts_with(db, Some(1)).await else {
+        return;
+    };
+    let (id, secret) = create(&parts.manager).await;
+    let others = [
+        create_in(&parts.manager, "acct_2").await.0,
+        create_in(&parts.manager, "acct_2").await.0,
+    ];
+    let mut holds = Vec::new();
+    for _ in 0..3 {
+        holds.push(parts.store.arm().await);
+    }
+    let presented = || Presented {
+        surface,
+        key: match surface {
+            Surface::CheckScope => PresentedKey::Id(&id),
+            _ => PresentedKey::Credential(&secret),
+        },
+        required: &[],
+        required_unknown: None,
+        client: None,
+    };
+
+    let lookup = parts.authenticator.authenticate(presented());
+    let changes = async {
+        let mut holds = holds.into_iter();
+        // Reads 1 and 2: an unrelated key changes while each holds its row.
+        for other in &others {
+            let (row_read, release) = holds.next().unwrap();
+            row_read.await.unwrap();
+            parts
+                .manager
+                .revoke(&AccountId::parse("acct_2").unwrap(), other)
+                .await
+                .unwrap();
+            release.send(()).unwrap();
+        }
+        // Read 3: this key is revoked while the read holds the live row.
+        let (row_read, release) = holds.next().unwrap();
+        row_read.await.unwrap();
+        parts
+            .manager
+            .revoke(&AccountId::parse("acct_1").unwrap(), &id)
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+    };
+    let (in_flight, ()) = tokio::join!(lookup, changes);
+
+    assert!(
+        matches!(
+            reason(&in_flight),
+            Some(Reason::Revoked | Reason::Unavailable)
+        ),
+        "a row read before RevokeKey returned was the answer: {in_flight:?}"
+    );
+    let cached = match surface {
+        Surface::CheckScope => parts.cache.lookup_id(&id),
+        _ => parts.cache.lookup_digest(&KeyDigest::of(&secret)),
+    };
+    if let Lookup::Hit(key) = cached {
+        assert!(key.revoked_at.is_some(), "the old row was cached: {key:?}");
+    }
+    let after = parts.authenticator.authenticate(presented()).await;
+    assert_eq!(reason(&after), Some(Reason::Revoked), "{after:?}");
+}
+
+/// When every read overlaps a change on the stripe, the lookup gives up
+/// after a bounded number of reads and fails closed, instead of answering
+/// from a row it cannot vouch for; an undisturbed lookup then succeeds.
+async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
+    let Some(parts) = parts_with(db, Some(1)).await else {
+        return;
+    };
+    let (_, secret) = create(&parts.manager).await;
+    let mut others = Vec::new();
+    for i in 0..8 {
+        let account = format!("acct_other_{i}");
+        others.push((account.clone(), create_in(&parts.manager, &account).await.0));
+    }
+    let mut holds = Vec::new();
+    for _ in 0..others.len() {
+        holds.push(parts.store.arm().await);
+    }
+    let presented = || Presented {
+        surface: Surface::Authenticate,
+        key: PresentedKey::Credential(&secret),
+        required: &[],
+        required_unknown: None,
+        client: None,
+    };
+
+    let lookup = parts.authenticator.authenticate(presented());
+    tokio::pin!(lookup);
+    let mut reads = 0;
+    let mut holds = holds.into_iter();
+    let mut others = others.iter();
+    let verdict = loop {
+        let (row_read, release) = holds.next().expect("the lookup gives up in time");
+        tokio::select! {
+            verdict = &mut lookup => break verdict,
+            read = row_read => {
+                read.unwrap();
+                reads += 1;
+                let (account, other) = others.next().unwrap();
+                parts
+                    .manager
+                    .revoke(&AccountId::parse(account).unwrap(), other)
+                    .await
+                    .unwrap();
+                release.send(()).unwrap();
+            }
+        }
+    };
+    parts.store.disarm().await;
+
+    assert_eq!(reason(&verdict), Some(Reason::Unavailable), "{verdict:?}");
+    assert!(reads > 1, "it read again before giving up ({reads} reads)");
+    let undisturbed = parts.authenticator.authenticate(presented()).await;
+    assert!(undisturbed.allowed(), "{undisturbed:?}");
+}
+
+/// The same race across replicas: A is a real server; B is this process's
+/// hot path with its own cache and event-log follower, over the same
+/// database, its key reads held by `HeldReads`. Each round: B's lookup
+/// misses and holds the live row, A revokes (RevokeKey returns), B's
+/// follower applies the event, and only then does the lookup go on. B must
+/// neither answer "allowed" nor cache the key as live.
+async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db: Db) {
+    use keyward::revocation_feed::{FeedSettings, RevocationFeed};
+
+    let Some(database) = TestDatabase::create(db).await else {
+        return;
+    };
+    let mut a = crate::helpers::spawn_on(database.clone(), crate::helpers::test_config()).await;
+    let real = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let held = Arc::new(HeldReads {
+        inner: Arc::clone(&real),
+        holds: Mutex::new(VecDeque::new()),
+    });
+    let cache = Arc::new(KeyCache::new(&Config::default().cache));
+    let feed = RevocationFeed::start(
+        Arc::clone(&held) as Arc<dyn KeyStore>,
+        real,
+        Arc::clone(&cache),
+        FeedSettings {
+            // Rounds are driven by hand; B stays fresh throughout.
+            freshness_bound: Duration::from_secs(600),
+            ..FeedSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (b, _) = in_process(
+        Arc::clone(&held) as Arc<dyn KeyStore>,
+        Arc::clone(&cache),
+        Arc::clone(feed.freshness()),
+    );
+    fn presented(secret: &str) -> Presented<'_> {
+        Presented {
+            surface: Surface::Authenticate,
+            key: PresentedKey::Credential(secret),
+            required: &[],
+            required_unknown: None,
+            client: None,
+        }
+    }
+
+    for round in 0..20 {
+        let account = format!("acct_{}", round % 4);
+        let (key, secret) = a.create_key(&account, &[]).await;
+        let (row_read, release) = held.arm().await;
+
+        let lookup = b.authenticate(presented(&secret));
+        let revoke_elsewhere = async {
+            row_read.await.unwrap();
+            a.revoke(&account, &key.id).await;
+            let applied = feed.poll_once().await.unwrap();
+            assert!(
+                applied >= 1,
+                "round {round}: B's follower saw the revocation"
+            );
+            release.send(()).unwrap();
+        };
+        let (in_flight, ()) = tokio::join!(lookup, revoke_elsewhere);
+
+        assert!(
+            matches!(
+                reason(&in_flight),
+                Some(Reason::Revoked | Reason::Unavailable)
+            ),
+            "round {round}: B answered from the row read before the revocation: {in_flight:?}"
+        );
+        if let Lookup::Hit(cached) = cache.lookup_digest(&KeyDigest::of(&secret)) {
+            assert!(
+                cached.revoked_at.is_some(),
+                "round {round}: B cached the old row: {cached:?}"
+            );
+        }
+        let after = b.authenticate(presented(&secret)).await;
+        assert_eq!(
+            reason(&after),
+            Some(Reason::Revoked),
+            "round {round}: {after:?}"
+        );
+    }
+    a.shutdown().await;
 }

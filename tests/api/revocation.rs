@@ -19,7 +19,233 @@ use crate::on_both_databases;
 on_both_databases!(
     a_load_racing_a_revocation_never_resurrects_the_key,
     a_replica_behind_pruned_history_starts_over,
+    a_log_that_ends_before_what_was_applied_is_a_gap,
+    a_log_rewritten_from_an_older_copy_is_a_gap,
 );
+
+/// Puts the test's own database back to "just after event `seq`", as a
+/// restore from a backup (or a failover to a standby that was behind)
+/// would: later events are gone and their sequence numbers will be drawn
+/// again.
+pub(crate) async fn rewind_log(database: &TestDatabase, seq: i64) {
+    match database.db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&database.url).await.unwrap();
+            sqlx::query("DELETE FROM key_events WHERE seq > ?1")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'key_events'")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            sqlx::query("DELETE FROM key_events WHERE seq > $1")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("SELECT setval('key_events_seq', $1)")
+                .bind(seq)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A follower over a fresh database with `count` keys (all live), the keys,
+/// and the feed's live broadcast.
+struct Follower {
+    store: Arc<dyn keyward::storage::KeyStore>,
+    cache: Arc<keyward::key_cache::KeyCache>,
+    feed: Arc<keyward::revocation_feed::RevocationFeed>,
+    live: tokio::sync::broadcast::Receiver<keyward::revocation_feed::FeedItem>,
+    keys: Vec<keyward::storage::KeyRecord>,
+    database: Arc<TestDatabase>,
+}
+
+async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
+    use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
+    use keyward::key_cache::{CacheSettings, KeyCache};
+    use keyward::revocation_feed::{FeedSettings, RevocationFeed};
+    use keyward::storage::{self, NewKey, PoolSettings};
+
+    let database = TestDatabase::create(db).await?;
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
+    let feed = RevocationFeed::start(
+        Arc::clone(&store),
+        Arc::clone(&store),
+        Arc::clone(&cache),
+        FeedSettings::default(),
+    )
+    .await
+    .unwrap();
+    let live = feed.subscribe();
+    let mut keys = Vec::new();
+    for i in 0..count {
+        keys.push(
+            store
+                .create_key(
+                    NewKey {
+                        id: KeyId::generate(),
+                        account_id: AccountId::parse("acct_1").unwrap(),
+                        name: KeyName::parse("k").unwrap(),
+                        digest: KeyDigest::of(&format!("cc_{i}")),
+                        start: "cc_000000".into(),
+                        scopes: vec![],
+                        rate_limit: None,
+                        created_at: UnixMillis::now(),
+                        expires_at: None,
+                    },
+                    10,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    Some(Follower {
+        store,
+        cache,
+        feed,
+        live,
+        keys,
+        database,
+    })
+}
+
+impl Follower {
+    /// Caches key `i` as live, as a lookup would.
+    fn cache_live(&self, i: usize) {
+        use keyward::key_cache::CachedKey;
+        let key = &self.keys[i];
+        let cached = Arc::new(CachedKey::from_record(
+            key.clone(),
+            &keyward::scope_catalog::ScopeCatalog::carboncopy(),
+        ));
+        assert!(self.cache.insert_by_digest(
+            self.cache.ticket_for_digest(&key.digest),
+            &cached,
+            key.digest
+        ));
+    }
+
+    fn is_cached(&self, i: usize) -> bool {
+        use keyward::key_cache::Lookup;
+        matches!(
+            self.cache.lookup_digest(&self.keys[i].digest),
+            Lookup::Hit(_)
+        )
+    }
+
+    async fn revoke(&self, i: usize) {
+        let key = &self.keys[i];
+        self.store
+            .revoke_key(&key.account_id, &key.id, keyward::domain::UnixMillis::now())
+            .await
+            .unwrap();
+    }
+
+    /// The broadcast items so far: events' sequences, and gaps.
+    fn broadcast(&mut self) -> Vec<String> {
+        use keyward::revocation_feed::FeedItem;
+        let mut items = Vec::new();
+        while let Ok(item) = self.live.try_recv() {
+            items.push(match item {
+                FeedItem::Event(event) => format!("event {}", event.seq),
+                FeedItem::Gap { resumed_at, cause } => format!("gap {cause:?} at {resumed_at}"),
+            });
+        }
+        items
+    }
+}
+
+/// The follower applied events 1 to 3; the database is then put back to
+/// just after event 1 and a new revocation draws seq 2 again. The log now
+/// ends before what the follower applied: it must not wait for seq 4 (and
+/// skip the new revocation), but clear its cache and start over at 2.
+async fn a_log_that_ends_before_what_was_applied_is_a_gap(db: Db) {
+    let Some(mut follower) = follower_with_keys(db, 5).await else {
+        return;
+    };
+    for i in 0..3 {
+        follower.revoke(i).await;
+    }
+    follower.feed.poll_once().await.unwrap();
+    assert_eq!(follower.feed.applied_seq(), 3);
+    follower.cache_live(3);
+    // A replica that started at seq 3 has applied no event it could check.
+    let started_late = keyward::revocation_feed::RevocationFeed::start(
+        Arc::clone(&follower.store),
+        Arc::clone(&follower.store),
+        Arc::new(keyward::key_cache::KeyCache::new(&Default::default())),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut started_late_live = started_late.subscribe();
+
+    rewind_log(&follower.database, 1).await;
+    follower.revoke(3).await;
+    follower.feed.poll_once().await.unwrap();
+    started_late.poll_once().await.unwrap();
+
+    assert!(!follower.is_cached(3), "the revoked key is still cached");
+    assert_eq!(follower.feed.applied_seq(), 2);
+    assert_eq!(
+        follower.broadcast(),
+        ["event 1", "event 2", "event 3", "gap Rewound at 2"]
+    );
+    assert_eq!(started_late.applied_seq(), 2);
+    assert!(matches!(
+        started_late_live.try_recv(),
+        Ok(keyward::revocation_feed::FeedItem::Gap {
+            resumed_at: 2,
+            cause: keyward::revocation_feed::GapCause::Rewound
+        })
+    ));
+    // And it follows the log from there.
+    follower.cache_live(4);
+    follower.revoke(4).await;
+    follower.feed.poll_once().await.unwrap();
+    assert!(!follower.is_cached(4));
+    assert_eq!(follower.broadcast(), ["event 3"]);
+}
+
+/// As above, but enough new changes land before the follower polls that the
+/// rewound log is as long as before: only the differing event at seq 3 (the
+/// last one it applied) shows that the log was rewritten.
+async fn a_log_rewritten_from_an_older_copy_is_a_gap(db: Db) {
+    let Some(mut follower) = follower_with_keys(db, 5).await else {
+        return;
+    };
+    for i in 0..3 {
+        follower.revoke(i).await;
+    }
+    follower.feed.poll_once().await.unwrap();
+    follower.cache_live(3);
+    follower.cache_live(4);
+
+    rewind_log(&follower.database, 1).await;
+    follower.revoke(3).await;
+    follower.revoke(4).await;
+    assert_eq!(follower.store.latest_seq().await.unwrap(), 3);
+    follower.feed.poll_once().await.unwrap();
+
+    assert!(!follower.is_cached(3), "a revoked key is still cached");
+    assert!(!follower.is_cached(4), "a revoked key is still cached");
+    assert_eq!(
+        follower.broadcast(),
+        ["event 1", "event 2", "event 3", "gap Rewound at 3"]
+    );
+}
 
 /// A replica that was cut off while retention pruned events it never
 /// applied must notice even when later events remain (a non-empty page),
@@ -74,7 +300,11 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
         keys[3].clone(),
         &keyward::scope_catalog::ScopeCatalog::carboncopy(),
     ));
-    assert!(cache.insert_by_digest(cache.ticket(), &cached, keys[3].digest));
+    assert!(cache.insert_by_digest(
+        cache.ticket_for_digest(&keys[3].digest),
+        &cached,
+        keys[3].digest
+    ));
     for (i, key) in keys[..3].iter().enumerate() {
         store
             .revoke_key(&key.account_id, &key.id, UnixMillis(1_000 * (i as i64 + 1)))
@@ -200,96 +430,186 @@ async fn concurrent_revocations_on_both_replicas_are_all_applied() {
     }
 }
 
-async fn listener_backends(admin: &mut sqlx::PgConnection) -> Vec<i32> {
+/// The `application_name` replica B's sessions carry (its database URL
+/// names it), so the test can kill B's and only B's.
+const REPLICA_B: &str = "keyward_b";
+
+/// B's sessions in the test's database: its pool, its follower's pool and
+/// (with `listener_only`) just its listener.
+async fn replica_b_backends(admin: &mut sqlx::PgConnection, listener_only: bool) -> Vec<i32> {
+    let pattern = if listener_only {
+        format!("{REPLICA_B}{}", keyward::storage::postgres::LISTENER_SUFFIX)
+    } else {
+        format!("{REPLICA_B}%")
+    };
     sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 AND datname = current_database()",
     )
-    .bind(keyward::storage::postgres::LISTENER_APPLICATION_NAME)
+    .bind(pattern)
     .fetch_all(admin)
     .await
     .unwrap()
 }
 
-/// The listener connection is killed (pg_terminate_backend) again and again
-/// while revocations happen: B never accepts a revoked key once the
-/// fail-closed bound has passed, and it recovers by itself.
+/// Replica B's connections to the database (listener, follower and pool)
+/// are killed with pg_terminate_backend again and again from a spawned loop
+/// while A revokes keys B has cached. B is sampled continuously from each
+/// RevokeKey's return until past the fail-closed bound: once the bound has
+/// passed it never answers "allowed" (revoked, or unavailable when it cannot
+/// prove it is current). Then it recovers by itself, and a revocation
+/// reaches it by NOTIFY: far sooner than its next poll could.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_listener_never_lets_a_revoked_key_through() {
+    use keyward::proto::key_service_client::KeyServiceClient;
+    use keyward::server::{self, ServeOptions};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::time::Instant;
+
     let Some(database) = TestDatabase::create(Db::Postgres).await else {
         return;
     };
     let mut config = test_config();
-    // Poll slowly, so notifications (and their loss) matter.
-    config.feed.poll_interval = Duration::from_millis(400);
-    config.feed.freshness_bound = Duration::from_secs(1);
+    // Poll seldom, so that only NOTIFY explains a quick denial.
+    config.feed.poll_interval = Duration::from_secs(5);
+    config.feed.freshness_bound = Duration::from_secs(10);
     let bound = config.feed.freshness_bound;
+    let margin = Duration::from_secs(1);
     let mut a = spawn_on(database.clone(), config.clone()).await;
-    let mut b = spawn_on(database.clone(), config).await;
+    let b = server::start(ServeOptions {
+        config,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("{}?application_name={REPLICA_B}", database.url),
+    })
+    .await
+    .expect("replica B starts");
+    let b_channel = crate::helpers::connect(b.addr()).await;
+    let b_keys = KeyServiceClient::new(b_channel.clone());
+    let mut b_health = tonic_health::pb::health_client::HealthClient::new(b_channel);
+    let authenticate_on_b = move |secret: String| {
+        let mut client = b_keys.clone();
+        async move {
+            client
+                .authenticate(proto::AuthenticateRequest {
+                    credential: secret,
+                    ..Default::default()
+                })
+                .await
+                .expect("Authenticate on B")
+                .into_inner()
+        }
+    };
     let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), async || !listener_backends(
-            &mut admin
-        )
-        .await
-        .is_empty())
+        eventually(Duration::from_secs(5), async || {
+            !replica_b_backends(&mut admin, true).await.is_empty()
+        })
         .await,
-        "listeners connected"
+        "B's listener connected"
     );
 
-    let mut killed = 0;
+    // Keys B has cached as live.
+    let mut keys = Vec::new();
     for round in 0..6 {
         let account = format!("acct_{round}");
         let (key, secret) = a.create_key(&account, &[]).await;
-        assert!(b.authenticate(&secret, &[]).await.allowed);
+        assert!(authenticate_on_b(secret.clone()).await.allowed);
+        keys.push((account, key.id, secret));
+    }
 
-        for pid in listener_backends(&mut admin).await {
-            let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-                .bind(pid)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-            killed += usize::from(terminated);
+    let stop_killing = Arc::new(AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let stop = Arc::clone(&stop_killing);
+        let url = database.url.clone();
+        async move {
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let (mut listeners, mut others) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let listener = replica_b_backends(&mut admin, true).await;
+                for pid in replica_b_backends(&mut admin, false).await {
+                    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                        .bind(pid)
+                        .fetch_one(&mut admin)
+                        .await
+                        .unwrap();
+                    if terminated && listener.contains(&pid) {
+                        listeners += 1;
+                    } else if terminated {
+                        others += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (listeners, others)
         }
-        a.revoke(&account, &key.id).await;
+    });
 
-        // Once the bound has passed, B must deny, whatever state its
-        // listener is in: revoked (caught up) or unavailable (cannot prove it).
-        tokio::time::sleep(bound).await;
-        let after_bound = reason(&b.authenticate(&secret, &[]).await);
+    let mut samplers = Vec::new();
+    for (account, id, secret) in &keys {
+        a.revoke(account, id).await;
+        let returned = Instant::now();
+        let sample = authenticate_on_b.clone();
+        let secret = secret.clone();
+        samplers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while returned.elapsed() < bound + margin {
+                let sent = returned.elapsed();
+                let answer = sample(secret.clone()).await;
+                if sent > bound {
+                    assert!(
+                        !answer.allowed,
+                        "a revoked key was allowed {sent:?} after RevokeKey returned: {answer:?}"
+                    );
+                }
+                answers.push(reason(&answer));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for sampler in samplers {
+        let answers = sampler.await.expect("sampler");
+        let last = answers.last().copied();
         assert!(
-            matches!(after_bound, Reason::Revoked | Reason::Unavailable),
-            "round {round}: revoked key answered {after_bound:?} after the bound"
+            matches!(last, Some(Reason::Revoked | Reason::Unavailable)),
+            "after the bound: {last:?}"
         );
     }
-    assert!(killed > 0, "the test did kill listener connections");
+    stop_killing.store(true, Ordering::Relaxed);
+    let (listeners_killed, others_killed) = killer.await.unwrap();
+    assert!(listeners_killed > 0, "the test killed B's listener");
+    assert!(others_killed > 0, "the test killed B's other sessions");
 
-    // Recovery: the listener comes back and a new revocation travels by it.
+    // Recovery, by itself: serving, listening, and revocations arrive by
+    // NOTIFY, each well within the 5 s until the next poll at the latest.
+    let serving = eventually(Duration::from_secs(20), async || {
+        b_health
+            .check(HealthCheckRequest::default())
+            .await
+            .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+    })
+    .await;
+    assert!(serving, "B did not return to SERVING");
     assert!(
-        eventually(Duration::from_secs(10), async || !listener_backends(
-            &mut admin
-        )
-        .await
-        .is_empty())
-        .await,
-        "listener reconnected"
-    );
-    let (key, secret) = a.create_key("acct_recovery", &[]).await;
-    assert!(b.authenticate(&secret, &[]).await.allowed);
-    a.revoke("acct_recovery", &key.id).await;
-    assert!(
-        eventually(Duration::from_secs(2), async || {
-            reason(&b.authenticate(&secret, &[]).await) == Reason::Revoked
+        eventually(Duration::from_secs(10), async || {
+            !replica_b_backends(&mut admin, true).await.is_empty()
         })
-        .await
+        .await,
+        "B's listener reconnected"
     );
-    let health = b
-        .health
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .status();
-    assert_eq!(health, ServingStatus::Serving);
+    for round in 0..3 {
+        let account = format!("acct_recovery_{round}");
+        let (key, secret) = a.create_key(&account, &[]).await;
+        assert!(authenticate_on_b(secret.clone()).await.allowed);
+        a.revoke(&account, &key.id).await;
+        let by_notify = eventually(Duration::from_millis(1_500), async || {
+            reason(&authenticate_on_b(secret.clone()).await) == Reason::Revoked
+        })
+        .await;
+        assert!(by_notify, "round {round}: no NOTIFY reached B");
+    }
+    a.shutdown().await;
+    b.shutdown().await.expect("B stops cleanly");
 }
 
 async fn revoke_by_hand(conn: &mut sqlx::PgConnection, id: &str) {

@@ -364,3 +364,108 @@ async fn wakeups_follow_appends(db: Db) {
     let woke = tokio::time::timeout(Duration::from_secs(5), wakeups.recv()).await;
     assert!(matches!(woke, Ok(Some(_))), "{woke:?}");
 }
+
+/// Another session takes the event log's ordering lock (its insert ran, its
+/// commit never comes: a replica that stalled mid-write). keyward's writes
+/// must give up after `lock_timeout` rather than queue behind it for as long
+/// as TCP takes to notice, and must leave nothing half done; once the
+/// stalled session is gone they go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_long() {
+    use sqlx::Connection;
+
+    let Some(database) = TestDatabase::create(Db::Postgres).await else {
+        return;
+    };
+    let settings = PoolSettings {
+        lock_timeout: Duration::from_millis(300),
+        ..PoolSettings::default()
+    };
+    let store = storage::open(&database.url, &settings).await.unwrap();
+    let stalled_key = store.create_key(new_key("acct_1", "a"), 10).await.unwrap();
+    let key = store.create_key(new_key("acct_1", "b"), 10).await.unwrap();
+    let mut stalled = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut stalled).await.unwrap();
+    sqlx::query(
+        "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) \
+         SELECT id, account_id, key_hash, 'revoked', 1 FROM api_keys WHERE id = $1",
+    )
+    .bind(stalled_key.id.as_str())
+    .execute(&mut stalled)
+    .await
+    .unwrap();
+
+    // The upper bound only keeps a broken build from hanging the suite.
+    let revoke = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.revoke_key(&key.account_id, &key.id, UnixMillis::now()),
+    )
+    .await
+    .expect("the write gives up by itself");
+    let update = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.update_key(
+            &key.account_id,
+            &key.id,
+            KeyUpdate {
+                name: Some(KeyName::parse("renamed").unwrap()),
+                ..KeyUpdate::default()
+            },
+            UnixMillis::now(),
+        ),
+    )
+    .await
+    .expect("the write gives up by itself");
+
+    assert!(matches!(revoke, Err(StoreError::Database(_))), "{revoke:?}");
+    assert!(matches!(update, Err(StoreError::Database(_))), "{update:?}");
+    let untouched = store.get_key(&key.account_id, &key.id).await.unwrap();
+    assert_eq!(untouched, key, "nothing half done");
+    assert!(store.events_after(0, 10).await.unwrap().is_empty());
+
+    stalled.close().await.unwrap();
+    let revoked = store
+        .revoke_key(&key.account_id, &key.id, UnixMillis::now())
+        .await
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(store.events_after(0, 10).await.unwrap().len(), 1);
+}
+
+/// The database goes away under the listener and comes back: the listener
+/// reconnects by itself and says `Resubscribed` once it listens again, so
+/// the follower replays at once instead of waiting for its next poll (no
+/// change is made, so no `Changed` hint could stand in for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_says_resubscribed_when_it_listens_again() {
+    use crate::helpers::postgres::{ThrowawayCluster, report_skip};
+    use keyward::storage::Wakeup;
+
+    let cluster = match ThrowawayCluster::start() {
+        Ok(cluster) => cluster,
+        Err(reason) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but no throwaway PostgreSQL: {reason}");
+            }
+            report_skip(&format!(
+                "the_listener_says_resubscribed_when_it_listens_again: {reason}"
+            ));
+            return;
+        }
+    };
+    let database = TestDatabase::create_postgres(&cluster.admin_url()).await;
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let mut wakeups = store.subscribe_wakeups().await.unwrap();
+
+    cluster.stop();
+    // Whatever the loss itself produced, drop it: what counts is after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while wakeups.try_recv().is_ok() {}
+    cluster.start_again().expect("restart PostgreSQL");
+
+    let woke = tokio::time::timeout(Duration::from_secs(30), wakeups.recv()).await;
+    assert!(matches!(woke, Ok(Some(Wakeup::Resubscribed))), "{woke:?}");
+    drop(database);
+}

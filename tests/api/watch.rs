@@ -1,10 +1,25 @@
 //! WatchRevocations: live delivery, resume without gaps or duplicates,
-//! account filter, checkpoints, cursors out of range, slow consumers.
+//! account filter, checkpoints, cursors out of range (also when pruning
+//! races the history read), slow and stuck consumers.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use keyward::api::KeyServiceApi;
+use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
+use keyward::key_cache::{CacheSettings, KeyCache};
 use keyward::proto::key_service_client::KeyServiceClient;
+use keyward::proto::key_service_server::KeyService;
 use keyward::proto::{self, RevocationEvent};
+use keyward::revocation_feed::{FeedSettings, Freshness, RevocationFeed};
+use keyward::storage::{
+    self, Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolSettings, PoolStats,
+    StoreError, Wakeup,
+};
+use tokio::sync::mpsc;
 use tonic::{Code, Streaming};
 
 use crate::helpers::{Db, TestApp, TestDatabase, spawn_app, spawn_app_with, spawn_on, test_config};
@@ -20,6 +35,10 @@ on_both_databases!(
     bad_watch_input_is_invalid_argument,
     a_connected_watcher_ends_with_unavailable_at_shutdown,
     watchers_beyond_the_bound_are_refused,
+    pruning_under_the_first_history_read_is_out_of_range,
+    pruning_between_history_pages_is_out_of_range,
+    a_rewound_log_ends_streams_out_of_range,
+    a_consumer_that_stops_reading_is_cut_off_and_frees_its_place,
 );
 
 async fn watch(app: &mut TestApp, after_seq: u64, account: &str) -> Streaming<RevocationEvent> {
@@ -390,5 +409,370 @@ async fn bad_watch_input_is_invalid_argument(db: Db) {
         .await
         .unwrap_err();
     crate::helpers::assert_invalid_argument(&status, "account_id");
+    app.shutdown().await;
+}
+
+/// The real store, with history reads cut to small pages, and everything
+/// pruned just before the `prune_on_read`-th history read: the pruner
+/// running on another replica at the worst moment.
+struct PrunesUnderHistory {
+    inner: Arc<dyn KeyStore>,
+    page_cap: u32,
+    prune_on_read: usize,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyStore for PrunesUnderHistory {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
+        self.inner.create_key(key, max_active).await
+    }
+    async fn revoke_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        self.inner.revoke_key(account, id, now).await
+    }
+    async fn update_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        update: KeyUpdate,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        self.inner.update_key(account, id, update, now).await
+    }
+    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
+        self.inner.get_key(account, id).await
+    }
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        include_revoked: bool,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner
+            .list_keys(account, include_revoked, after, limit)
+            .await
+    }
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.find_by_digest(digest).await
+    }
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.find_by_id(id).await
+    }
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+        if self.reads.fetch_add(1, Ordering::SeqCst) + 1 == self.prune_on_read {
+            self.inner.prune_events(UnixMillis(i64::MAX)).await?;
+        }
+        self.inner
+            .events_after(after, limit.min(self.page_cap))
+            .await
+    }
+    async fn latest_seq(&self) -> Result<u64, StoreError> {
+        self.inner.latest_seq().await
+    }
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        self.inner.pruned_through().await
+    }
+    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.inner.prune_events(before).await
+    }
+    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
+        self.inner.record_last_used(uses).await
+    }
+    fn pool_stats(&self) -> PoolStats {
+        self.inner.pool_stats()
+    }
+    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
+        self.inner.subscribe_wakeups().await
+    }
+}
+
+/// A database with `events` revocations in the log (times far in the past,
+/// so the pruner may take them all), and a KeyService whose watch history
+/// reads go through `PrunesUnderHistory`.
+async fn service_pruning_on_read(
+    db: Db,
+    events: usize,
+    prune_on_read: usize,
+) -> Option<(KeyServiceApi, Arc<TestDatabase>)> {
+    let database = TestDatabase::create(db).await?;
+    let real = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    for i in 0..events {
+        let account = AccountId::parse(&format!("acct_{i}")).unwrap();
+        let key = real
+            .create_key(
+                NewKey {
+                    id: KeyId::generate(),
+                    account_id: account.clone(),
+                    name: KeyName::parse("k").unwrap(),
+                    digest: KeyDigest::of(&format!("cc_{i}")),
+                    start: "cc_000000".into(),
+                    scopes: vec![],
+                    rate_limit: None,
+                    created_at: UnixMillis(1),
+                    expires_at: None,
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        real.revoke_key(&account, &key.id, UnixMillis(1_000 + i as i64))
+            .await
+            .unwrap();
+    }
+    let store: Arc<dyn KeyStore> = Arc::new(PrunesUnderHistory {
+        inner: Arc::clone(&real),
+        page_cap: 2,
+        prune_on_read,
+        reads: AtomicUsize::new(0),
+    });
+    let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
+    let settings = FeedSettings {
+        // A stream that wrongly went live would soon vouch for its position.
+        checkpoint_interval: Duration::from_millis(100),
+        ..FeedSettings::default()
+    };
+    let feed = RevocationFeed::start(Arc::clone(&store), real, Arc::clone(&cache), settings)
+        .await
+        .unwrap();
+    let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
+    freshness.confirm(Instant::now());
+    let (authenticator, manager) =
+        crate::load_race::in_process(Arc::clone(&store), cache, freshness);
+    let api = KeyServiceApi::new(Arc::new(authenticator), Arc::new(manager), feed);
+    Some((api, database))
+}
+
+/// Reads a stream to its end: the events, and the status it ended with
+/// (`None`: still open after a quiet second, or ended without an error).
+async fn drain(
+    stream: &mut (impl futures_util::Stream<Item = Result<RevocationEvent, tonic::Status>> + Unpin),
+) -> (Vec<RevocationEvent>, Option<tonic::Status>) {
+    let mut events = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+            Ok(Some(Ok(event))) if event.kind == "checkpoint" => {
+                events.push(event);
+                return (events, None);
+            }
+            Ok(Some(Ok(event))) => events.push(event),
+            Ok(Some(Err(status))) => return (events, Some(status)),
+            Ok(None) | Err(_) => return (events, None),
+        }
+    }
+}
+
+/// The cursor is valid when the stream starts (pruned through 0, latest 6),
+/// then the whole log is pruned just before the first history read, which
+/// comes back empty: the stream must say OUT_OF_RANGE, not go live as if
+/// events 4 to 6 never happened.
+async fn pruning_under_the_first_history_read_is_out_of_range(db: Db) {
+    let Some((api, _database)) = service_pruning_on_read(db, 6, 1).await else {
+        return;
+    };
+    let mut stream = api
+        .watch_revocations(tonic::Request::new(proto::WatchRevocationsRequest {
+            after_seq: 3,
+            account_id: String::new(),
+        }))
+        .await
+        .expect("the cursor is in range at the start")
+        .into_inner();
+
+    let (events, ended) = drain(&mut stream).await;
+
+    assert!(events.is_empty(), "nothing was delivered: {events:?}");
+    let status = ended.expect("the stream ends with a status");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("resync"), "{}", status.message());
+}
+
+/// The first page (two events) is delivered, then the rest of the log is
+/// pruned before the second page is read: the stream ends OUT_OF_RANGE
+/// after the events it did deliver.
+async fn pruning_between_history_pages_is_out_of_range(db: Db) {
+    let Some((api, _database)) = service_pruning_on_read(db, 6, 2).await else {
+        return;
+    };
+    let mut stream = api
+        .watch_revocations(tonic::Request::new(proto::WatchRevocationsRequest {
+            after_seq: 1,
+            account_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let (events, ended) = drain(&mut stream).await;
+
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        [2, 3],
+        "the first page, then nothing it cannot vouch for"
+    );
+    let status = ended.expect("the stream ends with a status");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("events after 3"),
+        "{}",
+        status.message()
+    );
+}
+
+/// The database is put back to an older copy under a live stream: the
+/// replica notices and the stream ends OUT_OF_RANGE, telling the client to
+/// resync, instead of waiting for sequence numbers it has already passed.
+async fn a_rewound_log_ends_streams_out_of_range(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let mut stream = watch(&mut app, 0, "").await;
+    next(&mut stream).await;
+    for i in 0..3 {
+        let account = format!("acct_{i}");
+        let (key, _) = app.create_key(&account, &[]).await;
+        app.revoke(&account, &key.id).await;
+    }
+    let mut position = 0;
+    for _ in 0..3 {
+        position = next_event(&mut stream).await.seq;
+    }
+
+    crate::revocation::rewind_log(&app.database, 1).await;
+    let (key, _) = app.create_key("acct_after", &[]).await;
+    app.revoke("acct_after", &key.id).await;
+
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+            Ok(Ok(Some(event))) => assert_eq!(event.kind, "checkpoint", "{event:?}"),
+            Ok(Err(status)) => break status,
+            other => panic!("expected OUT_OF_RANGE, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("delivered up to {position}")),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("resync"), "{}", status.message());
+    // A fresh start works.
+    let mut fresh = watch(&mut app, 0, "").await;
+    assert_eq!(next(&mut fresh).await.seq, 2);
+    app.shutdown().await;
+}
+
+/// A client opens a stream and reads nothing while many events are
+/// produced. The server must not let it keep the only watcher place: after
+/// a checkpoint interval of taking nothing it is cut off, and a new stream
+/// is admitted. When the stuck client reads at last, it gets what was queued,
+/// then RESOURCE_EXHAUSTED naming a position from which resuming delivers
+/// every remaining event.
+async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
+    let mut config = test_config();
+    config.feed.max_watchers = 1;
+    config.feed.checkpoint_interval = Duration::from_millis(300);
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    // A client that accepts little data before it reads.
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", app_addr(&app)))
+        .unwrap()
+        .initial_stream_window_size(Some(256))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut stuck = KeyServiceClient::new(narrow)
+        .watch_revocations(proto::WatchRevocationsRequest {
+            after_seq: 0,
+            account_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = app
+        .keys
+        .watch_revocations(proto::WatchRevocationsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "the place is taken"
+    );
+
+    let total = 60;
+    for i in 0..total {
+        let account = format!("acct_{i}");
+        let (key, _) = app.create_key(&account, &[]).await;
+        app.revoke(&account, &key.id).await;
+    }
+    let admitted = crate::helpers::eventually(Duration::from_secs(20), async || {
+        app.keys
+            .watch_revocations(proto::WatchRevocationsRequest::default())
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(admitted, "the stuck consumer still holds the only place");
+
+    let mut last_seq = 0;
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stuck.message()).await {
+            Ok(Ok(Some(event))) => {
+                last_seq = event.seq;
+                received += usize::from(event.kind != "checkpoint");
+            }
+            Ok(Err(status)) => break status,
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("resume with after_seq = {last_seq}")),
+        "{}",
+        status.message()
+    );
+    assert!(received < total, "it was cut off before the end");
+    // The probe stream above frees its place once the server sees it closed.
+    let mut resumed = None;
+    crate::helpers::eventually(Duration::from_secs(10), async || {
+        resumed = app
+            .keys
+            .watch_revocations(proto::WatchRevocationsRequest {
+                after_seq: last_seq,
+                account_id: String::new(),
+            })
+            .await
+            .ok()
+            .map(tonic::Response::into_inner);
+        resumed.is_some()
+    })
+    .await;
+    let mut resumed = resumed.expect("a resumed stream is admitted");
+    let mut previous = last_seq;
+    while received < total {
+        let event = next_event(&mut resumed).await;
+        assert!(event.seq > previous);
+        previous = event.seq;
+        received += 1;
+    }
     app.shutdown().await;
 }
