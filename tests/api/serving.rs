@@ -151,10 +151,8 @@ async fn every_service_goes_not_serving_when_the_replica_fails_closed() {
         statuses
     };
     assert_eq!(statuses(&mut app).await, [Some(ServingStatus::Serving); 3]);
-    // Let startup's connections settle first: a crash within the first
-    // tens of milliseconds currently leaves the follower failing closed
-    // after the database is back (a separate bug, not what this tests).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Crash at once, while startup's connections are still new: the
+    // replica must recover from that too (it once stayed failing closed).
     cluster.stop();
 
     let all_down = eventually(Duration::from_secs(10), async || {
