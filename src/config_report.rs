@@ -327,9 +327,18 @@ fn http(config: &Config) -> Vec<String> {
         match http.trusted_proxy_hops {
             0 => "client address: Envoy's peer (trusted_proxy_hops = 0)".into(),
             hops => format!(
-                "client address: x-forwarded-for entry {hops} from the right (trusted_proxy_hops = {hops})"
+                "client address: x-forwarded-for entry {} from the right, after the peer Envoy appends (trusted_proxy_hops = {hops}, as Envoy's xff_num_trusted_hops)",
+                hops + 1
             ),
         },
+        format!(
+            "authorization header without a scheme: {}",
+            if http.require_scheme {
+                "no key (http.require_scheme = true)"
+            } else {
+                "read as a bare key"
+            }
+        ),
         format!("error bodies: {style}"),
         format!(
             "identity headers: key id {}, account id {}, scopes {}",
@@ -474,7 +483,8 @@ mod tests {
         for expected in [
             "Envoy ext_authz ([http]):",
             "keys read from: authorization header (Bearer, ApiKey), then query parameter `api_key`",
-            "client address: x-forwarded-for entry 1 from the right",
+            "client address: x-forwarded-for entry 2 from the right, after the peer Envoy appends (trusted_proxy_hops = 1, as Envoy's xff_num_trusted_hops)",
+            "authorization header without a scheme: read as a bare key",
             "error bodies: code_detail",
             "identity headers: key id x-keyward-key-id, account id x-keyward-account-id, scopes x-keyward-scopes",
             "routes (the first match wins):\n    [0] GET /v1/health: public (no key)\n    [1] POST, PUT /v1/orders/{id}: key with trading\n    [2] GET /v1/things: key with read:{query.kind} (templates filled in from the request)\n    [3] * /...: any valid key\n",

@@ -438,7 +438,7 @@ scopes = []
         "metrics: http://127.0.0.1:9464/metrics",
         "keys read from: authorization header (Bearer, ApiKey), then header `x-api-key` (the first present wins)",
         "credential removed before the request goes upstream: no",
-        "client address: x-forwarded-for entry 2 from the right (trusted_proxy_hops = 2)",
+        "client address: x-forwarded-for entry 3 from the right, after the peer Envoy appends (trusted_proxy_hops = 2, as Envoy's xff_num_trusted_hops)",
         "error bodies: error_object_with_details",
         "identity headers: key id x-keyward-key-id, account id x-user-id, scopes x-keyward-scopes",
         "routes (the first match wins):\n    [0] GET, HEAD /api/journal...: key with journal:read\n    [1] * /api/me: any valid key\n",
