@@ -23,7 +23,7 @@ use crate::proto;
 use crate::proto::key_service_client::KeyServiceClient;
 
 /// The benchmark serves the Carboncopy profile (it carries ext_authz routes).
-const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
+pub(crate) const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
 
 mod hot_path;
 mod load;
@@ -265,6 +265,10 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         micros(costs.plain),
         "≤ 5 µs",
         costs.plain <= 5_000.0,
+    ));
+    rows.push(row(
+        "server-side ext_authz Check on a cached key, in-process",
+        micros(costs.check),
     ));
     rows.push(goal_row(
         "… with a per-key rate limit: throughput on / off",
@@ -527,7 +531,7 @@ async fn saturation(channels: &[Channel], keys: &Arc<Vec<String>>, args: &BenchA
 
 /// What Envoy sends for `curl -H "Authorization: Bearer cc_..."
 /// http://api.example.com/api/v1/portfolio?page=1`.
-fn check_request(secret: &str) -> CheckRequest {
+pub(crate) fn check_request(secret: &str) -> CheckRequest {
     let peer = core::Address {
         address: Some(core::address::Address::SocketAddress(SocketAddress {
             address: "192.0.2.10".into(),

@@ -6,8 +6,10 @@
 //! Three variants share one store, cache and set of keys: plain (the
 //! default: no rate limit, metrics off), with a default per-key rate limit
 //! (that never trips, so every call pays for the limiter), and with metrics
-//! on. They run in alternating rounds and the best round of each counts, so
-//! a busy moment on a shared machine does not land on one variant only.
+//! on. A fourth runs Envoy's ext_authz Check on the same keys, with the
+//! Carboncopy profile's routes. They run in alternating rounds and the best
+//! round of each counts, so a busy moment on a shared machine does not land
+//! on one variant only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,12 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+
 use crate::api::KeyServiceApi;
+use crate::ext_authz::ExtAuthzApi;
 use crate::authenticator::Authenticator;
 use crate::config::Config;
 use crate::domain::{AccountId, KeyName, RateLimit};
@@ -39,6 +46,9 @@ pub struct HotPathCosts {
     pub plain: f64,
     pub rate_limited: f64,
     pub metrics_on: f64,
+    /// ext_authz Check (decode the CheckRequest, route, authenticate,
+    /// render the OK response with its headers and metadata, encode).
+    pub check: f64,
 }
 
 const ROUNDS: usize = 3;
@@ -95,12 +105,30 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         });
         KeyServiceApi::new(authenticator, Arc::clone(&manager), Arc::clone(&feed))
     };
+    // The Carboncopy profile for its routes; same key format as the default.
+    let profile = Config::parse(super::CARBONCOPY_PROFILE, "carboncopy.toml").map_err(setup_error)?;
+    let check_api = ExtAuthzApi::new(
+        Arc::new(Authenticator {
+            key_format: config.key_format.clone(),
+            catalog: Arc::clone(&config.catalog),
+            denials: config.denials.clone(),
+            cache: Arc::clone(&cache),
+            store: Arc::clone(&store),
+            freshness: Arc::clone(feed.freshness()),
+            bans: FailedAuthBans::new(config.bans.clone()),
+            rate_limits: KeyRateLimits::new(None, config.cache.capacity),
+            usage: usage.clone(),
+            telemetry: Arc::new(Telemetry::disabled()),
+        }),
+        profile.http.clone(),
+    );
     let never_trips = RateLimit::new(u32::MAX, 1).expect("valid limit");
     let plain = variant(None, Telemetry::disabled(), usage.clone());
     let rate_limited = variant(Some(never_trips), Telemetry::disabled(), usage.clone());
     let metrics_on = variant(None, Telemetry::enabled(), usage);
 
     let mut requests = Vec::new();
+    let mut checks = Vec::new();
     for i in 0..keys {
         let (_, secret) = manager
             .create(CreateKey {
@@ -113,6 +141,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             })
             .await
             .map_err(setup_error)?;
+        checks.push(super::check_request(secret.expose()).encode_to_vec());
         requests.push(
             proto::AuthenticateRequest {
                 credential: format!("Bearer {}", secret.expose()),
@@ -128,7 +157,10 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             return Err(BenchError::Setup("a fresh key was refused".into()));
         }
     }
-    let mut best = [f64::INFINITY; 3];
+    if !handle_check(&check_api, &checks[0]).await? {
+        return Err(BenchError::Setup("ext_authz refused a fresh key".into()));
+    }
+    let mut best = [f64::INFINITY; 4];
     for _ in 0..ROUNDS {
         for (slot, api) in [&plain, &rate_limited, &metrics_on].into_iter().enumerate() {
             let started = Instant::now();
@@ -138,6 +170,11 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             let nanos = started.elapsed().as_nanos() as f64 / calls as f64;
             best[slot] = best[slot].min(nanos);
         }
+        let started = Instant::now();
+        for i in 0..calls {
+            handle_check(&check_api, &checks[i as usize % checks.len()]).await?;
+        }
+        best[3] = best[3].min(started.elapsed().as_nanos() as f64 / calls as f64);
     }
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -145,6 +182,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         plain: best[0],
         rate_limited: best[1],
         metrics_on: best[2],
+        check: best[3],
     })
 }
 
@@ -153,6 +191,15 @@ async fn handle(api: &KeyServiceApi, encoded: &[u8]) -> Result<bool, BenchError>
     let request = proto::AuthenticateRequest::decode(encoded).map_err(setup_error)?;
     let response = api.authenticate(Request::new(request)).await?.into_inner();
     let allowed = response.allowed;
+    std::hint::black_box(response.encode_to_vec());
+    Ok(allowed)
+}
+
+/// The same for ext_authz Check: decode, route and decide, encode.
+async fn handle_check(api: &ExtAuthzApi, encoded: &[u8]) -> Result<bool, BenchError> {
+    let request = CheckRequest::decode(encoded).map_err(setup_error)?;
+    let response = api.check(Request::new(request)).await?.into_inner();
+    let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
     std::hint::black_box(response.encode_to_vec());
     Ok(allowed)
 }
