@@ -18,6 +18,7 @@ use std::time::Duration;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
@@ -42,6 +43,7 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::metrics_endpoint::{self, ScrapeSources};
 use crate::usage::usage_channel;
 
+mod connection;
 pub mod tls;
 
 /// Services whose health follows the replica's freshness: the server as a
@@ -366,9 +368,12 @@ async fn run(
         // TCP_NODELAY set on the accepted sockets themselves: the builder's
         // `tcp_nodelay` is ignored for a caller-supplied listener, and
         // without it Nagle's algorithm held ext_authz Check replies for a
-        // delayed ACK (about 40 ms each).
+        // delayed ACK (about 40 ms each). `CoalescingStream`: see
+        // `connection.rs`.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|accepted| accepted.map(connection::CoalescingStream)),
             shutdown_signal,
         );
 
