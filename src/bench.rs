@@ -270,6 +270,13 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         "server-side ext_authz Check on a cached key, in-process",
         micros(costs.check),
     ));
+    rows.push(row(
+        "reply size, Authenticate / ext_authz Check (allowed)",
+        format!(
+            "{} B / {} B",
+            costs.authenticate_reply_bytes, costs.check_reply_bytes
+        ),
+    ));
     rows.push(goal_row(
         "… with a per-key rate limit: throughput on / off",
         format!(
@@ -319,7 +326,10 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         latency(&miss_stats),
     ));
 
-    rows.extend(saturation(&channels, &keys, &args).await);
+    let limited = Arc::new(create_rate_limited_keys(&channels, &args).await?);
+    // Their first lookups, so the saturation runs hit the cache.
+    authenticate_each_once(&channels, &limited, args.concurrency).await;
+    rows.extend(saturation(&channels, &keys, &limited, &args).await);
     if args.h2load {
         rows.extend(h2load_cross_check(&server, &keys[0], &args).await?);
     }
@@ -473,13 +483,70 @@ fn merge(runs: &[LoadStats]) -> LoadStats {
     }
 }
 
+/// As many keys again, each with a per-key rate limit that never trips
+/// (4,294,967,295 a second), so Authenticate on them pays for the limiter
+/// on every call: the same server and the same number of keys, A/B against
+/// the keys without one.
+async fn create_rate_limited_keys(
+    channels: &[Channel],
+    args: &BenchArgs,
+) -> Result<Vec<String>, BenchError> {
+    let count = args.keys;
+    let secrets: Arc<Mutex<Vec<String>>> = Arc::default();
+    let channels = channels.to_vec();
+    {
+        let secrets = Arc::clone(&secrets);
+        closed_loop_count(args.concurrency, count, move |i| {
+            let mut client = client(&channels, i);
+            let secrets = Arc::clone(&secrets);
+            async move {
+                let reply = client
+                    .create_key(proto::CreateKeyRequest {
+                        account_id: format!("bench_limited_{}", i / 10),
+                        name: format!("limited {i}"),
+                        scopes: vec!["portfolio:read".into(), "orders:write".into()],
+                        rate_limit: Some(proto::RateLimit {
+                            requests: u32::MAX,
+                            per_seconds: 1,
+                        }),
+                        ..Default::default()
+                    })
+                    .await;
+                match reply {
+                    Ok(reply) => {
+                        secrets
+                            .lock()
+                            .expect("secrets")
+                            .push(reply.into_inner().secret);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+    let secrets = std::mem::take(&mut *secrets.lock().expect("secrets"));
+    if secrets.is_empty() {
+        return Err(BenchError::Setup(
+            "no rate-limited key could be created".into(),
+        ));
+    }
+    Ok(secrets)
+}
+
 /// Closed loop at saturation. Every target runs once per round, two rounds,
 /// so drift on a shared machine hits all of them alike.
-async fn saturation(channels: &[Channel], keys: &Arc<Vec<String>>, args: &BenchArgs) -> Vec<Row> {
+async fn saturation(
+    channels: &[Channel],
+    keys: &Arc<Vec<String>>,
+    limited: &Arc<Vec<String>>,
+    args: &BenchArgs,
+) -> Vec<Row> {
     let duration = args.duration();
     let callers = args.concurrency;
     let check = Arc::new(check_request(&keys[0]));
-    let mut runs: [Vec<LoadStats>; 3] = Default::default();
+    let mut runs: [Vec<LoadStats>; 4] = Default::default();
     for _ in 0..2 {
         runs[0].push(closed_loop(callers, duration, health_call(channels.to_vec())).await);
         runs[1].push(
@@ -498,8 +565,16 @@ async fn saturation(channels: &[Channel], keys: &Arc<Vec<String>>, args: &BenchA
             )
             .await,
         );
+        runs[3].push(
+            closed_loop(
+                callers,
+                duration,
+                authenticate_call(channels.to_vec(), Arc::clone(limited)),
+            )
+            .await,
+        );
     }
-    let [health, auth, check] = runs.map(|r| merge(&r));
+    let [health, auth, check, auth_limited] = runs.map(|r| merge(&r));
     let ratio = |a: &LoadStats, b: &LoadStats| a.throughput() / b.throughput();
     vec![
         row(
@@ -525,6 +600,19 @@ async fn saturation(channels: &[Channel], keys: &Arc<Vec<String>>, args: &BenchA
             format!("{:.2}", ratio(&check, &health)),
             "≥ 0.80",
             ratio(&check, &health) >= 0.8,
+        ),
+        row(
+            format!(
+                "Authenticate, cached, keys with a per-key rate limit ({} keys), closed loop",
+                limited.len()
+            ),
+            latency(&auth_limited),
+        ),
+        goal_row(
+            "Authenticate throughput, rate-limited keys / keys without a limit",
+            format!("{:.2}", ratio(&auth_limited, &auth)),
+            "≥ 0.90",
+            ratio(&auth_limited, &auth) >= 0.9,
         ),
     ]
 }

@@ -23,10 +23,10 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 
 use crate::api::KeyServiceApi;
-use crate::ext_authz::ExtAuthzApi;
 use crate::authenticator::Authenticator;
 use crate::config::Config;
 use crate::domain::{AccountId, KeyName, RateLimit};
+use crate::ext_authz::ExtAuthzApi;
 use crate::failed_auth_bans::FailedAuthBans;
 use crate::key_cache::KeyCache;
 use crate::key_management::{CreateKey, KeyManager};
@@ -49,6 +49,11 @@ pub struct HotPathCosts {
     /// ext_authz Check (decode the CheckRequest, route, authenticate,
     /// render the OK response with its headers and metadata, encode).
     pub check: f64,
+    /// Encoded sizes of one allowed reply (gRPC message bytes): HTTP/2
+    /// writes a DATA frame of 256 bytes or more on its own, without
+    /// coalescing it with other replies, so the size matters.
+    pub authenticate_reply_bytes: usize,
+    pub check_reply_bytes: usize,
 }
 
 const ROUNDS: usize = 3;
@@ -106,7 +111,8 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         KeyServiceApi::new(authenticator, Arc::clone(&manager), Arc::clone(&feed))
     };
     // The Carboncopy profile for its routes; same key format as the default.
-    let profile = Config::parse(super::CARBONCOPY_PROFILE, "carboncopy.toml").map_err(setup_error)?;
+    let profile =
+        Config::parse(super::CARBONCOPY_PROFILE, "carboncopy.toml").map_err(setup_error)?;
     let check_api = ExtAuthzApi::new(
         Arc::new(Authenticator {
             key_format: config.key_format.clone(),
@@ -160,6 +166,20 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
     if !handle_check(&check_api, &checks[0]).await? {
         return Err(BenchError::Setup("ext_authz refused a fresh key".into()));
     }
+    let authenticate_reply_bytes = plain
+        .authenticate(Request::new(
+            proto::AuthenticateRequest::decode(&requests[0][..]).map_err(setup_error)?,
+        ))
+        .await?
+        .into_inner()
+        .encoded_len();
+    let check_reply_bytes = check_api
+        .check(Request::new(
+            CheckRequest::decode(&checks[0][..]).map_err(setup_error)?,
+        ))
+        .await?
+        .into_inner()
+        .encoded_len();
     let mut best = [f64::INFINITY; 4];
     for _ in 0..ROUNDS {
         for (slot, api) in [&plain, &rate_limited, &metrics_on].into_iter().enumerate() {
@@ -183,6 +203,8 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         rate_limited: best[1],
         metrics_on: best[2],
         check: best[3],
+        authenticate_reply_bytes,
+        check_reply_bytes,
     })
 }
 
