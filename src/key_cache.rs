@@ -26,6 +26,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 
 use crate::domain::{AccountId, KeyDigest, KeyId, RateLimit, UnixMillis};
+use crate::rate_limits::LimiterSlot;
 use crate::scope_catalog::{ScopeCatalog, ScopeSet};
 use crate::storage::KeyRecord;
 
@@ -53,6 +54,8 @@ pub struct CachedKey {
     last_used_ms: AtomicI64,
     /// Set while this key waits in the usage flusher's queue.
     usage_queued: AtomicBool,
+    /// Its rate limiter, once it has needed one (see `rate_limits`).
+    pub limiter: LimiterSlot,
 }
 
 impl CachedKey {
@@ -78,6 +81,7 @@ impl CachedKey {
             stored_last_used_at: record.last_used_at,
             last_used_ms: AtomicI64::new(0),
             usage_queued: AtomicBool::new(false),
+            limiter: LimiterSlot::default(),
             id: record.id,
             account_id: record.account_id,
         }

@@ -3,8 +3,14 @@
 //! bounded moka cache whose entries expire after the key has been idle for a
 //! full refill period: by then its bucket is full again, so dropping it loses
 //! nothing. Limits are per replica.
+//!
+//! The cached key also holds its limiter ([`LimiterSlot`]), so a request on
+//! a cached key finds its bucket without a second cache lookup; it touches
+//! the table at most twice per refill period to keep the entry alive, so a
+//! reloaded cache entry finds the same bucket and no reload refills it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -20,9 +26,25 @@ use crate::key_cache::CachedKey;
 
 type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
-struct KeyLimiter {
+pub struct KeyLimiter {
     limit: RateLimit,
     limiter: DirectLimiter,
+    /// When the table entry was last read or written (milliseconds since
+    /// [`KeyRateLimits`] began), to keep it from idling out while in use.
+    touched_ms: AtomicU64,
+}
+
+/// A cached key's own reference to its limiter (empty until its first
+/// limited request).
+#[derive(Default)]
+pub struct LimiterSlot(OnceLock<Arc<KeyLimiter>>);
+
+impl std::fmt::Debug for LimiterSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LimiterSlot")
+            .field(&self.0.get().map(|l| l.limit))
+            .finish()
+    }
 }
 
 /// Where a key stands after a request.
@@ -103,6 +125,7 @@ pub struct KeyRateLimits {
     default: Option<RateLimit>,
     limiters: Cache<KeyId, Arc<KeyLimiter>>,
     clock: DefaultClock,
+    started: Instant,
 }
 
 impl KeyRateLimits {
@@ -114,15 +137,36 @@ impl KeyRateLimits {
                 .expire_after(IdleForRefill)
                 .build(),
             clock: DefaultClock::default(),
+            started: Instant::now(),
         }
     }
 
-    /// Takes one request from the key's budget.
-    pub fn check(&self, key: &CachedKey) -> RateDecision {
-        let Some(limit) = key.rate_limit.or(self.default) else {
-            return RateDecision::Unlimited;
-        };
-        let limiter = match self.limiters.get(&key.id) {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The limiter the key's cache entry holds, if it has one for `limit`.
+    fn held<'k>(&self, key: &'k CachedKey, limit: RateLimit) -> Option<&'k KeyLimiter> {
+        let held = key.limiter.0.get().filter(|held| held.limit == limit)?;
+        // Reading the table renews its idle expiry; twice per refill period
+        // is enough for it never to lapse while the key is in use.
+        let now = self.now_ms();
+        let half_period = u64::try_from(refill_period(limit).as_millis() / 2).unwrap_or(u64::MAX);
+        if now.saturating_sub(held.touched_ms.load(Ordering::Relaxed)) >= half_period {
+            held.touched_ms.store(now, Ordering::Relaxed);
+            // Put back if it was evicted meanwhile (capacity), so a
+            // reloaded entry still shares this bucket.
+            self.limiters
+                .entry_by_ref(&key.id)
+                .or_insert_with(|| Arc::clone(held));
+        }
+        Some(held)
+    }
+
+    /// The table's limiter for the key, or a fresh one if it has none or
+    /// one for another limit.
+    fn table_limiter(&self, key: &CachedKey, limit: RateLimit) -> Arc<KeyLimiter> {
+        match self.limiters.get(&key.id) {
             Some(existing) if existing.limit == limit => existing,
             // New key, or its limit changed: one fresh bucket, created under
             // moka's per-key lock so concurrent first requests share it
@@ -133,6 +177,7 @@ impl KeyRateLimits {
                         limit,
                         limiter: RateLimiter::direct_with_clock(quota(limit), self.clock.clone())
                             .with_middleware::<StateInformationMiddleware>(),
+                        touched_ms: AtomicU64::new(self.now_ms()),
                     })
                 };
                 let result = self
@@ -149,6 +194,24 @@ impl KeyRateLimits {
                     // The closure never removes; keep serving with a bucket.
                     CompResult::StillNone(_) | CompResult::Removed(_) => fresh(),
                 }
+            }
+        }
+    }
+
+    /// Takes one request from the key's budget.
+    pub fn check(&self, key: &CachedKey) -> RateDecision {
+        let Some(limit) = key.rate_limit.or(self.default) else {
+            return RateDecision::Unlimited;
+        };
+        let fetched;
+        let limiter = match self.held(key, limit) {
+            Some(held) => held,
+            None => {
+                fetched = self.table_limiter(key, limit);
+                // Already set only by a racing request, which got the same
+                // bucket from the table.
+                let _ = key.limiter.0.set(Arc::clone(&fetched));
+                &*fetched
             }
         };
         let per_request = per_request(limit);
@@ -312,6 +375,33 @@ mod tests {
         assert!(
             matches!(limits.check(&tight), RateDecision::Limited { .. }),
             "the tightened bucket expired after the old limit's period and refilled"
+        );
+    }
+
+    #[test]
+    fn a_reloaded_cache_entry_keeps_the_bucket_its_key_was_using() {
+        // 5 per 2 s: one request earned back every 0.4 s.
+        let limit = RateLimit::new(5, 2).unwrap();
+        let limits = KeyRateLimits::new(None, 100);
+        let first = key(Some(limit));
+        for _ in 0..5 {
+            assert!(matches!(limits.check(&first), RateDecision::Allowed(_)));
+        }
+        // Keep using it, longer than the table's idle expiry (2 s): the
+        // entry answers from the limiter it holds and keeps the table's alive.
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(300));
+            limits.check(&first);
+        }
+        // The cache entry is reloaded (TTL, eviction): the new one must find
+        // the same, nearly empty bucket, not a fresh burst of 5.
+        let reloaded = key_with_id(first.id.clone(), Some(limit));
+        let allowed = (0..5)
+            .filter(|_| matches!(limits.check(&reloaded), RateDecision::Allowed(_)))
+            .count();
+        assert!(
+            allowed <= 1,
+            "a reload refilled the bucket: {allowed} of 5 allowed"
         );
     }
 
