@@ -26,10 +26,12 @@ use crate::proto::key_service_client::KeyServiceClient;
 pub(crate) const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
 
 mod hot_path;
+mod lean_client;
 mod load;
 mod seed;
 mod server_process;
 
+use lean_client::{AuthenticateVerdict, CheckVerdict, HealthVerdict, PreEncoded};
 use load::{LoadStats, closed_loop, closed_loop_count, open_loop};
 use server_process::{ServerProcess, connect};
 
@@ -421,22 +423,30 @@ async fn create_keys(
     Ok((CreatedKeys { secrets, ids }, stats))
 }
 
+/// Authenticate on `keys` in turn, through the lean client (see
+/// `lean_client.rs`): the bodies are encoded here, once per run.
 fn authenticate_call(
     channels: Vec<Channel>,
     keys: Arc<Vec<String>>,
 ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
-    move |i| {
-        let mut client = client(&channels, i);
-        let credential = format!("Bearer {}", keys[i as usize % keys.len()]);
-        Box::pin(async move {
-            client
-                .authenticate(proto::AuthenticateRequest {
-                    credential,
+    let bodies: Arc<Vec<PreEncoded>> = Arc::new(
+        keys.iter()
+            .map(|secret| {
+                PreEncoded::of(&proto::AuthenticateRequest {
+                    credential: format!("Bearer {secret}"),
                     required_scopes: vec!["portfolio:read".into()],
                     client_ip: String::new(),
                 })
+            })
+            .collect(),
+    );
+    move |i| {
+        let channel = channels[i as usize % channels.len()].clone();
+        let body = bodies[i as usize % bodies.len()].clone();
+        Box::pin(async move {
+            lean_client::call::<AuthenticateVerdict>(channel, lean_client::AUTHENTICATE, body)
                 .await
-                .is_ok_and(|reply| reply.into_inner().allowed)
+                .is_some_and(|verdict| verdict.allowed)
         })
     }
 }
@@ -444,15 +454,14 @@ fn authenticate_call(
 fn health_call(
     channels: Vec<Channel>,
 ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+    let body = PreEncoded::of(&tonic_health::pb::HealthCheckRequest::default());
     move |i| {
-        let mut client = tonic_health::pb::health_client::HealthClient::new(
-            channels[i as usize % channels.len()].clone(),
-        );
+        let channel = channels[i as usize % channels.len()].clone();
+        let body = body.clone();
         Box::pin(async move {
-            client
-                .check(tonic_health::pb::HealthCheckRequest::default())
+            lean_client::call::<HealthVerdict>(channel, lean_client::HEALTH, body)
                 .await
-                .is_ok()
+                .is_some_and(|verdict| verdict.status == 1)
         })
     }
 }
@@ -664,16 +673,14 @@ fn check_call(
     channels: Vec<Channel>,
     request: Arc<CheckRequest>,
 ) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+    let body = PreEncoded::of(&*request);
     move |i| {
-        let mut client = AuthorizationClient::new(channels[i as usize % channels.len()].clone());
-        let request = CheckRequest::clone(&request);
+        let channel = channels[i as usize % channels.len()].clone();
+        let body = body.clone();
         Box::pin(async move {
-            client.check(request).await.is_ok_and(|reply| {
-                matches!(
-                    reply.into_inner().http_response,
-                    Some(envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::OkResponse(_))
-                )
-            })
+            lean_client::call::<CheckVerdict>(channel, lean_client::CHECK, body)
+                .await
+                .is_some_and(|verdict| verdict.ok_response.is_some())
         })
     }
 }
