@@ -132,8 +132,12 @@ async fn collect(
 }
 
 /// Starts `rate` calls per second for `duration`, each in its own task,
-/// whatever earlier calls are doing. Calls are dispatched each millisecond
-/// (tokio's timer resolution); latency runs from each call's actual start.
+/// whatever earlier calls are doing. A dispatcher thread starts them on
+/// schedule: tokio's timers tick once a millisecond, which at 10,000 calls a
+/// second would start them in bursts of ten that queue behind each other,
+/// so the thread sleeps between calls instead (the kernel's timer slack,
+/// about 50 µs, bounds how early or late a call starts). Latency runs from
+/// each call's actual start.
 pub async fn open_loop<F, Fut>(rate: u64, duration: Duration, call: F) -> LoadStats
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
@@ -143,25 +147,29 @@ where
     let (results, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
     let total = rate * duration.as_millis() as u64 / 1000;
     let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sent = 0u64;
-    while sent < total {
-        ticker.tick().await;
-        let due = (rate as u128 * started.elapsed().as_micros() / 1_000_000) as u64;
-        while sent < due.min(total) {
-            let call = Arc::clone(&call);
-            let results = results.clone();
-            let i = sent;
-            tokio::spawn(async move {
-                let begun = Instant::now();
-                let ok = call(i).await;
-                let _ = results.send(ok.then(|| micros(begun.elapsed())));
-            });
-            sent += 1;
+    let runtime = tokio::runtime::Handle::current();
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let dispatcher = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while sent < total {
+            let due = (rate as u128 * started.elapsed().as_micros() / 1_000_000) as u64;
+            while sent < due.min(total) {
+                let call = Arc::clone(&call);
+                let results = results.clone();
+                let i = sent;
+                runtime.spawn(async move {
+                    let begun = Instant::now();
+                    let ok = call(i).await;
+                    let _ = results.send(ok.then(|| micros(begun.elapsed())));
+                });
+                sent += 1;
+            }
+            std::thread::sleep(interval);
         }
-    }
-    drop(results);
+    });
+    // The dispatcher holds the last sender; the loop below ends once it and
+    // every call are done.
+    let _ = tokio::task::spawn_blocking(move || dispatcher.join()).await;
     let mut latency_us = new_histogram();
     let mut failed = 0;
     while let Some(result) = receiver.recv().await {
