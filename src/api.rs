@@ -4,8 +4,10 @@
 //! log (`watch`). `request_gate` is the tower layer in front of every hosted
 //! service: access control, request ids and per-RPC metrics.
 //!
-//! **Architecture invariant:** only `api/`, `ext_authz/`, the operator CLI and
-//! the benchmark tool use proto types; the domain and storage never see them.
+//! **Architecture invariant:** only `api/`, `ext_authz/`, the operator CLI,
+//! the benchmark tool and `server.rs` (which registers the generated services
+//! and descriptors) know proto types; the domain, cache and storage never see
+//! them.
 
 mod convert;
 mod key_service;

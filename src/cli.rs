@@ -47,14 +47,17 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, clap::Args)]
+// `Debug` hides the database URL's password, and `--help` the
+// environment's value of it (`hide_env_values`). Not a doc comment: clap
+// would make it the command's description.
+#[derive(clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50051, or `server.listen`].
     #[arg(long, env = "KEYWARD_LISTEN")]
     pub listen: Option<SocketAddr>,
 
     /// sqlite://PATH or postgres://... [default: sqlite://keyward.db, or `server.database_url`].
-    #[arg(long, env = "KEYWARD_DATABASE_URL")]
+    #[arg(long, env = "KEYWARD_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// TOML config file (a product profile); built-in Carboncopy defaults without one.
@@ -82,8 +85,40 @@ pub struct ServeArgs {
     pub insecure_open_management: bool,
 }
 
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be left out unnoticed.
+        let Self {
+            listen,
+            database_url,
+            config,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            metrics_listen,
+            insecure_open_management,
+        } = self;
+        f.debug_struct("ServeArgs")
+            .field("listen", listen)
+            .field(
+                "database_url",
+                &database_url
+                    .as_deref()
+                    .map(crate::config_report::redact_url),
+            )
+            .field("config", config)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_client_ca", tls_client_ca)
+            .field("metrics_listen", metrics_listen)
+            .field("insecure_open_management", insecure_open_management)
+            .finish()
+    }
+}
+
 /// How the operator CLI reaches a server.
-#[derive(Debug, Clone, clap::Args)]
+// `Debug` hides the token; so does `--help` (`hide_env_values`).
+#[derive(Clone, clap::Args)]
 pub struct ConnectionArgs {
     /// The server: http://HOST:PORT, or https://HOST:PORT with --tls-ca.
     #[arg(long, env = "KEYWARD_SERVER", default_value = "http://127.0.0.1:50051")]
@@ -112,6 +147,29 @@ pub struct ConnectionArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            server,
+            token,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_domain,
+            json,
+        } = self;
+        f.debug_struct("ConnectionArgs")
+            .field("server", server)
+            .field("token", &token.as_ref().map(|_| ".."))
+            .field("tls_ca", tls_ca)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_domain", tls_domain)
+            .field("json", json)
+            .finish()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +311,32 @@ fn parse_rate_limit_change(text: &str) -> Result<RateLimitChange, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_holds_no_password_or_token() {
+        let cli = Cli::parse_from([
+            "keyward",
+            "serve",
+            "--database-url",
+            "postgres://kw:s3cret@db/kw?password=s3cret",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("postgres://kw:***@db/kw"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let cli = Cli::parse_from([
+            "keyward",
+            "keys",
+            "list",
+            "--account",
+            "a",
+            "--token",
+            "kwt_s3cret",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("token: Some(\"..\")"), "{shown}");
+        assert!(!shown.contains("kwt_s3cret"), "{shown}");
+    }
 
     #[test]
     fn rate_limits_read_as_requests_per_period() {

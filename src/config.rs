@@ -69,7 +69,8 @@ pub struct Config {
 }
 
 /// Server settings as the file gives them (each may be overridden).
-#[derive(Debug, Clone, Default)]
+/// `Debug` hides the database URL's password.
+#[derive(Clone, Default)]
 pub struct ServerSettings {
     pub listen: Option<SocketAddr>,
     pub database_url: Option<String>,
@@ -88,6 +89,41 @@ pub struct ServerSettings {
     /// Management RPCs without credentials on a non-loopback address
     /// (`--insecure-open-management`; never from the file).
     pub insecure_open_management: bool,
+}
+
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be left out unnoticed.
+        let Self {
+            listen,
+            database_url,
+            max_connections,
+            shutdown_grace,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_origin,
+            metrics_listen,
+            insecure_open_management,
+        } = self;
+        f.debug_struct("ServerSettings")
+            .field("listen", listen)
+            .field(
+                "database_url",
+                &database_url
+                    .as_deref()
+                    .map(crate::config_report::redact_url),
+            )
+            .field("max_connections", max_connections)
+            .field("shutdown_grace", shutdown_grace)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_client_ca", tls_client_ca)
+            .field("tls_origin", tls_origin)
+            .field("metrics_listen", metrics_listen)
+            .field("insecure_open_management", insecure_open_management)
+            .finish()
+    }
 }
 
 /// The config file that set each TLS path, when one did; `None` means a

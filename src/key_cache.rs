@@ -1,7 +1,7 @@
 //! The per-replica key cache: keys by digest (Authenticate) and by id
-//! (CheckScope by id), plus a bounded negative cache of digests that matched
-//! no key. All three are moka caches with a TTL as a safety net; the event
-//! log keeps them honest.
+//! (CheckScope by id), plus bounded negative caches of digests and of ids
+//! that matched no key. All four are moka caches with a TTL as a safety net;
+//! the event log keeps them honest.
 //!
 //! **Invariant:** a load that raced with a change never inserts the old
 //! state. Keys hash to stripes (by digest for the digest map, by id for the

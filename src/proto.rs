@@ -1,5 +1,9 @@
-//! The one door to generated protobuf code. Only `api/` (and the operator
-//! CLI and benchmarks, which are gRPC clients) use these types.
+//! The one door to keyward's generated protobuf code. Only `api/`,
+//! `server.rs` (which registers the generated services and descriptors),
+//! and the operator CLI and benchmarks (gRPC clients) use these types.
+//! Envoy's proto types come from the `envoy-types` crate; `ext_authz/` is
+//! where they are handled (`server.rs` and the benchmarks use them too).
+//! The domain, cache and storage see neither.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 

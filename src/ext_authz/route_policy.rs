@@ -185,10 +185,19 @@ pub enum MalformedRequest {
 }
 
 /// A request target split and decoded: the decoded path and the raw query.
-#[derive(Debug)]
+/// `Debug` shows only the query's length, since it may carry the key.
 pub struct RequestTarget<'a> {
     path: Cow<'a, str>,
     query: &'a str,
+}
+
+impl std::fmt::Debug for RequestTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTarget")
+            .field("path", &self.path)
+            .field("query_bytes", &self.query.len())
+            .finish()
+    }
 }
 
 impl<'a> RequestTarget<'a> {

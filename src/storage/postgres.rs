@@ -28,8 +28,6 @@ pub const APPLICATION_NAME: &str = "keyward";
 /// Appended to the application name for the listener connection, so
 /// operators (and tests) can find it in `pg_stat_activity`.
 pub const LISTENER_SUFFIX: &str = "-listener";
-/// `application_name` of the listener connection by default.
-pub const LISTENER_APPLICATION_NAME: &str = "keyward-listener";
 
 pub struct PostgresStore {
     pool: PgPool,

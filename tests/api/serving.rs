@@ -1,6 +1,7 @@
 //! Serving: health (overall and per service, following the replica's
 //! freshness), reflection (v1 and v1alpha), the real binary's startup
-//! errors and its graceful shutdown on SIGTERM.
+//! errors, its `--help` (no secrets from the environment) and its graceful
+//! shutdown on SIGTERM.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -303,6 +304,35 @@ fn bad_flags_stop_startup_with_a_clear_message() {
         !ok && stderr.contains("--listen"),
         "environment values are checked too: {stderr}"
     );
+}
+
+/// `--help` names the environment variables it reads but never shows their
+/// values: a database URL may hold a password, and a token is one.
+#[test]
+fn help_does_not_print_secrets_from_the_environment() {
+    for (args, variable, value) in [
+        (
+            &["serve", "--help"][..],
+            "KEYWARD_DATABASE_URL",
+            "postgres://kw:s3cret-db-password@db/kw",
+        ),
+        (
+            &["keys", "list", "--help"][..],
+            "KEYWARD_TOKEN",
+            "kwt_s3cret-token",
+        ),
+    ] {
+        let output = keyward()
+            .args(args)
+            .env(variable, value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run keyward");
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}: {help}");
+        assert!(help.contains(variable), "{args:?} names {variable}: {help}");
+        assert!(!help.contains("s3cret"), "{args:?}: {help}");
+    }
 }
 
 /// SIGTERM drains and stops cleanly, and a last use recorded just before it

@@ -263,6 +263,14 @@ fn query_parameters_are_matched_by_their_raw_name_and_encoded_names_are_refused(
 }
 
 #[test]
+fn debug_output_leaves_the_query_out() {
+    let target = RequestTarget::parse("/a?api_key=cc_s3cret").unwrap();
+    let shown = format!("{target:?}");
+    assert!(shown.contains("\"/a\""), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+}
+
+#[test]
 fn bad_routes_are_refused_with_the_field_and_reason() {
     let cases: Vec<(RouteDefinition, &str, &str)> = vec![
         (route(&[], "/a", &[]), "methods", "at least one method"),
