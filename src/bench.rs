@@ -53,7 +53,7 @@ pub enum BenchError {
 pub struct BenchArgs {
     /// PostgreSQL admin URL; the benchmark creates its own databases there
     /// and drops them afterwards. Without it: temporary SQLite files.
-    #[arg(long, env = "KEYWARD_BENCH_POSTGRES")]
+    #[arg(long, env = "KEYWARD_BENCH_POSTGRES", hide_env_values = true)]
     pub postgres: Option<String>,
     /// Keys to create and spread Authenticate calls over.
     #[arg(long, default_value_t = 10_000)]

@@ -220,9 +220,10 @@ impl KeyFormat {
         Ok((KeySecret(secret), digest, start))
     }
 
-    /// Takes what a caller received (`Bearer <key>`, `ApiKey <key>`, or the
-    /// bare key; scheme case-insensitive; surrounding whitespace ignored) and
-    /// returns the key if it has this format.
+    /// Takes what a caller received (`<scheme> <key>` with one of
+    /// `keys.schemes`, by default `Bearer` or `ApiKey`, or the bare key;
+    /// scheme case-insensitive; surrounding whitespace ignored) and returns
+    /// the key if it has this format.
     pub fn extract<'a>(&self, credential: &'a str) -> Result<&'a str, CredentialProblem> {
         let trimmed = credential.trim();
         if trimmed.is_empty() {
