@@ -101,37 +101,33 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         key_format: config.key_format.clone(),
         max_active_keys_per_account: config.max_active_keys_per_account,
     });
+    let authenticator =
+        |rate_limit: Option<RateLimit>, telemetry: Telemetry, usage: UsageRecorder| {
+            Arc::new(Authenticator {
+                key_format: config.key_format.clone(),
+                catalog: Arc::clone(&config.catalog),
+                denials: config.denials.clone(),
+                cache: Arc::clone(&cache),
+                store: Arc::clone(&store),
+                freshness: Arc::clone(feed.freshness()),
+                bans: FailedAuthBans::new(config.bans.clone()),
+                rate_limits: KeyRateLimits::new(rate_limit, config.cache.capacity),
+                usage,
+                telemetry: Arc::new(telemetry),
+            })
+        };
     let variant = |rate_limit: Option<RateLimit>, telemetry: Telemetry, usage: UsageRecorder| {
-        let authenticator = Arc::new(Authenticator {
-            key_format: config.key_format.clone(),
-            catalog: Arc::clone(&config.catalog),
-            denials: config.denials.clone(),
-            cache: Arc::clone(&cache),
-            store: Arc::clone(&store),
-            freshness: Arc::clone(feed.freshness()),
-            bans: FailedAuthBans::new(config.bans.clone()),
-            rate_limits: KeyRateLimits::new(rate_limit, config.cache.capacity),
-            usage,
-            telemetry: Arc::new(telemetry),
-        });
-        KeyServiceApi::new(authenticator, Arc::clone(&manager), Arc::clone(&feed))
+        KeyServiceApi::new(
+            authenticator(rate_limit, telemetry, usage),
+            Arc::clone(&manager),
+            Arc::clone(&feed),
+        )
     };
     // The Carboncopy profile for its routes; same key format as the default.
     let profile =
         Config::parse(super::CARBONCOPY_PROFILE, "carboncopy.toml").map_err(setup_error)?;
     let check_api = ExtAuthzApi::new(
-        Arc::new(Authenticator {
-            key_format: config.key_format.clone(),
-            catalog: Arc::clone(&config.catalog),
-            denials: config.denials.clone(),
-            cache: Arc::clone(&cache),
-            store: Arc::clone(&store),
-            freshness: Arc::clone(feed.freshness()),
-            bans: FailedAuthBans::new(config.bans.clone()),
-            rate_limits: KeyRateLimits::new(None, config.cache.capacity),
-            usage: usage.clone(),
-            telemetry: Arc::new(Telemetry::disabled()),
-        }),
+        authenticator(None, Telemetry::disabled(), usage.clone()),
         profile.http.clone(),
     );
     let never_trips = RateLimit::new(u32::MAX, 1).expect("valid limit");
