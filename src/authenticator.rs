@@ -8,8 +8,10 @@
 //! lock shared by all requests. Denials are values, never errors.
 
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::denial::{Denial, DenialCatalog, Reason};
 use crate::domain::{KeyDigest, KeyId, UnixMillis};
 use crate::failed_auth_bans::FailedAuthBans;
@@ -108,6 +110,31 @@ enum Loaded {
 }
 
 impl Authenticator {
+    /// The hot path as `config` describes it (key format, catalog, denials,
+    /// bans, the default rate limit), over one replica's cache, store and
+    /// freshness.
+    pub fn new(
+        config: &Config,
+        cache: Arc<KeyCache>,
+        store: Arc<dyn KeyStore>,
+        freshness: Arc<Freshness>,
+        usage: UsageRecorder,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Self {
+            key_format: config.key_format.clone(),
+            catalog: Arc::clone(&config.catalog),
+            denials: config.denials.clone(),
+            cache,
+            store,
+            freshness,
+            bans: FailedAuthBans::new(config.bans.clone()),
+            rate_limits: KeyRateLimits::new(config.default_rate_limit, config.cache.capacity),
+            usage,
+            telemetry,
+        }
+    }
+
     pub async fn authenticate(&self, request: Presented<'_>) -> Verdict {
         let started = std::time::Instant::now();
         let verdict = self.decide(&request).await;
@@ -234,19 +261,9 @@ impl Authenticator {
             return Err(Reason::Unavailable);
         }
         let digest = KeyDigest::of(secret);
-        let ticket = match self.cache.lookup_digest(&digest) {
-            Lookup::Hit(key) => {
-                self.telemetry.record_cache_lookup(CacheLookup::Hit);
-                return Ok(key);
-            }
-            Lookup::KnownUnknown => {
-                self.telemetry.record_cache_lookup(CacheLookup::NegativeHit);
-                return Err(Reason::UnknownKey);
-            }
-            Lookup::Miss(ticket) => {
-                self.telemetry.record_cache_lookup(CacheLookup::Miss);
-                ticket
-            }
+        let ticket = match self.answer_from_cache(self.cache.lookup_digest(&digest)) {
+            ControlFlow::Break(answer) => return answer,
+            ControlFlow::Continue(ticket) => ticket,
         };
         let loaded = self
             .load(
@@ -272,19 +289,9 @@ impl Authenticator {
         if !self.freshness.is_fresh() {
             return Err(Reason::Unavailable);
         }
-        let ticket = match self.cache.lookup_id(id) {
-            Lookup::Hit(key) => {
-                self.telemetry.record_cache_lookup(CacheLookup::Hit);
-                return Ok(key);
-            }
-            Lookup::KnownUnknown => {
-                self.telemetry.record_cache_lookup(CacheLookup::NegativeHit);
-                return Err(Reason::UnknownKey);
-            }
-            Lookup::Miss(ticket) => {
-                self.telemetry.record_cache_lookup(CacheLookup::Miss);
-                ticket
-            }
+        let ticket = match self.answer_from_cache(self.cache.lookup_id(id)) {
+            ControlFlow::Break(answer) => return answer,
+            ControlFlow::Continue(ticket) => ticket,
         };
         let loaded = self
             .load(
@@ -305,6 +312,24 @@ impl Authenticator {
                 Err(Reason::UnknownKey)
             }
         }
+    }
+
+    /// The answer a cache lookup gives by itself (a hit, or a known unknown
+    /// key), or the ticket to load the key with.
+    fn answer_from_cache(
+        &self,
+        lookup: Lookup,
+    ) -> ControlFlow<Result<Arc<CachedKey>, Reason>, LoadTicket> {
+        let (counted, flow) = match lookup {
+            Lookup::Hit(key) => (CacheLookup::Hit, ControlFlow::Break(Ok(key))),
+            Lookup::KnownUnknown => (
+                CacheLookup::NegativeHit,
+                ControlFlow::Break(Err(Reason::UnknownKey)),
+            ),
+            Lookup::Miss(ticket) => (CacheLookup::Miss, ControlFlow::Continue(ticket)),
+        };
+        self.telemetry.record_cache_lookup(counted);
+        flow
     }
 
     /// Reads a key and caches it unless a change landed while reading, in

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
@@ -86,6 +87,18 @@ pub struct KeyManager {
 }
 
 impl KeyManager {
+    /// Key management as `config` describes it (catalog, key format, the
+    /// per-account limit), over one replica's store and cache.
+    pub fn new(config: &Config, store: Arc<dyn KeyStore>, cache: Arc<KeyCache>) -> Self {
+        Self {
+            store,
+            cache,
+            catalog: Arc::clone(&config.catalog),
+            key_format: config.key_format.clone(),
+            max_active_keys_per_account: config.max_active_keys_per_account,
+        }
+    }
+
     /// Scope names in catalog order, so stored grants are canonical.
     fn canonical_scopes(
         &self,

@@ -31,12 +31,10 @@ use crate::api::request_gate::RequestGateLayer;
 use crate::authenticator::Authenticator;
 use crate::config::Config;
 use crate::ext_authz::{self, ExtAuthzApi};
-use crate::failed_auth_bans::FailedAuthBans;
 use crate::key_cache::KeyCache;
 use crate::key_management::KeyManager;
 use crate::proto;
 use crate::proto::key_service_server::KeyServiceServer;
-use crate::rate_limits::KeyRateLimits;
 use crate::revocation_feed::{Freshness, RevocationFeed};
 use crate::storage::{self, KeyStore, PoolSettings, StoreError};
 use crate::telemetry::Telemetry;
@@ -242,25 +240,19 @@ async fn run(
     let wakeups = store.subscribe_wakeups().await?;
     let (usage, usage_flusher) = usage_channel(Arc::clone(&store));
 
-    let authenticator = Arc::new(Authenticator {
-        key_format: config.key_format.clone(),
-        catalog: Arc::clone(&config.catalog),
-        denials: config.denials.clone(),
-        cache: Arc::clone(&cache),
-        store: Arc::clone(&store),
-        freshness: Arc::clone(feed.freshness()),
-        bans: FailedAuthBans::new(config.bans.clone()),
-        rate_limits: KeyRateLimits::new(config.default_rate_limit, config.cache.capacity),
+    let authenticator = Arc::new(Authenticator::new(
+        &config,
+        Arc::clone(&cache),
+        Arc::clone(&store),
+        Arc::clone(feed.freshness()),
         usage,
-        telemetry: Arc::clone(&telemetry),
-    });
-    let manager = Arc::new(KeyManager {
-        store: Arc::clone(&store),
-        cache: Arc::clone(&cache),
-        catalog: Arc::clone(&config.catalog),
-        key_format: config.key_format.clone(),
-        max_active_keys_per_account: config.max_active_keys_per_account,
-    });
+        Arc::clone(&telemetry),
+    ));
+    let manager = Arc::new(KeyManager::new(
+        &config,
+        Arc::clone(&store),
+        Arc::clone(&cache),
+    ));
 
     // Background work stops when `background` is cancelled, after the gRPC
     // server has drained.

@@ -27,7 +27,6 @@ use crate::authenticator::Authenticator;
 use crate::config::Config;
 use crate::domain::{AccountId, KeyName, RateLimit};
 use crate::ext_authz::ExtAuthzApi;
-use crate::failed_auth_bans::FailedAuthBans;
 use crate::key_cache::KeyCache;
 use crate::key_management::{CreateKey, KeyManager};
 use crate::proto;
@@ -94,26 +93,23 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         config.last_used_flush_interval,
         stop.clone().cancelled_owned(),
     ));
-    let manager = Arc::new(KeyManager {
-        store: Arc::clone(&store),
-        cache: Arc::clone(&cache),
-        catalog: Arc::clone(&config.catalog),
-        key_format: config.key_format.clone(),
-        max_active_keys_per_account: config.max_active_keys_per_account,
-    });
+    let manager = Arc::new(KeyManager::new(
+        &config,
+        Arc::clone(&store),
+        Arc::clone(&cache),
+    ));
     let authenticator =
         |rate_limit: Option<RateLimit>, telemetry: Telemetry, usage: UsageRecorder| {
             Arc::new(Authenticator {
-                key_format: config.key_format.clone(),
-                catalog: Arc::clone(&config.catalog),
-                denials: config.denials.clone(),
-                cache: Arc::clone(&cache),
-                store: Arc::clone(&store),
-                freshness: Arc::clone(feed.freshness()),
-                bans: FailedAuthBans::new(config.bans.clone()),
                 rate_limits: KeyRateLimits::new(rate_limit, config.cache.capacity),
-                usage,
-                telemetry: Arc::new(telemetry),
+                ..Authenticator::new(
+                    &config,
+                    Arc::clone(&cache),
+                    Arc::clone(&store),
+                    Arc::clone(feed.freshness()),
+                    usage,
+                    Arc::new(telemetry),
+                )
             })
         };
     let variant = |rate_limit: Option<RateLimit>, telemetry: Telemetry, usage: UsageRecorder| {

@@ -22,6 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 pub mod envoy;
 pub mod postgres;
+pub mod store_decorator;
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,24 +18,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use keyward::authenticator::{Authenticator, Presented, PresentedKey, Surface, Verdict};
 use keyward::config::Config;
 use keyward::denial::Reason;
-use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
-use keyward::failed_auth_bans::FailedAuthBans;
+use keyward::domain::{AccountId, KeyId, KeyName, UnixMillis};
 use keyward::key_cache::KeyCache;
 use keyward::key_management::{CreateKey, KeyManager};
-use keyward::rate_limits::KeyRateLimits;
 use keyward::revocation_feed::Freshness;
-use keyward::storage::{
-    self, Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolSettings, PoolStats,
-    StoreError, Wakeup,
-};
-use keyward::telemetry::Telemetry;
-use keyward::usage::{UsageFlusher, usage_channel};
-use tokio::sync::mpsc;
+use keyward::storage::{self, KeyStore, PoolSettings};
+use keyward::usage::UsageFlusher;
 
+use crate::helpers::store_decorator::{Call, Decorated, InProcess, StoreHooks, in_process};
 use crate::helpers::{Db, TestDatabase};
 use crate::on_both_databases;
 
@@ -50,133 +43,52 @@ on_both_databases!(
 /// How many times each request is repeated.
 const REPEATS: usize = 50;
 
-/// Counts every call to the real store it wraps.
+/// Counts every call that reaches the real store.
 #[derive(Default)]
-struct Calls {
+struct Counts {
     all: AtomicUsize,
     find_by_digest: AtomicUsize,
-    find_by_id: AtomicUsize,
     record_last_used: AtomicUsize,
     /// Keys written by `record_last_used`, over all its calls.
     rows_written: AtomicUsize,
 }
 
-struct CountingStore {
-    inner: Arc<dyn KeyStore>,
-    calls: Calls,
-}
-
-impl CountingStore {
-    fn count(&self, which: Option<&AtomicUsize>) {
-        self.calls.all.fetch_add(1, Ordering::SeqCst);
-        if let Some(counter) = which {
-            counter.fetch_add(1, Ordering::SeqCst);
+impl StoreHooks for Counts {
+    fn before(&self, call: Call) {
+        self.all.fetch_add(1, Ordering::SeqCst);
+        match call {
+            Call::FindByDigest => {
+                self.find_by_digest.fetch_add(1, Ordering::SeqCst);
+            }
+            Call::RecordLastUsed { rows } => {
+                self.record_last_used.fetch_add(1, Ordering::SeqCst);
+                self.rows_written.fetch_add(rows, Ordering::SeqCst);
+            }
+            Call::FindById | Call::Other => {}
         }
     }
+}
 
+impl Counts {
     fn all(&self) -> usize {
-        self.calls.all.load(Ordering::SeqCst)
+        self.all.load(Ordering::SeqCst)
     }
 
     fn find_by_digest(&self) -> usize {
-        self.calls.find_by_digest.load(Ordering::SeqCst)
+        self.find_by_digest.load(Ordering::SeqCst)
     }
 
     fn record_last_used(&self) -> usize {
-        self.calls.record_last_used.load(Ordering::SeqCst)
+        self.record_last_used.load(Ordering::SeqCst)
     }
 
     fn rows_written(&self) -> usize {
-        self.calls.rows_written.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl KeyStore for CountingStore {
-    fn backend(&self) -> Backend {
-        self.inner.backend()
-    }
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
-        self.count(None);
-        self.inner.create_key(key, max_active).await
-    }
-    async fn revoke_key(
-        &self,
-        account: &AccountId,
-        id: &KeyId,
-        now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
-        self.count(None);
-        self.inner.revoke_key(account, id, now).await
-    }
-    async fn update_key(
-        &self,
-        account: &AccountId,
-        id: &KeyId,
-        update: KeyUpdate,
-        now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
-        self.count(None);
-        self.inner.update_key(account, id, update, now).await
-    }
-    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        self.count(None);
-        self.inner.get_key(account, id).await
-    }
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        include_revoked: bool,
-        after: Option<&KeyId>,
-        limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.count(None);
-        self.inner
-            .list_keys(account, include_revoked, after, limit)
-            .await
-    }
-    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        self.count(Some(&self.calls.find_by_digest));
-        self.inner.find_by_digest(digest).await
-    }
-    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.count(Some(&self.calls.find_by_id));
-        self.inner.find_by_id(id).await
-    }
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        self.count(None);
-        self.inner.events_after(after, limit).await
-    }
-    async fn latest_seq(&self) -> Result<u64, StoreError> {
-        self.count(None);
-        self.inner.latest_seq().await
-    }
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        self.count(None);
-        self.inner.pruned_through().await
-    }
-    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
-        self.count(None);
-        self.inner.prune_events(before).await
-    }
-    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
-        self.count(Some(&self.calls.record_last_used));
-        self.calls
-            .rows_written
-            .fetch_add(uses.len(), Ordering::SeqCst);
-        self.inner.record_last_used(uses).await
-    }
-    fn pool_stats(&self) -> PoolStats {
-        self.inner.pool_stats()
-    }
-    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
-        self.count(None);
-        self.inner.subscribe_wakeups().await
+        self.rows_written.load(Ordering::SeqCst)
     }
 }
 
 struct Parts {
-    store: Arc<CountingStore>,
+    store: Arc<Decorated<Counts>>,
     authenticator: Authenticator,
     manager: KeyManager,
     flusher: UsageFlusher,
@@ -189,34 +101,19 @@ async fn parts(db: Db) -> Option<Parts> {
     let real = storage::open(&database.url, &PoolSettings::default())
         .await
         .unwrap();
-    let store = Arc::new(CountingStore {
-        inner: real,
-        calls: Calls::default(),
-    });
-    let config = Config::default();
-    let cache = Arc::new(KeyCache::new(&config.cache));
+    let store = Decorated::new(real, Counts::default());
+    let cache = Arc::new(KeyCache::new(&Config::default().cache));
     let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
     freshness.confirm(Instant::now());
-    let (usage, flusher) = usage_channel(Arc::clone(&store) as Arc<dyn KeyStore>);
-    let authenticator = Authenticator {
-        key_format: config.key_format.clone(),
-        catalog: Arc::clone(&config.catalog),
-        denials: config.denials.clone(),
-        cache: Arc::clone(&cache),
-        store: Arc::clone(&store) as Arc<dyn KeyStore>,
-        freshness: Arc::clone(&freshness),
-        bans: FailedAuthBans::new(config.bans.clone()),
-        rate_limits: KeyRateLimits::new(None, 1_000),
-        usage,
-        telemetry: Arc::new(Telemetry::disabled()),
-    };
-    let manager = KeyManager {
-        store: Arc::clone(&store) as Arc<dyn KeyStore>,
+    let InProcess {
+        authenticator,
+        manager,
+        flusher,
+    } = in_process(
+        Arc::clone(&store) as Arc<dyn KeyStore>,
         cache,
-        catalog: Arc::clone(&config.catalog),
-        key_format: config.key_format.clone(),
-        max_active_keys_per_account: 10,
-    };
+        Arc::clone(&freshness),
+    );
     Some(Parts {
         store,
         authenticator,
@@ -294,7 +191,7 @@ async fn cache_hits_make_no_store_calls(db: Db) {
     )
     .await;
     assert!(by_id.allowed(), "{by_id:?}");
-    let before = parts.store.all();
+    let before = parts.store.hooks.all();
 
     for _ in 0..REPEATS {
         for verdict in [
@@ -319,7 +216,7 @@ async fn cache_hits_make_no_store_calls(db: Db) {
     }
 
     assert_eq!(
-        parts.store.all(),
+        parts.store.hooks.all(),
         before,
         "{} cache hits reached the store",
         3 * REPEATS
@@ -336,11 +233,11 @@ async fn a_repeated_unknown_key_is_read_once(db: Db) {
     }
 
     assert_eq!(
-        parts.store.find_by_digest(),
+        parts.store.hooks.find_by_digest(),
         1,
         "the first read is remembered as unknown; the rest are not read"
     );
-    assert_eq!(parts.store.all(), 1);
+    assert_eq!(parts.store.hooks.all(), 1);
 }
 
 async fn malformed_credentials_make_no_store_calls(db: Db) {
@@ -378,7 +275,7 @@ async fn malformed_credentials_make_no_store_calls(db: Db) {
     }
 
     assert_eq!(
-        parts.store.all(),
+        parts.store.hooks.all(),
         0,
         "a malformed credential reached the store"
     );
@@ -402,7 +299,7 @@ async fn a_banned_address_is_refused_before_any_store_call(db: Db) {
         .await;
         assert_eq!(reason(&verdict), Some(Reason::UnknownKey), "{verdict:?}");
     }
-    let before = parts.store.all();
+    let before = parts.store.hooks.all();
 
     for surface in [
         Surface::Authenticate,
@@ -426,7 +323,7 @@ async fn a_banned_address_is_refused_before_any_store_call(db: Db) {
         }
     }
     assert_eq!(
-        parts.store.all(),
+        parts.store.hooks.all(),
         before,
         "a banned address reached the store"
     );
@@ -441,8 +338,11 @@ async fn a_banned_address_is_refused_before_any_store_call(db: Db) {
     )
     .await;
     assert!(served.allowed(), "{served:?}");
-    assert_eq!(parts.store.all(), before + 1);
-    assert_eq!(parts.store.find_by_digest(), max_failures as usize + 1);
+    assert_eq!(parts.store.hooks.all(), before + 1);
+    assert_eq!(
+        parts.store.hooks.find_by_digest(),
+        max_failures as usize + 1
+    );
 
     // A replica that cannot prove it is fresh still refuses the banned
     // address as banned (not as unavailable): the ban comes first.
@@ -504,7 +404,7 @@ async fn uses_are_written_once_per_key_per_flush_and_never_by_a_request(db: Db) 
             assert!(by_id.allowed(), "{by_id:?}");
         }
         assert_eq!(
-            parts.store.record_last_used(),
+            parts.store.hooks.record_last_used(),
             round - 1,
             "round {round}: a request wrote its use"
         );
@@ -512,15 +412,15 @@ async fn uses_are_written_once_per_key_per_flush_and_never_by_a_request(db: Db) 
         let written = parts.flusher.flush().await;
 
         assert_eq!(written, 1, "round {round}: one row for 20 uses of one key");
-        assert_eq!(parts.store.record_last_used(), round);
-        assert_eq!(parts.store.rows_written(), round);
+        assert_eq!(parts.store.hooks.record_last_used(), round);
+        assert_eq!(parts.store.hooks.rows_written(), round);
     }
     assert_eq!(
         parts.flusher.flush().await,
         0,
         "nothing used, nothing written"
     );
-    assert_eq!(parts.store.record_last_used(), 2);
+    assert_eq!(parts.store.hooks.record_last_used(), 2);
 
     let used = parts.manager.get(&account(), &id).await.unwrap();
     let last_used = used.last_used_at.expect("the use was stored");

@@ -14,20 +14,14 @@ use async_trait::async_trait;
 use keyward::authenticator::{Authenticator, Presented, PresentedKey, Surface};
 use keyward::config::Config;
 use keyward::denial::Reason;
-use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
-use keyward::failed_auth_bans::FailedAuthBans;
+use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName};
 use keyward::key_cache::{KeyCache, Lookup};
 use keyward::key_management::{CreateKey, KeyManager};
-use keyward::rate_limits::KeyRateLimits;
 use keyward::revocation_feed::Freshness;
-use keyward::storage::{
-    self, Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolSettings, PoolStats,
-    StoreError, Wakeup,
-};
-use keyward::telemetry::Telemetry;
-use keyward::usage::usage_channel;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use keyward::storage::{self, KeyStore, PoolSettings};
+use tokio::sync::{Mutex, oneshot};
 
+use crate::helpers::store_decorator::{Decorated, InProcess, StoreHooks, in_process};
 use crate::helpers::{Db, TestDatabase};
 use crate::on_both_databases;
 
@@ -43,8 +37,8 @@ on_both_databases!(
 /// Holds the next key reads (by digest or id), one per armed hold, after
 /// each has read its row: tells the test it has the row, then waits for the
 /// test's go-ahead.
+#[derive(Default)]
 struct HeldReads {
-    inner: Arc<dyn KeyStore>,
     holds: Mutex<VecDeque<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
 }
 
@@ -61,89 +55,30 @@ impl HeldReads {
     async fn disarm(&self) {
         self.holds.lock().await.clear();
     }
+}
 
-    async fn held<T>(&self, result: T) -> T {
+/// Waits for a held read to have read its row; a bounded wait, so a hold
+/// that is never taken fails the test instead of hanging it.
+async fn row_was_read(row_read: oneshot::Receiver<()>) {
+    tokio::time::timeout(Duration::from_secs(30), row_read)
+        .await
+        .expect("the lookup reaches the store within 30 s")
+        .expect("the hold is still armed");
+}
+
+#[async_trait]
+impl StoreHooks for HeldReads {
+    async fn after_key_read(&self) {
         let hold = self.holds.lock().await.pop_front();
         if let Some((read, release)) = hold {
             let _ = read.send(());
             let _ = release.await;
         }
-        result
-    }
-}
-
-#[async_trait]
-impl KeyStore for HeldReads {
-    fn backend(&self) -> Backend {
-        self.inner.backend()
-    }
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
-        self.inner.create_key(key, max_active).await
-    }
-    async fn revoke_key(
-        &self,
-        account: &AccountId,
-        id: &KeyId,
-        now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
-        self.inner.revoke_key(account, id, now).await
-    }
-    async fn update_key(
-        &self,
-        account: &AccountId,
-        id: &KeyId,
-        update: KeyUpdate,
-        now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
-        self.inner.update_key(account, id, update, now).await
-    }
-    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        self.inner.get_key(account, id).await
-    }
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        include_revoked: bool,
-        after: Option<&KeyId>,
-        limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner
-            .list_keys(account, include_revoked, after, limit)
-            .await
-    }
-    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let result = self.inner.find_by_digest(digest).await;
-        self.held(result).await
-    }
-    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let result = self.inner.find_by_id(id).await;
-        self.held(result).await
-    }
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        self.inner.events_after(after, limit).await
-    }
-    async fn latest_seq(&self) -> Result<u64, StoreError> {
-        self.inner.latest_seq().await
-    }
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        self.inner.pruned_through().await
-    }
-    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
-        self.inner.prune_events(before).await
-    }
-    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
-        self.inner.record_last_used(uses).await
-    }
-    fn pool_stats(&self) -> PoolStats {
-        self.inner.pool_stats()
-    }
-    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
-        self.inner.subscribe_wakeups().await
     }
 }
 
 struct Parts {
-    store: Arc<HeldReads>,
+    store: Arc<Decorated<HeldReads>>,
     cache: Arc<KeyCache>,
     authenticator: Authenticator,
     manager: KeyManager,
@@ -161,10 +96,7 @@ async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
     let real = storage::open(&database.url, &PoolSettings::default())
         .await
         .unwrap();
-    let store = Arc::new(HeldReads {
-        inner: real,
-        holds: Mutex::new(VecDeque::new()),
-    });
+    let store = Decorated::new(real, HeldReads::default());
     let config = Config::default();
     let cache = Arc::new(match stripes {
         Some(stripes) => KeyCache::with_stripes(&config.cache, stripes),
@@ -172,7 +104,11 @@ async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
     });
     let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
     freshness.confirm(Instant::now());
-    let (authenticator, manager) = in_process(
+    let InProcess {
+        authenticator,
+        manager,
+        ..
+    } = in_process(
         Arc::clone(&store) as Arc<dyn KeyStore>,
         Arc::clone(&cache),
         freshness,
@@ -184,37 +120,6 @@ async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
         manager,
         _database: database,
     })
-}
-
-/// The hot path and key management of one replica, in this process, over
-/// `store` (typically a decorator around the real store) and `cache`.
-pub(crate) fn in_process(
-    store: Arc<dyn KeyStore>,
-    cache: Arc<KeyCache>,
-    freshness: Arc<Freshness>,
-) -> (Authenticator, KeyManager) {
-    let config = Config::default();
-    let (usage, _flusher) = usage_channel(Arc::clone(&store));
-    let authenticator = Authenticator {
-        key_format: config.key_format.clone(),
-        catalog: Arc::clone(&config.catalog),
-        denials: config.denials.clone(),
-        cache: Arc::clone(&cache),
-        store: Arc::clone(&store),
-        freshness,
-        bans: FailedAuthBans::new(config.bans.clone()),
-        rate_limits: KeyRateLimits::new(None, 1_000),
-        usage,
-        telemetry: Arc::new(Telemetry::disabled()),
-    };
-    let manager = KeyManager {
-        store,
-        cache,
-        catalog: Arc::clone(&config.catalog),
-        key_format: config.key_format.clone(),
-        max_active_keys_per_account: 10,
-    };
-    (authenticator, manager)
 }
 
 async fn create(manager: &KeyManager) -> (KeyId, String) {
@@ -243,7 +148,7 @@ fn reason(verdict: &keyward::authenticator::Verdict) -> Option<Reason> {
 async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let Some(parts) = parts(db).await else { return };
     let (id, secret) = create(&parts.manager).await;
-    let (row_read, release) = parts.store.arm().await;
+    let (row_read, release) = parts.store.hooks.arm().await;
 
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
@@ -255,7 +160,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     });
     let revoke = async {
         // Revoke once the lookup holds the live row, then let it go on.
-        row_read.await.unwrap();
+        row_was_read(row_read).await;
         parts
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
@@ -286,7 +191,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
 async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let Some(parts) = parts(db).await else { return };
     let (id, _) = create(&parts.manager).await;
-    let (row_read, release) = parts.store.arm().await;
+    let (row_read, release) = parts.store.hooks.arm().await;
 
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
@@ -297,7 +202,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         client: None,
     });
     let revoke = async {
-        row_read.await.unwrap();
+        row_was_read(row_read).await;
         parts
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
@@ -347,7 +252,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
     ];
     let mut holds = Vec::new();
     for _ in 0..3 {
-        holds.push(parts.store.arm().await);
+        holds.push(parts.store.hooks.arm().await);
     }
     let presented = || Presented {
         surface,
@@ -366,7 +271,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         // Reads 1 and 2: an unrelated key changes while each holds its row.
         for other in &others {
             let (row_read, release) = holds.next().unwrap();
-            row_read.await.unwrap();
+            row_was_read(row_read).await;
             parts
                 .manager
                 .revoke(&AccountId::parse("acct_2").unwrap(), other)
@@ -376,7 +281,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         }
         // Read 3: this key is revoked while the read holds the live row.
         let (row_read, release) = holds.next().unwrap();
-        row_read.await.unwrap();
+        row_was_read(row_read).await;
         parts
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
@@ -419,7 +324,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
     }
     let mut holds = Vec::new();
     for _ in 0..others.len() {
-        holds.push(parts.store.arm().await);
+        holds.push(parts.store.hooks.arm().await);
     }
     let presented = || Presented {
         surface: Surface::Authenticate,
@@ -451,7 +356,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
             }
         }
     };
-    parts.store.disarm().await;
+    parts.store.hooks.disarm().await;
 
     assert_eq!(reason(&verdict), Some(Reason::Unavailable), "{verdict:?}");
     assert!(reads > 1, "it read again before giving up ({reads} reads)");
@@ -475,10 +380,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
     let real = storage::open(&database.url, &PoolSettings::default())
         .await
         .unwrap();
-    let held = Arc::new(HeldReads {
-        inner: Arc::clone(&real),
-        holds: Mutex::new(VecDeque::new()),
-    });
+    let held = Decorated::new(Arc::clone(&real), HeldReads::default());
     let cache = Arc::new(KeyCache::new(&Config::default().cache));
     let feed = RevocationFeed::start(
         Arc::clone(&held) as Arc<dyn KeyStore>,
@@ -492,7 +394,9 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
     )
     .await
     .unwrap();
-    let (b, _) = in_process(
+    let InProcess {
+        authenticator: b, ..
+    } = in_process(
         Arc::clone(&held) as Arc<dyn KeyStore>,
         Arc::clone(&cache),
         Arc::clone(feed.freshness()),
@@ -510,11 +414,11 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
     for round in 0..20 {
         let account = format!("acct_{}", round % 4);
         let (key, secret) = a.create_key(&account, &[]).await;
-        let (row_read, release) = held.arm().await;
+        let (row_read, release) = held.hooks.arm().await;
 
         let lookup = b.authenticate(presented(&secret));
         let revoke_elsewhere = async {
-            row_read.await.unwrap();
+            row_was_read(row_read).await;
             a.revoke(&account, &key.id).await;
             let applied = feed.poll_once().await.unwrap();
             assert!(

@@ -15,13 +15,10 @@ use keyward::proto::key_service_client::KeyServiceClient;
 use keyward::proto::key_service_server::KeyService;
 use keyward::proto::{self, RevocationEvent};
 use keyward::revocation_feed::{FeedSettings, Freshness, RevocationFeed};
-use keyward::storage::{
-    self, Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolSettings, PoolStats,
-    StoreError, Wakeup,
-};
-use tokio::sync::mpsc;
+use keyward::storage::{self, KeyEvent, KeyStore, NewKey, PoolSettings, StoreError};
 use tonic::{Code, Streaming};
 
+use crate::helpers::store_decorator::{Decorated, InProcess, StoreHooks, in_process};
 use crate::helpers::{Db, TestApp, TestDatabase, spawn_app, spawn_app_with, spawn_on, test_config};
 use crate::on_both_databases;
 
@@ -412,86 +409,27 @@ async fn bad_watch_input_is_invalid_argument(db: Db) {
     app.shutdown().await;
 }
 
-/// The real store, with history reads cut to small pages, and everything
-/// pruned just before the `prune_on_read`-th history read: the pruner
-/// running on another replica at the worst moment.
+/// History reads cut to small pages, and everything pruned just before the
+/// `prune_on_read`-th history read: the pruner running on another replica
+/// at the worst moment.
 struct PrunesUnderHistory {
-    inner: Arc<dyn KeyStore>,
     page_cap: u32,
     prune_on_read: usize,
     reads: AtomicUsize,
 }
 
 #[async_trait]
-impl KeyStore for PrunesUnderHistory {
-    fn backend(&self) -> Backend {
-        self.inner.backend()
-    }
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
-        self.inner.create_key(key, max_active).await
-    }
-    async fn revoke_key(
+impl StoreHooks for PrunesUnderHistory {
+    async fn events_after(
         &self,
-        account: &AccountId,
-        id: &KeyId,
-        now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
-        self.inner.revoke_key(account, id, now).await
-    }
-    async fn update_key(
-        &self,
-        account: &AccountId,
-        id: &KeyId,
-        update: KeyUpdate,
-        now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
-        self.inner.update_key(account, id, update, now).await
-    }
-    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        self.inner.get_key(account, id).await
-    }
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        include_revoked: bool,
-        after: Option<&KeyId>,
+        store: &dyn KeyStore,
+        after: u64,
         limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner
-            .list_keys(account, include_revoked, after, limit)
-            .await
-    }
-    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.find_by_digest(digest).await
-    }
-    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.find_by_id(id).await
-    }
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+    ) -> Result<Vec<KeyEvent>, StoreError> {
         if self.reads.fetch_add(1, Ordering::SeqCst) + 1 == self.prune_on_read {
-            self.inner.prune_events(UnixMillis(i64::MAX)).await?;
+            store.prune_events(UnixMillis(i64::MAX)).await?;
         }
-        self.inner
-            .events_after(after, limit.min(self.page_cap))
-            .await
-    }
-    async fn latest_seq(&self) -> Result<u64, StoreError> {
-        self.inner.latest_seq().await
-    }
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        self.inner.pruned_through().await
-    }
-    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
-        self.inner.prune_events(before).await
-    }
-    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
-        self.inner.record_last_used(uses).await
-    }
-    fn pool_stats(&self) -> PoolStats {
-        self.inner.pool_stats()
-    }
-    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
-        self.inner.subscribe_wakeups().await
+        store.events_after(after, limit.min(self.page_cap)).await
     }
 }
 
@@ -530,12 +468,14 @@ async fn service_pruning_on_read(
             .await
             .unwrap();
     }
-    let store: Arc<dyn KeyStore> = Arc::new(PrunesUnderHistory {
-        inner: Arc::clone(&real),
-        page_cap: 2,
-        prune_on_read,
-        reads: AtomicUsize::new(0),
-    });
+    let store: Arc<dyn KeyStore> = Decorated::new(
+        Arc::clone(&real),
+        PrunesUnderHistory {
+            page_cap: 2,
+            prune_on_read,
+            reads: AtomicUsize::new(0),
+        },
+    );
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
     let settings = FeedSettings {
         // A stream that wrongly went live would soon vouch for its position.
@@ -547,8 +487,11 @@ async fn service_pruning_on_read(
         .unwrap();
     let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
     freshness.confirm(Instant::now());
-    let (authenticator, manager) =
-        crate::load_race::in_process(Arc::clone(&store), cache, freshness);
+    let InProcess {
+        authenticator,
+        manager,
+        ..
+    } = in_process(Arc::clone(&store), cache, freshness);
     let api = KeyServiceApi::new(Arc::new(authenticator), Arc::new(manager), feed);
     Some((api, database))
 }

@@ -1,0 +1,189 @@
+//! The real store (SQLite or PostgreSQL) behind one decorator, for the tests
+//! that must see or steer what the hot path and the revocation feed ask of
+//! it: each test supplies only the hooks it needs, every other call passes
+//! straight through. Also the hot path and key management of one replica
+//! built in this process over such a store.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keyward::authenticator::Authenticator;
+use keyward::config::Config;
+use keyward::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
+use keyward::key_cache::KeyCache;
+use keyward::key_management::KeyManager;
+use keyward::revocation_feed::Freshness;
+use keyward::storage::{
+    Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolStats, StoreError, Wakeup,
+};
+use keyward::telemetry::Telemetry;
+use keyward::usage::{UsageFlusher, usage_channel};
+use tokio::sync::mpsc;
+
+/// Which store call is about to be made, as `StoreHooks::before` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    FindByDigest,
+    FindById,
+    /// Writing the last uses of `rows` keys.
+    RecordLastUsed {
+        rows: usize,
+    },
+    /// Any other call that reaches the database.
+    Other,
+}
+
+/// What a test does around the real store's calls; every hook defaults to
+/// doing nothing.
+#[async_trait]
+pub trait StoreHooks: Send + Sync + 'static {
+    /// Before every call that reaches the database (`backend` and
+    /// `pool_stats` do not).
+    fn before(&self, _call: Call) {}
+
+    /// After a key read (by digest or by id) has read its row, before the
+    /// row is returned to the caller.
+    async fn after_key_read(&self) {}
+
+    /// A history read; by default the real one.
+    async fn events_after(
+        &self,
+        store: &dyn KeyStore,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<KeyEvent>, StoreError> {
+        store.events_after(after, limit).await
+    }
+}
+
+/// The real store with a test's hooks around it.
+pub struct Decorated<H> {
+    inner: Arc<dyn KeyStore>,
+    pub hooks: H,
+}
+
+impl<H: StoreHooks> Decorated<H> {
+    pub fn new(inner: Arc<dyn KeyStore>, hooks: H) -> Arc<Self> {
+        Arc::new(Self { inner, hooks })
+    }
+}
+
+#[async_trait]
+impl<H: StoreHooks> KeyStore for Decorated<H> {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.create_key(key, max_active).await
+    }
+    async fn revoke_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.revoke_key(account, id, now).await
+    }
+    async fn update_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        update: KeyUpdate,
+        now: UnixMillis,
+    ) -> Result<KeyRecord, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.update_key(account, id, update, now).await
+    }
+    async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.get_key(account, id).await
+    }
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        include_revoked: bool,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner
+            .list_keys(account, include_revoked, after, limit)
+            .await
+    }
+    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        self.hooks.before(Call::FindByDigest);
+        let row = self.inner.find_by_digest(digest).await;
+        self.hooks.after_key_read().await;
+        row
+    }
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.hooks.before(Call::FindById);
+        let row = self.inner.find_by_id(id).await;
+        self.hooks.after_key_read().await;
+        row
+    }
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+        self.hooks.before(Call::Other);
+        self.hooks
+            .events_after(self.inner.as_ref(), after, limit)
+            .await
+    }
+    async fn latest_seq(&self) -> Result<u64, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.latest_seq().await
+    }
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.pruned_through().await
+    }
+    async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.prune_events(before).await
+    }
+    async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError> {
+        self.hooks.before(Call::RecordLastUsed { rows: uses.len() });
+        self.inner.record_last_used(uses).await
+    }
+    fn pool_stats(&self) -> PoolStats {
+        self.inner.pool_stats()
+    }
+    async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.subscribe_wakeups().await
+    }
+}
+
+/// The hot path and key management of one replica, in this process.
+pub struct InProcess {
+    pub authenticator: Authenticator,
+    pub manager: KeyManager,
+    /// Writes the recorded last uses when flushed; dropping it drops them.
+    pub flusher: UsageFlusher,
+}
+
+/// One replica over `store` (typically a `Decorated` real store) and
+/// `cache`, with the default config (no rate limits).
+pub fn in_process(
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    freshness: Arc<Freshness>,
+) -> InProcess {
+    let config = Config::default();
+    let (usage, flusher) = usage_channel(Arc::clone(&store));
+    let authenticator = Authenticator::new(
+        &config,
+        Arc::clone(&cache),
+        Arc::clone(&store),
+        freshness,
+        usage,
+        Arc::new(Telemetry::disabled()),
+    );
+    let manager = KeyManager::new(&config, store, cache);
+    InProcess {
+        authenticator,
+        manager,
+        flusher,
+    }
+}
