@@ -24,6 +24,15 @@ pub mod envoy;
 pub mod postgres;
 pub mod store_decorator;
 
+/// A port on `ip` that was free a moment ago, for a child process
+/// (`keyward serve`, a throwaway PostgreSQL) that must be told its port.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {

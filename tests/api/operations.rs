@@ -13,17 +13,9 @@ use keyward::proto;
 use keyward::proto::key_service_client::KeyServiceClient;
 use tokio::io::AsyncReadExt;
 
-use crate::helpers::connect;
+use crate::helpers::{connect, free_port};
 
 const DASHBOARD_TOKEN: &str = "kwt_operations_dashboard_token";
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `keyward serve` child process with stderr captured.
 struct ServeProcess {
@@ -453,21 +445,41 @@ scopes = []
 }
 
 /// Where each layer points the gRPC port, the metrics port and the
-/// database.
+/// database. The test holds both ports bound until the layer is the one
+/// meant to win, so a server that picked a losing layer's address cannot
+/// start (and no other test can take the ports meanwhile).
 struct Layer {
     listen: SocketAddr,
     metrics: SocketAddr,
     database: std::path::PathBuf,
+    held: Vec<std::net::TcpListener>,
 }
 
 impl Layer {
     fn new(dir: &Path, name: &str) -> Self {
-        let addr = |port| format!("127.0.0.1:{port}").parse().unwrap();
+        let held: Vec<_> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
         Self {
-            listen: addr(free_port("127.0.0.1")),
-            metrics: addr(free_port("127.0.0.1")),
+            listen: held[0].local_addr().unwrap(),
+            metrics: held[1].local_addr().unwrap(),
             database: dir.join(format!("{name}.db")),
+            held,
         }
+    }
+
+    /// Frees the ports for the server about to be started.
+    fn release(&mut self) {
+        self.held.clear();
+    }
+
+    /// Holds the ports again once that server has exited. A port taken in
+    /// the meantime stays unheld: that round then checks a little less.
+    fn hold_again(&mut self) {
+        self.held = [self.listen, self.metrics]
+            .into_iter()
+            .filter_map(|addr| std::net::TcpListener::bind(addr).ok())
+            .collect();
     }
 
     fn database_url(&self) -> String {
@@ -487,9 +499,9 @@ async fn listening(addr: SocketAddr) -> bool {
 async fn the_environment_beats_the_file_and_flags_beat_the_environment() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let file = Layer::new(dir.path(), "file");
-    let env = Layer::new(dir.path(), "env");
-    let flag = Layer::new(dir.path(), "flag");
+    let mut file = Layer::new(dir.path(), "file");
+    let mut env = Layer::new(dir.path(), "env");
+    let mut flag = Layer::new(dir.path(), "flag");
     let profile = dir.path().join("profile.toml");
     std::fs::write(
         &profile,
@@ -530,12 +542,14 @@ async fn the_environment_beats_the_file_and_flags_beat_the_environment() {
                 .args(["--metrics-listen", &flag.metrics.to_string()])
                 .args(["--database-url", &flag.database_url()]);
         }
-        let mut child = command.spawn().unwrap();
+        // Layers are tried in rising order, so the losers' ports stay held.
         let (winner, losers) = match highest {
-            "file" => (&file, [&env, &flag]),
-            "env" => (&env, [&file, &flag]),
-            _ => (&flag, [&file, &env]),
+            "file" => (&mut file, [&env, &flag]),
+            "env" => (&mut env, [&file, &flag]),
+            _ => (&mut flag, [&file, &env]),
         };
+        winner.release();
+        let mut child = command.spawn().unwrap();
 
         let mut up = false;
         for _ in 0..400 {
@@ -577,16 +591,6 @@ async fn the_environment_beats_the_file_and_flags_beat_the_environment() {
         );
         for loser in losers {
             assert!(
-                !listening(loser.listen).await,
-                "{highest}: also on {}",
-                loser.listen
-            );
-            assert!(
-                !listening(loser.metrics).await,
-                "{highest}: also on {}",
-                loser.metrics
-            );
-            assert!(
                 !loser.database.exists(),
                 "{highest}: opened {}",
                 loser.database.display()
@@ -604,6 +608,7 @@ async fn the_environment_beats_the_file_and_flags_beat_the_environment() {
             .expect("exits after SIGTERM")
             .unwrap();
         assert!(exit.success(), "{highest}: {exit:?}");
+        winner.hold_again();
         // The next round looks for databases afresh.
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let path = entry.unwrap().path();

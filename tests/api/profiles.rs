@@ -96,11 +96,7 @@ fn every_shipped_profile_loads_and_passes_validation() {
 async fn every_profile_starts_keyward_as_its_product_with_one_flag() {
     for (name, prefix) in PROFILES {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port("127.0.0.1");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
             .arg("serve")
             .arg("--config")

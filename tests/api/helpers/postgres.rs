@@ -1,7 +1,6 @@
 //! Where test PostgreSQL comes from, and throwaway clusters for tests that
 //! must stop a database (never the machine's shared one).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -99,13 +98,6 @@ fn pg_command(bin: &Path, tool: &str) -> Command {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A PostgreSQL cluster of this test process's own, on a free port.
 pub struct ThrowawayCluster {
     bin: PathBuf,
@@ -157,7 +149,7 @@ impl ThrowawayCluster {
         }
         let cluster = Self {
             log: dir.join("postgres.log"),
-            port: free_port(),
+            port: super::free_port("127.0.0.1"),
             bin,
             data,
             dir,
