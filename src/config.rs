@@ -81,9 +81,10 @@ pub struct ServerSettings {
     pub tls_key: Option<PathBuf>,
     /// With this CA (PEM), clients must present a certificate it signed.
     pub tls_client_ca: Option<PathBuf>,
-    /// Which TLS paths the config file set (rather than a flag, the
-    /// environment or a caller), so TLS errors name the file and key.
-    pub tls_origin: TlsOrigin,
+    /// Which of these settings the config file set (rather than a flag,
+    /// the environment, a caller or the default), so errors about them
+    /// name the file and key.
+    pub origins: SettingOrigins,
     /// Where `/metrics` is served; `None`: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Management RPCs without credentials on a non-loopback address
@@ -102,7 +103,7 @@ impl std::fmt::Debug for ServerSettings {
             tls_cert,
             tls_key,
             tls_client_ca,
-            tls_origin,
+            origins,
             metrics_listen,
             insecure_open_management,
         } = self;
@@ -119,20 +120,34 @@ impl std::fmt::Debug for ServerSettings {
             .field("tls_cert", tls_cert)
             .field("tls_key", tls_key)
             .field("tls_client_ca", tls_client_ca)
-            .field("tls_origin", tls_origin)
+            .field("origins", origins)
             .field("metrics_listen", metrics_listen)
             .field("insecure_open_management", insecure_open_management)
             .finish()
     }
 }
 
-/// The config file that set each TLS path, when one did; `None` means a
-/// flag, its environment variable, or a caller set it.
+/// The config file that set each setting, when one did; `None` means a
+/// flag, its environment variable, a caller or the default set it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsOrigin {
-    pub cert: Option<String>,
-    pub key: Option<String>,
-    pub client_ca: Option<String>,
+pub struct SettingOrigins {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_client_ca: Option<String>,
+}
+
+impl SettingOrigins {
+    /// How an error names a setting: "FILE: `KEY`" when the file set it
+    /// (`from_file`), the flag otherwise.
+    pub fn name(from_file: Option<&str>, key: &str, flag: &str) -> String {
+        match from_file {
+            Some(file) => format!("{file}: `{key}`"),
+            None => flag.to_owned(),
+        }
+    }
 }
 
 impl ServerSettings {
@@ -243,12 +258,17 @@ impl Config {
         let tls_cert = path("server.tls_cert", raw.server.tls_cert)?;
         let tls_key = path("server.tls_key", raw.server.tls_key)?;
         let tls_client_ca = path("server.tls_client_ca", raw.server.tls_client_ca)?;
-        let set_here = |value: &Option<PathBuf>| value.as_ref().map(|_| file.to_owned());
+        fn set_here<T>(file: &str, value: &Option<T>) -> Option<String> {
+            value.as_ref().map(|_| file.to_owned())
+        }
         let server = ServerSettings {
-            tls_origin: TlsOrigin {
-                cert: set_here(&tls_cert),
-                key: set_here(&tls_key),
-                client_ca: set_here(&tls_client_ca),
+            origins: SettingOrigins {
+                listen: set_here(file, &listen),
+                database_url: set_here(file, &raw.server.database_url),
+                metrics_listen: set_here(file, &metrics_listen),
+                tls_cert: set_here(file, &tls_cert),
+                tls_key: set_here(file, &tls_key),
+                tls_client_ca: set_here(file, &tls_client_ca),
             },
             tls_cert,
             tls_key,

@@ -10,9 +10,15 @@ use keyward::config::Config;
 use keyward::server::{self, ServeOptions};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+/// `RUST_LOG` when set (a filter it cannot parse stops the command rather
+/// than being ignored), `default_level` otherwise.
+fn init_logging(format: LogFormat, default_level: &str) -> Result<(), String> {
+    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
+            .parse(&directives)
+            .map_err(|e| format!("RUST_LOG {directives:?}: {e}"))?,
+        _ => EnvFilter::new(default_level),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -20,6 +26,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    Ok(())
 }
 
 #[tokio::main]
@@ -30,7 +37,10 @@ async fn main() -> ExitCode {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    init_logging(cli.log_format, default_level);
+    if let Err(message) = init_logging(cli.log_format, default_level) {
+        eprintln!("keyward: {message}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::CheckConfig { file } => check_config(&file),
@@ -59,20 +69,21 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = load_config(args.config.as_deref())?;
+    let database_url_flag = args.database_url.is_some();
     let (listen, database_url) = config.server.resolve(args.listen, args.database_url);
     // Flags and environment over the file (clap already put flags over the
     // environment).
     let server = &mut config.server;
-    // A path from a flag (or its environment variable) is no longer the
+    // A value from a flag (or its environment variable) is no longer the
     // file's, so errors about it name the flag.
-    let origin = &mut server.tls_origin;
+    let origins = &mut server.origins;
     for (flag, path, from_file) in [
-        (args.tls_cert, &mut server.tls_cert, &mut origin.cert),
-        (args.tls_key, &mut server.tls_key, &mut origin.key),
+        (args.tls_cert, &mut server.tls_cert, &mut origins.tls_cert),
+        (args.tls_key, &mut server.tls_key, &mut origins.tls_key),
         (
             args.tls_client_ca,
             &mut server.tls_client_ca,
-            &mut origin.client_ca,
+            &mut origins.tls_client_ca,
         ),
     ] {
         if flag.is_some() {
@@ -80,7 +91,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             *from_file = None;
         }
     }
-    server.metrics_listen = args.metrics_listen.or(server.metrics_listen);
+    if args.listen.is_some() {
+        origins.listen = None;
+    }
+    if database_url_flag {
+        origins.database_url = None;
+    }
+    if args.metrics_listen.is_some() {
+        origins.metrics_listen = None;
+        server.metrics_listen = args.metrics_listen;
+    }
     server.insecure_open_management = args.insecure_open_management;
     keyward::storage::check_database_url(&database_url)
         .map_err(|reason| format!("--database-url: {reason}"))?;

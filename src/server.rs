@@ -29,7 +29,7 @@ use crate::access_control::AccessPolicy;
 use crate::api::KeyServiceApi;
 use crate::api::request_gate::RequestGateLayer;
 use crate::authenticator::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, SettingOrigins};
 use crate::ext_authz::{self, ExtAuthzApi};
 use crate::key_cache::KeyCache;
 use crate::key_management::KeyManager;
@@ -54,8 +54,10 @@ const HEALTH_SERVICES: [&str; 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {address}: {source}")]
+    /// `setting`: the flag, or the config file and key, that chose `address`.
+    #[error("{setting} {address}: cannot listen: {source}")]
     Bind {
+        setting: String,
         address: SocketAddr,
         source: std::io::Error,
     },
@@ -67,12 +69,10 @@ pub enum ServeError {
     OpenManagement { address: SocketAddr },
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
-    #[error("--metrics-listen {address}: cannot listen: {source}")]
-    MetricsBind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot open the database: {0}")]
+    /// `setting`: the flag, or the config file and key, that chose the URL.
+    #[error("{setting}: cannot open the database: {source}")]
+    OpenDatabase { setting: String, source: StoreError },
+    #[error("database error while starting: {0}")]
     Storage(#[from] StoreError),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -123,7 +123,7 @@ impl RunningServer {
     }
 }
 
-/// Opens storage, binds the listener and starts serving in the background.
+/// Binds the listeners, opens storage and starts serving in the background.
 pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
     let ServeOptions {
         config,
@@ -132,6 +132,43 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
     } = options;
     check_management_exposure(&config, listen)?;
     let tls = tls::server_tls_config(&config.server)?;
+    let origins = &config.server.origins;
+
+    // Both ports are taken before the database is opened, so a port in use
+    // stops startup before anything is created or migrated.
+    let bind = |address: SocketAddr, from_file: Option<&str>, key: &str, flag: &str| {
+        let setting = SettingOrigins::name(from_file, key, flag);
+        async move {
+            let listener = TcpListener::bind(address).await;
+            let listener = listener.and_then(|l| l.local_addr().map(|addr| (l, addr)));
+            listener.map_err(|source| ServeError::Bind {
+                setting,
+                address,
+                source,
+            })
+        }
+    };
+    let (listener, addr) = bind(
+        listen,
+        origins.listen.as_deref(),
+        "server.listen",
+        "--listen",
+    )
+    .await?;
+    let (metrics_listener, metrics_addr) = match config.server.metrics_listen {
+        Some(address) => {
+            let (listener, addr) = bind(
+                address,
+                origins.metrics_listen.as_deref(),
+                "server.metrics_listen",
+                "--metrics-listen",
+            )
+            .await?;
+            (Some(listener), Some(addr))
+        }
+        None => (None, None),
+    };
+
     let store = storage::open(
         &database_url,
         &PoolSettings {
@@ -139,32 +176,17 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
             ..PoolSettings::default()
         },
     )
-    .await?;
-    let follower_store = storage::open_follower(&database_url, &store).await?;
-    tracing::info!(backend = %store.backend(), "storage ready");
-
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            address: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        address: listen,
+    .await
+    .map_err(|source| ServeError::OpenDatabase {
+        setting: SettingOrigins::name(
+            origins.database_url.as_deref(),
+            "server.database_url",
+            "--database-url",
+        ),
         source,
     })?;
-
-    let metrics_listener = match config.server.metrics_listen {
-        Some(address) => Some(
-            TcpListener::bind(address)
-                .await
-                .map_err(|source| ServeError::MetricsBind { address, source })?,
-        ),
-        None => None,
-    };
-    let metrics_addr = metrics_listener
-        .as_ref()
-        .and_then(|listener| listener.local_addr().ok());
+    let follower_store = storage::open_follower(&database_url, &store).await?;
+    tracing::info!(backend = %store.backend(), "storage ready");
 
     let stop = CancellationToken::new();
     let task = tokio::spawn(run(

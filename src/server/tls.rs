@@ -61,11 +61,11 @@ struct Names<'a> {
 
 impl Names<'_> {
     fn file(&self, which: Which) -> Option<&str> {
-        let origin = &self.settings.tls_origin;
+        let origins = &self.settings.origins;
         match which {
-            Which::Cert => origin.cert.as_deref(),
-            Which::Key => origin.key.as_deref(),
-            Which::ClientCa => origin.client_ca.as_deref(),
+            Which::Cert => origins.tls_cert.as_deref(),
+            Which::Key => origins.tls_key.as_deref(),
+            Which::ClientCa => origins.tls_client_ca.as_deref(),
         }
     }
 

@@ -257,6 +257,20 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
             "rate_limit.requests",
             "invalid value",
         ),
+        (
+            token(&hash, "[\"ListKeys\"]")
+                .replace("name = \"t\"", &format!("name = \"{}\"", "t".repeat(65))),
+            "auth.service_tokens[0].name",
+            "must be 1 to 64 characters",
+        ),
+        (jwt("rpcs = []"), "auth.jwt.rpcs", "RPC"),
+        (jwt("rpcs = [\"Nope\"]"), "auth.jwt.rpcs", "unknown RPC \"Nope\""),
+        (
+            "[auth.jwt]\nissuers = [\"iss\"]\naudiences = [\"aud\"]\njwks_file = \"/no/such/jwks.json\"\n"
+                .into(),
+            "auth.jwt.jwks_file",
+            "/no/such/jwks.json",
+        ),
     ];
     for (text, key, reason) in cases {
         let error = Config::parse(&text, "profile.toml")
@@ -399,4 +413,236 @@ fn tls_errors_name_the_file_and_key_or_the_flag() {
         !dir.path().join("k.db").exists(),
         "nothing is written before TLS is checked"
     );
+}
+
+/// Runs the real binary in `dir` with no inherited keyward settings, plus
+/// `env`; returns (success, stderr).
+fn run_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"));
+    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KEYWARD_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The files in `dir` besides `keep`: what a refused start left behind.
+fn left_behind(dir: &std::path::Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !keep.contains(&name.as_str()))
+        .collect()
+}
+
+/// A port in use, an address that cannot be bound or a database that cannot
+/// be opened stop `serve` with the file and key (or the flag) that chose it,
+/// before any database file is created.
+#[test]
+fn startup_failures_name_the_setting_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let database = format!("sqlite://{}", dir.path().join("k.db").display());
+    let missing_dir = format!("sqlite://{}", dir.path().join("no/such/k.db").display());
+    let profile = |server: &str| {
+        std::fs::write(
+            dir.path().join("profile.toml"),
+            format!("[server]\n{server}"),
+        )
+        .unwrap();
+    };
+    let cases: Vec<(String, Vec<String>, String)> = vec![
+        (
+            format!("listen = \"{taken}\"\ndatabase_url = \"{database}\"\n"),
+            vec![],
+            format!("profile.toml: `server.listen` {taken}: cannot listen"),
+        ),
+        (
+            format!(
+                "listen = \"127.0.0.1:0\"\nmetrics_listen = \"{taken}\"\ndatabase_url = \"{database}\"\n"
+            ),
+            vec![],
+            format!("profile.toml: `server.metrics_listen` {taken}: cannot listen"),
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{missing_dir}\"\n"),
+            vec![],
+            "profile.toml: `server.database_url`: cannot open the database".into(),
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
+            vec!["--listen".into(), taken.clone()],
+            format!("--listen {taken}: cannot listen"),
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
+            vec!["--metrics-listen".into(), taken.clone()],
+            format!("--metrics-listen {taken}: cannot listen"),
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
+            vec!["--database-url".into(), missing_dir.clone()],
+            "--database-url: cannot open the database".into(),
+        ),
+    ];
+    for (server, flags, expected) in cases {
+        profile(&server);
+        let mut args = vec!["serve", "--config", "profile.toml"];
+        args.extend(flags.iter().map(String::as_str));
+        let (ok, stderr) = run_in(dir.path(), &args, &[]);
+        assert!(!ok, "{args:?} started");
+        assert!(
+            stderr.contains(&expected),
+            "{args:?}: wanted {expected:?} in\n{stderr}"
+        );
+        assert_eq!(
+            left_behind(dir.path(), &["profile.toml", "no"]),
+            Vec::<String>::new(),
+            "{args:?} left files behind"
+        );
+    }
+}
+
+/// Each setting's environment variable, given something wrong: the command
+/// stops naming the setting, and nothing is written.
+#[test]
+fn bad_environment_values_are_named_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], (&str, &str), &str)] = &[
+        (
+            &["serve"],
+            ("KEYWARD_CONFIG", "/no/such.toml"),
+            "/no/such.toml",
+        ),
+        (&["serve"], ("KEYWARD_LISTEN", "nowhere"), "--listen"),
+        (
+            &["serve"],
+            ("KEYWARD_METRICS_LISTEN", "nowhere"),
+            "--metrics-listen",
+        ),
+        (
+            &["serve"],
+            ("KEYWARD_DATABASE_URL", "mysql://db/kw"),
+            "--database-url",
+        ),
+        (
+            &["serve"],
+            ("KEYWARD_TLS_CERT", "/no/such.pem"),
+            "--tls-cert",
+        ),
+        (
+            &["serve"],
+            ("KEYWARD_TLS_CLIENT_CA", "/no/such.pem"),
+            "--tls-client-ca",
+        ),
+        (
+            &["serve"],
+            ("KEYWARD_INSECURE_OPEN_MANAGEMENT", "maybe"),
+            "--insecure-open-management",
+        ),
+        (
+            &["serve"],
+            ("KEYWARD_INSECURE_OPEN_MANAGEMENT", "1"),
+            "--insecure-open-management",
+        ),
+        (&["serve"], ("KEYWARD_LOG_FORMAT", "xml"), "--log-format"),
+        (
+            &["serve"],
+            ("RUST_LOG", "keyward=loud"),
+            "RUST_LOG \"keyward=loud\"",
+        ),
+        (
+            &["check-config", "profile.toml"],
+            ("RUST_LOG", "[{"),
+            "RUST_LOG \"[{\"",
+        ),
+        (
+            &["keys", "list", "--account", "a"],
+            ("KEYWARD_SERVER", "not a url"),
+            "--server \"not a url\"",
+        ),
+        (
+            &["keys", "list", "--account", "a"],
+            ("KEYWARD_TOKEN", "bad\ntoken"),
+            "--token holds characters not allowed",
+        ),
+    ];
+    for (args, (name, value), expected) in cases {
+        let (ok, stderr) = run_in(dir.path(), args, &[(*name, *value)]);
+        assert!(!ok, "{name}={value:?} {args:?} succeeded");
+        assert!(
+            stderr.contains(expected),
+            "{name}={value:?}: wanted {expected:?} in\n{stderr}"
+        );
+        assert_eq!(
+            left_behind(dir.path(), &[]),
+            Vec::<String>::new(),
+            "{name}={value:?} left files behind"
+        );
+    }
+    // Turned off by the environment, open management on 0.0.0.0 is refused.
+    let (ok, stderr) = run_in(
+        dir.path(),
+        &["serve", "--listen", "0.0.0.0:0"],
+        &[("KEYWARD_INSECURE_OPEN_MANAGEMENT", "false")],
+    );
+    assert!(
+        !ok && stderr.contains("only be served on a loopback address"),
+        "{stderr}"
+    );
+    assert_eq!(left_behind(dir.path(), &[]), Vec::<String>::new());
+}
+
+/// The operator CLI's connection flags, given something wrong.
+#[test]
+fn bad_operator_connection_flags_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+    let list = |extra: &[&str]| {
+        let mut args = vec!["keys", "list", "--account", "a"];
+        args.extend_from_slice(extra);
+        run_in(dir.path(), &args, &[])
+    };
+    let https = ["--server", "https://127.0.0.1:1"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&https[..], &["--tls-ca", "/no/such/ca.pem"]].concat(),
+            "--tls-ca",
+        ),
+        (
+            [&https[..], &["--tls-ca", "ca.pem", "--tls-cert", "ca.pem"]].concat(),
+            "--tls-cert and --tls-key go together",
+        ),
+        (
+            [&https[..], &["--tls-ca", "ca.pem", "--tls-key", "ca.pem"]].concat(),
+            "--tls-cert and --tls-key go together",
+        ),
+        (vec!["--tls-ca", "ca.pem"], "need an https:// --server"),
+        (vec!["--tls-key", "ca.pem"], "need an https:// --server"),
+        (vec!["--tls-domain", "keyward"], "need an https:// --server"),
+        (
+            vec!["--token", "bad\ntoken"],
+            "--token holds characters not allowed",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let (ok, stderr) = list(&extra);
+        assert!(!ok, "{extra:?} succeeded");
+        assert!(
+            stderr.contains(expected),
+            "{extra:?}: wanted {expected:?} in\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("bad\ntoken"),
+            "the token is not echoed: {stderr}"
+        );
+    }
 }

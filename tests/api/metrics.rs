@@ -212,6 +212,10 @@ async fn a_metrics_address_in_use_stops_startup_naming_the_flag() {
         error.starts_with(&format!("--metrics-listen {address}: cannot listen")),
         "{error}"
     );
+    assert!(
+        !dir.path().join("k.db").exists(),
+        "the database is not created"
+    );
 }
 
 /// ext_authz Check decisions, including the denials the route policy makes

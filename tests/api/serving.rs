@@ -175,14 +175,6 @@ fn keyward() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keyward"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the binary to completion and returns (success, stderr).
 fn run_to_end(command: &mut Command) -> (bool, String) {
     let output = command
@@ -256,8 +248,19 @@ fn a_bad_config_file_stops_startup_naming_file_key_and_reason() {
     for (text, key, reason) in cases {
         let path = dir.path().join("profile.toml");
         std::fs::write(&path, text).unwrap();
-        let (ok, stderr) = run_to_end(keyward().args(["serve", "--config"]).arg(&path));
+        let database = dir.path().join("k.db");
+        let (ok, stderr) = run_to_end(
+            keyward()
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env(
+                    "KEYWARD_DATABASE_URL",
+                    format!("sqlite://{}", database.display()),
+                )
+                .current_dir(dir.path()),
+        );
         assert!(!ok, "{text:?} should fail");
+        assert!(!database.exists(), "{text:?}: nothing is written");
         assert!(
             stderr.contains(&path.display().to_string()),
             "names the file: {stderr}"
@@ -290,11 +293,14 @@ fn bad_flags_stop_startup_with_a_clear_message() {
     let (ok, stderr) = run_to_end(keyward().args([
         "serve",
         "--listen",
-        "127.0.0.1:1",
+        "127.0.0.1:0",
         "--database-url",
         "sqlite:///no/such/dir/k.db",
     ]));
-    assert!(!ok && stderr.contains("database"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("--database-url: cannot open the database"),
+        "{stderr}"
+    );
     let (ok, stderr) = run_to_end(
         keyward()
             .args(["serve"])
@@ -343,7 +349,7 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
     let profile = dir.path().join("profile.toml");
     std::fs::write(&profile, "[last_used]\nflush_interval_seconds = 3600\n").unwrap();
     let database = dir.path().join("k.db");
-    let port = free_port();
+    let port = crate::helpers::free_port("127.0.0.1");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--config")
