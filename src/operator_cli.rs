@@ -215,6 +215,17 @@ impl Client {
             server: connection.server.clone(),
             reason,
         };
+        // Checked before connecting, so a bad token is named even when the
+        // server is unreachable.
+        let authorization = connection
+            .token
+            .as_deref()
+            .map(|token| {
+                format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                    CliError::Usage("--token holds characters not allowed in metadata".into())
+                })
+            })
+            .transpose()?;
         let mut endpoint = Endpoint::from_shared(connection.server.clone())
             .map_err(|e| CliError::Usage(format!("--server {:?}: {e}", connection.server)))?
             .connect_timeout(Duration::from_secs(10));
@@ -247,9 +258,15 @@ impl Client {
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| fail(format!("TLS setup: {e}")))?;
-        } else if connection.tls_ca.is_some() || connection.tls_cert.is_some() {
+        } else if connection.tls_ca.is_some()
+            || connection.tls_cert.is_some()
+            || connection.tls_key.is_some()
+            || connection.tls_domain.is_some()
+        {
             return Err(CliError::Usage(
-                "TLS options need an https:// --server".into(),
+                "TLS options (--tls-ca, --tls-cert, --tls-key, --tls-domain) need an \
+                 https:// --server"
+                    .into(),
             ));
         }
         let channel = endpoint.connect().await.map_err(|e| {
@@ -258,15 +275,6 @@ impl Client {
                     .map_or_else(|| e.to_string(), |source| format!("{e}: {source}")),
             )
         })?;
-        let authorization = connection
-            .token
-            .as_deref()
-            .map(|token| {
-                format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                    CliError::Usage("--token holds characters not allowed in metadata".into())
-                })
-            })
-            .transpose()?;
         Ok(Self {
             keys: KeyServiceClient::new(channel),
             authorization,
