@@ -166,6 +166,25 @@ fn errors_name_the_file_and_key() {
             "denials.too_many_failed_attempts",
         ),
         ("[denials.invalid]\ncode = \"\"", "denials.invalid"),
+        ("[server]\nmax_connections = 1001", "server.max_connections"),
+        (
+            "[keys]\nmax_active_per_account = 100001",
+            "keys.max_active_per_account",
+        ),
+        (
+            "[keys]\nprefix = \"abcdefghijklmnopqrstuvwxyzabcdefg\"",
+            "keys.prefix",
+        ),
+        ("[feed]\nfreshness_bound_ms = 10", "feed.freshness_bound_ms"),
+        (
+            "[feed]\nfreshness_bound_ms = 600001",
+            "feed.freshness_bound_ms",
+        ),
+        (
+            "[denials.missing]\nhttp_status = 70000",
+            "denials.missing.http_status",
+        ),
+        ("[[scopes]]\ndescription = \"no name\"", "scopes[0]"),
     ];
     for (text, key) in cases {
         let error = Config::parse(text, "p.toml").unwrap_err();

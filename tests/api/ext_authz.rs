@@ -639,6 +639,9 @@ async fn malformed_requests_are_denied_with_400() {
         assert_eq!(denial.status, 400, "{target:?}");
         assert_eq!(denial.body, bad_request, "{target:?}");
     }
+    let too_long = format!("/api/v1/portfolio/{}", "a".repeat(8 * 1024));
+    let denial = denied(&envoy.check(get(&too_long).bearer(&secret).build()).await);
+    assert_eq!((denial.status, &denial.body), (400, &bad_request));
     let twice = denied(
         &envoy
             .check(
@@ -650,6 +653,12 @@ async fn malformed_requests_are_denied_with_400() {
             .await,
     );
     assert_eq!(twice.status, 400);
+    let undecodable = denied(
+        &envoy
+            .check(get("/api/v1/account?api_key=%zz").build())
+            .await,
+    );
+    assert_eq!(undecodable.status, 400);
 
     // Structurally empty checks are answered, not failed.
     let empty = denied(&envoy.check(CheckRequest::default()).await);
@@ -919,11 +928,7 @@ async fn check_log_lines_carry_the_http_request_id() {
     use tokio::io::AsyncReadExt;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port("127.0.0.1");
     let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/carboncopy.toml");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

@@ -75,6 +75,7 @@ fn a_full_http_section_parses() {
 #[test]
 fn bad_http_values_name_the_key() {
     let route = |body: &str| format!("[[http.routes]]\n{body}");
+    let too_many_routes = route("methods = [\"GET\"]\npath = \"/a\"\npublic = true\n").repeat(1001);
     let cases = [
         ("[http]\nkey_header = \"X-Api-Key\"", "http.key_header"),
         ("[http]\nkey_header = \"authorization\"", "http.key_header"),
@@ -166,6 +167,40 @@ fn bad_http_values_name_the_key() {
                 route("methods = [\"GET\"]\npath = \"/b\"\npublic = true\nscopes = []")
             ),
             "http.routes[1].scopes",
+        ),
+        (&too_many_routes, "http.routes"),
+        (
+            &route(&format!(
+                "methods = [\"GET\"]\npath = \"/{}\"\npublic = true",
+                "a".repeat(1024)
+            )),
+            "http.routes[0].path",
+        ),
+        (
+            &route(&format!(
+                "methods = [\"GET\"]\npath = \"/a\"\nscopes = [{}]",
+                vec!["\"orders:read\""; 17].join(", ")
+            )),
+            "http.routes[0].scopes",
+        ),
+        (
+            &route(&format!(
+                "methods = [\"GET\"]\npath = \"/a/{{{}}}\"\npublic = true",
+                "p".repeat(33)
+            )),
+            "http.routes[0].path",
+        ),
+        (
+            &route("methods = [\"GET\"]\npath = \"/a\"\npublic = \"yes\""),
+            "http.routes[0].public",
+        ),
+        (
+            "[http]\nwww_authenticate = \" Bearer\"",
+            "http.www_authenticate",
+        ),
+        (
+            &format!("[http]\nwww_authenticate = \"{}\"", "B".repeat(257)),
+            "http.www_authenticate",
         ),
     ];
     for (text, key) in cases {
