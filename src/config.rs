@@ -366,7 +366,8 @@ impl Config {
         let defaults = DenialCatalog::default();
         let text =
             |key: &str, raw: Option<RawDenialText>, default: DenialText, statuses: &[u16]| {
-                denial_text(raw, default, statuses).map_err(|r| fail(key, r))
+                denial_text(raw, default, statuses)
+                    .map_err(|(field, r)| fail(&format!("{key}.{field}"), r))
             };
         let denials = DenialCatalog {
             missing: text(
@@ -657,22 +658,25 @@ fn denial_message(message: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A denial's text with the file's overrides; an error names the field
+/// (`code`, `message` or `http_status`) it is about.
 fn denial_text(
     raw: Option<RawDenialText>,
     default: DenialText,
     statuses: &[u16],
-) -> Result<DenialText, String> {
+) -> Result<DenialText, (&'static str, String)> {
     let Some(raw) = raw else {
         return Ok(default);
     };
     let code = raw.code.unwrap_or_else(|| default.code.to_string());
-    denial_code(&code)?;
+    denial_code(&code).map_err(|r| ("code", r))?;
     let message = raw.message.unwrap_or_else(|| default.message.to_string());
-    denial_message(&message)?;
+    denial_message(&message).map_err(|r| ("message", r))?;
     let http_status = raw.http_status.unwrap_or(default.http_status);
     if !statuses.contains(&http_status) {
-        return Err(format!(
-            "http_status {http_status} is not allowed here; use one of {statuses:?}"
+        return Err((
+            "http_status",
+            format!("http_status {http_status} is not allowed here; use one of {statuses:?}"),
         ));
     }
     Ok(DenialText::new(&code, &message, http_status))

@@ -195,13 +195,13 @@ impl HttpSettings {
             DenialText::new("not_found", "No such endpoint.", 404),
             &[403, 404],
         )
-        .map_err(|r| fail("http.denials.unmatched_route".into(), r))?;
+        .map_err(|(field, r)| fail(format!("http.denials.unmatched_route.{field}"), r))?;
         let malformed_request_denial = denial_text(
             raw.denials.malformed_request,
             DenialText::new("bad_request", "The request could not be read.", 400),
             &[400, 403, 404],
         )
-        .map_err(|r| fail("http.denials.malformed_request".into(), r))?;
+        .map_err(|(field, r)| fail(format!("http.denials.malformed_request.{field}"), r))?;
 
         if raw.routes.len() > MAX_ROUTES {
             return Err(fail(

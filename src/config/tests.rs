@@ -106,10 +106,13 @@ fn errors_name_the_file_and_key() {
             "[[presets]]\nname = \"p\"\nscopes = [\"nope\"]",
             "presets[0].scopes",
         ),
-        ("[denials.missing]\ncode = \"has space\"", "denials.missing"),
+        (
+            "[denials.missing]\ncode = \"has space\"",
+            "denials.missing.code",
+        ),
         (
             "[denials.unavailable]\nhttp_status = 500",
-            "denials.unavailable",
+            "denials.unavailable.http_status",
         ),
         ("[cache]\nttl_seconds = nan", "cache.ttl_seconds"),
         ("unknown_table = 1", "unknown_table"),
@@ -155,17 +158,17 @@ fn errors_name_the_file_and_key() {
         ),
         (
             "[denials.insufficient_scope]\nhttp_status = 401",
-            "denials.insufficient_scope",
+            "denials.insufficient_scope.http_status",
         ),
         (
             "[denials.rate_limited]\nmessage = \"\"",
-            "denials.rate_limited",
+            "denials.rate_limited.message",
         ),
         (
             "[denials.too_many_failed_attempts]\nhttp_status = 500",
-            "denials.too_many_failed_attempts",
+            "denials.too_many_failed_attempts.http_status",
         ),
-        ("[denials.invalid]\ncode = \"\"", "denials.invalid"),
+        ("[denials.invalid]\ncode = \"\"", "denials.invalid.code"),
         ("[server]\nmax_connections = 1001", "server.max_connections"),
         (
             "[keys]\nmax_active_per_account = 100001",

@@ -225,7 +225,7 @@ fn a_bad_config_file_stops_startup_naming_file_key_and_reason() {
         ),
         (
             "[denials.invalid]\nhttp_status = 200\n",
-            "`denials.invalid`",
+            "`denials.invalid.http_status`",
             "not allowed",
         ),
         (

@@ -129,11 +129,11 @@ fn bad_http_values_name_the_key() {
         ),
         (
             "[http.denials.unmatched_route]\nhttp_status = 200",
-            "http.denials.unmatched_route",
+            "http.denials.unmatched_route.http_status",
         ),
         (
             "[http.denials.malformed_request]\ncode = \"two words\"",
-            "http.denials.malformed_request",
+            "http.denials.malformed_request.code",
         ),
         (
             &route("methods = [\"GET\"]\npath = \"/a\"\npublic = true"),
