@@ -318,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn page_sizes_default_clamp_and_refuse_negatives() {
+        assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(5_000).unwrap(), MAX_PAGE_SIZE);
+        assert_eq!(page_size(i32::MAX).unwrap(), MAX_PAGE_SIZE);
+        for negative in [-1, i32::MIN] {
+            let status = page_size(negative).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().starts_with("page_size:"), "{status:?}");
+        }
+    }
+
+    #[test]
     fn timestamps_convert_and_out_of_range_is_refused() {
         let at = UnixMillis(1_700_000_000_123);
         assert_eq!(
