@@ -140,11 +140,11 @@ pub struct SettingOrigins {
 }
 
 impl SettingOrigins {
-    /// How an error names a setting: "FILE: `KEY`" when the file set it
-    /// (`from_file`), the flag otherwise.
+    /// How an error names a setting, before the value it is about:
+    /// "FILE: `KEY`:" when the file set it (`from_file`), the flag otherwise.
     pub fn name(from_file: Option<&str>, key: &str, flag: &str) -> String {
         match from_file {
-            Some(file) => format!("{file}: `{key}`"),
+            Some(file) => format!("{file}: `{key}`:"),
             None => flag.to_owned(),
         }
     }

@@ -69,9 +69,14 @@ pub enum ServeError {
     OpenManagement { address: SocketAddr },
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
-    /// `setting`: the flag, or the config file and key, that chose the URL.
-    #[error("{setting}: cannot open the database: {source}")]
-    OpenDatabase { setting: String, source: StoreError },
+    /// `setting`: the flag, or the config file and key, that chose `url`
+    /// (its password redacted).
+    #[error("{setting} {url}: cannot open the database: {source}")]
+    OpenDatabase {
+        setting: String,
+        url: String,
+        source: StoreError,
+    },
     #[error("database error while starting: {0}")]
     Storage(#[from] StoreError),
     #[error("reflection descriptors are invalid: {0}")]
@@ -136,34 +141,19 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
 
     // Both ports are taken before the database is opened, so a port in use
     // stops startup before anything is created or migrated.
-    let bind = |address: SocketAddr, from_file: Option<&str>, key: &str, flag: &str| {
-        let setting = SettingOrigins::name(from_file, key, flag);
-        async move {
-            let listener = TcpListener::bind(address).await;
-            let listener = listener.and_then(|l| l.local_addr().map(|addr| (l, addr)));
-            listener.map_err(|source| ServeError::Bind {
-                setting,
-                address,
-                source,
-            })
-        }
-    };
     let (listener, addr) = bind(
         listen,
-        origins.listen.as_deref(),
-        "server.listen",
-        "--listen",
+        SettingOrigins::name(origins.listen.as_deref(), "server.listen", "--listen"),
     )
     .await?;
     let (metrics_listener, metrics_addr) = match config.server.metrics_listen {
         Some(address) => {
-            let (listener, addr) = bind(
-                address,
+            let setting = SettingOrigins::name(
                 origins.metrics_listen.as_deref(),
                 "server.metrics_listen",
                 "--metrics-listen",
-            )
-            .await?;
+            );
+            let (listener, addr) = bind(address, setting).await?;
             (Some(listener), Some(addr))
         }
         None => (None, None),
@@ -183,6 +173,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
             "server.database_url",
             "--database-url",
         ),
+        url: crate::config_report::redact_url(&database_url),
         source,
     })?;
     let follower_store = storage::open_follower(&database_url, &store).await?;
@@ -207,6 +198,21 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
         stop,
         task,
     })
+}
+
+/// A listener on `address`; `setting` names who chose it, for the error.
+async fn bind(
+    address: SocketAddr,
+    setting: String,
+) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let bound = TcpListener::bind(address).await;
+    bound
+        .and_then(|listener| listener.local_addr().map(|addr| (listener, addr)))
+        .map_err(|source| ServeError::Bind {
+            setting,
+            address,
+            source,
+        })
 }
 
 /// Management without credentials is only for loopback (or on request).

@@ -12,7 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::config::ServerSettings;
+use crate::config::{ServerSettings, SettingOrigins};
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,10 +71,7 @@ impl Names<'_> {
 
     /// The error's subject: the flag, or the file and key.
     fn setting(&self, which: Which) -> String {
-        match self.file(which) {
-            Some(file) => format!("{file}: `{}`:", which.key()),
-            None => which.flag().to_owned(),
-        }
+        SettingOrigins::name(self.file(which), which.key(), which.flag())
     }
 
     /// Another setting, mentioned in a reason about `about`: in the

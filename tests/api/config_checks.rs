@@ -463,19 +463,19 @@ fn startup_failures_name_the_setting_and_create_nothing() {
         (
             format!("listen = \"{taken}\"\ndatabase_url = \"{database}\"\n"),
             vec![],
-            format!("profile.toml: `server.listen` {taken}: cannot listen"),
+            format!("profile.toml: `server.listen`: {taken}: cannot listen"),
         ),
         (
             format!(
                 "listen = \"127.0.0.1:0\"\nmetrics_listen = \"{taken}\"\ndatabase_url = \"{database}\"\n"
             ),
             vec![],
-            format!("profile.toml: `server.metrics_listen` {taken}: cannot listen"),
+            format!("profile.toml: `server.metrics_listen`: {taken}: cannot listen"),
         ),
         (
             format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{missing_dir}\"\n"),
             vec![],
-            "profile.toml: `server.database_url`: cannot open the database".into(),
+            format!("profile.toml: `server.database_url`: {missing_dir}: cannot open the database"),
         ),
         (
             format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
@@ -490,7 +490,7 @@ fn startup_failures_name_the_setting_and_create_nothing() {
         (
             format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
             vec!["--database-url".into(), missing_dir.clone()],
-            "--database-url: cannot open the database".into(),
+            format!("--database-url {missing_dir}: cannot open the database"),
         ),
     ];
     for (server, flags, expected) in cases {

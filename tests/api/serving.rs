@@ -298,7 +298,8 @@ fn bad_flags_stop_startup_with_a_clear_message() {
         "sqlite:///no/such/dir/k.db",
     ]));
     assert!(
-        !ok && stderr.contains("--database-url: cannot open the database"),
+        !ok && stderr
+            .contains("--database-url sqlite:///no/such/dir/k.db: cannot open the database"),
         "{stderr}"
     );
     let (ok, stderr) = run_to_end(
