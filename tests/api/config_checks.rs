@@ -493,6 +493,25 @@ fn startup_failures_name_the_setting_and_create_nothing() {
             format!("--database-url {missing_dir}: cannot open the database"),
         ),
     ];
+    // A password in the URL is redacted in the error.
+    let (ok, stderr) = run_in(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://kw:s3cret@127.0.0.1:1/kw",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        stderr
+            .contains("--database-url postgres://kw:***@127.0.0.1:1/kw: cannot open the database"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
     for (server, flags, expected) in cases {
         profile(&server);
         let mut args = vec!["serve", "--config", "profile.toml"];
