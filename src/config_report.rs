@@ -205,19 +205,24 @@ fn access(config: &Config) -> Vec<String> {
     }
     for token in &auth.service_tokens {
         lines.push(format!(
-            "service token {:?}: {}",
+            "service token {:?}: {}{}",
             token.name,
             token
                 .rpcs
                 .iter()
                 .map(|rpc| rpc.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if token.trust_client_ip {
+                "; trusted to state client addresses"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(jwt) = &auth.jwt {
         lines.push(format!(
-            "user JWTs: {} for the account in claim `{}`; iss {}; aud {}; algorithms {:?}; leeway {} s; {} key(s) from {}",
+            "user JWTs: {} for the account in claim `{}`; iss {}; aud {}; algorithms {:?}; leeway {} s; lifetime at most {} s; {} key(s) from {}",
             jwt.rpcs
                 .iter()
                 .map(|rpc| rpc.as_str())
@@ -228,6 +233,7 @@ fn access(config: &Config) -> Vec<String> {
             jwt.audiences.join(" | "),
             jwt.algorithms,
             jwt.leeway_seconds,
+            jwt.max_lifetime_seconds,
             jwt.keys.len(),
             jwt.keys
                 .iter()
@@ -236,12 +242,19 @@ fn access(config: &Config) -> Vec<String> {
                 .join(", ")
         ));
     }
-    lines.push(if auth.hot_path_requires_token {
-        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): service token required"
-            .into()
-    } else {
-        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): open".into()
-    });
+    lines.push(format!(
+        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): {}",
+        match auth.hot_path_requires_token {
+            Some(true) => "service token required",
+            Some(false) => "open (auth.hot_path_requires_token = false)",
+            None if auth.management_locked() => {
+                "service token required (management needs credentials)"
+            }
+            None => {
+                "service token required unless the listen address is loopback (see --insecure-open-hot-path)"
+            }
+        }
+    ));
     lines.push("ListScopes, health and reflection: open".into());
     lines
 }

@@ -156,6 +156,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
         key: PresentedKey::Credential(&secret),
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     });
     let revoke = async {
@@ -178,6 +179,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
             key: PresentedKey::Credential(&secret),
             required: &[],
             required_unknown: None,
+            account: None,
             client: None,
         })
         .await;
@@ -199,6 +201,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         key: PresentedKey::Id(&id),
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     });
     let revoke = async {
@@ -219,6 +222,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
             key: PresentedKey::Id(&id),
             required: &[],
             required_unknown: None,
+            account: None,
             client: None,
         })
         .await;
@@ -262,6 +266,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         },
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     };
 
@@ -331,6 +336,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
         key: PresentedKey::Credential(&secret),
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     };
 
@@ -407,6 +413,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
             key: PresentedKey::Credential(secret),
             required: &[],
             required_unknown: None,
+            account: None,
             client: None,
         }
     }
