@@ -457,9 +457,19 @@ impl AccessPolicy {
         }
     }
 
+    /// Whether a request for `rpc` has its credential read: when it needs
+    /// one, and on an open hot path when it carries one anyway (a token
+    /// that may state client addresses, a JWT that confines the caller to
+    /// its account; a wrong one is refused rather than ignored).
+    pub fn reads_credential(&self, rpc: Option<Rpc>, carries_one: bool) -> bool {
+        self.needs_credential(rpc)
+            || (carries_one && rpc.map(Rpc::class) == Some(RpcClass::HotPath))
+    }
+
     /// Decides a request for `rpc` carrying this `authorization` value.
     pub fn check(&self, rpc: Option<Rpc>, authorization: Option<&[u8]>) -> Result<Caller, Refusal> {
-        let Some(rpc) = rpc.filter(|rpc| self.needs_credential(Some(*rpc))) else {
+        let Some(rpc) = rpc.filter(|rpc| self.reads_credential(Some(*rpc), authorization.is_some()))
+        else {
             return Ok(Caller::Anonymous);
         };
         let token = bearer_token(authorization)?;

@@ -242,17 +242,20 @@ fn access(config: &Config) -> Vec<String> {
                 .join(", ")
         ));
     }
+    let locked_without_credential = if auth.any_hot_path_credential() {
+        ""
+    } else {
+        "; but no service token lists a hot-path RPC, so `serve` refuses to start: add one, or open the hot path on purpose (auth.hot_path_requires_token = false)"
+    };
     lines.push(format!(
         "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): {}",
         match auth.hot_path_requires_token {
-            Some(true) => "service token required",
-            Some(false) => "open (auth.hot_path_requires_token = false)",
+            Some(true) => "service token required".to_owned(),
+            Some(false) => "open (auth.hot_path_requires_token = false)".to_owned(),
             None if auth.management_locked() => {
-                "service token required (management needs credentials)"
+                format!("service token required (management needs credentials){locked_without_credential}")
             }
-            None => {
-                "service token required unless the listen address is loopback (see --insecure-open-hot-path)"
-            }
+            None => "open on a loopback address; elsewhere a service token is required (see --insecure-open-hot-path)".to_owned(),
         }
     ));
     lines.push("ListScopes, health and reflection: open".into());

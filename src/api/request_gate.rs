@@ -106,11 +106,11 @@ where
         };
         let shared = Arc::clone(&self.shared);
 
-        let caller = if shared.policy.needs_credential(rpc) {
-            let authorization = request
-                .headers()
-                .get(AUTHORIZATION)
-                .map(HeaderValue::as_bytes);
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let caller = if shared.policy.reads_credential(rpc, authorization.is_some()) {
             match shared.policy.check(rpc, authorization) {
                 Ok(caller) => caller,
                 Err(refusal) => {

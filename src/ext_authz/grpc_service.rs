@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
 use prost::Message;
+use prost::bytes::Buf;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
@@ -119,9 +120,14 @@ impl Decoder for CheckDecoder {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<CheckMessage>, Status> {
-        Ok(Some(match CheckRequest::decode(buf) {
+        Ok(Some(match CheckRequest::decode(&mut *buf) {
             Ok(request) => CheckMessage::Decoded(request),
-            Err(error) => CheckMessage::Undecodable(error),
+            Err(error) => {
+                // The rest of this message's bytes are garbage too; left in
+                // the buffer, tonic would read them as the next frame.
+                buf.advance(buf.remaining());
+                CheckMessage::Undecodable(error)
+            }
         }))
     }
 

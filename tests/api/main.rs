@@ -5,6 +5,7 @@
 mod helpers;
 
 mod abuse;
+mod attacks;
 mod authenticate;
 mod config_checks;
 mod ext_authz;

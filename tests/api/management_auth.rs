@@ -86,12 +86,16 @@ fn eddsa_jwt(key: &KeyPair, kid: &str, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(&header, claims, &encoding).unwrap()
 }
 
-/// The test config with an `[auth]` section (and its key files).
-fn config_with_auth(signers: &Signers, hot_path_requires_token: bool) -> Config {
+/// The test config with an `[auth]` section (and its key files);
+/// `hot_path_requires_token` `None` leaves the key out (the default).
+fn config_with_auth(signers: &Signers, hot_path_requires_token: Option<bool>) -> Config {
+    let hot_path = hot_path_requires_token
+        .map(|required| format!("hot_path_requires_token = {required}"))
+        .unwrap_or_default();
     let text = format!(
         r#"
 [auth]
-hot_path_requires_token = {hot_path_requires_token}
+{hot_path}
 
 [[auth.service_tokens]]
 name = "dashboard"
@@ -178,7 +182,7 @@ async fn key_count(app: &mut TestApp, account: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_calls_need_a_credential_allowed_that_rpc() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
 
@@ -254,7 +258,7 @@ async fn management_calls_need_a_credential_allowed_that_rpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_jwt_manages_its_own_account_and_nothing_else() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let jwt = es256_jwt(&signers.es256, &claims("acct_user"));
@@ -340,7 +344,7 @@ async fn a_user_jwt_manages_its_own_account_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_jwts_are_unauthenticated_and_change_nothing() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let stranger = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -434,7 +438,7 @@ fn stranger_ed25519() -> KeyPair {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eddsa_jwts_verify_against_the_jwks_file() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let jwt = eddsa_jwt(&signers.ed25519, "ed-1", &claims("acct_ed"));
@@ -449,7 +453,7 @@ async fn eddsa_jwts_verify_against_the_jwks_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_jwts_verify_against_a_pem_public_key() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let jwt = rs256_jwt(&claims("acct_rsa"));
@@ -468,9 +472,9 @@ async fn rs256_jwts_verify_against_a_pem_public_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hot_path_is_open_unless_a_service_token_is_required() {
+async fn the_hot_path_needs_a_service_token_wherever_management_does_unless_opened() {
     let signers = signers();
-    let mut open = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut open = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let secret = open
@@ -487,7 +491,8 @@ async fn the_hot_path_is_open_unless_a_service_token_is_required() {
         .expect("ListScopes is open");
     open.shutdown().await;
 
-    let mut locked = spawn_app_with(Db::Sqlite, config_with_auth(&signers, true))
+    // Management needs credentials, so by default the hot path does too.
+    let mut locked = spawn_app_with(Db::Sqlite, config_with_auth(&signers, None))
         .await
         .unwrap();
     let secret = locked
@@ -510,11 +515,7 @@ async fn the_hot_path_is_open_unless_a_service_token_is_required() {
         .authenticate(bearer(authenticate(), &jwt))
         .await
         .unwrap_err();
-    assert_refused(
-        &user,
-        Code::Unauthenticated,
-        "Authenticate needs a service token",
-    );
+    assert_refused(&user, Code::PermissionDenied, "user JWTs may not call Authenticate");
     let wrong = locked
         .keys
         .authenticate(bearer(authenticate(), AUDITOR_TOKEN))

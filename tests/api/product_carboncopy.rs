@@ -693,6 +693,7 @@ fn with_jwt<T>(message: T, token: &str) -> tonic::Request<T> {
 /// issuer `privy.io`, the user's Privy DID as subject).
 #[tokio::test]
 async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
+    const ENVOY_TOKEN: &str = "kwt_envoy_carboncopy_test";
     let privy = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let public_key = dir.path().join("privy-verification-key.pem");
@@ -704,6 +705,10 @@ async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
         &[
             ("<your Privy app id>", "test-privy-app-id"),
             ("/etc/keyward/privy-verification-key.pem", &public_key),
+            (
+                "<SHA-256 of the token Envoy sends>",
+                &keyward::access_control::token_sha256_hex(ENVOY_TOKEN),
+            ),
         ],
     );
     let mut config = carboncopy();
@@ -806,7 +811,7 @@ async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
     assert!(forever.message().contains("`exp`"), "{forever:?}");
 
     // The JWT is no API key: it opens no API route.
-    let mut envoy = Envoy::of(&app);
+    let mut envoy = Envoy::with_token(app.channel.clone(), ENVOY_TOKEN);
     let refused = denied(
         &envoy
             .check(get("/api/v1/portfolio").bearer(&jwt).build())
