@@ -549,3 +549,201 @@ async fn the_hot_path_needs_a_service_token_wherever_management_does_unless_open
         .expect("ListScopes stays open");
     locked.shutdown().await;
 }
+
+/// A JWT claiming to live for years was minted by mistake or by someone
+/// who should not have: refused beyond `auth.jwt.max_lifetime_seconds`
+/// (default one day), measured from `iat` when there is one and from now
+/// in any case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_living_longer_than_the_maximum_are_refused() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
+        .await
+        .unwrap();
+    let now = now();
+    let with = |iat: Option<i64>, exp: i64| {
+        let mut claims = json!({"sub": "acct_life", "iss": ISSUER, "aud": AUDIENCE, "exp": exp});
+        if let Some(iat) = iat {
+            claims["iat"] = json!(iat);
+        }
+        es256_jwt(&signers.es256, &claims)
+    };
+    for (iat, exp) in [
+        (Some(now), now + 1_000_000_000_000),
+        (Some(now), now + 2 * 86_400),
+        (None, now + 2 * 86_400),
+        // An `iat` in the future cannot shorten the lifetime from now.
+        (Some(now + 3 * 86_400), now + 3 * 86_400 + 60),
+    ] {
+        let refused = app
+            .keys
+            .create_key(bearer(create("acct_life"), &with(iat, exp)))
+            .await
+            .unwrap_err();
+        assert_refused(
+            &refused,
+            Code::Unauthenticated,
+            "lifetime exceeds the accepted maximum of 86400 seconds",
+        );
+    }
+    assert_eq!(key_count(&mut app, "acct_life").await, 0);
+    for (iat, exp) in [(Some(now), now + 3600), (None, now + 3600)] {
+        app.keys
+            .create_key(bearer(create("acct_life"), &with(iat, exp)))
+            .await
+            .expect("an hour is a sane lifetime");
+    }
+    app.shutdown().await;
+}
+
+/// The test config with user JWTs allowed CheckScope and WatchRevocations
+/// (confined to their account) and a backend token for the rest.
+fn config_with_jwt_hot_path(signers: &Signers) -> Config {
+    let text = format!(
+        r#"
+[[auth.service_tokens]]
+name = "dashboard"
+sha256 = "{dashboard}"
+rpcs = ["CreateKey", "RevokeKey"]
+
+[[auth.service_tokens]]
+name = "backend"
+sha256 = "{backend}"
+rpcs = ["Authenticate", "CheckScope", "WatchRevocations"]
+
+[auth.jwt]
+issuers = ["{ISSUER}"]
+audiences = ["{AUDIENCE}"]
+public_key_files = ["{es256}"]
+rpcs = ["ListKeys", "CheckScope", "WatchRevocations"]
+"#,
+        dashboard = token_sha256_hex(DASHBOARD_TOKEN),
+        backend = token_sha256_hex(BACKEND_TOKEN),
+        es256 = signers.es256_public_pem.display(),
+    );
+    let mut config = test_config();
+    config.auth = Config::parse(&text, "auth-test.toml").unwrap().auth;
+    config
+}
+
+/// A user JWT on WatchRevocations sees only its account's events (naming
+/// another account is refused), and on CheckScope by key id only its
+/// account's keys (another's is an unknown key, as in management).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_jwt_on_the_hot_path_sees_only_its_own_account() {
+    use futures_util::StreamExt;
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_jwt_hot_path(&signers))
+        .await
+        .unwrap();
+    let jwt = es256_jwt(&signers.es256, &claims("acct_mine"));
+    let mut create_in = async |account: &str| {
+        app.keys
+            .create_key(bearer(create(account), DASHBOARD_TOKEN))
+            .await
+            .unwrap()
+            .into_inner()
+            .key
+            .unwrap()
+    };
+    let mine = create_in("acct_mine").await;
+    let theirs = create_in("acct_theirs").await;
+
+    // WatchRevocations without naming an account: its own account only.
+    let mut stream = app
+        .keys
+        .watch_revocations(bearer(proto::WatchRevocationsRequest::default(), &jwt))
+        .await
+        .expect("a JWT allowed WatchRevocations")
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.kind, "checkpoint");
+    for (account, key) in [("acct_theirs", &theirs), ("acct_mine", &mine)] {
+        app.keys
+            .revoke_key(bearer(
+                proto::RevokeKeyRequest {
+                    account_id: account.into(),
+                    key_id: key.id.clone(),
+                },
+                DASHBOARD_TOKEN,
+            ))
+            .await
+            .unwrap();
+    }
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+        .await
+        .expect("an event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (event.kind.as_str(), event.account_id.as_str(), event.key_id.as_str()),
+        ("revoked", "acct_mine", mine.id.as_str()),
+        "the other account's revocation came first, or at all"
+    );
+
+    let other = app
+        .keys
+        .watch_revocations(bearer(
+            proto::WatchRevocationsRequest {
+                account_id: "acct_theirs".into(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap_err();
+    assert_refused(&other, Code::PermissionDenied, "only its own account");
+
+    // CheckScope by key id: another account's key looks unknown.
+    let check = |key_id: &str| {
+        bearer(
+            proto::CheckScopeRequest {
+                key_id: key_id.into(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            &jwt,
+        )
+    };
+    let probe = app
+        .keys
+        .check_scope(check(&theirs.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!probe.allowed);
+    assert_eq!(
+        probe.denial.unwrap().reason(),
+        proto::denial::Reason::UnknownKey
+    );
+    let own = app
+        .keys
+        .check_scope(check(&mine.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        own.denial.unwrap().reason(),
+        proto::denial::Reason::Revoked,
+        "its own key is seen as it is"
+    );
+    // The backend token sees every account.
+    let backend = app
+        .keys
+        .check_scope(bearer(
+            proto::CheckScopeRequest {
+                key_id: theirs.id.clone(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            BACKEND_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        backend.denial.unwrap().reason(),
+        proto::denial::Reason::Revoked
+    );
+    app.shutdown().await;
+}
