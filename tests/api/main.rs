@@ -8,6 +8,7 @@ mod abuse;
 mod authenticate;
 mod config_checks;
 mod ext_authz;
+mod faults;
 mod hot_path;
 mod load_race;
 mod management;
