@@ -19,6 +19,7 @@ use keyward::proto::key_service_client::KeyServiceClient;
 use keyward::proto::{self, denial::Reason};
 use keyward::server::{self, RunningServer, ServeOptions};
 use sha2::Digest;
+use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -29,6 +30,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::helpers::postgres::{ThrowawayCluster, report_skip};
 use crate::helpers::stalling_proxy::{Hold, StallingProxy};
 use crate::helpers::{
     Db, TestApp, TestDatabase, connect, eventually, reason, spawn_on, test_config,
@@ -128,6 +130,14 @@ async fn try_authenticate(
         })
         .await?;
     Ok(response.into_inner())
+}
+
+async fn health_of(app: &TestApp) -> ServingStatus {
+    app.health
+        .clone()
+        .check(HealthCheckRequest::default())
+        .await
+        .map_or(ServingStatus::Unknown, |r| r.into_inner().status())
 }
 
 /// One answer B gave, and when it was asked and received.
@@ -332,6 +342,11 @@ fn server_address(url: &str) -> SocketAddr {
         .expect("resolvable")
         .next()
         .expect("an address")
+}
+
+fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
 }
 
 /// After recovery: a key created on A is allowed on B, and its revocation
@@ -745,6 +760,254 @@ async fn holding_everything(ends: StallEnds) {
     ledger.assert_promise();
     revocations_reach_b_again(&mut a, &b, "acct_2").await;
     drop(proxy);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The `application_name` of replica B's sessions here, so the test can
+/// kill B's and only B's.
+const REPLICA_B: &str = "keyward_faults_b";
+
+/// B's sessions in the test's database (pool, follower, listener).
+async fn replica_b_backends(admin: &mut sqlx::PgConnection) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE application_name LIKE $1 AND datname = current_database()",
+    )
+    .bind(format!("{REPLICA_B}%"))
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+/// Fault: every session of B's (pool, follower, listener) is killed with
+/// `pg_terminate_backend` every 150 ms while four tasks call Authenticate
+/// on B in a loop over eight keys and A revokes six of them, one every
+/// 300 ms. Proves: no revoked key is allowed past the bound in any answer,
+/// and once the killing stops B is SERVING and answers correctly again,
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_b_sessions_under_load_never_lets_a_revoked_key_through() {
+    let Some(database) = TestDatabase::create(Db::Postgres).await else {
+        return;
+    };
+    let mut a = spawn_on(database.clone(), test_config()).await;
+    let b = Replica::start(
+        with_application_name(&database.url, REPLICA_B),
+        test_config(),
+    )
+    .await;
+    let ledger = Ledger::new();
+    let mut keys = Vec::new();
+    for i in 0..8 {
+        let account = format!("acct_{}", i % 4);
+        let (key, secret) = a.create_key(&account, &[]).await;
+        assert!(b.authenticate(&secret).await.allowed);
+        keys.push((account, key.id, secret));
+    }
+    let secrets: Vec<(usize, String)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, secret))| (i, secret.clone()))
+        .collect();
+
+    let stop_load = CancellationToken::new();
+    let _stop_on_exit = stop_load.clone().drop_guard();
+    let load_tasks = load(
+        &ledger,
+        &b,
+        &secrets,
+        4,
+        Duration::from_millis(10),
+        &stop_load,
+    );
+    let stop_killing = CancellationToken::new();
+    let _stop_killing_on_exit = stop_killing.clone().drop_guard();
+    let killer = tokio::spawn({
+        let stop = stop_killing.clone();
+        let url = database.url.clone();
+        async move {
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let mut killed = 0;
+            while !stop.is_cancelled() {
+                for pid in replica_b_backends(&mut admin).await {
+                    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                        .bind(pid)
+                        .fetch_one(&mut admin)
+                        .await
+                        .unwrap();
+                    killed += usize::from(terminated);
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            killed
+        }
+    });
+
+    let mut last_revoked = Instant::now();
+    for (i, (account, id, _)) in keys.iter().enumerate().take(6) {
+        // Pacing: revocations spread over the faults.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        last_revoked = ledger.revoke(&mut a, i, account, id).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            Instant::now() > last_revoked + bound() + Duration::from_secs(1)
+                && (0..6).all(|i| ledger.after_deadline(i).len() >= AFTER_DEADLINE)
+        })
+        .await,
+        "too few answers after the deadlines"
+    );
+    stop_killing.cancel();
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "the test killed none of B's sessions");
+
+    assert!(
+        b.becomes(ServingStatus::Serving, Duration::from_secs(20))
+            .await,
+        "B did not return to SERVING once the killing stopped"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            let mut correct = true;
+            for (i, (_, _, secret)) in keys.iter().enumerate() {
+                let answer = ledger.ask(&b.keys, i, secret).await;
+                correct &= if i < 6 {
+                    answer.reason == Reason::Revoked
+                } else {
+                    answer.allowed
+                };
+            }
+            correct
+        })
+        .await,
+        "B does not answer correctly once the killing stopped"
+    );
+    finish(&stop_load, load_tasks).await;
+    ledger.assert_promise();
+    revocations_reach_b_again(&mut a, &b, "acct_9").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Fault: the database (a throwaway cluster) is stopped as a crash would
+/// stop it, just after A revoked a key, and started again a while later,
+/// while four tasks call Authenticate on B in a loop. Proves: B goes
+/// NOT_SERVING and answers UNAVAILABLE (cached live keys included) while
+/// the database is down, never allows the revoked key past the bound, and
+/// recovers by itself when the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_database_under_load_fails_closed_and_recovers() {
+    let cluster = match tokio::task::spawn_blocking(ThrowawayCluster::start)
+        .await
+        .unwrap()
+    {
+        Ok(cluster) => Arc::new(cluster),
+        Err(reason) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but no throwaway PostgreSQL: {reason}");
+            }
+            report_skip(&format!(
+                "a_restarted_database_under_load_fails_closed_and_recovers: {reason}"
+            ));
+            return;
+        }
+    };
+    let database = Arc::new(TestDatabase::create_postgres(&cluster.admin_url()).await);
+    let mut a = spawn_on(database.clone(), test_config()).await;
+    let b = Replica::start(database.url.clone(), test_config()).await;
+    let ledger = Ledger::new();
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        let account = format!("acct_{}", i % 3);
+        let (key, secret) = a.create_key(&account, &[]).await;
+        assert!(b.authenticate(&secret).await.allowed);
+        keys.push((account, key.id, secret));
+    }
+    let secrets: Vec<(usize, String)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, secret))| (i, secret.clone()))
+        .collect();
+    let stop = CancellationToken::new();
+    let _stop_on_exit = stop.clone().drop_guard();
+    let load_tasks = load(&ledger, &b, &secrets, 4, Duration::from_millis(10), &stop);
+
+    let revoked = ledger.revoke(&mut a, 0, &keys[0].0, &keys[0].1).await;
+    tokio::task::spawn_blocking({
+        let cluster = Arc::clone(&cluster);
+        move || cluster.stop()
+    })
+    .await
+    .unwrap();
+
+    assert!(
+        b.becomes(ServingStatus::NotServing, Duration::from_secs(15))
+            .await,
+        "B stayed SERVING without its database"
+    );
+    let stale_seen = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            Instant::now() > (revoked + bound()).max(stale_seen) + Duration::from_secs(1)
+                && ledger.after_deadline(0).len() >= AFTER_DEADLINE
+        })
+        .await
+    );
+    assert_eq!(b.status().await, ServingStatus::NotServing);
+    let restarting = Instant::now();
+    tokio::task::spawn_blocking({
+        let cluster = Arc::clone(&cluster);
+        move || cluster.start_again()
+    })
+    .await
+    .unwrap()
+    .expect("restart PostgreSQL");
+
+    let while_down: Vec<Answer> = ledger
+        .answers()
+        .into_iter()
+        .filter(|a| a.sent >= stale_seen && a.received <= restarting)
+        .collect();
+    assert!(while_down.len() >= AFTER_DEADLINE, "{}", while_down.len());
+    for answer in &while_down {
+        assert_eq!(
+            answer.reason,
+            Reason::Unavailable,
+            "database down: {answer:?}"
+        );
+    }
+
+    assert!(
+        b.becomes(ServingStatus::Serving, Duration::from_secs(30))
+            .await,
+        "B did not return to SERVING after the database came back"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            let mut correct = true;
+            for (i, (_, _, secret)) in keys.iter().enumerate() {
+                let answer = ledger.ask(&b.keys, i, secret).await;
+                correct &= if i == 0 {
+                    answer.reason == Reason::Revoked
+                } else {
+                    answer.allowed
+                };
+            }
+            correct
+        })
+        .await,
+        "B does not answer correctly after the database came back"
+    );
+    finish(&stop, load_tasks).await;
+    ledger.assert_promise();
+    assert!(
+        eventually(Duration::from_secs(20), async || health_of(&a).await
+            == ServingStatus::Serving)
+        .await,
+        "A did not return to SERVING"
+    );
+    revocations_reach_b_again(&mut a, &b, "acct_9").await;
     a.shutdown().await;
     b.shutdown().await;
 }
