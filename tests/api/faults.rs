@@ -520,11 +520,11 @@ async fn stalled_read(stall: Duration) {
         .await,
         "B never asked PostgreSQL for the key's row"
     );
-    let revoked = ledger.revoke(&mut a, 0, "acct_1", &key.id).await;
     assert!(
-        !in_flight.is_finished(),
-        "B answered before the stall ended: its read was not held"
+        eventually(Duration::from_secs(10), async || proxy.held_bytes() > 0).await,
+        "the reply to B's read never reached the proxy"
     );
+    let revoked = ledger.revoke(&mut a, 0, "acct_1", &key.id).await;
     // Every answer about the key from here on counts too.
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
@@ -934,6 +934,16 @@ async fn a_restarted_database_under_load_fails_closed_and_recovers() {
     let load_tasks = load(&ledger, &b, &secrets, 4, Duration::from_millis(10), &stop);
 
     let revoked = ledger.revoke(&mut a, 0, &keys[0].0, &keys[0].1).await;
+    // The throwaway cluster commits asynchronously (synchronous_commit=off,
+    // for speed), so a crash right after RevokeKey could take the
+    // revocation back (seen: B then found the log rewound, and the key
+    // live again). A checkpoint writes it out first, as a synchronous
+    // commit would have.
+    let mut admin = sqlx::PgConnection::connect(&cluster.admin_url())
+        .await
+        .unwrap();
+    sqlx::query("CHECKPOINT").execute(&mut admin).await.unwrap();
+    admin.close().await.ok();
     tokio::task::spawn_blocking({
         let cluster = Arc::clone(&cluster);
         move || cluster.stop()
