@@ -22,6 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 pub mod envoy;
 pub mod postgres;
+pub mod stalling_proxy;
 pub mod store_decorator;
 
 /// A port on `ip` that was free a moment ago, for a child process

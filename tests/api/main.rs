@@ -9,6 +9,7 @@ mod attacks;
 mod authenticate;
 mod config_checks;
 mod ext_authz;
+mod faults;
 mod hot_path;
 mod load_race;
 mod management;
