@@ -439,7 +439,9 @@ impl AccessPolicy {
                 name,
                 trust_client_ip,
             } => (CallerIdentity::Token(name), None, trust_client_ip),
-            Caller::User { account } => (CallerIdentity::User(account.clone()), Some(account), false),
+            Caller::User { account } => {
+                (CallerIdentity::User(account.clone()), Some(account), false)
+            }
             Caller::Anonymous => (
                 peer_ip.map_or(CallerIdentity::Unknown, CallerIdentity::Address),
                 None,
@@ -468,7 +470,8 @@ impl AccessPolicy {
 
     /// Decides a request for `rpc` carrying this `authorization` value.
     pub fn check(&self, rpc: Option<Rpc>, authorization: Option<&[u8]>) -> Result<Caller, Refusal> {
-        let Some(rpc) = rpc.filter(|rpc| self.reads_credential(Some(*rpc), authorization.is_some()))
+        let Some(rpc) =
+            rpc.filter(|rpc| self.reads_credential(Some(*rpc), authorization.is_some()))
         else {
             return Ok(Caller::Anonymous);
         };

@@ -396,7 +396,10 @@ impl Authenticator {
                     return Err(Reason::Unavailable);
                 }
                 Err(_) => {
-                    tracing::warn!(?bound, "key lookup timed out at the freshness bound; failing closed");
+                    tracing::warn!(
+                        ?bound,
+                        "key lookup timed out at the freshness bound; failing closed"
+                    );
                     return Err(Reason::Unavailable);
                 }
             };

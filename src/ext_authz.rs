@@ -245,7 +245,8 @@ impl ExtAuthzApi {
     /// Answers a decoded Check in-process (benchmarks), as from a trusted
     /// caller.
     pub async fn check(&self, check: CheckRequest) -> CheckResponse {
-        self.respond(Request::new(CheckMessage::Decoded(check))).await
+        self.respond(Request::new(CheckMessage::Decoded(check)))
+            .await
     }
 }
 

@@ -55,10 +55,13 @@ const SHARDS: usize = 64;
 /// visits every shard).
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// One lock's share of a table: each address with its expiry.
+type Shard<V> = Mutex<HashMap<IpAddr, (Instant, V)>>;
+
 /// One table of addresses with an expiry each, bounded, never evicting an
 /// entry before it expires.
 struct AddressTable<V> {
-    shards: Box<[Mutex<HashMap<IpAddr, (Instant, V)>>]>,
+    shards: Box<[Shard<V>]>,
     hasher: std::hash::RandomState,
     /// Entries in all shards, expired ones included until swept.
     len: AtomicUsize,
@@ -191,7 +194,9 @@ impl<V> AddressTable<V> {
             return;
         }
         for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let before = shard.len();
             shard.retain(|_, (expires, _)| *expires > now);
             self.len.fetch_sub(before - shard.len(), Ordering::AcqRel);
@@ -203,12 +208,13 @@ impl<V> AddressTable<V> {
         self.shards
             .iter()
             .map(|shard| {
-                let shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let shard = shard
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 shard.values().filter(|(expires, _)| *expires > now).count() as u64
             })
             .sum()
     }
-
 }
 
 pub struct FailedAuthBans {
@@ -278,18 +284,22 @@ impl FailedAuthBans {
         }
         let key = ban_key(address);
         let now = Instant::now();
-        let counted = self
-            .failures
-            .upsert(key, now, now + self.settings.window, || 1, |count| {
+        let counted = self.failures.upsert(
+            key,
+            now,
+            now + self.settings.window,
+            || 1,
+            |count| {
                 *count = count.saturating_add(1);
                 *count
-            });
+            },
+        );
         let count = match counted {
             Ok(count) => count.unwrap_or(1),
             Err(Full) => {
                 if self.failures.should_warn(now) {
                     tracing::warn!(
-                    capacity = self.settings.max_tracked_addresses,
+                        capacity = self.settings.max_tracked_addresses,
                         "the failed-attempt table is full of live entries; \
                          failures from new addresses are not counted until entries expire"
                     );

@@ -64,7 +64,10 @@ fn the_hot_path_is_locked_wherever_management_is_or_off_loopback() {
     assert_eq!(decide(None, false, PUBLIC, true), open(true));
     assert_eq!(decide(Some(true), false, LOOPBACK, true), open(false));
     // Asked for explicitly.
-    assert_eq!(decide(Some(true), false, LOOPBACK, false), HotPathAccess::Locked);
+    assert_eq!(
+        decide(Some(true), false, LOOPBACK, false),
+        HotPathAccess::Locked
+    );
 }
 
 #[test]
@@ -96,7 +99,10 @@ fn only_trusted_callers_state_the_client_address() {
     // on loopback; their own address counts.
     let anonymous = policy.hot_path_caller(Caller::Anonymous, Some(loopback_peer));
     assert_eq!(anonymous.client(stated), Some(loopback_peer.ip()));
-    assert_eq!(anonymous.identity, CallerIdentity::Address(loopback_peer.ip()));
+    assert_eq!(
+        anonymous.identity,
+        CallerIdentity::Address(loopback_peer.ip())
+    );
 
     // Without service tokens, loopback callers are trusted and others not.
     let tokenless = AccessPolicy::new(

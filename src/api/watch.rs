@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::convert::millis_to_timestamp;
+use crate::access_control::CallerIdentity;
 use crate::domain::{AccountId, UnixMillis};
 use crate::proto::RevocationEvent;
-use crate::access_control::CallerIdentity;
 use crate::revocation_feed::{FeedItem, GapCause, RevocationFeed, WatchRefusal, WatcherPermit};
 use crate::storage::{KeyEvent, StoreError};
 

@@ -17,9 +17,19 @@ fn account_id_is_printable_ascii_only() {
     assert!(AccountId::parse("!~user@example.com#42").is_ok());
     // The look-alike: Cyrillic а, fullwidth Ａ, zero-width space,
     // right-to-left override.
-    for lookalike in ["аcct", "acct_Ａ", "acct\u{200b}", "acct\u{202e}", "acct\u{7f}", "café"] {
+    for lookalike in [
+        "аcct",
+        "acct_Ａ",
+        "acct\u{200b}",
+        "acct\u{202e}",
+        "acct\u{7f}",
+        "café",
+    ] {
         let error = AccountId::parse(lookalike).unwrap_err();
-        assert!(error.0.contains("printable ASCII"), "{lookalike:?}: {error}");
+        assert!(
+            error.0.contains("printable ASCII"),
+            "{lookalike:?}: {error}"
+        );
         assert!(error.0.contains("U+"), "names the character: {error}");
     }
 }

@@ -29,6 +29,9 @@ use super::ExtAuthzApi;
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// A Check as it arrived: decoded, or the reason it could not be.
+// Moved once, from the decoder to the handler; boxing the request would
+// cost an allocation on every Check to save a copy of a kilobyte.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum CheckMessage {
     Decoded(CheckRequest),
@@ -84,8 +87,7 @@ impl UnaryService<CheckMessage> for CheckMethod {
     type Response = CheckResponse;
     type Future = std::pin::Pin<
         Box<
-            dyn std::future::Future<Output = Result<tonic::Response<CheckResponse>, Status>>
-                + Send,
+            dyn std::future::Future<Output = Result<tonic::Response<CheckResponse>, Status>> + Send,
         >,
     >;
 

@@ -46,7 +46,9 @@ impl ScrapeSources {
         gauges
             .ban_table_full
             .set(if bans.bans_full { 1.0 } else { 0.0 });
-        gauges.failure_table_refusals.absolute(bans.failures_refused);
+        gauges
+            .failure_table_refusals
+            .absolute(bans.failures_refused);
         gauges.ban_table_refusals.absolute(bans.bans_refused);
 
         let applied = self.feed.applied_seq();

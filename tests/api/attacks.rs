@@ -39,8 +39,8 @@ use tonic::transport::Channel;
 use crate::helpers::envoy::{Envoy, allowed, denied, get, profile};
 use crate::helpers::store_decorator::{Decorated, StoreHooks, in_process};
 use crate::helpers::{
-    Db, TestDatabase, assert_invalid_argument, eventually, reason, spawn_app_with,
-    stored_key_rows, test_config,
+    Db, TestDatabase, assert_invalid_argument, eventually, reason, spawn_app_with, stored_key_rows,
+    test_config,
 };
 
 // ---------------------------------------------------------------------------
@@ -161,7 +161,10 @@ async fn a_read_that_returns_after_the_bound_is_not_an_answer(db: Db) {
         setup.hooks.hooks.release.notify_one();
     };
     let (verdict, ()) = tokio::join!(answer, revoke_meanwhile);
-    assert!(!verdict.allowed(), "a row read before the revocation answered after the bound");
+    assert!(
+        !verdict.allowed(),
+        "a row read before the revocation answered after the bound"
+    );
     assert_eq!(
         verdict.denial.map(|d| d.reason),
         Some(keyward::denial::Reason::Unavailable)
@@ -169,7 +172,9 @@ async fn a_read_that_returns_after_the_bound_is_not_an_answer(db: Db) {
     // Nothing stale was cached either: the next call reads again and sees
     // the revocation.
     setup.freshness.confirm(Instant::now());
-    let next = authenticator.authenticate(authenticate_request(&secret)).await;
+    let next = authenticator
+        .authenticate(authenticate_request(&secret))
+        .await;
     assert_eq!(
         next.denial.map(|d| d.reason),
         Some(keyward::denial::Reason::Revoked)
@@ -289,7 +294,10 @@ rpcs = ["Authenticate"]
     for _ in 0..3 {
         let response = app
             .keys
-            .authenticate(with_token(authenticate(&bogus_key(), victim), STRANGER_TOKEN))
+            .authenticate(with_token(
+                authenticate(&bogus_key(), victim),
+                STRANGER_TOKEN,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -336,7 +344,10 @@ rpcs = ["Authenticate"]
     }
     let banned = app
         .keys
-        .authenticate(with_token(authenticate(&secret, "203.0.113.9"), BACKEND_TOKEN))
+        .authenticate(with_token(
+            authenticate(&secret, "203.0.113.9"),
+            BACKEND_TOKEN,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -389,7 +400,12 @@ rpcs = ["Check"]
     }
     let mut envoy = Envoy::with_token(app.channel.clone(), BACKEND_TOKEN);
     let response = envoy
-        .check(get("/api/v1/portfolio").bearer(&secret).sent_by_peer(victim).build())
+        .check(
+            get("/api/v1/portfolio")
+                .bearer(&secret)
+                .sent_by_peer(victim)
+                .build(),
+        )
         .await;
     allowed(&response);
     app.shutdown().await;
@@ -515,7 +531,9 @@ rpcs = ["WatchRevocations"]
     let third = watch(WATCHER_A).await.unwrap_err();
     assert_eq!(third.code(), Code::ResourceExhausted);
     assert!(
-        third.message().contains("service token \"watcher-a\" already has 2"),
+        third
+            .message()
+            .contains("service token \"watcher-a\" already has 2"),
         "{third:?}"
     );
     let _b = watch(WATCHER_B).await.expect("b still gets in");
@@ -597,7 +615,10 @@ async fn a_flood_of_new_addresses_never_unbans_an_attacker() {
         metrics.contains("keyward_ban_table_full{table=\"bans\"} 1"),
         "a full table shows in metrics:\n{metrics}"
     );
-    assert!(metrics.contains("keyward_ban_table_refusals_total{table="), "{metrics}");
+    assert!(
+        metrics.contains("keyward_ban_table_refusals_total{table="),
+        "{metrics}"
+    );
     app.shutdown().await;
 }
 
@@ -730,11 +751,15 @@ async fn undecodable_requests_are_invalid_argument_and_write_nothing() {
 /// `failure_mode_allow: true` would let through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_check_is_denied_with_the_products_400() {
-    let app = spawn_app_with(Db::Sqlite, profile("csboard")).await.unwrap();
+    let app = spawn_app_with(Db::Sqlite, profile("csboard"))
+        .await
+        .unwrap();
     let channel = app.channel.clone();
     let bad_path = with_invalid_utf8(&get("/v1/PATH_MARKER").build(), "PATH_MARKER");
     let bad_header = with_invalid_utf8(
-        &get("/v1/listings").header("x-note", "HEADER_MARKER").build(),
+        &get("/v1/listings")
+            .header("x-note", "HEADER_MARKER")
+            .build(),
         "HEADER_MARKER",
     );
     for bytes in [bad_path, bad_header, vec![0xff; 8]] {
@@ -745,8 +770,7 @@ async fn an_undecodable_check_is_denied_with_the_products_400() {
         )
         .await
         .expect("a CheckResponse, not an error");
-        let response =
-            envoy_types::ext_authz::v3::pb::CheckResponse::decode(&reply[..]).unwrap();
+        let response = envoy_types::ext_authz::v3::pb::CheckResponse::decode(&reply[..]).unwrap();
         let refusal = denied(&response);
         assert_eq!(refusal.status, 400);
         assert_eq!(
@@ -847,7 +871,9 @@ async fn keys_in_unrecognised_forms_are_stripped_before_the_upstream() {
 /// read and removed under the spelling the request used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_query_parameter_is_matched_in_any_case() {
-    let mut app = spawn_app_with(Db::Sqlite, profile("csboard")).await.unwrap();
+    let mut app = spawn_app_with(Db::Sqlite, profile("csboard"))
+        .await
+        .unwrap();
     let (_, secret) = app.create_key("acct_case", &[]).await;
     let mut envoy = Envoy::of(&app);
     let response = envoy

@@ -515,7 +515,11 @@ async fn the_hot_path_needs_a_service_token_wherever_management_does_unless_open
         .authenticate(bearer(authenticate(), &jwt))
         .await
         .unwrap_err();
-    assert_refused(&user, Code::PermissionDenied, "user JWTs may not call Authenticate");
+    assert_refused(
+        &user,
+        Code::PermissionDenied,
+        "user JWTs may not call Authenticate",
+    );
     let wrong = locked
         .keys
         .authenticate(bearer(authenticate(), AUDITOR_TOKEN))
@@ -676,7 +680,11 @@ async fn a_user_jwt_on_the_hot_path_sees_only_its_own_account() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (event.kind.as_str(), event.account_id.as_str(), event.key_id.as_str()),
+        (
+            event.kind.as_str(),
+            event.account_id.as_str(),
+            event.key_id.as_str()
+        ),
         ("revoked", "acct_mine", mine.id.as_str()),
         "the other account's revocation came first, or at all"
     );

@@ -273,7 +273,9 @@ fn query_parameter_names_match_in_any_case() {
         Some("csb_pub_x")
     );
     assert_eq!(
-        target.query_parameter_spellings("api_key").collect::<Vec<_>>(),
+        target
+            .query_parameter_spellings("api_key")
+            .collect::<Vec<_>>(),
         ["API_KEY"]
     );
     // Two spellings are two copies: ambiguous.

@@ -69,7 +69,10 @@ impl Envoy {
 
     /// A Check that may be refused before keyward reads it (a missing or
     /// wrong service token).
-    pub async fn try_check(&mut self, request: CheckRequest) -> Result<CheckResponse, tonic::Status> {
+    pub async fn try_check(
+        &mut self,
+        request: CheckRequest,
+    ) -> Result<CheckResponse, tonic::Status> {
         let mut request = tonic::Request::new(request);
         if let Some(token) = &self.token {
             request.metadata_mut().insert(
