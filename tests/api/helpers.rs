@@ -5,7 +5,8 @@
 //! PostgreSQL: `KEYWARD_TEST_DATABASE_URL` (an admin URL; each test creates
 //! and drops its own database) when set; otherwise a throwaway cluster
 //! started with the machine's `initdb`/`pg_ctl`; otherwise the test reports
-//! loudly that it was skipped, and with `CI=true` it fails instead.
+//! loudly that it was skipped, and in CI (`CI` set to any truthy value, see
+//! `running_in_ci`) it fails instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,58 @@ use tonic_health::pb::health_client::HealthClient;
 pub mod envoy;
 pub mod postgres;
 pub mod store_decorator;
+
+/// Whether this is a CI run, where a test that cannot run must fail instead
+/// of skipping: `CI` set to any truthy value (see [`is_truthy`]), as CI
+/// systems spell it (`true`, `1`, `True`, `yes`, ...).
+pub fn running_in_ci() -> bool {
+    is_truthy(
+        std::env::var_os("CI")
+            .as_deref()
+            .map(|v| v.to_string_lossy())
+            .as_deref(),
+    )
+}
+
+/// A flag's value read the way CI systems mean it: set unless absent,
+/// empty, `0`, `false` or `no` (in any letter case, surrounding whitespace
+/// ignored).
+pub fn is_truthy(value: Option<&str>) -> bool {
+    value.map(str::trim).is_some_and(|v| {
+        !v.is_empty()
+            && !["0", "false", "no"]
+                .iter()
+                .any(|f| v.eq_ignore_ascii_case(f))
+    })
+}
+
+#[test]
+fn ci_is_set_by_any_truthy_value() {
+    for set in [
+        "true",
+        "1",
+        "TRUE",
+        "True",
+        "yes",
+        "on",
+        "github-actions",
+        " true ",
+    ] {
+        assert!(is_truthy(Some(set)), "{set:?} sets CI");
+    }
+    for unset in [
+        None,
+        Some(""),
+        Some("  "),
+        Some("0"),
+        Some("false"),
+        Some("FALSE"),
+        Some("No"),
+        Some("no"),
+    ] {
+        assert!(!is_truthy(unset), "{unset:?} does not set CI");
+    }
+}
 
 /// A port on `ip` that was free a moment ago, for a child process
 /// (`keyward serve`, a throwaway PostgreSQL) that must be told its port.

@@ -738,17 +738,10 @@ async fn a_load_racing_a_revocation_never_resurrects_the_key(db: Db) {
 /// itself when the database returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_database_fails_closed_and_recovers() {
-    let cluster = match ThrowawayCluster::start() {
-        Ok(cluster) => cluster,
-        Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but no throwaway PostgreSQL: {reason}");
-            }
-            crate::helpers::postgres::report_skip(&format!(
-                "losing_the_database_fails_closed_and_recovers: {reason}"
-            ));
-            return;
-        }
+    let Some(cluster) =
+        ThrowawayCluster::start_or_skip("losing_the_database_fails_closed_and_recovers")
+    else {
+        return;
     };
     let database = Arc::new(TestDatabase::create_postgres(&cluster.admin_url()).await);
     let mut config = test_config();

@@ -123,17 +123,10 @@ async fn reflection_lists_services_in_v1_and_v1alpha(db: Db) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_goes_not_serving_when_the_replica_fails_closed() {
     use crate::helpers::postgres::ThrowawayCluster;
-    let cluster = match ThrowawayCluster::start() {
-        Ok(cluster) => cluster,
-        Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but no throwaway PostgreSQL: {reason}");
-            }
-            crate::helpers::postgres::report_skip(&format!(
-                "every_service_goes_not_serving_when_the_replica_fails_closed: {reason}"
-            ));
-            return;
-        }
+    let Some(cluster) = ThrowawayCluster::start_or_skip(
+        "every_service_goes_not_serving_when_the_replica_fails_closed",
+    ) else {
+        return;
     };
     let database = std::sync::Arc::new(TestDatabase::create_postgres(&cluster.admin_url()).await);
     let mut app = spawn_on(database, test_config()).await;

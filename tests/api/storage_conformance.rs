@@ -438,20 +438,13 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
 /// change is made, so no `Changed` hint could stand in for it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_says_resubscribed_when_it_listens_again() {
-    use crate::helpers::postgres::{ThrowawayCluster, report_skip};
+    use crate::helpers::postgres::ThrowawayCluster;
     use keyward::storage::Wakeup;
 
-    let cluster = match ThrowawayCluster::start() {
-        Ok(cluster) => cluster,
-        Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but no throwaway PostgreSQL: {reason}");
-            }
-            report_skip(&format!(
-                "the_listener_says_resubscribed_when_it_listens_again: {reason}"
-            ));
-            return;
-        }
+    let Some(cluster) =
+        ThrowawayCluster::start_or_skip("the_listener_says_resubscribed_when_it_listens_again")
+    else {
+        return;
     };
     let database = TestDatabase::create_postgres(&cluster.admin_url()).await;
     let store = storage::open(&database.url, &PoolSettings::default())
