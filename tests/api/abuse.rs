@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use keyward::domain::RateLimit;
+use keyward::domain::{RateLimit, UnixMillis};
 use keyward::proto::{self, denial::Reason};
 
-use crate::helpers::{Db, TestApp, eventually, reason, spawn_app_with, test_config};
+use crate::helpers::{
+    Db, TestApp, eventually, reason, spawn_app_with, stored_last_used_at, test_config,
+};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -343,8 +345,18 @@ async fn get_key(app: &mut TestApp, account: &str, id: &str) -> proto::Key {
         .unwrap()
 }
 
+/// Uses are noted in memory and written by the periodic flush, not by the
+/// requests: with the first flush 5 s after startup, 20 uses made well
+/// before it leave the column empty in the database, and the flush then
+/// writes it (GetKey and ListKeys show it; an unused key stays empty).
 async fn last_use_is_recorded_in_batches(db: Db) {
-    let Some(mut app) = spawn_app_with(db, test_config()).await else {
+    let interval = Duration::from_secs(5);
+    let mut config = test_config();
+    config.last_used_flush_interval = interval;
+    // The flusher's first tick is one interval after it starts, which is
+    // after this instant.
+    let started = tokio::time::Instant::now();
+    let Some(mut app) = spawn_app_with(db, config).await else {
         return;
     };
     let (key, secret) = app.create_key("acct_1", &[]).await;
@@ -360,15 +372,26 @@ async fn last_use_is_recorded_in_batches(db: Db) {
     for _ in 0..20 {
         assert!(app.authenticate(&secret, &[]).await.allowed);
     }
+    let after_requests = stored_last_used_at(&app.database, &key.id).await;
+    assert!(
+        started.elapsed() < interval,
+        "the 20 calls took longer than the flush interval ({:?}); the machine is too slow for this test",
+        started.elapsed()
+    );
+    assert_eq!(
+        after_requests, None,
+        "a request wrote its use (no flush has run yet)"
+    );
 
-    let recorded = eventually(Duration::from_secs(3), async || {
-        get_key(&mut app, "acct_1", &key.id)
-            .await
-            .last_used_at
-            .is_some()
+    let recorded = eventually(interval + Duration::from_secs(15), async || {
+        stored_last_used_at(&app.database, &key.id).await.is_some()
     })
     .await;
-    assert!(recorded, "last_used_at written after a flush");
+    assert!(recorded, "last_used_at written by the periodic flush");
+    assert!(
+        started.elapsed() >= interval,
+        "written before the first flush could run"
+    );
     let at = get_key(&mut app, "acct_1", &key.id)
         .await
         .last_used_at
@@ -398,9 +421,13 @@ async fn last_use_is_recorded_in_batches(db: Db) {
             .last_used_at
             .is_none()
     );
+    assert_eq!(stored_last_used_at(&app.database, &unused.id).await, None);
     app.shutdown().await;
 }
 
+/// A use that the periodic flush has not written yet (its first tick is an
+/// hour after startup) is written by the flush at shutdown: the column is
+/// still empty in the database just before shutdown, and set after it.
 async fn last_use_pending_at_shutdown_is_written(db: Db) {
     let mut config = test_config();
     // Nothing would be flushed for an hour, except at shutdown.
@@ -410,16 +437,22 @@ async fn last_use_pending_at_shutdown_is_written(db: Db) {
     };
     let mut app = crate::helpers::spawn_on(database.clone(), config.clone()).await;
     let (key, secret) = app.create_key("acct_1", &[]).await;
-    // The flusher's first tick happens at start; let it pass.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let used_from = UnixMillis::now();
     assert!(app.authenticate(&secret, &[]).await.allowed);
+    assert_eq!(
+        stored_last_used_at(&database, &key.id).await,
+        None,
+        "the use is still pending before shutdown (nothing else wrote it)"
+    );
+
     app.shutdown().await;
 
+    let stored = stored_last_used_at(&database, &key.id)
+        .await
+        .expect("the pending use was flushed at shutdown");
+    assert!(stored >= used_from.0, "{stored} < {used_from:?}");
     let mut restarted = crate::helpers::spawn_on(database, config).await;
-    let stored = get_key(&mut restarted, "acct_1", &key.id).await;
-    assert!(
-        stored.last_used_at.is_some(),
-        "the pending use was flushed at shutdown"
-    );
+    let shown = get_key(&mut restarted, "acct_1", &key.id).await;
+    assert!(shown.last_used_at.is_some(), "GetKey shows the stored use");
     restarted.shutdown().await;
 }

@@ -375,6 +375,35 @@ pub async fn stored_key_rows(app: &TestApp) -> Vec<String> {
     }
 }
 
+/// A key's `last_used_at` column as stored (Unix millis), read straight
+/// from the database, not through the server (whose GetKey could not tell a
+/// stored time from one it only holds in memory).
+pub async fn stored_last_used_at(database: &TestDatabase, key_id: &str) -> Option<i64> {
+    let query = "SELECT last_used_at FROM api_keys WHERE id = $1";
+    match database.db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&database.url).await.unwrap();
+            let stored = sqlx::query_scalar(query)
+                .bind(key_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            stored
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            let stored = sqlx::query_scalar(query)
+                .bind(key_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            stored
+        }
+    }
+}
+
 /// Every stored key hash.
 pub async fn stored_hashes(app: &TestApp) -> Vec<Vec<u8>> {
     let url = &app.database.url;

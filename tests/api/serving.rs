@@ -385,7 +385,6 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let used = keys
         .authenticate(keyward::proto::AuthenticateRequest {
             credential: created.secret,
@@ -395,6 +394,17 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .unwrap()
         .into_inner();
     assert!(used.allowed);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    let stored_last_use = async || -> Option<i64> {
+        sqlx::query_scalar("SELECT last_used_at FROM api_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // The first periodic flush is an hour away: only SIGTERM can write it.
+    assert_eq!(stored_last_use().await, None, "written before SIGTERM");
 
     let pid = child.id().unwrap();
     Command::new("kill")
@@ -406,15 +416,8 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .expect("exits after SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
-        .await
-        .unwrap();
-    let last_used: Option<i64> = sqlx::query_scalar("SELECT last_used_at FROM api_keys")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
     assert!(
-        last_used.is_some(),
+        stored_last_use().await.is_some(),
         "the last use before SIGTERM was flushed"
     );
 }
