@@ -628,9 +628,22 @@ async fn revoke_by_hand(conn: &mut sqlx::PgConnection, id: &str) {
     .unwrap();
 }
 
+/// The sequence number of `key_id`'s revocation event, as `conn` sees it now
+/// (`None`: no such event is visible to it).
+async fn revocation_seq(conn: &mut sqlx::PgConnection, key_id: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT seq FROM key_events WHERE key_id = $1 AND kind = 'revoked'")
+        .bind(key_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .unwrap()
+}
+
 /// Sequence numbers must become visible in commit order. A writer holding an
-/// uncommitted event makes later writers wait, so a follower can never read
-/// seq N+1 while N is still to come; both revocations reach replica B.
+/// uncommitted event makes later writers wait for the event log's lock
+/// (seen in `pg_locks`), so by the time a later writer has its number, every
+/// lower number is committed: checked inside the later transaction, right
+/// after its insert, which is what a follower reading then would see. Both
+/// revocations reach replica B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncommitted_event_is_not_overtaken() {
     let Some(database) = TestDatabase::create(Db::Postgres).await else {
@@ -646,42 +659,68 @@ async fn an_uncommitted_event_is_not_overtaken() {
     // Two transactions revoke the keys by hand, as any writer would.
     let mut early = sqlx::PgConnection::connect(&database.url).await.unwrap();
     let mut late = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut observer = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let late_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut late)
+        .await
+        .unwrap();
     sqlx::query("BEGIN").execute(&mut early).await.unwrap();
     revoke_by_hand(&mut early, &first.id).await;
+    let early_seq = revocation_seq(&mut early, &first.id)
+        .await
+        .expect("the early writer sees its own event");
 
-    // The second writer starts while the first is uncommitted.
-    let second_id = second.id.clone();
+    // The second writer starts while the first is uncommitted. Once its
+    // insert has drawn a number, it looks (still inside its transaction)
+    // for the early writer's event.
+    let (first_id, second_id) = (first.id.clone(), second.id.clone());
     let late_writer = tokio::spawn(async move {
         sqlx::query("BEGIN").execute(&mut late).await.unwrap();
         revoke_by_hand(&mut late, &second_id).await;
-        let seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM key_events")
-            .fetch_one(&mut late)
-            .await
-            .unwrap();
+        let late_seq = revocation_seq(&mut late, &second_id).await.unwrap();
+        let early_seen = revocation_seq(&mut late, &first_id).await;
         sqlx::query("COMMIT").execute(&mut late).await.unwrap();
-        seq
+        (late_seq, early_seen)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting_for_the_lock = eventually(Duration::from_secs(30), async || {
+        late_writer.is_finished()
+            || sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks \
+                 WHERE pid = $1 AND locktype = 'advisory' AND NOT granted)",
+            )
+            .bind(late_pid)
+            .fetch_one(&mut observer)
+            .await
+            .unwrap()
+    })
+    .await;
     assert!(
-        !late_writer.is_finished(),
-        "the later writer waits for the earlier one"
+        waiting_for_the_lock,
+        "the late writer neither waits nor finishes"
     );
+    let late_has_waited = !late_writer.is_finished();
     assert!(
         b.authenticate(&second_secret, &[]).await.allowed,
         "nothing committed yet"
     );
 
-    let early_seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM key_events")
-        .fetch_one(&mut early)
-        .await
-        .unwrap();
     sqlx::query("COMMIT").execute(&mut early).await.unwrap();
-    let late_seq = late_writer.await.unwrap();
+    let (late_seq, early_seen) = late_writer.await.unwrap();
 
+    assert_eq!(
+        early_seen,
+        Some(early_seq),
+        "the late writer drew seq {late_seq} while seq {early_seq} was still uncommitted: \
+         a follower reading then would pass {early_seq} for ever"
+    );
     assert!(early_seq < late_seq, "commit order is sequence order");
+    assert!(
+        late_has_waited,
+        "the late writer went ahead while an earlier event was uncommitted"
+    );
     for secret in [&first_secret, &second_secret] {
         assert!(
-            eventually(Duration::from_secs(2), async || {
+            eventually(Duration::from_secs(10), async || {
                 reason(&b.authenticate(secret, &[]).await) == Reason::Revoked
             })
             .await,
