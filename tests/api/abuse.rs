@@ -90,23 +90,45 @@ async fn the_default_limit_applies_and_reports_its_state(db: Db) {
     app.shutdown().await;
 }
 
+/// A limited key is allowed again once its bucket has refilled, not before
+/// the wait it was told. (One request per 5 s, so that a descheduled thread
+/// cannot let the bucket refill between the burst and the limited call.)
 async fn limits_refill_over_time(db: Db) {
     let mut config = test_config();
-    // One request per 500 ms, burst 2.
-    config.default_rate_limit = Some(RateLimit::new(2, 1).unwrap());
+    // One request per 5 s, burst 2.
+    config.default_rate_limit = Some(RateLimit::new(2, 10).unwrap());
     let Some(mut app) = spawn_app_with(db, config).await else {
         return;
     };
     let (_, secret) = app.create_key("acct_1", &[]).await;
     assert!(app.authenticate(&secret, &[]).await.allowed);
     assert!(app.authenticate(&secret, &[]).await.allowed);
+    let asked = tokio::time::Instant::now();
     let limited = app.authenticate(&secret, &[]).await;
     assert_eq!(reason(&limited), Reason::RateLimited);
-    let wait = limited.denial.unwrap().retry_after_ms;
-    assert!(wait > 0 && wait <= 500, "{wait}");
+    let wait = Duration::from_millis(limited.denial.unwrap().retry_after_ms);
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_secs(5),
+        "{wait:?}"
+    );
 
-    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
-    assert!(app.authenticate(&secret, &[]).await.allowed, "refilled");
+    let refilled = eventually(wait + Duration::from_secs(20), async || {
+        let answer = app.authenticate(&secret, &[]).await;
+        if answer.allowed {
+            // Decided after the limited call was asked, `wait` after its
+            // decision at the earliest (to the millisecond).
+            assert!(
+                asked.elapsed() + Duration::from_millis(1) >= wait,
+                "allowed {:?} after being told to wait {wait:?}",
+                asked.elapsed()
+            );
+        } else {
+            assert_eq!(reason(&answer), Reason::RateLimited, "{answer:?}");
+        }
+        answer.allowed
+    })
+    .await;
+    assert!(refilled, "the bucket never refilled");
     app.shutdown().await;
 }
 
@@ -302,18 +324,22 @@ async fn bans_follow_repeated_invalid_credentials_from_one_address(db: Db) {
     app.shutdown().await;
 }
 
+/// A ban ends when its time is over, not before. (5 s, so that the checks
+/// that it is in force fit inside it on a loaded machine; the end is polled.)
 async fn bans_expire(db: Db) {
+    let ban = Duration::from_secs(5);
     let mut config = test_config();
     config.bans.max_failures = 2;
-    config.bans.ban_duration = Duration::from_secs(1);
+    config.bans.ban_duration = ban;
     let Some(mut app) = spawn_app_with(db, config).await else {
         return;
     };
     let (_, secret) = app.create_key("acct_1", &[]).await;
     let attacker = "2001:db8::66";
-    for _ in 0..2 {
-        authenticate_from(&mut app, "cc_nope", attacker).await;
-    }
+    authenticate_from(&mut app, "cc_nope", attacker).await;
+    // The ban starts with the second failure, not before this instant.
+    let banned_from = tokio::time::Instant::now();
+    authenticate_from(&mut app, "cc_nope", attacker).await;
     assert_eq!(
         reason(&authenticate_from(&mut app, &secret, attacker).await),
         Reason::TooManyFailedAttempts
@@ -324,11 +350,21 @@ async fn bans_expire(db: Db) {
         Reason::TooManyFailedAttempts
     );
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(
-        authenticate_from(&mut app, &secret, attacker).await.allowed,
-        "ban expired"
-    );
+    let lifted = eventually(ban + Duration::from_secs(20), async || {
+        let answer = authenticate_from(&mut app, &secret, attacker).await;
+        if answer.allowed {
+            assert!(
+                banned_from.elapsed() >= ban,
+                "the ban lifted {:?} after it began, before its {ban:?}",
+                banned_from.elapsed()
+            );
+        } else {
+            assert_eq!(reason(&answer), Reason::TooManyFailedAttempts);
+        }
+        answer.allowed
+    })
+    .await;
+    assert!(lifted, "ban expired");
     app.shutdown().await;
 }
 
