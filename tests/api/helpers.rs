@@ -471,6 +471,35 @@ pub async fn assert_shown_once_and_stored_as_sha256(
     }
 }
 
+/// Asserts that `shown` (whole seconds, rounded up, as in `retry-after`) is
+/// what is left of a `length`-long period that began after `began` (an
+/// instant taken just before the request that started it): at most
+/// `length`, and at least `length` less the time since `began`, so however
+/// long the calls in between took.
+#[track_caller]
+pub fn assert_seconds_left(shown: u64, length: Duration, began: tokio::time::Instant) {
+    let elapsed = began.elapsed();
+    let lowest = length.saturating_sub(elapsed).as_secs();
+    let highest = length.as_secs() + u64::from(length.subsec_nanos() > 0);
+    assert!(
+        (lowest..=highest).contains(&shown),
+        "{shown} s left of {length:?} that began at most {elapsed:?} ago (expected {lowest} to {highest})"
+    );
+}
+
+/// As [`assert_seconds_left`], for a count of whole milliseconds (such as
+/// `retry_after_ms`, rounded down).
+#[track_caller]
+pub fn assert_millis_left(shown: u64, length: Duration, began: tokio::time::Instant) {
+    let elapsed = began.elapsed();
+    let lowest = u64::try_from(length.saturating_sub(elapsed).as_millis()).unwrap();
+    let highest = u64::try_from(length.as_millis()).unwrap();
+    assert!(
+        (lowest..=highest).contains(&shown),
+        "{shown} ms left of {length:?} that began at most {elapsed:?} ago (expected {lowest} to {highest})"
+    );
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
