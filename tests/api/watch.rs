@@ -144,12 +144,23 @@ async fn resuming_delivers_every_event_once_in_order(db: Db) {
     app.shutdown().await;
 }
 
+/// A stream filtered to one account gets that account's events and none of
+/// another's, starts with a checkpoint like any other stream, and still gets
+/// quiet checkpoints carrying the position past the other accounts' events,
+/// so a consumer's cursor advances (README, WatchRevocations).
 async fn the_account_filter_keeps_other_accounts_out(db: Db) {
-    let Some(mut app) = spawn_app(db).await else {
+    let mut config = test_config();
+    config.feed.checkpoint_interval = Duration::from_millis(200);
+    let Some(mut app) = spawn_app_with(db, config).await else {
         return;
     };
     let mut mine = watch(&mut app, 0, "acct_mine").await;
-    next(&mut mine).await;
+    let start = next(&mut mine).await;
+    assert_eq!(
+        (start.kind.as_str(), start.seq),
+        ("checkpoint", 0),
+        "a filtered stream starts with a checkpoint at the log's end: {start:?}"
+    );
 
     let (other, _) = app.create_key("acct_other", &[]).await;
     app.revoke("acct_other", &other.id).await;
@@ -164,6 +175,8 @@ async fn the_account_filter_keeps_other_accounts_out(db: Db) {
         .await
         .unwrap();
     app.revoke("acct_mine", &key.id).await;
+    let (last_other, _) = app.create_key("acct_other", &[]).await;
+    app.revoke("acct_other", &last_other.id).await;
 
     let first = next_event(&mut mine).await;
     let second = next_event(&mut mine).await;
@@ -174,6 +187,29 @@ async fn the_account_filter_keeps_other_accounts_out(db: Db) {
     assert_eq!(
         (second.kind.as_str(), second.key_id.as_str()),
         ("revoked", key.id.as_str())
+    );
+    // The log ends with the other account's second revocation (seq 4): a
+    // quiet checkpoint reaches it, and nothing of acct_other comes first.
+    let end = 4;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let quiet = loop {
+        let message = next(&mut mine).await;
+        assert_eq!(
+            message.kind, "checkpoint",
+            "another account's event: {message:?}"
+        );
+        assert!(message.seq <= end, "a checkpoint past the log: {message:?}");
+        if message.seq == end {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint reached seq {end} (the last other-account event); last {message:?}"
+        );
+    };
+    assert!(
+        quiet.seq > second.seq,
+        "the cursor advanced past filtered events"
     );
     app.shutdown().await;
 }
