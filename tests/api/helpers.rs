@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 pub mod envoy;
+pub mod pg_proxy;
 pub mod postgres;
 pub mod store_decorator;
 
