@@ -22,6 +22,8 @@ on_both_databases!(
     bans_expire,
     last_use_is_recorded_in_batches,
     last_use_pending_at_shutdown_is_written,
+    check_scope_by_key_id_spends_no_rate_limit_and_counts_toward_no_ban,
+    failures_older_than_the_window_do_not_count,
 );
 
 async fn authenticate_from(
@@ -488,4 +490,148 @@ async fn last_use_pending_at_shutdown_is_written(db: Db) {
     let shown = get_key(&mut restarted, "acct_1", &key.id).await;
     assert!(shown.last_used_at.is_some(), "GetKey shows the stored use");
     restarted.shutdown().await;
+}
+
+async fn check_scope_by_id(
+    app: &mut TestApp,
+    key_id: &str,
+    client_ip: &str,
+) -> proto::CheckScopeResponse {
+    app.keys
+        .check_scope(proto::CheckScopeRequest {
+            key_id: key_id.into(),
+            scopes: vec!["orders:read".into()],
+            client_ip: client_ip.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("CheckScope")
+        .into_inner()
+}
+
+/// CheckScope by `key_id` asks about a request the caller has already
+/// authenticated: it spends none of the key's rate limit, and unknown key
+/// ids from an address do not count toward banning it (a key id is not a
+/// secret to guess). A banned address is still refused.
+async fn check_scope_by_key_id_spends_no_rate_limit_and_counts_toward_no_ban(db: Db) {
+    let mut config = test_config();
+    config.bans.max_failures = 3;
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let created = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "limited".into(),
+            scopes: vec!["orders:read".into()],
+            rate_limit: Some(proto::RateLimit {
+                requests: 2,
+                per_seconds: 3600,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (key, secret) = (created.key.unwrap(), created.secret);
+    let asker = "198.51.100.7";
+
+    for _ in 0..10 {
+        let check = check_scope_by_id(&mut app, &key.id, asker).await;
+        assert!(check.allowed, "{check:?}");
+    }
+    // The key's whole budget is left for its own requests.
+    let remaining: Vec<u32> = {
+        let mut remaining = Vec::new();
+        for _ in 0..2 {
+            let used = authenticate_from(&mut app, &secret, asker).await;
+            assert!(used.allowed, "{used:?}");
+            remaining.push(used.rate_limit.unwrap().remaining);
+        }
+        remaining
+    };
+    assert_eq!(remaining, [1, 0], "CheckScope by id spent the budget");
+    assert_eq!(
+        reason(&authenticate_from(&mut app, &secret, asker).await),
+        Reason::RateLimited
+    );
+
+    // Unknown key ids, many more than the ban threshold, ban no one.
+    for _ in 0..10 {
+        let unknown = keyward::domain::KeyId::generate().to_string();
+        let check = check_scope_by_id(&mut app, &unknown, asker).await;
+        assert_eq!(
+            check.denial.unwrap().reason(),
+            Reason::UnknownKey,
+            "{unknown}"
+        );
+    }
+    let (_, other_secret) = app.create_key("acct_1", &[]).await;
+    assert!(
+        authenticate_from(&mut app, &other_secret, asker)
+            .await
+            .allowed,
+        "unknown key ids banned the address"
+    );
+
+    // An address banned for bad credentials is refused by id as well.
+    let banned = "203.0.113.66";
+    for _ in 0..3 {
+        authenticate_from(&mut app, "cc_nope", banned).await;
+    }
+    let refused = check_scope_by_id(&mut app, &key.id, banned).await;
+    assert_eq!(
+        refused.denial.unwrap().reason(),
+        Reason::TooManyFailedAttempts
+    );
+    app.shutdown().await;
+}
+
+/// Failures count toward a ban only within `bans.window_seconds` of the
+/// first one: two failures, then (once the window is over) two more, do not
+/// reach a threshold of three; a third within the new window does.
+async fn failures_older_than_the_window_do_not_count(db: Db) {
+    let window = Duration::from_secs(5);
+    let mut config = test_config();
+    config.bans.max_failures = 3;
+    config.bans.window = window;
+    let Some(mut app) = spawn_app_with(db, config).await else {
+        return;
+    };
+    let (_, secret) = app.create_key("acct_1", &[]).await;
+    let client = "192.0.2.44";
+
+    let first_window = tokio::time::Instant::now();
+    for _ in 0..2 {
+        authenticate_from(&mut app, "cc_nope", client).await;
+    }
+    assert!(authenticate_from(&mut app, &secret, client).await.allowed);
+    // The window counts from the first failure, which came after
+    // `first_window`. (What is awaited is the passing of the window itself.)
+    tokio::time::sleep_until(first_window + window + Duration::from_millis(500)).await;
+
+    let second_window = tokio::time::Instant::now();
+    for _ in 0..2 {
+        let failed = authenticate_from(&mut app, "cc_nope", client).await;
+        assert_eq!(reason(&failed), Reason::MalformedCredential);
+    }
+    let after_four = authenticate_from(&mut app, &secret, client).await;
+    assert!(
+        after_four.allowed,
+        "failures from before the window counted: {after_four:?}"
+    );
+    authenticate_from(&mut app, "cc_nope", client).await;
+    let banned = authenticate_from(&mut app, &secret, client).await;
+    assert!(
+        second_window.elapsed() < window,
+        "the second window's failures took longer than the window ({:?})",
+        second_window.elapsed()
+    );
+    assert_eq!(
+        reason(&banned),
+        Reason::TooManyFailedAttempts,
+        "three failures within the window ban"
+    );
+    app.shutdown().await;
 }

@@ -36,6 +36,7 @@ on_both_databases!(
     pruning_between_history_pages_is_out_of_range,
     a_rewound_log_ends_streams_out_of_range,
     a_consumer_that_stops_reading_is_cut_off_and_frees_its_place,
+    checkpoints_pause_while_the_replica_cannot_prove_it_is_current,
 );
 
 async fn watch(app: &mut TestApp, after_seq: u64, account: &str) -> Streaming<RevocationEvent> {
@@ -757,4 +758,108 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
         received += 1;
     }
     app.shutdown().await;
+}
+
+/// The next message within `limit`, or `None`; the stream must not end.
+async fn next_within(
+    stream: &mut (impl futures_util::Stream<Item = Result<RevocationEvent, tonic::Status>> + Unpin),
+    limit: Duration,
+) -> Option<RevocationEvent> {
+    match tokio::time::timeout(limit, stream.next()).await {
+        Ok(Some(Ok(event))) => Some(event),
+        Ok(other) => panic!("the stream ended: {other:?}"),
+        Err(_) => None,
+    }
+}
+
+/// "Checkpoints pause while the replica cannot prove it is caught up." A
+/// KeyService over the real database whose follower polls only when the
+/// test says so: checkpoints come while its proof from startup is fresh,
+/// none is made after that proof has expired, and they resume as soon as a
+/// poll proves the replica current again. (The stream is read throughout;
+/// each checkpoint carries the time it was made.)
+async fn checkpoints_pause_while_the_replica_cannot_prove_it_is_current(db: Db) {
+    use std::time::SystemTime;
+    let interval = Duration::from_millis(250);
+    let bound = Duration::from_secs(5);
+    let Some(database) = TestDatabase::create(db).await else {
+        return;
+    };
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
+    let feed = RevocationFeed::start(
+        Arc::clone(&store),
+        Arc::clone(&store),
+        Arc::clone(&cache),
+        FeedSettings {
+            checkpoint_interval: interval,
+            // The proof made at start lasts this long; nothing renews it
+            // until the test polls.
+            freshness_bound: bound,
+            ..FeedSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The proof was made before this, so it has expired by `stale_from`.
+    let stale_from = SystemTime::now() + bound + Duration::from_millis(1);
+    let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
+    freshness.confirm(Instant::now());
+    let InProcess {
+        authenticator,
+        manager,
+        ..
+    } = in_process(Arc::clone(&store), cache, freshness);
+    let api = KeyServiceApi::new(
+        Arc::new(authenticator),
+        Arc::new(manager),
+        Arc::clone(&feed),
+    );
+    let mut stream = api
+        .watch_revocations(tonic::Request::new(proto::WatchRevocationsRequest {
+            after_seq: 0,
+            account_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let made_at = |event: &RevocationEvent| SystemTime::try_from(event.at.unwrap()).unwrap();
+    let start = next_within(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("the start checkpoint");
+    assert_eq!(start.kind, "checkpoint");
+
+    // Fresh: quiet checkpoints come.
+    let quiet = next_within(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("a quiet checkpoint while fresh");
+    assert_eq!(quiet.kind, "checkpoint");
+
+    // Read on until twelve intervals past the expiry: no checkpoint made
+    // after it (one decided just before may be made up to 1 s late).
+    let latest_allowed = stale_from + Duration::from_secs(1);
+    let mut checkpoints = 1;
+    while SystemTime::now() < latest_allowed + interval * 12 {
+        if let Some(event) = next_within(&mut stream, interval).await {
+            assert_eq!(event.kind, "checkpoint", "{event:?}");
+            checkpoints += 1;
+            assert!(
+                made_at(&event) <= latest_allowed,
+                "a checkpoint made {:?} after the replica's proof expired: {event:?}",
+                made_at(&event).duration_since(stale_from).unwrap()
+            );
+        }
+    }
+    assert!(!feed.freshness().is_fresh());
+    assert!(checkpoints >= 2, "checkpoints came while fresh");
+
+    // Proved current again: they resume.
+    feed.poll_once().await.unwrap();
+    let resumed = next_within(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("checkpoints resume once the replica is current");
+    assert_eq!(resumed.kind, "checkpoint");
+    assert_eq!(resumed.seq, start.seq);
 }
