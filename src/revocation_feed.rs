@@ -438,16 +438,46 @@ mod tests {
 
     #[test]
     fn freshness_needs_a_recent_proof() {
-        let freshness = Freshness::new(Duration::from_millis(50));
-        assert!(!freshness.is_fresh());
-        freshness.confirm(Instant::now());
-        assert!(freshness.is_fresh());
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(!freshness.is_fresh());
-        // An older proof never replaces a newer one.
-        let old = Instant::now() - Duration::from_secs(1);
-        freshness.confirm(Instant::now());
-        freshness.confirm(old);
-        assert!(freshness.is_fresh());
+        // A bound no descheduled thread outlasts: fresh right after a proof.
+        let lasting = Freshness::new(Duration::from_secs(3600));
+        assert!(!lasting.is_fresh(), "no proof yet");
+        lasting.confirm(Instant::now());
+        assert!(lasting.is_fresh());
+
+        // A short bound goes stale by itself, not before the bound: polled.
+        let bound = Duration::from_millis(100);
+        let short = Freshness::new(bound);
+        let proved = Instant::now();
+        short.confirm(proved);
+        while short.is_fresh() {
+            assert!(
+                proved.elapsed() < Duration::from_secs(30),
+                "still fresh 30 s after a proof, with a {bound:?} bound"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // (Ages are counted in whole milliseconds.)
+        assert!(
+            proved.elapsed() + Duration::from_millis(1) >= bound,
+            "stale {:?} after the proof, before the bound",
+            proved.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_older_proof_never_replaces_a_newer_one() {
+        let freshness = Freshness::new(Duration::from_secs(3600));
+        let older = Instant::now();
+        // Only to set the two proofs apart.
+        std::thread::sleep(Duration::from_millis(200));
+        let newer = Instant::now();
+        freshness.confirm(newer);
+        freshness.confirm(older);
+        let age = freshness.age().expect("proved");
+        let since_newer = newer.elapsed();
+        assert!(
+            age <= since_newer + Duration::from_millis(1),
+            "the age {age:?} counts from the older proof, not the newer one ({since_newer:?} ago)"
+        );
     }
 }

@@ -86,9 +86,24 @@ fn eddsa_jwt(key: &KeyPair, kid: &str, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(&header, claims, &encoding).unwrap()
 }
 
-/// The test config with an `[auth]` section (and its key files);
-/// `hot_path_requires_token` `None` leaves the key out (the default).
+/// The test config with an `[auth]` section (and its key files); user JWTs
+/// may call every management RPC but UpdateKey. `hot_path_requires_token`
+/// `None` leaves the key out (the default).
 fn config_with_auth(signers: &Signers, hot_path_requires_token: Option<bool>) -> Config {
+    config_with_jwt_rpcs(
+        signers,
+        hot_path_requires_token,
+        r#"["CreateKey", "RevokeKey", "GetKey", "ListKeys"]"#,
+    )
+}
+
+/// As `config_with_auth`, with `jwt_rpcs` (a TOML array) as what user JWTs
+/// may call.
+fn config_with_jwt_rpcs(
+    signers: &Signers,
+    hot_path_requires_token: Option<bool>,
+    jwt_rpcs: &str,
+) -> Config {
     let hot_path = hot_path_requires_token
         .map(|required| format!("hot_path_requires_token = {required}"))
         .unwrap_or_default();
@@ -118,7 +133,7 @@ audiences = ["{AUDIENCE}"]
 public_key_files = ["{es256}", "{rs256}"]
 jwks_file = "{jwks}"
 leeway_seconds = 30
-rpcs = ["CreateKey", "RevokeKey", "GetKey", "ListKeys"]
+rpcs = {jwt_rpcs}
 "#,
         dashboard = token_sha256_hex(DASHBOARD_TOKEN),
         auditor = token_sha256_hex(AUDITOR_TOKEN),
@@ -338,6 +353,131 @@ async fn a_user_jwt_manages_its_own_account_and_nothing_else() {
         Code::PermissionDenied,
         "user JWTs may not call UpdateKey",
     );
+    app.shutdown().await;
+}
+
+/// GetKey and UpdateKey act inside the account they name, and a user JWT may
+/// name only its own: naming another account (with that account's key id)
+/// is PERMISSION_DENIED and shows or changes nothing, although the
+/// deployment lets users call both RPCs; naming its own account with
+/// another account's key id is NOT_FOUND. Its own keys it may read and
+/// change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_jwt_cannot_get_or_update_another_accounts_key() {
+    let signers = signers();
+    let all_five = r#"["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys"]"#;
+    let mut app = spawn_app_with(Db::Sqlite, config_with_jwt_rpcs(&signers, Some(false), all_five))
+        .await
+        .unwrap();
+    let jwt = es256_jwt(&signers.es256, &claims("acct_user"));
+    let victim = app
+        .keys
+        .create_key(bearer(create("acct_other"), DASHBOARD_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    let (victim_key, victim_secret) = (victim.key.unwrap(), victim.secret);
+    let get = |account: &str| proto::GetKeyRequest {
+        account_id: account.into(),
+        key_id: victim_key.id.clone(),
+    };
+    let update = |account: &str| proto::UpdateKeyRequest {
+        account_id: account.into(),
+        key_id: victim_key.id.clone(),
+        name: "taken over".into(),
+        scopes: vec!["orders:write".into()],
+        ..Default::default()
+    };
+
+    let read = app
+        .keys
+        .get_key(bearer(get("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&read, Code::PermissionDenied, "only its own account");
+    assert!(
+        !read.message().contains(&victim_key.id) && !read.message().contains(&victim_key.start),
+        "the refusal shows nothing of the key: {read:?}"
+    );
+    let changed = app
+        .keys
+        .update_key(bearer(update("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&changed, Code::PermissionDenied, "only its own account");
+    // Its own account with another account's key id: not there.
+    let read_as_own = app
+        .keys
+        .get_key(bearer(get("acct_user"), &jwt))
+        .await
+        .unwrap_err();
+    assert_eq!(read_as_own.code(), Code::NotFound, "{read_as_own:?}");
+    let changed_as_own = app
+        .keys
+        .update_key(bearer(update("acct_user"), &jwt))
+        .await
+        .unwrap_err();
+    assert_eq!(changed_as_own.code(), Code::NotFound, "{changed_as_own:?}");
+
+    // Nothing changed: as stored, and on the hot path.
+    let stored = app
+        .keys
+        .get_key(bearer(get("acct_other"), DASHBOARD_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(stored, victim_key, "the refused UpdateKeys changed the key");
+    assert!(
+        app.authenticate(&victim_secret, &["orders:read"])
+            .await
+            .allowed
+    );
+    assert!(
+        !app.authenticate(&victim_secret, &["orders:write"])
+            .await
+            .allowed,
+        "the refused UpdateKey granted a scope"
+    );
+
+    // Its own key it may read and change.
+    let own = app
+        .keys
+        .create_key(bearer(create("acct_user"), &jwt))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    let got = app
+        .keys
+        .get_key(bearer(
+            proto::GetKeyRequest {
+                account_id: "acct_user".into(),
+                key_id: own.id.clone(),
+            },
+            &jwt,
+        ))
+        .await
+        .expect("a JWT may read its own account's key")
+        .into_inner();
+    assert_eq!(got.key.unwrap().id, own.id);
+    let renamed = app
+        .keys
+        .update_key(bearer(
+            proto::UpdateKeyRequest {
+                account_id: "acct_user".into(),
+                key_id: own.id.clone(),
+                name: "renamed".into(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .expect("a JWT may change its own account's key")
+        .into_inner();
+    assert_eq!(renamed.key.unwrap().name, "renamed");
     app.shutdown().await;
 }
 
