@@ -85,7 +85,7 @@ impl SqliteStore {
         let row: Option<KeyRow> = sqlx::query_as(concat!(
             "SELECT ",
             key_columns!(),
-            " FROM api_keys WHERE id = ?1 AND account_id = ?2"
+            " FROM api_keys WHERE id = $1 AND account_id = $2"
         ))
         .bind(id.as_str())
         .bind(account.as_str())
@@ -101,7 +101,7 @@ impl SqliteStore {
         at: UnixMillis,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(record.id.as_str())
         .bind(record.account_id.as_str())
@@ -122,13 +122,13 @@ impl KeyStore for SqliteStore {
 
     async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT INTO accounts (id) VALUES (?1) ON CONFLICT DO NOTHING")
+        sqlx::query("INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(key.account_id.as_str())
             .execute(&mut *tx)
             .await?;
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = ?1 AND revoked_at IS NULL \
-             AND (expires_at IS NULL OR expires_at > ?2)",
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > $2)",
         )
         .bind(key.account_id.as_str())
         .bind(key.created_at.0)
@@ -141,7 +141,7 @@ impl KeyStore for SqliteStore {
         sqlx::query(
             "INSERT INTO api_keys (id, account_id, name, key_hash, start, scopes, \
              rate_limit_requests, rate_limit_per_seconds, created_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(key.id.as_str())
         .bind(key.account_id.as_str())
@@ -170,7 +170,7 @@ impl KeyStore for SqliteStore {
         if record.revoked_at.is_some() {
             return Ok(record);
         }
-        sqlx::query("UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2")
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
             .bind(now.0)
             .bind(id.as_str())
             .execute(&mut *tx)
@@ -201,8 +201,8 @@ impl KeyStore for SqliteStore {
         }
         let (requests, per_seconds) = rate_limit_columns(after.rate_limit);
         sqlx::query(
-            "UPDATE api_keys SET name = ?1, scopes = ?2, rate_limit_requests = ?3, \
-             rate_limit_per_seconds = ?4 WHERE id = ?5",
+            "UPDATE api_keys SET name = $1, scopes = $2, rate_limit_requests = $3, \
+             rate_limit_per_seconds = $4 WHERE id = $5",
         )
         .bind(&after.name)
         .bind(join_scopes(&after.scopes))
@@ -234,8 +234,8 @@ impl KeyStore for SqliteStore {
         let rows: Vec<KeyRow> = sqlx::query_as(concat!(
             "SELECT ",
             key_columns!(),
-            " FROM api_keys WHERE account_id = ?1 \
-             AND (?2 OR revoked_at IS NULL) AND id > ?3 ORDER BY id LIMIT ?4"
+            " FROM api_keys WHERE account_id = $1 \
+             AND ($2 OR revoked_at IS NULL) AND id > $3 ORDER BY id LIMIT $4"
         ))
         .bind(account.as_str())
         .bind(include_revoked)
@@ -250,7 +250,7 @@ impl KeyStore for SqliteStore {
         let row: Option<KeyRow> = sqlx::query_as(concat!(
             "SELECT ",
             key_columns!(),
-            " FROM api_keys WHERE key_hash = ?1"
+            " FROM api_keys WHERE key_hash = $1"
         ))
         .bind(digest.as_bytes().as_slice())
         .fetch_optional(&self.pool)
@@ -262,7 +262,7 @@ impl KeyStore for SqliteStore {
         let row: Option<KeyRow> = sqlx::query_as(concat!(
             "SELECT ",
             key_columns!(),
-            " FROM api_keys WHERE id = ?1"
+            " FROM api_keys WHERE id = $1"
         ))
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -274,7 +274,7 @@ impl KeyStore for SqliteStore {
         let rows: Vec<EventRow> = sqlx::query_as(concat!(
             "SELECT ",
             event_columns!(),
-            " FROM key_events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            " FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2"
         ))
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
@@ -305,19 +305,19 @@ impl KeyStore for SqliteStore {
         // Prune a prefix of the log: everything up to the last event older
         // than the cutoff.
         let through: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM key_events WHERE at < ?1")
+            sqlx::query_scalar("SELECT MAX(seq) FROM key_events WHERE at < $1")
                 .bind(before.0)
                 .fetch_one(&mut *tx)
                 .await?;
         let Some(through) = through else {
             return Ok(0);
         };
-        let deleted = sqlx::query("DELETE FROM key_events WHERE seq <= ?1")
+        let deleted = sqlx::query("DELETE FROM key_events WHERE seq <= $1")
             .bind(through)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("UPDATE feed_state SET pruned_through = MAX(pruned_through, ?1) WHERE id = 1")
+        sqlx::query("UPDATE feed_state SET pruned_through = MAX(pruned_through, $1) WHERE id = 1")
             .bind(through)
             .execute(&mut *tx)
             .await?;
@@ -332,8 +332,8 @@ impl KeyStore for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (id, at) in uses {
             sqlx::query(
-                "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2 \
-                 AND (last_used_at IS NULL OR last_used_at < ?1)",
+                "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 \
+                 AND (last_used_at IS NULL OR last_used_at < $1)",
             )
             .bind(at.0)
             .bind(id.as_str())
