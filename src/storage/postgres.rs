@@ -2,6 +2,11 @@
 //! CreateKey serializes per account by locking the account's row; the event
 //! log's trigger (see the migration) keeps sequence order equal to commit
 //! order and sends a NOTIFY that followers receive through `PgListener`.
+//!
+//! Statements the backends share are in `statements.rs`; what is spelled out
+//! here is what PostgreSQL does differently: row locks, the one-statement
+//! revoke, GREATEST, the batched last-use update, session limits and the
+//! listener.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -93,6 +98,8 @@ impl PostgresStore {
         id: &KeyId,
         lock: bool,
     ) -> Result<KeyRecord, StoreError> {
+        // A writer locks the key's row until it commits. (SQLite needs no
+        // row lock: its writers hold the one database write lock.)
         let query = if lock {
             concat!(key_in_account!(), " FOR UPDATE")
         } else {
@@ -138,7 +145,8 @@ impl KeyStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         // Concurrent creates for one account queue here, so the count below
-        // cannot be overtaken.
+        // cannot be overtaken. (On SQLite, `BEGIN IMMEDIATE` already holds
+        // the one write lock.)
         sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
             .bind(key.account_id.as_str())
             .execute(&mut *tx)

@@ -2,6 +2,9 @@
 //! in `BEGIN IMMEDIATE` transactions, so SQLite's one writer lock serializes
 //! them (which also keeps event sequence order equal to commit order). Wake-up
 //! hints go to followers in this process only.
+//!
+//! Statements the backends share are in `statements.rs`; what is spelled out
+//! here is what SQLite does differently, each with the reason.
 
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -156,6 +159,8 @@ impl KeyStore for SqliteStore {
         id: &KeyId,
         now: UnixMillis,
     ) -> Result<KeyRecord, StoreError> {
+        // Read, then write, under the write lock: SQLite has no
+        // data-modifying CTE for PostgreSQL's one-statement revoke.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut record = Self::key_in_account(&mut tx, account, id).await?;
         if record.revoked_at.is_some() {
@@ -255,6 +260,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn latest_seq(&self) -> Result<u64, StoreError> {
+        // SQLite has no GREATEST; its MAX with two arguments is the same.
         let seq: i64 = sqlx::query_scalar(
             "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
              (SELECT pruned_through FROM feed_state WHERE id = 1))",
@@ -287,6 +293,7 @@ impl KeyStore for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // MAX for PostgreSQL's GREATEST, as in `latest_seq`.
         sqlx::query("UPDATE feed_state SET pruned_through = MAX(pruned_through, $1) WHERE id = 1")
             .bind(through)
             .execute(&mut *tx)
@@ -299,6 +306,8 @@ impl KeyStore for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
+        // One statement per key in one transaction: SQLite has no arrays to
+        // UNNEST into one statement for the batch, as PostgreSQL does.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (id, at) in uses {
             sqlx::query(
