@@ -366,9 +366,12 @@ async fn a_user_jwt_manages_its_own_account_and_nothing_else() {
 async fn a_user_jwt_cannot_get_or_update_another_accounts_key() {
     let signers = signers();
     let all_five = r#"["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys"]"#;
-    let mut app = spawn_app_with(Db::Sqlite, config_with_jwt_rpcs(&signers, Some(false), all_five))
-        .await
-        .unwrap();
+    let mut app = spawn_app_with(
+        Db::Sqlite,
+        config_with_jwt_rpcs(&signers, Some(false), all_five),
+    )
+    .await
+    .unwrap();
     let jwt = es256_jwt(&signers.es256, &claims("acct_user"));
     let victim = app
         .keys
