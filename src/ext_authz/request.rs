@@ -60,18 +60,19 @@ impl<'a> RequestHeaders<'a> {
         }
     }
 
-    /// Every header, name and value (raw headers one by one; the
-    /// credential scan looks at each value).
-    pub fn each(&self) -> impl Iterator<Item = (&'a str, Cow<'a, str>)> {
+    /// Every header, name and value as bytes (raw headers one by one, not
+    /// decoded: the stray-key scan runs on every allowed Check and only
+    /// compares bytes).
+    pub fn each(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
         let map = self
             .map
             .iter()
-            .map(|(name, value)| (name.as_str(), Cow::Borrowed(value.as_str())));
+            .map(|(name, value)| (name.as_str(), value.as_bytes()));
         let raw = self.raw.iter().map(|header| {
             let value = if header.raw_value.is_empty() {
-                Cow::Borrowed(header.value.as_str())
+                header.value.as_bytes()
             } else {
-                String::from_utf8_lossy(&header.raw_value)
+                &header.raw_value[..]
             };
             (header.key.as_str(), value)
         });
@@ -226,8 +227,9 @@ pub fn stray_keys(
     prefix: &str,
     removal: &mut CredentialRemoval,
 ) {
+    let prefix_bytes = prefix.as_bytes();
     for (name, value) in headers.each() {
-        if carries_prefix(&value, prefix)
+        if carries_prefix(value, prefix_bytes)
             && !removal
                 .headers
                 .iter()
@@ -237,11 +239,12 @@ pub fn stray_keys(
         }
     }
     for (name, raw_value) in target.query_parameters() {
-        let carries = RequestTarget::decode_query_value(raw_value)
-            .is_some_and(|value| carries_prefix(&value, prefix))
-            // An escaped prefix (`cc%5F...`) that does not decode as a whole
-            // still shows the prefix once its escapes are read.
-            || raw_value.starts_with(prefix);
+        let carries = carries_prefix(raw_value.as_bytes(), prefix_bytes)
+            // Escapes (`cc%5F...`, `Bearer%20cc_...`) are read only when
+            // there are some.
+            || ((raw_value.contains('%') || raw_value.contains('+'))
+                && RequestTarget::decode_query_value(raw_value)
+                    .is_some_and(|value| carries_prefix(value.as_bytes(), prefix_bytes)));
         if carries && !removal.query_parameters.iter().any(|listed| listed == name) {
             removal.query_parameters.push(name.to_owned());
         }
@@ -250,13 +253,29 @@ pub fn stray_keys(
 
 /// Whether the value's first word, or its second after a scheme-like first
 /// word, starts with `prefix`.
-fn carries_prefix(value: &str, prefix: &str) -> bool {
-    let mut words = value.split_ascii_whitespace();
-    match (words.next(), words.next()) {
-        (Some(first), _) if first.starts_with(prefix) => true,
-        (Some(_), Some(second)) => second.starts_with(prefix),
-        _ => false,
+fn carries_prefix(value: &[u8], prefix: &[u8]) -> bool {
+    // Reads at most the first word and the whitespace after it: this runs
+    // for every header of every allowed Check.
+    let skip_space = |from: usize| {
+        value[from..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map(|offset| from + offset)
+    };
+    let Some(first) = skip_space(0) else {
+        return false;
+    };
+    if value[first..].starts_with(prefix) {
+        return true;
     }
+    let Some(end) = value[first..]
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .map(|offset| first + offset)
+    else {
+        return false;
+    };
+    skip_space(end).is_some_and(|second| value[second..].starts_with(prefix))
 }
 
 /// Whether an authorization header value starts with one of `schemes`
