@@ -39,6 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::api::codec::ProtoCodec")
         .compile_fds(descriptors)?;
 
     write_envoy_descriptors(&out_dir)?;

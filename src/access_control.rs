@@ -16,11 +16,23 @@
 //!   configured. With none configured they are open, and the server refuses
 //!   to start on a non-loopback address unless told
 //!   `--insecure-open-management`.
-//! - Hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check) are
-//!   open unless `auth.hot_path_requires_token` is set; then they need a
-//!   service token allowed that RPC. JWTs never open the hot path.
+//! - Hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check) need
+//!   a service token allowed that RPC whenever management needs credentials
+//!   or the server listens on a non-loopback address, unless the operator
+//!   opts out (`auth.hot_path_requires_token = false` or
+//!   `--insecure-open-hot-path`); see [`HotPathAccess`]. A user JWT may call
+//!   CheckScope and WatchRevocations when `auth.jwt.rpcs` lists them, and
+//!   then sees only its own account's keys and events.
 //! - Everything else (ListScopes, health, reflection) is open: it reveals
 //!   the catalog and the serving status, never a key.
+//!
+//! Hot-path handlers learn who called from a [`HotPathCaller`]: whose share
+//! of watch streams a call uses, which account a JWT confines it to, and
+//! whether the end-client address the request states (`client_ip`, Envoy's
+//! client address) is believed. Only service tokens given
+//! `trust_client_ip = true` are (and, when no service token is configured,
+//! callers on loopback); anyone else's failed attempts count against their
+//! own address, so nobody can get a stranger banned.
 //!
 //! Missing or unrecognised credentials are UNAUTHENTICATED; a recognised
 //! caller without the right is PERMISSION_DENIED. Tokens and JWTs are never
@@ -28,6 +40,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -184,9 +198,12 @@ impl FromIterator<Rpc> for RpcSet {
 /// Only the SHA-256 of the token is ever held.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServiceToken {
-    pub name: String,
+    pub name: Arc<str>,
     pub sha256: [u8; 32],
     pub rpcs: RpcSet,
+    /// Whether its callers may state the end client's address (`client_ip`,
+    /// Envoy's client address) for failed-authentication bans.
+    pub trust_client_ip: bool,
 }
 
 impl fmt::Debug for ServiceToken {
@@ -194,6 +211,7 @@ impl fmt::Debug for ServiceToken {
         f.debug_struct("ServiceToken")
             .field("name", &self.name)
             .field("rpcs", &self.rpcs)
+            .field("trust_client_ip", &self.trust_client_ip)
             .finish_non_exhaustive()
     }
 }
@@ -203,7 +221,10 @@ impl fmt::Debug for ServiceToken {
 pub struct AccessSettings {
     pub service_tokens: Vec<ServiceToken>,
     pub jwt: Option<JwtSettings>,
-    pub hot_path_requires_token: bool,
+    /// `auth.hot_path_requires_token` as written; `None` leaves the choice
+    /// to [`HotPathAccess::decide`] at startup, once the listen address is
+    /// known.
+    pub hot_path_requires_token: Option<bool>,
 }
 
 impl AccessSettings {
@@ -216,6 +237,54 @@ impl AccessSettings {
                 .iter()
                 .any(|token| token.rpcs.any_management())
     }
+
+    /// Whether some credential can open a hot-path RPC: a service token
+    /// listing one, or user JWTs allowed one.
+    pub fn any_hot_path_credential(&self) -> bool {
+        let hot = |rpcs: RpcSet| rpcs.iter().any(|rpc| rpc.class() == RpcClass::HotPath);
+        self.service_tokens.iter().any(|token| hot(token.rpcs))
+            || self.jwt.as_ref().is_some_and(|jwt| hot(jwt.rpcs))
+    }
+}
+
+/// Whether the hot path needs a credential, and why; decided once at
+/// startup from `[auth]`, the listen address and the
+/// `--insecure-open-hot-path` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotPathAccess {
+    /// A service token (or, for CheckScope and WatchRevocations, a user JWT
+    /// allowed it) is required.
+    Locked,
+    /// Open to anyone who can reach the port.
+    Open {
+        /// The operator opened it although the default would have locked
+        /// it (management needs credentials, or a non-loopback address).
+        against_default: bool,
+    },
+}
+
+impl HotPathAccess {
+    /// Locked when `auth.hot_path_requires_token = true`; open when it is
+    /// `false` or `insecure_open` (the flag) is set; otherwise locked
+    /// exactly when management needs credentials or `listen` is not a
+    /// loopback address.
+    pub fn decide(settings: &AccessSettings, listen: SocketAddr, insecure_open: bool) -> Self {
+        let default_locked = settings.management_locked() || !listen.ip().is_loopback();
+        match (settings.hot_path_requires_token, insecure_open) {
+            (Some(true), false) => Self::Locked,
+            (Some(false), _) | (_, true) => Self::Open {
+                against_default: default_locked,
+            },
+            (None, false) if default_locked => Self::Locked,
+            (None, false) => Self::Open {
+                against_default: false,
+            },
+        }
+    }
+
+    pub fn is_locked(self) -> bool {
+        self == Self::Locked
+    }
 }
 
 /// Who a request's credential proved the caller to be.
@@ -224,9 +293,83 @@ pub enum Caller {
     /// No credential was needed (an open RPC or open management).
     Anonymous,
     /// A configured service token, by name. May act for any account.
-    Service { name: String },
+    Service {
+        name: Arc<str>,
+        trust_client_ip: bool,
+    },
     /// A verified JWT. May act only for this account.
     User { account: AccountId },
+}
+
+/// What a hot-path handler knows of its caller; the request gate puts one
+/// in the extensions of every hot-path request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotPathCaller {
+    /// Whose share of WatchRevocations streams a stream takes.
+    pub identity: CallerIdentity,
+    /// A user JWT's account: the call sees only this account's keys and
+    /// events.
+    pub account: Option<AccountId>,
+    /// Whether the end-client address the request states is believed.
+    pub client_address: ClientAddress,
+}
+
+/// A caller, as per-caller limits count it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CallerIdentity {
+    Token(Arc<str>),
+    User(AccountId),
+    /// An anonymous caller, by its connection's address.
+    Address(IpAddr),
+    /// An anonymous caller whose address is unknown (not over TCP).
+    Unknown,
+}
+
+impl fmt::Display for CallerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Token(name) => write!(f, "service token {name:?}"),
+            Self::User(account) => write!(f, "the JWT of account {account}"),
+            Self::Address(address) => write!(f, "{address}"),
+            Self::Unknown => f.write_str("an anonymous caller"),
+        }
+    }
+}
+
+/// Where failed-authentication attempts are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddress {
+    /// The caller is trusted to state the end client's address.
+    Stated,
+    /// The caller is not: its attempts count against its own address.
+    Peer(Option<IpAddr>),
+}
+
+impl HotPathCaller {
+    /// A caller in-process (tests, benchmarks), with no connection: trusted,
+    /// unconfined.
+    pub const IN_PROCESS: Self = Self {
+        identity: CallerIdentity::Unknown,
+        account: None,
+        client_address: ClientAddress::Stated,
+    };
+
+    /// The caller of a hot-path request, as the request gate put it in the
+    /// extensions; a handler called in-process (tests, benchmarks) has no
+    /// gate and no connection, and gets [`HotPathCaller::IN_PROCESS`].
+    pub fn of(extensions: &tonic::Extensions) -> &Self {
+        static IN_PROCESS: HotPathCaller = HotPathCaller::IN_PROCESS;
+        extensions.get::<Self>().unwrap_or(&IN_PROCESS)
+    }
+
+    /// The address bans are counted against, given the one the request
+    /// states.
+    pub fn client(&self, stated: Option<IpAddr>) -> Option<IpAddr> {
+        match self.client_address {
+            ClientAddress::Stated => stated,
+            ClientAddress::Peer(peer) => peer,
+        }
+    }
 }
 
 impl Caller {
@@ -257,12 +400,12 @@ pub enum Refusal {
 pub struct AccessPolicy {
     tokens_by_hash: HashMap<[u8; 32], ServiceToken>,
     jwt: Option<JwtVerifier>,
-    hot_path_requires_token: bool,
+    hot_path: HotPathAccess,
     management_locked: bool,
 }
 
 impl AccessPolicy {
-    pub fn new(settings: &AccessSettings) -> Self {
+    pub fn new(settings: &AccessSettings, hot_path: HotPathAccess) -> Self {
         Self {
             tokens_by_hash: settings
                 .service_tokens
@@ -270,7 +413,7 @@ impl AccessPolicy {
                 .map(|token| (token.sha256, token.clone()))
                 .collect(),
             jwt: settings.jwt.clone().map(JwtVerifier::new),
-            hot_path_requires_token: settings.hot_path_requires_token,
+            hot_path,
             management_locked: settings.management_locked(),
         }
     }
@@ -280,14 +423,56 @@ impl AccessPolicy {
     pub fn needs_credential(&self, rpc: Option<Rpc>) -> bool {
         match rpc.map(Rpc::class) {
             Some(RpcClass::Management) => self.management_locked,
-            Some(RpcClass::HotPath) => self.hot_path_requires_token,
+            Some(RpcClass::HotPath) => self.hot_path.is_locked(),
             Some(RpcClass::Open) | None => false,
         }
     }
 
+    /// What a hot-path handler may know of `caller`, who called from
+    /// `peer`. Anonymous callers are trusted with `client_ip` only on
+    /// loopback and only while no service token exists (a deployment with
+    /// tokens says who is trusted).
+    pub fn hot_path_caller(&self, caller: Caller, peer: Option<SocketAddr>) -> HotPathCaller {
+        let peer_ip = peer.map(|peer| peer.ip());
+        let (identity, account, trusted) = match caller {
+            Caller::Service {
+                name,
+                trust_client_ip,
+            } => (CallerIdentity::Token(name), None, trust_client_ip),
+            Caller::User { account } => {
+                (CallerIdentity::User(account.clone()), Some(account), false)
+            }
+            Caller::Anonymous => (
+                peer_ip.map_or(CallerIdentity::Unknown, CallerIdentity::Address),
+                None,
+                self.tokens_by_hash.is_empty() && peer_ip.is_some_and(|ip| ip.is_loopback()),
+            ),
+        };
+        HotPathCaller {
+            identity,
+            account,
+            client_address: if trusted {
+                ClientAddress::Stated
+            } else {
+                ClientAddress::Peer(peer_ip)
+            },
+        }
+    }
+
+    /// Whether a request for `rpc` has its credential read: when it needs
+    /// one, and on an open hot path when it carries one anyway (a token
+    /// that may state client addresses, a JWT that confines the caller to
+    /// its account; a wrong one is refused rather than ignored).
+    pub fn reads_credential(&self, rpc: Option<Rpc>, carries_one: bool) -> bool {
+        self.needs_credential(rpc)
+            || (carries_one && rpc.map(Rpc::class) == Some(RpcClass::HotPath))
+    }
+
     /// Decides a request for `rpc` carrying this `authorization` value.
     pub fn check(&self, rpc: Option<Rpc>, authorization: Option<&[u8]>) -> Result<Caller, Refusal> {
-        let Some(rpc) = rpc.filter(|rpc| self.needs_credential(Some(*rpc))) else {
+        let Some(rpc) =
+            rpc.filter(|rpc| self.reads_credential(Some(*rpc), authorization.is_some()))
+        else {
             return Ok(Caller::Anonymous);
         };
         let token = bearer_token(authorization)?;
@@ -295,7 +480,8 @@ impl AccessPolicy {
         if let Some(service) = self.tokens_by_hash.get(&hash) {
             if service.rpcs.contains(rpc) {
                 return Ok(Caller::Service {
-                    name: service.name.clone(),
+                    name: Arc::clone(&service.name),
+                    trust_client_ip: service.trust_client_ip,
                 });
             }
             return Err(Refusal::PermissionDenied(format!(
@@ -304,7 +490,7 @@ impl AccessPolicy {
             )));
         }
         match (&self.jwt, rpc.class()) {
-            (Some(verifier), RpcClass::Management) if looks_like_jwt(token) => {
+            (Some(verifier), RpcClass::Management | RpcClass::HotPath) if looks_like_jwt(token) => {
                 let account = verifier.verify(token).map_err(|problem| {
                     Refusal::Unauthenticated(format!("invalid JWT: {problem}"))
                 })?;
@@ -316,7 +502,7 @@ impl AccessPolicy {
                     )))
                 }
             }
-            (_, RpcClass::HotPath) => Err(Refusal::Unauthenticated(format!(
+            (None, RpcClass::HotPath) => Err(Refusal::Unauthenticated(format!(
                 "{rpc} needs a service token; the bearer token is not one"
             ))),
             _ => Err(Refusal::Unauthenticated(

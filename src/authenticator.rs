@@ -6,14 +6,20 @@
 //!
 //! **Invariant:** on a cache hit there is no database call, no write and no
 //! lock shared by all requests. Denials are values, never errors.
+//!
+//! **Invariant (fail closed):** an answer rests either on the cache, while
+//! the feed's last proof of being current is within the freshness bound, or
+//! on a database read that began within the bound of the answer; reads are
+//! cut off at the bound. Anything older is `UNAVAILABLE`.
 
 use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::denial::{Denial, DenialCatalog, Reason};
-use crate::domain::{KeyDigest, KeyId, UnixMillis};
+use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
 use crate::failed_auth_bans::FailedAuthBans;
 use crate::key_cache::{CachedKey, KeyCache, LoadTicket, Lookup};
 use crate::key_format::{CredentialProblem, KeyFormat};
@@ -37,7 +43,12 @@ pub struct Presented<'a> {
     /// filled in from the request): no key holds it, so a live key is denied
     /// INSUFFICIENT_SCOPE naming it, before any budget is spent.
     pub required_unknown: Option<&'a str>,
+    /// Where failed attempts count (already decided by whether the caller
+    /// may state the end client's address).
     pub client: Option<IpAddr>,
+    /// A caller confined to one account (a user JWT): another account's key
+    /// is answered as unknown, as management answers it NOT_FOUND.
+    pub account: Option<&'a AccountId>,
 }
 
 /// Which entry point asked (a metrics and log label).
@@ -167,6 +178,12 @@ impl Authenticator {
             Ok(key) => key,
             Err(reason) => return self.refuse(reason, request),
         };
+        if let Some(account) = request.account
+            && key.account_id != *account
+        {
+            // Not a guess at a secret (the key exists): no ban accounting.
+            return Verdict::deny(self.denials.deny(Reason::UnknownKey));
+        }
 
         let now = UnixMillis::now();
         if key.revoked_at.is_some() {
@@ -336,6 +353,10 @@ impl Authenticator {
     /// which case it reads again: a read that starts after the change's
     /// epoch bump sees the change.
     ///
+    /// Every read is bounded by the freshness bound, and its row is used only
+    /// if the read began within the bound of now (otherwise `Unavailable`):
+    /// a stalled database or network cannot turn into a stale "allowed".
+    ///
     /// A row whose insert failed may predate a change that has already been
     /// applied (RevokeKey may have returned), so it is never the answer,
     /// except a revoked row: revocation is final, so a revoked row cannot be
@@ -352,12 +373,33 @@ impl Authenticator {
         F: Fn(&Arc<dyn KeyStore>) -> Fut,
         Fut: Future<Output = Result<Option<KeyRecord>, StoreError>>,
     {
+        let bound = self.freshness.bound();
         for _ in 0..LOAD_ATTEMPTS {
-            let record = match read(&self.store).await {
-                Ok(Some(record)) => record,
-                Ok(None) => return Ok(Loaded::NotFound),
-                Err(error) => {
+            // The row is current as of (at least) the moment the read began;
+            // an answer may rest on it only while that moment is within the
+            // freshness bound, as a cache hit may rest on the feed's proof
+            // only while that is. A read that stalls is given up at the
+            // bound: it could not be answered from anyway.
+            let read_started = Instant::now();
+            let record = match tokio::time::timeout(bound, read(&self.store)).await {
+                Ok(Ok(_)) if read_started.elapsed() > bound => {
+                    tracing::warn!(
+                        ?bound,
+                        "key lookup returned after the freshness bound; failing closed"
+                    );
+                    return Err(Reason::Unavailable);
+                }
+                Ok(Ok(Some(record))) => record,
+                Ok(Ok(None)) => return Ok(Loaded::NotFound),
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "key lookup failed");
+                    return Err(Reason::Unavailable);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        ?bound,
+                        "key lookup timed out at the freshness bound; failing closed"
+                    );
                     return Err(Reason::Unavailable);
                 }
             };

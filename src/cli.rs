@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// Allow management RPCs without credentials on a non-loopback address.
     #[arg(long, env = "KEYWARD_INSECURE_OPEN_MANAGEMENT")]
     pub insecure_open_management: bool,
+
+    /// Serve Authenticate, CheckScope, WatchRevocations and Check without a
+    /// service token even where the default requires one (management needs
+    /// credentials, or a non-loopback address) [or `auth.hot_path_requires_token = false`].
+    #[arg(long, env = "KEYWARD_INSECURE_OPEN_HOT_PATH")]
+    pub insecure_open_hot_path: bool,
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -97,6 +103,7 @@ impl std::fmt::Debug for ServeArgs {
             tls_client_ca,
             metrics_listen,
             insecure_open_management,
+            insecure_open_hot_path,
         } = self;
         f.debug_struct("ServeArgs")
             .field("listen", listen)
@@ -112,6 +119,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("tls_client_ca", tls_client_ca)
             .field("metrics_listen", metrics_listen)
             .field("insecure_open_management", insecure_open_management)
+            .field("insecure_open_hot_path", insecure_open_hot_path)
             .finish()
     }
 }

@@ -90,6 +90,10 @@ pub struct ServerSettings {
     /// Management RPCs without credentials on a non-loopback address
     /// (`--insecure-open-management`; never from the file).
     pub insecure_open_management: bool,
+    /// The hot path without a service token where the default requires one
+    /// (`--insecure-open-hot-path`; the file says it with
+    /// `auth.hot_path_requires_token = false`).
+    pub insecure_open_hot_path: bool,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -106,6 +110,7 @@ impl std::fmt::Debug for ServerSettings {
             origins,
             metrics_listen,
             insecure_open_management,
+            insecure_open_hot_path,
         } = self;
         f.debug_struct("ServerSettings")
             .field("listen", listen)
@@ -123,6 +128,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("origins", origins)
             .field("metrics_listen", metrics_listen)
             .field("insecure_open_management", insecure_open_management)
+            .field("insecure_open_hot_path", insecure_open_hot_path)
             .finish()
     }
 }
@@ -275,6 +281,7 @@ impl Config {
             tls_client_ca,
             metrics_listen,
             insecure_open_management: false,
+            insecure_open_hot_path: false,
             listen,
             database_url: raw.server.database_url,
             max_connections: in_range(raw.server.max_connections.unwrap_or(10), 1, 1_000)
@@ -501,6 +508,14 @@ impl Config {
                 1_000_000,
             )
             .map_err(|r| fail("feed.max_watchers", r))?,
+            max_watchers_per_caller: in_range(
+                raw.feed
+                    .max_watchers_per_caller
+                    .unwrap_or(feed_defaults.max_watchers_per_caller),
+                1,
+                1_000_000,
+            )
+            .map_err(|r| fail("feed.max_watchers_per_caller", r))?,
         };
 
         let default_rate_limit = raw

@@ -205,19 +205,24 @@ fn access(config: &Config) -> Vec<String> {
     }
     for token in &auth.service_tokens {
         lines.push(format!(
-            "service token {:?}: {}",
+            "service token {:?}: {}{}",
             token.name,
             token
                 .rpcs
                 .iter()
                 .map(|rpc| rpc.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if token.trust_client_ip {
+                "; trusted to state client addresses"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(jwt) = &auth.jwt {
         lines.push(format!(
-            "user JWTs: {} for the account in claim `{}`; iss {}; aud {}; algorithms {:?}; leeway {} s; {} key(s) from {}",
+            "user JWTs: {} for the account in claim `{}`; iss {}; aud {}; algorithms {:?}; leeway {} s; lifetime at most {} s; {} key(s) from {}",
             jwt.rpcs
                 .iter()
                 .map(|rpc| rpc.as_str())
@@ -228,6 +233,7 @@ fn access(config: &Config) -> Vec<String> {
             jwt.audiences.join(" | "),
             jwt.algorithms,
             jwt.leeway_seconds,
+            jwt.max_lifetime_seconds,
             jwt.keys.len(),
             jwt.keys
                 .iter()
@@ -236,12 +242,22 @@ fn access(config: &Config) -> Vec<String> {
                 .join(", ")
         ));
     }
-    lines.push(if auth.hot_path_requires_token {
-        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): service token required"
-            .into()
+    let locked_without_credential = if auth.any_hot_path_credential() {
+        ""
     } else {
-        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): open".into()
-    });
+        "; but no service token lists a hot-path RPC, so `serve` refuses to start: add one, or open the hot path on purpose (auth.hot_path_requires_token = false)"
+    };
+    lines.push(format!(
+        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): {}",
+        match auth.hot_path_requires_token {
+            Some(true) => "service token required".to_owned(),
+            Some(false) => "open (auth.hot_path_requires_token = false)".to_owned(),
+            None if auth.management_locked() => {
+                format!("service token required (management needs credentials){locked_without_credential}")
+            }
+            None => "open on a loopback address; elsewhere a service token is required (see --insecure-open-hot-path)".to_owned(),
+        }
+    ));
     lines.push("ListScopes, health and reflection: open".into());
     lines
 }

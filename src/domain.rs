@@ -17,7 +17,10 @@ fn invalid(message: impl Into<String>) -> InvalidValue {
 }
 
 /// An account id as the caller's own system names its accounts
-/// (a user id, a Privy DID, a UUID...): 1 to 128 visible characters.
+/// (a user id, a Privy DID, a UUID...): 1 to 128 printable ASCII characters
+/// other than space (`!` to `~`, bytes 0x21 to 0x7E). ASCII only, so two
+/// ids that look alike are the same id: no Cyrillic `а` for a Latin `a`, no
+/// fullwidth letters, no invisible or direction-changing characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountId(String);
 
@@ -35,8 +38,11 @@ impl AccountId {
                 raw.len()
             )));
         }
-        if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid("must not contain whitespace or control characters"));
+        if let Some(bad) = raw.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(invalid(format!(
+                "must be printable ASCII without spaces (`!` to `~`); found {}",
+                describe_char(bad)
+            )));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -96,8 +102,10 @@ pub(crate) fn is_lower_hex(text: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A human label for a key: 1 to 100 characters, no control characters,
-/// surrounding whitespace removed.
+/// A human label for a key: 1 to 100 characters, no control characters
+/// and no Unicode format characters (bidirectional overrides that make
+/// `safe\u{202e}gnp.exe` display as `safeexe.png`, zero-width characters
+/// that make two names look the same), surrounding whitespace removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyName(String);
 
@@ -119,12 +127,58 @@ impl KeyName {
         if trimmed.chars().any(char::is_control) {
             return Err(invalid("must not contain control characters"));
         }
+        if let Some(bad) = trimmed.chars().find(|&c| is_format_char(c)) {
+            return Err(invalid(format!(
+                "must not contain invisible or text-direction characters; found {}",
+                describe_char(bad)
+            )));
+        }
         Ok(Self(trimmed.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `U+202E` style, so an error never echoes an invisible character raw.
+fn describe_char(c: char) -> String {
+    if c.is_ascii_graphic() {
+        format!("{c:?}")
+    } else {
+        format!("U+{:04X}", u32::from(c))
+    }
+}
+
+/// Whether `c` is a Unicode format character (general category Cf, as of
+/// Unicode 15): bidirectional controls, zero-width joiners and spaces, the
+/// byte-order mark, invisible operators, tag characters.
+pub fn is_format_char(c: char) -> bool {
+    const RANGES: [(u32, u32); 21] = [
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = u32::from(c);
+    RANGES.iter().any(|&(low, high)| (low..=high).contains(&c))
 }
 
 /// SHA-256 of a whole key secret: the only form of a secret keyward stores.

@@ -21,19 +21,23 @@
 
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
-use tonic::{Request, Response, Status};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+use tonic::Request;
 use tracing::Instrument;
 
+use crate::access_control::HotPathCaller;
 use crate::api::request_gate::REQUEST_ID_HEADER;
 use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
 use crate::config::HttpSettings;
 use crate::denial::Reason;
 use crate::scope_catalog::ScopeIndex;
 
+pub mod grpc_service;
 pub mod request;
 pub mod response;
 pub mod route_policy;
+
+pub use grpc_service::{AuthorizationService, CheckMessage};
 
 pub use request::KeySources;
 pub use response::{ErrorBodyStyle, IdentityHeaders, Responses};
@@ -84,7 +88,7 @@ impl ExtAuthzApi {
         }
     }
 
-    async fn decide(&self, check: &CheckRequest) -> CheckResponse {
+    async fn decide(&self, check: &CheckRequest, caller: &HotPathCaller) -> CheckResponse {
         let responses = &self.settings.responses;
         let Some(attributes) = check.attributes.as_ref() else {
             return self.refuse_malformed(MalformedRequest::NoHttpAttributes);
@@ -162,8 +166,13 @@ impl ExtAuthzApi {
             FoundKey::Bare(value) => PresentedKey::BareKey(value),
             FoundKey::None => PresentedKey::Credential(""),
         };
-        let client =
-            request::client_address(attributes, &headers, self.settings.trusted_proxy_hops);
+        // Envoy's client address counts only from a caller trusted to state
+        // one; anyone else's failures count against its own address.
+        let client = caller.client(request::client_address(
+            attributes,
+            &headers,
+            self.settings.trusted_proxy_hops,
+        ));
         let verdict = self
             .authenticator
             .authenticate(Presented {
@@ -172,6 +181,7 @@ impl ExtAuthzApi {
                 required,
                 required_unknown: unknown_scope.as_deref(),
                 client,
+                account: None,
             })
             .await;
         // The authenticator has logged and counted the denial.
@@ -185,7 +195,7 @@ impl ExtAuthzApi {
             return responses.deny(&unavailable, None);
         };
         let removal = if self.settings.strip_credential {
-            sources.present(&headers, &target)
+            sources.present(&headers, &target, &self.authenticator.key_format)
         } else {
             CredentialRemoval::default()
         };
@@ -203,13 +213,22 @@ impl ExtAuthzApi {
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthzApi {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let check = request.into_inner();
+impl ExtAuthzApi {
+    /// Answers one Check as it arrived from the transport: a message that
+    /// does not decode is a malformed request (the product's 400), never a
+    /// gRPC error (see `grpc_service`).
+    pub async fn respond(&self, request: Request<CheckMessage>) -> CheckResponse {
+        let (_, extensions, message) = request.into_parts();
+        let check = match message {
+            CheckMessage::Decoded(check) => check,
+            CheckMessage::Undecodable(error) => {
+                // The problem names the field (`HeaderValue.value`), never
+                // the bytes.
+                tracing::debug!(rpc = "Check", %error, "the CheckRequest does not decode");
+                return self.refuse_malformed(MalformedRequest::Undecodable);
+            }
+        };
+        let caller = HotPathCaller::of(&extensions);
         // Log lines of this Check carry the HTTP request's id, which Envoy's
         // access log prints (`%REQ(X-REQUEST-ID)%`), rather than the gRPC
         // call's. The span is debug level like the hot path's: at `info`
@@ -220,7 +239,14 @@ impl Authorization for ExtAuthzApi {
         {
             span.record("request_id", &*id);
         }
-        Ok(Response::new(self.decide(&check).instrument(span).await))
+        self.decide(&check, caller).instrument(span).await
+    }
+
+    /// Answers a decoded Check in-process (benchmarks), as from a trusted
+    /// caller.
+    pub async fn check(&self, check: CheckRequest) -> CheckResponse {
+        self.respond(Request::new(CheckMessage::Decoded(check)))
+            .await
     }
 }
 

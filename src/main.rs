@@ -102,6 +102,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         server.metrics_listen = args.metrics_listen;
     }
     server.insecure_open_management = args.insecure_open_management;
+    server.insecure_open_hot_path = args.insecure_open_hot_path;
     keyward::storage::check_database_url(&database_url)
         .map_err(|reason| format!("--database-url: {reason}"))?;
     tracing::info!(config = %config.source_name(), "configuration loaded");

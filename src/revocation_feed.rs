@@ -16,8 +16,9 @@
 //! last event it applied (a restore or failover rewound it), it clears the
 //! cache, starts over at the log's end and ends every watch stream.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
@@ -40,6 +41,10 @@ pub struct FeedSettings {
     pub checkpoint_interval: Duration,
     /// Open WatchRevocations streams allowed on this replica.
     pub max_watchers: usize,
+    /// Open WatchRevocations streams allowed to one caller (a service token,
+    /// a JWT's account, or an anonymous caller's address), so that no
+    /// caller can take every place.
+    pub max_watchers_per_caller: usize,
 }
 
 impl Default for FeedSettings {
@@ -52,6 +57,7 @@ impl Default for FeedSettings {
             watch_buffer: 1024,
             checkpoint_interval: Duration::from_secs(30),
             max_watchers: 1024,
+            max_watchers_per_caller: 64,
         }
     }
 }
@@ -139,6 +145,42 @@ pub struct RevocationFeed {
     closing: CancellationToken,
     /// One permit per open watch stream.
     watchers: Arc<Semaphore>,
+    /// Open watch streams per caller (entries at zero are removed).
+    watchers_per_caller: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A place among the watch streams, given back when dropped.
+pub struct WatcherPermit {
+    _replica: OwnedSemaphorePermit,
+    caller: String,
+    per_caller: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for WatcherPermit {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.per_caller);
+        if let Some(count) = counts.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Why a watch stream was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchRefusal {
+    /// The replica serves `max_watchers` streams.
+    ReplicaFull(usize),
+    /// This caller has `max_watchers_per_caller` streams open.
+    CallerFull(usize),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl RevocationFeed {
@@ -164,6 +206,7 @@ impl RevocationFeed {
             applied: AtomicU64::new(latest),
             last_applied: tokio::sync::Mutex::new(None),
             watchers: Arc::new(Semaphore::new(settings.max_watchers)),
+            watchers_per_caller: Arc::default(),
             settings,
             closing: CancellationToken::new(),
         }))
@@ -192,9 +235,25 @@ impl RevocationFeed {
         &self.store
     }
 
-    /// A permit for one more watch stream, if the bound allows.
-    pub fn admit_watcher(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.watchers).try_acquire_owned().ok()
+    /// A place for one more watch stream of `caller` (who it is, as
+    /// per-caller limits count it), if both bounds allow.
+    pub fn admit_watcher(&self, caller: String) -> Result<WatcherPermit, WatchRefusal> {
+        let mut counts = lock(&self.watchers_per_caller);
+        let count = counts.get(&caller).copied().unwrap_or(0);
+        if count >= self.settings.max_watchers_per_caller {
+            return Err(WatchRefusal::CallerFull(
+                self.settings.max_watchers_per_caller,
+            ));
+        }
+        let replica = Arc::clone(&self.watchers)
+            .try_acquire_owned()
+            .map_err(|_| WatchRefusal::ReplicaFull(self.settings.max_watchers))?;
+        counts.insert(caller.clone(), count + 1);
+        Ok(WatcherPermit {
+            _replica: replica,
+            caller,
+            per_caller: Arc::clone(&self.watchers_per_caller),
+        })
     }
 
     /// Resolves when the server begins to shut down.
@@ -379,16 +438,46 @@ mod tests {
 
     #[test]
     fn freshness_needs_a_recent_proof() {
-        let freshness = Freshness::new(Duration::from_millis(50));
-        assert!(!freshness.is_fresh());
-        freshness.confirm(Instant::now());
-        assert!(freshness.is_fresh());
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(!freshness.is_fresh());
-        // An older proof never replaces a newer one.
-        let old = Instant::now() - Duration::from_secs(1);
-        freshness.confirm(Instant::now());
-        freshness.confirm(old);
-        assert!(freshness.is_fresh());
+        // A bound no descheduled thread outlasts: fresh right after a proof.
+        let lasting = Freshness::new(Duration::from_secs(3600));
+        assert!(!lasting.is_fresh(), "no proof yet");
+        lasting.confirm(Instant::now());
+        assert!(lasting.is_fresh());
+
+        // A short bound goes stale by itself, not before the bound: polled.
+        let bound = Duration::from_millis(100);
+        let short = Freshness::new(bound);
+        let proved = Instant::now();
+        short.confirm(proved);
+        while short.is_fresh() {
+            assert!(
+                proved.elapsed() < Duration::from_secs(30),
+                "still fresh 30 s after a proof, with a {bound:?} bound"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // (Ages are counted in whole milliseconds.)
+        assert!(
+            proved.elapsed() + Duration::from_millis(1) >= bound,
+            "stale {:?} after the proof, before the bound",
+            proved.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_older_proof_never_replaces_a_newer_one() {
+        let freshness = Freshness::new(Duration::from_secs(3600));
+        let older = Instant::now();
+        // Only to set the two proofs apart.
+        std::thread::sleep(Duration::from_millis(200));
+        let newer = Instant::now();
+        freshness.confirm(newer);
+        freshness.confirm(older);
+        let age = freshness.age().expect("proved");
+        let since_newer = newer.elapsed();
+        assert!(
+            age <= since_newer + Duration::from_millis(1),
+            "the age {age:?} counts from the older proof, not the newer one ({since_newer:?} ago)"
+        );
     }
 }

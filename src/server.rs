@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
@@ -25,12 +24,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::access_control::AccessPolicy;
+use crate::access_control::{AccessPolicy, HotPathAccess};
 use crate::api::KeyServiceApi;
 use crate::api::request_gate::RequestGateLayer;
 use crate::authenticator::Authenticator;
 use crate::config::{Config, SettingOrigins};
-use crate::ext_authz::{self, ExtAuthzApi};
+use crate::ext_authz::{self, AuthorizationService, ExtAuthzApi};
 use crate::key_cache::KeyCache;
 use crate::key_management::KeyManager;
 use crate::proto;
@@ -49,7 +48,7 @@ pub mod tls;
 const HEALTH_SERVICES: [&str; 3] = [
     "",
     <KeyServiceServer<KeyServiceApi> as NamedService>::NAME,
-    <AuthorizationServer<ExtAuthzApi> as NamedService>::NAME,
+    <AuthorizationService as NamedService>::NAME,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +66,14 @@ pub enum ServeError {
          credentials, listen on 127.0.0.1, or pass --insecure-open-management"
     )]
     OpenManagement { address: SocketAddr },
+    #[error(
+        "Authenticate, CheckScope, WatchRevocations and Check need a service token here \
+         (management requires credentials, or {address} is not a loopback address), but no \
+         service token lists a hot-path RPC; add one to [[auth.service_tokens]] (rpcs = \
+         [\"Authenticate\", \"CheckScope\", \"Check\", \"WatchRevocations\"]), or open the \
+         hot path on purpose with auth.hot_path_requires_token = false or --insecure-open-hot-path"
+    )]
+    HotPathWithoutCredentials { address: SocketAddr },
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     /// `setting`: the flag, or the config file and key, that chose `url`
@@ -135,7 +142,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
         listen,
         database_url,
     } = options;
-    check_management_exposure(&config, listen)?;
+    let hot_path = check_exposure(&config, listen)?;
     let tls = tls::server_tls_config(&config.server)?;
     let origins = &config.server.origins;
 
@@ -185,9 +192,10 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
         store,
         follower_store,
         listener,
-        Listeners {
+        Prepared {
             tls,
             metrics: metrics_listener,
+            hot_path,
         },
         stop.clone(),
     ));
@@ -215,33 +223,55 @@ async fn bind(
         })
 }
 
-/// Management without credentials is only for loopback (or on request).
-fn check_management_exposure(config: &Config, listen: SocketAddr) -> Result<(), ServeError> {
+/// Management without credentials is only for loopback (or on request);
+/// the hot path needs a credential wherever management does, or off
+/// loopback, unless the operator opts out (loudly).
+fn check_exposure(config: &Config, listen: SocketAddr) -> Result<HotPathAccess, ServeError> {
     let auth = &config.auth;
     if auth.management_locked() {
         tracing::info!(
             service_tokens = auth.service_tokens.len(),
             user_jwts = auth.jwt.is_some(),
-            hot_path_requires_token = auth.hot_path_requires_token,
             "management RPCs require credentials"
         );
-        return Ok(());
-    }
-    if config.server.insecure_open_management {
+    } else if config.server.insecure_open_management {
         tracing::warn!(%listen, "management RPCs are open to anyone who can reach this address (--insecure-open-management)");
-        return Ok(());
-    }
-    if !listen.ip().is_loopback() {
+    } else if !listen.ip().is_loopback() {
         return Err(ServeError::OpenManagement { address: listen });
+    } else {
+        tracing::warn!(%listen, "no management credentials configured: management RPCs are open to local callers only");
     }
-    tracing::warn!(%listen, "no management credentials configured: management RPCs are open to local callers only");
-    Ok(())
+
+    let hot_path = HotPathAccess::decide(auth, listen, config.server.insecure_open_hot_path);
+    match hot_path {
+        HotPathAccess::Locked if !auth.any_hot_path_credential() => {
+            return Err(ServeError::HotPathWithoutCredentials { address: listen });
+        }
+        HotPathAccess::Locked => {
+            tracing::info!("hot-path RPCs require a service token");
+        }
+        HotPathAccess::Open {
+            against_default: true,
+        } => tracing::warn!(
+            %listen,
+            "INSECURE: Authenticate, CheckScope, WatchRevocations and Check are open to anyone \
+             who can reach this address, although management needs credentials or the address \
+             is not loopback (auth.hot_path_requires_token = false or --insecure-open-hot-path): \
+             anyone can probe keys, read every account's key events and take watch slots"
+        ),
+        HotPathAccess::Open {
+            against_default: false,
+        } => tracing::info!(%listen, "hot-path RPCs are open to local callers"),
+    }
+    Ok(hot_path)
 }
 
-/// What `start` prepared for `run` besides the gRPC listener.
-struct Listeners {
+/// What `start` checked, decided and bound for `run`, besides the gRPC
+/// listener.
+struct Prepared {
     tls: Option<tonic::transport::ServerTlsConfig>,
     metrics: Option<TcpListener>,
+    hot_path: HotPathAccess,
 }
 
 async fn run(
@@ -249,10 +279,10 @@ async fn run(
     store: Arc<dyn KeyStore>,
     follower_store: Arc<dyn KeyStore>,
     listener: TcpListener,
-    listeners: Listeners,
+    prepared: Prepared,
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
-    let telemetry = Arc::new(if listeners.metrics.is_some() {
+    let telemetry = Arc::new(if prepared.metrics.is_some() {
         Telemetry::enabled()
     } else {
         Telemetry::disabled()
@@ -295,7 +325,7 @@ async fn run(
 
     let upkeep =
         tokio::spawn(Arc::clone(&telemetry).run_upkeep(background.clone().cancelled_owned()));
-    let metrics_server = listeners.metrics.map(|metrics_listener| {
+    let metrics_server = prepared.metrics.map(|metrics_listener| {
         tokio::spawn(metrics_endpoint::serve(
             metrics_listener,
             ScrapeSources {
@@ -349,7 +379,7 @@ async fn run(
     {
         tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
     }
-    let ext_authz_service = AuthorizationServer::new(ExtAuthzApi::new(
+    let ext_authz_service = AuthorizationService::new(ExtAuthzApi::new(
         Arc::clone(&authenticator),
         config.http.clone(),
     ));
@@ -368,7 +398,7 @@ async fn run(
         }
     };
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = listeners.tls {
+    if let Some(tls) = prepared.tls {
         // Checked in `start`; building it again cannot fail differently.
         builder = builder.tls_config(tls)?;
     }
@@ -377,7 +407,7 @@ async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(RequestGateLayer::new(
-            AccessPolicy::new(&config.auth),
+            AccessPolicy::new(&config.auth, prepared.hot_path),
             Arc::clone(&telemetry),
         ))
         .add_service(health_service)

@@ -17,6 +17,7 @@ use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis}
 
 pub mod postgres;
 pub mod sqlite;
+mod statements;
 
 /// A key about to be inserted.
 #[derive(Debug, Clone)]
@@ -334,7 +335,8 @@ impl Default for PoolSettings {
     }
 }
 
-/// A key row as both backends return it (same column names and types).
+/// A key row as both backends return it (same column names and types; the
+/// column list is `statements::key_columns!`).
 #[derive(sqlx::FromRow)]
 struct KeyRow {
     id: String,
@@ -350,15 +352,6 @@ struct KeyRow {
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
 }
-
-/// The columns of [`KeyRow`], as a literal so queries stay `&'static str`.
-macro_rules! key_columns {
-    () => {
-        "id, account_id, name, key_hash, start, scopes, rate_limit_requests, \
-         rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at"
-    };
-}
-use key_columns;
 
 impl TryFrom<KeyRow> for KeyRecord {
     type Error = StoreError;
@@ -404,7 +397,8 @@ fn split_scopes(column: &str) -> Vec<String> {
     column.split_whitespace().map(str::to_owned).collect()
 }
 
-/// An event row as both backends return it.
+/// An event row as both backends return it (columns:
+/// `statements::event_columns!`).
 #[derive(sqlx::FromRow)]
 struct EventRow {
     seq: i64,
@@ -414,14 +408,6 @@ struct EventRow {
     kind: String,
     at: i64,
 }
-
-/// The columns of [`EventRow`].
-macro_rules! event_columns {
-    () => {
-        "seq, key_id, account_id, key_hash, kind, at"
-    };
-}
-use event_columns;
 
 impl TryFrom<EventRow> for KeyEvent {
     type Error = StoreError;

@@ -85,6 +85,10 @@ pub(crate) struct StateGauges {
     pub negative_cache_entries: Gauge,
     pub failing_addresses: Gauge,
     pub banned_addresses: Gauge,
+    pub failure_table_full: Gauge,
+    pub ban_table_full: Gauge,
+    pub failure_table_refusals: Counter,
+    pub ban_table_refusals: Counter,
     pub feed_applied_sequence: Gauge,
     pub feed_latest_sequence: Gauge,
     pub feed_sequence_lag: Gauge,
@@ -181,6 +185,16 @@ impl Telemetry {
             "keyward_banned_addresses",
             None,
             "Client addresses currently banned (approximate).",
+        );
+        describe(
+            "keyward_ban_table_full",
+            None,
+            "1 while a ban table (table=\"failures\" or \"bans\") is full of live entries: new addresses are not admitted until entries expire.",
+        );
+        describe(
+            "keyward_ban_table_refusals_total",
+            None,
+            "Addresses not admitted to a ban table (table=\"failures\" or \"bans\") because it was full of live entries.",
         );
         describe(
             "keyward_failing_addresses",
@@ -285,6 +299,22 @@ impl Telemetry {
             negative_cache_entries: gauge("keyward_negative_cache_entries", vec![]),
             failing_addresses: gauge("keyward_failing_addresses", vec![]),
             banned_addresses: gauge("keyward_banned_addresses", vec![]),
+            failure_table_full: gauge(
+                "keyward_ban_table_full",
+                vec![Label::from_static_parts("table", "failures")],
+            ),
+            ban_table_full: gauge(
+                "keyward_ban_table_full",
+                vec![Label::from_static_parts("table", "bans")],
+            ),
+            failure_table_refusals: counter(
+                "keyward_ban_table_refusals_total",
+                vec![Label::from_static_parts("table", "failures")],
+            ),
+            ban_table_refusals: counter(
+                "keyward_ban_table_refusals_total",
+                vec![Label::from_static_parts("table", "bans")],
+            ),
             feed_applied_sequence: gauge("keyward_revocation_feed_applied_sequence", vec![]),
             feed_latest_sequence: gauge("keyward_revocation_feed_latest_sequence", vec![]),
             feed_sequence_lag: gauge("keyward_revocation_feed_sequence_lag", vec![]),

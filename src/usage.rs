@@ -80,8 +80,12 @@ impl UsageFlusher {
     }
 
     /// Flushes every `interval` until `shutdown` resolves, then once more.
+    /// The first flush is one interval after the start (there is nothing to
+    /// write before the first use), so what a use that follows startup
+    /// reaches the database by is known: the tick one interval on, or the
+    /// flush at shutdown.
     pub async fn run(mut self, interval: Duration, shutdown: impl Future<Output = ()>) {
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {

@@ -64,9 +64,18 @@ pub struct JwtSettings {
     /// The claim that names the account the caller may manage.
     pub subject_claim: String,
     pub leeway_seconds: u64,
-    /// Which management RPCs a user JWT may call.
+    /// The longest lifetime a token may claim: `exp - iat`, or `exp - now`
+    /// for a token without `iat`.
+    pub max_lifetime_seconds: u64,
+    /// Which RPCs a user JWT may call (management ones, and CheckScope and
+    /// WatchRevocations confined to its account).
     pub rpcs: RpcSet,
 }
+
+/// `auth.jwt.max_lifetime_seconds` when not set: one day. Products' user
+/// tokens live minutes to hours ("Privy JWTs are short-lived"); a token that
+/// claims years was minted by mistake or by someone who should not have.
+pub const DEFAULT_MAX_LIFETIME_SECONDS: u64 = 86_400;
 
 /// Why a JWT was refused. Says what failed, never the token or its claims.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +102,8 @@ pub enum JwtProblem {
     Subject(String),
     #[error("the subject is not a valid account id: {0}")]
     Account(String),
+    #[error("the token's lifetime exceeds the accepted maximum of {0} seconds")]
+    Lifetime(u64),
 }
 
 /// Verifies tokens with [`JwtSettings`].
@@ -147,7 +158,10 @@ impl JwtVerifier {
         let mut last = JwtProblem::Signature;
         for candidate in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {
-                Ok(data) => return self.account(&data.claims),
+                Ok(data) => {
+                    self.check_lifetime(&data.claims)?;
+                    return self.account(&data.claims);
+                }
                 Err(error) => match error.kind() {
                     // Another key of the family may be the signer.
                     ErrorKind::InvalidSignature
@@ -168,6 +182,29 @@ impl JwtVerifier {
             }
         }
         Err(last)
+    }
+
+    /// `exp` at most `max_lifetime_seconds` after `iat` (when the token
+    /// has one) and after now (leeway allowed on the latter, as for `exp`).
+    fn check_lifetime(&self, claims: &Map<String, Value>) -> Result<(), JwtProblem> {
+        let max = self.settings.max_lifetime_seconds;
+        let seconds = |name: &str| claims.get(name).and_then(Value::as_f64);
+        // `exp` is required and validated as a number by the decoder.
+        let exp = seconds("exp").ok_or_else(|| JwtProblem::MissingClaim("exp".into()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let too_long = match claims.get("iat") {
+            Some(iat) => {
+                let iat = iat.as_f64().ok_or(JwtProblem::Malformed)?;
+                exp - iat > max as f64
+            }
+            None => false,
+        } || exp - now > (max + self.settings.leeway_seconds) as f64;
+        if too_long {
+            return Err(JwtProblem::Lifetime(max));
+        }
+        Ok(())
     }
 
     fn account(&self, claims: &Map<String, Value>) -> Result<AccountId, JwtProblem> {

@@ -7,23 +7,125 @@ fn token(name: &str, secret: &str, rpcs: &[Rpc]) -> ServiceToken {
         name: name.into(),
         sha256: Sha256::digest(secret.as_bytes()).into(),
         rpcs: rpcs.iter().copied().collect(),
+        trust_client_ip: false,
     }
 }
 
-fn policy(hot_path_requires_token: bool) -> AccessPolicy {
-    AccessPolicy::new(&AccessSettings {
+fn settings() -> AccessSettings {
+    AccessSettings {
         service_tokens: vec![
             token("dashboard", "dash-secret", &Rpc::MANAGEMENT),
             token("auditor", "audit-secret", &[Rpc::ListKeys, Rpc::GetKey]),
-            token(
-                "backend",
-                "backend-secret",
-                &[Rpc::Authenticate, Rpc::Check],
-            ),
+            ServiceToken {
+                trust_client_ip: true,
+                ..token(
+                    "backend",
+                    "backend-secret",
+                    &[Rpc::Authenticate, Rpc::Check],
+                )
+            },
         ],
         jwt: None,
-        hot_path_requires_token,
-    })
+        hot_path_requires_token: None,
+    }
+}
+
+fn policy(hot_path_locked: bool) -> AccessPolicy {
+    let hot_path = if hot_path_locked {
+        HotPathAccess::Locked
+    } else {
+        HotPathAccess::Open {
+            against_default: false,
+        }
+    };
+    AccessPolicy::new(&settings(), hot_path)
+}
+
+const LOOPBACK: &str = "127.0.0.1:50051";
+const PUBLIC: &str = "0.0.0.0:50051";
+
+#[test]
+fn the_hot_path_is_locked_wherever_management_is_or_off_loopback() {
+    let open = |against_default| HotPathAccess::Open { against_default };
+    let decide = |requires: Option<bool>, locked_management: bool, listen: &str, flag: bool| {
+        let mut settings = settings();
+        if !locked_management {
+            settings.service_tokens.retain(|t| !t.rpcs.any_management());
+        }
+        settings.hot_path_requires_token = requires;
+        HotPathAccess::decide(&settings, listen.parse().unwrap(), flag)
+    };
+    // Unset: locked when management is, or off loopback.
+    assert_eq!(decide(None, true, LOOPBACK, false), HotPathAccess::Locked);
+    assert_eq!(decide(None, false, PUBLIC, false), HotPathAccess::Locked);
+    assert_eq!(decide(None, false, LOOPBACK, false), open(false));
+    // Opting out, by the file or the flag, is remembered as against the default.
+    assert_eq!(decide(Some(false), true, LOOPBACK, false), open(true));
+    assert_eq!(decide(None, false, PUBLIC, true), open(true));
+    assert_eq!(decide(Some(true), false, LOOPBACK, true), open(false));
+    // Asked for explicitly.
+    assert_eq!(
+        decide(Some(true), false, LOOPBACK, false),
+        HotPathAccess::Locked
+    );
+}
+
+#[test]
+fn only_trusted_callers_state_the_client_address() {
+    let stated: Option<IpAddr> = Some("198.51.100.9".parse().unwrap());
+    let peer: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    let loopback_peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let policy = policy(true);
+
+    let trusted = policy.hot_path_caller(
+        policy
+            .check(Some(Rpc::Authenticate), Some(b"Bearer backend-secret"))
+            .unwrap(),
+        Some(peer),
+    );
+    assert_eq!(trusted.client(stated), stated);
+    assert_eq!(trusted.identity, CallerIdentity::Token("backend".into()));
+
+    let untrusted = policy.hot_path_caller(
+        Caller::Service {
+            name: "other".into(),
+            trust_client_ip: false,
+        },
+        Some(peer),
+    );
+    assert_eq!(untrusted.client(stated), Some(peer.ip()));
+
+    // Anonymous callers: with service tokens configured, never trusted, even
+    // on loopback; their own address counts.
+    let anonymous = policy.hot_path_caller(Caller::Anonymous, Some(loopback_peer));
+    assert_eq!(anonymous.client(stated), Some(loopback_peer.ip()));
+    assert_eq!(
+        anonymous.identity,
+        CallerIdentity::Address(loopback_peer.ip())
+    );
+
+    // Without service tokens, loopback callers are trusted and others not.
+    let tokenless = AccessPolicy::new(
+        &AccessSettings::default(),
+        HotPathAccess::Open {
+            against_default: false,
+        },
+    );
+    let local = tokenless.hot_path_caller(Caller::Anonymous, Some(loopback_peer));
+    assert_eq!(local.client(stated), stated);
+    let remote = tokenless.hot_path_caller(Caller::Anonymous, Some(peer));
+    assert_eq!(remote.client(stated), Some(peer.ip()));
+
+    // A user JWT is confined to its account and never states addresses.
+    let account = AccountId::parse("acct_a").unwrap();
+    let user = tokenless.hot_path_caller(
+        Caller::User {
+            account: account.clone(),
+        },
+        Some(loopback_peer),
+    );
+    assert_eq!(user.account, Some(account));
+    assert_eq!(user.client(stated), Some(loopback_peer.ip()));
 }
 
 fn unauthenticated(result: Result<Caller, Refusal>) -> String {
@@ -77,7 +179,8 @@ fn management_needs_a_token_allowed_that_rpc() {
     assert_eq!(
         policy.check(Some(Rpc::ListKeys), Some(b"bearer  audit-secret ")),
         Ok(Caller::Service {
-            name: "auditor".into()
+            name: "auditor".into(),
+            trust_client_ip: false,
         })
     );
 }
@@ -120,10 +223,15 @@ fn without_management_credentials_management_is_open() {
     let settings = AccessSettings {
         service_tokens: vec![token("backend", "b", &[Rpc::Authenticate])],
         jwt: None,
-        hot_path_requires_token: false,
+        hot_path_requires_token: None,
     };
     assert!(!settings.management_locked());
-    let policy = AccessPolicy::new(&settings);
+    let policy = AccessPolicy::new(
+        &settings,
+        HotPathAccess::Open {
+            against_default: false,
+        },
+    );
     assert_eq!(
         policy.check(Some(Rpc::CreateKey), None),
         Ok(Caller::Anonymous)
@@ -142,7 +250,10 @@ fn a_user_may_act_only_for_its_own_account() {
         user.may_act_for(&other),
         Err(Refusal::PermissionDenied(_))
     ));
-    let service = Caller::Service { name: "x".into() };
+    let service = Caller::Service {
+        name: "x".into(),
+        trust_client_ip: false,
+    };
     assert!(service.may_act_for(&other).is_ok());
 }
 

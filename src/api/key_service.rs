@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::invalid_argument;
 use super::watch;
-use crate::access_control::Caller;
+use crate::access_control::{Caller, HotPathCaller};
 use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
 use crate::domain::AccountId;
 use crate::key_management::{ChangeKey, CreateKey, KeyManager};
@@ -54,11 +54,12 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::AuthenticateRequest>,
     ) -> Result<Response<proto::AuthenticateResponse>, Status> {
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
+        let caller = HotPathCaller::of(&extensions);
         let catalog = &self.authenticator.catalog;
         let required =
             convert::required_scopes("required_scopes", &request.required_scopes, catalog)?;
-        let client = convert::client_ip(&request.client_ip)?;
+        let client = caller.client(convert::client_ip(&request.client_ip)?);
         let verdict = self
             .authenticator
             .authenticate(Presented {
@@ -67,6 +68,7 @@ impl KeyService for KeyServiceApi {
                 required: &required,
                 required_unknown: None,
                 client,
+                account: caller.account.as_ref(),
             })
             .await;
         Ok(Response::new(proto::AuthenticateResponse {
@@ -84,7 +86,8 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::CheckScopeRequest>,
     ) -> Result<Response<proto::CheckScopeResponse>, Status> {
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
+        let caller = HotPathCaller::of(&extensions);
         let catalog = &self.authenticator.catalog;
         let key_id = match (request.key_id.is_empty(), request.credential.is_empty()) {
             (false, true) => Some(convert::key_id("key_id", &request.key_id)?),
@@ -103,7 +106,7 @@ impl KeyService for KeyServiceApi {
             ));
         }
         let required = convert::required_scopes("scopes", &request.scopes, catalog)?;
-        let client = convert::client_ip(&request.client_ip)?;
+        let client = caller.client(convert::client_ip(&request.client_ip)?);
         let presented = match &key_id {
             Some(id) => PresentedKey::Id(id),
             None => PresentedKey::Credential(&request.credential),
@@ -116,6 +119,7 @@ impl KeyService for KeyServiceApi {
                 required: &required,
                 required_unknown: None,
                 client,
+                account: caller.account.as_ref(),
             })
             .await;
         let missing_scopes = match &verdict.key {
@@ -258,13 +262,30 @@ impl KeyService for KeyServiceApi {
         &self,
         request: Request<proto::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let request = request.into_inner();
-        let account = if request.account_id.is_empty() {
+        let (_, extensions, request) = request.into_parts();
+        let caller = HotPathCaller::of(&extensions);
+        let named = if request.account_id.is_empty() {
             None
         } else {
             Some(convert::account_id(&request.account_id)?)
         };
-        let stream = watch::start(Arc::clone(&self.feed), request.after_seq, account).await?;
+        // A user JWT watches its own account, whether it names it or not.
+        let account = match (&caller.account, named) {
+            (Some(own), Some(named)) if *own != named => {
+                return Err(Status::permission_denied(
+                    "this JWT may watch only its own account's events; the request names another account",
+                ));
+            }
+            (Some(own), _) => Some(own.clone()),
+            (None, named) => named,
+        };
+        let stream = watch::start(
+            Arc::clone(&self.feed),
+            request.after_seq,
+            account,
+            caller.identity.clone(),
+        )
+        .await?;
         Ok(Response::new(stream))
     }
 }

@@ -6,7 +6,10 @@
 //!    in the response metadata;
 //! 2. applies the [`AccessPolicy`] (missing or unknown credentials:
 //!    UNAUTHENTICATED; known but not allowed: PERMISSION_DENIED), and hands
-//!    the proven [`Caller`] to the handler in the request extensions;
+//!    the proven [`Caller`] to the handler in the request extensions (for a
+//!    hot-path RPC, a [`HotPathCaller`](crate::access_control::HotPathCaller):
+//!    the caller with its connection's address, whether it may state client
+//!    addresses, and the account a JWT confines it to);
 //! 3. records the request's RPC, status code and latency.
 //!
 //! Working on the HTTP request (not on decoded messages) is what lets it
@@ -23,6 +26,7 @@ use std::time::Instant;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -102,16 +106,13 @@ where
         };
         let shared = Arc::clone(&self.shared);
 
-        if shared.policy.needs_credential(rpc) {
-            let authorization = request
-                .headers()
-                .get(AUTHORIZATION)
-                .map(HeaderValue::as_bytes);
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let caller = if shared.policy.reads_credential(rpc, authorization.is_some()) {
             match shared.policy.check(rpc, authorization) {
-                Ok(Caller::Anonymous) => {}
-                Ok(caller) => {
-                    request.extensions_mut().insert(caller);
-                }
+                Ok(caller) => caller,
                 Err(refusal) => {
                     let status = match refusal {
                         Refusal::Unauthenticated(message) => Status::unauthenticated(message),
@@ -128,6 +129,15 @@ where
                     return Box::pin(std::future::ready(Ok(response)));
                 }
             }
+        } else {
+            Caller::Anonymous
+        };
+        if rpc.map(Rpc::class) == Some(RpcClass::HotPath) {
+            let peer = peer_address(request.extensions());
+            let hot_path_caller = shared.policy.hot_path_caller(caller, peer);
+            request.extensions_mut().insert(hot_path_caller);
+        } else if caller != Caller::Anonymous {
+            request.extensions_mut().insert(caller);
         }
 
         // The service that was polled ready is the one to call.
@@ -149,6 +159,18 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The address of the connection a request came on (plain TCP or TLS).
+fn peer_address(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
 }
 
 /// The status of a trailers-only (error) response is in its headers; a

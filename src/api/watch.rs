@@ -31,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::convert::millis_to_timestamp;
+use crate::access_control::CallerIdentity;
 use crate::domain::{AccountId, UnixMillis};
 use crate::proto::RevocationEvent;
-use crate::revocation_feed::{FeedItem, GapCause, RevocationFeed};
+use crate::revocation_feed::{FeedItem, GapCause, RevocationFeed, WatchRefusal, WatcherPermit};
 use crate::storage::{KeyEvent, StoreError};
-use tokio::sync::OwnedSemaphorePermit;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
 
@@ -69,18 +69,24 @@ fn to_proto(event: &KeyEvent) -> RevocationEvent {
     }
 }
 
-/// Validates the cursor and starts the stream.
+/// Validates the cursor and starts the stream for `caller`.
 pub async fn start(
     feed: Arc<RevocationFeed>,
     after_seq: u64,
     account: Option<AccountId>,
+    caller: CallerIdentity,
 ) -> Result<EventStream, Status> {
-    let permit = feed.admit_watcher().ok_or_else(|| {
-        Status::resource_exhausted(format!(
-            "this replica already serves {} WatchRevocations streams; retry later or on another replica",
-            feed.settings().max_watchers
-        ))
-    })?;
+    let permit = feed
+        .admit_watcher(caller.to_string())
+        .map_err(|refusal| match refusal {
+            WatchRefusal::ReplicaFull(max) => Status::resource_exhausted(format!(
+                "this replica already serves {max} WatchRevocations streams; retry later or on another replica"
+            )),
+            WatchRefusal::CallerFull(max) => Status::resource_exhausted(format!(
+                "{caller} already has {max} WatchRevocations streams open on this replica; \
+                 close one, or share one stream among your consumers"
+            )),
+        })?;
     // Subscribe first: see the module comment.
     let live = feed.subscribe();
     let store = Arc::clone(feed.store());
@@ -192,7 +198,7 @@ async fn run(
     account: Option<AccountId>,
     outbox: mpsc::Sender<Result<RevocationEvent, Status>>,
     // Held for the stream's life: it is what bounds the number of streams.
-    _permit: OwnedSemaphorePermit,
+    _permit: WatcherPermit,
 ) {
     // One slot kept back for the final status, so a stream always ends with
     // one, after everything it queued, without waiting for the consumer.

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 
 use crate::api::KeyServiceApi;
@@ -176,11 +175,8 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         .into_inner()
         .encoded_len();
     let check_reply_bytes = check_api
-        .check(Request::new(
-            CheckRequest::decode(&checks[0][..]).map_err(setup_error)?,
-        ))
-        .await?
-        .into_inner()
+        .check(CheckRequest::decode(&checks[0][..]).map_err(setup_error)?)
+        .await
         .encoded_len();
     let mut best = [f64::INFINITY; 5];
     for _ in 0..ROUNDS {
@@ -230,7 +226,7 @@ async fn handle(api: &KeyServiceApi, encoded: &[u8]) -> Result<bool, BenchError>
 /// The same for ext_authz Check: decode, route and decide, encode.
 async fn handle_check(api: &ExtAuthzApi, encoded: &[u8]) -> Result<bool, BenchError> {
     let request = CheckRequest::decode(encoded).map_err(setup_error)?;
-    let response = api.check(Request::new(request)).await?.into_inner();
+    let response = api.check(request).await;
     let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
     std::hint::black_box(response.encode_to_vec());
     Ok(allowed)

@@ -12,6 +12,12 @@ use crate::access_control::{
 };
 
 const MAX_LEEWAY_SECONDS: u64 = 300;
+/// Longest JWT lifetime that may be configured: 30 days.
+const MAX_JWT_LIFETIME_SECONDS: u64 = 30 * 86_400;
+/// Hot-path RPCs a user JWT may be allowed: both confine it to its account
+/// (CheckScope answers only for its keys, WatchRevocations streams only its
+/// events). Authenticate and Check are for services, never for users.
+const JWT_HOT_PATH_RPCS: [Rpc; 2] = [Rpc::CheckScope, Rpc::WatchRevocations];
 
 /// `fail(key, reason)` builds the caller's `ConfigError`.
 pub(super) fn access_settings<E>(
@@ -40,32 +46,34 @@ pub(super) fn access_settings<E>(
             ));
         }
         let rpcs = rpc_set(&token.rpcs, |_| Ok(())).map_err(|r| fail(&at("rpcs"), r))?;
+        let trust_client_ip = token.trust_client_ip.unwrap_or(false);
+        if trust_client_ip && !rpcs.iter().any(|rpc| rpc.class() == RpcClass::HotPath) {
+            return Err(fail(
+                &at("trust_client_ip"),
+                "only matters for hot-path RPCs (Authenticate, CheckScope, Check), and this token lists none".into(),
+            ));
+        }
         service_tokens.push(ServiceToken {
-            name: token.name,
+            name: token.name.into(),
             sha256,
             rpcs,
+            trust_client_ip,
         });
     }
     let jwt = raw.jwt.map(|raw| jwt_settings(raw, fail)).transpose()?;
-    let hot_path_requires_token = raw.hot_path_requires_token.unwrap_or(false);
-    let any_hot_path_token = service_tokens.iter().any(|token| {
-        token
-            .rpcs
-            .iter()
-            .any(|rpc| rpc.class() == RpcClass::HotPath)
-    });
-    if hot_path_requires_token && !any_hot_path_token {
+    let settings = AccessSettings {
+        service_tokens,
+        jwt,
+        hot_path_requires_token: raw.hot_path_requires_token,
+    };
+    if settings.hot_path_requires_token == Some(true) && !settings.any_hot_path_credential() {
         // Every Authenticate and Check would be refused: surely a mistake.
         return Err(fail(
             "auth.hot_path_requires_token",
             "no service token lists a hot-path RPC (Authenticate, CheckScope, WatchRevocations, Check), so every one would be refused".into(),
         ));
     }
-    Ok(AccessSettings {
-        service_tokens,
-        jwt,
-        hot_path_requires_token,
-    })
+    Ok(settings)
 }
 
 fn rpc_set(
@@ -153,18 +161,30 @@ fn jwt_settings<E>(raw: RawJwt, fail: &impl Fn(&str, String) -> E) -> Result<Jwt
     }
     let rpcs = match raw.rpcs {
         Some(names) => rpc_set(&names, |rpc| {
-            if rpc.class() == RpcClass::Management {
+            if rpc.class() == RpcClass::Management || JWT_HOT_PATH_RPCS.contains(&rpc) {
                 Ok(())
             } else {
                 Err(format!(
-                    "{rpc} is not a management RPC; user JWTs may call only {}",
-                    Rpc::MANAGEMENT.map(Rpc::as_str).join(", ")
+                    "user JWTs may call only {}, {}, not {rpc}",
+                    Rpc::MANAGEMENT.map(Rpc::as_str).join(", "),
+                    JWT_HOT_PATH_RPCS.map(Rpc::as_str).join(", ")
                 ))
             }
         })
         .map_err(|r| fail("auth.jwt.rpcs", r))?,
         None => Rpc::MANAGEMENT.into_iter().collect(),
     };
+    let max_lifetime_seconds = raw
+        .max_lifetime_seconds
+        .unwrap_or(jwt::DEFAULT_MAX_LIFETIME_SECONDS);
+    if !(60..=MAX_JWT_LIFETIME_SECONDS).contains(&max_lifetime_seconds) {
+        return Err(fail(
+            "auth.jwt.max_lifetime_seconds",
+            format!(
+                "must be between 60 and {MAX_JWT_LIFETIME_SECONDS} (30 days), got {max_lifetime_seconds}"
+            ),
+        ));
+    }
     Ok(JwtSettings {
         issuers: raw.issuers,
         audiences: raw.audiences,
@@ -172,6 +192,7 @@ fn jwt_settings<E>(raw: RawJwt, fail: &impl Fn(&str, String) -> E) -> Result<Jwt
         keys,
         subject_claim,
         leeway_seconds,
+        max_lifetime_seconds,
         rpcs,
     })
 }

@@ -109,6 +109,7 @@ pub struct RawFeed {
     pub watch_buffer: Option<usize>,
     pub checkpoint_interval_seconds: Option<f64>,
     pub max_watchers: Option<usize>,
+    pub max_watchers_per_caller: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +184,7 @@ pub struct RawServiceToken {
     pub name: String,
     pub sha256: String,
     pub rpcs: Vec<String>,
+    pub trust_client_ip: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +197,7 @@ pub struct RawJwt {
     pub jwks_file: Option<String>,
     pub subject_claim: Option<String>,
     pub leeway_seconds: Option<u64>,
+    pub max_lifetime_seconds: Option<u64>,
     pub rpcs: Option<Vec<String>>,
 }
 

@@ -13,6 +13,44 @@ fn account_id_rejects_empty_long_and_whitespace() {
 }
 
 #[test]
+fn account_id_is_printable_ascii_only() {
+    assert!(AccountId::parse("!~user@example.com#42").is_ok());
+    // The look-alike: Cyrillic а, fullwidth Ａ, zero-width space,
+    // right-to-left override.
+    for lookalike in [
+        "аcct",
+        "acct_Ａ",
+        "acct\u{200b}",
+        "acct\u{202e}",
+        "acct\u{7f}",
+        "café",
+    ] {
+        let error = AccountId::parse(lookalike).unwrap_err();
+        assert!(
+            error.0.contains("printable ASCII"),
+            "{lookalike:?}: {error}"
+        );
+        assert!(error.0.contains("U+"), "names the character: {error}");
+    }
+}
+
+#[test]
+fn key_names_refuse_format_characters() {
+    assert!(KeyName::parse("Production Trading Bot — ünïcödé 🚀").is_ok());
+    for sneaky in [
+        "safe\u{202e}gnp.exe",
+        "bot\u{200b}",
+        "\u{feff}bot",
+        "a\u{2066}b\u{2069}",
+        "tag\u{e0041}",
+        "soft\u{ad}hyphen",
+    ] {
+        let error = KeyName::parse(sneaky).unwrap_err();
+        assert!(error.0.contains("text-direction"), "{sneaky:?}: {error}");
+    }
+}
+
+#[test]
 fn key_id_round_trips_and_rejects_other_shapes() {
     let id = KeyId::generate();
     assert_eq!(KeyId::parse(id.as_str()).unwrap(), id);

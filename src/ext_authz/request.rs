@@ -60,6 +60,25 @@ impl<'a> RequestHeaders<'a> {
         }
     }
 
+    /// Every header, name and value as bytes (raw headers one by one, not
+    /// decoded: the stray-key scan runs on every allowed Check and only
+    /// compares bytes).
+    pub fn each(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        let map = self
+            .map
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()));
+        let raw = self.raw.iter().map(|header| {
+            let value = if header.raw_value.is_empty() {
+                header.value.as_bytes()
+            } else {
+                &header.raw_value[..]
+            };
+            (header.key.as_str(), value)
+        });
+        map.chain(raw)
+    }
+
     /// A header by lower-case name. Raw headers that repeat are joined with
     /// `,` as Envoy does for the map, so both encodings read the same.
     pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {
@@ -122,32 +141,39 @@ impl KeySources {
     }
 
     /// Every configured source the request carries (after an allow, none of
-    /// them goes upstream, not only the one that was used).
+    /// them goes upstream, not only the one that was used), and any other
+    /// header or query parameter carrying a key ([`stray_keys`]).
     pub fn present(
         &self,
         headers: &RequestHeaders<'_>,
         target: &RequestTarget<'_>,
+        key_format: &KeyFormat,
     ) -> CredentialRemoval {
-        self.select(headers, target, |_| true)
+        let mut removal = self.select(headers, target, |_| true);
+        stray_keys(headers, target, key_format.prefix(), &mut removal);
+        removal
     }
 
     /// The sources that carry something in this product's key namespace
     /// (a public route does not read keys, but must not pass one upstream;
-    /// a foreign credential such as a JWT for the upstream itself stays).
+    /// a foreign credential such as a JWT for the upstream itself stays),
+    /// and any other header or query parameter carrying a key.
     pub fn carrying_keys(
         &self,
         headers: &RequestHeaders<'_>,
         target: &RequestTarget<'_>,
         key_format: &KeyFormat,
     ) -> CredentialRemoval {
-        self.select(headers, target, |source| match source {
+        let mut removal = self.select(headers, target, |source| match source {
             Source::Authorization(value) => {
                 key_format.extract(value) != Err(CredentialProblem::Missing)
             }
             Source::Bare(value) => {
                 key_format.check_key(value.trim()) != Err(CredentialProblem::Missing)
             }
-        })
+        });
+        stray_keys(headers, target, key_format.prefix(), &mut removal);
+        removal
     }
 
     fn select(
@@ -171,20 +197,85 @@ impl KeySources {
         }
         // Only when present: asking Envoy to remove a query parameter makes
         // it rebuild the query string, which should not happen needlessly.
-        if let Some(name) = &self.query_parameter
-            && target.has_query_parameter(name)
-        {
-            // A value that cannot be decoded cannot be a key; it goes anyway.
-            let carries_key = match target.query_parameter(name) {
-                Ok(Some(value)) => keep(Source::Bare(&value)),
-                _ => true,
-            };
-            if carries_key {
-                removal.query_parameters.push(name.clone());
+        if let Some(name) = &self.query_parameter {
+            for spelling in target.query_parameter_spellings(name) {
+                // A value that cannot be decoded cannot be a key; it goes anyway.
+                let carries_key = match target.query_parameter(name) {
+                    Ok(Some(value)) => keep(Source::Bare(&value)),
+                    _ => true,
+                };
+                if carries_key && !removal.query_parameters.iter().any(|p| p == spelling) {
+                    removal.query_parameters.push(spelling.to_owned());
+                }
             }
         }
         removal
     }
+}
+
+/// Adds to `removal` every header and query parameter, whatever its name,
+/// whose value carries this deployment's key `prefix` where a credential
+/// would be: at the start (`cc_...`), or after one word (`Token cc_...`,
+/// `Basic cc_...`). Only the configured sources are read as keys, but a key
+/// a client sent some other way (`authorization: Token cc_...`,
+/// `?API_KEY=...`, `x-key: ...`) must not reach the upstream's logs either.
+/// A value that merely starts with the prefix by chance (a short prefix
+/// like `cc_`) is removed too: the safer mistake.
+pub fn stray_keys(
+    headers: &RequestHeaders<'_>,
+    target: &RequestTarget<'_>,
+    prefix: &str,
+    removal: &mut CredentialRemoval,
+) {
+    let prefix_bytes = prefix.as_bytes();
+    for (name, value) in headers.each() {
+        if carries_prefix(value, prefix_bytes)
+            && !removal
+                .headers
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(name))
+        {
+            removal.headers.push(name.to_ascii_lowercase());
+        }
+    }
+    for (name, raw_value) in target.query_parameters() {
+        let carries = carries_prefix(raw_value.as_bytes(), prefix_bytes)
+            // Escapes (`cc%5F...`, `Bearer%20cc_...`) are read only when
+            // there are some.
+            || ((raw_value.contains('%') || raw_value.contains('+'))
+                && RequestTarget::decode_query_value(raw_value)
+                    .is_some_and(|value| carries_prefix(value.as_bytes(), prefix_bytes)));
+        if carries && !removal.query_parameters.iter().any(|listed| listed == name) {
+            removal.query_parameters.push(name.to_owned());
+        }
+    }
+}
+
+/// Whether the value's first word, or its second after a scheme-like first
+/// word, starts with `prefix`.
+fn carries_prefix(value: &[u8], prefix: &[u8]) -> bool {
+    // Reads at most the first word and the whitespace after it: this runs
+    // for every header of every allowed Check.
+    let skip_space = |from: usize| {
+        value[from..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map(|offset| from + offset)
+    };
+    let Some(first) = skip_space(0) else {
+        return false;
+    };
+    if value[first..].starts_with(prefix) {
+        return true;
+    }
+    let Some(end) = value[first..]
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .map(|offset| first + offset)
+    else {
+        return false;
+    };
+    skip_space(end).is_some_and(|second| value[second..].starts_with(prefix))
 }
 
 /// Whether an authorization header value starts with one of `schemes`

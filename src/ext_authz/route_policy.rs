@@ -176,6 +176,10 @@ pub enum MalformedRequest {
     AmbiguousSegment,
     #[error("a query parameter keyward reads appears more than once")]
     RepeatedQueryParameter,
+    /// The CheckRequest's bytes do not decode (invalid UTF-8 in a header
+    /// value or the path, or no protobuf at all).
+    #[error("the CheckRequest does not decode")]
+    Undecodable,
     #[error("a query parameter keyward reads has a percent-encoded name")]
     EncodedQueryParameterName,
     #[error("a query parameter keyward reads has a bad percent-escape")]
@@ -251,18 +255,22 @@ impl<'a> RequestTarget<'a> {
         self.query
     }
 
-    /// The decoded value of the query parameter named exactly `name`;
-    /// `Ok(None)` when absent, an error when it appears twice (keyward and
-    /// the upstream might read different ones) or cannot be decoded. A name
-    /// that only decodes to `name` (`resourc%65`) is refused too: upstreams
+    /// The decoded value of the query parameter named `name`, in any case
+    /// (`api_key`, `API_KEY`: upstreams differ in whether names are case
+    /// sensitive, so keyward reads and strips every spelling); `Ok(None)`
+    /// when absent, an error when it appears twice (keyward and the
+    /// upstream might read different ones) or cannot be decoded. A name that
+    /// only decodes to `name` (`resourc%65`) is refused too: upstreams
     /// decode names, so it would be a second copy keyward did not read, and
     /// Envoy (which matches names as written) would not remove it.
     pub fn query_parameter(&self, name: &str) -> Result<Option<Cow<'a, str>>, MalformedRequest> {
         let mut found = None;
         for pair in self.query.split('&') {
             let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-            if raw_name != name {
-                if percent_decode(raw_name, true).is_some_and(|decoded| decoded == name) {
+            if !raw_name.eq_ignore_ascii_case(name) {
+                if percent_decode(raw_name, true)
+                    .is_some_and(|decoded| decoded.eq_ignore_ascii_case(name))
+                {
                     return Err(MalformedRequest::EncodedQueryParameterName);
                 }
                 continue;
@@ -277,11 +285,26 @@ impl<'a> RequestTarget<'a> {
             .transpose()
     }
 
-    /// Whether the query has a parameter named exactly `name`.
-    pub fn has_query_parameter(&self, name: &str) -> bool {
-        self.query
+    /// The names of the query's parameters named `name` in any case, as
+    /// the request spells them (Envoy removes parameters by exact name).
+    pub fn query_parameter_spellings(&self, name: &str) -> impl Iterator<Item = &'a str> {
+        self.query_parameters()
+            .map(|(raw_name, _)| raw_name)
+            .filter(move |raw_name| raw_name.eq_ignore_ascii_case(name))
+    }
+
+    /// Every `name=value` pair of the query as written (not decoded).
+    pub fn query_parameters(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let query = self.query;
+        query
             .split('&')
-            .any(|pair| pair.split_once('=').map_or(pair, |(n, _)| n) == name)
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+    }
+
+    /// A raw query value, decoded (`None` when it cannot be).
+    pub fn decode_query_value(raw: &str) -> Option<Cow<'_, str>> {
+        percent_decode(raw, true)
     }
 
     fn segments(&self) -> impl Iterator<Item = &str> {

@@ -53,34 +53,171 @@ fn a_change_after_the_insert_removes_the_entry() {
     assert!(matches!(cache.lookup_id(&key.id), Lookup::Miss(_)));
 }
 
+/// A reusable barrier for two threads that spins instead of sleeping, so
+/// both leave it within nanoseconds of each other (a sleeping barrier's
+/// wake-up takes microseconds and decides the order by itself). Each thread
+/// passes the number of the meeting it has reached, 1, 2, 3, ...
+struct SpinBarrier {
+    arrived: std::sync::atomic::AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn wait(&self, meeting: usize) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let mut spins = 0u32;
+        while self.arrived.load(Ordering::SeqCst) < 2 * meeting {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1 << 14) {
+                // The other thread has been descheduled for a while; let it
+                // run. (Yielding sooner would let the scheduler, not the
+                // test, decide who leaves first.)
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Busy-waits until `delay` after `from`.
+fn spin_until(from: std::time::Instant, delay: Duration) {
+    while from.elapsed() < delay {
+        std::hint::spin_loop();
+    }
+}
+
 #[test]
 fn racing_loads_and_changes_never_leave_a_stale_entry() {
-    // Many rounds of: a loader thread with a ticket from before the change,
-    // racing the change on another thread. After both finish, the cache must
-    // not hold the pre-change entry.
-    let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
-    for round in 0..2_000 {
-        let digest = KeyDigest::of(&format!("cc_{round}"));
-        let key = cached(digest);
-        let by_digest = cache.ticket_for_digest(&digest);
-        let by_id = cache.ticket_for_id(&key.id);
-        let loader = {
-            let cache = Arc::clone(&cache);
-            let key = Arc::clone(&key);
-            std::thread::spawn(move || {
-                cache.insert_by_digest(by_digest, &key, digest);
-                cache.insert_by_id(by_id, &key);
+    // Many rounds of: a loader with tickets from before the change inserts
+    // the key (by digest, then by id) while the change invalidates it on
+    // another thread. Both leave a spinning barrier together, and each round
+    // delays one side, sweeping the start of the change from one insert
+    // time before the loader's inserts to three after, in steps of 1/64 of
+    // it: the change lands before, at every point inside, and after the
+    // loader's critical sections. (The insert time is the loader's own:
+    // timed before the rounds and then averaged over the rounds whose
+    // inserts succeeded, so the sweep follows the machine's speed and load.)
+    // After both finish the cache must not hold the key.
+    // Both orders must happen often: the loader first (its insert succeeds
+    // and the change removes the entry) and the change first (the insert
+    // sees the new epoch and fails).
+    use std::sync::atomic::AtomicU64;
+    use std::time::Instant;
+
+    const ROUNDS: usize = 10_000;
+    const STEPS_PER_INSERT: i64 = 64;
+    const SWEEP: i64 = 4 * STEPS_PER_INSERT;
+    let cache = KeyCache::new(&CacheSettings::default());
+    let time_inserts = |digest: &KeyDigest, key: &Arc<CachedKey>, tickets| {
+        let (by_digest, by_id) = tickets;
+        let started = Instant::now();
+        let inserted = [
+            cache.insert_by_digest(by_digest, key, *digest),
+            cache.insert_by_id(by_id, key),
+        ];
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (inserted, took)
+    };
+    // Nanoseconds the loader's two inserts take when they succeed.
+    let insert_nanos = AtomicU64::new({
+        let mut timings: Vec<u64> = (0..200)
+            .map(|i| {
+                let digest = KeyDigest::of(&format!("cc_timing_{i}"));
+                let key = cached(digest);
+                let tickets = (
+                    cache.ticket_for_digest(&digest),
+                    cache.ticket_for_id(&key.id),
+                );
+                let (inserted, took) = time_inserts(&digest, &key, tickets);
+                assert_eq!(inserted, [true, true]);
+                cache.invalidate(&key.id, &digest);
+                took
             })
-        };
-        cache.invalidate(&key.id, &digest);
-        loader.join().unwrap();
+            .collect();
+        timings.sort_unstable();
+        timings[timings.len() / 2].max(STEPS_PER_INSERT as u64)
+    });
+    // (loader's delay, change's delay) for a round.
+    let delays = |round: usize| {
+        let step = insert_nanos.load(Ordering::SeqCst) / STEPS_PER_INSERT as u64;
+        let offset = (round as i64 % SWEEP) - STEPS_PER_INSERT;
+        let later = |steps: i64| Duration::from_nanos(step * u64::try_from(steps.max(0)).unwrap());
+        (later(-offset), later(offset))
+    };
+    let keys: Vec<(KeyDigest, Arc<CachedKey>)> = (0..ROUNDS)
+        .map(|round| {
+            let digest = KeyDigest::of(&format!("cc_{round}"));
+            (digest, cached(digest))
+        })
+        .collect();
+    let barrier = SpinBarrier {
+        arrived: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let (mut loader_first, mut change_first) = ([0usize; 2], [0usize; 2]);
+    // Rounds whose entry survived (by digest, by id); collected rather than
+    // asserted at once so that both threads always finish their rounds.
+    let mut stale: Vec<(usize, &str)> = Vec::new();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for (round, (digest, key)) in keys.iter().enumerate() {
+                barrier.wait(2 * round + 1);
+                spin_until(Instant::now(), delays(round).1);
+                cache.invalidate(&key.id, digest);
+                barrier.wait(2 * round + 2);
+            }
+        });
+        for (round, (digest, key)) in keys.iter().enumerate() {
+            let tickets = (
+                cache.ticket_for_digest(digest),
+                cache.ticket_for_id(&key.id),
+            );
+            barrier.wait(2 * round + 1);
+            spin_until(Instant::now(), delays(round).0);
+            let (inserted, took) = time_inserts(digest, key, tickets);
+            barrier.wait(2 * round + 2);
+            if inserted == [true, true] {
+                // A moving average that one descheduled round cannot swamp.
+                let average = insert_nanos.load(Ordering::SeqCst);
+                insert_nanos.store(
+                    (average * 15 + took.min(2 * average)) / 16,
+                    Ordering::SeqCst,
+                );
+            }
+            for (map, inserted) in inserted.into_iter().enumerate() {
+                if inserted {
+                    loader_first[map] += 1;
+                } else {
+                    change_first[map] += 1;
+                }
+            }
+            if !matches!(cache.lookup_digest(digest), Lookup::Miss(_)) {
+                stale.push((round, "by digest"));
+            }
+            if !matches!(cache.lookup_id(&key.id), Lookup::Miss(_)) {
+                stale.push((round, "by id"));
+            }
+        }
+    });
+    eprintln!(
+        "inserts took {:?}; loader first {loader_first:?}, change first {change_first:?} \
+         (by digest, by id); stale {}",
+        Duration::from_nanos(insert_nanos.load(Ordering::SeqCst)),
+        stale.len()
+    );
+    assert!(
+        stale.is_empty(),
+        "{} stale entries survived a change, the first in round {}: {:?}",
+        stale.len(),
+        stale[0].0,
+        &stale[..stale.len().min(10)]
+    );
+    for map in 0..2 {
         assert!(
-            matches!(cache.lookup_digest(&digest), Lookup::Miss(_)),
-            "round {round}: stale entry survived (by digest)"
-        );
-        assert!(
-            matches!(cache.lookup_id(&key.id), Lookup::Miss(_)),
-            "round {round}: stale entry survived (by id)"
+            loader_first[map] >= ROUNDS / 10 && change_first[map] >= ROUNDS / 10,
+            "both orders must happen often (map {map}): the loader went first {} times, \
+             the change {} times",
+            loader_first[map],
+            change_first[map]
         );
     }
 }

@@ -2,6 +2,11 @@
 //! CreateKey serializes per account by locking the account's row; the event
 //! log's trigger (see the migration) keeps sequence order equal to commit
 //! order and sends a NOTIFY that followers receive through `PgListener`.
+//!
+//! Statements the backends share are in `statements.rs`; what is spelled out
+//! here is what PostgreSQL does differently: row locks, the one-statement
+//! revoke, GREATEST, the batched last-use update, session limits and the
+//! listener.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -12,10 +17,14 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
+use super::statements::{
+    COUNT_ACTIVE_KEYS, DELETE_EVENTS_THROUGH, EVENTS_AFTER, INSERT_ACCOUNT, INSERT_EVENT,
+    INSERT_KEY, KEY_BY_DIGEST, KEY_BY_ID, KEY_IN_ACCOUNT, LAST_EVENT_BEFORE, LIST_KEYS,
+    PRUNED_THROUGH, UPDATE_KEY, key_columns, key_in_account,
+};
 use super::{
     EventKind, EventRow, KeyEvent, KeyRecord, KeyRow, KeyStore, KeyUpdate, NewKey, PoolSettings,
-    StoreError, Wakeup, apply_update, event_columns, events_for_update, join_scopes, key_columns,
-    rate_limit_columns, to_u64,
+    StoreError, Wakeup, apply_update, events_for_update, join_scopes, rate_limit_columns, to_u64,
 };
 use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
 use crate::storage::Backend;
@@ -89,18 +98,12 @@ impl PostgresStore {
         id: &KeyId,
         lock: bool,
     ) -> Result<KeyRecord, StoreError> {
+        // A writer locks the key's row until it commits. (SQLite needs no
+        // row lock: its writers hold the one database write lock.)
         let query = if lock {
-            concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM api_keys WHERE id = $1 AND account_id = $2 FOR UPDATE"
-            )
+            concat!(key_in_account!(), " FOR UPDATE")
         } else {
-            concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM api_keys WHERE id = $1 AND account_id = $2"
-            )
+            KEY_IN_ACCOUNT
         };
         let row: Option<KeyRow> = sqlx::query_as(query)
             .bind(id.as_str())
@@ -117,16 +120,14 @@ impl PostgresStore {
         at: UnixMillis,
     ) -> Result<(), StoreError> {
         // `seq` is assigned by the trigger, under its ordering lock.
-        sqlx::query(
-            "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(record.id.as_str())
-        .bind(record.account_id.as_str())
-        .bind(record.digest.as_bytes().as_slice())
-        .bind(kind.as_str())
-        .bind(at.0)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(INSERT_EVENT)
+            .bind(record.id.as_str())
+            .bind(record.account_id.as_str())
+            .bind(record.digest.as_bytes().as_slice())
+            .bind(kind.as_str())
+            .bind(at.0)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 }
@@ -139,45 +140,39 @@ impl KeyStore for PostgresStore {
 
     async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        sqlx::query(INSERT_ACCOUNT)
             .bind(key.account_id.as_str())
             .execute(&mut *tx)
             .await?;
         // Concurrent creates for one account queue here, so the count below
-        // cannot be overtaken.
+        // cannot be overtaken. (On SQLite, `BEGIN IMMEDIATE` already holds
+        // the one write lock.)
         sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
             .bind(key.account_id.as_str())
             .execute(&mut *tx)
             .await?;
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL \
-             AND (expires_at IS NULL OR expires_at > $2)",
-        )
-        .bind(key.account_id.as_str())
-        .bind(key.created_at.0)
-        .fetch_one(&mut *tx)
-        .await?;
+        let active: i64 = sqlx::query_scalar(COUNT_ACTIVE_KEYS)
+            .bind(key.account_id.as_str())
+            .bind(key.created_at.0)
+            .fetch_one(&mut *tx)
+            .await?;
         if active >= i64::from(max_active) {
             return Err(StoreError::KeyLimitReached { limit: max_active });
         }
         let (requests, per_seconds) = rate_limit_columns(key.rate_limit);
-        sqlx::query(
-            "INSERT INTO api_keys (id, account_id, name, key_hash, start, scopes, \
-             rate_limit_requests, rate_limit_per_seconds, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(key.id.as_str())
-        .bind(key.account_id.as_str())
-        .bind(key.name.as_str())
-        .bind(key.digest.as_bytes().as_slice())
-        .bind(&key.start)
-        .bind(join_scopes(&key.scopes))
-        .bind(requests)
-        .bind(per_seconds)
-        .bind(key.created_at.0)
-        .bind(key.expires_at.map(|t| t.0))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(INSERT_KEY)
+            .bind(key.id.as_str())
+            .bind(key.account_id.as_str())
+            .bind(key.name.as_str())
+            .bind(key.digest.as_bytes().as_slice())
+            .bind(&key.start)
+            .bind(join_scopes(&key.scopes))
+            .bind(requests)
+            .bind(per_seconds)
+            .bind(key.created_at.0)
+            .bind(key.expires_at.map(|t| t.0))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(key.into_record())
     }
@@ -233,17 +228,14 @@ impl KeyStore for PostgresStore {
             return Ok(after);
         }
         let (requests, per_seconds) = rate_limit_columns(after.rate_limit);
-        sqlx::query(
-            "UPDATE api_keys SET name = $1, scopes = $2, rate_limit_requests = $3, \
-             rate_limit_per_seconds = $4 WHERE id = $5",
-        )
-        .bind(&after.name)
-        .bind(join_scopes(&after.scopes))
-        .bind(requests)
-        .bind(per_seconds)
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(UPDATE_KEY)
+            .bind(&after.name)
+            .bind(join_scopes(&after.scopes))
+            .bind(requests)
+            .bind(per_seconds)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         for kind in kinds {
             Self::append_event(&mut tx, &after, kind, now).await?;
         }
@@ -263,55 +255,38 @@ impl KeyStore for PostgresStore {
         after: Option<&KeyId>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM api_keys WHERE account_id = $1 AND ($2 OR revoked_at IS NULL) \
-             AND id > $3 ORDER BY id LIMIT $4"
-        ))
-        .bind(account.as_str())
-        .bind(include_revoked)
-        .bind(after.map_or("", KeyId::as_str))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(LIST_KEYS)
+            .bind(account.as_str())
+            .bind(include_revoked)
+            .bind(after.map_or("", KeyId::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(KeyRecord::try_from).collect()
     }
 
     async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM api_keys WHERE key_hash = $1"
-        ))
-        .bind(digest.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<KeyRow> = sqlx::query_as(KEY_BY_DIGEST)
+            .bind(digest.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(KeyRecord::try_from).transpose()
     }
 
     async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM api_keys WHERE id = $1"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<KeyRow> = sqlx::query_as(KEY_BY_ID)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(KeyRecord::try_from).transpose()
     }
 
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<EventRow> = sqlx::query_as(EVENTS_AFTER)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(KeyEvent::try_from).collect()
     }
 
@@ -326,7 +301,7 @@ impl KeyStore for PostgresStore {
     }
 
     async fn pruned_through(&self) -> Result<u64, StoreError> {
-        let seq: i64 = sqlx::query_scalar("SELECT pruned_through FROM feed_state WHERE id = 1")
+        let seq: i64 = sqlx::query_scalar(PRUNED_THROUGH)
             .fetch_one(&self.pool)
             .await?;
         Ok(to_u64(seq))
@@ -338,15 +313,14 @@ impl KeyStore for PostgresStore {
         sqlx::query("SELECT pruned_through FROM feed_state WHERE id = 1 FOR UPDATE")
             .execute(&mut *tx)
             .await?;
-        let through: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM key_events WHERE at < $1")
-                .bind(before.0)
-                .fetch_one(&mut *tx)
-                .await?;
+        let through: Option<i64> = sqlx::query_scalar(LAST_EVENT_BEFORE)
+            .bind(before.0)
+            .fetch_one(&mut *tx)
+            .await?;
         let Some(through) = through else {
             return Ok(0);
         };
-        let deleted = sqlx::query("DELETE FROM key_events WHERE seq <= $1")
+        let deleted = sqlx::query(DELETE_EVENTS_THROUGH)
             .bind(through)
             .execute(&mut *tx)
             .await?

@@ -37,9 +37,19 @@ impl ScrapeSources {
         let (keys, unknown) = self.cache.sizes();
         gauges.key_cache_entries.set(keys as f64);
         gauges.negative_cache_entries.set(unknown as f64);
-        let (failing, banned) = self.authenticator.bans.sizes();
-        gauges.failing_addresses.set(failing as f64);
-        gauges.banned_addresses.set(banned as f64);
+        let bans = self.authenticator.bans.stats();
+        gauges.failing_addresses.set(bans.failing as f64);
+        gauges.banned_addresses.set(bans.banned as f64);
+        gauges
+            .failure_table_full
+            .set(if bans.failures_full { 1.0 } else { 0.0 });
+        gauges
+            .ban_table_full
+            .set(if bans.bans_full { 1.0 } else { 0.0 });
+        gauges
+            .failure_table_refusals
+            .absolute(bans.failures_refused);
+        gauges.ban_table_refusals.absolute(bans.bans_refused);
 
         let applied = self.feed.applied_seq();
         gauges.feed_applied_sequence.set(applied as f64);

@@ -3,7 +3,9 @@
 
 use keyward::proto::{self, denial::Reason};
 
-use crate::helpers::{Db, assert_invalid_argument, reason, spawn_app};
+use crate::helpers::{
+    Db, assert_invalid_argument, eventually, reason, spawn_app, spawn_app_with, test_config,
+};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -77,12 +79,37 @@ async fn shape_problems_are_denied_with_the_documented_texts(db: Db) {
     app.shutdown().await;
 }
 
+/// An unknown, a revoked and an expired key are told apart in `reason`
+/// (for the caller's logs) and look alike to the caller's user: the same
+/// code, message and HTTP status. The deployment gives a missing key its
+/// own text, so an answer that took any text but the invalid one shows.
 async fn unknown_revoked_and_expired_look_alike(db: Db) {
-    let Some(mut app) = spawn_app(db).await else {
+    use std::time::{Duration, SystemTime};
+    let mut config = test_config();
+    config.denials = keyward::config::Config::parse(
+        "[denials.missing]\ncode = \"no_key\"\nmessage = \"Send a key.\"\nhttp_status = 400\n",
+        "look-alike.toml",
+    )
+    .expect("valid denials")
+    .denials;
+    let Some(mut app) = spawn_app_with(db, config).await else {
         return;
     };
     let (key, secret) = app.create_key("acct_1", &[]).await;
     app.revoke("acct_1", &key.id).await;
+    let expires_at = SystemTime::now() + Duration::from_secs(3);
+    let expiring = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "expiring".into(),
+            expires_at: Some(prost_types::Timestamp::from(expires_at)),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateKey")
+        .into_inner()
+        .secret;
 
     let revoked = app.authenticate(&secret, &[]).await;
     let unknown = app
@@ -93,16 +120,47 @@ async fn unknown_revoked_and_expired_look_alike(db: Db) {
     let unknown_again = app
         .authenticate(&format!("cc_{}", "f".repeat(64)), &[])
         .await;
+    // Until it expires, the expiring key is allowed (whatever a check
+    // answered after expires_at is left to the server's clock); then EXPIRED.
+    let mut expired = None;
+    let ended = eventually(Duration::from_secs(30), async || {
+        let answer = app.authenticate(&expiring, &[]).await;
+        let received = SystemTime::now();
+        if answer.allowed {
+            return false;
+        }
+        // (Stored to the millisecond.)
+        assert!(
+            received + Duration::from_millis(1) >= expires_at,
+            "denied before it expired: {answer:?}"
+        );
+        expired = Some(answer);
+        true
+    })
+    .await;
+    assert!(ended, "the key never expired");
+    let expired = expired.unwrap();
 
     assert_eq!(reason(&revoked), Reason::Revoked);
     assert_eq!(reason(&unknown), Reason::UnknownKey);
     assert_eq!(reason(&unknown_again), Reason::UnknownKey);
+    assert_eq!(reason(&expired), Reason::Expired);
     let shown = |r: &proto::AuthenticateResponse| {
         let d = r.denial.clone().unwrap();
         (d.code, d.message, d.http_status)
     };
+    assert_eq!(
+        shown(&unknown),
+        (
+            "unauthorized".to_owned(),
+            "Invalid or missing API key.".to_owned(),
+            401
+        )
+    );
     assert_eq!(shown(&revoked), shown(&unknown));
+    assert_eq!(shown(&expired), shown(&unknown));
     assert!(revoked.key.is_none(), "a revoked key is not disclosed");
+    assert!(expired.key.is_none(), "an expired key is not disclosed");
     app.shutdown().await;
 }
 

@@ -129,7 +129,48 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
         (
             jwt("rpcs = [\"Authenticate\"]"),
             "auth.jwt.rpcs",
-            "not a management RPC",
+            "user JWTs may call only CreateKey, RevokeKey, UpdateKey, GetKey, ListKeys, CheckScope, WatchRevocations, not Authenticate",
+        ),
+        (
+            jwt("rpcs = [\"ListKeys\", \"Check\"]"),
+            "auth.jwt.rpcs",
+            "not Check",
+        ),
+        (
+            jwt("max_lifetime_seconds = 59"),
+            "auth.jwt.max_lifetime_seconds",
+            "between 60 and 2592000",
+        ),
+        (
+            jwt("max_lifetime_seconds = 2592001"),
+            "auth.jwt.max_lifetime_seconds",
+            "between 60 and 2592000",
+        ),
+        (
+            jwt("max_lifetime_seconds = -5"),
+            "auth.jwt.max_lifetime_seconds",
+            "invalid value",
+        ),
+        (
+            format!(
+                "{}trust_client_ip = true\n",
+                token(&hash, "[\"ListKeys\"]")
+            ),
+            "auth.service_tokens[0].trust_client_ip",
+            "only matters for hot-path RPCs",
+        ),
+        (
+            format!(
+                "{}trust_client_ip = \"yes\"\n",
+                token(&hash, "[\"Check\"]")
+            ),
+            "auth.service_tokens[0].trust_client_ip",
+            "invalid type",
+        ),
+        (
+            "[feed]\nmax_watchers_per_caller = 0\n".into(),
+            "feed.max_watchers_per_caller",
+            "between 1 and 1000000",
         ),
         (
             jwt("subject_claim = \" \""),

@@ -5,7 +5,8 @@
 //! PostgreSQL: `KEYWARD_TEST_DATABASE_URL` (an admin URL; each test creates
 //! and drops its own database) when set; otherwise a throwaway cluster
 //! started with the machine's `initdb`/`pg_ctl`; otherwise the test reports
-//! loudly that it was skipped, and with `CI=true` it fails instead.
+//! loudly that it was skipped, and in CI (`CI` set to any truthy value, see
+//! `running_in_ci`) it fails instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +22,62 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 pub mod envoy;
+pub mod pg_proxy;
 pub mod postgres;
+pub mod stalling_proxy;
 pub mod store_decorator;
+
+/// Whether this is a CI run, where a test that cannot run must fail instead
+/// of skipping: `CI` set to any truthy value (see [`is_truthy`]), as CI
+/// systems spell it (`true`, `1`, `True`, `yes`, ...).
+pub fn running_in_ci() -> bool {
+    is_truthy(
+        std::env::var_os("CI")
+            .as_deref()
+            .map(|v| v.to_string_lossy())
+            .as_deref(),
+    )
+}
+
+/// A flag's value read the way CI systems mean it: set unless absent,
+/// empty, `0`, `false` or `no` (in any letter case, surrounding whitespace
+/// ignored).
+pub fn is_truthy(value: Option<&str>) -> bool {
+    value.map(str::trim).is_some_and(|v| {
+        !v.is_empty()
+            && !["0", "false", "no"]
+                .iter()
+                .any(|f| v.eq_ignore_ascii_case(f))
+    })
+}
+
+#[test]
+fn ci_is_set_by_any_truthy_value() {
+    for set in [
+        "true",
+        "1",
+        "TRUE",
+        "True",
+        "yes",
+        "on",
+        "github-actions",
+        " true ",
+    ] {
+        assert!(is_truthy(Some(set)), "{set:?} sets CI");
+    }
+    for unset in [
+        None,
+        Some(""),
+        Some("  "),
+        Some("0"),
+        Some("false"),
+        Some("FALSE"),
+        Some("No"),
+        Some("no"),
+    ] {
+        assert!(!is_truthy(unset), "{unset:?} does not set CI");
+    }
+}
 
 /// A port on `ip` that was free a moment ago, for a child process
 /// (`keyward serve`, a throwaway PostgreSQL) that must be told its port.
@@ -322,6 +377,35 @@ pub async fn stored_key_rows(app: &TestApp) -> Vec<String> {
     }
 }
 
+/// A key's `last_used_at` column as stored (Unix millis), read straight
+/// from the database, not through the server (whose GetKey could not tell a
+/// stored time from one it only holds in memory).
+pub async fn stored_last_used_at(database: &TestDatabase, key_id: &str) -> Option<i64> {
+    let query = "SELECT last_used_at FROM api_keys WHERE id = $1";
+    match database.db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&database.url).await.unwrap();
+            let stored = sqlx::query_scalar(query)
+                .bind(key_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            stored
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            let stored = sqlx::query_scalar(query)
+                .bind(key_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            stored
+        }
+    }
+}
+
 /// Every stored key hash.
 pub async fn stored_hashes(app: &TestApp) -> Vec<Vec<u8>> {
     let url = &app.database.url;
@@ -387,6 +471,35 @@ pub async fn assert_shown_once_and_stored_as_sha256(
             "a stored column holds the secret: {row}"
         );
     }
+}
+
+/// Asserts that `shown` (whole seconds, rounded up, as in `retry-after`) is
+/// what is left of a `length`-long period that began after `began` (an
+/// instant taken just before the request that started it): at most
+/// `length`, and at least `length` less the time since `began`, so however
+/// long the calls in between took.
+#[track_caller]
+pub fn assert_seconds_left(shown: u64, length: Duration, began: tokio::time::Instant) {
+    let elapsed = began.elapsed();
+    let lowest = length.saturating_sub(elapsed).as_secs();
+    let highest = length.as_secs() + u64::from(length.subsec_nanos() > 0);
+    assert!(
+        (lowest..=highest).contains(&shown),
+        "{shown} s left of {length:?} that began at most {elapsed:?} ago (expected {lowest} to {highest})"
+    );
+}
+
+/// As [`assert_seconds_left`], for a count of whole milliseconds (such as
+/// `retry_after_ms`, rounded down).
+#[track_caller]
+pub fn assert_millis_left(shown: u64, length: Duration, began: tokio::time::Instant) {
+    let elapsed = began.elapsed();
+    let lowest = u64::try_from(length.saturating_sub(elapsed).as_millis()).unwrap();
+    let highest = u64::try_from(length.as_millis()).unwrap();
+    assert!(
+        (lowest..=highest).contains(&shown),
+        "{shown} ms left of {length:?} that began at most {elapsed:?} ago (expected {lowest} to {highest})"
+    );
 }
 
 /// Polls `check` until it returns true or `timeout` passes.

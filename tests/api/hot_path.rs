@@ -155,6 +155,7 @@ async fn check(
             key,
             required: &[],
             required_unknown: None,
+            account: None,
             client,
         })
         .await

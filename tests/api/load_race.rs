@@ -3,11 +3,15 @@
 //! a cache-miss read, after it has read the row, until RevokeKey has
 //! returned. The old row must then be neither answered as "allowed" nor
 //! cached, also when other changes forced the load to read again first.
+//! Each scenario determines its answer exactly, and the decorator counts the
+//! key reads the lookup made: one more than the reads a change disturbed,
+//! and [`LOAD_ATTEMPTS`] when every read is disturbed.
 //! (The loop in `revocation.rs` races the same paths over the network,
 //! where the window is only microseconds wide.)
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,7 +25,7 @@ use keyward::revocation_feed::Freshness;
 use keyward::storage::{self, KeyStore, PoolSettings};
 use tokio::sync::{Mutex, oneshot};
 
-use crate::helpers::store_decorator::{Decorated, InProcess, StoreHooks, in_process};
+use crate::helpers::store_decorator::{Call, Decorated, InProcess, StoreHooks, in_process};
 use crate::helpers::{Db, TestDatabase};
 use crate::on_both_databases;
 
@@ -34,12 +38,20 @@ on_both_databases!(
     a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached,
 );
 
+/// How many reads a cache miss makes before it fails closed when a change
+/// lands on its stripe during every read (`LOAD_ATTEMPTS` in
+/// `authenticator.rs`, private there). Pinned here: fewer reads fail closed
+/// on lookups that one more read would have answered, more reads keep a
+/// caller waiting longer under churn.
+const LOAD_ATTEMPTS: usize = 4;
+
 /// Holds the next key reads (by digest or id), one per armed hold, after
 /// each has read its row: tells the test it has the row, then waits for the
-/// test's go-ahead.
+/// test's go-ahead. Counts every key read that reaches the store.
 #[derive(Default)]
 struct HeldReads {
     holds: Mutex<VecDeque<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    key_reads: AtomicUsize,
 }
 
 impl HeldReads {
@@ -55,6 +67,11 @@ impl HeldReads {
     async fn disarm(&self) {
         self.holds.lock().await.clear();
     }
+
+    /// Key reads (by digest or id) that reached the store so far.
+    fn key_reads(&self) -> usize {
+        self.key_reads.load(Ordering::SeqCst)
+    }
 }
 
 /// Waits for a held read to have read its row; a bounded wait, so a hold
@@ -68,6 +85,12 @@ async fn row_was_read(row_read: oneshot::Receiver<()>) {
 
 #[async_trait]
 impl StoreHooks for HeldReads {
+    fn before(&self, call: Call) {
+        if matches!(call, Call::FindByDigest | Call::FindById) {
+            self.key_reads.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     async fn after_key_read(&self) {
         let hold = self.holds.lock().await.pop_front();
         if let Some((read, release)) = hold {
@@ -149,6 +172,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let Some(parts) = parts(db).await else { return };
     let (id, secret) = create(&parts.manager).await;
     let (row_read, release) = parts.store.hooks.arm().await;
+    let reads_before = parts.store.hooks.key_reads();
 
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
@@ -156,6 +180,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
         key: PresentedKey::Credential(&secret),
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     });
     let revoke = async {
@@ -170,14 +195,21 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     };
     let (in_flight, ()) = tokio::join!(lookup, revoke);
 
-    // It finished after RevokeKey returned: it must not say "allowed".
+    // It finished after RevokeKey returned: it must not say "allowed". Its
+    // insert failed, so it read again and found the revocation.
     assert_eq!(reason(&in_flight), Some(Reason::Revoked), "{in_flight:?}");
+    assert_eq!(
+        parts.store.hooks.key_reads() - reads_before,
+        2,
+        "the held read, then one that sees the revocation"
+    );
     let after = authenticator
         .authenticate(Presented {
             surface: Surface::Authenticate,
             key: PresentedKey::Credential(&secret),
             required: &[],
             required_unknown: None,
+            account: None,
             client: None,
         })
         .await;
@@ -192,6 +224,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
     let Some(parts) = parts(db).await else { return };
     let (id, _) = create(&parts.manager).await;
     let (row_read, release) = parts.store.hooks.arm().await;
+    let reads_before = parts.store.hooks.key_reads();
 
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
@@ -199,6 +232,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         key: PresentedKey::Id(&id),
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     });
     let revoke = async {
@@ -213,12 +247,18 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
     let (in_flight, ()) = tokio::join!(lookup, revoke);
 
     assert_eq!(reason(&in_flight), Some(Reason::Revoked), "{in_flight:?}");
+    assert_eq!(
+        parts.store.hooks.key_reads() - reads_before,
+        2,
+        "the held read, then one that sees the revocation"
+    );
     let after = authenticator
         .authenticate(Presented {
             surface: Surface::CheckScope,
             key: PresentedKey::Id(&id),
             required: &[],
             required_unknown: None,
+            account: None,
             client: None,
         })
         .await;
@@ -240,7 +280,9 @@ async fn a_lookup_by_id_that_rereads_until_a_revocation_is_not_allowed_or_cached
 /// A miss whose first two reads are disturbed by changes to other keys (one
 /// stripe, so they share its epoch) and whose third read holds the live row
 /// across this key's revocation: it must answer neither "allowed" (the old
-/// row) nor cache the key as live, however many reads it has made.
+/// row) nor cache the key as live. Its fourth read, the last it may make,
+/// finds the key revoked: REVOKED, after exactly four reads (with fewer
+/// allowed it would fail closed instead).
 async fn rereads_until_a_revocation(db: Db, surface: Surface) {
     let Some(parts) = parts_with(db, Some(1)).await else {
         return;
@@ -262,9 +304,11 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         },
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     };
 
+    let reads_before = parts.store.hooks.key_reads();
     let lookup = parts.authenticator.authenticate(presented());
     let changes = async {
         let mut holds = holds.into_iter();
@@ -291,12 +335,15 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
     };
     let (in_flight, ()) = tokio::join!(lookup, changes);
 
-    assert!(
-        matches!(
-            reason(&in_flight),
-            Some(Reason::Revoked | Reason::Unavailable)
-        ),
-        "a row read before RevokeKey returned was the answer: {in_flight:?}"
+    assert_eq!(
+        reason(&in_flight),
+        Some(Reason::Revoked),
+        "three disturbed reads, then the fourth sees the revocation: {in_flight:?}"
+    );
+    assert_eq!(
+        parts.store.hooks.key_reads() - reads_before,
+        LOAD_ATTEMPTS,
+        "reads made by the lookup"
     );
     let cached = match surface {
         Surface::CheckScope => parts.cache.lookup_id(&id),
@@ -310,8 +357,9 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
 }
 
 /// When every read overlaps a change on the stripe, the lookup gives up
-/// after a bounded number of reads and fails closed, instead of answering
-/// from a row it cannot vouch for; an undisturbed lookup then succeeds.
+/// after exactly `LOAD_ATTEMPTS` reads and fails closed, instead of
+/// answering from a row it cannot vouch for; an undisturbed lookup then
+/// succeeds with one read.
 async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
     let Some(parts) = parts_with(db, Some(1)).await else {
         return;
@@ -331,9 +379,11 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
         key: PresentedKey::Credential(&secret),
         required: &[],
         required_unknown: None,
+        account: None,
         client: None,
     };
 
+    let reads_before = parts.store.hooks.key_reads();
     let lookup = parts.authenticator.authenticate(presented());
     tokio::pin!(lookup);
     let mut reads = 0;
@@ -359,9 +409,16 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
     parts.store.hooks.disarm().await;
 
     assert_eq!(reason(&verdict), Some(Reason::Unavailable), "{verdict:?}");
-    assert!(reads > 1, "it read again before giving up ({reads} reads)");
+    assert_eq!(reads, LOAD_ATTEMPTS, "disturbed reads before giving up");
+    assert_eq!(
+        parts.store.hooks.key_reads() - reads_before,
+        LOAD_ATTEMPTS,
+        "reads that reached the store"
+    );
+    let reads_before = parts.store.hooks.key_reads();
     let undisturbed = parts.authenticator.authenticate(presented()).await;
     assert!(undisturbed.allowed(), "{undisturbed:?}");
+    assert_eq!(parts.store.hooks.key_reads() - reads_before, 1);
 }
 
 /// The same race across replicas: A is a real server; B is this process's
@@ -369,7 +426,8 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
 /// database, its key reads held by `HeldReads`. Each round: B's lookup
 /// misses and holds the live row, A revokes (RevokeKey returns), B's
 /// follower applies the event, and only then does the lookup go on. B must
-/// neither answer "allowed" nor cache the key as live.
+/// neither answer "allowed" nor cache the key as live: its insert fails, it
+/// reads once more and answers REVOKED.
 async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db: Db) {
     use keyward::revocation_feed::{FeedSettings, RevocationFeed};
 
@@ -407,6 +465,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
             key: PresentedKey::Credential(secret),
             required: &[],
             required_unknown: None,
+            account: None,
             client: None,
         }
     }
@@ -415,6 +474,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
         let account = format!("acct_{}", round % 4);
         let (key, secret) = a.create_key(&account, &[]).await;
         let (row_read, release) = held.hooks.arm().await;
+        let reads_before = held.hooks.key_reads();
 
         let lookup = b.authenticate(presented(&secret));
         let revoke_elsewhere = async {
@@ -429,12 +489,15 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
         };
         let (in_flight, ()) = tokio::join!(lookup, revoke_elsewhere);
 
-        assert!(
-            matches!(
-                reason(&in_flight),
-                Some(Reason::Revoked | Reason::Unavailable)
-            ),
+        assert_eq!(
+            reason(&in_flight),
+            Some(Reason::Revoked),
             "round {round}: B answered from the row read before the revocation: {in_flight:?}"
+        );
+        assert_eq!(
+            held.hooks.key_reads() - reads_before,
+            2,
+            "round {round}: the held read, then one that sees the revocation"
         );
         if let Lookup::Hit(cached) = cache.lookup_digest(&KeyDigest::of(&secret)) {
             assert!(

@@ -5,9 +5,11 @@
 mod helpers;
 
 mod abuse;
+mod attacks;
 mod authenticate;
 mod config_checks;
 mod ext_authz;
+mod faults;
 mod hot_path;
 mod load_race;
 mod management;

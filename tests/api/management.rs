@@ -523,8 +523,8 @@ async fn revoked_and_expired_keys_do_not_count_toward_the_limit(db: Db) {
             account_id: "acct_1".into(),
             name: "short-lived".into(),
             // Long enough that the next create surely runs before it ends,
-            // even on a busy machine.
-            expires_at: Some(in_future(Duration::from_secs(3))),
+            // even on a busy machine (a descheduled CI thread included).
+            expires_at: Some(in_future(Duration::from_secs(6))),
             ..Default::default()
         })
         .await
@@ -566,17 +566,21 @@ fn in_future(after: Duration) -> prost_types::Timestamp {
     prost_types::Timestamp::from(at)
 }
 
+/// A key is allowed until its expiry and denied (EXPIRED) from then on,
+/// looking like an unknown key to the caller's user. The expiry is 5 s
+/// away, so that the first call surely comes before it; its end is polled.
 async fn expired_keys_are_denied(db: Db) {
     let Some(mut app) = spawn_app(db).await else {
         return;
     };
+    let expires_at = std::time::SystemTime::now() + Duration::from_secs(5);
     let created = app
         .keys
         .create_key(proto::CreateKeyRequest {
             account_id: "acct_1".into(),
             name: "expiring".into(),
             scopes: vec!["orders:read".into()],
-            expires_at: Some(in_future(Duration::from_millis(1500))),
+            expires_at: Some(prost_types::Timestamp::from(expires_at)),
             ..Default::default()
         })
         .await
@@ -586,8 +590,23 @@ async fn expired_keys_are_denied(db: Db) {
     assert!(created.key.unwrap().expires_at.is_some());
     assert!(app.authenticate(&secret, &["orders:read"]).await.allowed);
 
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let expired = app.authenticate(&secret, &["orders:read"]).await;
+    let mut expired = None;
+    let ended = crate::helpers::eventually(Duration::from_secs(30), async || {
+        let answer = app.authenticate(&secret, &["orders:read"]).await;
+        if answer.allowed {
+            return false;
+        }
+        // Decided no later than now; stored to the millisecond.
+        assert!(
+            std::time::SystemTime::now() + Duration::from_millis(1) >= expires_at,
+            "denied before its expiry: {answer:?}"
+        );
+        expired = Some(answer);
+        true
+    })
+    .await;
+    assert!(ended, "the key never expired");
+    let expired = expired.unwrap();
     let unknown = app
         .authenticate(&format!("cc_{}", "0".repeat(64)), &[])
         .await;

@@ -86,12 +86,31 @@ fn eddsa_jwt(key: &KeyPair, kid: &str, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(&header, claims, &encoding).unwrap()
 }
 
-/// The test config with an `[auth]` section (and its key files).
-fn config_with_auth(signers: &Signers, hot_path_requires_token: bool) -> Config {
+/// The test config with an `[auth]` section (and its key files); user JWTs
+/// may call every management RPC but UpdateKey. `hot_path_requires_token`
+/// `None` leaves the key out (the default).
+fn config_with_auth(signers: &Signers, hot_path_requires_token: Option<bool>) -> Config {
+    config_with_jwt_rpcs(
+        signers,
+        hot_path_requires_token,
+        r#"["CreateKey", "RevokeKey", "GetKey", "ListKeys"]"#,
+    )
+}
+
+/// As `config_with_auth`, with `jwt_rpcs` (a TOML array) as what user JWTs
+/// may call.
+fn config_with_jwt_rpcs(
+    signers: &Signers,
+    hot_path_requires_token: Option<bool>,
+    jwt_rpcs: &str,
+) -> Config {
+    let hot_path = hot_path_requires_token
+        .map(|required| format!("hot_path_requires_token = {required}"))
+        .unwrap_or_default();
     let text = format!(
         r#"
 [auth]
-hot_path_requires_token = {hot_path_requires_token}
+{hot_path}
 
 [[auth.service_tokens]]
 name = "dashboard"
@@ -114,7 +133,7 @@ audiences = ["{AUDIENCE}"]
 public_key_files = ["{es256}", "{rs256}"]
 jwks_file = "{jwks}"
 leeway_seconds = 30
-rpcs = ["CreateKey", "RevokeKey", "GetKey", "ListKeys"]
+rpcs = {jwt_rpcs}
 "#,
         dashboard = token_sha256_hex(DASHBOARD_TOKEN),
         auditor = token_sha256_hex(AUDITOR_TOKEN),
@@ -178,7 +197,7 @@ async fn key_count(app: &mut TestApp, account: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_calls_need_a_credential_allowed_that_rpc() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
 
@@ -254,7 +273,7 @@ async fn management_calls_need_a_credential_allowed_that_rpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_jwt_manages_its_own_account_and_nothing_else() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let jwt = es256_jwt(&signers.es256, &claims("acct_user"));
@@ -337,10 +356,138 @@ async fn a_user_jwt_manages_its_own_account_and_nothing_else() {
     app.shutdown().await;
 }
 
+/// GetKey and UpdateKey act inside the account they name, and a user JWT may
+/// name only its own: naming another account (with that account's key id)
+/// is PERMISSION_DENIED and shows or changes nothing, although the
+/// deployment lets users call both RPCs; naming its own account with
+/// another account's key id is NOT_FOUND. Its own keys it may read and
+/// change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_jwt_cannot_get_or_update_another_accounts_key() {
+    let signers = signers();
+    let all_five = r#"["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys"]"#;
+    let mut app = spawn_app_with(
+        Db::Sqlite,
+        config_with_jwt_rpcs(&signers, Some(false), all_five),
+    )
+    .await
+    .unwrap();
+    let jwt = es256_jwt(&signers.es256, &claims("acct_user"));
+    let victim = app
+        .keys
+        .create_key(bearer(create("acct_other"), DASHBOARD_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    let (victim_key, victim_secret) = (victim.key.unwrap(), victim.secret);
+    let get = |account: &str| proto::GetKeyRequest {
+        account_id: account.into(),
+        key_id: victim_key.id.clone(),
+    };
+    let update = |account: &str| proto::UpdateKeyRequest {
+        account_id: account.into(),
+        key_id: victim_key.id.clone(),
+        name: "taken over".into(),
+        scopes: vec!["orders:write".into()],
+        ..Default::default()
+    };
+
+    let read = app
+        .keys
+        .get_key(bearer(get("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&read, Code::PermissionDenied, "only its own account");
+    assert!(
+        !read.message().contains(&victim_key.id) && !read.message().contains(&victim_key.start),
+        "the refusal shows nothing of the key: {read:?}"
+    );
+    let changed = app
+        .keys
+        .update_key(bearer(update("acct_other"), &jwt))
+        .await
+        .unwrap_err();
+    assert_refused(&changed, Code::PermissionDenied, "only its own account");
+    // Its own account with another account's key id: not there.
+    let read_as_own = app
+        .keys
+        .get_key(bearer(get("acct_user"), &jwt))
+        .await
+        .unwrap_err();
+    assert_eq!(read_as_own.code(), Code::NotFound, "{read_as_own:?}");
+    let changed_as_own = app
+        .keys
+        .update_key(bearer(update("acct_user"), &jwt))
+        .await
+        .unwrap_err();
+    assert_eq!(changed_as_own.code(), Code::NotFound, "{changed_as_own:?}");
+
+    // Nothing changed: as stored, and on the hot path.
+    let stored = app
+        .keys
+        .get_key(bearer(get("acct_other"), DASHBOARD_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(stored, victim_key, "the refused UpdateKeys changed the key");
+    assert!(
+        app.authenticate(&victim_secret, &["orders:read"])
+            .await
+            .allowed
+    );
+    assert!(
+        !app.authenticate(&victim_secret, &["orders:write"])
+            .await
+            .allowed,
+        "the refused UpdateKey granted a scope"
+    );
+
+    // Its own key it may read and change.
+    let own = app
+        .keys
+        .create_key(bearer(create("acct_user"), &jwt))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    let got = app
+        .keys
+        .get_key(bearer(
+            proto::GetKeyRequest {
+                account_id: "acct_user".into(),
+                key_id: own.id.clone(),
+            },
+            &jwt,
+        ))
+        .await
+        .expect("a JWT may read its own account's key")
+        .into_inner();
+    assert_eq!(got.key.unwrap().id, own.id);
+    let renamed = app
+        .keys
+        .update_key(bearer(
+            proto::UpdateKeyRequest {
+                account_id: "acct_user".into(),
+                key_id: own.id.clone(),
+                name: "renamed".into(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .expect("a JWT may change its own account's key")
+        .into_inner();
+    assert_eq!(renamed.key.unwrap().name, "renamed");
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_jwts_are_unauthenticated_and_change_nothing() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let stranger = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -434,7 +581,7 @@ fn stranger_ed25519() -> KeyPair {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eddsa_jwts_verify_against_the_jwks_file() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let jwt = eddsa_jwt(&signers.ed25519, "ed-1", &claims("acct_ed"));
@@ -449,7 +596,7 @@ async fn eddsa_jwts_verify_against_the_jwks_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_jwts_verify_against_a_pem_public_key() {
     let signers = signers();
-    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let jwt = rs256_jwt(&claims("acct_rsa"));
@@ -468,9 +615,9 @@ async fn rs256_jwts_verify_against_a_pem_public_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hot_path_is_open_unless_a_service_token_is_required() {
+async fn the_hot_path_needs_a_service_token_wherever_management_does_unless_opened() {
     let signers = signers();
-    let mut open = spawn_app_with(Db::Sqlite, config_with_auth(&signers, false))
+    let mut open = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
         .await
         .unwrap();
     let secret = open
@@ -487,7 +634,8 @@ async fn the_hot_path_is_open_unless_a_service_token_is_required() {
         .expect("ListScopes is open");
     open.shutdown().await;
 
-    let mut locked = spawn_app_with(Db::Sqlite, config_with_auth(&signers, true))
+    // Management needs credentials, so by default the hot path does too.
+    let mut locked = spawn_app_with(Db::Sqlite, config_with_auth(&signers, None))
         .await
         .unwrap();
     let secret = locked
@@ -512,8 +660,8 @@ async fn the_hot_path_is_open_unless_a_service_token_is_required() {
         .unwrap_err();
     assert_refused(
         &user,
-        Code::Unauthenticated,
-        "Authenticate needs a service token",
+        Code::PermissionDenied,
+        "user JWTs may not call Authenticate",
     );
     let wrong = locked
         .keys
@@ -547,4 +695,206 @@ async fn the_hot_path_is_open_unless_a_service_token_is_required() {
         .await
         .expect("ListScopes stays open");
     locked.shutdown().await;
+}
+
+/// A JWT claiming to live for years was minted by mistake or by someone
+/// who should not have: refused beyond `auth.jwt.max_lifetime_seconds`
+/// (default one day), measured from `iat` when there is one and from now
+/// in any case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_living_longer_than_the_maximum_are_refused() {
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_auth(&signers, Some(false)))
+        .await
+        .unwrap();
+    let now = now();
+    let with = |iat: Option<i64>, exp: i64| {
+        let mut claims = json!({"sub": "acct_life", "iss": ISSUER, "aud": AUDIENCE, "exp": exp});
+        if let Some(iat) = iat {
+            claims["iat"] = json!(iat);
+        }
+        es256_jwt(&signers.es256, &claims)
+    };
+    for (iat, exp) in [
+        (Some(now), now + 1_000_000_000_000),
+        (Some(now), now + 2 * 86_400),
+        (None, now + 2 * 86_400),
+        // An `iat` in the future cannot shorten the lifetime from now.
+        (Some(now + 3 * 86_400), now + 3 * 86_400 + 60),
+    ] {
+        let refused = app
+            .keys
+            .create_key(bearer(create("acct_life"), &with(iat, exp)))
+            .await
+            .unwrap_err();
+        assert_refused(
+            &refused,
+            Code::Unauthenticated,
+            "lifetime exceeds the accepted maximum of 86400 seconds",
+        );
+    }
+    assert_eq!(key_count(&mut app, "acct_life").await, 0);
+    for (iat, exp) in [(Some(now), now + 3600), (None, now + 3600)] {
+        app.keys
+            .create_key(bearer(create("acct_life"), &with(iat, exp)))
+            .await
+            .expect("an hour is a sane lifetime");
+    }
+    app.shutdown().await;
+}
+
+/// The test config with user JWTs allowed CheckScope and WatchRevocations
+/// (confined to their account) and a backend token for the rest.
+fn config_with_jwt_hot_path(signers: &Signers) -> Config {
+    let text = format!(
+        r#"
+[[auth.service_tokens]]
+name = "dashboard"
+sha256 = "{dashboard}"
+rpcs = ["CreateKey", "RevokeKey"]
+
+[[auth.service_tokens]]
+name = "backend"
+sha256 = "{backend}"
+rpcs = ["Authenticate", "CheckScope", "WatchRevocations"]
+
+[auth.jwt]
+issuers = ["{ISSUER}"]
+audiences = ["{AUDIENCE}"]
+public_key_files = ["{es256}"]
+rpcs = ["ListKeys", "CheckScope", "WatchRevocations"]
+"#,
+        dashboard = token_sha256_hex(DASHBOARD_TOKEN),
+        backend = token_sha256_hex(BACKEND_TOKEN),
+        es256 = signers.es256_public_pem.display(),
+    );
+    let mut config = test_config();
+    config.auth = Config::parse(&text, "auth-test.toml").unwrap().auth;
+    config
+}
+
+/// A user JWT on WatchRevocations sees only its account's events (naming
+/// another account is refused), and on CheckScope by key id only its
+/// account's keys (another's is an unknown key, as in management).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_jwt_on_the_hot_path_sees_only_its_own_account() {
+    use futures_util::StreamExt;
+    let signers = signers();
+    let mut app = spawn_app_with(Db::Sqlite, config_with_jwt_hot_path(&signers))
+        .await
+        .unwrap();
+    let jwt = es256_jwt(&signers.es256, &claims("acct_mine"));
+    let mut create_in = async |account: &str| {
+        app.keys
+            .create_key(bearer(create(account), DASHBOARD_TOKEN))
+            .await
+            .unwrap()
+            .into_inner()
+            .key
+            .unwrap()
+    };
+    let mine = create_in("acct_mine").await;
+    let theirs = create_in("acct_theirs").await;
+
+    // WatchRevocations without naming an account: its own account only.
+    let mut stream = app
+        .keys
+        .watch_revocations(bearer(proto::WatchRevocationsRequest::default(), &jwt))
+        .await
+        .expect("a JWT allowed WatchRevocations")
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.kind, "checkpoint");
+    for (account, key) in [("acct_theirs", &theirs), ("acct_mine", &mine)] {
+        app.keys
+            .revoke_key(bearer(
+                proto::RevokeKeyRequest {
+                    account_id: account.into(),
+                    key_id: key.id.clone(),
+                },
+                DASHBOARD_TOKEN,
+            ))
+            .await
+            .unwrap();
+    }
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+        .await
+        .expect("an event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            event.kind.as_str(),
+            event.account_id.as_str(),
+            event.key_id.as_str()
+        ),
+        ("revoked", "acct_mine", mine.id.as_str()),
+        "the other account's revocation came first, or at all"
+    );
+
+    let other = app
+        .keys
+        .watch_revocations(bearer(
+            proto::WatchRevocationsRequest {
+                account_id: "acct_theirs".into(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap_err();
+    assert_refused(&other, Code::PermissionDenied, "only its own account");
+
+    // CheckScope by key id: another account's key looks unknown.
+    let check = |key_id: &str| {
+        bearer(
+            proto::CheckScopeRequest {
+                key_id: key_id.into(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            &jwt,
+        )
+    };
+    let probe = app
+        .keys
+        .check_scope(check(&theirs.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!probe.allowed);
+    assert_eq!(
+        probe.denial.unwrap().reason(),
+        proto::denial::Reason::UnknownKey
+    );
+    let own = app
+        .keys
+        .check_scope(check(&mine.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        own.denial.unwrap().reason(),
+        proto::denial::Reason::Revoked,
+        "its own key is seen as it is"
+    );
+    // The backend token sees every account.
+    let backend = app
+        .keys
+        .check_scope(bearer(
+            proto::CheckScopeRequest {
+                key_id: theirs.id.clone(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+            BACKEND_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        backend.denial.unwrap().reason(),
+        proto::denial::Reason::Revoked
+    );
+    app.shutdown().await;
 }

@@ -129,7 +129,34 @@ async fn open_management_is_served_on_loopback_with_a_warning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_insecure_flag_or_configured_credentials_allow_a_public_address() {
     let dir = tempfile::tempdir().unwrap();
-    let flagged = ServeProcess::start("0.0.0.0", &["--insecure-open-management"], dir.path()).await;
+    // Open management off loopback still leaves the hot path locked, and
+    // with no token to open it the server refuses to start.
+    let port = free_port("0.0.0.0");
+    let refused = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
+        .arg("--insecure-open-management")
+        .env(
+            "KEYWARD_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("refused.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("need a service token here")
+            && stderr.contains("0.0.0.0")
+            && stderr.contains("--insecure-open-hot-path"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("refused.db").exists(), "nothing created");
+
+    let flagged = ServeProcess::start(
+        "0.0.0.0",
+        &["--insecure-open-management", "--insecure-open-hot-path"],
+        dir.path(),
+    )
+    .await;
     let mut keys = KeyServiceClient::new(connect(flagged.addr).await);
     keys.list_keys(proto::ListKeysRequest {
         account_id: "acct".into(),
@@ -137,9 +164,19 @@ async fn the_insecure_flag_or_configured_credentials_allow_a_public_address() {
     })
     .await
     .expect("open management, as asked");
+    keys.authenticate(proto::AuthenticateRequest {
+        credential: "cc_nope".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("an open hot path, as asked");
     let stderr = flagged.stop().await;
     assert!(
         stderr.contains("open to anyone who can reach this address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("INSECURE: Authenticate, CheckScope, WatchRevocations and Check are open"),
         "{stderr}"
     );
 
@@ -147,8 +184,9 @@ async fn the_insecure_flag_or_configured_credentials_allow_a_public_address() {
     std::fs::write(
         &config,
         format!(
-            "[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"ListKeys\"]\n",
-            token_sha256_hex(DASHBOARD_TOKEN)
+            "[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"ListKeys\"]\n\n[[auth.service_tokens]]\nname = \"envoy\"\nsha256 = \"{}\"\nrpcs = [\"Check\"]\n",
+            token_sha256_hex(DASHBOARD_TOKEN),
+            token_sha256_hex("kwt_envoy_public_address")
         ),
     )
     .unwrap();
@@ -200,7 +238,7 @@ async fn json_logs_carry_request_ids_and_one_line_per_denial_without_secrets() {
     std::fs::write(
         &config,
         format!(
-            "[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"CreateKey\", \"ListKeys\"]\n",
+            "[auth]\nhot_path_requires_token = false\n\n[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"CreateKey\", \"ListKeys\"]\n",
             token_sha256_hex(DASHBOARD_TOKEN)
         ),
     )
@@ -426,7 +464,7 @@ scopes = []
         "Failed-authentication bans:\n  off",
         "service token \"auditor\": GetKey, ListKeys",
         "user JWTs: CreateKey, RevokeKey, GetKey, ListKeys, UpdateKey for the account in claim `account`; iss privy.io; aud app-123",
-        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): open",
+        "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): service token required (management needs credentials); but no service token lists a hot-path RPC, so `serve` refuses to start",
         "metrics: http://127.0.0.1:9464/metrics",
         "keys read from: authorization header (Bearer, ApiKey), then header `x-api-key` (the first present wins)",
         "credential removed before the request goes upstream: no",

@@ -13,9 +13,11 @@ use crate::helpers::{Db, TestApp, reason, spawn_app_with, test_config};
 
 const OPERATOR_TOKEN: &str = "kwt_operator_cli_test_token";
 
+/// Management locked by a token; the hot path opened on purpose, since
+/// these tests check keys with the harness's token-less Authenticate.
 async fn locked_app() -> TestApp {
     let text = format!(
-        "[[auth.service_tokens]]\nname = \"operator\"\nsha256 = \"{}\"\nrpcs = [\"CreateKey\", \"RevokeKey\", \"UpdateKey\", \"GetKey\", \"ListKeys\"]\n",
+        "[auth]\nhot_path_requires_token = false\n\n[[auth.service_tokens]]\nname = \"operator\"\nsha256 = \"{}\"\nrpcs = [\"CreateKey\", \"RevokeKey\", \"UpdateKey\", \"GetKey\", \"ListKeys\"]\n",
         token_sha256_hex(OPERATOR_TOKEN)
     );
     let mut config = test_config();

@@ -18,7 +18,8 @@ use crate::helpers::envoy::{
     upstream_headers,
 };
 use crate::helpers::{
-    Db, TestApp, assert_invalid_argument, assert_shown_once_and_stored_as_sha256, spawn_app_with,
+    Db, TestApp, assert_invalid_argument, assert_shown_once_and_stored_as_sha256, eventually,
+    spawn_app_with,
 };
 use crate::on_both_databases;
 
@@ -478,8 +479,8 @@ async fn carboncopy_at_most_10_active_keys_per_account(db: Db) {
 
 /// "Keys can have an optional expiry timestamp (`expiresAt`)"; "Rotate
 /// regularly — set an expiresAt and automate rotation". An expired key is
-/// refused like an unknown one. (The expiry is two seconds away, so the test
-/// waits two seconds.)
+/// refused like an unknown one. (The expiry is five seconds away, so that the
+/// first check surely comes before it, and the test polls until it passes.)
 async fn carboncopy_keys_can_have_an_optional_expiry_timestamp(db: Db) {
     let Some(mut app) = spawn_app_with(db, carboncopy()).await else {
         return;
@@ -487,7 +488,7 @@ async fn carboncopy_keys_can_have_an_optional_expiry_timestamp(db: Db) {
     let (forever, _) = app.create_key(ACCOUNT, &["orders:read"]).await;
     assert!(forever.expires_at.is_none(), "expiry is optional");
 
-    let expires_at = SystemTime::now() + Duration::from_secs(2);
+    let expires_at = SystemTime::now() + Duration::from_secs(5);
     let created = app
         .keys
         .create_key(proto::CreateKeyRequest {
@@ -510,12 +511,25 @@ async fn carboncopy_keys_can_have_an_optional_expiry_timestamp(db: Db) {
             .await,
     );
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let expired = denied(
-        &envoy
+    let mut refused = None;
+    let ended = eventually(Duration::from_secs(30), async || {
+        let response = envoy
             .check(get("/api/v1/orders").bearer(&secret).build())
-            .await,
-    );
+            .await;
+        if response.status.as_ref().is_some_and(|s| s.code == 0) {
+            return false;
+        }
+        // Decided no later than now; stored to the millisecond.
+        assert!(
+            SystemTime::now() + Duration::from_millis(1) >= expires_at,
+            "refused before its expiry: {response:?}"
+        );
+        refused = Some(response);
+        true
+    })
+    .await;
+    assert!(ended, "the key never expired");
+    let expired = denied(refused.as_ref().unwrap());
     assert_eq!((expired.status, &expired.body), (401, &unauthorized()));
     let direct = app
         .authenticate(&format!("Bearer {secret}"), &["orders:read"])
@@ -693,6 +707,7 @@ fn with_jwt<T>(message: T, token: &str) -> tonic::Request<T> {
 /// issuer `privy.io`, the user's Privy DID as subject).
 #[tokio::test]
 async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
+    const ENVOY_TOKEN: &str = "kwt_envoy_carboncopy_test";
     let privy = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let public_key = dir.path().join("privy-verification-key.pem");
@@ -704,6 +719,10 @@ async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
         &[
             ("<your Privy app id>", "test-privy-app-id"),
             ("/etc/keyward/privy-verification-key.pem", &public_key),
+            (
+                "<SHA-256 of the token Envoy sends>",
+                &keyward::access_control::token_sha256_hex(ENVOY_TOKEN),
+            ),
         ],
     );
     let mut config = carboncopy();
@@ -806,7 +825,7 @@ async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
     assert!(forever.message().contains("`exp`"), "{forever:?}");
 
     // The JWT is no API key: it opens no API route.
-    let mut envoy = Envoy::of(&app);
+    let mut envoy = Envoy::with_token(app.channel.clone(), ENVOY_TOKEN);
     let refused = denied(
         &envoy
             .check(get("/api/v1/portfolio").bearer(&jwt).build())

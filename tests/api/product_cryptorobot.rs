@@ -615,6 +615,10 @@ async fn cryptorobot_commented_jwt_example_lets_a_user_manage_only_their_own_key
             ),
             ("<their audience>", "cryptorobot-dashboard"),
             ("/etc/keyward/cryptorobot-jwt-public.pem", &public_key),
+            (
+                "<SHA-256 of the token Envoy sends>",
+                &keyward::access_control::token_sha256_hex("kwt_envoy_cryptorobot_test"),
+            ),
         ],
     );
     let mut config = cryptorobot();

@@ -123,17 +123,10 @@ async fn reflection_lists_services_in_v1_and_v1alpha(db: Db) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_goes_not_serving_when_the_replica_fails_closed() {
     use crate::helpers::postgres::ThrowawayCluster;
-    let cluster = match ThrowawayCluster::start() {
-        Ok(cluster) => cluster,
-        Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but no throwaway PostgreSQL: {reason}");
-            }
-            crate::helpers::postgres::report_skip(&format!(
-                "every_service_goes_not_serving_when_the_replica_fails_closed: {reason}"
-            ));
-            return;
-        }
+    let Some(cluster) = ThrowawayCluster::start_or_skip(
+        "every_service_goes_not_serving_when_the_replica_fails_closed",
+    ) else {
+        return;
     };
     let database = std::sync::Arc::new(TestDatabase::create_postgres(&cluster.admin_url()).await);
     let mut app = spawn_on(database, test_config()).await;
@@ -392,7 +385,6 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let used = keys
         .authenticate(keyward::proto::AuthenticateRequest {
             credential: created.secret,
@@ -402,6 +394,17 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .unwrap()
         .into_inner();
     assert!(used.allowed);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    let stored_last_use = async || -> Option<i64> {
+        sqlx::query_scalar("SELECT last_used_at FROM api_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // The first periodic flush is an hour away: only SIGTERM can write it.
+    assert_eq!(stored_last_use().await, None, "written before SIGTERM");
 
     let pid = child.id().unwrap();
     Command::new("kill")
@@ -413,15 +416,241 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .expect("exits after SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
-        .await
-        .unwrap();
-    let last_used: Option<i64> = sqlx::query_scalar("SELECT last_used_at FROM api_keys")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
     assert!(
-        last_used.is_some(),
+        stored_last_use().await.is_some(),
         "the last use before SIGTERM was flushed"
     );
+}
+
+/// A session of the test's own that holds `account`'s row lock (the one
+/// CreateKey takes to count the account's keys), until it commits.
+async fn hold_account_lock(database: &TestDatabase, account: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+        .bind(account)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
+/// Whether one of keyward's sessions on the test database is waiting for a
+/// lock (a CreateKey blocked behind `hold_account_lock`).
+async fn keyward_waits_for_a_lock(database: &TestDatabase) -> bool {
+    use sqlx::Connection;
+    let mut observer = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let waiting: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = $1 AND wait_event_type = 'Lock')",
+    )
+    .bind(keyward::storage::postgres::APPLICATION_NAME)
+    .fetch_one(&mut observer)
+    .await
+    .unwrap();
+    observer.close().await.ok();
+    waiting
+}
+
+/// `keyward serve` (the binary, as operators run it) with
+/// `shutdown_grace_seconds = grace` on the test's PostgreSQL database, one
+/// key created in acct_1, and a second CreateKey for acct_1 in flight: held
+/// in the database behind the test's lock on the account, visibly waiting
+/// for it. (The binary, because a call the server stops waiting for ends
+/// when the process exits.)
+struct InFlight {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    database: std::sync::Arc<TestDatabase>,
+    holder: sqlx::PgConnection,
+    call: tokio::task::JoinHandle<Result<keyward::proto::CreateKeyResponse, tonic::Status>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn a_create_in_flight(grace_seconds: u64) -> Option<InFlight> {
+    use keyward::proto;
+    let database = TestDatabase::create(Db::Postgres).await?;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.toml");
+    std::fs::write(
+        &profile,
+        format!("[server]\nshutdown_grace_seconds = {grace_seconds}\n"),
+    )
+    .unwrap();
+    let port = crate::helpers::free_port("127.0.0.1");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--listen", &addr.to_string()])
+        .arg("--config")
+        .arg(&profile)
+        .env("KEYWARD_DATABASE_URL", &database.url)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await,
+        "the binary listens"
+    );
+    let mut keys = keyward::proto::key_service_client::KeyServiceClient::new(connect(addr).await);
+    let create = |name: &str| proto::CreateKeyRequest {
+        account_id: "acct_1".into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    keys.create_key(create("before")).await.expect("CreateKey");
+    let holder = hold_account_lock(&database, "acct_1").await;
+    let call = tokio::spawn(async move {
+        keys.create_key(create("in flight"))
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            keyward_waits_for_a_lock(&database).await
+        })
+        .await,
+        "the CreateKey reaches the database and waits for the account"
+    );
+    Some(InFlight {
+        child,
+        addr,
+        database,
+        holder,
+        call,
+        _dir: dir,
+    })
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running");
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+async fn stored_key_names(database: &TestDatabase) -> Vec<String> {
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let names = sqlx::query_scalar("SELECT name FROM api_keys ORDER BY created_at, name")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    names
+}
+
+/// `server.shutdown_grace_seconds` is how long a server told to stop
+/// (SIGTERM) waits for calls in flight: one that ends within it (its lock is
+/// released after the server has stopped accepting connections) finishes
+/// and answers, its key is written, and the server then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_lets_an_in_flight_call_finish() {
+    use sqlx::Connection;
+    let Some(InFlight {
+        mut child,
+        addr,
+        database,
+        mut holder,
+        call,
+        _dir,
+    }) = a_create_in_flight(60).await
+    else {
+        return;
+    };
+    sigterm(&child);
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
+        "the stopping server still accepts connections"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with a call in flight"
+    );
+
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+
+    let answered = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call ends")
+        .unwrap()
+        .expect("the call in flight finishes and answers");
+    assert_eq!(answered.key.unwrap().name, "in flight");
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the server exits once the call is done")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(stored_key_names(&database).await, ["before", "in flight"]);
+}
+
+/// A call still in flight when `server.shutdown_grace_seconds` is over is
+/// cut: the server exits no sooner than the grace and without waiting for
+/// the call (whose database statement is still waiting for its lock when
+/// the caller's connection is cut), and nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_cuts_a_call_that_outlasts_it() {
+    use sqlx::Connection;
+    let grace = Duration::from_secs(2);
+    let Some(InFlight {
+        mut child,
+        database,
+        mut holder,
+        call,
+        _dir,
+        ..
+    }) = a_create_in_flight(grace.as_secs()).await
+    else {
+        return;
+    };
+    let stop_asked = tokio::time::Instant::now();
+    sigterm(&child);
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the server exits after its grace")
+        .unwrap();
+    let exited_after = stop_asked.elapsed();
+    let cut = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call ends")
+        .unwrap()
+        .expect_err("the call was cut");
+    let still_waiting = keyward_waits_for_a_lock(&database).await;
+
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        exited_after >= grace,
+        "exited {exited_after:?} after SIGTERM, before its {grace:?} grace"
+    );
+    assert!(
+        still_waiting,
+        "the call's statement had finished: it was not cut ({cut:?})"
+    );
+    assert!(
+        cut.metadata().get("x-request-id").is_none(),
+        "answered by the server, not cut: {cut:?}"
+    );
+
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    // The abandoned session rolls back once it has its lock: it is gone, and
+    // left nothing.
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            !keyward_waits_for_a_lock(&database).await
+        })
+        .await
+    );
+    assert_eq!(stored_key_names(&database).await, ["before"]);
 }

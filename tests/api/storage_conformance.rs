@@ -432,26 +432,111 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
     assert_eq!(store.events_after(0, 10).await.unwrap().len(), 1);
 }
 
+/// A replica that stalls inside a write (here: the proxy between it and
+/// PostgreSQL stops passing on what it sends, right after the database said
+/// it is inside a transaction) is cut off by PostgreSQL after
+/// `idle_in_transaction_session_timeout` (5 s, set on every session of the
+/// server's pool), not left holding its locks until TCP gives up: the
+/// session ends with SQLSTATE 25P03 about 5 s after it went idle, the call
+/// fails, nothing of it is written and the account's lock is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_session_idle_inside_a_transaction_is_ended_by_postgresql() {
+    use crate::helpers::pg_proxy::{PgProxy, Seen};
+    use keyward::proto;
+    use keyward::proto::key_service_client::KeyServiceClient;
+
+    let Some(database) = TestDatabase::create(Db::Postgres).await else {
+        return;
+    };
+    let mut proxy = PgProxy::start(&database.url).await;
+    let server = keyward::server::start(keyward::server::ServeOptions {
+        config: crate::helpers::test_config(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: proxy.url(&database.url),
+    })
+    .await
+    .expect("server starts through the proxy");
+    let mut keys = KeyServiceClient::new(crate::helpers::connect(server.addr()).await);
+    let create = |name: &str| proto::CreateKeyRequest {
+        account_id: "acct_1".into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    keys.create_key(create("before")).await.expect("CreateKey");
+
+    proxy.stall_next_transaction();
+    let stalled_call = tokio::spawn({
+        let mut keys = keys.clone();
+        let request = create("stalled");
+        async move { keys.create_key(request).await }
+    });
+    let limit = Duration::from_secs(60);
+    let (session, stalled_at) = proxy
+        .wait_for(limit, |seen| match seen {
+            Seen::Stalled { session, at } => Some((*session, *at)),
+            Seen::Error { .. } => None,
+        })
+        .await
+        .expect("CreateKey's transaction reaches the database");
+    let (sqlstate, ended_at) = proxy
+        .wait_for(limit, |seen| match seen {
+            Seen::Error {
+                session: s,
+                sqlstate,
+                at,
+            } if *s == session => Some((sqlstate.clone(), *at)),
+            _ => None,
+        })
+        .await
+        .expect("PostgreSQL ends the stalled session");
+
+    assert_eq!(
+        sqlstate, "25P03",
+        "ended for idle_in_transaction_session_timeout"
+    );
+    let idle = ended_at - stalled_at;
+    assert!(
+        idle >= Duration::from_millis(4_500),
+        "ended {idle:?} after it went idle; keyward sets 5 s"
+    );
+    let failed = stalled_call
+        .await
+        .unwrap()
+        .expect_err("the stalled call fails");
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    // Its transaction was rolled back and the account's lock released: the
+    // next create in the account goes through, and only it is written.
+    keys.create_key(create("after")).await.expect("CreateKey");
+    let names: Vec<String> = keys
+        .list_keys(proto::ListKeysRequest {
+            account_id: "acct_1".into(),
+            include_revoked: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|key| key.name)
+        .collect();
+    assert_eq!(names, ["before", "after"]);
+    server.shutdown().await.expect("clean shutdown");
+}
+
 /// The database goes away under the listener and comes back: the listener
 /// reconnects by itself and says `Resubscribed` once it listens again, so
 /// the follower replays at once instead of waiting for its next poll (no
 /// change is made, so no `Changed` hint could stand in for it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_says_resubscribed_when_it_listens_again() {
-    use crate::helpers::postgres::{ThrowawayCluster, report_skip};
+    use crate::helpers::postgres::ThrowawayCluster;
     use keyward::storage::Wakeup;
 
-    let cluster = match ThrowawayCluster::start() {
-        Ok(cluster) => cluster,
-        Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but no throwaway PostgreSQL: {reason}");
-            }
-            report_skip(&format!(
-                "the_listener_says_resubscribed_when_it_listens_again: {reason}"
-            ));
-            return;
-        }
+    let Some(cluster) =
+        ThrowawayCluster::start_or_skip("the_listener_says_resubscribed_when_it_listens_again")
+    else {
+        return;
     };
     let database = TestDatabase::create_postgres(&cluster.admin_url()).await;
     let store = storage::open(&database.url, &PoolSettings::default())

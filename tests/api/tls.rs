@@ -139,6 +139,68 @@ async fn list_scopes_over_tls(
         .map_err(|status| format!("call: {status:?}"))
 }
 
+/// What a TLS port answers a client that starts HTTP/2 in plaintext: the
+/// bytes it sends back before it closes the connection.
+async fn plaintext_http2_preface_answer(addr: SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes the connection")
+    .ok();
+    answer
+}
+
+/// Asserts a failed TLS call failed for `reason` (text from rustls's error
+/// in the client's error chain).
+#[track_caller]
+fn assert_refused_for<T: std::fmt::Debug>(result: &Result<T, String>, reason: &str, what: &str) {
+    match result {
+        Ok(answer) => panic!("{what}: should be refused, got {answer:?}"),
+        Err(error) => assert!(
+            error.contains(reason),
+            "{what}: should fail with {reason}, failed with {error}"
+        ),
+    }
+}
+
+/// Asserts that a call is refused by the server during the TLS handshake
+/// with the fatal alert `alert`. Every attempt must fail at the transport
+/// (no gRPC answer comes back); the alert itself reaches the client's error
+/// only when it arrives before the client gives up on the connection (with
+/// TLS 1.3 the client has sent its request by then), so the call is
+/// repeated, up to 30 times, until one error names it.
+async fn refused_by_the_server_for<T: std::fmt::Debug>(
+    mut call: impl AsyncFnMut() -> Result<T, String>,
+    alert: &str,
+    what: &str,
+) {
+    let wanted = format!("received fatal alert: {alert}");
+    let mut errors = Vec::new();
+    for _ in 0..30 {
+        let error = match call().await {
+            Ok(answer) => panic!("{what}: should be refused, got {answer:?}"),
+            Err(error) => error,
+        };
+        assert!(
+            error.contains("tonic::transport::Error(Transport"),
+            "{what}: should fail at the transport, failed with {error}"
+        );
+        if error.contains(&wanted) {
+            return;
+        }
+        errors.push(error);
+    }
+    panic!("{what}: no attempt was refused with {wanted}: {errors:#?}");
+}
+
 async fn list_scopes_in_plaintext(addr: SocketAddr) -> Result<(), String> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -166,13 +228,20 @@ async fn tls_serves_clients_that_trust_the_ca_and_refuses_plaintext() {
         list_scopes_in_plaintext(server.addr()).await.is_err(),
         "plaintext must not be served on a TLS port"
     );
+    // The server's whole answer to plaintext HTTP/2 is one fatal TLS alert
+    // record (content type 21, TLS 1.x, two bytes: level 2 = fatal): it
+    // speaks TLS only, and no HTTP/2 frame comes back.
+    let answer = plaintext_http2_preface_answer(server.addr()).await;
+    assert!(
+        matches!(answer.as_slice(), [21, 3, _, 0, 2, 2, _]),
+        "a TLS port answers plaintext with a fatal TLS alert only: {answer:?}"
+    );
     let stranger_ca = pki.dir.path().join("stranger-ca.pem");
     std::fs::write(&stranger_ca, certificate_authority("other").pem()).unwrap();
-    assert!(
-        list_scopes_over_tls(server.addr(), &stranger_ca, None)
-            .await
-            .is_err(),
-        "a client must not trust a server its CA did not sign"
+    assert_refused_for(
+        &list_scopes_over_tls(server.addr(), &stranger_ca, None).await,
+        "InvalidCertificate(UnknownIssuer)",
+        "a client must not trust a server its CA did not sign",
     );
     server.shutdown().await.unwrap();
 }
@@ -190,18 +259,26 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_client_ca() {
     )
     .await
     .expect("a client certificate from the CA gets through");
-    let without = list_scopes_over_tls(server.addr(), &pki.ca, None).await;
-    assert!(without.is_err(), "no client certificate: {without:?}");
-    let stranger = list_scopes_over_tls(
-        server.addr(),
-        &pki.ca,
-        Some((&pki.stranger_cert, &pki.stranger_key)),
+    // The server's own refusals: TLS alerts naming the reason.
+    refused_by_the_server_for(
+        async || list_scopes_over_tls(server.addr(), &pki.ca, None).await,
+        "CertificateRequired",
+        "no client certificate",
     )
     .await;
-    assert!(
-        stranger.is_err(),
-        "a certificate from another CA: {stranger:?}"
-    );
+    refused_by_the_server_for(
+        async || {
+            list_scopes_over_tls(
+                server.addr(),
+                &pki.ca,
+                Some((&pki.stranger_cert, &pki.stranger_key)),
+            )
+            .await
+        },
+        "UnknownCA",
+        "a certificate from another CA",
+    )
+    .await;
     server.shutdown().await.unwrap();
 }
 
@@ -289,6 +366,25 @@ async fn bad_tls_settings_stop_startup_naming_the_flag_and_writing_nothing() {
     );
 }
 
+/// A KeyService client with the test CA's client certificate.
+async fn mutual_tls_client(addr: SocketAddr, pki: &Pki) -> KeyServiceClient<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&pki.ca)))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            read(&pki.client_cert),
+            read(&pki.client_key),
+        ));
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a client with a certificate connects");
+    KeyServiceClient::new(channel)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_cli_speaks_mutual_tls() {
     let pki = pki();
@@ -314,6 +410,24 @@ async fn the_operator_cli_speaks_mutual_tls() {
     };
     let refused = run(false).await.unwrap();
     assert!(!refused.status.success(), "no client certificate, no call");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.starts_with("keyward: CreateKey failed"),
+        "the CLI names the call that failed: {stderr}"
+    );
+    // Refused before the call reached keyward: nothing was created (asked
+    // by a client with a certificate).
+    let listed = mutual_tls_client(server.addr(), &pki)
+        .await
+        .list_keys(proto::ListKeysRequest {
+            account_id: "acct_tls".into(),
+            include_revoked: true,
+            ..Default::default()
+        })
+        .await
+        .expect("a client with a certificate may list")
+        .into_inner();
+    assert!(listed.keys.is_empty(), "{listed:?}");
     let created = run(true).await.unwrap();
     assert!(
         created.status.success(),

@@ -36,6 +36,7 @@ on_both_databases!(
     pruning_between_history_pages_is_out_of_range,
     a_rewound_log_ends_streams_out_of_range,
     a_consumer_that_stops_reading_is_cut_off_and_frees_its_place,
+    checkpoints_pause_while_the_replica_cannot_prove_it_is_current,
 );
 
 async fn watch(app: &mut TestApp, after_seq: u64, account: &str) -> Streaming<RevocationEvent> {
@@ -144,12 +145,23 @@ async fn resuming_delivers_every_event_once_in_order(db: Db) {
     app.shutdown().await;
 }
 
+/// A stream filtered to one account gets that account's events and none of
+/// another's, starts with a checkpoint like any other stream, and still gets
+/// quiet checkpoints carrying the position past the other accounts' events,
+/// so a consumer's cursor advances (README, WatchRevocations).
 async fn the_account_filter_keeps_other_accounts_out(db: Db) {
-    let Some(mut app) = spawn_app(db).await else {
+    let mut config = test_config();
+    config.feed.checkpoint_interval = Duration::from_millis(200);
+    let Some(mut app) = spawn_app_with(db, config).await else {
         return;
     };
     let mut mine = watch(&mut app, 0, "acct_mine").await;
-    next(&mut mine).await;
+    let start = next(&mut mine).await;
+    assert_eq!(
+        (start.kind.as_str(), start.seq),
+        ("checkpoint", 0),
+        "a filtered stream starts with a checkpoint at the log's end: {start:?}"
+    );
 
     let (other, _) = app.create_key("acct_other", &[]).await;
     app.revoke("acct_other", &other.id).await;
@@ -164,6 +176,8 @@ async fn the_account_filter_keeps_other_accounts_out(db: Db) {
         .await
         .unwrap();
     app.revoke("acct_mine", &key.id).await;
+    let (last_other, _) = app.create_key("acct_other", &[]).await;
+    app.revoke("acct_other", &last_other.id).await;
 
     let first = next_event(&mut mine).await;
     let second = next_event(&mut mine).await;
@@ -174,6 +188,29 @@ async fn the_account_filter_keeps_other_accounts_out(db: Db) {
     assert_eq!(
         (second.kind.as_str(), second.key_id.as_str()),
         ("revoked", key.id.as_str())
+    );
+    // The log ends with the other account's second revocation (seq 4): a
+    // quiet checkpoint reaches it, and nothing of acct_other comes first.
+    let end = 4;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let quiet = loop {
+        let message = next(&mut mine).await;
+        assert_eq!(
+            message.kind, "checkpoint",
+            "another account's event: {message:?}"
+        );
+        assert!(message.seq <= end, "a checkpoint past the log: {message:?}");
+        if message.seq == end {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint reached seq {end} (the last other-account event); last {message:?}"
+        );
+    };
+    assert!(
+        quiet.seq > second.seq,
+        "the cursor advanced past filtered events"
     );
     app.shutdown().await;
 }
@@ -627,7 +664,10 @@ async fn a_rewound_log_ends_streams_out_of_range(db: Db) {
 async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
     let mut config = test_config();
     config.feed.max_watchers = 1;
-    config.feed.checkpoint_interval = Duration::from_millis(300);
+    // How long a stream may take nothing while messages wait: long enough
+    // that this test's own streams, read as fast as the test runs, are not
+    // cut off when its thread is descheduled.
+    config.feed.checkpoint_interval = Duration::from_secs(1);
     let Some(mut app) = spawn_app_with(db, config).await else {
         return;
     };
@@ -718,4 +758,108 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
         received += 1;
     }
     app.shutdown().await;
+}
+
+/// The next message within `limit`, or `None`; the stream must not end.
+async fn next_within(
+    stream: &mut (impl futures_util::Stream<Item = Result<RevocationEvent, tonic::Status>> + Unpin),
+    limit: Duration,
+) -> Option<RevocationEvent> {
+    match tokio::time::timeout(limit, stream.next()).await {
+        Ok(Some(Ok(event))) => Some(event),
+        Ok(other) => panic!("the stream ended: {other:?}"),
+        Err(_) => None,
+    }
+}
+
+/// "Checkpoints pause while the replica cannot prove it is caught up." A
+/// KeyService over the real database whose follower polls only when the
+/// test says so: checkpoints come while its proof from startup is fresh,
+/// none is made after that proof has expired, and they resume as soon as a
+/// poll proves the replica current again. (The stream is read throughout;
+/// each checkpoint carries the time it was made.)
+async fn checkpoints_pause_while_the_replica_cannot_prove_it_is_current(db: Db) {
+    use std::time::SystemTime;
+    let interval = Duration::from_millis(250);
+    let bound = Duration::from_secs(5);
+    let Some(database) = TestDatabase::create(db).await else {
+        return;
+    };
+    let store = storage::open(&database.url, &PoolSettings::default())
+        .await
+        .unwrap();
+    let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
+    let feed = RevocationFeed::start(
+        Arc::clone(&store),
+        Arc::clone(&store),
+        Arc::clone(&cache),
+        FeedSettings {
+            checkpoint_interval: interval,
+            // The proof made at start lasts this long; nothing renews it
+            // until the test polls.
+            freshness_bound: bound,
+            ..FeedSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The proof was made before this, so it has expired by `stale_from`.
+    let stale_from = SystemTime::now() + bound + Duration::from_millis(1);
+    let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
+    freshness.confirm(Instant::now());
+    let InProcess {
+        authenticator,
+        manager,
+        ..
+    } = in_process(Arc::clone(&store), cache, freshness);
+    let api = KeyServiceApi::new(
+        Arc::new(authenticator),
+        Arc::new(manager),
+        Arc::clone(&feed),
+    );
+    let mut stream = api
+        .watch_revocations(tonic::Request::new(proto::WatchRevocationsRequest {
+            after_seq: 0,
+            account_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let made_at = |event: &RevocationEvent| SystemTime::try_from(event.at.unwrap()).unwrap();
+    let start = next_within(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("the start checkpoint");
+    assert_eq!(start.kind, "checkpoint");
+
+    // Fresh: quiet checkpoints come.
+    let quiet = next_within(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("a quiet checkpoint while fresh");
+    assert_eq!(quiet.kind, "checkpoint");
+
+    // Read on until twelve intervals past the expiry: no checkpoint made
+    // after it (one decided just before may be made up to 1 s late).
+    let latest_allowed = stale_from + Duration::from_secs(1);
+    let mut checkpoints = 1;
+    while SystemTime::now() < latest_allowed + interval * 12 {
+        if let Some(event) = next_within(&mut stream, interval).await {
+            assert_eq!(event.kind, "checkpoint", "{event:?}");
+            checkpoints += 1;
+            assert!(
+                made_at(&event) <= latest_allowed,
+                "a checkpoint made {:?} after the replica's proof expired: {event:?}",
+                made_at(&event).duration_since(stale_from).unwrap()
+            );
+        }
+    }
+    assert!(!feed.freshness().is_fresh());
+    assert!(checkpoints >= 2, "checkpoints came while fresh");
+
+    // Proved current again: they resume.
+    feed.poll_once().await.unwrap();
+    let resumed = next_within(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("checkpoints resume once the replica is current");
+    assert_eq!(resumed.kind, "checkpoint");
+    assert_eq!(resumed.seq, start.seq);
 }

@@ -151,7 +151,7 @@ fn the_first_present_source_is_read_and_every_present_one_is_removed() {
         FoundKey::Bare(value) => assert_eq!(value, "cc_from_header"),
         _ => panic!("expected the named header"),
     }
-    let removal = sources.present(&headers, &target);
+    let removal = sources.present(&headers, &target, &KeyFormat::carboncopy());
     assert_eq!(removal.headers, ["x-api-key"]);
     assert_eq!(removal.query_parameters, ["api_key"]);
 
@@ -163,7 +163,7 @@ fn the_first_present_source_is_read_and_every_present_one_is_removed() {
         FoundKey::None
     ));
     assert_eq!(
-        sources.present(&no_headers, &plain),
+        sources.present(&no_headers, &plain, &KeyFormat::carboncopy()),
         CredentialRemoval::default()
     );
 }
@@ -193,4 +193,39 @@ fn public_routes_strip_only_what_carries_the_key_prefix() {
         &format,
     );
     assert_eq!(removal.headers, ["authorization"]);
+}
+
+/// The leaks: a key in a form keyward does not read (another
+/// scheme, another header, another spelling of the query parameter) still
+/// never reaches the upstream.
+#[test]
+fn keys_in_forms_keyward_does_not_read_are_stripped_too() {
+    let sources = KeySources {
+        authorization_header: true,
+        header: None,
+        query_parameter: Some("api_key".into()),
+    };
+    let format = KeyFormat::carboncopy();
+    let secret = format!("cc_{}", "a".repeat(64));
+    let token = format!("Token {secret}");
+    let request = http(&[
+        ("authorization", &token),
+        ("x-forwarded-key", &secret),
+        ("x-note", "Basic dXNlcjpwYXNz"),
+        ("user-agent", "curl/8.0 (linux) cc_third_word"),
+    ]);
+    let headers = RequestHeaders::of(&request);
+    let raw_target = format!("/public?API_KEY={secret}&auth=Bearer%20{secret}&page=2");
+    let target = RequestTarget::parse(&raw_target).unwrap();
+    for removal in [
+        sources.carrying_keys(&headers, &target, &format),
+        sources.present(&headers, &target, &format),
+    ] {
+        let mut stripped = removal.headers.clone();
+        stripped.sort();
+        assert_eq!(stripped, ["authorization", "x-forwarded-key"]);
+        let mut parameters = removal.query_parameters.clone();
+        parameters.sort();
+        assert_eq!(parameters, ["API_KEY", "auth"]);
+    }
 }

@@ -256,10 +256,39 @@ fn query_parameters_are_matched_by_their_raw_name_and_encoded_names_are_refused(
         encoded.query_parameter("api_key"),
         Err(MalformedRequest::EncodedQueryParameterName)
     );
-    assert!(target.has_query_parameter("flag"));
+    assert_eq!(
+        target.query_parameter_spellings("flag").collect::<Vec<_>>(),
+        ["flag"]
+    );
     assert_eq!(target.query_parameter("flag").unwrap().as_deref(), Some(""));
-    assert!(!target.has_query_parameter("api"));
+    assert_eq!(target.query_parameter_spellings("api").count(), 0);
     assert_eq!(target.query_parameter("missing").unwrap(), None);
+}
+
+#[test]
+fn query_parameter_names_match_in_any_case() {
+    let target = RequestTarget::parse("/a?API_KEY=csb_pub_x&b=1").unwrap();
+    assert_eq!(
+        target.query_parameter("api_key").unwrap().as_deref(),
+        Some("csb_pub_x")
+    );
+    assert_eq!(
+        target
+            .query_parameter_spellings("api_key")
+            .collect::<Vec<_>>(),
+        ["API_KEY"]
+    );
+    // Two spellings are two copies: ambiguous.
+    let twice = RequestTarget::parse("/a?api_key=x&Api_Key=y").unwrap();
+    assert_eq!(
+        twice.query_parameter("api_key"),
+        Err(MalformedRequest::RepeatedQueryParameter)
+    );
+    let encoded = RequestTarget::parse("/a?API%5FKEY=x").unwrap();
+    assert_eq!(
+        encoded.query_parameter("api_key"),
+        Err(MalformedRequest::EncodedQueryParameterName)
+    );
 }
 
 #[test]

@@ -143,6 +143,19 @@ fn the_envoy_example_decodes_as_an_envoy_bootstrap() {
         None | Some(Json::Bool(false))
     ));
     assert_eq!(get(ext_authz, &["grpcService", "timeout"]), "0.250s");
+    // Envoy sends its service token with every Check (the hot path needs
+    // one wherever management does, and only a trusted token may state
+    // client addresses).
+    let metadata = get(ext_authz, &["grpcService", "initialMetadata"])
+        .as_array()
+        .expect("initial_metadata is a list");
+    assert!(
+        metadata.iter().any(|entry| entry["key"] == "authorization"
+            && entry["value"]
+                .as_str()
+                .is_some_and(|value| value.starts_with("Bearer kwt_"))),
+        "{metadata:?}"
+    );
     let authz_cluster = get(ext_authz, &["grpcService", "envoyGrpc", "clusterName"]);
 
     let clusters = get(&json, &["staticResources", "clusters"])

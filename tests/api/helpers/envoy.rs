@@ -35,6 +35,8 @@ pub fn config_from(text: &str) -> Config {
 /// Plays Envoy's ext_authz filter.
 pub struct Envoy {
     client: AuthorizationClient<Channel>,
+    /// The service token Envoy sends (`grpc_service.initial_metadata`).
+    token: Option<String>,
 }
 
 impl Envoy {
@@ -46,15 +48,42 @@ impl Envoy {
     pub fn on(channel: Channel) -> Self {
         Self {
             client: AuthorizationClient::new(channel),
+            token: None,
+        }
+    }
+
+    /// Sending `authorization: Bearer <token>` with every Check, as the
+    /// example Envoy config does.
+    pub fn with_token(channel: Channel, token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            ..Self::on(channel)
         }
     }
 
     pub async fn check(&mut self, request: CheckRequest) -> CheckResponse {
+        self.try_check(request)
+            .await
+            .expect("Check answers every request with a CheckResponse")
+    }
+
+    /// A Check that may be refused before keyward reads it (a missing or
+    /// wrong service token).
+    pub async fn try_check(
+        &mut self,
+        request: CheckRequest,
+    ) -> Result<CheckResponse, tonic::Status> {
+        let mut request = tonic::Request::new(request);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("a token is ASCII"),
+            );
+        }
         self.client
             .check(request)
             .await
-            .expect("Check answers every request with a CheckResponse")
-            .into_inner()
+            .map(tonic::Response::into_inner)
     }
 }
 

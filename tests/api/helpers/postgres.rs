@@ -24,9 +24,9 @@ pub fn admin_url() -> Option<String> {
                     Some(url)
                 }
                 Err(reason) => {
-                    if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    if super::running_in_ci() {
                         panic!(
-                            "CI=true but no PostgreSQL for tests: set KEYWARD_TEST_DATABASE_URL ({reason})"
+                            "CI is set but there is no PostgreSQL for tests: set KEYWARD_TEST_DATABASE_URL ({reason})"
                         );
                     }
                     report_skip(&format!(
@@ -108,6 +108,24 @@ pub struct ThrowawayCluster {
 }
 
 impl ThrowawayCluster {
+    /// A cluster for `test`, which must stop a database; `None` (reported
+    /// loudly as skipped) when none can be started, except in CI, where
+    /// that fails the test.
+    pub fn start_or_skip(test: &str) -> Option<Self> {
+        match Self::start() {
+            Ok(cluster) => Some(cluster),
+            Err(reason) => {
+                if super::running_in_ci() {
+                    panic!(
+                        "{test}: CI is set but no throwaway PostgreSQL could be started: {reason}"
+                    );
+                }
+                report_skip(&format!("{test}: {reason}"));
+                None
+            }
+        }
+    }
+
     pub fn start() -> Result<Self, String> {
         let bin = postgres_bin().ok_or("no initdb under /usr/lib/postgresql/*/bin")?;
         let dir = std::env::temp_dir().join(format!(

@@ -1,0 +1,107 @@
+//! The statements both backends run as they are. sqlx binds `$N`
+//! placeholders on SQLite as on PostgreSQL, and the two schemas have the same
+//! tables and columns (BLOB and BYTEA both take `&[u8]`; SQLite's INTEGER and
+//! PostgreSQL's BIGINT both take `i64`), so one text serves both. Statements
+//! whose SQL differs stay in `sqlite.rs` and `postgres.rs`, each with the
+//! reason.
+//!
+//! Each statement names what it binds, in placeholder order.
+
+/// The columns of [`KeyRow`](super::KeyRow), as a literal so statements stay
+/// `&'static str`.
+macro_rules! key_columns {
+    () => {
+        "id, account_id, name, key_hash, start, scopes, rate_limit_requests, \
+         rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+pub(super) use key_columns;
+
+/// The columns of [`EventRow`](super::EventRow).
+macro_rules! event_columns {
+    () => {
+        "seq, key_id, account_id, key_hash, kind, at"
+    };
+}
+
+/// A key of an account, as a literal so PostgreSQL can add `FOR UPDATE`.
+/// Binds: key id, account id.
+macro_rules! key_in_account {
+    () => {
+        concat!(
+            "SELECT ",
+            $crate::storage::statements::key_columns!(),
+            " FROM api_keys WHERE id = $1 AND account_id = $2"
+        )
+    };
+}
+pub(super) use key_in_account;
+
+// Keys
+
+/// Binds: account id.
+pub(super) const INSERT_ACCOUNT: &str =
+    "INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING";
+
+/// Keys of an account neither revoked nor expired. Binds: account id, now.
+pub(super) const COUNT_ACTIVE_KEYS: &str = "SELECT COUNT(*) FROM api_keys \
+     WHERE account_id = $1 AND revoked_at IS NULL \
+     AND (expires_at IS NULL OR expires_at > $2)";
+
+/// Binds: id, account id, name, key hash, start, scopes, rate limit requests,
+/// rate limit seconds, created at, expires at.
+pub(super) const INSERT_KEY: &str = "INSERT INTO api_keys (id, account_id, name, key_hash, \
+     start, scopes, rate_limit_requests, rate_limit_per_seconds, created_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Binds: key id, account id.
+pub(super) const KEY_IN_ACCOUNT: &str = key_in_account!();
+
+/// Binds: name, scopes, rate limit requests, rate limit seconds, key id.
+pub(super) const UPDATE_KEY: &str = "UPDATE api_keys SET name = $1, scopes = $2, \
+     rate_limit_requests = $3, rate_limit_per_seconds = $4 WHERE id = $5";
+
+/// A page of an account's keys in id order. Binds: account id, whether
+/// revoked keys count, the id to start after (`""` for the first page), limit.
+pub(super) const LIST_KEYS: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM api_keys WHERE account_id = $1 AND ($2 OR revoked_at IS NULL) \
+     AND id > $3 ORDER BY id LIMIT $4"
+);
+
+/// Binds: key hash.
+pub(super) const KEY_BY_DIGEST: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM api_keys WHERE key_hash = $1"
+);
+
+/// Binds: key id.
+pub(super) const KEY_BY_ID: &str =
+    concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = $1");
+
+// The event log
+
+/// `seq` is left out: SQLite's AUTOINCREMENT or PostgreSQL's trigger (under
+/// its ordering lock) assigns it. Binds: key id, account id, key hash, kind,
+/// at.
+pub(super) const INSERT_EVENT: &str =
+    "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) VALUES ($1, $2, $3, $4, $5)";
+
+/// Binds: sequence to read after, limit.
+pub(super) const EVENTS_AFTER: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+);
+
+/// Binds nothing.
+pub(super) const PRUNED_THROUGH: &str = "SELECT pruned_through FROM feed_state WHERE id = 1";
+
+/// The last event older than a cutoff (NULL when none): pruning removes a
+/// prefix of the log up to it. Binds: cutoff.
+pub(super) const LAST_EVENT_BEFORE: &str = "SELECT MAX(seq) FROM key_events WHERE at < $1";
+
+/// Binds: the last sequence to delete.
+pub(super) const DELETE_EVENTS_THROUGH: &str = "DELETE FROM key_events WHERE seq <= $1";
