@@ -33,8 +33,6 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
-    /// Start keyward and measure it (see BENCHMARKS.md).
-    Bench(crate::bench::BenchArgs),
     /// Create, list, show, change and revoke keys on a running server.
     #[command(subcommand)]
     Keys(KeysCommand),

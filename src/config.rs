@@ -12,20 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access_control::AccessSettings;
+use crate::change_feed::FeedSettings;
 use crate::denial::{DenialCatalog, DenialText};
 use crate::domain::RateLimit;
 use crate::ext_authz::RouteDefinition;
 use crate::failed_auth_bans::BanSettings;
 use crate::key_cache::CacheSettings;
 use crate::key_format::{Alphabet, KeyFormat};
-use crate::revocation_feed::FeedSettings;
 use crate::scope_catalog::{PresetDefinition, ScopeCatalog, ScopeDefinition, ScopeDenialText};
 
 mod auth;
 mod http;
 mod raw;
 
-pub use http::HttpSettings;
+pub use http::ExtAuthzSettings;
 
 use raw::{RawConfig, RawDenialText};
 
@@ -61,7 +61,7 @@ pub struct Config {
     /// Who may call which RPC (`[auth]`).
     pub auth: AccessSettings,
     /// `[http]`: the Envoy ext_authz surface.
-    pub http: HttpSettings,
+    pub http: ExtAuthzSettings,
     /// The `[[http.routes]]` entries as written, in order, for
     /// `check-config` (`http.routes` is the compiled policy, which keeps
     /// only what matching needs).
@@ -582,7 +582,7 @@ impl Config {
                 public: route.public,
             })
             .collect();
-        let http = HttpSettings::from_raw(raw.http, file, &key_format, &catalog, &denials)?;
+        let http = ExtAuthzSettings::from_raw(raw.http, file, &key_format, &catalog, &denials)?;
 
         Ok(Self {
             source: None,

@@ -198,3 +198,25 @@ mod tests {
         );
     }
 }
+
+/// A denial the route policy decides before any key is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDenial {
+    /// No route matched and `unmatched_route = "deny"`.
+    UnmatchedRoute,
+    /// The path or a query parameter keyward reads could not be read
+    /// unambiguously, or the check carried no HTTP request.
+    MalformedRequest,
+}
+
+impl PolicyDenial {
+    pub const ALL: [PolicyDenial; 2] = [Self::UnmatchedRoute, Self::MalformedRequest];
+
+    /// The log reason, metrics outcome and gRPC status message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnmatchedRoute => "unmatched_route",
+            Self::MalformedRequest => "malformed_request",
+        }
+    }
+}

@@ -26,7 +26,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 
 use crate::domain::{AccountId, KeyDigest, KeyId, RateLimit, UnixMillis};
-use crate::rate_limits::LimiterSlot;
+use crate::rate_limits::{LimitedKey, LimiterSlot};
 use crate::scope_catalog::{ScopeCatalog, ScopeSet};
 use crate::storage::KeyRecord;
 
@@ -59,6 +59,15 @@ pub struct CachedKey {
 }
 
 impl CachedKey {
+    /// The key as its rate limiter sees it.
+    pub fn limited(&self) -> LimitedKey<'_> {
+        LimitedKey {
+            id: &self.id,
+            rate_limit: self.rate_limit,
+            slot: &self.limiter,
+        }
+    }
+
     pub fn from_record(record: KeyRecord, catalog: &ScopeCatalog) -> Self {
         let (granted, unknown) =
             catalog.granted_from_names(record.scopes.iter().map(String::as_str));

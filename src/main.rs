@@ -44,7 +44,6 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::CheckConfig { file } => check_config(&file),
-        Command::Bench(args) => bench(args).await,
         Command::Keys(command) => keyward::operator_cli::run(command)
             .await
             .map(|output| print!("{output}"))
@@ -136,14 +135,6 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("signal received");
-}
-
-async fn bench(args: keyward::bench::BenchArgs) -> Result<(), String> {
-    let rows = keyward::bench::run(&args)
-        .await
-        .map_err(|e| e.to_string())?;
-    print!("{}", keyward::bench::render(&rows));
-    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {

@@ -25,20 +25,17 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access_control::{AccessPolicy, HotPathAccess};
-use crate::api::KeyServiceApi;
-use crate::api::request_gate::RequestGateLayer;
-use crate::authenticator::Authenticator;
+use crate::change_feed::Freshness;
 use crate::config::{Config, SettingOrigins};
 use crate::ext_authz::{self, AuthorizationService, ExtAuthzApi};
-use crate::key_cache::KeyCache;
-use crate::key_management::KeyManager;
+use crate::grpc::KeyServiceApi;
+use crate::grpc::request_gate::RequestGateLayer;
 use crate::proto;
 use crate::proto::key_service_server::KeyServiceServer;
-use crate::revocation_feed::{Freshness, RevocationFeed};
+use crate::replica::Replica;
 use crate::storage::{self, KeyStore, PoolSettings, StoreError};
 use crate::telemetry::Telemetry;
-use crate::telemetry::metrics_endpoint::{self, ScrapeSources};
-use crate::usage::usage_channel;
+use crate::telemetry::metrics_endpoint::{self, StateSource};
 
 mod connection;
 pub mod tls;
@@ -287,53 +284,18 @@ async fn run(
     } else {
         Telemetry::disabled()
     });
-    let cache = Arc::new(KeyCache::new(&config.cache));
-    let feed = RevocationFeed::start(
-        Arc::clone(&store),
-        follower_store,
-        Arc::clone(&cache),
-        config.feed.clone(),
-    )
-    .await?;
-    let wakeups = store.subscribe_wakeups().await?;
-    let (usage, usage_flusher) = usage_channel(Arc::clone(&store));
+    let replica =
+        Arc::new(Replica::start(config, store, follower_store, Arc::clone(&telemetry)).await?);
+    let config = replica.config();
 
-    let authenticator = Arc::new(Authenticator::new(
-        &config,
-        Arc::clone(&cache),
-        Arc::clone(&store),
-        Arc::clone(feed.freshness()),
-        usage,
-        Arc::clone(&telemetry),
-    ));
-    let manager = Arc::new(KeyManager::new(
-        &config,
-        Arc::clone(&store),
-        Arc::clone(&cache),
-    ));
-
-    // Background work stops when `background` is cancelled, after the gRPC
+    // The listeners stop when `background` is cancelled, after the gRPC
     // server has drained.
     let background = CancellationToken::new();
-    let follower =
-        tokio::spawn(Arc::clone(&feed).run(wakeups, background.clone().cancelled_owned()));
-    let pruner = tokio::spawn(Arc::clone(&feed).run_pruner(background.clone().cancelled_owned()));
-    let flusher = tokio::spawn(usage_flusher.run(
-        config.last_used_flush_interval,
-        background.clone().cancelled_owned(),
-    ));
-
-    let upkeep =
-        tokio::spawn(Arc::clone(&telemetry).run_upkeep(background.clone().cancelled_owned()));
     let metrics_server = prepared.metrics.map(|metrics_listener| {
         tokio::spawn(metrics_endpoint::serve(
             metrics_listener,
-            ScrapeSources {
-                telemetry: Arc::clone(&telemetry),
-                cache: Arc::clone(&cache),
-                feed: Arc::clone(&feed),
-                authenticator: Arc::clone(&authenticator),
-            },
+            Arc::clone(&telemetry),
+            Arc::clone(&replica) as Arc<dyn StateSource>,
             background.clone().cancelled_owned(),
         ))
     });
@@ -352,7 +314,7 @@ async fn run(
     let health_down = CancellationToken::new();
     let watchdog = tokio::spawn(health_watchdog(
         health_reporter.clone(),
-        Arc::clone(feed.freshness()),
+        Arc::clone(replica.freshness()),
         stop.clone(),
         health_down.clone(),
     ));
@@ -369,9 +331,9 @@ async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let key_service = KeyServiceServer::new(KeyServiceApi::new(
-        Arc::clone(&authenticator),
-        Arc::clone(&manager),
-        Arc::clone(&feed),
+        Arc::clone(replica.authenticator()),
+        Arc::clone(replica.manager()),
+        Arc::clone(replica.feed()),
     ));
 
     if config.http.routes.is_empty()
@@ -380,14 +342,14 @@ async fn run(
         tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
     }
     let ext_authz_service = AuthorizationService::new(ExtAuthzApi::new(
-        Arc::clone(&authenticator),
+        Arc::clone(replica.authenticator()),
         config.http.clone(),
     ));
 
     let grace = config.server.shutdown_grace;
     let shutdown_signal = {
         let stop = stop.clone();
-        let feed = Arc::clone(&feed);
+        let feed = Arc::clone(replica.feed());
         async move {
             stop.cancelled().await;
             tracing::info!("shutting down: draining in-flight calls");
@@ -440,12 +402,12 @@ async fn run(
     };
 
     background.cancel();
-    let _ = tokio::join!(follower, pruner, watchdog, upkeep);
+    let _ = watchdog.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
-    // The flusher writes pending last-use times before it returns.
-    let _ = flusher.await;
+    // The replica's flusher writes pending last-use times before it stops.
+    replica.stop().await;
     tracing::info!("stopped");
     result.map_err(ServeError::from)
 }

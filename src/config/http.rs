@@ -1,6 +1,6 @@
 //! `[http]`: validates the Envoy ext_authz settings (where keys are read,
 //! error body style, identity headers, unmatched routes, proxy hops, the
-//! route policy) into [`HttpSettings`], compiling routes and rendering the
+//! route policy) into [`ExtAuthzSettings`], compiling routes and rendering the
 //! fixed parts of responses once.
 
 use std::sync::Arc;
@@ -38,7 +38,7 @@ const RESERVED_HEADERS: [&str; 9] = [
 
 /// Validated `[http]`.
 #[derive(Debug, Clone)]
-pub struct HttpSettings {
+pub struct ExtAuthzSettings {
     pub key_sources: KeySources,
     /// The authorization header must carry one of `keys.schemes` before the
     /// key (`Bearer cc_...`); a bare key there counts as no key.
@@ -54,7 +54,7 @@ pub struct HttpSettings {
     pub responses: Arc<Responses>,
 }
 
-impl HttpSettings {
+impl ExtAuthzSettings {
     pub(super) fn from_raw(
         raw: RawHttp,
         file: &str,

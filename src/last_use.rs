@@ -18,12 +18,12 @@ const BATCH: usize = 10_000;
 
 /// The hot path's handle.
 #[derive(Clone)]
-pub struct UsageRecorder {
+pub struct LastUseRecorder {
     queue: mpsc::UnboundedSender<Arc<CachedKey>>,
 }
 
 /// The flusher's end of the queue.
-pub struct UsageFlusher {
+pub struct LastUseFlusher {
     queue: mpsc::UnboundedReceiver<Arc<CachedKey>>,
     store: Arc<dyn KeyStore>,
 }
@@ -31,15 +31,15 @@ pub struct UsageFlusher {
 /// A recorder and the flusher that drains it. The queue holds each key at
 /// most once until the flusher takes it, so its length is bounded by the
 /// number of keys in use.
-pub fn usage_channel(store: Arc<dyn KeyStore>) -> (UsageRecorder, UsageFlusher) {
+pub fn last_use_channel(store: Arc<dyn KeyStore>) -> (LastUseRecorder, LastUseFlusher) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
-        UsageRecorder { queue: tx },
-        UsageFlusher { queue: rx, store },
+        LastUseRecorder { queue: tx },
+        LastUseFlusher { queue: rx, store },
     )
 }
 
-impl UsageRecorder {
+impl LastUseRecorder {
     pub fn record(&self, key: &Arc<CachedKey>, now: UnixMillis) {
         if key.note_use(now) {
             // Only fails after shutdown, when nothing is flushed any more.
@@ -48,7 +48,7 @@ impl UsageRecorder {
     }
 }
 
-impl UsageFlusher {
+impl LastUseFlusher {
     /// Writes everything queued so far, in batches of [`BATCH`] keys (so a
     /// million keys used since the last flush cost neither a million-row
     /// transaction nor its memory at once); returns how many were written.

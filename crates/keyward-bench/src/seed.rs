@@ -3,9 +3,9 @@
 //! store has run its migrations), with secrets generated exactly as keyward
 //! generates them.
 
-use crate::config::Config;
-use crate::domain::{KeyId, UnixMillis};
-use crate::storage::{self, PoolSettings};
+use keyward::config::Config;
+use keyward::domain::{KeyId, UnixMillis};
+use keyward::storage::{self, PoolSettings};
 
 use super::BenchError;
 

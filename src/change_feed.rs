@@ -128,7 +128,7 @@ pub enum GapCause {
     /// from a backup or failed over to a standby that was behind).
     Rewound,
 }
-pub struct RevocationFeed {
+pub struct ChangeFeed {
     /// The follower's own small pool (see `storage::open_follower`).
     reader: Arc<dyn KeyStore>,
     /// The shared pool, for watch streams' history reads.
@@ -183,7 +183,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl RevocationFeed {
+impl ChangeFeed {
     /// Starts at the log's current end: the cache is empty, so there is
     /// nothing older to apply.
     pub async fn start(

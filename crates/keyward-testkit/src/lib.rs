@@ -103,12 +103,12 @@ macro_rules! on_both_databases {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    super::$name($crate::helpers::Db::Sqlite).await;
+                    super::$name($crate::Db::Sqlite).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    super::$name($crate::helpers::Db::Postgres).await;
+                    super::$name($crate::Db::Postgres).await;
                 }
             }
         )*
@@ -130,16 +130,7 @@ impl TestDatabase {
     /// A fresh database, or `None` when PostgreSQL is unavailable outside CI.
     pub async fn create(db: Db) -> Option<Arc<Self>> {
         match db {
-            Db::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
-                Some(Arc::new(Self {
-                    url,
-                    db,
-                    _dir: Some(dir),
-                    postgres: None,
-                }))
-            }
+            Db::Sqlite => Some(Arc::new(Self::sqlite().expect("temp dir"))),
             Db::Postgres => {
                 let admin = postgres::admin_url()?;
                 Some(Arc::new(Self::create_postgres(&admin).await))
@@ -147,28 +138,46 @@ impl TestDatabase {
         }
     }
 
-    /// A fresh database on a given PostgreSQL server (admin URL).
+    /// A fresh SQLite file in a temporary directory of its own.
+    pub fn sqlite() -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
+        Ok(Self {
+            url,
+            db: Db::Sqlite,
+            _dir: Some(dir),
+            postgres: None,
+        })
+    }
+
+    /// A fresh database on a given PostgreSQL server (admin URL); panics
+    /// with the reason when it cannot be made.
     pub async fn create_postgres(admin: &str) -> Self {
+        Self::try_create_postgres(admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database on {admin}: {e}"))
+    }
+
+    /// A fresh database on a given PostgreSQL server (admin URL), dropped
+    /// (with `FORCE`) when this value is.
+    pub async fn try_create_postgres(admin: &str) -> Result<Self, sqlx::Error> {
         let name = format!(
             "kwt_{}_{}_{}",
             std::process::id(),
             DATABASE_COUNTER.fetch_add(1, Ordering::Relaxed),
             uuid::Uuid::new_v4().simple()
         );
-        let mut conn = sqlx::PgConnection::connect(admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to test PostgreSQL {admin}: {e}"));
+        let mut conn = sqlx::PgConnection::connect(admin).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
-            .await
-            .expect("create test database");
+            .await?;
         conn.close().await.ok();
-        Self {
+        Ok(Self {
             url: postgres::with_database(admin, &name),
             db: Db::Postgres,
             _dir: None,
             postgres: Some((admin.to_owned(), name)),
-        }
+        })
     }
 }
 
