@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 
 pub mod postgres;
+mod shared_reads;
 pub mod sqlite;
 mod statements;
 

@@ -12,21 +12,20 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
+use super::shared_reads::impl_key_store;
 use super::statements::{
-    COUNT_ACTIVE_KEYS, DELETE_EVENTS_THROUGH, EVENTS_AFTER, INSERT_ACCOUNT, INSERT_EVENT,
-    INSERT_KEY, KEY_BY_DIGEST, KEY_BY_ID, KEY_IN_ACCOUNT, LAST_EVENT_BEFORE, LIST_KEYS,
-    PRUNED_THROUGH, UPDATE_KEY, key_columns, key_in_account,
+    COUNT_ACTIVE_KEYS, DELETE_EVENTS_THROUGH, INSERT_ACCOUNT, INSERT_EVENT, INSERT_KEY,
+    KEY_IN_ACCOUNT, LAST_EVENT_BEFORE, UPDATE_KEY, key_columns, key_in_account,
 };
 use super::{
-    EventKind, EventRow, KeyEvent, KeyRecord, KeyRow, KeyStore, KeyUpdate, NewKey, PoolSettings,
-    StoreError, Wakeup, apply_update, events_for_update, join_scopes, rate_limit_columns, to_u64,
+    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup,
+    apply_update, events_for_update, join_scopes, rate_limit_columns, to_u64,
 };
-use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
+use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
 
 /// The NOTIFY channel the event-log trigger signals.
@@ -132,8 +131,7 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl KeyStore for PostgresStore {
+impl_key_store!(PostgresStore, {
     fn backend(&self) -> Backend {
         Backend::Postgres
     }
@@ -248,48 +246,6 @@ impl KeyStore for PostgresStore {
         Self::key_in_account(&mut conn, account, id, false).await
     }
 
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        include_revoked: bool,
-        after: Option<&KeyId>,
-        limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows: Vec<KeyRow> = sqlx::query_as(LIST_KEYS)
-            .bind(account.as_str())
-            .bind(include_revoked)
-            .bind(after.map_or("", KeyId::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(KeyRecord::try_from).collect()
-    }
-
-    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(KEY_BY_DIGEST)
-            .bind(digest.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(KeyRecord::try_from).transpose()
-    }
-
-    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(KEY_BY_ID)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(KeyRecord::try_from).transpose()
-    }
-
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(EVENTS_AFTER)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(KeyEvent::try_from).collect()
-    }
-
     async fn latest_seq(&self) -> Result<u64, StoreError> {
         let seq: i64 = sqlx::query_scalar(
             "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
@@ -297,13 +253,6 @@ impl KeyStore for PostgresStore {
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(to_u64(seq))
-    }
-
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        let seq: i64 = sqlx::query_scalar(PRUNED_THROUGH)
-            .fetch_one(&self.pool)
-            .await?;
         Ok(to_u64(seq))
     }
 
@@ -354,10 +303,6 @@ impl KeyStore for PostgresStore {
         Ok(())
     }
 
-    fn pool_stats(&self) -> super::PoolStats {
-        super::PoolStats::of(&self.pool)
-    }
-
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
         let name = format!(
             "{}{LISTENER_SUFFIX}",
@@ -376,7 +321,7 @@ impl KeyStore for PostgresStore {
         tokio::spawn(forward_notifications(listener_pool, listener, tx));
         Ok(rx)
     }
-}
+});
 
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;

@@ -302,7 +302,7 @@ pub fn assert_secret_absent(response: &CheckResponse, secret: &str) {
 /// it with `--config`, except the harness's short feed, flush and shutdown
 /// intervals, which change only how long tests wait.
 pub fn profile(name: &str) -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = crate::repository_root()
         .join("profiles")
         .join(format!("{name}.toml"));
     let mut config = Config::load(&path).expect("the shipped profile loads");
@@ -375,7 +375,7 @@ pub async fn check_scope(
 /// profile shows. `replacements` fill in the placeholders; each must occur,
 /// so an edited example makes the test fail instead of drifting.
 pub fn commented_example(name: &str, table: &str, replacements: &[(&str, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = crate::repository_root()
         .join("profiles")
         .join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&path).expect("the shipped profile");

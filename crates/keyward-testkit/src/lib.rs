@@ -79,6 +79,11 @@ fn ci_is_set_by_any_truthy_value() {
     }
 }
 
+/// The repository's root (where `profiles/`, `examples/` and `tests/` are).
+pub fn repository_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A port on `ip` that was free a moment ago, for a child process
 /// (`keyward serve`, a throwaway PostgreSQL) that must be told its port.
 pub fn free_port(ip: &str) -> u16 {
