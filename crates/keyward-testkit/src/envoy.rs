@@ -7,7 +7,6 @@
 //! tests and the product tests.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use envoy_types::ext_authz::v3::pb::{
     Address, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpResponse,
