@@ -354,7 +354,7 @@ async fn settles_within_the_bound(
 }
 
 /// Revoke on A; B must deny within the freshness bound (in practice within
-/// milliseconds; `keyward bench` measures it).
+/// milliseconds; `keyward-bench` measures it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_on_one_replica_is_seen_by_the_other() {
     let Some(database) = TestDatabase::create(Db::Postgres).await else {
