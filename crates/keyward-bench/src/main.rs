@@ -12,11 +12,6 @@ use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Peer, Request as HttpAttributes,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
 use keyward::proto;
@@ -607,75 +602,19 @@ async fn saturation(
     ]
 }
 
-/// What Envoy sends for `curl -H "Authorization: Bearer cc_..."
-/// http://api.example.com/api/v1/portfolio?page=1`.
+/// An allowed Check as Envoy sends it: `GET /api/v1/portfolio?page=1` with
+/// the key as a bearer token (the Carboncopy profile's route).
 pub(crate) fn check_request(secret: &str) -> CheckRequest {
-    check_request_with(secret, false)
+    keyward_testkit::envoy::get("/api/v1/portfolio?page=1")
+        .bearer(secret)
+        .build()
 }
 
-/// The same request as Envoy sends it with `encode_raw_headers: true`:
-/// the headers as a list (`header_map`) instead of a map.
+/// The same request as Envoy sends it with `encode_raw_headers: true`.
 pub(crate) fn check_request_raw_headers(secret: &str) -> CheckRequest {
-    check_request_with(secret, true)
-}
-
-fn check_request_with(secret: &str, raw_headers: bool) -> CheckRequest {
-    let peer = core::Address {
-        address: Some(core::address::Address::SocketAddress(SocketAddress {
-            address: "192.0.2.10".into(),
-            ..Default::default()
-        })),
-    };
-    let headers = [
-        (":authority", "api.example.com"),
-        (":method", "GET"),
-        (":path", "/api/v1/portfolio?page=1"),
-        (":scheme", "http"),
-        ("accept", "*/*"),
-        ("user-agent", "curl/8.5.0"),
-        ("x-forwarded-proto", "http"),
-        ("x-request-id", "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10"),
-        ("authorization", &format!("Bearer {secret}")),
-    ];
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(peer),
-                ..Default::default()
-            }),
-            request: Some(HttpAttributes {
-                http: Some(if raw_headers {
-                    HttpRequest {
-                        method: "GET".into(),
-                        path: "/api/v1/portfolio?page=1".into(),
-                        header_map: Some(core::HeaderMap {
-                            headers: headers
-                                .into_iter()
-                                .map(|(k, v)| core::HeaderValue {
-                                    key: k.to_owned(),
-                                    raw_value: v.as_bytes().to_vec(),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        }),
-                        ..Default::default()
-                    }
-                } else {
-                    HttpRequest {
-                        method: "GET".into(),
-                        path: "/api/v1/portfolio?page=1".into(),
-                        headers: headers
-                            .into_iter()
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .collect(),
-                        ..Default::default()
-                    }
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    keyward_testkit::envoy::get("/api/v1/portfolio?page=1")
+        .bearer(secret)
+        .build_raw_headers()
 }
 
 fn check_call(

@@ -210,6 +210,34 @@ impl HttpCall {
     }
 }
 
+impl HttpCall {
+    /// The same request as Envoy sends it with `encode_raw_headers: true`:
+    /// the headers as a list (`header_map`, in name order) instead of a map.
+    pub fn build_raw_headers(self) -> CheckRequest {
+        let mut check = self.build();
+        let http = check
+            .attributes
+            .as_mut()
+            .and_then(|attributes| attributes.request.as_mut())
+            .and_then(|request| request.http.as_mut())
+            .expect("built with an HTTP request");
+        let mut headers: Vec<(String, String)> =
+            std::mem::take(&mut http.headers).into_iter().collect();
+        headers.sort();
+        http.header_map = Some(core::HeaderMap {
+            headers: headers
+                .into_iter()
+                .map(|(key, value)| core::HeaderValue {
+                    key,
+                    raw_value: value.into_bytes(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        check
+    }
+}
+
 /// The OK part of an allowed response (and checks the gRPC status is OK).
 #[track_caller]
 pub fn allowed(response: &CheckResponse) -> &OkHttpResponse {
