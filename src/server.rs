@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
 use crate::access_control::{AccessPolicy, HotPathAccess};
@@ -300,25 +301,7 @@ async fn run(
         ))
     });
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // Published before the first request can arrive (the feed has just
-    // proved it is current), so no early health check finds the services
-    // unregistered; the watchdog keeps them in step from here on.
-    for service in HEALTH_SERVICES {
-        health_reporter
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-    }
-    // The watchdog is the only writer of health after startup; at shutdown
-    // its last write is NOT_SERVING, then it cancels `health_down`.
-    let health_down = CancellationToken::new();
-    let watchdog = tokio::spawn(health_watchdog(
-        health_reporter.clone(),
-        Arc::clone(replica.freshness()),
-        stop.clone(),
-        health_down.clone(),
-    ));
-
+    let (health_service, health) = publish_health(&replica, &stop).await;
     // Both reflection versions: grpcurl 1.8 and many tools still speak v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -327,29 +310,12 @@ async fn run(
             // Empty when build.rs could not find Envoy's protos.
             .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let key_service = KeyServiceServer::new(KeyServiceApi::new(
-        Arc::clone(replica.authenticator()),
-        Arc::clone(replica.manager()),
-        Arc::clone(replica.feed()),
-    ));
-
-    if config.http.routes.is_empty()
-        && config.http.unmatched_route == ext_authz::UnmatchedRoute::Deny
-    {
-        tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
-    }
-    let ext_authz_service = AuthorizationService::new(ExtAuthzApi::new(
-        Arc::clone(replica.authenticator()),
-        config.http.clone(),
-    ));
 
     let grace = config.server.shutdown_grace;
     let shutdown_signal = {
         let stop = stop.clone();
         let feed = Arc::clone(replica.feed());
+        let health_down = health.down.clone();
         async move {
             stop.cancelled().await;
             tracing::info!("shutting down: draining in-flight calls");
@@ -373,10 +339,14 @@ async fn run(
             Arc::clone(&telemetry),
         ))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(key_service)
-        .add_service(ext_authz_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(KeyServiceServer::new(KeyServiceApi::new(
+            Arc::clone(replica.authenticator()),
+            Arc::clone(replica.manager()),
+            Arc::clone(replica.feed()),
+        )))
+        .add_service(ext_authz_service(&replica))
         // TCP_NODELAY set on the accepted sockets themselves: the builder's
         // `tcp_nodelay` is ignored for a caller-supplied listener, and
         // without it Nagle's algorithm held ext_authz Check replies for a
@@ -402,7 +372,7 @@ async fn run(
     };
 
     background.cancel();
-    let _ = watchdog.await;
+    let _ = health.watchdog.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
@@ -410,6 +380,50 @@ async fn run(
     replica.stop().await;
     tracing::info!("stopped");
     result.map_err(ServeError::from)
+}
+
+/// Envoy's Authorization service over the replica's hot path.
+fn ext_authz_service(replica: &Replica) -> AuthorizationService {
+    let settings = &replica.config().http;
+    if settings.routes.is_empty() && settings.unmatched_route == ext_authz::UnmatchedRoute::Deny {
+        tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
+    }
+    AuthorizationService::new(ExtAuthzApi::new(
+        Arc::clone(replica.authenticator()),
+        settings.clone(),
+    ))
+}
+
+/// The watchdog that keeps health in step with the replica's freshness.
+struct HealthWatch {
+    watchdog: JoinHandle<()>,
+    /// Cancelled once health says NOT_SERVING at shutdown.
+    down: CancellationToken,
+}
+
+/// The health service, its services published as SERVING before the first
+/// request can arrive (the feed has just proved it is current, so no early
+/// health check finds them unregistered), and the watchdog, the only writer
+/// of health from here on: at shutdown its last write is NOT_SERVING, then it
+/// cancels `down`.
+async fn publish_health(
+    replica: &Replica,
+    stop: &CancellationToken,
+) -> (HealthServer<impl Health + use<>>, HealthWatch) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    for name in HEALTH_SERVICES {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let down = CancellationToken::new();
+    let watchdog = tokio::spawn(health_watchdog(
+        reporter,
+        Arc::clone(replica.freshness()),
+        stop.clone(),
+        down.clone(),
+    ));
+    (service, HealthWatch { watchdog, down })
 }
 
 /// Keeps health in step with freshness: NOT_SERVING while this replica cannot
