@@ -48,6 +48,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::AccountId;
 
 pub mod jwt;
+pub mod settings;
 
 pub use jwt::{JwtSettings, JwtVerifier};
 

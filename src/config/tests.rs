@@ -1,6 +1,8 @@
-//! Unit tests for `config`.
+//! Unit tests for `config`: whole files through [`Config::parse`].
 
 use super::*;
+
+mod http;
 
 #[test]
 fn no_file_means_the_carboncopy_defaults() {
