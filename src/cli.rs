@@ -107,9 +107,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("listen", listen)
             .field(
                 "database_url",
-                &database_url
-                    .as_deref()
-                    .map(crate::config_report::redact_url),
+                &database_url.as_deref().map(crate::storage::redact_password),
             )
             .field("config", config)
             .field("tls_cert", tls_cert)

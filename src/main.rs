@@ -8,6 +8,7 @@ use clap::Parser;
 use keyward::cli::{Cli, Command, LogFormat, ServeArgs};
 use keyward::config::Config;
 use keyward::server::{self, ServeOptions};
+use keyward::storage::DatabaseUrl;
 use tracing_subscriber::EnvFilter;
 
 /// `RUST_LOG` when set (a filter it cannot parse stops the command rather
@@ -69,7 +70,13 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = load_config(args.config.as_deref())?;
     let database_url_flag = args.database_url.is_some();
-    let (listen, database_url) = config.server.resolve(args.listen, args.database_url);
+    let database_url_from_flag = args
+        .database_url
+        .as_deref()
+        .map(DatabaseUrl::parse)
+        .transpose()
+        .map_err(|reason| format!("--database-url: {reason}"))?;
+    let (listen, database_url) = config.server.resolve(args.listen, database_url_from_flag);
     // Flags and environment over the file (clap already put flags over the
     // environment).
     let server = &mut config.server;
@@ -102,8 +109,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     server.insecure_open_management = args.insecure_open_management;
     server.insecure_open_hot_path = args.insecure_open_hot_path;
-    keyward::storage::check_database_url(&database_url)
-        .map_err(|reason| format!("--database-url: {reason}"))?;
     tracing::info!(config = %config.source_name(), "configuration loaded");
     let running = server::start(ServeOptions {
         config,

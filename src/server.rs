@@ -33,7 +33,7 @@ use crate::grpc::request_gate::RequestGateLayer;
 use crate::proto;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::replica::Replica;
-use crate::storage::{self, KeyStore, PoolSettings, StoreError};
+use crate::storage::{self, DatabaseUrl, KeyStore, PoolSettings, StoreError};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics_endpoint::{self, StateSource};
 
@@ -74,11 +74,11 @@ pub enum ServeError {
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     /// `setting`: the flag, or the config file and key, that chose `url`
-    /// (its password redacted).
+    /// (shown without its password).
     #[error("{setting} {url}: cannot open the database: {source}")]
     OpenDatabase {
         setting: String,
-        url: String,
+        url: DatabaseUrl,
         source: StoreError,
     },
     #[error("database error while starting: {0}")]
@@ -93,7 +93,7 @@ pub enum ServeError {
 pub struct ServeOptions {
     pub config: Config,
     pub listen: SocketAddr,
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -177,7 +177,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
             "server.database_url",
             "--database-url",
         ),
-        url: crate::config_report::redact_url(&database_url),
+        url: database_url.clone(),
         source,
     })?;
     let follower_store = storage::open_follower(&database_url, &store).await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::settings::{SettingError, in_range, seconds};
+use crate::storage::DatabaseUrl;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keyward.db";
@@ -30,11 +31,11 @@ pub struct RawServer {
 }
 
 /// Server settings as the file gives them (each may be overridden).
-/// `Debug` hides the database URL's password.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerSettings {
     pub listen: Option<SocketAddr>,
-    pub database_url: Option<String>,
+    /// Its `Debug` hides the password.
+    pub database_url: Option<DatabaseUrl>,
     pub max_connections: u32,
     pub shutdown_grace: Duration,
     /// TLS for the gRPC port: certificate chain and private key (PEM).
@@ -55,43 +56,6 @@ pub struct ServerSettings {
     /// (`--insecure-open-hot-path`; the file says it with
     /// `auth.hot_path_requires_token = false`).
     pub insecure_open_hot_path: bool,
-}
-
-impl std::fmt::Debug for ServerSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured so a new field cannot be left out unnoticed.
-        let Self {
-            listen,
-            database_url,
-            max_connections,
-            shutdown_grace,
-            tls_cert,
-            tls_key,
-            tls_client_ca,
-            origins,
-            metrics_listen,
-            insecure_open_management,
-            insecure_open_hot_path,
-        } = self;
-        f.debug_struct("ServerSettings")
-            .field("listen", listen)
-            .field(
-                "database_url",
-                &database_url
-                    .as_deref()
-                    .map(crate::config_report::redact_url),
-            )
-            .field("max_connections", max_connections)
-            .field("shutdown_grace", shutdown_grace)
-            .field("tls_cert", tls_cert)
-            .field("tls_key", tls_key)
-            .field("tls_client_ca", tls_client_ca)
-            .field("origins", origins)
-            .field("metrics_listen", metrics_listen)
-            .field("insecure_open_management", insecure_open_management)
-            .field("insecure_open_hot_path", insecure_open_hot_path)
-            .finish()
-    }
 }
 
 /// The config file that set each setting, when one did; `None` means a
@@ -121,10 +85,12 @@ impl ServerSettings {
     /// Validates `[server]` of `file` (named as the origin of what it sets).
     pub fn from_raw(raw: RawServer, file: &str) -> Result<Self, SettingError> {
         let listen = address(raw.listen, "server.listen", DEFAULT_LISTEN)?;
-        if let Some(url) = &raw.database_url {
-            crate::storage::check_database_url(url)
-                .map_err(SettingError::at("server.database_url"))?;
-        }
+        let database_url = raw
+            .database_url
+            .as_deref()
+            .map(DatabaseUrl::parse)
+            .transpose()
+            .map_err(SettingError::at("server.database_url"))?;
         let metrics_listen = address(
             raw.metrics_listen,
             "server.metrics_listen",
@@ -137,7 +103,7 @@ impl ServerSettings {
         Ok(Self {
             origins: SettingOrigins {
                 listen: set_here(listen.is_some()),
-                database_url: set_here(raw.database_url.is_some()),
+                database_url: set_here(database_url.is_some()),
                 metrics_listen: set_here(metrics_listen.is_some()),
                 tls_cert: set_here(tls_cert.is_some()),
                 tls_key: set_here(tls_key.is_some()),
@@ -150,7 +116,7 @@ impl ServerSettings {
             insecure_open_management: false,
             insecure_open_hot_path: false,
             listen,
-            database_url: raw.database_url,
+            database_url,
             max_connections: in_range(
                 raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
                 1,
@@ -172,15 +138,15 @@ impl ServerSettings {
     pub fn resolve(
         &self,
         listen: Option<SocketAddr>,
-        database_url: Option<String>,
-    ) -> (SocketAddr, String) {
+        database_url: Option<DatabaseUrl>,
+    ) -> (SocketAddr, DatabaseUrl) {
         (
             listen
                 .or(self.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             database_url
                 .or_else(|| self.database_url.clone())
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.parse().expect("valid default")),
         )
     }
 }

@@ -205,13 +205,13 @@ fn layering_prefers_flags_then_file_then_defaults() {
     let config = Config::parse("[server]\nlisten = \"127.0.0.1:7000\"", "p.toml").unwrap();
     let (listen, url) = config.server.resolve(None, None);
     assert_eq!(listen, "127.0.0.1:7000".parse().unwrap());
-    assert_eq!(url, DEFAULT_DATABASE_URL);
+    assert_eq!(url.expose(), DEFAULT_DATABASE_URL);
     let (listen, url) = config.server.resolve(
         Some("127.0.0.1:8000".parse().unwrap()),
-        Some("sqlite://x.db".into()),
+        Some("sqlite://x.db".parse().unwrap()),
     );
     assert_eq!(listen, "127.0.0.1:8000".parse().unwrap());
-    assert_eq!(url, "sqlite://x.db");
+    assert_eq!(url.expose(), "sqlite://x.db");
     let (listen, _) = Config::default().server.resolve(None, None);
     assert_eq!(listen, DEFAULT_LISTEN.parse().unwrap());
 }

@@ -65,7 +65,7 @@ impl Replica {
         let server = server::start(ServeOptions {
             config,
             listen: "127.0.0.1:0".parse().unwrap(),
-            database_url,
+            database_url: database_url.parse().unwrap(),
         })
         .await
         .expect("replica B starts");

@@ -202,7 +202,9 @@ async fn a_metrics_address_in_use_stops_startup_naming_the_flag() {
     let error = keyward::server::start(keyward::server::ServeOptions {
         config,
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("k.db").display()),
+        database_url: format!("sqlite://{}", dir.path().join("k.db").display())
+            .parse()
+            .unwrap(),
     })
     .await
     .err()

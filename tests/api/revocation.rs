@@ -76,7 +76,7 @@ async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
     use keyward::storage::{self, NewKey, PoolSettings};
 
     let database = TestDatabase::create(db).await?;
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
@@ -259,7 +259,7 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
     let Some(database) = TestDatabase::create(db).await else {
         return;
     };
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
@@ -511,7 +511,9 @@ async fn killing_the_listener_never_lets_a_revoked_key_through() {
     let b = server::start(ServeOptions {
         config,
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("{}?application_name={REPLICA_B}", database.url),
+        database_url: format!("{}?application_name={REPLICA_B}", database.url)
+            .parse()
+            .unwrap(),
     })
     .await
     .expect("replica B starts");

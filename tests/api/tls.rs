@@ -103,7 +103,9 @@ async fn start(config: Config, database_dir: &Path) -> Result<RunningServer, ser
     server::start(ServeOptions {
         config,
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", database_dir.join("keyward.db").display()),
+        database_url: format!("sqlite://{}", database_dir.join("keyward.db").display())
+            .parse()
+            .unwrap(),
     })
     .await
 }

@@ -17,6 +17,7 @@ use keyward::config::Config;
 use keyward::proto;
 use keyward::proto::key_service_client::KeyServiceClient;
 use keyward::server::{self, RunningServer, ServeOptions};
+use keyward::storage::DatabaseUrl;
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -127,6 +128,11 @@ pub struct TestDatabase {
 static DATABASE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TestDatabase {
+    /// [`TestDatabase::url`] as keyward takes it.
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.url.parse().expect("a supported database URL")
+    }
+
     /// A fresh database, or `None` when PostgreSQL is unavailable outside CI.
     pub async fn create(db: Db) -> Option<Arc<Self>> {
         match db {
@@ -241,7 +247,7 @@ pub async fn spawn_on(database: Arc<TestDatabase>, config: Config) -> TestApp {
     let running = server::start(ServeOptions {
         config,
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: database.url.clone(),
+        database_url: database.database_url(),
     })
     .await
     .expect("server starts");
