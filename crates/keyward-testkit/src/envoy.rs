@@ -7,7 +7,7 @@
 //! tests and the product tests.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use envoy_types::ext_authz::v3::pb::{
     Address, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpResponse,
@@ -298,13 +298,19 @@ pub fn assert_secret_absent(response: &CheckResponse, secret: &str) {
     );
 }
 
+/// `profiles/<name>.toml` of the repository (this crate sits two levels
+/// below its root).
+fn shipped_profile_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../profiles")
+        .join(format!("{name}.toml"))
+}
+
 /// A shipped profile (`profiles/<name>.toml`) exactly as a newcomer starts
 /// it with `--config`, except the harness's short feed, flush and shutdown
 /// intervals, which change only how long tests wait.
 pub fn profile(name: &str) -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("profiles")
-        .join(format!("{name}.toml"));
+    let path = shipped_profile_path(name);
     let mut config = Config::load(&path).expect("the shipped profile loads");
     let harness = test_config();
     config.feed = harness.feed;
@@ -375,9 +381,7 @@ pub async fn check_scope(
 /// profile shows. `replacements` fill in the placeholders; each must occur,
 /// so an edited example makes the test fail instead of drifting.
 pub fn commented_example(name: &str, table: &str, replacements: &[(&str, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("profiles")
-        .join(format!("{name}.toml"));
+    let path = shipped_profile_path(name);
     let text = std::fs::read_to_string(&path).expect("the shipped profile");
     let header = format!("# [{table}]");
     let mut lines = text.lines().skip_while(|line| line.trim_end() != header);
