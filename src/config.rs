@@ -6,8 +6,8 @@
 //! at startup with the file, the key and the reason.
 //!
 //! Layering for server settings: built-in defaults < config file <
-//! environment < command-line flags (the last two are resolved by clap in
-//! `cli.rs`; see [`ServerSettings::resolve`]).
+//! environment < command-line flags (clap puts flags over the environment;
+//! `cli::ServeArgs::override_file` puts both over the file, once).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

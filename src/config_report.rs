@@ -270,16 +270,18 @@ fn server(config: &Config) -> Vec<String> {
     };
     vec![
         format!(
-            "listen: {}",
-            server
-                .listen
-                .map_or_else(|| format!("{DEFAULT_LISTEN} (default)"), |a| a.to_string())
+            "listen: {}{}",
+            server.listen,
+            default_note(
+                server.origins.listen.is_none() && server.listen.to_string() == DEFAULT_LISTEN
+            )
         ),
         format!(
-            "database: {}",
-            server.database_url.as_ref().map_or_else(
-                || format!("{DEFAULT_DATABASE_URL} (default)"),
-                |url| url.to_string()
+            "database: {}{}",
+            server.database_url,
+            default_note(
+                server.origins.database_url.is_none()
+                    && server.database_url.expose() == DEFAULT_DATABASE_URL
             )
         ),
         format!(
@@ -302,6 +304,11 @@ fn server(config: &Config) -> Vec<String> {
                 .map_or_else(|| "off".into(), |a| format!("http://{a}/metrics"))
         ),
     ]
+}
+
+/// Marks a value nobody set: check-config shows the built-in default.
+fn default_note(is_default: bool) -> &'static str {
+    if is_default { " (default)" } else { "" }
 }
 
 fn http(config: &Config) -> Vec<String> {
@@ -417,11 +424,9 @@ mod tests {
     #[test]
     fn a_password_in_the_query_is_not_printed() {
         let mut config = Config::default();
-        config.server.database_url = Some(
-            "postgres://kw@db/kw?sslmode=require&password=s3cret"
-                .parse()
-                .unwrap(),
-        );
+        config.server.database_url = "postgres://kw@db/kw?sslmode=require&password=s3cret"
+            .parse()
+            .unwrap();
         let text = describe(&config);
         assert!(
             text.contains("database: postgres://kw@db/kw?sslmode=require&password=***"),

@@ -89,13 +89,6 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Everything `serve` needs.
-pub struct ServeOptions {
-    pub config: Config,
-    pub listen: SocketAddr,
-    pub database_url: DatabaseUrl,
-}
-
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     addr: SocketAddr,
@@ -132,21 +125,19 @@ impl RunningServer {
     }
 }
 
-/// Binds the listeners, opens storage and starts serving in the background.
-pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
-    let ServeOptions {
-        config,
-        listen,
-        database_url,
-    } = options;
-    let hot_path = check_exposure(&config, listen)?;
+/// Binds the listeners, opens storage and starts serving in the background,
+/// all as `config` says (flags already over the file, see
+/// `cli::ServeArgs::override_file`).
+pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
+    let hot_path = check_exposure(&config)?;
     let tls = tls::server_tls_config(&config.server)?;
     let origins = &config.server.origins;
+    let database_url = &config.server.database_url;
 
     // Both ports are taken before the database is opened, so a port in use
     // stops startup before anything is created or migrated.
     let (listener, addr) = bind(
-        listen,
+        config.server.listen,
         SettingOrigins::name(origins.listen.as_deref(), "server.listen", "--listen"),
     )
     .await?;
@@ -164,7 +155,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
     };
 
     let store = storage::open(
-        &database_url,
+        database_url,
         &PoolSettings {
             max_connections: config.server.max_connections,
             ..PoolSettings::default()
@@ -180,7 +171,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
         url: database_url.clone(),
         source,
     })?;
-    let follower_store = storage::open_follower(&database_url, &store).await?;
+    let follower_store = storage::open_follower(database_url, &store).await?;
     tracing::info!(backend = %store.backend(), "storage ready");
 
     let stop = CancellationToken::new();
@@ -223,8 +214,9 @@ async fn bind(
 /// Management without credentials is only for loopback (or on request);
 /// the hot path needs a credential wherever management does, or off
 /// loopback, unless the operator opts out (loudly).
-fn check_exposure(config: &Config, listen: SocketAddr) -> Result<HotPathAccess, ServeError> {
+fn check_exposure(config: &Config) -> Result<HotPathAccess, ServeError> {
     let auth = &config.auth;
+    let listen = config.server.listen;
     if auth.management_locked() {
         tracing::info!(
             service_tokens = auth.service_tokens.len(),

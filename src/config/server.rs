@@ -1,6 +1,7 @@
 //! `[server]`: where and how the server runs. Its table stays with `config`
-//! because the server is assembled above `config`; flags and environment
-//! variables may override these values (see [`ServerSettings::resolve`]).
+//! because the server is assembled above `config`. `serve`'s flags and
+//! environment variables override these values once, in `cli.rs`
+//! (`ServeArgs::override_file`), before the server sees them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,12 +31,13 @@ pub struct RawServer {
     pub metrics_listen: Option<String>,
 }
 
-/// Server settings as the file gives them (each may be overridden).
-#[derive(Debug, Clone, Default)]
+/// Server settings: the file's over the defaults, and for `serve` the
+/// flags' over both.
+#[derive(Debug, Clone)]
 pub struct ServerSettings {
-    pub listen: Option<SocketAddr>,
+    pub listen: SocketAddr,
     /// Its `Debug` hides the password.
-    pub database_url: Option<DatabaseUrl>,
+    pub database_url: DatabaseUrl,
     pub max_connections: u32,
     pub shutdown_grace: Duration,
     /// TLS for the gRPC port: certificate chain and private key (PEM).
@@ -82,7 +84,8 @@ impl SettingOrigins {
 }
 
 impl ServerSettings {
-    /// Validates `[server]` of `file` (named as the origin of what it sets).
+    /// Validates `[server]` of `file` (named as the origin of what it sets),
+    /// with the built-in defaults for what it leaves out.
     pub fn from_raw(raw: RawServer, file: &str) -> Result<Self, SettingError> {
         let listen = address(raw.listen, "server.listen", DEFAULT_LISTEN)?;
         let database_url = raw
@@ -109,14 +112,14 @@ impl ServerSettings {
                 tls_key: set_here(tls_key.is_some()),
                 tls_client_ca: set_here(tls_client_ca.is_some()),
             },
+            listen: listen.unwrap_or_else(default_listen),
+            database_url: database_url.unwrap_or_else(default_database_url),
             tls_cert,
             tls_key,
             tls_client_ca,
             metrics_listen,
             insecure_open_management: false,
             insecure_open_hot_path: false,
-            listen,
-            database_url,
             max_connections: in_range(
                 raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
                 1,
@@ -132,23 +135,14 @@ impl ServerSettings {
             .map_err(SettingError::at("server.shutdown_grace_seconds"))?,
         })
     }
+}
 
-    /// Flag or environment value (already merged by clap) over the file's
-    /// value over the built-in default.
-    pub fn resolve(
-        &self,
-        listen: Option<SocketAddr>,
-        database_url: Option<DatabaseUrl>,
-    ) -> (SocketAddr, DatabaseUrl) {
-        (
-            listen
-                .or(self.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
-            database_url
-                .or_else(|| self.database_url.clone())
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.parse().expect("valid default")),
-        )
-    }
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("valid default")
+}
+
+fn default_database_url() -> DatabaseUrl {
+    DEFAULT_DATABASE_URL.parse().expect("valid default")
 }
 
 /// A socket address; `example` shows the form in the error.

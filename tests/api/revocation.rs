@@ -492,7 +492,7 @@ async fn replica_b_backends(admin: &mut sqlx::PgConnection, listener_only: bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_listener_never_lets_a_revoked_key_through() {
     use keyward::proto::key_service_client::KeyServiceClient;
-    use keyward::server::{self, ServeOptions};
+    use keyward::server;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::time::Instant;
 
@@ -508,15 +508,11 @@ async fn killing_the_listener_never_lets_a_revoked_key_through() {
     // Answers each sampler must have asked for after the bound.
     const AFTER_BOUND: usize = 3;
     let mut a = spawn_on(database.clone(), config.clone()).await;
-    let b = server::start(ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("{}?application_name={REPLICA_B}", database.url)
-            .parse()
-            .unwrap(),
-    })
-    .await
-    .expect("replica B starts");
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = format!("{}?application_name={REPLICA_B}", database.url)
+        .parse()
+        .unwrap();
+    let b = server::start(config).await.expect("replica B starts");
     let b_channel = crate::helpers::connect(b.addr()).await;
     let b_keys = KeyServiceClient::new(b_channel.clone());
     let mut b_health = tonic_health::pb::health_client::HealthClient::new(b_channel);

@@ -451,13 +451,12 @@ async fn a_server_session_idle_inside_a_transaction_is_ended_by_postgresql() {
         return;
     };
     let mut proxy = PgProxy::start(&database.url).await;
-    let server = keyward::server::start(keyward::server::ServeOptions {
-        config: crate::helpers::test_config(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: proxy.url(&database.url).parse().unwrap(),
-    })
-    .await
-    .expect("server starts through the proxy");
+    let mut config = crate::helpers::test_config();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = proxy.url(&database.url).parse().unwrap();
+    let server = keyward::server::start(config)
+        .await
+        .expect("server starts through the proxy");
     let mut keys = KeyServiceClient::new(crate::helpers::connect(server.addr()).await);
     let create = |name: &str| proto::CreateKeyRequest {
         account_id: "acct_1".into(),
