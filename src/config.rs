@@ -62,7 +62,7 @@ impl ConfigError {
 struct RawConfig {
     server: RawServer,
     keys: RawKeys,
-    /// Absent: the built-in Carboncopy catalog.
+    /// Absent: the built-in catalog, Carboncopy's.
     scopes: Option<Vec<RawScope>>,
     presets: Vec<RawPreset>,
     denials: RawDenials,
@@ -103,7 +103,20 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The built-in defaults: Carboncopy.
+    /// The built-in defaults: Carboncopy, from one source. The scope catalog
+    /// is read from `profiles/carboncopy.toml`; every other value is its
+    /// table's default, which is Carboncopy's (`cc_` and 64 hex digits, its
+    /// denial texts). It differs from that profile in three settings, where
+    /// the profile follows Carboncopy's documents to the letter and the
+    /// default stays open to deployments that have no profile:
+    /// - `keys.schemes`: `Bearer` and `ApiKey` (the profile: `Bearer`);
+    /// - `http.require_scheme`: false, a bare key in the authorization
+    ///   header is read (the profile: true, only `Bearer <key>`);
+    /// - `[[http.routes]]`: none, so ext_authz denies every Check until
+    ///   routes are configured (the profile: Carboncopy's HTTP API).
+    ///
+    /// `config_report`'s test `the_default_is_the_carboncopy_profile_but_for_three_settings`
+    /// keeps this list true.
     fn default() -> Self {
         Self::from_raw(RawConfig::default(), "<built-in defaults>")
             .expect("built-in defaults are valid")

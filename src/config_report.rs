@@ -457,6 +457,66 @@ mod tests {
     }
 
     #[test]
+    fn the_default_is_the_carboncopy_profile_but_for_three_settings() {
+        let profile = include_str!("../profiles/carboncopy.toml");
+        let shipped = Config::parse(profile, "carboncopy.toml").unwrap();
+        assert_eq!(shipped.key_format.schemes(), ["Bearer"]);
+        assert!(shipped.http.require_scheme);
+        assert_eq!(shipped.http_route_definitions.len(), 9);
+
+        // The profile with the three settings `Config::default` lists taken
+        // back is the default, in everything check-config shows and beyond.
+        let routes = profile.find("[[http.routes]]").unwrap();
+        let edit = |text: &str, from: &str, to: &str| {
+            assert!(text.contains(from), "the profile says {from}");
+            text.replace(from, to)
+        };
+        let taken_back = edit(
+            &edit(
+                &profile[..routes],
+                "schemes = [\"Bearer\"]",
+                "schemes = [\"Bearer\", \"ApiKey\"]",
+            ),
+            "require_scheme = true",
+            "require_scheme = false",
+        );
+        let taken_back = Config::parse(&taken_back, "<built-in defaults>").unwrap();
+        let default = Config::default();
+        assert_eq!(describe(&taken_back), describe(&default));
+        assert_eq!(taken_back.key_format, default.key_format);
+        assert_eq!(
+            taken_back.max_active_keys_per_account,
+            default.max_active_keys_per_account
+        );
+        assert_eq!(
+            taken_back.catalog.definitions(),
+            default.catalog.definitions()
+        );
+        assert_eq!(taken_back.denials, default.denials);
+        assert_eq!(taken_back.feed, default.feed);
+        assert_eq!(taken_back.bans, default.bans);
+        assert_eq!(taken_back.default_rate_limit, default.default_rate_limit);
+        assert_eq!(
+            taken_back.last_used_flush_interval,
+            default.last_used_flush_interval
+        );
+        assert_eq!(
+            format!("{:?}", taken_back.cache),
+            format!("{:?}", default.cache)
+        );
+        assert_eq!(
+            format!("{:?}", taken_back.http.responses.identity_headers()),
+            format!("{:?}", default.http.responses.identity_headers())
+        );
+        for denial in crate::denial::PolicyDenial::ALL {
+            assert_eq!(
+                format!("{:?}", taken_back.http.responses.deny_policy(denial)),
+                format!("{:?}", default.http.responses.deny_policy(denial))
+            );
+        }
+    }
+
+    #[test]
     fn routes_are_listed_in_order_with_what_they_need() {
         let config = Config::parse(
             r#"

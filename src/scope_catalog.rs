@@ -314,20 +314,29 @@ impl ScopeCatalog {
     }
 
     /// Validates `[[scopes]]` and `[[presets]]`. Without `[[scopes]]` the
-    /// catalog is the built-in one ([`ScopeCatalog::carboncopy`]), with the
-    /// file's presets.
+    /// catalog is the built-in one, Carboncopy's, with the file's presets
+    /// if it has any.
     pub fn from_raw(
         scopes: Option<Vec<RawScope>>,
         presets: Vec<RawPreset>,
     ) -> Result<Self, SettingError> {
-        let definitions = match scopes {
-            Some(scopes) => scopes
-                .into_iter()
-                .enumerate()
-                .map(|(i, scope)| scope_definition(i, scope))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Self::carboncopy().definitions().to_vec(),
+        let (scopes, presets) = match scopes {
+            Some(scopes) => (scopes, presets),
+            None => {
+                let built_in = carboncopy_catalog_tables();
+                let presets = if presets.is_empty() {
+                    built_in.presets
+                } else {
+                    presets
+                };
+                (built_in.scopes, presets)
+            }
         };
+        let definitions = scopes
+            .into_iter()
+            .enumerate()
+            .map(|(i, scope)| scope_definition(i, scope))
+            .collect::<Result<Vec<_>, _>>()?;
         let presets = presets
             .into_iter()
             .enumerate()
@@ -344,50 +353,12 @@ impl ScopeCatalog {
         Self::new(definitions, presets).map_err(|error| SettingError::new(error.path, error.reason))
     }
 
-    /// Carboncopy's catalog, the built-in default.
+    /// Carboncopy's catalog, the built-in default: the `[[scopes]]` and
+    /// `[[presets]]` of `profiles/carboncopy.toml`, read from that file (built
+    /// into the binary), so that the default and the profile cannot drift
+    /// apart.
     pub fn carboncopy() -> Self {
-        let scope =
-            |name: &str, description: &str, implies: &[&str], reserved: bool| ScopeDefinition {
-                name: name.into(),
-                description: description.into(),
-                implies: implies.iter().map(|s| (*s).to_owned()).collect(),
-                auto_grant: false,
-                reserved,
-                denial: None,
-            };
-        Self::new(
-            vec![
-                scope(
-                    "portfolio:read",
-                    "View portfolio summary, history, and positions",
-                    &[],
-                    false,
-                ),
-                scope("traders:read", "List and view traders", &[], false),
-                scope(
-                    "traders:write",
-                    "Follow, edit and unfollow traders",
-                    &["traders:read"],
-                    false,
-                ),
-                scope("orders:read", "View orders", &[], false),
-                scope(
-                    "orders:write",
-                    "Future order mutations",
-                    &["orders:read"],
-                    false,
-                ),
-                scope(
-                    "markets:read",
-                    "Market data access (coming soon)",
-                    &[],
-                    true,
-                ),
-                scope("account:read", "View account information", &[], false),
-            ],
-            vec![],
-        )
-        .expect("built-in catalog is valid")
+        Self::from_raw(None, Vec::new()).expect("the catalog of profiles/carboncopy.toml is valid")
     }
 
     pub fn lookup(&self, name: &str) -> Option<ScopeIndex> {
@@ -497,6 +468,22 @@ impl ScopeCatalog {
             .map(|&i| self.definitions[i].name.clone())
             .collect()
     }
+}
+
+/// The shipped Carboncopy profile, whose catalog is the built-in one.
+const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
+
+/// The catalog's tables of a profile; serde skips the other tables.
+#[derive(Deserialize)]
+struct CatalogTables {
+    #[serde(default)]
+    scopes: Vec<RawScope>,
+    #[serde(default)]
+    presets: Vec<RawPreset>,
+}
+
+fn carboncopy_catalog_tables() -> CatalogTables {
+    toml::from_str(CARBONCOPY_PROFILE).expect("profiles/carboncopy.toml is valid TOML")
 }
 
 /// `[[scopes]]` entry `i`, with its texts checked (the catalog checks the
