@@ -27,7 +27,6 @@ use tracing::Instrument;
 
 use crate::access_control::HotPathCaller;
 use crate::authenticator::{Authenticator, Presented, PresentedKey, Required, Verdict};
-use crate::config::ExtAuthzSettings;
 use crate::scope_catalog::ScopeIndex;
 use crate::telemetry::{REQUEST_ID_HEADER, Surface};
 
@@ -35,8 +34,10 @@ pub mod grpc_service;
 pub mod request;
 pub mod response;
 pub mod route_policy;
+pub mod settings;
 
 pub use grpc_service::{AuthorizationService, CheckMessage};
+pub use settings::ExtAuthzSettings;
 
 pub use request::KeySources;
 pub use response::{ErrorBodyStyle, IdentityHeaders, Responses};

@@ -7,14 +7,36 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::domain::{KeyId, UnixMillis};
 use crate::key_cache::CachedKey;
+use crate::settings::{SettingError, seconds};
 use crate::storage::KeyStore;
 
 /// Keys written per statement.
 const BATCH: usize = 10_000;
+
+pub const DEFAULT_FLUSH_INTERVAL_SECONDS: f64 = 5.0;
+
+/// `[last_used]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLastUsed {
+    pub flush_interval_seconds: Option<f64>,
+}
+
+/// Validates `[last_used]`: how often noted uses are written.
+pub fn flush_interval_from_raw(raw: RawLastUsed) -> Result<Duration, SettingError> {
+    seconds(
+        raw.flush_interval_seconds
+            .unwrap_or(DEFAULT_FLUSH_INTERVAL_SECONDS),
+        0.01,
+        3_600.0,
+    )
+    .map_err(SettingError::at("last_used.flush_interval_seconds"))
+}
 
 /// The hot path's handle.
 #[derive(Clone)]

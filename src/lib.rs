@@ -22,5 +22,6 @@ pub mod rate_limits;
 pub mod replica;
 pub mod scope_catalog;
 pub mod server;
+pub mod settings;
 pub mod storage;
 pub mod telemetry;

@@ -20,8 +20,39 @@ use governor::{Quota, RateLimiter};
 use moka::Expiry;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
+use serde::Deserialize;
 
 use crate::domain::{KeyId, RateLimit};
+use crate::settings::SettingError;
+
+/// `[rate_limit]` as written: both fields or neither.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+/// Validates `[rate_limit]`: the limit of keys without their own; none
+/// when the table is absent.
+pub fn default_rate_limit_from_raw(
+    raw: Option<RawRateLimit>,
+) -> Result<Option<RateLimit>, SettingError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    RateLimit::new(raw.requests, raw.per_seconds)
+        .map(Some)
+        .map_err(|error| {
+            // RateLimit checks `requests` first.
+            let key = if raw.requests == 0 {
+                "rate_limit.requests"
+            } else {
+                "rate_limit.per_seconds"
+            };
+            SettingError::new(key, error.0)
+        })
+}
 
 type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 

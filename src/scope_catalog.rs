@@ -5,9 +5,16 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::Deserialize;
+
+use crate::denial::{check_denial_code, check_denial_message};
+use crate::settings::SettingError;
+
 /// At most this many scopes per catalog (one bit each in [`ScopeSet`]).
 pub const MAX_SCOPES: usize = 128;
 const MAX_SCOPE_NAME_LEN: usize = 64;
+/// Longest scope or preset description (shown by ListScopes).
+const MAX_DESCRIPTION_CHARS: usize = 500;
 
 /// A set of catalog scopes.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -93,6 +100,33 @@ pub struct Preset {
     pub name: String,
     pub description: String,
     pub scopes: ScopeSet,
+}
+
+/// One `[[scopes]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScope {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub implies: Vec<String>,
+    #[serde(default)]
+    pub auto_grant: bool,
+    #[serde(default)]
+    pub reserved: bool,
+    pub denial_code: Option<String>,
+    pub denial_message: Option<String>,
+}
+
+/// One `[[presets]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreset {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub scopes: Vec<String>,
 }
 
 /// Why a catalog could not be built; `path` names the offending entry.
@@ -279,50 +313,52 @@ impl ScopeCatalog {
         })
     }
 
-    /// Carboncopy's catalog (seeds 000/001), the built-in default.
+    /// Validates `[[scopes]]` and `[[presets]]`. Without `[[scopes]]` the
+    /// catalog is the built-in one, Carboncopy's, with the file's presets
+    /// if it has any.
+    pub fn from_raw(
+        scopes: Option<Vec<RawScope>>,
+        presets: Vec<RawPreset>,
+    ) -> Result<Self, SettingError> {
+        let (scopes, presets) = match scopes {
+            Some(scopes) => (scopes, presets),
+            None => {
+                let built_in = carboncopy_catalog_tables();
+                let presets = if presets.is_empty() {
+                    built_in.presets
+                } else {
+                    presets
+                };
+                (built_in.scopes, presets)
+            }
+        };
+        let definitions = scopes
+            .into_iter()
+            .enumerate()
+            .map(|(i, scope)| scope_definition(i, scope))
+            .collect::<Result<Vec<_>, _>>()?;
+        let presets = presets
+            .into_iter()
+            .enumerate()
+            .map(|(i, preset)| {
+                check_description(&preset.description)
+                    .map_err(SettingError::at(&format!("presets[{i}].description")))?;
+                Ok(PresetDefinition {
+                    name: preset.name,
+                    description: preset.description,
+                    scopes: preset.scopes,
+                })
+            })
+            .collect::<Result<Vec<_>, SettingError>>()?;
+        Self::new(definitions, presets).map_err(|error| SettingError::new(error.path, error.reason))
+    }
+
+    /// Carboncopy's catalog, the built-in default: the `[[scopes]]` and
+    /// `[[presets]]` of `profiles/carboncopy.toml`, read from that file (built
+    /// into the binary), so that the default and the profile cannot drift
+    /// apart.
     pub fn carboncopy() -> Self {
-        let scope =
-            |name: &str, description: &str, implies: &[&str], reserved: bool| ScopeDefinition {
-                name: name.into(),
-                description: description.into(),
-                implies: implies.iter().map(|s| (*s).to_owned()).collect(),
-                auto_grant: false,
-                reserved,
-                denial: None,
-            };
-        Self::new(
-            vec![
-                scope(
-                    "portfolio:read",
-                    "View portfolio summary, history, and positions",
-                    &[],
-                    false,
-                ),
-                scope("traders:read", "List and view traders", &[], false),
-                scope(
-                    "traders:write",
-                    "Follow, edit and unfollow traders",
-                    &["traders:read"],
-                    false,
-                ),
-                scope("orders:read", "View orders", &[], false),
-                scope(
-                    "orders:write",
-                    "Future order mutations",
-                    &["orders:read"],
-                    false,
-                ),
-                scope(
-                    "markets:read",
-                    "Market data access (coming soon)",
-                    &[],
-                    true,
-                ),
-                scope("account:read", "View account information", &[], false),
-            ],
-            vec![],
-        )
-        .expect("built-in catalog is valid")
+        Self::from_raw(None, Vec::new()).expect("the catalog of profiles/carboncopy.toml is valid")
     }
 
     pub fn lookup(&self, name: &str) -> Option<ScopeIndex> {
@@ -432,6 +468,64 @@ impl ScopeCatalog {
             .map(|&i| self.definitions[i].name.clone())
             .collect()
     }
+}
+
+/// The shipped Carboncopy profile, whose catalog is the built-in one.
+const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
+
+/// The catalog's tables of a profile; serde skips the other tables.
+#[derive(Deserialize)]
+struct CatalogTables {
+    #[serde(default)]
+    scopes: Vec<RawScope>,
+    #[serde(default)]
+    presets: Vec<RawPreset>,
+}
+
+fn carboncopy_catalog_tables() -> CatalogTables {
+    toml::from_str(CARBONCOPY_PROFILE).expect("profiles/carboncopy.toml is valid TOML")
+}
+
+/// `[[scopes]]` entry `i`, with its texts checked (the catalog checks the
+/// rest).
+fn scope_definition(i: usize, scope: RawScope) -> Result<ScopeDefinition, SettingError> {
+    let at = |field: &str| format!("scopes[{i}].{field}");
+    check_description(&scope.description).map_err(SettingError::at(&at("description")))?;
+    let denial = match (scope.denial_code, scope.denial_message) {
+        (None, None) => None,
+        (Some(code), Some(message)) => {
+            check_denial_code(&code).map_err(SettingError::at(&at("denial_code")))?;
+            check_denial_message(&message).map_err(SettingError::at(&at("denial_message")))?;
+            Some(ScopeDenialText { code, message })
+        }
+        _ => {
+            return Err(SettingError::new(
+                format!("scopes[{i}]"),
+                "denial_code and denial_message go together",
+            ));
+        }
+    };
+    Ok(ScopeDefinition {
+        name: scope.name,
+        description: scope.description,
+        implies: scope.implies,
+        auto_grant: scope.auto_grant,
+        reserved: scope.reserved,
+        denial,
+    })
+}
+
+fn check_description(text: &str) -> Result<(), String> {
+    let chars = text.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
+        return Err(format!(
+            "at most {MAX_DESCRIPTION_CHARS} characters, got {chars}"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must be one line of text without control characters".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::grpc::request_gate::RequestGateLayer;
 use crate::proto;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::replica::Replica;
-use crate::storage::{self, KeyStore, PoolSettings, StoreError};
+use crate::storage::{self, DatabaseUrl, KeyStore, PoolSettings, StoreError};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics_endpoint::{self, StateSource};
 
@@ -75,11 +75,11 @@ pub enum ServeError {
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     /// `setting`: the flag, or the config file and key, that chose `url`
-    /// (its password redacted).
+    /// (shown without its password).
     #[error("{setting} {url}: cannot open the database: {source}")]
     OpenDatabase {
         setting: String,
-        url: String,
+        url: DatabaseUrl,
         source: StoreError,
     },
     #[error("database error while starting: {0}")]
@@ -88,13 +88,6 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Everything `serve` needs.
-pub struct ServeOptions {
-    pub config: Config,
-    pub listen: SocketAddr,
-    pub database_url: String,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -133,21 +126,19 @@ impl RunningServer {
     }
 }
 
-/// Binds the listeners, opens storage and starts serving in the background.
-pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
-    let ServeOptions {
-        config,
-        listen,
-        database_url,
-    } = options;
-    let hot_path = check_exposure(&config, listen)?;
+/// Binds the listeners, opens storage and starts serving in the background,
+/// all as `config` says (flags already over the file, see
+/// `cli::ServeArgs::override_file`).
+pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
+    let hot_path = check_exposure(&config)?;
     let tls = tls::server_tls_config(&config.server)?;
     let origins = &config.server.origins;
+    let database_url = &config.server.database_url;
 
     // Both ports are taken before the database is opened, so a port in use
     // stops startup before anything is created or migrated.
     let (listener, addr) = bind(
-        listen,
+        config.server.listen,
         SettingOrigins::name(origins.listen.as_deref(), "server.listen", "--listen"),
     )
     .await?;
@@ -165,7 +156,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
     };
 
     let store = storage::open(
-        &database_url,
+        database_url,
         &PoolSettings {
             max_connections: config.server.max_connections,
             ..PoolSettings::default()
@@ -178,10 +169,10 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
             "server.database_url",
             "--database-url",
         ),
-        url: crate::config_report::redact_url(&database_url),
+        url: database_url.clone(),
         source,
     })?;
-    let follower_store = storage::open_follower(&database_url, &store).await?;
+    let follower_store = storage::open_follower(database_url, &store).await?;
     tracing::info!(backend = %store.backend(), "storage ready");
 
     let stop = CancellationToken::new();
@@ -224,8 +215,9 @@ async fn bind(
 /// Management without credentials is only for loopback (or on request);
 /// the hot path needs a credential wherever management does, or off
 /// loopback, unless the operator opts out (loudly).
-fn check_exposure(config: &Config, listen: SocketAddr) -> Result<HotPathAccess, ServeError> {
+fn check_exposure(config: &Config) -> Result<HotPathAccess, ServeError> {
     let auth = &config.auth;
+    let listen = config.server.listen;
     if auth.management_locked() {
         tracing::info!(
             service_tokens = auth.service_tokens.len(),

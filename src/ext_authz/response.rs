@@ -25,15 +25,16 @@ use crate::key_cache::CachedKey;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::ScopeCatalog;
 
-/// The JSON shape of a denied response's body, as the seeds document them.
+/// The JSON shape of a denied response's body, as the products document them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorBodyStyle {
-    /// `{"error":{"code":"...","message":"..."}}` (Carboncopy, seeds 000/001).
+    /// `{"error":{"code":"...","message":"..."}}` (Carboncopy).
     ErrorObject,
-    /// `{"error":{"code","message","details":{"required_scope"}}}` (seed 003);
+    /// `{"error":{"code","message","details":{"required_scope"}}}` (the trading
+    /// journal);
     /// `details` only on insufficient-scope denials.
     ErrorObjectWithDetails,
-    /// `{"code":"...","detail":"..."}` (CSBoard, seed 004).
+    /// `{"code":"...","detail":"..."}` (CSBoard).
     CodeDetail,
 }
 

@@ -82,10 +82,10 @@ const BOUND: Duration = Duration::from_millis(500);
 
 async fn stalled_replica(db: Db) -> Option<StalledReplica> {
     let database = TestDatabase::create(db).await?;
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
-    let other_replica = storage::open(&database.url, &PoolSettings::default())
+    let other_replica = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let hooks = Decorated::new(store, StallingReads::default());

@@ -104,7 +104,7 @@ async fn parts(db: Db) -> Option<Parts> {
 /// Parts whose freshness, proved once at the start, lasts `bound`.
 async fn parts_fresh_for(db: Db, bound: Duration) -> Option<Parts> {
     let database = TestDatabase::create(db).await?;
-    let real = storage::open(&database.url, &PoolSettings::default())
+    let real = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let store = Decorated::new(real, Counts::default());

@@ -117,7 +117,7 @@ async fn parts(db: Db) -> Option<Parts> {
 /// disturbs every load in flight), or the default.
 async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
     let database = TestDatabase::create(db).await?;
-    let real = storage::open(&database.url, &PoolSettings::default())
+    let real = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let store = Decorated::new(real, HeldReads::default());
@@ -430,7 +430,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
         return;
     };
     let mut a = crate::helpers::spawn_on(database.clone(), crate::helpers::test_config()).await;
-    let real = storage::open(&database.url, &PoolSettings::default())
+    let real = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let held = Decorated::new(Arc::clone(&real), HeldReads::default());

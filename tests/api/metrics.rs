@@ -199,15 +199,15 @@ async fn a_metrics_address_in_use_stops_startup_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
     config.server.metrics_listen = Some(address);
-    let error = keyward::server::start(keyward::server::ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("k.db").display()),
-    })
-    .await
-    .err()
-    .expect("the port is taken")
-    .to_string();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = format!("sqlite://{}", dir.path().join("k.db").display())
+        .parse()
+        .unwrap();
+    let error = keyward::server::start(config)
+        .await
+        .err()
+        .expect("the port is taken")
+        .to_string();
     assert!(
         error.starts_with(&format!("--metrics-listen {address}: cannot listen")),
         "{error}"

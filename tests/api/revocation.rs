@@ -76,7 +76,7 @@ async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
     use keyward::storage::{self, NewKey, PoolSettings};
 
     let database = TestDatabase::create(db).await?;
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
@@ -259,7 +259,7 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
     let Some(database) = TestDatabase::create(db).await else {
         return;
     };
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
@@ -492,7 +492,7 @@ async fn replica_b_backends(admin: &mut sqlx::PgConnection, listener_only: bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_listener_never_lets_a_revoked_key_through() {
     use keyward::proto::key_service_client::KeyServiceClient;
-    use keyward::server::{self, ServeOptions};
+    use keyward::server;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::time::Instant;
 
@@ -508,13 +508,11 @@ async fn killing_the_listener_never_lets_a_revoked_key_through() {
     // Answers each sampler must have asked for after the bound.
     const AFTER_BOUND: usize = 3;
     let mut a = spawn_on(database.clone(), config.clone()).await;
-    let b = server::start(ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("{}?application_name={REPLICA_B}", database.url),
-    })
-    .await
-    .expect("replica B starts");
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = format!("{}?application_name={REPLICA_B}", database.url)
+        .parse()
+        .unwrap();
+    let b = server::start(config).await.expect("replica B starts");
     let b_channel = crate::helpers::connect(b.addr()).await;
     let b_keys = KeyServiceClient::new(b_channel.clone());
     let mut b_health = tonic_health::pb::health_client::HealthClient::new(b_channel);

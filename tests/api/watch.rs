@@ -479,7 +479,7 @@ async fn service_pruning_on_read(
     prune_on_read: usize,
 ) -> Option<(KeyServiceApi, Arc<TestDatabase>)> {
     let database = TestDatabase::create(db).await?;
-    let real = storage::open(&database.url, &PoolSettings::default())
+    let real = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     for i in 0..events {
@@ -785,7 +785,7 @@ async fn checkpoints_pause_while_the_replica_cannot_prove_it_is_current(db: Db) 
     let Some(database) = TestDatabase::create(db).await else {
         return;
     };
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));

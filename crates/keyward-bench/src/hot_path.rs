@@ -61,7 +61,9 @@ fn setup_error(error: impl std::fmt::Display) -> BenchError {
 /// `keys` keys.
 pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> {
     let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("hot_path.db").display());
+    let url = format!("sqlite://{}", dir.path().join("hot_path.db").display())
+        .parse()
+        .map_err(setup_error)?;
     let mut config = Config::default();
     // Under a profiler (valgrind runs code about 50 times slower) the event
     // log poll can outlast the default bound, and a replica that cannot

@@ -16,7 +16,8 @@ use std::time::Duration;
 use keyward::config::Config;
 use keyward::proto;
 use keyward::proto::key_service_client::KeyServiceClient;
-use keyward::server::{self, RunningServer, ServeOptions};
+use keyward::server::{self, RunningServer};
+use keyward::storage::DatabaseUrl;
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -132,6 +133,11 @@ pub struct TestDatabase {
 static DATABASE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TestDatabase {
+    /// [`TestDatabase::url`] as keyward takes it.
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.url.parse().expect("a supported database URL")
+    }
+
     /// A fresh database, or `None` when PostgreSQL is unavailable outside CI.
     pub async fn create(db: Db) -> Option<Arc<Self>> {
         match db {
@@ -242,14 +248,13 @@ pub async fn spawn_app_with(db: Db, config: Config) -> Option<TestApp> {
 }
 
 /// A server (one replica) on an existing database.
-pub async fn spawn_on(database: Arc<TestDatabase>, config: Config) -> TestApp {
-    let running = server::start(ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: database.url.clone(),
-    })
-    .await
-    .expect("server starts");
+pub async fn spawn_on(database: Arc<TestDatabase>, mut config: Config) -> TestApp {
+    // Set here, as a flag would: no longer the profile's, if it set them.
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.origins.listen = None;
+    config.server.database_url = database.database_url();
+    config.server.origins.database_url = None;
+    let running = server::start(config).await.expect("server starts");
     let addr = running.addr();
     let channel = connect(addr).await;
     TestApp {

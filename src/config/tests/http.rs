@@ -1,4 +1,4 @@
-//! Unit tests for `config::http`.
+//! `[http]` through [`Config::parse`] (it refers to `[keys]` and `[[scopes]]`).
 
 use crate::config::Config;
 use crate::ext_authz::{ErrorBodyStyle, UnmatchedRoute};
