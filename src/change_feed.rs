@@ -139,13 +139,11 @@ impl FeedSettings {
             )
             .map_err(SettingError::at("feed.prune_interval_seconds"))?,
             watch_buffer: count(raw.watch_buffer, DEFAULT_WATCH_BUFFER, "feed.watch_buffer")?,
-            checkpoint_interval: seconds_or(
-                raw.checkpoint_interval_seconds,
-                DEFAULT_CHECKPOINT_INTERVAL,
-                0.05,
-                3_600.0,
-            )
-            .map_err(SettingError::at("feed.checkpoint_interval_seconds"))?,
+            checkpoint_interval: {
+                let default = DEFAULT_CHECKPOINT_INTERVAL;
+                seconds_or(raw.checkpoint_interval_seconds, default, 0.05, 3_600.0)
+                    .map_err(SettingError::at("feed.checkpoint_interval_seconds"))?
+            },
             max_watchers: count(raw.max_watchers, DEFAULT_MAX_WATCHERS, "feed.max_watchers")?,
             max_watchers_per_caller: count(
                 raw.max_watchers_per_caller,

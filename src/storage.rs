@@ -17,7 +17,7 @@ use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis}
 
 mod database_url;
 pub mod postgres;
-mod shared_reads;
+mod shared;
 pub mod sqlite;
 mod statements;
 

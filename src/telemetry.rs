@@ -225,27 +225,18 @@ pub(crate) struct StateGauges {
 
 impl StateGauges {
     fn register(registry: &Registry<'_>) -> Self {
+        let table = |name| vec![Label::from_static_parts("table", name)];
+        let state = |name| vec![Label::from_static_parts("state", name)];
         Self {
             key_cache_entries: registry.gauge("keyward_key_cache_entries", vec![]),
             negative_cache_entries: registry.gauge("keyward_negative_cache_entries", vec![]),
             failing_addresses: registry.gauge("keyward_failing_addresses", vec![]),
             banned_addresses: registry.gauge("keyward_banned_addresses", vec![]),
-            failure_table_full: registry.gauge(
-                "keyward_ban_table_full",
-                vec![Label::from_static_parts("table", "failures")],
-            ),
-            ban_table_full: registry.gauge(
-                "keyward_ban_table_full",
-                vec![Label::from_static_parts("table", "bans")],
-            ),
-            failure_table_refusals: registry.counter(
-                "keyward_ban_table_refusals_total",
-                vec![Label::from_static_parts("table", "failures")],
-            ),
-            ban_table_refusals: registry.counter(
-                "keyward_ban_table_refusals_total",
-                vec![Label::from_static_parts("table", "bans")],
-            ),
+            failure_table_full: registry.gauge("keyward_ban_table_full", table("failures")),
+            ban_table_full: registry.gauge("keyward_ban_table_full", table("bans")),
+            failure_table_refusals: registry
+                .counter("keyward_ban_table_refusals_total", table("failures")),
+            ban_table_refusals: registry.counter("keyward_ban_table_refusals_total", table("bans")),
             feed_applied_sequence: registry.gauge("keyward_change_feed_applied_sequence", vec![]),
             feed_latest_sequence: registry.gauge("keyward_change_feed_latest_sequence", vec![]),
             feed_sequence_lag: registry.gauge("keyward_change_feed_sequence_lag", vec![]),
@@ -253,14 +244,8 @@ impl StateGauges {
                 .gauge("keyward_change_feed_seconds_since_catch_up", vec![]),
             feed_fresh: registry.gauge("keyward_change_feed_fresh", vec![]),
             database_reachable: registry.gauge("keyward_database_reachable", vec![]),
-            pool_in_use: registry.gauge(
-                "keyward_database_pool_connections",
-                vec![Label::from_static_parts("state", "in_use")],
-            ),
-            pool_idle: registry.gauge(
-                "keyward_database_pool_connections",
-                vec![Label::from_static_parts("state", "idle")],
-            ),
+            pool_in_use: registry.gauge("keyward_database_pool_connections", state("in_use")),
+            pool_idle: registry.gauge("keyward_database_pool_connections", state("idle")),
             pool_max: registry.gauge("keyward_database_pool_max_connections", vec![]),
         }
     }

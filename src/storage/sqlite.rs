@@ -15,14 +15,13 @@ use sqlx::sqlite::{
 };
 use tokio::sync::mpsc;
 
-use super::shared_reads::impl_key_store;
-use super::statements::{
-    COUNT_ACTIVE_KEYS, DELETE_EVENTS_THROUGH, INSERT_ACCOUNT, INSERT_EVENT, INSERT_KEY,
-    KEY_IN_ACCOUNT, LAST_EVENT_BEFORE, UPDATE_KEY,
+use super::shared::{
+    append_event_fn, delete_events_before, impl_key_store, insert_key_within_limit,
+    update_locked_key,
 };
+use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT};
 use super::{
-    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup,
-    apply_update, events_for_update, join_scopes, rate_limit_columns, to_u64,
+    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, to_u64,
 };
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
@@ -96,22 +95,7 @@ impl SqliteStore {
         row.ok_or(StoreError::NotFound)?.try_into()
     }
 
-    async fn append_event(
-        tx: &mut sqlx::SqliteConnection,
-        record: &KeyRecord,
-        kind: EventKind,
-        at: UnixMillis,
-    ) -> Result<(), StoreError> {
-        sqlx::query(INSERT_EVENT)
-            .bind(record.id.as_str())
-            .bind(record.account_id.as_str())
-            .bind(record.digest.as_bytes().as_slice())
-            .bind(kind.as_str())
-            .bind(at.0)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
-    }
+    append_event_fn!(sqlx::SqliteConnection);
 }
 
 impl_key_store!(SqliteStore, {
@@ -125,28 +109,7 @@ impl_key_store!(SqliteStore, {
             .bind(key.account_id.as_str())
             .execute(&mut *tx)
             .await?;
-        let active: i64 = sqlx::query_scalar(COUNT_ACTIVE_KEYS)
-            .bind(key.account_id.as_str())
-            .bind(key.created_at.0)
-            .fetch_one(&mut *tx)
-            .await?;
-        if active >= i64::from(max_active) {
-            return Err(StoreError::KeyLimitReached { limit: max_active });
-        }
-        let (requests, per_seconds) = rate_limit_columns(key.rate_limit);
-        sqlx::query(INSERT_KEY)
-            .bind(key.id.as_str())
-            .bind(key.account_id.as_str())
-            .bind(key.name.as_str())
-            .bind(key.digest.as_bytes().as_slice())
-            .bind(&key.start)
-            .bind(join_scopes(&key.scopes))
-            .bind(requests)
-            .bind(per_seconds)
-            .bind(key.created_at.0)
-            .bind(key.expires_at.map(|t| t.0))
-            .execute(&mut *tx)
-            .await?;
+        insert_key_within_limit!(tx, key, max_active);
         tx.commit().await?;
         Ok(key.into_record())
     }
@@ -185,26 +148,7 @@ impl_key_store!(SqliteStore, {
     ) -> Result<KeyRecord, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let before = Self::key_in_account(&mut tx, account, id).await?;
-        if before.revoked_at.is_some() {
-            return Err(StoreError::KeyRevoked);
-        }
-        let kinds = events_for_update(&update, &before);
-        let after = apply_update(before, update);
-        if kinds.is_empty() {
-            return Ok(after);
-        }
-        let (requests, per_seconds) = rate_limit_columns(after.rate_limit);
-        sqlx::query(UPDATE_KEY)
-            .bind(&after.name)
-            .bind(join_scopes(&after.scopes))
-            .bind(requests)
-            .bind(per_seconds)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        for kind in kinds {
-            Self::append_event(&mut tx, &after, kind, now).await?;
-        }
+        let after = update_locked_key!(tx, before, id, update, now);
         tx.commit().await?;
         self.wake_followers();
         Ok(after)
@@ -230,18 +174,7 @@ impl_key_store!(SqliteStore, {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // Prune a prefix of the log: everything up to the last event older
         // than the cutoff.
-        let through: Option<i64> = sqlx::query_scalar(LAST_EVENT_BEFORE)
-            .bind(before.0)
-            .fetch_one(&mut *tx)
-            .await?;
-        let Some(through) = through else {
-            return Ok(0);
-        };
-        let deleted = sqlx::query(DELETE_EVENTS_THROUGH)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let (through, deleted) = delete_events_before!(tx, before);
         // MAX for PostgreSQL's GREATEST, as in `latest_seq`.
         sqlx::query("UPDATE feed_state SET pruned_through = MAX(pruned_through, $1) WHERE id = 1")
             .bind(through)
