@@ -179,128 +179,21 @@ impl ScopeCatalog {
         definitions: Vec<ScopeDefinition>,
         preset_definitions: Vec<PresetDefinition>,
     ) -> Result<Self, CatalogError> {
-        let error = |path: String, reason: String| CatalogError { path, reason };
         if definitions.len() > MAX_SCOPES {
-            return Err(error(
+            return Err(catalog_error(
                 "scopes".into(),
                 format!("at most {MAX_SCOPES} scopes, got {}", definitions.len()),
             ));
         }
-        let mut by_name = HashMap::new();
-        for (i, definition) in definitions.iter().enumerate() {
-            if !valid_scope_name(&definition.name) {
-                return Err(error(
-                    format!("scopes[{i}].name"),
-                    format!(
-                        "{:?} is not a scope name: use 1 to {MAX_SCOPE_NAME_LEN} of a-z 0-9 : _ - . starting with a letter or digit",
-                        definition.name
-                    ),
-                ));
-            }
-            if by_name
-                .insert(definition.name.clone(), ScopeIndex(i))
-                .is_some()
-            {
-                return Err(error(
-                    format!("scopes[{i}].name"),
-                    format!("scope {:?} is defined twice", definition.name),
-                ));
-            }
-            if let Some(denial) = &definition.denial
-                && (denial.code.is_empty() || denial.message.is_empty())
-            {
-                return Err(error(
-                    format!("scopes[{i}]"),
-                    "denial_code and denial_message must both be set and non-empty".into(),
-                ));
-            }
-        }
-
-        let mut direct = vec![ScopeSet::EMPTY; definitions.len()];
-        for (i, definition) in definitions.iter().enumerate() {
-            direct[i] = ScopeSet::single(i);
-            for implied in &definition.implies {
-                let Some(&target) = by_name.get(implied) else {
-                    return Err(error(
-                        format!("scopes[{i}].implies"),
-                        format!(
-                            "{:?} implies {implied:?}, which is not in the catalog",
-                            definition.name
-                        ),
-                    ));
-                };
-                direct[i].insert(target);
-            }
-        }
-        // Transitive closure; at most MAX_SCOPES rounds, usually two.
-        let mut closure = direct.clone();
-        loop {
-            let mut changed = false;
-            for i in 0..closure.len() {
-                let mut grown = closure[i];
-                for j in closure[i].indices() {
-                    grown = grown.union(closure[j]);
-                }
-                if grown != closure[i] {
-                    closure[i] = grown;
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-
+        let by_name = index_names(&definitions)?;
+        let closure = implication_closure(&definitions, &by_name)?;
         let mut auto_granted = ScopeSet::EMPTY;
         for (i, definition) in definitions.iter().enumerate() {
             if definition.auto_grant {
                 auto_granted = auto_granted.union(closure[i]);
             }
         }
-
-        let mut presets: Vec<Preset> = Vec::new();
-        for (p, preset) in preset_definitions.into_iter().enumerate() {
-            if preset.name.trim().is_empty() {
-                return Err(error(
-                    format!("presets[{p}].name"),
-                    "must not be empty".into(),
-                ));
-            }
-            if presets.iter().any(|known| known.name == preset.name) {
-                return Err(error(
-                    format!("presets[{p}].name"),
-                    format!("preset {:?} is defined twice", preset.name),
-                ));
-            }
-            let mut scopes = ScopeSet::EMPTY;
-            for pattern in &preset.scopes {
-                let matched = match pattern.strip_suffix('*') {
-                    Some(stem) => definitions
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, d)| d.name.starts_with(stem))
-                        .fold(ScopeSet::EMPTY, |set, (i, _)| {
-                            set.union(ScopeSet::single(i))
-                        }),
-                    None => by_name
-                        .get(pattern)
-                        .map_or(ScopeSet::EMPTY, |&i| ScopeSet::single(i.0)),
-                };
-                if matched.is_empty() {
-                    return Err(error(
-                        format!("presets[{p}].scopes"),
-                        format!("{pattern:?} matches no scope in the catalog"),
-                    ));
-                }
-                scopes = scopes.union(matched);
-            }
-            presets.push(Preset {
-                name: preset.name,
-                description: preset.description,
-                scopes,
-            });
-        }
-
+        let presets = build_presets(&definitions, &by_name, preset_definitions)?;
         let mut alphabetical: Vec<usize> = (0..definitions.len()).collect();
         alphabetical.sort_by(|&a, &b| definitions[a].name.cmp(&definitions[b].name));
         Ok(Self {
@@ -526,6 +419,143 @@ fn check_description(text: &str) -> Result<(), String> {
         return Err("must be one line of text without control characters".into());
     }
     Ok(())
+}
+
+fn catalog_error(path: String, reason: String) -> CatalogError {
+    CatalogError { path, reason }
+}
+
+/// Each scope's index by name, checking names, duplicates and denial texts.
+fn index_names(
+    definitions: &[ScopeDefinition],
+) -> Result<HashMap<String, ScopeIndex>, CatalogError> {
+    let error = catalog_error;
+    let mut by_name = HashMap::new();
+    for (i, definition) in definitions.iter().enumerate() {
+        if !valid_scope_name(&definition.name) {
+            return Err(error(
+                format!("scopes[{i}].name"),
+                format!(
+                    "{:?} is not a scope name: use 1 to {MAX_SCOPE_NAME_LEN} of a-z 0-9 : _ - . starting with a letter or digit",
+                    definition.name
+                ),
+            ));
+        }
+        if by_name
+            .insert(definition.name.clone(), ScopeIndex(i))
+            .is_some()
+        {
+            return Err(error(
+                format!("scopes[{i}].name"),
+                format!("scope {:?} is defined twice", definition.name),
+            ));
+        }
+        if let Some(denial) = &definition.denial
+            && (denial.code.is_empty() || denial.message.is_empty())
+        {
+            return Err(error(
+                format!("scopes[{i}]"),
+                "denial_code and denial_message must both be set and non-empty".into(),
+            ));
+        }
+    }
+    Ok(by_name)
+}
+
+/// For each scope, every scope it grants: itself and what it implies,
+/// transitively.
+fn implication_closure(
+    definitions: &[ScopeDefinition],
+    by_name: &HashMap<String, ScopeIndex>,
+) -> Result<Vec<ScopeSet>, CatalogError> {
+    let error = catalog_error;
+    let mut direct = vec![ScopeSet::EMPTY; definitions.len()];
+    for (i, definition) in definitions.iter().enumerate() {
+        direct[i] = ScopeSet::single(i);
+        for implied in &definition.implies {
+            let Some(&target) = by_name.get(implied) else {
+                return Err(error(
+                    format!("scopes[{i}].implies"),
+                    format!(
+                        "{:?} implies {implied:?}, which is not in the catalog",
+                        definition.name
+                    ),
+                ));
+            };
+            direct[i].insert(target);
+        }
+    }
+    // Transitive closure; at most MAX_SCOPES rounds, usually two.
+    let mut closure = direct.clone();
+    loop {
+        let mut changed = false;
+        for i in 0..closure.len() {
+            let mut grown = closure[i];
+            for j in closure[i].indices() {
+                grown = grown.union(closure[j]);
+            }
+            if grown != closure[i] {
+                closure[i] = grown;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Ok(closure)
+}
+
+/// The presets, each entry a scope name or a `prefix*` pattern.
+fn build_presets(
+    definitions: &[ScopeDefinition],
+    by_name: &HashMap<String, ScopeIndex>,
+    preset_definitions: Vec<PresetDefinition>,
+) -> Result<Vec<Preset>, CatalogError> {
+    let error = catalog_error;
+    let mut presets: Vec<Preset> = Vec::new();
+    for (p, preset) in preset_definitions.into_iter().enumerate() {
+        if preset.name.trim().is_empty() {
+            return Err(error(
+                format!("presets[{p}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        if presets.iter().any(|known| known.name == preset.name) {
+            return Err(error(
+                format!("presets[{p}].name"),
+                format!("preset {:?} is defined twice", preset.name),
+            ));
+        }
+        let mut scopes = ScopeSet::EMPTY;
+        for pattern in &preset.scopes {
+            let matched = match pattern.strip_suffix('*') {
+                Some(stem) => definitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| d.name.starts_with(stem))
+                    .fold(ScopeSet::EMPTY, |set, (i, _)| {
+                        set.union(ScopeSet::single(i))
+                    }),
+                None => by_name
+                    .get(pattern)
+                    .map_or(ScopeSet::EMPTY, |&i| ScopeSet::single(i.0)),
+            };
+            if matched.is_empty() {
+                return Err(error(
+                    format!("presets[{p}].scopes"),
+                    format!("{pattern:?} matches no scope in the catalog"),
+                ));
+            }
+            scopes = scopes.union(matched);
+        }
+        presets.push(Preset {
+            name: preset.name,
+            description: preset.description,
+            scopes,
+        });
+    }
+    Ok(presets)
 }
 
 #[cfg(test)]
