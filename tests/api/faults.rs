@@ -900,7 +900,7 @@ async fn a_restarted_database_under_load_fails_closed_and_recovers() {
     {
         Ok(cluster) => Arc::new(cluster),
         Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
+            if crate::helpers::running_in_ci() {
                 panic!("CI=true but no throwaway PostgreSQL: {reason}");
             }
             report_skip(&format!(
