@@ -1,7 +1,5 @@
-//! Compiles `proto/` with protox (no system `protoc` needed) and writes the
-//! file descriptor set that server reflection serves.
-//!
-//! It also writes a second descriptor set for Envoy's
+//! keyward's own protos are compiled by the `keyward-proto` crate. This
+//! writes the descriptor set for Envoy's
 //! `envoy.service.auth.v3.Authorization`, so that grpcurl can list and call
 //! the ext_authz service through reflection. The Rust types come precompiled
 //! from the `envoy-types` crate; its `.proto` sources ship inside that crate's
@@ -29,22 +27,7 @@ const ENVOY_INCLUDE_DIRS: [&str; 5] = [
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    println!("cargo:rerun-if-changed=proto");
-
-    let descriptors = protox::compile(["keyward/v1/keyward.proto"], ["proto"])?;
-    fs::write(
-        out_dir.join("keyward_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL.
-        .codec_path("crate::api::codec::ProtoCodec")
-        .compile_fds(descriptors)?;
-
-    write_envoy_descriptors(&out_dir)?;
-    Ok(())
+    write_envoy_descriptors(&out_dir)
 }
 
 /// Writes `envoy_ext_authz_descriptor.bin` (empty when Envoy's protos are not

@@ -1,7 +1,7 @@
 //! Who may call which RPC. keyward's own callers prove who they are with
 //! `authorization: Bearer <token>` gRPC metadata, where the token is either a
 //! service token (configured only as its SHA-256, each allowed a list of
-//! RPCs) or a user JWT (seed 001's "Privy JWT", verified by [`jwt`]) whose
+//! RPCs) or a user JWT (Carboncopy's "Privy JWT", verified by [`jwt`]) whose
 //! subject is the one account its holder may manage.
 //!
 //! The policy works on gRPC method paths, so it covers every service the
@@ -48,6 +48,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::AccountId;
 
 pub mod jwt;
+pub mod settings;
 
 pub use jwt::{JwtSettings, JwtVerifier};
 

@@ -17,18 +17,18 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::Config;
+use crate::change_feed::Freshness;
 use crate::denial::{Denial, DenialCatalog, Reason};
+use crate::domain::RateLimit;
 use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
-use crate::failed_auth_bans::FailedAuthBans;
+use crate::failed_auth_bans::{BanSettings, BanTableStats, FailedAuthBans};
 use crate::key_cache::{CachedKey, KeyCache, LoadTicket, Lookup};
 use crate::key_format::{CredentialProblem, KeyFormat};
+use crate::last_use::LastUseRecorder;
 use crate::rate_limits::{KeyRateLimits, RateDecision, RateLimitStatus};
-use crate::revocation_feed::Freshness;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
 use crate::storage::{KeyRecord, KeyStore, StoreError};
-use crate::telemetry::{CacheLookup, Telemetry};
-use crate::usage::UsageRecorder;
+use crate::telemetry::{CacheLookup, Surface, Telemetry};
 
 /// How many reads a cache miss makes when changes to keys of its stripe keep
 /// landing mid-read, before it gives up and fails closed.
@@ -38,11 +38,7 @@ const LOAD_ATTEMPTS: usize = 4;
 pub struct Presented<'a> {
     pub surface: Surface,
     pub key: PresentedKey<'a>,
-    pub required: &'a [ScopeIndex],
-    /// A required scope that is not in the catalog (an ext_authz template
-    /// filled in from the request): no key holds it, so a live key is denied
-    /// INSUFFICIENT_SCOPE naming it, before any budget is spent.
-    pub required_unknown: Option<&'a str>,
+    pub required: Required<'a>,
     /// Where failed attempts count (already decided by whether the caller
     /// may state the end client's address).
     pub client: Option<IpAddr>,
@@ -51,25 +47,20 @@ pub struct Presented<'a> {
     pub account: Option<&'a AccountId>,
 }
 
-/// Which entry point asked (a metrics and log label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Surface {
-    Authenticate,
-    CheckScope,
-    ExtAuthzCheck,
-}
-
-impl Surface {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Surface::Authenticate => "Authenticate",
-            Surface::CheckScope => "CheckScope",
-            Surface::ExtAuthzCheck => "Check",
-        }
-    }
+/// The scopes a request needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Required<'a> {
+    /// Scopes of the catalog (possibly none).
+    Scopes(&'a [ScopeIndex]),
+    /// A scope that is not in the catalog (an ext_authz template filled in
+    /// from the request): no key holds it, so a live key is denied
+    /// INSUFFICIENT_SCOPE naming it, before any budget is spent.
+    Unknown(&'a str),
 }
 
 pub enum PresentedKey<'a> {
+    /// No credential at all (ext_authz found none where the route looks).
+    Absent,
     /// A credential as received (`Bearer ...`, `ApiKey ...`, or bare).
     Credential(&'a str),
     /// A key with no scheme (from a named header or a query parameter).
@@ -78,41 +69,90 @@ pub enum PresentedKey<'a> {
     Id(&'a KeyId),
 }
 
-/// The answer.
+/// The answer. An allowed verdict always names its key; a denial names one
+/// only when the credential identified a live key (a missing scope, a spent
+/// budget), and carries the budget when that was the reason.
 #[derive(Debug)]
-pub struct Verdict {
-    /// The key the credential identified, when it identified a live one.
-    pub key: Option<Arc<CachedKey>>,
-    pub denial: Option<Denial>,
-    pub rate_limit: Option<RateLimitStatus>,
+pub enum Verdict {
+    Allowed {
+        key: Arc<CachedKey>,
+        rate_limit: Option<RateLimitStatus>,
+    },
+    Denied {
+        denial: Denial,
+        key: Option<Arc<CachedKey>>,
+        rate_limit: Option<RateLimitStatus>,
+    },
 }
 
 impl Verdict {
     pub fn allowed(&self) -> bool {
-        self.denial.is_none()
+        matches!(self, Self::Allowed { .. })
+    }
+
+    /// The key the credential identified, when it identified a live one.
+    pub fn key(&self) -> Option<&Arc<CachedKey>> {
+        match self {
+            Self::Allowed { key, .. } => Some(key),
+            Self::Denied { key, .. } => key.as_ref(),
+        }
+    }
+
+    pub fn denial(&self) -> Option<&Denial> {
+        match self {
+            Self::Allowed { .. } => None,
+            Self::Denied { denial, .. } => Some(denial),
+        }
+    }
+
+    pub fn rate_limit(&self) -> Option<RateLimitStatus> {
+        match self {
+            Self::Allowed { rate_limit, .. } | Self::Denied { rate_limit, .. } => *rate_limit,
+        }
     }
 
     fn deny(denial: Denial) -> Self {
-        Self {
+        Self::Denied {
+            denial,
             key: None,
-            denial: Some(denial),
+            rate_limit: None,
+        }
+    }
+
+    fn deny_key(denial: Denial, key: Arc<CachedKey>) -> Self {
+        Self::Denied {
+            denial,
+            key: Some(key),
             rate_limit: None,
         }
     }
 }
 
-pub struct Authenticator {
+/// What the hot path is configured with (from `[key_format]`, `[scopes]`,
+/// `[denials]`, `[bans]`, `[rate_limit]` and the cache size).
+#[derive(Debug, Clone)]
+pub struct AuthenticatorSettings {
     pub key_format: KeyFormat,
     pub catalog: Arc<ScopeCatalog>,
     pub denials: DenialCatalog,
-    pub cache: Arc<KeyCache>,
-    pub store: Arc<dyn KeyStore>,
-    pub freshness: Arc<Freshness>,
-    pub bans: FailedAuthBans,
-    pub rate_limits: KeyRateLimits,
-    pub usage: UsageRecorder,
+    pub bans: BanSettings,
+    pub default_rate_limit: Option<RateLimit>,
+    /// How many keys' limiters to keep (the key cache's capacity).
+    pub limiter_capacity: u64,
+}
+
+pub struct Authenticator {
+    key_format: KeyFormat,
+    catalog: Arc<ScopeCatalog>,
+    denials: DenialCatalog,
+    cache: Arc<KeyCache>,
+    store: Arc<dyn KeyStore>,
+    freshness: Arc<Freshness>,
+    bans: FailedAuthBans,
+    rate_limits: KeyRateLimits,
+    last_use: LastUseRecorder,
     /// Decision, cache and ban metrics (no-op handles when metrics are off).
-    pub telemetry: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
 }
 
 enum Loaded {
@@ -121,36 +161,60 @@ enum Loaded {
 }
 
 impl Authenticator {
-    /// The hot path as `config` describes it (key format, catalog, denials,
-    /// bans, the default rate limit), over one replica's cache, store and
-    /// freshness.
+    /// The hot path as `settings` describe it, over one replica's cache,
+    /// store and freshness (see `replica.rs`, which wires them).
     pub fn new(
-        config: &Config,
+        settings: AuthenticatorSettings,
         cache: Arc<KeyCache>,
         store: Arc<dyn KeyStore>,
         freshness: Arc<Freshness>,
-        usage: UsageRecorder,
+        last_use: LastUseRecorder,
         telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
-            key_format: config.key_format.clone(),
-            catalog: Arc::clone(&config.catalog),
-            denials: config.denials.clone(),
+            key_format: settings.key_format,
+            catalog: settings.catalog,
+            denials: settings.denials,
             cache,
             store,
             freshness,
-            bans: FailedAuthBans::new(config.bans.clone()),
-            rate_limits: KeyRateLimits::new(config.default_rate_limit, config.cache.capacity),
-            usage,
+            bans: FailedAuthBans::new(settings.bans),
+            rate_limits: KeyRateLimits::new(settings.default_rate_limit, settings.limiter_capacity),
+            last_use,
             telemetry,
         }
+    }
+
+    pub fn key_format(&self) -> &KeyFormat {
+        &self.key_format
+    }
+
+    pub fn catalog(&self) -> &Arc<ScopeCatalog> {
+        &self.catalog
+    }
+
+    pub fn denials(&self) -> &DenialCatalog {
+        &self.denials
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The failed-auth tables' sizes (a metrics scrape).
+    pub fn ban_stats(&self) -> BanTableStats {
+        self.bans.stats()
     }
 
     pub async fn authenticate(&self, request: Presented<'_>) -> Verdict {
         let started = std::time::Instant::now();
         let verdict = self.decide(&request).await;
-        self.telemetry
-            .record_verdict(request.surface, &verdict, started.elapsed());
+        self.telemetry.record_decision(
+            request.surface,
+            verdict.denial().map(|denial| denial.reason),
+            verdict.key().map(|key| key.id.as_str()),
+            started.elapsed(),
+        );
         verdict
     }
 
@@ -164,6 +228,7 @@ impl Authenticator {
         }
 
         let found = match request.key {
+            PresentedKey::Absent => Err(Reason::MissingCredential),
             PresentedKey::Id(id) => self.find_by_id(id).await,
             PresentedKey::Credential(credential) => match self.key_format.extract(credential) {
                 Ok(key) => self.find_by_secret(key).await,
@@ -193,45 +258,21 @@ impl Authenticator {
             return self.refuse(Reason::Expired, request);
         }
 
-        if let Some(name) = request.required_unknown {
-            let mut denial = self.denials.deny(Reason::InsufficientScope);
-            denial.required_scope = Some(name.to_owned());
-            return Verdict {
-                key: Some(key),
-                denial: Some(denial),
-                rate_limit: None,
-            };
-        }
-        if let Some(&missing) = request
-            .required
-            .iter()
-            .find(|&&scope| !key.effective.contains(scope))
-        {
-            let mut denial = self.denials.deny(Reason::InsufficientScope);
-            if let Some(text) = self.catalog.denial_text(missing) {
-                denial.code = text.code.as_str().into();
-                denial.message = text.message.as_str().into();
-            }
-            denial.required_scope = Some(self.catalog.name(missing).to_owned());
-            return Verdict {
-                key: Some(key),
-                denial: Some(denial),
-                rate_limit: None,
-            };
+        if let Some(denial) = self.missing_scope(&key, request.required) {
+            return Verdict::deny_key(denial, key);
         }
 
         // A lookup by id names a key the caller has already authenticated
         // (and paid for): it neither spends the key's budget nor counts as a
         // use, so knowing a public key id gives no handle on either.
         if let PresentedKey::Id(_) = request.key {
-            return Verdict {
-                key: Some(key),
-                denial: None,
+            return Verdict::Allowed {
+                key,
                 rate_limit: None,
             };
         }
 
-        let rate_limit = match self.rate_limits.check(&key) {
+        let rate_limit = match self.rate_limits.check(key.limited()) {
             RateDecision::Unlimited => None,
             RateDecision::Allowed(status) => Some(status),
             RateDecision::Limited {
@@ -240,20 +281,36 @@ impl Authenticator {
             } => {
                 let mut denial = self.denials.deny(Reason::RateLimited);
                 denial.retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-                return Verdict {
+                return Verdict::Denied {
+                    denial,
                     key: Some(key),
-                    denial: Some(denial),
                     rate_limit: Some(status),
                 };
             }
         };
 
-        self.usage.record(&key, now);
-        Verdict {
-            key: Some(key),
-            denial: None,
-            rate_limit,
+        self.last_use.record(&key, now);
+        Verdict::Allowed { key, rate_limit }
+    }
+
+    /// The INSUFFICIENT_SCOPE denial for the first required scope the key
+    /// lacks, in the scope's own words when the catalog has them.
+    fn missing_scope(&self, key: &CachedKey, required: Required<'_>) -> Option<Denial> {
+        let mut denial = self.denials.deny(Reason::InsufficientScope);
+        match required {
+            Required::Unknown(name) => denial.required_scope = Some(name.to_owned()),
+            Required::Scopes(scopes) => {
+                let &missing = scopes
+                    .iter()
+                    .find(|&&scope| !key.effective.contains(scope))?;
+                if let Some(text) = self.catalog.denial_text(missing) {
+                    denial.code = text.code.as_str().into();
+                    denial.message = text.message.as_str().into();
+                }
+                denial.required_scope = Some(self.catalog.name(missing).to_owned());
+            }
         }
+        Some(denial)
     }
 
     /// A denial for a credential that identified no live key; counts toward
@@ -261,7 +318,7 @@ impl Authenticator {
     fn refuse(&self, reason: Reason, request: &Presented<'_>) -> Verdict {
         let attempted = match request.key {
             PresentedKey::Credential(text) | PresentedKey::BareKey(text) => !text.trim().is_empty(),
-            PresentedKey::Id(_) => false,
+            PresentedKey::Absent | PresentedKey::Id(_) => false,
         };
         if attempted
             && reason.is_invalid_credential()

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::ServerSettings;
+use crate::storage::DatabaseUrl;
+
 #[derive(Debug, Parser)]
 #[command(name = "keyward", version, about = "API-key authorization service")]
 pub struct Cli {
@@ -33,8 +36,6 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
-    /// Start keyward and measure it (see BENCHMARKS.md).
-    Bench(crate::bench::BenchArgs),
     /// Create, list, show, change and revoke keys on a running server.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -91,6 +92,46 @@ pub struct ServeArgs {
     pub insecure_open_hot_path: bool,
 }
 
+impl ServeArgs {
+    /// Puts the flags (and the environment variables, which clap has put
+    /// under the flags) over the config file's server settings: the one
+    /// place they meet. A setting a flag gives is no longer the file's, so
+    /// errors about it name the flag.
+    pub fn override_file(&self, server: &mut ServerSettings) -> Result<(), String> {
+        let origins = &mut server.origins;
+        if let Some(listen) = self.listen {
+            server.listen = listen;
+            origins.listen = None;
+        }
+        if let Some(url) = &self.database_url {
+            server.database_url =
+                DatabaseUrl::parse(url).map_err(|reason| format!("--database-url: {reason}"))?;
+            origins.database_url = None;
+        }
+        if let Some(address) = self.metrics_listen {
+            server.metrics_listen = Some(address);
+            origins.metrics_listen = None;
+        }
+        for (flag, path, from_file) in [
+            (&self.tls_cert, &mut server.tls_cert, &mut origins.tls_cert),
+            (&self.tls_key, &mut server.tls_key, &mut origins.tls_key),
+            (
+                &self.tls_client_ca,
+                &mut server.tls_client_ca,
+                &mut origins.tls_client_ca,
+            ),
+        ] {
+            if flag.is_some() {
+                path.clone_from(flag);
+                *from_file = None;
+            }
+        }
+        server.insecure_open_management = self.insecure_open_management;
+        server.insecure_open_hot_path = self.insecure_open_hot_path;
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for ServeArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Destructured so a new field cannot be left out unnoticed.
@@ -109,9 +150,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("listen", listen)
             .field(
                 "database_url",
-                &database_url
-                    .as_deref()
-                    .map(crate::config_report::redact_url),
+                &database_url.as_deref().map(crate::storage::redact_password),
             )
             .field("config", config)
             .field("tls_cert", tls_cert)
@@ -344,6 +383,50 @@ mod tests {
         let shown = format!("{cli:?}");
         assert!(shown.contains("token: Some(\"..\")"), "{shown}");
         assert!(!shown.contains("kwt_s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_named_in_errors() {
+        let file = "[server]\nlisten = \"127.0.0.1:7000\"\ntls_cert = \"file.pem\"";
+        let serve = |flags: &[&str]| {
+            let mut config = crate::config::Config::parse(file, "p.toml").unwrap();
+            let cli = Cli::parse_from([&["keyward", "serve"], flags].concat());
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            args.override_file(&mut config.server)
+                .map(|()| config.server)
+        };
+
+        let server = serve(&[]).unwrap();
+        assert_eq!(server.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(server.origins.listen.as_deref(), Some("p.toml"));
+        assert_eq!(server.tls_cert, Some("file.pem".into()));
+        assert_eq!(server.origins.tls_cert.as_deref(), Some("p.toml"));
+
+        let server = serve(&[
+            "--listen",
+            "127.0.0.1:8000",
+            "--database-url",
+            "sqlite://x.db",
+            "--tls-cert",
+            "flag.pem",
+            "--metrics-listen",
+            "127.0.0.1:9000",
+        ])
+        .unwrap();
+        assert_eq!(server.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(server.database_url.expose(), "sqlite://x.db");
+        assert_eq!(server.tls_cert, Some("flag.pem".into()));
+        assert_eq!(
+            server.metrics_listen,
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(server.origins, crate::config::SettingOrigins::default());
+
+        let error = serve(&["--database-url", "mysql://kw:s3cret@db/kw"]).unwrap_err();
+        assert!(error.starts_with("--database-url: unsupported"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

@@ -270,17 +270,19 @@ fn server(config: &Config) -> Vec<String> {
     };
     vec![
         format!(
-            "listen: {}",
-            server
-                .listen
-                .map_or_else(|| format!("{DEFAULT_LISTEN} (default)"), |a| a.to_string())
+            "listen: {}{}",
+            server.listen,
+            default_note(
+                server.origins.listen.is_none() && server.listen.to_string() == DEFAULT_LISTEN
+            )
         ),
         format!(
-            "database: {}",
-            server
-                .database_url
-                .as_deref()
-                .map_or_else(|| format!("{DEFAULT_DATABASE_URL} (default)"), redact_url)
+            "database: {}{}",
+            server.database_url,
+            default_note(
+                server.origins.database_url.is_none()
+                    && server.database_url.expose() == DEFAULT_DATABASE_URL
+            )
         ),
         format!(
             "TLS: {}",
@@ -302,6 +304,11 @@ fn server(config: &Config) -> Vec<String> {
                 .map_or_else(|| "off".into(), |a| format!("http://{a}/metrics"))
         ),
     ]
+}
+
+/// Marks a value nobody set: check-config shows the built-in default.
+fn default_note(is_default: bool) -> &'static str {
+    if is_default { " (default)" } else { "" }
 }
 
 fn http(config: &Config) -> Vec<String> {
@@ -410,71 +417,16 @@ fn route_line(route: &RouteDefinition) -> String {
     format!("{} {}: {access}", route.methods.join(", "), route.path)
 }
 
-/// A database URL without its password, for output and `Debug`: the
-/// password of `user:password@` and the value of a `password=` query
-/// parameter (sqlx's PostgreSQL driver reads both). It errs towards hiding
-/// too much: everything up to the last `@` counts as user and password, so a
-/// password with a raw `/`, `?` or `@` is hidden too, and so is the value of
-/// every percent-encoded parameter name (it might decode to `password`).
-pub(crate) fn redact_url(url: &str) -> String {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let mut redacted = String::with_capacity(url.len());
-    let mut rest = url;
-    if let Some(at) = url.rfind('@').filter(|&at| at > after_scheme)
-        && let Some(colon) = url[after_scheme..at].find(':')
-    {
-        redacted.push_str(&url[..after_scheme + colon + 1]);
-        redacted.push_str("***");
-        rest = &url[at..];
-    }
-    match rest.split_once('?') {
-        Some((before, query)) => {
-            redacted.push_str(before);
-            redacted.push('?');
-            for (i, pair) in query.split('&').enumerate() {
-                if i > 0 {
-                    redacted.push('&');
-                }
-                match pair.split_once('=') {
-                    Some((name, _)) if name == "password" || name.contains('%') => {
-                        redacted.push_str(name);
-                        redacted.push_str("=***");
-                    }
-                    _ => redacted.push_str(pair),
-                }
-            }
-        }
-        None => redacted.push_str(rest),
-    }
-    redacted
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            redact_url("postgres://kw:s3cret@db:5432/kw"),
-            "postgres://kw:***@db:5432/kw"
-        );
-        assert_eq!(redact_url("sqlite://keyward.db"), "sqlite://keyward.db");
-        assert_eq!(
-            redact_url("postgres://kw@db/kw?sslmode=require"),
-            "postgres://kw@db/kw?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgres://kw:p@ss/w?rd@db/kw"),
-            "postgres://kw:***@db/kw"
-        );
-    }
-
-    #[test]
     fn a_password_in_the_query_is_not_printed() {
         let mut config = Config::default();
-        config.server.database_url =
-            Some("postgres://kw@db/kw?sslmode=require&password=s3cret".into());
+        config.server.database_url = "postgres://kw@db/kw?sslmode=require&password=s3cret"
+            .parse()
+            .unwrap();
         let text = describe(&config);
         assert!(
             text.contains("database: postgres://kw@db/kw?sslmode=require&password=***"),
@@ -485,24 +437,6 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(shown.contains("password=***"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
-
-        assert_eq!(
-            redact_url("postgres://kw@db/kw?sslmode=require&password=s3cret&application_name=a"),
-            "postgres://kw@db/kw?sslmode=require&password=***&application_name=a"
-        );
-        assert_eq!(
-            redact_url("postgres://db/kw?password=s3@cret"),
-            "postgres://db/kw?password=***"
-        );
-        // A name that decodes to `password` is a password too.
-        assert_eq!(
-            redact_url("postgres://db/kw?pass%77ord=s3cret"),
-            "postgres://db/kw?pass%77ord=***"
-        );
-        assert_eq!(
-            redact_url("postgres://kw:one@db/kw?password=two"),
-            "postgres://kw:***@db/kw?password=***"
-        );
     }
 
     #[test]
@@ -520,6 +454,66 @@ mod tests {
             text.contains("unmatched_route = deny: other requests are denied"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_default_is_the_carboncopy_profile_but_for_three_settings() {
+        let profile = include_str!("../profiles/carboncopy.toml");
+        let shipped = Config::parse(profile, "carboncopy.toml").unwrap();
+        assert_eq!(shipped.key_format.schemes(), ["Bearer"]);
+        assert!(shipped.http.require_scheme);
+        assert_eq!(shipped.http_route_definitions.len(), 9);
+
+        // The profile with the three settings `Config::default` lists taken
+        // back is the default, in everything check-config shows and beyond.
+        let routes = profile.find("[[http.routes]]").unwrap();
+        let edit = |text: &str, from: &str, to: &str| {
+            assert!(text.contains(from), "the profile says {from}");
+            text.replace(from, to)
+        };
+        let taken_back = edit(
+            &edit(
+                &profile[..routes],
+                "schemes = [\"Bearer\"]",
+                "schemes = [\"Bearer\", \"ApiKey\"]",
+            ),
+            "require_scheme = true",
+            "require_scheme = false",
+        );
+        let taken_back = Config::parse(&taken_back, "<built-in defaults>").unwrap();
+        let default = Config::default();
+        assert_eq!(describe(&taken_back), describe(&default));
+        assert_eq!(taken_back.key_format, default.key_format);
+        assert_eq!(
+            taken_back.max_active_keys_per_account,
+            default.max_active_keys_per_account
+        );
+        assert_eq!(
+            taken_back.catalog.definitions(),
+            default.catalog.definitions()
+        );
+        assert_eq!(taken_back.denials, default.denials);
+        assert_eq!(taken_back.feed, default.feed);
+        assert_eq!(taken_back.bans, default.bans);
+        assert_eq!(taken_back.default_rate_limit, default.default_rate_limit);
+        assert_eq!(
+            taken_back.last_used_flush_interval,
+            default.last_used_flush_interval
+        );
+        assert_eq!(
+            format!("{:?}", taken_back.cache),
+            format!("{:?}", default.cache)
+        );
+        assert_eq!(
+            format!("{:?}", taken_back.http.responses.identity_headers()),
+            format!("{:?}", default.http.responses.identity_headers())
+        );
+        for denial in crate::denial::PolicyDenial::ALL {
+            assert_eq!(
+                format!("{:?}", taken_back.http.responses.deny_policy(denial)),
+                format!("{:?}", default.http.responses.deny_policy(denial))
+            );
+        }
     }
 
     #[test]

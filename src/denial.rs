@@ -5,6 +5,10 @@
 
 use std::sync::Arc;
 
+use serde::Deserialize;
+
+use crate::settings::SettingError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     MissingCredential,
@@ -90,7 +94,7 @@ pub struct DenialCatalog {
 }
 
 impl Default for DenialCatalog {
-    /// Carboncopy's texts (seeds 000/001) and plain ones for the rest.
+    /// Carboncopy's texts, and plain ones in its style for the rest.
     fn default() -> Self {
         let unauthorized = DenialText::new("unauthorized", "Invalid or missing API key.", 401);
         Self {
@@ -120,7 +124,73 @@ impl Default for DenialCatalog {
     }
 }
 
+/// `[denials]` as written: a table per group, each overriding the
+/// default's fields it sets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDenials {
+    pub missing: Option<RawDenialText>,
+    pub invalid: Option<RawDenialText>,
+    pub insufficient_scope: Option<RawDenialText>,
+    pub rate_limited: Option<RawDenialText>,
+    pub too_many_failed_attempts: Option<RawDenialText>,
+    pub unavailable: Option<RawDenialText>,
+}
+
+/// One denial's text as written (in `[denials]` and in `[http.denials]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDenialText {
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub http_status: Option<u16>,
+}
+
 impl DenialCatalog {
+    /// Validates `[denials]`. Each group may use only the HTTP statuses that
+    /// mean what it means.
+    pub fn from_raw(raw: RawDenials) -> Result<Self, SettingError> {
+        let defaults = Self::default();
+        Ok(Self {
+            missing: denial_text_from_raw(
+                "denials.missing",
+                raw.missing,
+                defaults.missing,
+                &[400, 401],
+            )?,
+            invalid: denial_text_from_raw(
+                "denials.invalid",
+                raw.invalid,
+                defaults.invalid,
+                &[401, 403],
+            )?,
+            insufficient_scope: denial_text_from_raw(
+                "denials.insufficient_scope",
+                raw.insufficient_scope,
+                defaults.insufficient_scope,
+                &[403, 404],
+            )?,
+            rate_limited: denial_text_from_raw(
+                "denials.rate_limited",
+                raw.rate_limited,
+                defaults.rate_limited,
+                &[429, 503],
+            )?,
+            too_many_failed_attempts: denial_text_from_raw(
+                "denials.too_many_failed_attempts",
+                raw.too_many_failed_attempts,
+                defaults.too_many_failed_attempts,
+                &[401, 403, 429],
+            )?,
+            unavailable: denial_text_from_raw(
+                "denials.unavailable",
+                raw.unavailable,
+                defaults.unavailable,
+                &[503],
+            )?,
+        })
+    }
+
     pub fn text(&self, reason: Reason) -> &DenialText {
         match reason {
             Reason::MissingCredential => &self.missing,
@@ -146,6 +216,59 @@ impl DenialCatalog {
             retry_after_ms: 0,
         }
     }
+}
+
+/// Longest denial message (sent in every denial of its kind).
+const MAX_DENIAL_MESSAGE_CHARS: usize = 500;
+
+/// A denial code as clients match on it, e.g. `trading_not_enabled`.
+pub fn check_denial_code(code: &str) -> Result<(), String> {
+    if code.is_empty()
+        || code.len() > 64
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return Err(format!(
+            "code {code:?} must be 1 to 64 characters of a-z A-Z 0-9 _ . -"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_denial_message(message: &str) -> Result<(), String> {
+    let chars = message.chars().count();
+    if message.trim().is_empty() || chars > MAX_DENIAL_MESSAGE_CHARS {
+        return Err(format!(
+            "message must be 1 to {MAX_DENIAL_MESSAGE_CHARS} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A denial's text: `default` with the file's overrides, if any. `key`
+/// names the table (`denials.missing`); an error names the field in it.
+pub fn denial_text_from_raw(
+    key: &str,
+    raw: Option<RawDenialText>,
+    default: DenialText,
+    statuses: &[u16],
+) -> Result<DenialText, SettingError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let code = raw.code.unwrap_or_else(|| default.code.to_string());
+    check_denial_code(&code).map_err(|r| SettingError::new(format!("{key}.code"), r))?;
+    let message = raw.message.unwrap_or_else(|| default.message.to_string());
+    check_denial_message(&message).map_err(|r| SettingError::new(format!("{key}.message"), r))?;
+    let http_status = raw.http_status.unwrap_or(default.http_status);
+    if !statuses.contains(&http_status) {
+        return Err(SettingError::new(
+            format!("{key}.http_status"),
+            format!("http_status {http_status} is not allowed here; use one of {statuses:?}"),
+        ));
+    }
+    Ok(DenialText::new(&code, &message, http_status))
 }
 
 /// A decided denial.
@@ -196,5 +319,27 @@ mod tests {
             shown(Reason::UnknownKey),
             shown(Reason::MalformedCredential)
         );
+    }
+}
+
+/// A denial the route policy decides before any key is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDenial {
+    /// No route matched and `unmatched_route = "deny"`.
+    UnmatchedRoute,
+    /// The path or a query parameter keyward reads could not be read
+    /// unambiguously, or the check carried no HTTP request.
+    MalformedRequest,
+}
+
+impl PolicyDenial {
+    pub const ALL: [PolicyDenial; 2] = [Self::UnmatchedRoute, Self::MalformedRequest];
+
+    /// The log reason, metrics outcome and gRPC status message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnmatchedRoute => "unmatched_route",
+            Self::MalformedRequest => "malformed_request",
+        }
     }
 }

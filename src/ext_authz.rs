@@ -26,25 +26,26 @@ use tonic::Request;
 use tracing::Instrument;
 
 use crate::access_control::HotPathCaller;
-use crate::api::request_gate::REQUEST_ID_HEADER;
-use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
-use crate::config::HttpSettings;
-use crate::denial::Reason;
+use crate::authenticator::{Authenticator, Presented, PresentedKey, Required, Verdict};
 use crate::scope_catalog::ScopeIndex;
+use crate::telemetry::{REQUEST_ID_HEADER, Surface};
 
 pub mod grpc_service;
 pub mod request;
 pub mod response;
 pub mod route_policy;
+pub mod settings;
 
 pub use grpc_service::{AuthorizationService, CheckMessage};
+pub use settings::ExtAuthzSettings;
 
 pub use request::KeySources;
 pub use response::{ErrorBodyStyle, IdentityHeaders, Responses};
 pub use route_policy::{RouteDefinition, RoutePolicy};
 
+use crate::denial::PolicyDenial;
 use request::{FoundKey, RequestHeaders};
-use response::{CredentialRemoval, PolicyDenial};
+use response::CredentialRemoval;
 use route_policy::{Access, MalformedRequest, RequestTarget, ResolvedScope};
 
 /// The fully-qualified service name, for health and logs.
@@ -77,11 +78,11 @@ impl UnmatchedRoute {
 /// The Authorization service.
 pub struct ExtAuthzApi {
     authenticator: Arc<Authenticator>,
-    settings: HttpSettings,
+    settings: ExtAuthzSettings,
 }
 
 impl ExtAuthzApi {
-    pub fn new(authenticator: Arc<Authenticator>, settings: HttpSettings) -> Self {
+    pub fn new(authenticator: Arc<Authenticator>, settings: ExtAuthzSettings) -> Self {
         Self {
             authenticator,
             settings,
@@ -109,7 +110,7 @@ impl ExtAuthzApi {
             (None, UnmatchedRoute::Deny) => {
                 tracing::debug!(rpc = "Check", reason = "unmatched_route", method = %http.method, "denied");
                 self.authenticator
-                    .telemetry
+                    .telemetry()
                     .record_policy_denial(PolicyDenial::UnmatchedRoute);
                 return responses.deny_policy(PolicyDenial::UnmatchedRoute);
             }
@@ -119,7 +120,7 @@ impl ExtAuthzApi {
         let (fixed, templates) = match access {
             Access::Public => {
                 let strip = if self.settings.strip_credential {
-                    sources.carrying_keys(&headers, &target, &self.authenticator.key_format)
+                    sources.carrying_keys(&headers, &target, self.authenticator.key_format())
                 } else {
                     CredentialRemoval::default()
                 };
@@ -129,7 +130,7 @@ impl ExtAuthzApi {
         };
 
         // Templated scopes, filled in from this request.
-        let catalog = &self.authenticator.catalog;
+        let catalog = self.authenticator.catalog();
         let mut filled: Vec<ScopeIndex> = Vec::new();
         let mut unknown_scope = None;
         if let Some(matched) = &matched {
@@ -143,11 +144,13 @@ impl ExtAuthzApi {
                 }
             }
         }
-        let required: &[ScopeIndex] = if filled.is_empty() {
-            fixed
-        } else {
-            filled.extend_from_slice(fixed);
-            &filled
+        let required = match unknown_scope.as_deref() {
+            Some(name) => Required::Unknown(name),
+            None if filled.is_empty() => Required::Scopes(fixed),
+            None => {
+                filled.extend_from_slice(fixed);
+                Required::Scopes(&filled)
+            }
         };
 
         let found = match sources.find(&headers, &target) {
@@ -158,13 +161,13 @@ impl ExtAuthzApi {
             // A bare key where the product documents a scheme is no key.
             FoundKey::Authorization(value)
                 if self.settings.require_scheme
-                    && !request::has_scheme(value, self.authenticator.key_format.schemes()) =>
+                    && !request::has_scheme(value, self.authenticator.key_format().schemes()) =>
             {
-                PresentedKey::Credential("")
+                PresentedKey::Absent
             }
             FoundKey::Authorization(value) => PresentedKey::Credential(value),
             FoundKey::Bare(value) => PresentedKey::BareKey(value),
-            FoundKey::None => PresentedKey::Credential(""),
+            FoundKey::None => PresentedKey::Absent,
         };
         // Envoy's client address counts only from a caller trusted to state
         // one; anyone else's failures count against its own address.
@@ -179,33 +182,29 @@ impl ExtAuthzApi {
                 surface: Surface::ExtAuthzCheck,
                 key,
                 required,
-                required_unknown: unknown_scope.as_deref(),
                 client,
                 account: None,
             })
             .await;
-        // The authenticator has logged and counted the denial.
-        if let Some(denial) = &verdict.denial {
-            return responses.deny(denial, verdict.rate_limit);
-        }
-        let Some(key) = verdict.key.as_deref() else {
-            // The hot path always names the key it allowed; fail closed if not.
-            tracing::error!(rpc = "Check", "an allowed verdict named no key; denying");
-            let unavailable = self.authenticator.denials.deny(Reason::Unavailable);
-            return responses.deny(&unavailable, None);
+        let (key, rate_limit) = match verdict {
+            Verdict::Allowed { key, rate_limit } => (key, rate_limit),
+            // The authenticator has logged and counted the denial.
+            Verdict::Denied {
+                denial, rate_limit, ..
+            } => return responses.deny(&denial, rate_limit),
         };
         let removal = if self.settings.strip_credential {
-            sources.present(&headers, &target, &self.authenticator.key_format)
+            sources.present(&headers, &target, self.authenticator.key_format())
         } else {
             CredentialRemoval::default()
         };
-        responses.allow(key, catalog, verdict.rate_limit, removal)
+        responses.allow(&key, catalog, rate_limit, removal)
     }
 
     fn refuse_malformed(&self, problem: MalformedRequest) -> CheckResponse {
         tracing::debug!(rpc = "Check", reason = "malformed_request", %problem, "denied");
         self.authenticator
-            .telemetry
+            .telemetry()
             .record_policy_denial(PolicyDenial::MalformedRequest);
         self.settings
             .responses

@@ -26,6 +26,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
+use crate::settings::{SettingError, in_range, seconds_or};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanSettings {
     pub enabled: bool,
@@ -35,15 +39,58 @@ pub struct BanSettings {
     pub max_tracked_addresses: u64,
 }
 
+pub const DEFAULT_ENABLED: bool = true;
+pub const DEFAULT_MAX_FAILURES: u32 = 10;
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_BAN_DURATION: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_TRACKED_ADDRESSES: u64 = 100_000;
+
 impl Default for BanSettings {
     fn default() -> Self {
         Self {
-            enabled: true,
-            max_failures: 10,
-            window: Duration::from_secs(60),
-            ban_duration: Duration::from_secs(300),
-            max_tracked_addresses: 100_000,
+            enabled: DEFAULT_ENABLED,
+            max_failures: DEFAULT_MAX_FAILURES,
+            window: DEFAULT_WINDOW,
+            ban_duration: DEFAULT_BAN_DURATION,
+            max_tracked_addresses: DEFAULT_MAX_TRACKED_ADDRESSES,
         }
+    }
+}
+
+/// `[bans]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBans {
+    pub enabled: Option<bool>,
+    pub max_failures: Option<u32>,
+    pub window_seconds: Option<f64>,
+    pub ban_seconds: Option<f64>,
+    pub max_tracked_addresses: Option<u64>,
+}
+
+impl BanSettings {
+    /// Validates `[bans]`.
+    pub fn from_raw(raw: RawBans) -> Result<Self, SettingError> {
+        Ok(Self {
+            enabled: raw.enabled.unwrap_or(DEFAULT_ENABLED),
+            max_failures: in_range(
+                raw.max_failures.unwrap_or(DEFAULT_MAX_FAILURES),
+                1,
+                1_000_000,
+            )
+            .map_err(SettingError::at("bans.max_failures"))?,
+            window: seconds_or(raw.window_seconds, DEFAULT_WINDOW, 0.01, 86_400.0)
+                .map_err(SettingError::at("bans.window_seconds"))?,
+            ban_duration: seconds_or(raw.ban_seconds, DEFAULT_BAN_DURATION, 0.01, 7.0 * 86_400.0)
+                .map_err(SettingError::at("bans.ban_seconds"))?,
+            max_tracked_addresses: in_range(
+                raw.max_tracked_addresses
+                    .unwrap_or(DEFAULT_MAX_TRACKED_ADDRESSES),
+                1,
+                100_000_000,
+            )
+            .map_err(SettingError::at("bans.max_tracked_addresses"))?,
+        })
     }
 }
 

@@ -24,10 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::sync::Cache;
+use serde::Deserialize;
 
 use crate::domain::{AccountId, KeyDigest, KeyId, RateLimit, UnixMillis};
-use crate::rate_limits::LimiterSlot;
+use crate::rate_limits::{LimitedKey, LimiterSlot};
 use crate::scope_catalog::{ScopeCatalog, ScopeSet};
+use crate::settings::{SettingError, in_range, seconds_or};
 use crate::storage::KeyRecord;
 
 /// Stripes per map. Many, so that unrelated changes seldom share a stripe
@@ -59,6 +61,15 @@ pub struct CachedKey {
 }
 
 impl CachedKey {
+    /// The key as its rate limiter sees it.
+    pub fn limited(&self) -> LimitedKey<'_> {
+        LimitedKey {
+            id: &self.id,
+            rate_limit: self.rate_limit,
+            slot: &self.limiter,
+        }
+    }
+
     pub fn from_record(record: KeyRecord, catalog: &ScopeCatalog) -> Self {
         let (granted, unknown) =
             catalog.granted_from_names(record.scopes.iter().map(String::as_str));
@@ -159,6 +170,11 @@ impl Stripe {
     }
 }
 
+pub const DEFAULT_CAPACITY: u64 = 1_000_000;
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_NEGATIVE_CAPACITY: u64 = 100_000;
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
     pub capacity: u64,
@@ -170,11 +186,46 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
-            capacity: 1_000_000,
-            ttl: Duration::from_secs(300),
-            negative_capacity: 100_000,
-            negative_ttl: Duration::from_secs(30),
+            capacity: DEFAULT_CAPACITY,
+            ttl: DEFAULT_TTL,
+            negative_capacity: DEFAULT_NEGATIVE_CAPACITY,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
+    }
+}
+
+/// `[cache]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub capacity: Option<u64>,
+    pub ttl_seconds: Option<f64>,
+    pub negative_capacity: Option<u64>,
+    pub negative_ttl_seconds: Option<f64>,
+}
+
+impl CacheSettings {
+    /// Validates `[cache]`.
+    pub fn from_raw(raw: RawCache) -> Result<Self, SettingError> {
+        Ok(Self {
+            capacity: in_range(raw.capacity.unwrap_or(DEFAULT_CAPACITY), 1, 100_000_000)
+                .map_err(SettingError::at("cache.capacity"))?,
+            ttl: seconds_or(raw.ttl_seconds, DEFAULT_TTL, 0.01, 86_400.0)
+                .map_err(SettingError::at("cache.ttl_seconds"))?,
+            negative_capacity: in_range(
+                raw.negative_capacity.unwrap_or(DEFAULT_NEGATIVE_CAPACITY),
+                1,
+                100_000_000,
+            )
+            .map_err(SettingError::at("cache.negative_capacity"))?,
+            negative_ttl: seconds_or(
+                raw.negative_ttl_seconds,
+                DEFAULT_NEGATIVE_TTL,
+                0.01,
+                3_600.0,
+            )
+            .map_err(SettingError::at("cache.negative_ttl_seconds"))?,
+        })
     }
 }
 

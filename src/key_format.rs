@@ -4,7 +4,10 @@
 
 use std::fmt;
 
+use serde::Deserialize;
+
 use crate::domain::KeyDigest;
+use crate::settings::{SettingError, in_range};
 
 /// The longest key a format may define.
 const MAX_CREDENTIAL_BYTES: usize = 512;
@@ -93,6 +96,67 @@ pub enum CredentialProblem {
 /// Minimum entropy of a generated body, checked when the format is configured.
 pub const MIN_ENTROPY_BITS: f64 = 128.0;
 
+pub const DEFAULT_PREFIX: &str = "cc_";
+pub const DEFAULT_BODY_LENGTH: usize = 64;
+pub const DEFAULT_ALPHABET: Alphabet = Alphabet::LowerHex;
+pub const DEFAULT_SCHEMES: [&str; 2] = ["Bearer", "ApiKey"];
+pub const DEFAULT_DISPLAY_CHARS: usize = 6;
+pub const DEFAULT_MAX_ACTIVE_PER_ACCOUNT: u32 = 10;
+
+/// `[keys]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKeys {
+    pub prefix: Option<String>,
+    pub body_length: Option<usize>,
+    pub alphabet: Option<String>,
+    pub display_chars: Option<usize>,
+    pub schemes: Option<Vec<String>>,
+    pub max_active_per_account: Option<u32>,
+}
+
+/// Validated `[keys]`: the key format, and how many active keys an account
+/// may hold.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    pub format: KeyFormat,
+    pub max_active_per_account: u32,
+}
+
+impl KeySettings {
+    pub fn from_raw(raw: RawKeys) -> Result<Self, SettingError> {
+        let alphabet = match raw.alphabet.as_deref() {
+            None => DEFAULT_ALPHABET,
+            Some(name) => Alphabet::parse(name).ok_or_else(|| {
+                SettingError::new(
+                    "keys.alphabet",
+                    format!("{name:?} is not one of: {}", Alphabet::NAMES),
+                )
+            })?,
+        };
+        let format = KeyFormat::new(
+            raw.prefix.as_deref().unwrap_or(DEFAULT_PREFIX),
+            raw.body_length.unwrap_or(DEFAULT_BODY_LENGTH),
+            alphabet,
+            raw.schemes
+                .unwrap_or_else(|| DEFAULT_SCHEMES.map(String::from).to_vec()),
+            raw.display_chars.unwrap_or(DEFAULT_DISPLAY_CHARS),
+        )
+        .map_err(|(field, reason)| SettingError::new(format!("keys.{field}"), reason))?;
+        let max_active_per_account = in_range(
+            raw.max_active_per_account
+                .unwrap_or(DEFAULT_MAX_ACTIVE_PER_ACCOUNT),
+            1,
+            100_000,
+        )
+        .map_err(SettingError::at("keys.max_active_per_account"))?;
+        Ok(Self {
+            format,
+            max_active_per_account,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFormat {
     prefix: String,
@@ -105,14 +169,15 @@ pub struct KeyFormat {
 }
 
 impl KeyFormat {
-    /// Carboncopy's format: `cc_` and 64 lowercase hex digits.
+    /// The built-in format, Carboncopy's: `cc_` and 64 lowercase hex
+    /// digits (after `Bearer` or `ApiKey`).
     pub fn carboncopy() -> Self {
         Self::new(
-            "cc_",
-            64,
-            Alphabet::LowerHex,
-            vec!["Bearer".into(), "ApiKey".into()],
-            6,
+            DEFAULT_PREFIX,
+            DEFAULT_BODY_LENGTH,
+            DEFAULT_ALPHABET,
+            DEFAULT_SCHEMES.map(String::from).to_vec(),
+            DEFAULT_DISPLAY_CHARS,
         )
         .expect("built-in key format is valid")
     }

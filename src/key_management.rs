@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
@@ -78,25 +77,46 @@ pub struct KeyPage {
     pub next_after: Option<KeyId>,
 }
 
-pub struct KeyManager {
-    pub store: Arc<dyn KeyStore>,
-    pub cache: Arc<KeyCache>,
+/// What key management is configured with (`[key_format]`, `[scopes]`,
+/// `max_active_keys_per_account`).
+#[derive(Debug, Clone)]
+pub struct ManagementSettings {
     pub catalog: Arc<ScopeCatalog>,
     pub key_format: KeyFormat,
     pub max_active_keys_per_account: u32,
 }
 
+pub struct KeyManager {
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    catalog: Arc<ScopeCatalog>,
+    key_format: KeyFormat,
+    max_active_keys_per_account: u32,
+}
+
 impl KeyManager {
-    /// Key management as `config` describes it (catalog, key format, the
-    /// per-account limit), over one replica's store and cache.
-    pub fn new(config: &Config, store: Arc<dyn KeyStore>, cache: Arc<KeyCache>) -> Self {
+    /// Key management as `settings` describe it, over one replica's store
+    /// and cache (see `replica.rs`, which wires them).
+    pub fn new(
+        settings: ManagementSettings,
+        store: Arc<dyn KeyStore>,
+        cache: Arc<KeyCache>,
+    ) -> Self {
         Self {
             store,
             cache,
-            catalog: Arc::clone(&config.catalog),
-            key_format: config.key_format.clone(),
-            max_active_keys_per_account: config.max_active_keys_per_account,
+            catalog: settings.catalog,
+            key_format: settings.key_format,
+            max_active_keys_per_account: settings.max_active_keys_per_account,
         }
+    }
+
+    pub fn catalog(&self) -> &Arc<ScopeCatalog> {
+        &self.catalog
+    }
+
+    pub fn key_format(&self) -> &KeyFormat {
+        &self.key_format
     }
 
     /// Scope names in catalog order, so stored grants are canonical.

@@ -2,9 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access_control;
-pub mod api;
 pub mod authenticator;
-pub mod bench;
+pub mod change_feed;
 pub mod cli;
 pub mod config;
 pub mod config_report;
@@ -12,15 +11,17 @@ pub mod denial;
 pub mod domain;
 pub mod ext_authz;
 pub mod failed_auth_bans;
+pub mod grpc;
 pub mod key_cache;
 pub mod key_format;
 pub mod key_management;
+pub mod last_use;
 pub mod operator_cli;
 pub mod proto;
 pub mod rate_limits;
-pub mod revocation_feed;
+pub mod replica;
 pub mod scope_catalog;
 pub mod server;
+pub mod settings;
 pub mod storage;
 pub mod telemetry;
-pub mod usage;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use keyward::cli::{Cli, Command, LogFormat, ServeArgs};
 use keyward::config::Config;
-use keyward::server::{self, ServeOptions};
+use keyward::server;
 use tracing_subscriber::EnvFilter;
 
 /// `RUST_LOG` when set (a filter it cannot parse stops the command rather
@@ -44,7 +44,6 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::CheckConfig { file } => check_config(&file),
-        Command::Bench(args) => bench(args).await,
         Command::Keys(command) => keyward::operator_cli::run(command)
             .await
             .map(|output| print!("{output}"))
@@ -69,50 +68,9 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = load_config(args.config.as_deref())?;
-    let database_url_flag = args.database_url.is_some();
-    let (listen, database_url) = config.server.resolve(args.listen, args.database_url);
-    // Flags and environment over the file (clap already put flags over the
-    // environment).
-    let server = &mut config.server;
-    // A value from a flag (or its environment variable) is no longer the
-    // file's, so errors about it name the flag.
-    let origins = &mut server.origins;
-    for (flag, path, from_file) in [
-        (args.tls_cert, &mut server.tls_cert, &mut origins.tls_cert),
-        (args.tls_key, &mut server.tls_key, &mut origins.tls_key),
-        (
-            args.tls_client_ca,
-            &mut server.tls_client_ca,
-            &mut origins.tls_client_ca,
-        ),
-    ] {
-        if flag.is_some() {
-            *path = flag;
-            *from_file = None;
-        }
-    }
-    if args.listen.is_some() {
-        origins.listen = None;
-    }
-    if database_url_flag {
-        origins.database_url = None;
-    }
-    if args.metrics_listen.is_some() {
-        origins.metrics_listen = None;
-        server.metrics_listen = args.metrics_listen;
-    }
-    server.insecure_open_management = args.insecure_open_management;
-    server.insecure_open_hot_path = args.insecure_open_hot_path;
-    keyward::storage::check_database_url(&database_url)
-        .map_err(|reason| format!("--database-url: {reason}"))?;
+    args.override_file(&mut config.server)?;
     tracing::info!(config = %config.source_name(), "configuration loaded");
-    let running = server::start(ServeOptions {
-        config,
-        listen,
-        database_url,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let running = server::start(config).await.map_err(|e| e.to_string())?;
     let stop = running.stop_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -136,14 +94,6 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("signal received");
-}
-
-async fn bench(args: keyward::bench::BenchArgs) -> Result<(), String> {
-    let rows = keyward::bench::run(&args)
-        .await
-        .map_err(|e| e.to_string())?;
-    print!("{}", keyward::bench::render(&rows));
-    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {

@@ -41,64 +41,21 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             expires_in,
             rate_limit,
         } => {
-            let expires_at = expires_in.map(expiry).transpose()?;
-            let mut client = Client::connect(&connection).await?;
             let request = proto::CreateKeyRequest {
                 account_id: account,
                 name,
                 scopes,
                 preset: preset.unwrap_or_default(),
-                expires_at,
+                expires_at: expires_in.map(expiry).transpose()?,
                 rate_limit: rate_limit.map(proto_rate_limit),
             };
-            let response = client
-                .call("CreateKey", request, |c, r| Box::pin(c.create_key(r)))
-                .await?;
-            let key = KeyView::from(response.key.unwrap_or_default());
-            if connection.json {
-                return Ok(json(&CreatedView {
-                    key,
-                    secret: response.secret,
-                }));
-            }
-            let mut out = table(std::slice::from_ref(&key));
-            let _ = writeln!(
-                out,
-                "\nsecret (shown only now; keyward keeps only its hash):\n{}",
-                response.secret
-            );
-            Ok(out)
+            create(&connection, request).await
         }
         KeysCommand::List {
             connection,
             account,
             include_revoked,
-        } => {
-            let mut client = Client::connect(&connection).await?;
-            let mut keys = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = proto::ListKeysRequest {
-                    account_id: account.clone(),
-                    include_revoked,
-                    page_size: 1_000,
-                    page_token: page_token.clone(),
-                };
-                let page = client
-                    .call("ListKeys", request, |c, r| Box::pin(c.list_keys(r)))
-                    .await?;
-                keys.extend(page.keys.into_iter().map(KeyView::from));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            Ok(if connection.json {
-                json(&keys)
-            } else {
-                table(&keys)
-            })
-        }
+        } => list(&connection, account, include_revoked).await,
         KeysCommand::Get {
             connection,
             account,
@@ -121,40 +78,7 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             name,
             scopes,
             rate_limit,
-        } => {
-            let mut paths = Vec::new();
-            if name.is_some() {
-                paths.push("name".to_owned());
-            }
-            if scopes.is_some() {
-                paths.push("scopes".to_owned());
-            }
-            if rate_limit.is_some() {
-                paths.push("rate_limit".to_owned());
-            }
-            if paths.is_empty() {
-                return Err(CliError::Usage(
-                    "nothing to update: pass --name, --scopes and/or --rate-limit".into(),
-                ));
-            }
-            let mut client = Client::connect(&connection).await?;
-            let request = proto::UpdateKeyRequest {
-                account_id: account,
-                key_id: id,
-                name: name.unwrap_or_default(),
-                scopes: scopes.unwrap_or_default(),
-                update_mask: Some(prost_types::FieldMask { paths }),
-                // `rate_limit` in the mask without a value clears it.
-                rate_limit: match rate_limit {
-                    Some(RateLimitChange::Set(limit)) => Some(proto_rate_limit(limit)),
-                    Some(RateLimitChange::Default) | None => None,
-                },
-            };
-            let response = client
-                .call("UpdateKey", request, |c, r| Box::pin(c.update_key(r)))
-                .await?;
-            Ok(show(&connection, response.key))
-        }
+        } => update(&connection, account, id, name, scopes, rate_limit).await,
         KeysCommand::Revoke {
             connection,
             account,
@@ -171,6 +95,104 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             Ok(show(&connection, response.key))
         }
     }
+}
+
+async fn create(
+    connection: &ConnectionArgs,
+    request: proto::CreateKeyRequest,
+) -> Result<String, CliError> {
+    let mut client = Client::connect(connection).await?;
+    let response = client
+        .call("CreateKey", request, |c, r| Box::pin(c.create_key(r)))
+        .await?;
+    let key = KeyView::from(response.key.unwrap_or_default());
+    if connection.json {
+        return Ok(json(&CreatedView {
+            key,
+            secret: response.secret,
+        }));
+    }
+    let mut out = table(std::slice::from_ref(&key));
+    let _ = writeln!(
+        out,
+        "\nsecret (shown only now; keyward keeps only its hash):\n{}",
+        response.secret
+    );
+    Ok(out)
+}
+
+/// Every page of the account's keys.
+async fn list(
+    connection: &ConnectionArgs,
+    account: String,
+    include_revoked: bool,
+) -> Result<String, CliError> {
+    let mut client = Client::connect(connection).await?;
+    let mut keys = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = proto::ListKeysRequest {
+            account_id: account.clone(),
+            include_revoked,
+            page_size: 1_000,
+            page_token: page_token.clone(),
+        };
+        let page = client
+            .call("ListKeys", request, |c, r| Box::pin(c.list_keys(r)))
+            .await?;
+        keys.extend(page.keys.into_iter().map(KeyView::from));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(if connection.json {
+        json(&keys)
+    } else {
+        table(&keys)
+    })
+}
+
+async fn update(
+    connection: &ConnectionArgs,
+    account: String,
+    id: String,
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+    rate_limit: Option<RateLimitChange>,
+) -> Result<String, CliError> {
+    let mut paths = Vec::new();
+    if name.is_some() {
+        paths.push("name".to_owned());
+    }
+    if scopes.is_some() {
+        paths.push("scopes".to_owned());
+    }
+    if rate_limit.is_some() {
+        paths.push("rate_limit".to_owned());
+    }
+    if paths.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to update: pass --name, --scopes and/or --rate-limit".into(),
+        ));
+    }
+    let mut client = Client::connect(connection).await?;
+    let request = proto::UpdateKeyRequest {
+        account_id: account,
+        key_id: id,
+        name: name.unwrap_or_default(),
+        scopes: scopes.unwrap_or_default(),
+        update_mask: Some(prost_types::FieldMask { paths }),
+        // `rate_limit` in the mask without a value clears it.
+        rate_limit: match rate_limit {
+            Some(RateLimitChange::Set(limit)) => Some(proto_rate_limit(limit)),
+            Some(RateLimitChange::Default) | None => None,
+        },
+    };
+    let response = client
+        .call("UpdateKey", request, |c, r| Box::pin(c.update_key(r)))
+        .await?;
+    Ok(show(connection, response.key))
 }
 
 fn expiry(lifetime: Duration) -> Result<prost_types::Timestamp, CliError> {

@@ -20,9 +20,39 @@ use governor::{Quota, RateLimiter};
 use moka::Expiry;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
+use serde::Deserialize;
 
 use crate::domain::{KeyId, RateLimit};
-use crate::key_cache::CachedKey;
+use crate::settings::SettingError;
+
+/// `[rate_limit]` as written: both fields or neither.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+/// Validates `[rate_limit]`: the limit of keys without their own; none
+/// when the table is absent.
+pub fn default_rate_limit_from_raw(
+    raw: Option<RawRateLimit>,
+) -> Result<Option<RateLimit>, SettingError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    RateLimit::new(raw.requests, raw.per_seconds)
+        .map(Some)
+        .map_err(|error| {
+            // RateLimit checks `requests` first.
+            let key = if raw.requests == 0 {
+                "rate_limit.requests"
+            } else {
+                "rate_limit.per_seconds"
+            };
+            SettingError::new(key, error.0)
+        })
+}
 
 type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -38,6 +68,15 @@ pub struct KeyLimiter {
 /// limited request).
 #[derive(Default)]
 pub struct LimiterSlot(OnceLock<Arc<KeyLimiter>>);
+
+/// What the limiter needs of a key: its id, its own limit (if any), and the
+/// slot its cache entry keeps the limiter in.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitedKey<'k> {
+    pub id: &'k KeyId,
+    pub rate_limit: Option<RateLimit>,
+    pub slot: &'k LimiterSlot,
+}
 
 impl std::fmt::Debug for LimiterSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,8 +185,8 @@ impl KeyRateLimits {
     }
 
     /// The limiter the key's cache entry holds, if it has one for `limit`.
-    fn held<'k>(&self, key: &'k CachedKey, limit: RateLimit) -> Option<&'k KeyLimiter> {
-        let held = key.limiter.0.get().filter(|held| held.limit == limit)?;
+    fn held<'k>(&self, key: &LimitedKey<'k>, limit: RateLimit) -> Option<&'k KeyLimiter> {
+        let held = key.slot.0.get().filter(|held| held.limit == limit)?;
         // Reading the table renews its idle expiry; twice per refill period
         // is enough for it never to lapse while the key is in use.
         let now = self.now_ms();
@@ -157,7 +196,7 @@ impl KeyRateLimits {
             // Put back if it was evicted meanwhile (capacity), so a
             // reloaded entry still shares this bucket.
             self.limiters
-                .entry_by_ref(&key.id)
+                .entry_by_ref(key.id)
                 .or_insert_with(|| Arc::clone(held));
         }
         Some(held)
@@ -165,8 +204,8 @@ impl KeyRateLimits {
 
     /// The table's limiter for the key, or a fresh one if it has none or
     /// one for another limit.
-    fn table_limiter(&self, key: &CachedKey, limit: RateLimit) -> Arc<KeyLimiter> {
-        match self.limiters.get(&key.id) {
+    fn table_limiter(&self, key: &LimitedKey<'_>, limit: RateLimit) -> Arc<KeyLimiter> {
+        match self.limiters.get(key.id) {
             Some(existing) if existing.limit == limit => existing,
             // New key, or its limit changed: one fresh bucket, created under
             // moka's per-key lock so concurrent first requests share it
@@ -182,7 +221,7 @@ impl KeyRateLimits {
                 };
                 let result = self
                     .limiters
-                    .entry_by_ref(&key.id)
+                    .entry_by_ref(key.id)
                     .and_compute_with(|current| match current {
                         Some(entry) if entry.value().limit == limit => Op::Nop,
                         _ => Op::Put(fresh()),
@@ -199,18 +238,18 @@ impl KeyRateLimits {
     }
 
     /// Takes one request from the key's budget.
-    pub fn check(&self, key: &CachedKey) -> RateDecision {
+    pub fn check(&self, key: LimitedKey<'_>) -> RateDecision {
         let Some(limit) = key.rate_limit.or(self.default) else {
             return RateDecision::Unlimited;
         };
         let fetched;
-        let limiter = match self.held(key, limit) {
+        let limiter = match self.held(&key, limit) {
             Some(held) => held,
             None => {
-                fetched = self.table_limiter(key, limit);
+                fetched = self.table_limiter(&key, limit);
                 // Already set only by a racing request, which got the same
                 // bucket from the table.
-                let _ = key.limiter.0.set(Arc::clone(&fetched));
+                let _ = key.slot.0.set(Arc::clone(&fetched));
                 &*fetched
             }
         };
@@ -242,37 +281,40 @@ impl KeyRateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, KeyDigest, UnixMillis};
-    use crate::scope_catalog::ScopeCatalog;
-    use crate::storage::KeyRecord;
+    /// A cache entry's part that the limiter sees.
+    struct TestKey {
+        id: KeyId,
+        rate_limit: Option<RateLimit>,
+        slot: LimiterSlot,
+    }
 
-    fn key(rate_limit: Option<RateLimit>) -> CachedKey {
+    impl TestKey {
+        fn limited(&self) -> LimitedKey<'_> {
+            LimitedKey {
+                id: &self.id,
+                rate_limit: self.rate_limit,
+                slot: &self.slot,
+            }
+        }
+    }
+
+    fn key(rate_limit: Option<RateLimit>) -> TestKey {
         key_with_id(KeyId::generate(), rate_limit)
     }
 
-    fn key_with_id(id: KeyId, rate_limit: Option<RateLimit>) -> CachedKey {
-        CachedKey::from_record(
-            KeyRecord {
-                id,
-                account_id: AccountId::parse("a").unwrap(),
-                name: "k".into(),
-                digest: KeyDigest::of("x"),
-                start: "cc_x".into(),
-                scopes: vec![],
-                rate_limit,
-                created_at: UnixMillis(0),
-                expires_at: None,
-                revoked_at: None,
-                last_used_at: None,
-            },
-            &ScopeCatalog::carboncopy(),
-        )
+    /// A new cache entry (empty slot) for a key id.
+    fn key_with_id(id: KeyId, rate_limit: Option<RateLimit>) -> TestKey {
+        TestKey {
+            id,
+            rate_limit,
+            slot: LimiterSlot::default(),
+        }
     }
 
     #[test]
     fn no_limit_configured_means_unlimited() {
         let limits = KeyRateLimits::new(None, 100);
-        assert_eq!(limits.check(&key(None)), RateDecision::Unlimited);
+        assert_eq!(limits.check(key(None).limited()), RateDecision::Unlimited);
     }
 
     #[test]
@@ -280,13 +322,13 @@ mod tests {
         let limits = KeyRateLimits::new(Some(RateLimit::new(3, 60).unwrap()), 100);
         let key = key(None);
         let remaining: Vec<u32> = (0..3)
-            .map(|_| match limits.check(&key) {
+            .map(|_| match limits.check(key.limited()) {
                 RateDecision::Allowed(status) => status.remaining,
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(remaining, [2, 1, 0]);
-        match limits.check(&key) {
+        match limits.check(key.limited()) {
             RateDecision::Limited {
                 status,
                 retry_after,
@@ -313,7 +355,7 @@ mod tests {
                     let limits = Arc::clone(&limits);
                     let key = Arc::clone(&key);
                     std::thread::spawn(move || {
-                        matches!(limits.check(&key), RateDecision::Allowed(_))
+                        matches!(limits.check(key.limited()), RateDecision::Allowed(_))
                     })
                 })
                 .collect();
@@ -334,14 +376,23 @@ mod tests {
         let limits = KeyRateLimits::new(Some(RateLimit::new(u32::MAX, 1).unwrap()), 100);
         let key = key(None);
         for _ in 0..1_000 {
-            assert!(matches!(limits.check(&key), RateDecision::Allowed(_)));
+            assert!(matches!(
+                limits.check(key.limited()),
+                RateDecision::Allowed(_)
+            ));
         }
         let slow = KeyRateLimits::new(
             Some(RateLimit::new(1, RateLimit::MAX_PER_SECONDS).unwrap()),
             100,
         );
-        assert!(matches!(slow.check(&key), RateDecision::Allowed(_)));
-        assert!(matches!(slow.check(&key), RateDecision::Limited { .. }));
+        assert!(matches!(
+            slow.check(key.limited()),
+            RateDecision::Allowed(_)
+        ));
+        assert!(matches!(
+            slow.check(key.limited()),
+            RateDecision::Limited { .. }
+        ));
     }
 
     #[test]
@@ -350,12 +401,21 @@ mod tests {
         let generous = key(Some(RateLimit::new(5, 60).unwrap()));
         let plain = key(None);
         for _ in 0..5 {
-            assert!(matches!(limits.check(&generous), RateDecision::Allowed(_)));
+            assert!(matches!(
+                limits.check(generous.limited()),
+                RateDecision::Allowed(_)
+            ));
         }
-        assert!(matches!(limits.check(&plain), RateDecision::Allowed(_)));
-        assert!(matches!(limits.check(&plain), RateDecision::Limited { .. }));
         assert!(matches!(
-            limits.check(&generous),
+            limits.check(plain.limited()),
+            RateDecision::Allowed(_)
+        ));
+        assert!(matches!(
+            limits.check(plain.limited()),
+            RateDecision::Limited { .. }
+        ));
+        assert!(matches!(
+            limits.check(generous.limited()),
             RateDecision::Limited { .. }
         ));
     }
@@ -364,16 +424,22 @@ mod tests {
     fn a_tightened_limit_keeps_its_bucket_for_its_own_refill_period() {
         let limits = KeyRateLimits::new(None, 100);
         let loose = key(Some(RateLimit::new(10, 1).unwrap()));
-        assert!(matches!(limits.check(&loose), RateDecision::Allowed(_)));
+        assert!(matches!(
+            limits.check(loose.limited()),
+            RateDecision::Allowed(_)
+        ));
         // UpdateKey to 1 per minute: the new bucket replaces the old entry,
         // whose expiry (1 s) must not carry over.
         let tight = key_with_id(loose.id.clone(), Some(RateLimit::new(1, 60).unwrap()));
-        assert!(matches!(limits.check(&tight), RateDecision::Allowed(_)));
+        assert!(matches!(
+            limits.check(tight.limited()),
+            RateDecision::Allowed(_)
+        ));
 
         std::thread::sleep(Duration::from_millis(1_500));
 
         assert!(
-            matches!(limits.check(&tight), RateDecision::Limited { .. }),
+            matches!(limits.check(tight.limited()), RateDecision::Limited { .. }),
             "the tightened bucket expired after the old limit's period and refilled"
         );
     }
@@ -385,19 +451,22 @@ mod tests {
         let limits = KeyRateLimits::new(None, 100);
         let first = key(Some(limit));
         for _ in 0..5 {
-            assert!(matches!(limits.check(&first), RateDecision::Allowed(_)));
+            assert!(matches!(
+                limits.check(first.limited()),
+                RateDecision::Allowed(_)
+            ));
         }
         // Keep using it, longer than the table's idle expiry (2 s): the
         // entry answers from the limiter it holds and keeps the table's alive.
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(300));
-            limits.check(&first);
+            limits.check(first.limited());
         }
         // The cache entry is reloaded (TTL, eviction): the new one must find
         // the same, nearly empty bucket, not a fresh burst of 5.
         let reloaded = key_with_id(first.id.clone(), Some(limit));
         let allowed = (0..5)
-            .filter(|_| matches!(limits.check(&reloaded), RateDecision::Allowed(_)))
+            .filter(|_| matches!(limits.check(reloaded.limited()), RateDecision::Allowed(_)))
             .count();
         assert!(
             allowed <= 1,
@@ -409,7 +478,7 @@ mod tests {
     fn idle_limiters_are_reclaimed_after_one_refill_period() {
         let limits = KeyRateLimits::new(Some(RateLimit::new(1, 1).unwrap()), 100);
         for _ in 0..3 {
-            limits.check(&key(None));
+            limits.check(key(None).limited());
         }
         limits.limiters.run_pending_tasks();
         assert_eq!(limits.limiters.entry_count(), 3);

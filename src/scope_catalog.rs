@@ -5,9 +5,16 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::Deserialize;
+
+use crate::denial::{check_denial_code, check_denial_message};
+use crate::settings::SettingError;
+
 /// At most this many scopes per catalog (one bit each in [`ScopeSet`]).
 pub const MAX_SCOPES: usize = 128;
 const MAX_SCOPE_NAME_LEN: usize = 64;
+/// Longest scope or preset description (shown by ListScopes).
+const MAX_DESCRIPTION_CHARS: usize = 500;
 
 /// A set of catalog scopes.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -95,6 +102,33 @@ pub struct Preset {
     pub scopes: ScopeSet,
 }
 
+/// One `[[scopes]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScope {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub implies: Vec<String>,
+    #[serde(default)]
+    pub auto_grant: bool,
+    #[serde(default)]
+    pub reserved: bool,
+    pub denial_code: Option<String>,
+    pub denial_message: Option<String>,
+}
+
+/// One `[[presets]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreset {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub scopes: Vec<String>,
+}
+
 /// Why a catalog could not be built; `path` names the offending entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -145,128 +179,21 @@ impl ScopeCatalog {
         definitions: Vec<ScopeDefinition>,
         preset_definitions: Vec<PresetDefinition>,
     ) -> Result<Self, CatalogError> {
-        let error = |path: String, reason: String| CatalogError { path, reason };
         if definitions.len() > MAX_SCOPES {
-            return Err(error(
+            return Err(catalog_error(
                 "scopes".into(),
                 format!("at most {MAX_SCOPES} scopes, got {}", definitions.len()),
             ));
         }
-        let mut by_name = HashMap::new();
-        for (i, definition) in definitions.iter().enumerate() {
-            if !valid_scope_name(&definition.name) {
-                return Err(error(
-                    format!("scopes[{i}].name"),
-                    format!(
-                        "{:?} is not a scope name: use 1 to {MAX_SCOPE_NAME_LEN} of a-z 0-9 : _ - . starting with a letter or digit",
-                        definition.name
-                    ),
-                ));
-            }
-            if by_name
-                .insert(definition.name.clone(), ScopeIndex(i))
-                .is_some()
-            {
-                return Err(error(
-                    format!("scopes[{i}].name"),
-                    format!("scope {:?} is defined twice", definition.name),
-                ));
-            }
-            if let Some(denial) = &definition.denial
-                && (denial.code.is_empty() || denial.message.is_empty())
-            {
-                return Err(error(
-                    format!("scopes[{i}]"),
-                    "denial_code and denial_message must both be set and non-empty".into(),
-                ));
-            }
-        }
-
-        let mut direct = vec![ScopeSet::EMPTY; definitions.len()];
-        for (i, definition) in definitions.iter().enumerate() {
-            direct[i] = ScopeSet::single(i);
-            for implied in &definition.implies {
-                let Some(&target) = by_name.get(implied) else {
-                    return Err(error(
-                        format!("scopes[{i}].implies"),
-                        format!(
-                            "{:?} implies {implied:?}, which is not in the catalog",
-                            definition.name
-                        ),
-                    ));
-                };
-                direct[i].insert(target);
-            }
-        }
-        // Transitive closure; at most MAX_SCOPES rounds, usually two.
-        let mut closure = direct.clone();
-        loop {
-            let mut changed = false;
-            for i in 0..closure.len() {
-                let mut grown = closure[i];
-                for j in closure[i].indices() {
-                    grown = grown.union(closure[j]);
-                }
-                if grown != closure[i] {
-                    closure[i] = grown;
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-
+        let by_name = index_names(&definitions)?;
+        let closure = implication_closure(&definitions, &by_name)?;
         let mut auto_granted = ScopeSet::EMPTY;
         for (i, definition) in definitions.iter().enumerate() {
             if definition.auto_grant {
                 auto_granted = auto_granted.union(closure[i]);
             }
         }
-
-        let mut presets: Vec<Preset> = Vec::new();
-        for (p, preset) in preset_definitions.into_iter().enumerate() {
-            if preset.name.trim().is_empty() {
-                return Err(error(
-                    format!("presets[{p}].name"),
-                    "must not be empty".into(),
-                ));
-            }
-            if presets.iter().any(|known| known.name == preset.name) {
-                return Err(error(
-                    format!("presets[{p}].name"),
-                    format!("preset {:?} is defined twice", preset.name),
-                ));
-            }
-            let mut scopes = ScopeSet::EMPTY;
-            for pattern in &preset.scopes {
-                let matched = match pattern.strip_suffix('*') {
-                    Some(stem) => definitions
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, d)| d.name.starts_with(stem))
-                        .fold(ScopeSet::EMPTY, |set, (i, _)| {
-                            set.union(ScopeSet::single(i))
-                        }),
-                    None => by_name
-                        .get(pattern)
-                        .map_or(ScopeSet::EMPTY, |&i| ScopeSet::single(i.0)),
-                };
-                if matched.is_empty() {
-                    return Err(error(
-                        format!("presets[{p}].scopes"),
-                        format!("{pattern:?} matches no scope in the catalog"),
-                    ));
-                }
-                scopes = scopes.union(matched);
-            }
-            presets.push(Preset {
-                name: preset.name,
-                description: preset.description,
-                scopes,
-            });
-        }
-
+        let presets = build_presets(&definitions, &by_name, preset_definitions)?;
         let mut alphabetical: Vec<usize> = (0..definitions.len()).collect();
         alphabetical.sort_by(|&a, &b| definitions[a].name.cmp(&definitions[b].name));
         Ok(Self {
@@ -279,50 +206,52 @@ impl ScopeCatalog {
         })
     }
 
-    /// Carboncopy's catalog (seeds 000/001), the built-in default.
+    /// Validates `[[scopes]]` and `[[presets]]`. Without `[[scopes]]` the
+    /// catalog is the built-in one, Carboncopy's, with the file's presets
+    /// if it has any.
+    pub fn from_raw(
+        scopes: Option<Vec<RawScope>>,
+        presets: Vec<RawPreset>,
+    ) -> Result<Self, SettingError> {
+        let (scopes, presets) = match scopes {
+            Some(scopes) => (scopes, presets),
+            None => {
+                let built_in = carboncopy_catalog_tables();
+                let presets = if presets.is_empty() {
+                    built_in.presets
+                } else {
+                    presets
+                };
+                (built_in.scopes, presets)
+            }
+        };
+        let definitions = scopes
+            .into_iter()
+            .enumerate()
+            .map(|(i, scope)| scope_definition(i, scope))
+            .collect::<Result<Vec<_>, _>>()?;
+        let presets = presets
+            .into_iter()
+            .enumerate()
+            .map(|(i, preset)| {
+                check_description(&preset.description)
+                    .map_err(SettingError::at(&format!("presets[{i}].description")))?;
+                Ok(PresetDefinition {
+                    name: preset.name,
+                    description: preset.description,
+                    scopes: preset.scopes,
+                })
+            })
+            .collect::<Result<Vec<_>, SettingError>>()?;
+        Self::new(definitions, presets).map_err(|error| SettingError::new(error.path, error.reason))
+    }
+
+    /// Carboncopy's catalog, the built-in default: the `[[scopes]]` and
+    /// `[[presets]]` of `profiles/carboncopy.toml`, read from that file (built
+    /// into the binary), so that the default and the profile cannot drift
+    /// apart.
     pub fn carboncopy() -> Self {
-        let scope =
-            |name: &str, description: &str, implies: &[&str], reserved: bool| ScopeDefinition {
-                name: name.into(),
-                description: description.into(),
-                implies: implies.iter().map(|s| (*s).to_owned()).collect(),
-                auto_grant: false,
-                reserved,
-                denial: None,
-            };
-        Self::new(
-            vec![
-                scope(
-                    "portfolio:read",
-                    "View portfolio summary, history, and positions",
-                    &[],
-                    false,
-                ),
-                scope("traders:read", "List and view traders", &[], false),
-                scope(
-                    "traders:write",
-                    "Follow, edit and unfollow traders",
-                    &["traders:read"],
-                    false,
-                ),
-                scope("orders:read", "View orders", &[], false),
-                scope(
-                    "orders:write",
-                    "Future order mutations",
-                    &["orders:read"],
-                    false,
-                ),
-                scope(
-                    "markets:read",
-                    "Market data access (coming soon)",
-                    &[],
-                    true,
-                ),
-                scope("account:read", "View account information", &[], false),
-            ],
-            vec![],
-        )
-        .expect("built-in catalog is valid")
+        Self::from_raw(None, Vec::new()).expect("the catalog of profiles/carboncopy.toml is valid")
     }
 
     pub fn lookup(&self, name: &str) -> Option<ScopeIndex> {
@@ -432,6 +361,201 @@ impl ScopeCatalog {
             .map(|&i| self.definitions[i].name.clone())
             .collect()
     }
+}
+
+/// The shipped Carboncopy profile, whose catalog is the built-in one.
+const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
+
+/// The catalog's tables of a profile; serde skips the other tables.
+#[derive(Deserialize)]
+struct CatalogTables {
+    #[serde(default)]
+    scopes: Vec<RawScope>,
+    #[serde(default)]
+    presets: Vec<RawPreset>,
+}
+
+fn carboncopy_catalog_tables() -> CatalogTables {
+    toml::from_str(CARBONCOPY_PROFILE).expect("profiles/carboncopy.toml is valid TOML")
+}
+
+/// `[[scopes]]` entry `i`, with its texts checked (the catalog checks the
+/// rest).
+fn scope_definition(i: usize, scope: RawScope) -> Result<ScopeDefinition, SettingError> {
+    let at = |field: &str| format!("scopes[{i}].{field}");
+    check_description(&scope.description).map_err(SettingError::at(&at("description")))?;
+    let denial = match (scope.denial_code, scope.denial_message) {
+        (None, None) => None,
+        (Some(code), Some(message)) => {
+            check_denial_code(&code).map_err(SettingError::at(&at("denial_code")))?;
+            check_denial_message(&message).map_err(SettingError::at(&at("denial_message")))?;
+            Some(ScopeDenialText { code, message })
+        }
+        _ => {
+            return Err(SettingError::new(
+                format!("scopes[{i}]"),
+                "denial_code and denial_message go together",
+            ));
+        }
+    };
+    Ok(ScopeDefinition {
+        name: scope.name,
+        description: scope.description,
+        implies: scope.implies,
+        auto_grant: scope.auto_grant,
+        reserved: scope.reserved,
+        denial,
+    })
+}
+
+fn check_description(text: &str) -> Result<(), String> {
+    let chars = text.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
+        return Err(format!(
+            "at most {MAX_DESCRIPTION_CHARS} characters, got {chars}"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must be one line of text without control characters".into());
+    }
+    Ok(())
+}
+
+fn catalog_error(path: String, reason: String) -> CatalogError {
+    CatalogError { path, reason }
+}
+
+/// Each scope's index by name, checking names, duplicates and denial texts.
+fn index_names(
+    definitions: &[ScopeDefinition],
+) -> Result<HashMap<String, ScopeIndex>, CatalogError> {
+    let error = catalog_error;
+    let mut by_name = HashMap::new();
+    for (i, definition) in definitions.iter().enumerate() {
+        if !valid_scope_name(&definition.name) {
+            return Err(error(
+                format!("scopes[{i}].name"),
+                format!(
+                    "{:?} is not a scope name: use 1 to {MAX_SCOPE_NAME_LEN} of a-z 0-9 : _ - . starting with a letter or digit",
+                    definition.name
+                ),
+            ));
+        }
+        if by_name
+            .insert(definition.name.clone(), ScopeIndex(i))
+            .is_some()
+        {
+            return Err(error(
+                format!("scopes[{i}].name"),
+                format!("scope {:?} is defined twice", definition.name),
+            ));
+        }
+        if let Some(denial) = &definition.denial
+            && (denial.code.is_empty() || denial.message.is_empty())
+        {
+            return Err(error(
+                format!("scopes[{i}]"),
+                "denial_code and denial_message must both be set and non-empty".into(),
+            ));
+        }
+    }
+    Ok(by_name)
+}
+
+/// For each scope, every scope it grants: itself and what it implies,
+/// transitively.
+fn implication_closure(
+    definitions: &[ScopeDefinition],
+    by_name: &HashMap<String, ScopeIndex>,
+) -> Result<Vec<ScopeSet>, CatalogError> {
+    let error = catalog_error;
+    let mut direct = vec![ScopeSet::EMPTY; definitions.len()];
+    for (i, definition) in definitions.iter().enumerate() {
+        direct[i] = ScopeSet::single(i);
+        for implied in &definition.implies {
+            let Some(&target) = by_name.get(implied) else {
+                return Err(error(
+                    format!("scopes[{i}].implies"),
+                    format!(
+                        "{:?} implies {implied:?}, which is not in the catalog",
+                        definition.name
+                    ),
+                ));
+            };
+            direct[i].insert(target);
+        }
+    }
+    // Transitive closure; at most MAX_SCOPES rounds, usually two.
+    let mut closure = direct.clone();
+    loop {
+        let mut changed = false;
+        for i in 0..closure.len() {
+            let mut grown = closure[i];
+            for j in closure[i].indices() {
+                grown = grown.union(closure[j]);
+            }
+            if grown != closure[i] {
+                closure[i] = grown;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Ok(closure)
+}
+
+/// The presets, each entry a scope name or a `prefix*` pattern.
+fn build_presets(
+    definitions: &[ScopeDefinition],
+    by_name: &HashMap<String, ScopeIndex>,
+    preset_definitions: Vec<PresetDefinition>,
+) -> Result<Vec<Preset>, CatalogError> {
+    let error = catalog_error;
+    let mut presets: Vec<Preset> = Vec::new();
+    for (p, preset) in preset_definitions.into_iter().enumerate() {
+        if preset.name.trim().is_empty() {
+            return Err(error(
+                format!("presets[{p}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        if presets.iter().any(|known| known.name == preset.name) {
+            return Err(error(
+                format!("presets[{p}].name"),
+                format!("preset {:?} is defined twice", preset.name),
+            ));
+        }
+        let mut scopes = ScopeSet::EMPTY;
+        for pattern in &preset.scopes {
+            let matched = match pattern.strip_suffix('*') {
+                Some(stem) => definitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| d.name.starts_with(stem))
+                    .fold(ScopeSet::EMPTY, |set, (i, _)| {
+                        set.union(ScopeSet::single(i))
+                    }),
+                None => by_name
+                    .get(pattern)
+                    .map_or(ScopeSet::EMPTY, |&i| ScopeSet::single(i.0)),
+            };
+            if matched.is_empty() {
+                return Err(error(
+                    format!("presets[{p}].scopes"),
+                    format!("{pattern:?} matches no scope in the catalog"),
+                ));
+            }
+            scopes = scopes.union(matched);
+        }
+        presets.push(Preset {
+            name: preset.name,
+            description: preset.description,
+            scopes,
+        });
+    }
+    Ok(presets)
 }
 
 #[cfg(test)]

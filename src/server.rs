@@ -22,23 +22,21 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
 use crate::access_control::{AccessPolicy, HotPathAccess};
-use crate::api::KeyServiceApi;
-use crate::api::request_gate::RequestGateLayer;
-use crate::authenticator::Authenticator;
+use crate::change_feed::Freshness;
 use crate::config::{Config, SettingOrigins};
 use crate::ext_authz::{self, AuthorizationService, ExtAuthzApi};
-use crate::key_cache::KeyCache;
-use crate::key_management::KeyManager;
+use crate::grpc::KeyServiceApi;
+use crate::grpc::request_gate::RequestGateLayer;
 use crate::proto;
 use crate::proto::key_service_server::KeyServiceServer;
-use crate::revocation_feed::{Freshness, RevocationFeed};
-use crate::storage::{self, KeyStore, PoolSettings, StoreError};
+use crate::replica::Replica;
+use crate::storage::{self, DatabaseUrl, KeyStore, PoolSettings, StoreError};
 use crate::telemetry::Telemetry;
-use crate::telemetry::metrics_endpoint::{self, ScrapeSources};
-use crate::usage::usage_channel;
+use crate::telemetry::metrics_endpoint::{self, StateSource};
 
 mod connection;
 pub mod tls;
@@ -77,11 +75,11 @@ pub enum ServeError {
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     /// `setting`: the flag, or the config file and key, that chose `url`
-    /// (its password redacted).
+    /// (shown without its password).
     #[error("{setting} {url}: cannot open the database: {source}")]
     OpenDatabase {
         setting: String,
-        url: String,
+        url: DatabaseUrl,
         source: StoreError,
     },
     #[error("database error while starting: {0}")]
@@ -90,13 +88,6 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Everything `serve` needs.
-pub struct ServeOptions {
-    pub config: Config,
-    pub listen: SocketAddr,
-    pub database_url: String,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -135,21 +126,19 @@ impl RunningServer {
     }
 }
 
-/// Binds the listeners, opens storage and starts serving in the background.
-pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
-    let ServeOptions {
-        config,
-        listen,
-        database_url,
-    } = options;
-    let hot_path = check_exposure(&config, listen)?;
+/// Binds the listeners, opens storage and starts serving in the background,
+/// all as `config` says (flags already over the file, see
+/// `cli::ServeArgs::override_file`).
+pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
+    let hot_path = check_exposure(&config)?;
     let tls = tls::server_tls_config(&config.server)?;
     let origins = &config.server.origins;
+    let database_url = &config.server.database_url;
 
     // Both ports are taken before the database is opened, so a port in use
     // stops startup before anything is created or migrated.
     let (listener, addr) = bind(
-        listen,
+        config.server.listen,
         SettingOrigins::name(origins.listen.as_deref(), "server.listen", "--listen"),
     )
     .await?;
@@ -167,7 +156,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
     };
 
     let store = storage::open(
-        &database_url,
+        database_url,
         &PoolSettings {
             max_connections: config.server.max_connections,
             ..PoolSettings::default()
@@ -180,10 +169,10 @@ pub async fn start(options: ServeOptions) -> Result<RunningServer, ServeError> {
             "server.database_url",
             "--database-url",
         ),
-        url: crate::config_report::redact_url(&database_url),
+        url: database_url.clone(),
         source,
     })?;
-    let follower_store = storage::open_follower(&database_url, &store).await?;
+    let follower_store = storage::open_follower(database_url, &store).await?;
     tracing::info!(backend = %store.backend(), "storage ready");
 
     let stop = CancellationToken::new();
@@ -226,8 +215,9 @@ async fn bind(
 /// Management without credentials is only for loopback (or on request);
 /// the hot path needs a credential wherever management does, or off
 /// loopback, unless the operator opts out (loudly).
-fn check_exposure(config: &Config, listen: SocketAddr) -> Result<HotPathAccess, ServeError> {
+fn check_exposure(config: &Config) -> Result<HotPathAccess, ServeError> {
     let auth = &config.auth;
+    let listen = config.server.listen;
     if auth.management_locked() {
         tracing::info!(
             service_tokens = auth.service_tokens.len(),
@@ -287,76 +277,23 @@ async fn run(
     } else {
         Telemetry::disabled()
     });
-    let cache = Arc::new(KeyCache::new(&config.cache));
-    let feed = RevocationFeed::start(
-        Arc::clone(&store),
-        follower_store,
-        Arc::clone(&cache),
-        config.feed.clone(),
-    )
-    .await?;
-    let wakeups = store.subscribe_wakeups().await?;
-    let (usage, usage_flusher) = usage_channel(Arc::clone(&store));
+    let replica =
+        Arc::new(Replica::start(config, store, follower_store, Arc::clone(&telemetry)).await?);
+    let config = replica.config();
 
-    let authenticator = Arc::new(Authenticator::new(
-        &config,
-        Arc::clone(&cache),
-        Arc::clone(&store),
-        Arc::clone(feed.freshness()),
-        usage,
-        Arc::clone(&telemetry),
-    ));
-    let manager = Arc::new(KeyManager::new(
-        &config,
-        Arc::clone(&store),
-        Arc::clone(&cache),
-    ));
-
-    // Background work stops when `background` is cancelled, after the gRPC
+    // The listeners stop when `background` is cancelled, after the gRPC
     // server has drained.
     let background = CancellationToken::new();
-    let follower =
-        tokio::spawn(Arc::clone(&feed).run(wakeups, background.clone().cancelled_owned()));
-    let pruner = tokio::spawn(Arc::clone(&feed).run_pruner(background.clone().cancelled_owned()));
-    let flusher = tokio::spawn(usage_flusher.run(
-        config.last_used_flush_interval,
-        background.clone().cancelled_owned(),
-    ));
-
-    let upkeep =
-        tokio::spawn(Arc::clone(&telemetry).run_upkeep(background.clone().cancelled_owned()));
     let metrics_server = prepared.metrics.map(|metrics_listener| {
         tokio::spawn(metrics_endpoint::serve(
             metrics_listener,
-            ScrapeSources {
-                telemetry: Arc::clone(&telemetry),
-                cache: Arc::clone(&cache),
-                feed: Arc::clone(&feed),
-                authenticator: Arc::clone(&authenticator),
-            },
+            Arc::clone(&telemetry),
+            Arc::clone(&replica) as Arc<dyn StateSource>,
             background.clone().cancelled_owned(),
         ))
     });
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // Published before the first request can arrive (the feed has just
-    // proved it is current), so no early health check finds the services
-    // unregistered; the watchdog keeps them in step from here on.
-    for service in HEALTH_SERVICES {
-        health_reporter
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-    }
-    // The watchdog is the only writer of health after startup; at shutdown
-    // its last write is NOT_SERVING, then it cancels `health_down`.
-    let health_down = CancellationToken::new();
-    let watchdog = tokio::spawn(health_watchdog(
-        health_reporter.clone(),
-        Arc::clone(feed.freshness()),
-        stop.clone(),
-        health_down.clone(),
-    ));
-
+    let (health_service, health) = publish_health(&replica, &stop).await;
     // Both reflection versions: grpcurl 1.8 and many tools still speak v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -365,29 +302,12 @@ async fn run(
             // Empty when build.rs could not find Envoy's protos.
             .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let key_service = KeyServiceServer::new(KeyServiceApi::new(
-        Arc::clone(&authenticator),
-        Arc::clone(&manager),
-        Arc::clone(&feed),
-    ));
-
-    if config.http.routes.is_empty()
-        && config.http.unmatched_route == ext_authz::UnmatchedRoute::Deny
-    {
-        tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
-    }
-    let ext_authz_service = AuthorizationService::new(ExtAuthzApi::new(
-        Arc::clone(&authenticator),
-        config.http.clone(),
-    ));
 
     let grace = config.server.shutdown_grace;
     let shutdown_signal = {
         let stop = stop.clone();
-        let feed = Arc::clone(&feed);
+        let feed = Arc::clone(replica.feed());
+        let health_down = health.down.clone();
         async move {
             stop.cancelled().await;
             tracing::info!("shutting down: draining in-flight calls");
@@ -411,10 +331,14 @@ async fn run(
             Arc::clone(&telemetry),
         ))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(key_service)
-        .add_service(ext_authz_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(KeyServiceServer::new(KeyServiceApi::new(
+            Arc::clone(replica.authenticator()),
+            Arc::clone(replica.manager()),
+            Arc::clone(replica.feed()),
+        )))
+        .add_service(ext_authz_service(&replica))
         // TCP_NODELAY set on the accepted sockets themselves: the builder's
         // `tcp_nodelay` is ignored for a caller-supplied listener, and
         // without it Nagle's algorithm held ext_authz Check replies for a
@@ -440,14 +364,58 @@ async fn run(
     };
 
     background.cancel();
-    let _ = tokio::join!(follower, pruner, watchdog, upkeep);
+    let _ = health.watchdog.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
-    // The flusher writes pending last-use times before it returns.
-    let _ = flusher.await;
+    // The replica's flusher writes pending last-use times before it stops.
+    replica.stop().await;
     tracing::info!("stopped");
     result.map_err(ServeError::from)
+}
+
+/// Envoy's Authorization service over the replica's hot path.
+fn ext_authz_service(replica: &Replica) -> AuthorizationService {
+    let settings = &replica.config().http;
+    if settings.routes.is_empty() && settings.unmatched_route == ext_authz::UnmatchedRoute::Deny {
+        tracing::info!("no [[http.routes]] configured: every ext_authz Check is denied");
+    }
+    AuthorizationService::new(ExtAuthzApi::new(
+        Arc::clone(replica.authenticator()),
+        settings.clone(),
+    ))
+}
+
+/// The watchdog that keeps health in step with the replica's freshness.
+struct HealthWatch {
+    watchdog: JoinHandle<()>,
+    /// Cancelled once health says NOT_SERVING at shutdown.
+    down: CancellationToken,
+}
+
+/// The health service, its services published as SERVING before the first
+/// request can arrive (the feed has just proved it is current, so no early
+/// health check finds them unregistered), and the watchdog, the only writer
+/// of health from here on: at shutdown its last write is NOT_SERVING, then it
+/// cancels `down`.
+async fn publish_health(
+    replica: &Replica,
+    stop: &CancellationToken,
+) -> (HealthServer<impl Health + use<>>, HealthWatch) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    for name in HEALTH_SERVICES {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let down = CancellationToken::new();
+    let watchdog = tokio::spawn(health_watchdog(
+        reporter,
+        Arc::clone(replica.freshness()),
+        stop.clone(),
+        down.clone(),
+    ));
+    (service, HealthWatch { watchdog, down })
 }
 
 /// Keeps health in step with freshness: NOT_SERVING while this replica cannot

@@ -15,9 +15,13 @@ use tokio::sync::mpsc;
 
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 
+mod database_url;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 mod statements;
+
+pub use database_url::{DatabaseUrl, redact_password};
 
 /// A key about to be inserted.
 #[derive(Debug, Clone)]
@@ -234,18 +238,14 @@ pub trait KeyStore: Send + Sync + 'static {
 
 /// Opens the store a database URL names and runs its migrations.
 pub async fn open(
-    database_url: &str,
+    database_url: &DatabaseUrl,
     settings: &PoolSettings,
 ) -> Result<Arc<dyn KeyStore>, StoreError> {
-    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            postgres::PostgresStore::open(database_url, settings).await?,
-        ))
-    } else {
-        Ok(Arc::new(
-            sqlite::SqliteStore::open(database_url, settings).await?,
-        ))
-    }
+    let url = database_url.expose();
+    Ok(match database_url.backend() {
+        Backend::Postgres => Arc::new(postgres::PostgresStore::open(url, settings).await?),
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open(url, settings).await?),
+    })
 }
 
 /// A second, small pool on the same database for the event-log follower.
@@ -255,7 +255,7 @@ pub async fn open(
 /// closed for everyone. An in-memory SQLite database exists once per
 /// connection, so it shares the main store.
 pub async fn open_follower(
-    database_url: &str,
+    database_url: &DatabaseUrl,
     main: &Arc<dyn KeyStore>,
 ) -> Result<Arc<dyn KeyStore>, StoreError> {
     let settings = PoolSettings {
@@ -263,30 +263,12 @@ pub async fn open_follower(
         acquire_timeout: std::time::Duration::from_secs(2),
         ..PoolSettings::default()
     };
-    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            postgres::PostgresStore::connect(database_url, &settings).await?,
-        ))
-    } else if database_url.contains(":memory:") || database_url.contains("mode=memory") {
-        Ok(Arc::clone(main))
-    } else {
-        Ok(Arc::new(
-            sqlite::SqliteStore::connect(database_url, &settings).await?,
-        ))
-    }
-}
-
-/// Whether a URL names a backend keyward supports (checked at startup).
-pub fn check_database_url(database_url: &str) -> Result<(), String> {
-    let supported = ["sqlite:", "postgres://", "postgresql://"];
-    if supported.iter().any(|p| database_url.starts_with(p)) {
-        Ok(())
-    } else {
-        Err(format!(
-            "unsupported database URL scheme; use sqlite://PATH or postgres://... (got {:?})",
-            database_url.split(':').next().unwrap_or_default()
-        ))
-    }
+    let url = database_url.expose();
+    Ok(match database_url.backend() {
+        Backend::Postgres => Arc::new(postgres::PostgresStore::connect(url, &settings).await?),
+        Backend::Sqlite if database_url.is_in_memory() => Arc::clone(main),
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::connect(url, &settings).await?),
+    })
 }
 
 /// A connection pool's use at one moment.

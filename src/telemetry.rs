@@ -26,11 +26,30 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::access_control::Rpc;
-use crate::authenticator::{Surface, Verdict};
-use crate::denial::Reason;
-use crate::ext_authz::response::PolicyDenial;
+use crate::denial::{PolicyDenial, Reason};
 
 pub mod metrics_endpoint;
+
+/// The request id header, read and echoed (gRPC) and logged (ext_authz).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Which entry point asked (a metrics and log label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Authenticate,
+    CheckScope,
+    ExtAuthzCheck,
+}
+
+impl Surface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Surface::Authenticate => "Authenticate",
+            Surface::CheckScope => "CheckScope",
+            Surface::ExtAuthzCheck => "Check",
+        }
+    }
+}
 
 const SURFACES: [Surface; 3] = [
     Surface::Authenticate,
@@ -67,6 +86,110 @@ const LATENCY_BUCKETS: [f64; 16] = [
 ];
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Every metric's help text (and unit), registered when metrics are on.
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 20] = [
+    (
+        "keyward_decisions_total",
+        None,
+        "Hot-path decisions by RPC and outcome (allowed, the denial reason, or for Check unmatched_route and malformed_request).",
+    ),
+    (
+        "keyward_decision_duration_seconds",
+        Some(Unit::Seconds),
+        "Time the authenticator took to decide, by RPC.",
+    ),
+    (
+        "keyward_grpc_requests_total",
+        None,
+        "gRPC requests by RPC and status code (anything but OK is an error).",
+    ),
+    (
+        "keyward_grpc_request_duration_seconds",
+        Some(Unit::Seconds),
+        "gRPC request latency until response headers, by RPC.",
+    ),
+    (
+        "keyward_key_cache_lookups_total",
+        None,
+        "Key cache lookups by result: hit, negative_hit (known unknown key), miss (database read).",
+    ),
+    (
+        "keyward_key_cache_entries",
+        None,
+        "Keys in the cache (approximate).",
+    ),
+    (
+        "keyward_negative_cache_entries",
+        None,
+        "Digests known to match no key (approximate).",
+    ),
+    (
+        "keyward_bans_started_total",
+        None,
+        "Client addresses banned after repeated invalid credentials.",
+    ),
+    (
+        "keyward_banned_addresses",
+        None,
+        "Client addresses currently banned (approximate).",
+    ),
+    (
+        "keyward_ban_table_full",
+        None,
+        "1 while a ban table (table=\"failures\" or \"bans\") is full of live entries: new addresses are not admitted until entries expire.",
+    ),
+    (
+        "keyward_ban_table_refusals_total",
+        None,
+        "Addresses not admitted to a ban table (table=\"failures\" or \"bans\") because it was full of live entries.",
+    ),
+    (
+        "keyward_failing_addresses",
+        None,
+        "Client addresses with recent invalid credentials (approximate).",
+    ),
+    (
+        "keyward_change_feed_applied_sequence",
+        None,
+        "Last event-log sequence applied to this replica's cache.",
+    ),
+    (
+        "keyward_change_feed_latest_sequence",
+        None,
+        "Latest event-log sequence in the database at scrape time.",
+    ),
+    (
+        "keyward_change_feed_sequence_lag",
+        None,
+        "Events in the database not yet applied here.",
+    ),
+    (
+        "keyward_change_feed_seconds_since_catch_up",
+        Some(Unit::Seconds),
+        "Seconds since this replica last proved it was caught up.",
+    ),
+    (
+        "keyward_change_feed_fresh",
+        None,
+        "1 while this replica can prove its cache is current, else 0 (failing closed).",
+    ),
+    (
+        "keyward_database_reachable",
+        None,
+        "1 if the scrape's database query succeeded, else 0.",
+    ),
+    (
+        "keyward_database_pool_connections",
+        None,
+        "Database pool connections by state (in_use, idle).",
+    ),
+    (
+        "keyward_database_pool_max_connections",
+        None,
+        "Configured maximum pool size.",
+    ),
+];
+
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
@@ -98,6 +221,57 @@ pub(crate) struct StateGauges {
     pub pool_in_use: Gauge,
     pub pool_idle: Gauge,
     pub pool_max: Gauge,
+}
+
+impl StateGauges {
+    fn register(registry: &Registry<'_>) -> Self {
+        let table = |name| vec![Label::from_static_parts("table", name)];
+        let state = |name| vec![Label::from_static_parts("state", name)];
+        Self {
+            key_cache_entries: registry.gauge("keyward_key_cache_entries", vec![]),
+            negative_cache_entries: registry.gauge("keyward_negative_cache_entries", vec![]),
+            failing_addresses: registry.gauge("keyward_failing_addresses", vec![]),
+            banned_addresses: registry.gauge("keyward_banned_addresses", vec![]),
+            failure_table_full: registry.gauge("keyward_ban_table_full", table("failures")),
+            ban_table_full: registry.gauge("keyward_ban_table_full", table("bans")),
+            failure_table_refusals: registry
+                .counter("keyward_ban_table_refusals_total", table("failures")),
+            ban_table_refusals: registry.counter("keyward_ban_table_refusals_total", table("bans")),
+            feed_applied_sequence: registry.gauge("keyward_change_feed_applied_sequence", vec![]),
+            feed_latest_sequence: registry.gauge("keyward_change_feed_latest_sequence", vec![]),
+            feed_sequence_lag: registry.gauge("keyward_change_feed_sequence_lag", vec![]),
+            feed_seconds_since_catch_up: registry
+                .gauge("keyward_change_feed_seconds_since_catch_up", vec![]),
+            feed_fresh: registry.gauge("keyward_change_feed_fresh", vec![]),
+            database_reachable: registry.gauge("keyward_database_reachable", vec![]),
+            pool_in_use: registry.gauge("keyward_database_pool_connections", state("in_use")),
+            pool_idle: registry.gauge("keyward_database_pool_connections", state("idle")),
+            pool_max: registry.gauge("keyward_database_pool_max_connections", vec![]),
+        }
+    }
+}
+
+/// Registers handles in the recorder, or hands out no-op ones (metrics off).
+struct Registry<'r>(Option<&'r PrometheusRecorder>);
+
+impl Registry<'_> {
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.0.map_or_else(Counter::noop, |recorder| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        })
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.0.map_or_else(Gauge::noop, |recorder| {
+            recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+        })
+    }
+
+    fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
+        self.0.map_or_else(Histogram::noop, |recorder| {
+            recorder.register_histogram(&Key::from_parts(name, labels), &METADATA)
+        })
+    }
 }
 
 pub struct Telemetry {
@@ -132,139 +306,24 @@ impl Telemetry {
     }
 
     fn build(recorder: Option<PrometheusRecorder>) -> Self {
-        let describe = |name: &'static str, unit: Option<Unit>, text: &'static str| {
-            if let Some(recorder) = &recorder {
+        if let Some(recorder) = &recorder {
+            for (name, unit, text) in DESCRIPTIONS {
                 recorder.describe_counter(
                     KeyName::from_const_str(name),
                     unit,
                     SharedString::const_str(text),
                 );
             }
-        };
-        describe(
-            "keyward_decisions_total",
-            None,
-            "Hot-path decisions by RPC and outcome (allowed, the denial reason, or for Check unmatched_route and malformed_request).",
-        );
-        describe(
-            "keyward_decision_duration_seconds",
-            Some(Unit::Seconds),
-            "Time the authenticator took to decide, by RPC.",
-        );
-        describe(
-            "keyward_grpc_requests_total",
-            None,
-            "gRPC requests by RPC and status code (anything but OK is an error).",
-        );
-        describe(
-            "keyward_grpc_request_duration_seconds",
-            Some(Unit::Seconds),
-            "gRPC request latency until response headers, by RPC.",
-        );
-        describe(
-            "keyward_key_cache_lookups_total",
-            None,
-            "Key cache lookups by result: hit, negative_hit (known unknown key), miss (database read).",
-        );
-        describe(
-            "keyward_key_cache_entries",
-            None,
-            "Keys in the cache (approximate).",
-        );
-        describe(
-            "keyward_negative_cache_entries",
-            None,
-            "Digests known to match no key (approximate).",
-        );
-        describe(
-            "keyward_bans_started_total",
-            None,
-            "Client addresses banned after repeated invalid credentials.",
-        );
-        describe(
-            "keyward_banned_addresses",
-            None,
-            "Client addresses currently banned (approximate).",
-        );
-        describe(
-            "keyward_ban_table_full",
-            None,
-            "1 while a ban table (table=\"failures\" or \"bans\") is full of live entries: new addresses are not admitted until entries expire.",
-        );
-        describe(
-            "keyward_ban_table_refusals_total",
-            None,
-            "Addresses not admitted to a ban table (table=\"failures\" or \"bans\") because it was full of live entries.",
-        );
-        describe(
-            "keyward_failing_addresses",
-            None,
-            "Client addresses with recent invalid credentials (approximate).",
-        );
-        describe(
-            "keyward_revocation_feed_applied_sequence",
-            None,
-            "Last event-log sequence applied to this replica's cache.",
-        );
-        describe(
-            "keyward_revocation_feed_latest_sequence",
-            None,
-            "Latest event-log sequence in the database at scrape time.",
-        );
-        describe(
-            "keyward_revocation_feed_sequence_lag",
-            None,
-            "Events in the database not yet applied here.",
-        );
-        describe(
-            "keyward_revocation_feed_seconds_since_catch_up",
-            Some(Unit::Seconds),
-            "Seconds since this replica last proved it was caught up.",
-        );
-        describe(
-            "keyward_revocation_feed_fresh",
-            None,
-            "1 while this replica can prove its cache is current, else 0 (failing closed).",
-        );
-        describe(
-            "keyward_database_reachable",
-            None,
-            "1 if the scrape's database query succeeded, else 0.",
-        );
-        describe(
-            "keyward_database_pool_connections",
-            None,
-            "Database pool connections by state (in_use, idle).",
-        );
-        describe(
-            "keyward_database_pool_max_connections",
-            None,
-            "Configured maximum pool size.",
-        );
-
-        let counter = |name: &'static str, labels: Vec<Label>| match &recorder {
-            Some(recorder) => recorder.register_counter(&Key::from_parts(name, labels), &METADATA),
-            None => Counter::noop(),
-        };
-        let histogram = |name: &'static str, labels: Vec<Label>| match &recorder {
-            Some(recorder) => {
-                recorder.register_histogram(&Key::from_parts(name, labels), &METADATA)
-            }
-            None => Histogram::noop(),
-        };
-        let gauge = |name: &'static str, labels: Vec<Label>| match &recorder {
-            Some(recorder) => recorder.register_gauge(&Key::from_parts(name, labels), &METADATA),
-            None => Gauge::noop(),
-        };
+        }
+        let registry = Registry(recorder.as_ref());
         let rpc_label = |surface: Surface| Label::from_static_parts("rpc", surface.as_str());
-
         let decisions = SURFACES.map(|surface| {
             std::array::from_fn(|outcome| {
                 let outcome = match outcome {
                     0 => "allowed",
                     n => Reason::ALL[n - 1].as_str(),
                 };
-                counter(
+                registry.counter(
                     "keyward_decisions_total",
                     vec![
                         rpc_label(surface),
@@ -274,7 +333,7 @@ impl Telemetry {
             })
         });
         let policy_denials = PolicyDenial::ALL.map(|denial| {
-            counter(
+            registry.counter(
                 "keyward_decisions_total",
                 vec![
                     rpc_label(Surface::ExtAuthzCheck),
@@ -283,66 +342,26 @@ impl Telemetry {
             )
         });
         let decision_seconds = SURFACES.map(|surface| {
-            histogram(
+            registry.histogram(
                 "keyward_decision_duration_seconds",
                 vec![rpc_label(surface)],
             )
         });
         let cache_lookups = ["hit", "negative_hit", "miss"].map(|result| {
-            counter(
+            registry.counter(
                 "keyward_key_cache_lookups_total",
                 vec![Label::from_static_parts("result", result)],
             )
         });
-        let gauges = StateGauges {
-            key_cache_entries: gauge("keyward_key_cache_entries", vec![]),
-            negative_cache_entries: gauge("keyward_negative_cache_entries", vec![]),
-            failing_addresses: gauge("keyward_failing_addresses", vec![]),
-            banned_addresses: gauge("keyward_banned_addresses", vec![]),
-            failure_table_full: gauge(
-                "keyward_ban_table_full",
-                vec![Label::from_static_parts("table", "failures")],
-            ),
-            ban_table_full: gauge(
-                "keyward_ban_table_full",
-                vec![Label::from_static_parts("table", "bans")],
-            ),
-            failure_table_refusals: counter(
-                "keyward_ban_table_refusals_total",
-                vec![Label::from_static_parts("table", "failures")],
-            ),
-            ban_table_refusals: counter(
-                "keyward_ban_table_refusals_total",
-                vec![Label::from_static_parts("table", "bans")],
-            ),
-            feed_applied_sequence: gauge("keyward_revocation_feed_applied_sequence", vec![]),
-            feed_latest_sequence: gauge("keyward_revocation_feed_latest_sequence", vec![]),
-            feed_sequence_lag: gauge("keyward_revocation_feed_sequence_lag", vec![]),
-            feed_seconds_since_catch_up: gauge(
-                "keyward_revocation_feed_seconds_since_catch_up",
-                vec![],
-            ),
-            feed_fresh: gauge("keyward_revocation_feed_fresh", vec![]),
-            database_reachable: gauge("keyward_database_reachable", vec![]),
-            pool_in_use: gauge(
-                "keyward_database_pool_connections",
-                vec![Label::from_static_parts("state", "in_use")],
-            ),
-            pool_idle: gauge(
-                "keyward_database_pool_connections",
-                vec![Label::from_static_parts("state", "idle")],
-            ),
-            pool_max: gauge("keyward_database_pool_max_connections", vec![]),
-        };
         Self {
             decisions,
             decision_seconds,
             policy_denials,
             cache_lookups,
-            bans_started: counter("keyward_bans_started_total", vec![]),
+            bans_started: registry.counter("keyward_bans_started_total", vec![]),
             grpc_requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
             grpc_seconds: std::array::from_fn(|_| OnceLock::new()),
-            gauges,
+            gauges: StateGauges::register(&registry),
             recorder,
         }
     }
@@ -353,18 +372,21 @@ impl Telemetry {
 
     /// Records one decision of the hot path, and logs it at debug level when
     /// it is a denial (the reason and key id, never the credential).
-    pub fn record_verdict(&self, surface: Surface, verdict: &Verdict, elapsed: Duration) {
-        let outcome = match &verdict.denial {
-            None => 0,
-            Some(denial) => 1 + denial.reason as usize,
-        };
+    pub fn record_decision(
+        &self,
+        surface: Surface,
+        denied: Option<Reason>,
+        key_id: Option<&str>,
+        elapsed: Duration,
+    ) {
+        let outcome = denied.map_or(0, |reason| 1 + reason as usize);
         self.decisions[surface as usize][outcome].increment(1);
         self.decision_seconds[surface as usize].record(elapsed.as_secs_f64());
-        if let Some(denial) = &verdict.denial {
+        if let Some(reason) = denied {
             tracing::debug!(
                 rpc = surface.as_str(),
-                reason = denial.reason.as_str(),
-                key_id = verdict.key.as_ref().map(|k| k.id.as_str()),
+                reason = reason.as_str(),
+                key_id,
                 "denied"
             );
         }

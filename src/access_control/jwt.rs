@@ -1,4 +1,4 @@
-//! User JWTs for key management (seed 001's "Privy JWT"): verified with the
+//! User JWTs for key management (Carboncopy's "Privy JWT"): verified with the
 //! `jsonwebtoken` crate against public keys loaded at startup from PEM files
 //! or a JWKS file. Only asymmetric algorithms are accepted (ES256, ES384,
 //! RS256..RS512, PS256..PS512, EdDSA; never HS* or `none`), so keyward never

@@ -1,6 +1,8 @@
-//! Unit tests for `config`.
+//! Unit tests for `config`: whole files through [`Config::parse`].
 
 use super::*;
+
+mod http;
 
 #[test]
 fn no_file_means_the_carboncopy_defaults() {
@@ -60,7 +62,7 @@ fn a_full_profile_parses() {
         ban_seconds = 0.5
     "#;
     let config = Config::parse(text, "csboard.toml").unwrap();
-    assert_eq!(config.server.listen, Some("0.0.0.0:6000".parse().unwrap()));
+    assert_eq!(config.server.listen, "0.0.0.0:6000".parse().unwrap());
     assert_eq!(config.key_format.prefix(), "csb_pub_");
     assert_eq!(config.max_active_keys_per_account, 3);
     let trading = config.catalog.lookup("trading").unwrap();
@@ -198,18 +200,15 @@ fn errors_name_the_file_and_key() {
     }
 }
 
+/// Flags over the file: `cli::tests::flags_override_the_file_and_are_named_in_errors`.
 #[test]
-fn layering_prefers_flags_then_file_then_defaults() {
+fn layering_prefers_the_file_then_defaults() {
     let config = Config::parse("[server]\nlisten = \"127.0.0.1:7000\"", "p.toml").unwrap();
-    let (listen, url) = config.server.resolve(None, None);
-    assert_eq!(listen, "127.0.0.1:7000".parse().unwrap());
-    assert_eq!(url, DEFAULT_DATABASE_URL);
-    let (listen, url) = config.server.resolve(
-        Some("127.0.0.1:8000".parse().unwrap()),
-        Some("sqlite://x.db".into()),
-    );
-    assert_eq!(listen, "127.0.0.1:8000".parse().unwrap());
-    assert_eq!(url, "sqlite://x.db");
-    let (listen, _) = Config::default().server.resolve(None, None);
-    assert_eq!(listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(config.server.listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(config.server.origins.listen.as_deref(), Some("p.toml"));
+    assert_eq!(config.server.database_url.expose(), DEFAULT_DATABASE_URL);
+    assert_eq!(config.server.origins.database_url, None);
+    let config = Config::default();
+    assert_eq!(config.server.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(config.server.database_url.expose(), DEFAULT_DATABASE_URL);
 }

@@ -9,6 +9,7 @@
 //! insufficient-scope denial, and the header names. A request then copies
 //! strings; it formats only numbers and the rare unknown templated scope.
 
+use crate::denial::PolicyDenial;
 use std::collections::HashMap;
 
 use envoy_types::ext_authz::v3::pb::{
@@ -24,15 +25,16 @@ use crate::key_cache::CachedKey;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::ScopeCatalog;
 
-/// The JSON shape of a denied response's body, as the seeds document them.
+/// The JSON shape of a denied response's body, as the products document them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorBodyStyle {
-    /// `{"error":{"code":"...","message":"..."}}` (Carboncopy, seeds 000/001).
+    /// `{"error":{"code":"...","message":"..."}}` (Carboncopy).
     ErrorObject,
-    /// `{"error":{"code","message","details":{"required_scope"}}}` (seed 003);
+    /// `{"error":{"code","message","details":{"required_scope"}}}` (the trading
+    /// journal);
     /// `details` only on insufficient-scope denials.
     ErrorObjectWithDetails,
-    /// `{"code":"...","detail":"..."}` (CSBoard, seed 004).
+    /// `{"code":"...","detail":"..."}` (CSBoard).
     CodeDetail,
 }
 
@@ -109,28 +111,6 @@ impl Default for IdentityHeaders {
             key_id: "x-keyward-key-id".into(),
             account_id: "x-keyward-account-id".into(),
             scopes: "x-keyward-scopes".into(),
-        }
-    }
-}
-
-/// A denial the route policy decides before any key is looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicyDenial {
-    /// No route matched and `unmatched_route = "deny"`.
-    UnmatchedRoute,
-    /// The path or a query parameter keyward reads could not be read
-    /// unambiguously, or the check carried no HTTP request.
-    MalformedRequest,
-}
-
-impl PolicyDenial {
-    pub const ALL: [PolicyDenial; 2] = [Self::UnmatchedRoute, Self::MalformedRequest];
-
-    /// The log reason, metrics outcome and gRPC status message.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UnmatchedRoute => "unmatched_route",
-            Self::MalformedRequest => "malformed_request",
         }
     }
 }

@@ -31,6 +31,66 @@ fn write_implies_read_in_the_default_catalog() {
     assert!(!effective.contains(catalog.lookup("orders:read").unwrap()));
 }
 
+/// The built-in catalog is read from `profiles/carboncopy.toml`; this is
+/// what it must hold (editing the profile's scopes changes the default).
+#[test]
+fn the_built_in_catalog_is_carboncopys() {
+    let scope = |name: &str, description: &str, implies: &[&str], reserved: bool| ScopeDefinition {
+        reserved,
+        description: description.into(),
+        ..def(name, implies)
+    };
+    let catalog = ScopeCatalog::carboncopy();
+    assert_eq!(
+        catalog.definitions(),
+        [
+            scope(
+                "portfolio:read",
+                "View portfolio summary, history, and positions",
+                &[],
+                false
+            ),
+            scope("traders:read", "List and view traders", &[], false),
+            scope(
+                "traders:write",
+                "Follow, edit and unfollow traders",
+                &["traders:read"],
+                false
+            ),
+            scope("orders:read", "View orders", &[], false),
+            scope(
+                "orders:write",
+                "Future order mutations",
+                &["orders:read"],
+                false
+            ),
+            scope(
+                "markets:read",
+                "Market data access (coming soon)",
+                &[],
+                true
+            ),
+            scope("account:read", "View account information", &[], false),
+        ]
+    );
+    assert!(catalog.presets().is_empty());
+}
+
+#[test]
+fn a_file_without_scopes_gets_the_built_in_ones_and_keeps_its_presets() {
+    let preset = RawPreset {
+        name: "reader".into(),
+        description: String::new(),
+        scopes: vec!["orders:*".into()],
+    };
+    let catalog = ScopeCatalog::from_raw(None, vec![preset]).unwrap();
+    assert_eq!(
+        catalog.definitions(),
+        ScopeCatalog::carboncopy().definitions()
+    );
+    assert_eq!(catalog.presets()[0].name, "reader");
+}
+
 #[test]
 fn implication_is_transitive() {
     let catalog = ScopeCatalog::new(

@@ -12,21 +12,19 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
-use super::statements::{
-    COUNT_ACTIVE_KEYS, DELETE_EVENTS_THROUGH, EVENTS_AFTER, INSERT_ACCOUNT, INSERT_EVENT,
-    INSERT_KEY, KEY_BY_DIGEST, KEY_BY_ID, KEY_IN_ACCOUNT, LAST_EVENT_BEFORE, LIST_KEYS,
-    PRUNED_THROUGH, UPDATE_KEY, key_columns, key_in_account,
+use super::shared::{
+    append_event_fn, delete_events_before, impl_key_store, insert_key_within_limit,
+    update_locked_key,
 };
+use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT, key_columns, key_in_account};
 use super::{
-    EventKind, EventRow, KeyEvent, KeyRecord, KeyRow, KeyStore, KeyUpdate, NewKey, PoolSettings,
-    StoreError, Wakeup, apply_update, events_for_update, join_scopes, rate_limit_columns, to_u64,
+    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, to_u64,
 };
-use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
+use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
 
 /// The NOTIFY channel the event-log trigger signals.
@@ -113,27 +111,10 @@ impl PostgresStore {
         row.ok_or(StoreError::NotFound)?.try_into()
     }
 
-    async fn append_event(
-        conn: &mut sqlx::PgConnection,
-        record: &KeyRecord,
-        kind: EventKind,
-        at: UnixMillis,
-    ) -> Result<(), StoreError> {
-        // `seq` is assigned by the trigger, under its ordering lock.
-        sqlx::query(INSERT_EVENT)
-            .bind(record.id.as_str())
-            .bind(record.account_id.as_str())
-            .bind(record.digest.as_bytes().as_slice())
-            .bind(kind.as_str())
-            .bind(at.0)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
+    append_event_fn!(sqlx::PgConnection);
 }
 
-#[async_trait]
-impl KeyStore for PostgresStore {
+impl_key_store!(PostgresStore, {
     fn backend(&self) -> Backend {
         Backend::Postgres
     }
@@ -151,28 +132,7 @@ impl KeyStore for PostgresStore {
             .bind(key.account_id.as_str())
             .execute(&mut *tx)
             .await?;
-        let active: i64 = sqlx::query_scalar(COUNT_ACTIVE_KEYS)
-            .bind(key.account_id.as_str())
-            .bind(key.created_at.0)
-            .fetch_one(&mut *tx)
-            .await?;
-        if active >= i64::from(max_active) {
-            return Err(StoreError::KeyLimitReached { limit: max_active });
-        }
-        let (requests, per_seconds) = rate_limit_columns(key.rate_limit);
-        sqlx::query(INSERT_KEY)
-            .bind(key.id.as_str())
-            .bind(key.account_id.as_str())
-            .bind(key.name.as_str())
-            .bind(key.digest.as_bytes().as_slice())
-            .bind(&key.start)
-            .bind(join_scopes(&key.scopes))
-            .bind(requests)
-            .bind(per_seconds)
-            .bind(key.created_at.0)
-            .bind(key.expires_at.map(|t| t.0))
-            .execute(&mut *tx)
-            .await?;
+        insert_key_within_limit!(tx, key, max_active);
         tx.commit().await?;
         Ok(key.into_record())
     }
@@ -219,26 +179,7 @@ impl KeyStore for PostgresStore {
     ) -> Result<KeyRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
         let before = Self::key_in_account(&mut tx, account, id, true).await?;
-        if before.revoked_at.is_some() {
-            return Err(StoreError::KeyRevoked);
-        }
-        let kinds = events_for_update(&update, &before);
-        let after = apply_update(before, update);
-        if kinds.is_empty() {
-            return Ok(after);
-        }
-        let (requests, per_seconds) = rate_limit_columns(after.rate_limit);
-        sqlx::query(UPDATE_KEY)
-            .bind(&after.name)
-            .bind(join_scopes(&after.scopes))
-            .bind(requests)
-            .bind(per_seconds)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        for kind in kinds {
-            Self::append_event(&mut tx, &after, kind, now).await?;
-        }
+        let after = update_locked_key!(tx, before, id, update, now);
         tx.commit().await?;
         Ok(after)
     }
@@ -246,48 +187,6 @@ impl KeyStore for PostgresStore {
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Self::key_in_account(&mut conn, account, id, false).await
-    }
-
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        include_revoked: bool,
-        after: Option<&KeyId>,
-        limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows: Vec<KeyRow> = sqlx::query_as(LIST_KEYS)
-            .bind(account.as_str())
-            .bind(include_revoked)
-            .bind(after.map_or("", KeyId::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(KeyRecord::try_from).collect()
-    }
-
-    async fn find_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(KEY_BY_DIGEST)
-            .bind(digest.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(KeyRecord::try_from).transpose()
-    }
-
-    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(KEY_BY_ID)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(KeyRecord::try_from).transpose()
-    }
-
-    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(EVENTS_AFTER)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(KeyEvent::try_from).collect()
     }
 
     async fn latest_seq(&self) -> Result<u64, StoreError> {
@@ -300,31 +199,13 @@ impl KeyStore for PostgresStore {
         Ok(to_u64(seq))
     }
 
-    async fn pruned_through(&self) -> Result<u64, StoreError> {
-        let seq: i64 = sqlx::query_scalar(PRUNED_THROUGH)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(to_u64(seq))
-    }
-
     async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Only one pruner at a time (replicas each run one).
         sqlx::query("SELECT pruned_through FROM feed_state WHERE id = 1 FOR UPDATE")
             .execute(&mut *tx)
             .await?;
-        let through: Option<i64> = sqlx::query_scalar(LAST_EVENT_BEFORE)
-            .bind(before.0)
-            .fetch_one(&mut *tx)
-            .await?;
-        let Some(through) = through else {
-            return Ok(0);
-        };
-        let deleted = sqlx::query(DELETE_EVENTS_THROUGH)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let (through, deleted) = delete_events_before!(tx, before);
         sqlx::query(
             "UPDATE feed_state SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1",
         )
@@ -354,10 +235,6 @@ impl KeyStore for PostgresStore {
         Ok(())
     }
 
-    fn pool_stats(&self) -> super::PoolStats {
-        super::PoolStats::of(&self.pool)
-    }
-
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
         let name = format!(
             "{}{LISTENER_SUFFIX}",
@@ -376,7 +253,7 @@ impl KeyStore for PostgresStore {
         tokio::spawn(forward_notifications(listener_pool, listener, tx));
         Ok(rx)
     }
-}
+});
 
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;

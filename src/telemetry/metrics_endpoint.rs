@@ -1,7 +1,8 @@
 //! The `/metrics` HTTP listener (`--metrics-listen`): a separate port from
 //! gRPC, so it can stay off the public network. Each scrape first samples
-//! the state gauges (cache sizes, bans, revocation feed lag, database pool)
-//! and then renders the Prometheus text exposition.
+//! the state gauges (cache sizes, bans, change feed lag, database pool) from
+//! a [`StateSource`] the server supplies, and then renders the Prometheus
+//! text exposition.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,67 +15,70 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use super::Telemetry;
-use crate::authenticator::Authenticator;
-use crate::key_cache::KeyCache;
-use crate::revocation_feed::RevocationFeed;
+use crate::failed_auth_bans::BanTableStats;
+use crate::storage::PoolStats;
 
-/// A scrape waits at most this long for the database's latest sequence.
-const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What the state gauges are sampled from.
-#[derive(Clone)]
-pub struct ScrapeSources {
-    pub telemetry: Arc<Telemetry>,
-    pub cache: Arc<KeyCache>,
-    pub feed: Arc<RevocationFeed>,
-    pub authenticator: Arc<Authenticator>,
+/// The live state the gauges show, as of one scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct StateSample {
+    pub key_cache_entries: u64,
+    pub negative_cache_entries: u64,
+    pub bans: BanTableStats,
+    pub feed_applied_seq: u64,
+    /// Since the feed last proved it was current (`None`: never).
+    pub since_catch_up: Option<Duration>,
+    pub fresh: bool,
+    /// The database's latest event sequence (`None`: it did not answer).
+    pub database_latest_seq: Option<u64>,
+    pub pool: PoolStats,
 }
 
-impl ScrapeSources {
-    /// Sets every state gauge from the live state.
-    pub async fn sample(&self) {
-        let gauges = &self.telemetry.gauges;
-        let (keys, unknown) = self.cache.sizes();
-        gauges.key_cache_entries.set(keys as f64);
-        gauges.negative_cache_entries.set(unknown as f64);
-        let bans = self.authenticator.bans.stats();
+/// Where a scrape samples the state from (the replica).
+#[async_trait::async_trait]
+pub trait StateSource: Send + Sync + 'static {
+    async fn sample(&self) -> StateSample;
+}
+
+impl Telemetry {
+    /// Sets every state gauge from a sample.
+    pub fn show_state(&self, sample: &StateSample) {
+        let gauges = &self.gauges;
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        gauges
+            .key_cache_entries
+            .set(sample.key_cache_entries as f64);
+        gauges
+            .negative_cache_entries
+            .set(sample.negative_cache_entries as f64);
+        let bans = &sample.bans;
         gauges.failing_addresses.set(bans.failing as f64);
         gauges.banned_addresses.set(bans.banned as f64);
-        gauges
-            .failure_table_full
-            .set(if bans.failures_full { 1.0 } else { 0.0 });
-        gauges
-            .ban_table_full
-            .set(if bans.bans_full { 1.0 } else { 0.0 });
+        gauges.failure_table_full.set(flag(bans.failures_full));
+        gauges.ban_table_full.set(flag(bans.bans_full));
         gauges
             .failure_table_refusals
             .absolute(bans.failures_refused);
         gauges.ban_table_refusals.absolute(bans.bans_refused);
 
-        let applied = self.feed.applied_seq();
+        let applied = sample.feed_applied_seq;
         gauges.feed_applied_sequence.set(applied as f64);
-        let freshness = self.feed.freshness();
         gauges.feed_seconds_since_catch_up.set(
-            freshness
-                .age()
+            sample
+                .since_catch_up
                 .map_or(f64::INFINITY, |age| age.as_secs_f64()),
         );
-        gauges
-            .feed_fresh
-            .set(if freshness.is_fresh() { 1.0 } else { 0.0 });
-
-        let store = self.feed.store();
-        match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, store.latest_seq()).await {
-            Ok(Ok(latest)) => {
+        gauges.feed_fresh.set(flag(sample.fresh));
+        match sample.database_latest_seq {
+            Some(latest) => {
                 gauges.database_reachable.set(1.0);
                 gauges.feed_latest_sequence.set(latest as f64);
                 gauges
                     .feed_sequence_lag
                     .set(latest.saturating_sub(applied) as f64);
             }
-            Ok(Err(_)) | Err(_) => gauges.database_reachable.set(0.0),
+            None => gauges.database_reachable.set(0.0),
         }
-        let pool = store.pool_stats();
+        let pool = &sample.pool;
         gauges
             .pool_in_use
             .set(f64::from(pool.size.saturating_sub(pool.idle)));
@@ -83,23 +87,30 @@ impl ScrapeSources {
     }
 }
 
-async fn metrics(State(sources): State<ScrapeSources>) -> impl IntoResponse {
-    sources.sample().await;
+#[derive(Clone)]
+struct Scrape {
+    telemetry: Arc<Telemetry>,
+    source: Arc<dyn StateSource>,
+}
+
+async fn metrics(State(scrape): State<Scrape>) -> impl IntoResponse {
+    scrape.telemetry.show_state(&scrape.source.sample().await);
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        sources.telemetry.render(),
+        scrape.telemetry.render(),
     )
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    sources: ScrapeSources,
+    telemetry: Arc<Telemetry>,
+    source: Arc<dyn StateSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let router = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(sources);
+        .with_state(Scrape { telemetry, source });
     if let Err(error) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

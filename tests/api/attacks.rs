@@ -20,14 +20,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keyward::access_control::token_sha256_hex;
-use keyward::authenticator::{Presented, PresentedKey, Surface};
+use keyward::authenticator::{Presented, PresentedKey, Required};
+use keyward::change_feed::Freshness;
 use keyward::config::Config;
 use keyward::domain::{AccountId, KeyName, UnixMillis};
 use keyward::key_cache::KeyCache;
 use keyward::key_management::CreateKey;
 use keyward::proto::{self, denial::Reason};
-use keyward::revocation_feed::Freshness;
 use keyward::storage::{self, KeyStore, PoolSettings};
+use keyward::telemetry::Surface;
 use prost::Message;
 use prost::bytes::{Buf, BufMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,10 +82,10 @@ const BOUND: Duration = Duration::from_millis(500);
 
 async fn stalled_replica(db: Db) -> Option<StalledReplica> {
     let database = TestDatabase::create(db).await?;
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
-    let other_replica = storage::open(&database.url, &PoolSettings::default())
+    let other_replica = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let hooks = Decorated::new(store, StallingReads::default());
@@ -120,8 +121,7 @@ fn authenticate_request(secret: &str) -> Presented<'_> {
     Presented {
         surface: Surface::Authenticate,
         key: PresentedKey::Credential(secret),
-        required: &[],
-        required_unknown: None,
+        required: Required::Scopes(&[]),
         client: None,
         account: None,
     }
@@ -166,7 +166,7 @@ async fn a_read_that_returns_after_the_bound_is_not_an_answer(db: Db) {
         "a row read before the revocation answered after the bound"
     );
     assert_eq!(
-        verdict.denial.map(|d| d.reason),
+        verdict.denial().map(|d| d.reason),
         Some(keyward::denial::Reason::Unavailable)
     );
     // Nothing stale was cached either: the next call reads again and sees
@@ -176,7 +176,7 @@ async fn a_read_that_returns_after_the_bound_is_not_an_answer(db: Db) {
         .authenticate(authenticate_request(&secret))
         .await;
     assert_eq!(
-        next.denial.map(|d| d.reason),
+        next.denial().map(|d| d.reason),
         Some(keyward::denial::Reason::Revoked)
     );
 }
@@ -215,7 +215,7 @@ async fn a_read_that_never_returns_fails_closed_at_the_bound(db: Db) {
     .expect("a stalled read must not hang the answer");
     feed.abort();
     assert_eq!(
-        verdict.denial.map(|d| d.reason),
+        verdict.denial().map(|d| d.reason),
         Some(keyward::denial::Reason::Unavailable)
     );
     assert!(started.elapsed() >= BOUND, "gave up only at the bound");

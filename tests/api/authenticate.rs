@@ -71,7 +71,7 @@ async fn shape_problems_are_denied_with_the_documented_texts(db: Db) {
         assert!(response.key.is_none());
         let denial = response.denial.as_ref().unwrap();
         assert_eq!(denial.reason(), expected, "{credential:?}");
-        // Seeds 000/001: 401 {"code":"unauthorized","message":"Invalid or missing API key."}
+        // Carboncopy: 401 {"code":"unauthorized","message":"Invalid or missing API key."}
         assert_eq!(denial.http_status, 401);
         assert_eq!(denial.code, "unauthorized");
         assert_eq!(denial.message, "Invalid or missing API key.");

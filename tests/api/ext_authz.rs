@@ -342,7 +342,7 @@ async fn missing_keys_and_insufficient_scopes_get_the_documented_bodies() {
 
 #[tokio::test]
 async fn each_error_style_shapes_the_body() {
-    // error_object_with_details (seed 003): the missing scope is named.
+    // error_object_with_details (the trading journal): the missing scope is named.
     let details = format!(
         "{}\n{ROUTES}",
         "[denials.insufficient_scope]\ncode = \"forbidden_scope\"\nmessage = \"Missing scope.\""
@@ -374,7 +374,7 @@ async fn each_error_style_shapes_the_body() {
     );
     app.shutdown().await;
 
-    // code_detail (seed 004).
+    // code_detail (CSBoard).
     let code_detail = format!(
         "{}\n{ROUTES}",
         "[denials.invalid]\ncode = \"invalid_api_key\"\nmessage = \"Unknown or revoked API key.\"\n\

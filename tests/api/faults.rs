@@ -17,7 +17,7 @@ use std::time::Duration;
 use keyward::config::Config;
 use keyward::proto::key_service_client::KeyServiceClient;
 use keyward::proto::{self, denial::Reason};
-use keyward::server::{self, RunningServer, ServeOptions};
+use keyward::server::{self, RunningServer};
 use sha2::Digest;
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,14 +61,10 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(database_url: String, config: Config) -> Self {
-        let server = server::start(ServeOptions {
-            config,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url,
-        })
-        .await
-        .expect("replica B starts");
+    async fn start(database_url: String, mut config: Config) -> Self {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.database_url = database_url.parse().unwrap();
+        let server = server::start(config).await.expect("replica B starts");
         let channel = connect(server.addr()).await;
         Self {
             keys: KeyServiceClient::new(channel.clone()),
@@ -904,7 +900,7 @@ async fn a_restarted_database_under_load_fails_closed_and_recovers() {
     {
         Ok(cluster) => Arc::new(cluster),
         Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
+            if crate::helpers::running_in_ci() {
                 panic!("CI=true but no throwaway PostgreSQL: {reason}");
             }
             report_skip(&format!(

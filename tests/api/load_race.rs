@@ -15,14 +15,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use keyward::authenticator::{Authenticator, Presented, PresentedKey, Surface};
+use keyward::authenticator::{Authenticator, Presented, PresentedKey, Required};
+use keyward::change_feed::Freshness;
 use keyward::config::Config;
 use keyward::denial::Reason;
 use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName};
 use keyward::key_cache::{KeyCache, Lookup};
 use keyward::key_management::{CreateKey, KeyManager};
-use keyward::revocation_feed::Freshness;
 use keyward::storage::{self, KeyStore, PoolSettings};
+use keyward::telemetry::Surface;
 use tokio::sync::{Mutex, oneshot};
 
 use crate::helpers::store_decorator::{Call, Decorated, InProcess, StoreHooks, in_process};
@@ -116,7 +117,7 @@ async fn parts(db: Db) -> Option<Parts> {
 /// disturbs every load in flight), or the default.
 async fn parts_with(db: Db, stripes: Option<usize>) -> Option<Parts> {
     let database = TestDatabase::create(db).await?;
-    let real = storage::open(&database.url, &PoolSettings::default())
+    let real = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let store = Decorated::new(real, HeldReads::default());
@@ -165,7 +166,7 @@ async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
 }
 
 fn reason(verdict: &keyward::authenticator::Verdict) -> Option<Reason> {
-    verdict.denial.as_ref().map(|d| d.reason)
+    verdict.denial().map(|d| d.reason)
 }
 
 async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
@@ -178,8 +179,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let lookup = authenticator.authenticate(Presented {
         surface: Surface::Authenticate,
         key: PresentedKey::Credential(&secret),
-        required: &[],
-        required_unknown: None,
+        required: Required::Scopes(&[]),
         account: None,
         client: None,
     });
@@ -207,8 +207,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
         .authenticate(Presented {
             surface: Surface::Authenticate,
             key: PresentedKey::Credential(&secret),
-            required: &[],
-            required_unknown: None,
+            required: Required::Scopes(&[]),
             account: None,
             client: None,
         })
@@ -230,8 +229,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
     let lookup = authenticator.authenticate(Presented {
         surface: Surface::CheckScope,
         key: PresentedKey::Id(&id),
-        required: &[],
-        required_unknown: None,
+        required: Required::Scopes(&[]),
         account: None,
         client: None,
     });
@@ -256,8 +254,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         .authenticate(Presented {
             surface: Surface::CheckScope,
             key: PresentedKey::Id(&id),
-            required: &[],
-            required_unknown: None,
+            required: Required::Scopes(&[]),
             account: None,
             client: None,
         })
@@ -302,8 +299,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
             Surface::CheckScope => PresentedKey::Id(&id),
             _ => PresentedKey::Credential(&secret),
         },
-        required: &[],
-        required_unknown: None,
+        required: Required::Scopes(&[]),
         account: None,
         client: None,
     };
@@ -377,8 +373,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
     let presented = || Presented {
         surface: Surface::Authenticate,
         key: PresentedKey::Credential(&secret),
-        required: &[],
-        required_unknown: None,
+        required: Required::Scopes(&[]),
         account: None,
         client: None,
     };
@@ -429,18 +424,18 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
 /// neither answer "allowed" nor cache the key as live: its insert fails, it
 /// reads once more and answers REVOKED.
 async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db: Db) {
-    use keyward::revocation_feed::{FeedSettings, RevocationFeed};
+    use keyward::change_feed::{ChangeFeed, FeedSettings};
 
     let Some(database) = TestDatabase::create(db).await else {
         return;
     };
     let mut a = crate::helpers::spawn_on(database.clone(), crate::helpers::test_config()).await;
-    let real = storage::open(&database.url, &PoolSettings::default())
+    let real = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let held = Decorated::new(Arc::clone(&real), HeldReads::default());
     let cache = Arc::new(KeyCache::new(&Config::default().cache));
-    let feed = RevocationFeed::start(
+    let feed = ChangeFeed::start(
         Arc::clone(&held) as Arc<dyn KeyStore>,
         real,
         Arc::clone(&cache),
@@ -463,8 +458,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
         Presented {
             surface: Surface::Authenticate,
             key: PresentedKey::Credential(secret),
-            required: &[],
-            required_unknown: None,
+            required: Required::Scopes(&[]),
             account: None,
             client: None,
         }

@@ -2,7 +2,9 @@
 //! runs the real server on 127.0.0.1:0 with the generated client, on a real
 //! SQLite file and (through `on_both_databases!`) on a real PostgreSQL.
 
-mod helpers;
+// The shared kit, under the name every test module uses for it.
+use keyward_testkit as helpers;
+pub(crate) use keyward_testkit::on_both_databases;
 
 mod abuse;
 mod attacks;

@@ -68,7 +68,7 @@ async fn metrics_follow_the_traffic(db: Db) {
     let before = scrape(metrics).await;
     assert_series(&before, &decisions("allowed"), 0.0);
     assert_series(&before, &decisions("revoked"), 0.0);
-    assert_series(&before, "keyward_revocation_feed_fresh", 1.0);
+    assert_series(&before, "keyward_change_feed_fresh", 1.0);
     assert_series(&before, "keyward_database_reachable", 1.0);
     assert_series(&before, "keyward_database_pool_max_connections", 10.0);
 
@@ -165,22 +165,22 @@ async fn metrics_follow_the_traffic(db: Db) {
     assert!(value(&after, "keyward_banned_addresses").is_some());
     assert!(value(&after, "keyward_key_cache_entries").is_some());
     assert!(value(&after, "keyward_database_pool_connections{state=\"idle\"}").is_some());
-    assert_series(&after, "keyward_revocation_feed_applied_sequence", 0.0);
+    assert_series(&after, "keyward_change_feed_applied_sequence", 0.0);
 
     // A revocation lands in the event log; the feed applies it.
     app.revoke("acct_m", &key.id).await;
     assert!(!app.authenticate(&secret, &["orders:read"]).await.allowed);
     let caught_up = eventually(Duration::from_secs(5), async || {
         let text = scrape(metrics).await;
-        value(&text, "keyward_revocation_feed_applied_sequence") == Some(1.0)
-            && value(&text, "keyward_revocation_feed_latest_sequence") == Some(1.0)
-            && value(&text, "keyward_revocation_feed_sequence_lag") == Some(0.0)
+        value(&text, "keyward_change_feed_applied_sequence") == Some(1.0)
+            && value(&text, "keyward_change_feed_latest_sequence") == Some(1.0)
+            && value(&text, "keyward_change_feed_sequence_lag") == Some(0.0)
     })
     .await;
     assert!(caught_up, "the feed gauges show the applied revocation");
     let last = scrape(metrics).await;
     assert_series(&last, &decisions("revoked"), 1.0);
-    let age = value(&last, "keyward_revocation_feed_seconds_since_catch_up").unwrap();
+    let age = value(&last, "keyward_change_feed_seconds_since_catch_up").unwrap();
     assert!((0.0..=2.0).contains(&age), "{age}");
     app.shutdown().await;
 }
@@ -199,15 +199,15 @@ async fn a_metrics_address_in_use_stops_startup_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
     config.server.metrics_listen = Some(address);
-    let error = keyward::server::start(keyward::server::ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("k.db").display()),
-    })
-    .await
-    .err()
-    .expect("the port is taken")
-    .to_string();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = format!("sqlite://{}", dir.path().join("k.db").display())
+        .parse()
+        .unwrap();
+    let error = keyward::server::start(config)
+        .await
+        .err()
+        .expect("the port is taken")
+        .to_string();
     assert!(
         error.starts_with(&format!("--metrics-listen {address}: cannot listen")),
         "{error}"

@@ -1,4 +1,4 @@
-//! Carboncopy (seeds 000 and 001) on `profiles/carboncopy.toml`: one test per
+//! Carboncopy (both documents) on `profiles/carboncopy.toml`: one test per
 //! statement the documents make about keys, scopes and errors, through
 //! keyward.v1.KeyService (what Settings -> API Keys and `/api/v1/keys` call)
 //! and the ext_authz Check (what Envoy in front of `/api/v1` sends); a

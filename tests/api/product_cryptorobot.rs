@@ -1,4 +1,4 @@
-//! CryptoRobot (seed 002) on `profiles/cryptorobot.toml`: one test per
+//! CryptoRobot on `profiles/cryptorobot.toml`: one test per
 //! statement the document makes about keys, scopes and errors, through
 //! keyward.v1.KeyService (what CryptoRobot's `/keys` endpoints call) and the
 //! ext_authz Check (what Envoy in front of api.cryptorobot.ai sends); a

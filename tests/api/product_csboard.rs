@@ -1,4 +1,4 @@
-//! CSBoard (seed 004) on `profiles/csboard.toml`: one test per statement the
+//! CSBoard on `profiles/csboard.toml`: one test per statement the
 //! document makes about keys, scopes and errors, through keyward.v1.KeyService
 //! (what CSBoard's profile page calls) and the ext_authz Check (what Envoy in
 //! front of csboard.com sends); a backend asking keyward directly

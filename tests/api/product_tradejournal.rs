@@ -1,4 +1,4 @@
-//! The trading journal (seed 003) on `profiles/tradejournal.toml`: one test
+//! The trading journal on `profiles/tradejournal.toml`: one test
 //! per statement its scope reference makes, through keyward.v1.KeyService
 //! (what its Settings -> API page calls) and the ext_authz Check (what Envoy
 //! in front of its API sends); a backend asking keyward directly

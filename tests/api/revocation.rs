@@ -63,24 +63,24 @@ pub(crate) async fn rewind_log(database: &TestDatabase, seq: i64) {
 struct Follower {
     store: Arc<dyn keyward::storage::KeyStore>,
     cache: Arc<keyward::key_cache::KeyCache>,
-    feed: Arc<keyward::revocation_feed::RevocationFeed>,
-    live: tokio::sync::broadcast::Receiver<keyward::revocation_feed::FeedItem>,
+    feed: Arc<keyward::change_feed::ChangeFeed>,
+    live: tokio::sync::broadcast::Receiver<keyward::change_feed::FeedItem>,
     keys: Vec<keyward::storage::KeyRecord>,
     database: Arc<TestDatabase>,
 }
 
 async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
+    use keyward::change_feed::{ChangeFeed, FeedSettings};
     use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
     use keyward::key_cache::{CacheSettings, KeyCache};
-    use keyward::revocation_feed::{FeedSettings, RevocationFeed};
     use keyward::storage::{self, NewKey, PoolSettings};
 
     let database = TestDatabase::create(db).await?;
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
-    let feed = RevocationFeed::start(
+    let feed = ChangeFeed::start(
         Arc::clone(&store),
         Arc::clone(&store),
         Arc::clone(&cache),
@@ -155,7 +155,7 @@ impl Follower {
 
     /// The broadcast items so far: events' sequences, and gaps.
     fn broadcast(&mut self) -> Vec<String> {
-        use keyward::revocation_feed::FeedItem;
+        use keyward::change_feed::FeedItem;
         let mut items = Vec::new();
         while let Ok(item) = self.live.try_recv() {
             items.push(match item {
@@ -182,7 +182,7 @@ async fn a_log_that_ends_before_what_was_applied_is_a_gap(db: Db) {
     assert_eq!(follower.feed.applied_seq(), 3);
     follower.cache_live(3);
     // A replica that started at seq 3 has applied no event it could check.
-    let started_late = keyward::revocation_feed::RevocationFeed::start(
+    let started_late = keyward::change_feed::ChangeFeed::start(
         Arc::clone(&follower.store),
         Arc::clone(&follower.store),
         Arc::new(keyward::key_cache::KeyCache::new(&Default::default())),
@@ -206,9 +206,9 @@ async fn a_log_that_ends_before_what_was_applied_is_a_gap(db: Db) {
     assert_eq!(started_late.applied_seq(), 2);
     assert!(matches!(
         started_late_live.try_recv(),
-        Ok(keyward::revocation_feed::FeedItem::Gap {
+        Ok(keyward::change_feed::FeedItem::Gap {
             resumed_at: 2,
-            cause: keyward::revocation_feed::GapCause::Rewound
+            cause: keyward::change_feed::GapCause::Rewound
         })
     ));
     // And it follows the log from there.
@@ -251,19 +251,19 @@ async fn a_log_rewritten_from_an_older_copy_is_a_gap(db: Db) {
 /// applied must notice even when later events remain (a non-empty page),
 /// drop its cache, and tell watch streams there is a gap.
 async fn a_replica_behind_pruned_history_starts_over(db: Db) {
+    use keyward::change_feed::{ChangeFeed, FeedItem, FeedSettings};
     use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
     use keyward::key_cache::{CacheSettings, CachedKey, KeyCache, Lookup};
-    use keyward::revocation_feed::{FeedItem, FeedSettings, RevocationFeed};
     use keyward::storage::{self, NewKey, PoolSettings};
 
     let Some(database) = TestDatabase::create(db).await else {
         return;
     };
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
-    let feed = RevocationFeed::start(
+    let feed = ChangeFeed::start(
         Arc::clone(&store),
         Arc::clone(&store),
         Arc::clone(&cache),
@@ -354,7 +354,7 @@ async fn settles_within_the_bound(
 }
 
 /// Revoke on A; B must deny within the freshness bound (in practice within
-/// milliseconds; `keyward bench` measures it).
+/// milliseconds; `keyward-bench` measures it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_on_one_replica_is_seen_by_the_other() {
     let Some(database) = TestDatabase::create(Db::Postgres).await else {
@@ -492,7 +492,7 @@ async fn replica_b_backends(admin: &mut sqlx::PgConnection, listener_only: bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_listener_never_lets_a_revoked_key_through() {
     use keyward::proto::key_service_client::KeyServiceClient;
-    use keyward::server::{self, ServeOptions};
+    use keyward::server;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::time::Instant;
 
@@ -508,13 +508,11 @@ async fn killing_the_listener_never_lets_a_revoked_key_through() {
     // Answers each sampler must have asked for after the bound.
     const AFTER_BOUND: usize = 3;
     let mut a = spawn_on(database.clone(), config.clone()).await;
-    let b = server::start(ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("{}?application_name={REPLICA_B}", database.url),
-    })
-    .await
-    .expect("replica B starts");
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = format!("{}?application_name={REPLICA_B}", database.url)
+        .parse()
+        .unwrap();
+    let b = server::start(config).await.expect("replica B starts");
     let b_channel = crate::helpers::connect(b.addr()).await;
     let b_keys = KeyServiceClient::new(b_channel.clone());
     let mut b_health = tonic_health::pb::health_client::HealthClient::new(b_channel);

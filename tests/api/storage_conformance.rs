@@ -24,7 +24,7 @@ on_both_databases!(
 
 async fn open(db: Db) -> Option<(Arc<TestDatabase>, Arc<dyn KeyStore>)> {
     let database = TestDatabase::create(db).await?;
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .expect("open store");
     Some((database, store))
@@ -381,7 +381,9 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
         lock_timeout: Duration::from_millis(300),
         ..PoolSettings::default()
     };
-    let store = storage::open(&database.url, &settings).await.unwrap();
+    let store = storage::open(&database.database_url(), &settings)
+        .await
+        .unwrap();
     let stalled_key = store.create_key(new_key("acct_1", "a"), 10).await.unwrap();
     let key = store.create_key(new_key("acct_1", "b"), 10).await.unwrap();
     let mut stalled = sqlx::PgConnection::connect(&database.url).await.unwrap();
@@ -449,13 +451,12 @@ async fn a_server_session_idle_inside_a_transaction_is_ended_by_postgresql() {
         return;
     };
     let mut proxy = PgProxy::start(&database.url).await;
-    let server = keyward::server::start(keyward::server::ServeOptions {
-        config: crate::helpers::test_config(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: proxy.url(&database.url),
-    })
-    .await
-    .expect("server starts through the proxy");
+    let mut config = crate::helpers::test_config();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = proxy.url(&database.url).parse().unwrap();
+    let server = keyward::server::start(config)
+        .await
+        .expect("server starts through the proxy");
     let mut keys = KeyServiceClient::new(crate::helpers::connect(server.addr()).await);
     let create = |name: &str| proto::CreateKeyRequest {
         account_id: "acct_1".into(),
@@ -539,7 +540,7 @@ async fn the_listener_says_resubscribed_when_it_listens_again() {
         return;
     };
     let database = TestDatabase::create_postgres(&cluster.admin_url()).await;
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let mut wakeups = store.subscribe_wakeups().await.unwrap();

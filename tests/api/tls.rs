@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use keyward::config::Config;
 use keyward::proto;
 use keyward::proto::key_service_client::KeyServiceClient;
-use keyward::server::{self, RunningServer, ServeOptions};
+use keyward::server::{self, RunningServer};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -99,13 +99,15 @@ fn tls_config(pki: &Pki, mutual: bool) -> Config {
     config
 }
 
-async fn start(config: Config, database_dir: &Path) -> Result<RunningServer, server::ServeError> {
-    server::start(ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", database_dir.join("keyward.db").display()),
-    })
-    .await
+async fn start(
+    mut config: Config,
+    database_dir: &Path,
+) -> Result<RunningServer, server::ServeError> {
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = format!("sqlite://{}", database_dir.join("keyward.db").display())
+        .parse()
+        .unwrap();
+    server::start(config).await
 }
 
 fn read(path: &Path) -> Vec<u8> {

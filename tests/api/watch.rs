@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use keyward::api::KeyServiceApi;
+use keyward::change_feed::{ChangeFeed, FeedSettings, Freshness};
 use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, UnixMillis};
+use keyward::grpc::KeyServiceApi;
 use keyward::key_cache::{CacheSettings, KeyCache};
 use keyward::proto::key_service_client::KeyServiceClient;
 use keyward::proto::key_service_server::KeyService;
 use keyward::proto::{self, RevocationEvent};
-use keyward::revocation_feed::{FeedSettings, Freshness, RevocationFeed};
 use keyward::storage::{self, KeyEvent, KeyStore, NewKey, PoolSettings, StoreError};
 use tonic::{Code, Streaming};
 
@@ -479,7 +479,7 @@ async fn service_pruning_on_read(
     prune_on_read: usize,
 ) -> Option<(KeyServiceApi, Arc<TestDatabase>)> {
     let database = TestDatabase::create(db).await?;
-    let real = storage::open(&database.url, &PoolSettings::default())
+    let real = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     for i in 0..events {
@@ -519,7 +519,7 @@ async fn service_pruning_on_read(
         checkpoint_interval: Duration::from_millis(100),
         ..FeedSettings::default()
     };
-    let feed = RevocationFeed::start(Arc::clone(&store), real, Arc::clone(&cache), settings)
+    let feed = ChangeFeed::start(Arc::clone(&store), real, Arc::clone(&cache), settings)
         .await
         .unwrap();
     let freshness = Arc::new(Freshness::new(Duration::from_secs(600)));
@@ -785,11 +785,11 @@ async fn checkpoints_pause_while_the_replica_cannot_prove_it_is_current(db: Db) 
     let Some(database) = TestDatabase::create(db).await else {
         return;
     };
-    let store = storage::open(&database.url, &PoolSettings::default())
+    let store = storage::open(&database.database_url(), &PoolSettings::default())
         .await
         .unwrap();
     let cache = Arc::new(KeyCache::new(&CacheSettings::default()));
-    let feed = RevocationFeed::start(
+    let feed = ChangeFeed::start(
         Arc::clone(&store),
         Arc::clone(&store),
         Arc::clone(&cache),

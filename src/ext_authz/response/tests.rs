@@ -39,7 +39,7 @@ fn header_value<'a>(headers: &'a [HeaderValueOption], name: &str) -> Option<&'a 
 }
 
 #[test]
-fn the_three_styles_render_as_the_seeds_show() {
+fn the_three_styles_render_as_the_products_document_them() {
     assert_eq!(
         ErrorBodyStyle::ErrorObject.render("unauthorized", "Invalid or missing API key.", None),
         r#"{"error":{"code":"unauthorized","message":"Invalid or missing API key."}}"#

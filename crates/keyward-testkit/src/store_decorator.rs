@@ -8,16 +8,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyward::authenticator::Authenticator;
+use keyward::change_feed::Freshness;
 use keyward::config::Config;
 use keyward::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
 use keyward::key_cache::KeyCache;
 use keyward::key_management::KeyManager;
-use keyward::revocation_feed::Freshness;
+use keyward::last_use::{LastUseFlusher, last_use_channel};
+use keyward::replica;
 use keyward::storage::{
     Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolStats, StoreError, Wakeup,
 };
 use keyward::telemetry::Telemetry;
-use keyward::usage::{UsageFlusher, usage_channel};
 use tokio::sync::mpsc;
 
 /// Which store call is about to be made, as `StoreHooks::before` sees it.
@@ -160,7 +161,7 @@ pub struct InProcess {
     pub authenticator: Authenticator,
     pub manager: KeyManager,
     /// Writes the recorded last uses when flushed; dropping it drops them.
-    pub flusher: UsageFlusher,
+    pub flusher: LastUseFlusher,
 }
 
 /// One replica over `store` (typically a `Decorated` real store) and
@@ -171,16 +172,16 @@ pub fn in_process(
     freshness: Arc<Freshness>,
 ) -> InProcess {
     let config = Config::default();
-    let (usage, flusher) = usage_channel(Arc::clone(&store));
+    let (usage, flusher) = last_use_channel(Arc::clone(&store));
     let authenticator = Authenticator::new(
-        &config,
+        replica::authenticator_settings(&config),
         Arc::clone(&cache),
         Arc::clone(&store),
         freshness,
         usage,
         Arc::new(Telemetry::disabled()),
     );
-    let manager = KeyManager::new(&config, store, cache);
+    let manager = KeyManager::new(replica::management_settings(&config), store, cache);
     InProcess {
         authenticator,
         manager,

@@ -16,7 +16,8 @@ use std::time::Duration;
 use keyward::config::Config;
 use keyward::proto;
 use keyward::proto::key_service_client::KeyServiceClient;
-use keyward::server::{self, RunningServer, ServeOptions};
+use keyward::server::{self, RunningServer};
+use keyward::storage::DatabaseUrl;
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -79,6 +80,11 @@ fn ci_is_set_by_any_truthy_value() {
     }
 }
 
+/// The repository's root (where `profiles/`, `examples/` and `tests/` are).
+pub fn repository_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A port on `ip` that was free a moment ago, for a child process
 /// (`keyward serve`, a throwaway PostgreSQL) that must be told its port.
 pub fn free_port(ip: &str) -> u16 {
@@ -103,12 +109,12 @@ macro_rules! on_both_databases {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    super::$name($crate::helpers::Db::Sqlite).await;
+                    super::$name($crate::Db::Sqlite).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    super::$name($crate::helpers::Db::Postgres).await;
+                    super::$name($crate::Db::Postgres).await;
                 }
             }
         )*
@@ -127,19 +133,15 @@ pub struct TestDatabase {
 static DATABASE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TestDatabase {
+    /// [`TestDatabase::url`] as keyward takes it.
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.url.parse().expect("a supported database URL")
+    }
+
     /// A fresh database, or `None` when PostgreSQL is unavailable outside CI.
     pub async fn create(db: Db) -> Option<Arc<Self>> {
         match db {
-            Db::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
-                Some(Arc::new(Self {
-                    url,
-                    db,
-                    _dir: Some(dir),
-                    postgres: None,
-                }))
-            }
+            Db::Sqlite => Some(Arc::new(Self::sqlite().expect("temp dir"))),
             Db::Postgres => {
                 let admin = postgres::admin_url()?;
                 Some(Arc::new(Self::create_postgres(&admin).await))
@@ -147,28 +149,46 @@ impl TestDatabase {
         }
     }
 
-    /// A fresh database on a given PostgreSQL server (admin URL).
+    /// A fresh SQLite file in a temporary directory of its own.
+    pub fn sqlite() -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
+        Ok(Self {
+            url,
+            db: Db::Sqlite,
+            _dir: Some(dir),
+            postgres: None,
+        })
+    }
+
+    /// A fresh database on a given PostgreSQL server (admin URL); panics
+    /// with the reason when it cannot be made.
     pub async fn create_postgres(admin: &str) -> Self {
+        Self::try_create_postgres(admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database on {admin}: {e}"))
+    }
+
+    /// A fresh database on a given PostgreSQL server (admin URL), dropped
+    /// (with `FORCE`) when this value is.
+    pub async fn try_create_postgres(admin: &str) -> Result<Self, sqlx::Error> {
         let name = format!(
             "kwt_{}_{}_{}",
             std::process::id(),
             DATABASE_COUNTER.fetch_add(1, Ordering::Relaxed),
             uuid::Uuid::new_v4().simple()
         );
-        let mut conn = sqlx::PgConnection::connect(admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to test PostgreSQL {admin}: {e}"));
+        let mut conn = sqlx::PgConnection::connect(admin).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
-            .await
-            .expect("create test database");
+            .await?;
         conn.close().await.ok();
-        Self {
+        Ok(Self {
             url: postgres::with_database(admin, &name),
             db: Db::Postgres,
             _dir: None,
             postgres: Some((admin.to_owned(), name)),
-        }
+        })
     }
 }
 
@@ -228,14 +248,13 @@ pub async fn spawn_app_with(db: Db, config: Config) -> Option<TestApp> {
 }
 
 /// A server (one replica) on an existing database.
-pub async fn spawn_on(database: Arc<TestDatabase>, config: Config) -> TestApp {
-    let running = server::start(ServeOptions {
-        config,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: database.url.clone(),
-    })
-    .await
-    .expect("server starts");
+pub async fn spawn_on(database: Arc<TestDatabase>, mut config: Config) -> TestApp {
+    // Set here, as a flag would: no longer the profile's, if it set them.
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.origins.listen = None;
+    config.server.database_url = database.database_url();
+    config.server.origins.database_url = None;
+    let running = server::start(config).await.expect("server starts");
     let addr = running.addr();
     let channel = connect(addr).await;
     TestApp {

@@ -31,10 +31,8 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::access_control::{AccessPolicy, Caller, Refusal, Rpc, RpcClass};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{REQUEST_ID_HEADER, Telemetry};
 
-/// The request id header, read and echoed.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 struct Shared {

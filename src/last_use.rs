@@ -7,23 +7,45 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::domain::{KeyId, UnixMillis};
 use crate::key_cache::CachedKey;
+use crate::settings::{SettingError, seconds};
 use crate::storage::KeyStore;
 
 /// Keys written per statement.
 const BATCH: usize = 10_000;
 
+pub const DEFAULT_FLUSH_INTERVAL_SECONDS: f64 = 5.0;
+
+/// `[last_used]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLastUsed {
+    pub flush_interval_seconds: Option<f64>,
+}
+
+/// Validates `[last_used]`: how often noted uses are written.
+pub fn flush_interval_from_raw(raw: RawLastUsed) -> Result<Duration, SettingError> {
+    seconds(
+        raw.flush_interval_seconds
+            .unwrap_or(DEFAULT_FLUSH_INTERVAL_SECONDS),
+        0.01,
+        3_600.0,
+    )
+    .map_err(SettingError::at("last_used.flush_interval_seconds"))
+}
+
 /// The hot path's handle.
 #[derive(Clone)]
-pub struct UsageRecorder {
+pub struct LastUseRecorder {
     queue: mpsc::UnboundedSender<Arc<CachedKey>>,
 }
 
 /// The flusher's end of the queue.
-pub struct UsageFlusher {
+pub struct LastUseFlusher {
     queue: mpsc::UnboundedReceiver<Arc<CachedKey>>,
     store: Arc<dyn KeyStore>,
 }
@@ -31,15 +53,15 @@ pub struct UsageFlusher {
 /// A recorder and the flusher that drains it. The queue holds each key at
 /// most once until the flusher takes it, so its length is bounded by the
 /// number of keys in use.
-pub fn usage_channel(store: Arc<dyn KeyStore>) -> (UsageRecorder, UsageFlusher) {
+pub fn last_use_channel(store: Arc<dyn KeyStore>) -> (LastUseRecorder, LastUseFlusher) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
-        UsageRecorder { queue: tx },
-        UsageFlusher { queue: rx, store },
+        LastUseRecorder { queue: tx },
+        LastUseFlusher { queue: rx, store },
     )
 }
 
-impl UsageRecorder {
+impl LastUseRecorder {
     pub fn record(&self, key: &Arc<CachedKey>, now: UnixMillis) {
         if key.note_use(now) {
             // Only fails after shutdown, when nothing is flushed any more.
@@ -48,7 +70,7 @@ impl UsageRecorder {
     }
 }
 
-impl UsageFlusher {
+impl LastUseFlusher {
     /// Writes everything queued so far, in batches of [`BATCH`] keys (so a
     /// million keys used since the last flush cost neither a million-row
     /// transaction nor its memory at once); returns how many were written.

@@ -7,7 +7,6 @@
 //! tests and the product tests.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use envoy_types::ext_authz::v3::pb::{
     Address, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpResponse,
@@ -211,6 +210,34 @@ impl HttpCall {
     }
 }
 
+impl HttpCall {
+    /// The same request as Envoy sends it with `encode_raw_headers: true`:
+    /// the headers as a list (`header_map`, in name order) instead of a map.
+    pub fn build_raw_headers(self) -> CheckRequest {
+        let mut check = self.build();
+        let http = check
+            .attributes
+            .as_mut()
+            .and_then(|attributes| attributes.request.as_mut())
+            .and_then(|request| request.http.as_mut())
+            .expect("built with an HTTP request");
+        let mut headers: Vec<(String, String)> =
+            std::mem::take(&mut http.headers).into_iter().collect();
+        headers.sort();
+        http.header_map = Some(core::HeaderMap {
+            headers: headers
+                .into_iter()
+                .map(|(key, value)| core::HeaderValue {
+                    key,
+                    raw_value: value.into_bytes(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        check
+    }
+}
+
 /// The OK part of an allowed response (and checks the gRPC status is OK).
 #[track_caller]
 pub fn allowed(response: &CheckResponse) -> &OkHttpResponse {
@@ -302,7 +329,7 @@ pub fn assert_secret_absent(response: &CheckResponse, secret: &str) {
 /// it with `--config`, except the harness's short feed, flush and shutdown
 /// intervals, which change only how long tests wait.
 pub fn profile(name: &str) -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = crate::repository_root()
         .join("profiles")
         .join(format!("{name}.toml"));
     let mut config = Config::load(&path).expect("the shipped profile loads");
@@ -375,7 +402,7 @@ pub async fn check_scope(
 /// profile shows. `replacements` fill in the placeholders; each must occur,
 /// so an edited example makes the test fail instead of drifting.
 pub fn commented_example(name: &str, table: &str, replacements: &[(&str, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = crate::repository_root()
         .join("profiles")
         .join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&path).expect("the shipped profile");

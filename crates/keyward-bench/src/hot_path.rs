@@ -15,26 +15,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 
-use crate::api::KeyServiceApi;
-use crate::authenticator::Authenticator;
-use crate::config::Config;
-use crate::domain::{AccountId, KeyName, RateLimit};
-use crate::ext_authz::ExtAuthzApi;
-use crate::key_cache::KeyCache;
-use crate::key_management::{CreateKey, KeyManager};
-use crate::proto;
-use crate::proto::key_service_server::KeyService;
-use crate::rate_limits::KeyRateLimits;
-use crate::revocation_feed::RevocationFeed;
-use crate::storage::{self, PoolSettings};
-use crate::telemetry::Telemetry;
-use crate::usage::{UsageRecorder, usage_channel};
+use keyward::config::Config;
+use keyward::domain::{AccountId, KeyName, RateLimit};
+use keyward::ext_authz::ExtAuthzApi;
+use keyward::grpc::KeyServiceApi;
+use keyward::key_management::CreateKey;
+use keyward::proto;
+use keyward::proto::key_service_server::KeyService;
+use keyward::replica::Replica;
+use keyward::storage::{self, PoolSettings};
+use keyward::telemetry::Telemetry;
 
 use super::BenchError;
 
@@ -66,7 +61,9 @@ fn setup_error(error: impl std::fmt::Display) -> BenchError {
 /// `keys` keys.
 pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> {
     let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("hot_path.db").display());
+    let url = format!("sqlite://{}", dir.path().join("hot_path.db").display())
+        .parse()
+        .map_err(setup_error)?;
     let mut config = Config::default();
     // Under a profiler (valgrind runs code about 50 times slower) the event
     // log poll can outlast the default bound, and a replica that cannot
@@ -75,60 +72,30 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
     let store = storage::open(&url, &PoolSettings::default())
         .await
         .map_err(setup_error)?;
-    let cache = Arc::new(KeyCache::new(&config.cache));
-    let feed = RevocationFeed::start(
+    let replica = Replica::start(
+        config,
         Arc::clone(&store),
-        Arc::clone(&store),
-        Arc::clone(&cache),
-        config.feed.clone(),
+        store,
+        Arc::new(Telemetry::disabled()),
     )
     .await
     .map_err(setup_error)?;
-    let stop = CancellationToken::new();
-    let wakeups = store.subscribe_wakeups().await.map_err(setup_error)?;
-    tokio::spawn(Arc::clone(&feed).run(wakeups, stop.clone().cancelled_owned()));
-    let (usage, flusher) = usage_channel(Arc::clone(&store));
-    tokio::spawn(flusher.run(
-        config.last_used_flush_interval,
-        stop.clone().cancelled_owned(),
-    ));
-    let manager = Arc::new(KeyManager::new(
-        &config,
-        Arc::clone(&store),
-        Arc::clone(&cache),
-    ));
-    let authenticator =
-        |rate_limit: Option<RateLimit>, telemetry: Telemetry, usage: UsageRecorder| {
-            Arc::new(Authenticator {
-                rate_limits: KeyRateLimits::new(rate_limit, config.cache.capacity),
-                ..Authenticator::new(
-                    &config,
-                    Arc::clone(&cache),
-                    Arc::clone(&store),
-                    Arc::clone(feed.freshness()),
-                    usage,
-                    Arc::new(telemetry),
-                )
-            })
-        };
-    let variant = |rate_limit: Option<RateLimit>, telemetry: Telemetry, usage: UsageRecorder| {
+    let manager = replica.manager();
+    let variant = |rate_limit: Option<RateLimit>, telemetry: Telemetry| {
         KeyServiceApi::new(
-            authenticator(rate_limit, telemetry, usage),
-            Arc::clone(&manager),
-            Arc::clone(&feed),
+            replica.authenticator_variant(rate_limit, Arc::new(telemetry)),
+            Arc::clone(manager),
+            Arc::clone(replica.feed()),
         )
     };
     // The Carboncopy profile for its routes; same key format as the default.
     let profile =
         Config::parse(super::CARBONCOPY_PROFILE, "carboncopy.toml").map_err(setup_error)?;
-    let check_api = ExtAuthzApi::new(
-        authenticator(None, Telemetry::disabled(), usage.clone()),
-        profile.http.clone(),
-    );
+    let check_api = ExtAuthzApi::new(Arc::clone(replica.authenticator()), profile.http.clone());
     let never_trips = RateLimit::new(u32::MAX, 1).expect("valid limit");
-    let plain = variant(None, Telemetry::disabled(), usage.clone());
-    let rate_limited = variant(Some(never_trips), Telemetry::disabled(), usage.clone());
-    let metrics_on = variant(None, Telemetry::enabled(), usage);
+    let plain = variant(None, Telemetry::disabled());
+    let rate_limited = variant(Some(never_trips), Telemetry::disabled());
+    let metrics_on = variant(None, Telemetry::enabled());
 
     let mut requests = Vec::new();
     let mut checks = Vec::new();
@@ -201,8 +168,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             best[slot] = best[slot].min(started.elapsed().as_nanos() as f64 / calls as f64);
         }
     }
-    stop.cancel();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    replica.stop().await;
     Ok(HotPathCosts {
         plain: best[0],
         rate_limited: best[1],

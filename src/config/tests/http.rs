@@ -1,4 +1,4 @@
-//! Unit tests for `config::http`.
+//! `[http]` through [`Config::parse`] (it refers to `[keys]` and `[[scopes]]`).
 
 use crate::config::Config;
 use crate::ext_authz::{ErrorBodyStyle, UnmatchedRoute};
@@ -74,8 +74,6 @@ fn a_full_http_section_parses() {
 
 #[test]
 fn bad_http_values_name_the_key() {
-    let route = |body: &str| format!("[[http.routes]]\n{body}");
-    let too_many_routes = route("methods = [\"GET\"]\npath = \"/a\"\npublic = true\n").repeat(1001);
     let cases = [
         ("[http]\nkey_header = \"X-Api-Key\"", "http.key_header"),
         ("[http]\nkey_header = \"authorization\"", "http.key_header"),
@@ -136,6 +134,23 @@ fn bad_http_values_name_the_key() {
             "http.denials.malformed_request.code",
         ),
         (
+            "[http]\nwww_authenticate = \" Bearer\"",
+            "http.www_authenticate",
+        ),
+        (
+            &format!("[http]\nwww_authenticate = \"{}\"", "B".repeat(257)),
+            "http.www_authenticate",
+        ),
+    ];
+    assert_each_names_its_key(&cases);
+}
+
+#[test]
+fn bad_routes_name_the_key() {
+    let route = |body: &str| format!("[[http.routes]]\n{body}");
+    let too_many_routes = route("methods = [\"GET\"]\npath = \"/a\"\npublic = true\n").repeat(1001);
+    let cases = [
+        (
             &route("methods = [\"GET\"]\npath = \"/a\"\npublic = true"),
             "OK",
         ),
@@ -194,16 +209,14 @@ fn bad_http_values_name_the_key() {
             &route("methods = [\"GET\"]\npath = \"/a\"\npublic = \"yes\""),
             "http.routes[0].public",
         ),
-        (
-            "[http]\nwww_authenticate = \" Bearer\"",
-            "http.www_authenticate",
-        ),
-        (
-            &format!("[http]\nwww_authenticate = \"{}\"", "B".repeat(257)),
-            "http.www_authenticate",
-        ),
     ];
-    for (text, key) in cases {
+    let cases = cases.map(|(text, key)| (text.as_str(), key));
+    assert_each_names_its_key(&cases);
+}
+
+/// Each text fails naming its key in `p.toml` (or, for "OK", loads).
+fn assert_each_names_its_key(cases: &[(&str, &str)]) {
+    for &(text, key) in cases {
         let result = Config::parse(text, "p.toml");
         if key == "OK" {
             assert!(result.is_ok(), "{text:?}: {result:?}");

@@ -8,11 +8,21 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::{Code, Status};
 use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic_types::{ErrorDetails, StatusExt};
 
-use super::status::invalid_argument;
+/// INVALID_ARGUMENT naming the field, with `google.rpc.BadRequest` details.
+/// The one spelling of a bad-field error, used by the server for every field.
+pub fn invalid_argument(field: &str, reason: impl std::fmt::Display) -> Status {
+    let reason = reason.to_string();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {reason}"),
+        ErrorDetails::with_bad_request_violation(field, reason),
+    )
+}
 
 /// `T` out, `U` in; see the module doc.
 #[derive(Debug, Clone)]
@@ -111,7 +121,7 @@ pub fn field_and_problem(error: &prost::DecodeError) -> (Option<String>, String)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto;
+    use crate as proto;
 
     #[test]
     fn a_bad_string_names_its_field() {

@@ -9,7 +9,6 @@
 //! and descriptors) know proto types; the domain, cache and storage never see
 //! them.
 
-pub mod codec;
 mod convert;
 mod key_service;
 pub mod request_gate;

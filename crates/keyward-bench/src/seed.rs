@@ -3,9 +3,9 @@
 //! store has run its migrations), with secrets generated exactly as keyward
 //! generates them.
 
-use crate::config::Config;
-use crate::domain::{KeyId, UnixMillis};
-use crate::storage::{self, PoolSettings};
+use keyward::config::Config;
+use keyward::domain::{KeyId, UnixMillis};
+use keyward::storage::{self, Backend, DatabaseUrl, PoolSettings};
 
 use super::BenchError;
 
@@ -13,9 +13,10 @@ const BATCH: usize = 500;
 
 /// Inserts `count` keys (ten per account) and returns their secrets.
 pub async fn insert_keys(database_url: &str, count: u64) -> Result<Vec<String>, BenchError> {
+    let url = DatabaseUrl::parse(database_url).map_err(BenchError::Setup)?;
     // Opening the store creates the schema.
     drop(
-        storage::open(database_url, &PoolSettings::default())
+        storage::open(&url, &PoolSettings::default())
             .await
             .map_err(|e| BenchError::Setup(e.to_string()))?,
     );
@@ -35,10 +36,9 @@ pub async fn insert_keys(database_url: &str, count: u64) -> Result<Vec<String>, 
         ));
         secrets.push(secret.into_exposed());
     }
-    if database_url.starts_with("postgres") {
-        insert_postgres(database_url, &rows, now).await?;
-    } else {
-        insert_sqlite(database_url, &rows, now).await?;
+    match url.backend() {
+        Backend::Postgres => insert_postgres(database_url, &rows, now).await?,
+        Backend::Sqlite => insert_sqlite(database_url, &rows, now).await?,
     }
     Ok(secrets)
 }

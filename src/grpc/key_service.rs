@@ -9,24 +9,25 @@ use super::convert;
 use super::status::invalid_argument;
 use super::watch;
 use crate::access_control::{Caller, HotPathCaller};
-use crate::authenticator::{Authenticator, Presented, PresentedKey, Surface};
+use crate::authenticator::{Authenticator, Presented, PresentedKey, Required};
+use crate::change_feed::ChangeFeed;
 use crate::domain::AccountId;
 use crate::key_management::{ChangeKey, CreateKey, KeyManager};
 use crate::proto;
 use crate::proto::key_service_server::KeyService;
-use crate::revocation_feed::RevocationFeed;
+use crate::telemetry::Surface;
 
 pub struct KeyServiceApi {
     authenticator: Arc<Authenticator>,
     manager: Arc<KeyManager>,
-    feed: Arc<RevocationFeed>,
+    feed: Arc<ChangeFeed>,
 }
 
 impl KeyServiceApi {
     pub fn new(
         authenticator: Arc<Authenticator>,
         manager: Arc<KeyManager>,
-        feed: Arc<RevocationFeed>,
+        feed: Arc<ChangeFeed>,
     ) -> Self {
         Self {
             authenticator,
@@ -56,7 +57,7 @@ impl KeyService for KeyServiceApi {
     ) -> Result<Response<proto::AuthenticateResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
         let caller = HotPathCaller::of(&extensions);
-        let catalog = &self.authenticator.catalog;
+        let catalog = self.authenticator.catalog();
         let required =
             convert::required_scopes("required_scopes", &request.required_scopes, catalog)?;
         let client = caller.client(convert::client_ip(&request.client_ip)?);
@@ -65,8 +66,7 @@ impl KeyService for KeyServiceApi {
             .authenticate(Presented {
                 surface: Surface::Authenticate,
                 key: PresentedKey::Credential(&request.credential),
-                required: &required,
-                required_unknown: None,
+                required: Required::Scopes(&required),
                 client,
                 account: caller.account.as_ref(),
             })
@@ -74,11 +74,10 @@ impl KeyService for KeyServiceApi {
         Ok(Response::new(proto::AuthenticateResponse {
             allowed: verdict.allowed(),
             key: verdict
-                .key
-                .as_deref()
+                .key()
                 .map(|key| convert::key_from_cached(key, catalog)),
-            denial: verdict.denial.as_ref().map(convert::denial),
-            rate_limit: verdict.rate_limit.map(convert::rate_limit_status),
+            denial: verdict.denial().map(convert::denial),
+            rate_limit: verdict.rate_limit().map(convert::rate_limit_status),
         }))
     }
 
@@ -88,7 +87,7 @@ impl KeyService for KeyServiceApi {
     ) -> Result<Response<proto::CheckScopeResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
         let caller = HotPathCaller::of(&extensions);
-        let catalog = &self.authenticator.catalog;
+        let catalog = self.authenticator.catalog();
         let key_id = match (request.key_id.is_empty(), request.credential.is_empty()) {
             (false, true) => Some(convert::key_id("key_id", &request.key_id)?),
             (true, false) => None,
@@ -116,13 +115,12 @@ impl KeyService for KeyServiceApi {
             .authenticate(Presented {
                 surface: Surface::CheckScope,
                 key: presented,
-                required: &required,
-                required_unknown: None,
+                required: Required::Scopes(&required),
                 client,
                 account: caller.account.as_ref(),
             })
             .await;
-        let missing_scopes = match &verdict.key {
+        let missing_scopes = match verdict.key() {
             Some(key) => required
                 .iter()
                 .filter(|&&scope| !key.effective.contains(scope))
@@ -133,7 +131,7 @@ impl KeyService for KeyServiceApi {
         Ok(Response::new(proto::CheckScopeResponse {
             allowed: verdict.allowed(),
             missing_scopes,
-            denial: verdict.denial.as_ref().map(convert::denial),
+            denial: verdict.denial().map(convert::denial),
         }))
     }
 
@@ -146,7 +144,7 @@ impl KeyService for KeyServiceApi {
         check_account(caller.as_ref(), &create.account_id)?;
         let (record, secret) = self.manager.create(create).await?;
         Ok(Response::new(proto::CreateKeyResponse {
-            key: Some(convert::key_from_record(&record, &self.manager.catalog)),
+            key: Some(convert::key_from_record(&record, self.manager.catalog())),
             secret: secret.into_exposed(),
         }))
     }
@@ -161,7 +159,7 @@ impl KeyService for KeyServiceApi {
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let record = self.manager.revoke(&account_id, &key_id).await?;
         Ok(Response::new(proto::RevokeKeyResponse {
-            key: Some(convert::key_from_record(&record, &self.manager.catalog)),
+            key: Some(convert::key_from_record(&record, self.manager.catalog())),
         }))
     }
 
@@ -175,7 +173,7 @@ impl KeyService for KeyServiceApi {
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let record = self.manager.get(&account_id, &key_id).await?;
         Ok(Response::new(proto::GetKeyResponse {
-            key: Some(convert::key_from_record(&record, &self.manager.catalog)),
+            key: Some(convert::key_from_record(&record, self.manager.catalog())),
         }))
     }
 
@@ -201,7 +199,7 @@ impl KeyService for KeyServiceApi {
             keys: page
                 .keys
                 .iter()
-                .map(|record| convert::key_from_record(record, &self.manager.catalog))
+                .map(|record| convert::key_from_record(record, self.manager.catalog()))
                 .collect(),
             next_page_token: page
                 .next_after
@@ -222,7 +220,7 @@ impl KeyService for KeyServiceApi {
         let change = ChangeKey::try_from(&request)?;
         let record = self.manager.update(&account_id, &key_id, change).await?;
         Ok(Response::new(proto::UpdateKeyResponse {
-            key: Some(convert::key_from_record(&record, &self.manager.catalog)),
+            key: Some(convert::key_from_record(&record, self.manager.catalog())),
         }))
     }
 
@@ -230,7 +228,7 @@ impl KeyService for KeyServiceApi {
         &self,
         _request: Request<proto::ListScopesRequest>,
     ) -> Result<Response<proto::ListScopesResponse>, Status> {
-        let catalog = &self.manager.catalog;
+        let catalog = self.manager.catalog();
         Ok(Response::new(proto::ListScopesResponse {
             scopes: catalog
                 .definitions()
@@ -252,7 +250,7 @@ impl KeyService for KeyServiceApi {
                     scopes: catalog.names(preset.scopes).map(str::to_owned).collect(),
                 })
                 .collect(),
-            key_prefix: self.manager.key_format.prefix().to_owned(),
+            key_prefix: self.manager.key_format().prefix().to_owned(),
         }))
     }
 

@@ -1,5 +1,5 @@
-//! `keyward bench`: starts keyward itself (as child processes of this same
-//! binary), creates keys, and measures the hot path against the floor of the
+//! `keyward-bench`: starts keyward (`keyward serve`, as child processes:
+//! the binary beside this one, or `--keyward PATH`), creates keys, and measures the hot path against the floor of the
 //! same server answering `grpc.health.v1.Health/Check`, plus cache misses,
 //! CreateKey and RevokeKey rates, revocation propagation between two
 //! replicas (PostgreSQL), and resident memory. Prints a table of each figure
@@ -12,18 +12,14 @@ use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::config::core::v3::{self as core, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Peer, Request as HttpAttributes,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
-use crate::proto;
-use crate::proto::key_service_client::KeyServiceClient;
+use keyward::proto;
+use keyward::proto::key_service_client::KeyServiceClient;
+use keyward_testkit::TestDatabase;
 
 /// The benchmark serves the Carboncopy profile (it carries ext_authz routes).
-pub(crate) const CARBONCOPY_PROFILE: &str = include_str!("../profiles/carboncopy.toml");
+pub(crate) const CARBONCOPY_PROFILE: &str = include_str!("../../../profiles/carboncopy.toml");
 
 mod hot_path;
 mod lean_client;
@@ -34,6 +30,21 @@ mod server_process;
 use lean_client::{AuthenticateVerdict, CheckVerdict, HealthVerdict, PreEncoded};
 use load::{LoadStats, closed_loop, closed_loop_count, open_loop};
 use server_process::{ServerProcess, connect};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = <BenchArgs as clap::Parser>::parse();
+    match run(&args).await {
+        Ok(rows) => {
+            print!("{}", render(&rows));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("keyward-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -49,7 +60,10 @@ pub enum BenchError {
     Database(#[from] sqlx::Error),
 }
 
-#[derive(Debug, Clone, clap::Args)]
+/// Measures keyward's hot path, cache misses, writes, revocation
+/// propagation and memory against the goals in BENCHMARKS.md.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "keyward-bench", version)]
 pub struct BenchArgs {
     /// PostgreSQL admin URL; the benchmark creates its own databases there
     /// and drops them afterwards. Without it: temporary SQLite files.
@@ -90,6 +104,10 @@ pub struct BenchArgs {
     /// package nghttp2-client), as an independent cross-check.
     #[arg(long)]
     pub h2load: bool,
+    /// The keyward binary to start as the server under test. Default: the
+    /// `keyward` next to this tool (same Cargo target directory).
+    #[arg(long, value_name = "PATH")]
+    pub keyward: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -104,6 +122,22 @@ impl BenchArgs {
             propagation_samples: self.propagation_samples.min(20),
             memory_keys: self.memory_keys.min(2_000),
             ..self.clone()
+        }
+    }
+
+    /// `--keyward`, or the `keyward` beside this executable.
+    fn keyward_binary(&self) -> Result<std::path::PathBuf, BenchError> {
+        let path = match &self.keyward {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("keyward"),
+        };
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BenchError::Setup(format!(
+                "no keyward binary at {}: build it (`cargo build --release -p keyward`) or pass --keyward PATH",
+                path.display()
+            )))
         }
     }
 
@@ -162,73 +196,12 @@ struct CreatedKeys {
     ids: Vec<(String, String)>,
 }
 
-/// The database the servers run on, and how to clean it up.
-struct BenchDatabase {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    postgres: Option<(String, String)>,
-}
-
-impl BenchDatabase {
-    async fn create(args: &BenchArgs, label: &str) -> Result<Self, BenchError> {
-        match &args.postgres {
-            None => {
-                let dir = tempfile::tempdir()?;
-                Ok(Self {
-                    url: format!(
-                        "sqlite://{}",
-                        dir.path().join(format!("{label}.db")).display()
-                    ),
-                    _dir: Some(dir),
-                    postgres: None,
-                })
-            }
-            Some(admin) => {
-                use sqlx::Connection;
-                let name = format!("keyward_bench_{label}_{}", std::process::id());
-                let mut conn = sqlx::PgConnection::connect(admin).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await?;
-                Ok(Self {
-                    url: replace_database(admin, &name),
-                    _dir: None,
-                    postgres: Some((admin.clone(), name)),
-                })
-            }
-        }
-    }
-
-    async fn drop_database(self) -> Result<(), BenchError> {
-        if let Some((admin, name)) = &self.postgres {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(admin).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut conn)
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-fn replace_database(admin: &str, database: &str) -> String {
-    let (base, query) = admin
-        .split_once('?')
-        .map_or((admin, None), |(b, q)| (b, Some(q)));
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let root = base[after_scheme..]
-        .find('/')
-        .map_or(base, |slash| &base[..after_scheme + slash]);
-    match query {
-        Some(query) => format!("{root}/{database}?{query}"),
-        None => format!("{root}/{database}"),
+/// A fresh database for the servers: a SQLite file, or a new database on
+/// `--postgres` (dropped when the value is).
+async fn bench_database(args: &BenchArgs) -> Result<TestDatabase, BenchError> {
+    match &args.postgres {
+        None => Ok(TestDatabase::sqlite()?),
+        Some(admin) => Ok(TestDatabase::try_create_postgres(admin).await?),
     }
 }
 
@@ -307,8 +280,8 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         return Ok(rows);
     }
 
-    let database = BenchDatabase::create(&args, "main").await?;
-    let server = ServerProcess::start(&config, &database.url).await?;
+    let database = bench_database(&args).await?;
+    let server = ServerProcess::start(&args.keyward_binary()?, &config, &database.url).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = server.resident_bytes()?;
     rows.push(goal_row(
@@ -355,7 +328,7 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         ));
     }
     server.stop().await?;
-    database.drop_database().await?;
+    drop(database);
 
     if args.memory_keys > 0 {
         rows.push(memory_per_key(&config, &args).await?);
@@ -629,75 +602,19 @@ async fn saturation(
     ]
 }
 
-/// What Envoy sends for `curl -H "Authorization: Bearer cc_..."
-/// http://api.example.com/api/v1/portfolio?page=1`.
+/// An allowed Check as Envoy sends it: `GET /api/v1/portfolio?page=1` with
+/// the key as a bearer token (the Carboncopy profile's route).
 pub(crate) fn check_request(secret: &str) -> CheckRequest {
-    check_request_with(secret, false)
+    keyward_testkit::envoy::get("/api/v1/portfolio?page=1")
+        .bearer(secret)
+        .build()
 }
 
-/// The same request as Envoy sends it with `encode_raw_headers: true`:
-/// the headers as a list (`header_map`) instead of a map.
+/// The same request as Envoy sends it with `encode_raw_headers: true`.
 pub(crate) fn check_request_raw_headers(secret: &str) -> CheckRequest {
-    check_request_with(secret, true)
-}
-
-fn check_request_with(secret: &str, raw_headers: bool) -> CheckRequest {
-    let peer = core::Address {
-        address: Some(core::address::Address::SocketAddress(SocketAddress {
-            address: "192.0.2.10".into(),
-            ..Default::default()
-        })),
-    };
-    let headers = [
-        (":authority", "api.example.com"),
-        (":method", "GET"),
-        (":path", "/api/v1/portfolio?page=1"),
-        (":scheme", "http"),
-        ("accept", "*/*"),
-        ("user-agent", "curl/8.5.0"),
-        ("x-forwarded-proto", "http"),
-        ("x-request-id", "5b7e2a41-63b9-4d0e-9a59-1c1b7f0f2a10"),
-        ("authorization", &format!("Bearer {secret}")),
-    ];
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(peer),
-                ..Default::default()
-            }),
-            request: Some(HttpAttributes {
-                http: Some(if raw_headers {
-                    HttpRequest {
-                        method: "GET".into(),
-                        path: "/api/v1/portfolio?page=1".into(),
-                        header_map: Some(core::HeaderMap {
-                            headers: headers
-                                .into_iter()
-                                .map(|(k, v)| core::HeaderValue {
-                                    key: k.to_owned(),
-                                    raw_value: v.as_bytes().to_vec(),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        }),
-                        ..Default::default()
-                    }
-                } else {
-                    HttpRequest {
-                        method: "GET".into(),
-                        path: "/api/v1/portfolio?page=1".into(),
-                        headers: headers
-                            .into_iter()
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .collect(),
-                        ..Default::default()
-                    }
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    keyward_testkit::envoy::get("/api/v1/portfolio?page=1")
+        .bearer(secret)
+        .build_raw_headers()
 }
 
 fn check_call(
@@ -824,10 +741,10 @@ async fn revoke_half(channels: &[Channel], created: &CreatedKeys, concurrency: u
 async fn propagation(
     a: &ServerProcess,
     config: &std::path::Path,
-    database: &BenchDatabase,
+    database: &TestDatabase,
     args: &BenchArgs,
 ) -> Result<Row, BenchError> {
-    let b = ServerProcess::start(config, &database.url).await?;
+    let b = ServerProcess::start(&args.keyward_binary()?, config, &database.url).await?;
     let mut on_a = KeyServiceClient::new(connect(a.addr).await?);
     let mut on_b = KeyServiceClient::new(connect(b.addr).await?);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
@@ -899,7 +816,7 @@ async fn propagation(
 /// Resident memory per cached key: a server over `memory_keys` keys, before
 /// and after every key has been looked up once.
 async fn memory_per_key(config: &std::path::Path, args: &BenchArgs) -> Result<Row, BenchError> {
-    let database = BenchDatabase::create(args, "memory").await?;
+    let database = bench_database(args).await?;
     let secrets = Arc::new(seed::insert_keys(&database.url, args.memory_keys).await?);
     // No periodic last-use flush during the measurement: its transient
     // buffers are not what a cached key costs (the shutdown flush still runs).
@@ -911,7 +828,8 @@ async fn memory_per_key(config: &std::path::Path, args: &BenchArgs) -> Result<Ro
             std::fs::read_to_string(config)?
         ),
     )?;
-    let server = ServerProcess::start(&memory_config, &database.url).await?;
+    let server =
+        ServerProcess::start(&args.keyward_binary()?, &memory_config, &database.url).await?;
     let channels = open_channels(&server, args.connections).await?;
     // Settle the connections and the runtime before the baseline.
     authenticate_each_once(&channels, &Arc::new(secrets[..1].to_vec()), 1).await;
@@ -921,9 +839,9 @@ async fn memory_per_key(config: &std::path::Path, args: &BenchArgs) -> Result<Ro
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = server.resident_bytes()?;
     if let Err(error) = server.stop().await {
-        tracing::warn!(%error, "the memory-run server did not stop cleanly");
+        eprintln!("warning: the memory-run server did not stop cleanly: {error}");
     }
-    database.drop_database().await?;
+    drop(database);
     let per_key = after.saturating_sub(before) as f64 / warmed.succeeded.max(1) as f64;
     Ok(goal_row(
         format!("resident memory per cached key ({} keys)", warmed.succeeded),

@@ -1,9 +1,8 @@
-//! Runs keyward itself, as a separate process (this same binary with
-//! `serve`), so the benchmark measures the real server and can read its
+//! Runs keyward itself, as a separate process (`keyward serve`), so the benchmark measures the real server and can read its
 //! resident memory without counting the load generator's.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,18 +16,16 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
 }
 
-fn free_port() -> Result<u16, BenchError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
 impl ServerProcess {
     /// Starts `keyward serve` on a free loopback port and waits until its
     /// health check answers SERVING.
-    pub async fn start(config: &Path, database_url: &str) -> Result<Self, BenchError> {
-        let port = free_port()?;
+    pub async fn start(
+        binary: &Path,
+        config: &Path,
+        database_url: &str,
+    ) -> Result<Self, BenchError> {
+        let port = keyward_testkit::free_port("127.0.0.1");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let binary: PathBuf = std::env::current_exe()?;
         let child = Command::new(binary)
             .arg("serve")
             .arg("--listen")

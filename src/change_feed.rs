@@ -21,11 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::UnixMillis;
 use crate::key_cache::KeyCache;
+use crate::settings::{SettingError, in_range, seconds, seconds_or};
 use crate::storage::{KeyEvent, KeyStore, StoreError, Wakeup};
 
 /// Events read per query while catching up.
@@ -47,18 +49,108 @@ pub struct FeedSettings {
     pub max_watchers_per_caller: usize,
 }
 
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 200;
+pub const DEFAULT_FRESHNESS_BOUND_MS: u64 = 2_000;
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+pub const DEFAULT_WATCH_BUFFER: usize = 1024;
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_WATCHERS: usize = 1024;
+pub const DEFAULT_MAX_WATCHERS_PER_CALLER: usize = 64;
+
 impl Default for FeedSettings {
     fn default() -> Self {
         Self {
-            poll_interval: Duration::from_millis(200),
-            freshness_bound: Duration::from_secs(2),
-            retention: Duration::from_secs(7 * 24 * 3600),
-            prune_interval: Duration::from_secs(600),
-            watch_buffer: 1024,
-            checkpoint_interval: Duration::from_secs(30),
-            max_watchers: 1024,
-            max_watchers_per_caller: 64,
+            poll_interval: Duration::from_millis(DEFAULT_POLL_INTERVAL_MS),
+            freshness_bound: Duration::from_millis(DEFAULT_FRESHNESS_BOUND_MS),
+            retention: DEFAULT_RETENTION,
+            prune_interval: DEFAULT_PRUNE_INTERVAL,
+            watch_buffer: DEFAULT_WATCH_BUFFER,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            max_watchers: DEFAULT_MAX_WATCHERS,
+            max_watchers_per_caller: DEFAULT_MAX_WATCHERS_PER_CALLER,
         }
+    }
+}
+
+/// `[feed]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFeed {
+    pub poll_interval_ms: Option<u64>,
+    pub freshness_bound_ms: Option<u64>,
+    pub retention_hours: Option<f64>,
+    pub prune_interval_seconds: Option<f64>,
+    pub watch_buffer: Option<usize>,
+    pub checkpoint_interval_seconds: Option<f64>,
+    pub max_watchers: Option<usize>,
+    pub max_watchers_per_caller: Option<usize>,
+}
+
+impl FeedSettings {
+    /// Validates `[feed]`.
+    pub fn from_raw(raw: RawFeed) -> Result<Self, SettingError> {
+        let poll_interval = Duration::from_millis(
+            in_range(
+                raw.poll_interval_ms.unwrap_or(DEFAULT_POLL_INTERVAL_MS),
+                5,
+                60_000,
+            )
+            .map_err(SettingError::at("feed.poll_interval_ms"))?,
+        );
+        let freshness_bound = Duration::from_millis(
+            in_range(
+                raw.freshness_bound_ms.unwrap_or(DEFAULT_FRESHNESS_BOUND_MS),
+                20,
+                600_000,
+            )
+            .map_err(SettingError::at("feed.freshness_bound_ms"))?,
+        );
+        if freshness_bound < poll_interval * 2 {
+            return Err(SettingError::new(
+                "feed.freshness_bound_ms",
+                format!(
+                    "must be at least twice feed.poll_interval_ms ({} ms), or every missed poll fails requests",
+                    poll_interval.as_millis()
+                ),
+            ));
+        }
+        let retention = match raw.retention_hours {
+            Some(hours) => seconds(hours * 3600.0, 60.0, 8_760.0 * 3600.0).map_err(|_| {
+                SettingError::new(
+                    "feed.retention_hours",
+                    format!("must be between 1/60 and 8760 hours, got {hours}"),
+                )
+            })?,
+            None => DEFAULT_RETENTION,
+        };
+        let count = |value: Option<usize>, default: usize, key: &str| {
+            in_range(value.unwrap_or(default), 1, 1_000_000).map_err(SettingError::at(key))
+        };
+        Ok(Self {
+            poll_interval,
+            freshness_bound,
+            retention,
+            prune_interval: seconds_or(
+                raw.prune_interval_seconds,
+                DEFAULT_PRUNE_INTERVAL,
+                0.1,
+                86_400.0,
+            )
+            .map_err(SettingError::at("feed.prune_interval_seconds"))?,
+            watch_buffer: count(raw.watch_buffer, DEFAULT_WATCH_BUFFER, "feed.watch_buffer")?,
+            checkpoint_interval: {
+                let default = DEFAULT_CHECKPOINT_INTERVAL;
+                seconds_or(raw.checkpoint_interval_seconds, default, 0.05, 3_600.0)
+                    .map_err(SettingError::at("feed.checkpoint_interval_seconds"))?
+            },
+            max_watchers: count(raw.max_watchers, DEFAULT_MAX_WATCHERS, "feed.max_watchers")?,
+            max_watchers_per_caller: count(
+                raw.max_watchers_per_caller,
+                DEFAULT_MAX_WATCHERS_PER_CALLER,
+                "feed.max_watchers_per_caller",
+            )?,
+        })
     }
 }
 
@@ -128,7 +220,7 @@ pub enum GapCause {
     /// from a backup or failed over to a standby that was behind).
     Rewound,
 }
-pub struct RevocationFeed {
+pub struct ChangeFeed {
     /// The follower's own small pool (see `storage::open_follower`).
     reader: Arc<dyn KeyStore>,
     /// The shared pool, for watch streams' history reads.
@@ -183,7 +275,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl RevocationFeed {
+impl ChangeFeed {
     /// Starts at the log's current end: the cache is empty, so there is
     /// nothing older to apply.
     pub async fn start(

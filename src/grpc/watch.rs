@@ -32,9 +32,9 @@ use tonic::Status;
 
 use super::convert::millis_to_timestamp;
 use crate::access_control::CallerIdentity;
+use crate::change_feed::{ChangeFeed, FeedItem, GapCause, WatchRefusal, WatcherPermit};
 use crate::domain::{AccountId, UnixMillis};
 use crate::proto::RevocationEvent;
-use crate::revocation_feed::{FeedItem, GapCause, RevocationFeed, WatchRefusal, WatcherPermit};
 use crate::storage::{KeyEvent, StoreError};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
@@ -71,7 +71,7 @@ fn to_proto(event: &KeyEvent) -> RevocationEvent {
 
 /// Validates the cursor and starts the stream for `caller`.
 pub async fn start(
-    feed: Arc<RevocationFeed>,
+    feed: Arc<ChangeFeed>,
     after_seq: u64,
     account: Option<AccountId>,
     caller: CallerIdentity,
@@ -191,7 +191,7 @@ impl Outbox {
 }
 
 async fn run(
-    feed: Arc<RevocationFeed>,
+    feed: Arc<ChangeFeed>,
     live: broadcast::Receiver<FeedItem>,
     position: u64,
     announce: bool,
@@ -220,7 +220,7 @@ async fn run(
 /// Reads one page of history after `position`, and checks it against
 /// pruning: if the pruner ran while this page was read (an empty page
 /// included), events after `position` may be missing from it.
-async fn history_page(feed: &RevocationFeed, position: u64) -> Result<Vec<KeyEvent>, Status> {
+async fn history_page(feed: &ChangeFeed, position: u64) -> Result<Vec<KeyEvent>, Status> {
     let store = feed.store();
     let page = store
         .events_after(position, HISTORY_PAGE)
@@ -236,7 +236,7 @@ async fn history_page(feed: &RevocationFeed, position: u64) -> Result<Vec<KeyEve
 /// Sends history, then live events, until the stream ends; returns the
 /// status to end it with (`None`: the consumer has gone).
 async fn follow(
-    feed: &RevocationFeed,
+    feed: &ChangeFeed,
     mut live: broadcast::Receiver<FeedItem>,
     mut position: u64,
     announce: bool,

@@ -4,17 +4,9 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::key_management::ManagementError;
+pub use keyward_proto::codec::invalid_argument;
 
-/// INVALID_ARGUMENT naming the field, with `google.rpc.BadRequest` details.
-pub fn invalid_argument(field: &str, reason: impl std::fmt::Display) -> Status {
-    let reason = reason.to_string();
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("{field}: {reason}"),
-        ErrorDetails::with_bad_request_violation(field, reason),
-    )
-}
+use crate::key_management::ManagementError;
 
 impl From<ManagementError> for Status {
     fn from(error: ManagementError) -> Self {

@@ -1,0 +1,184 @@
+//! What both backends run alike: the `KeyStore` methods with the same
+//! statement (`statements.rs`), binds and row conversion on the backend's
+//! own pool, and the counted insert of a new key inside a backend's own
+//! transaction. A backend's `impl KeyStore` is written through
+//! [`impl_key_store!`], which adds these to the methods it passes (those
+//! whose SQL, locking or notification differ), so each shared method is
+//! written once. (A function generic over `sqlx::Database` would need a
+//! dozen trait bounds repeated on every function; the macro expands to the
+//! same concrete code each backend had.)
+
+/// `impl KeyStore for $store` (a type with a `pool` field) with the shared
+/// methods below plus the backend's own `$($own)*`.
+macro_rules! impl_key_store {
+    ($store:ty, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::storage::KeyStore for $store {
+            $($own)*
+
+            async fn list_keys(
+                &self,
+                account: &$crate::domain::AccountId,
+                include_revoked: bool,
+                after: Option<&$crate::domain::KeyId>,
+                limit: u32,
+            ) -> Result<Vec<$crate::storage::KeyRecord>, $crate::storage::StoreError> {
+                let rows: Vec<$crate::storage::KeyRow> = sqlx::query_as($crate::storage::statements::LIST_KEYS)
+                    .bind(account.as_str())
+                    .bind(include_revoked)
+                    .bind(after.map_or("", $crate::domain::KeyId::as_str))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map($crate::storage::KeyRecord::try_from).collect()
+            }
+
+            async fn find_by_digest(&self, digest: &$crate::domain::KeyDigest) -> Result<Option<$crate::storage::KeyRecord>, $crate::storage::StoreError> {
+                let row: Option<$crate::storage::KeyRow> = sqlx::query_as($crate::storage::statements::KEY_BY_DIGEST)
+                    .bind(digest.as_bytes().as_slice())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map($crate::storage::KeyRecord::try_from).transpose()
+            }
+
+            async fn find_by_id(&self, id: &$crate::domain::KeyId) -> Result<Option<$crate::storage::KeyRecord>, $crate::storage::StoreError> {
+                let row: Option<$crate::storage::KeyRow> = sqlx::query_as($crate::storage::statements::KEY_BY_ID)
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map($crate::storage::KeyRecord::try_from).transpose()
+            }
+
+            async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<$crate::storage::KeyEvent>, $crate::storage::StoreError> {
+                let rows: Vec<$crate::storage::EventRow> = sqlx::query_as($crate::storage::statements::EVENTS_AFTER)
+                    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map($crate::storage::KeyEvent::try_from).collect()
+            }
+
+            async fn pruned_through(&self) -> Result<u64, $crate::storage::StoreError> {
+                let seq: i64 = sqlx::query_scalar($crate::storage::statements::PRUNED_THROUGH)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok($crate::storage::to_u64(seq))
+            }
+
+            fn pool_stats(&self) -> $crate::storage::PoolStats {
+                $crate::storage::PoolStats::of(&self.pool)
+            }
+        }
+    };
+}
+pub(super) use impl_key_store;
+
+/// Inside `$tx` (a transaction that already holds the account's lock, by
+/// `FOR UPDATE` or `BEGIN IMMEDIATE`): counts the account's active keys,
+/// returns `KeyLimitReached` at `$max_active`, and inserts `$key`.
+macro_rules! insert_key_within_limit {
+    ($tx:ident, $key:ident, $max_active:ident) => {
+        let active: i64 = sqlx::query_scalar($crate::storage::statements::COUNT_ACTIVE_KEYS)
+            .bind($key.account_id.as_str())
+            .bind($key.created_at.0)
+            .fetch_one(&mut *$tx)
+            .await?;
+        if active >= i64::from($max_active) {
+            return Err($crate::storage::StoreError::KeyLimitReached { limit: $max_active });
+        }
+        let (requests, per_seconds) = $crate::storage::rate_limit_columns($key.rate_limit);
+        sqlx::query($crate::storage::statements::INSERT_KEY)
+            .bind($key.id.as_str())
+            .bind($key.account_id.as_str())
+            .bind($key.name.as_str())
+            .bind($key.digest.as_bytes().as_slice())
+            .bind(&$key.start)
+            .bind($crate::storage::join_scopes(&$key.scopes))
+            .bind(requests)
+            .bind(per_seconds)
+            .bind($key.created_at.0)
+            .bind($key.expires_at.map(|t| t.0))
+            .execute(&mut *$tx)
+            .await?;
+    };
+}
+pub(super) use insert_key_within_limit;
+
+/// In a transaction holding the key's row (`$before`, read under the lock):
+/// refuses a revoked key, applies `$update`, writes it and logs one event
+/// per changed aspect, evaluating to the record after. An update that
+/// changes nothing returns early, writing nothing.
+macro_rules! update_locked_key {
+    ($tx:ident, $before:ident, $id:ident, $update:ident, $now:ident) => {{
+        if $before.revoked_at.is_some() {
+            return Err($crate::storage::StoreError::KeyRevoked);
+        }
+        let kinds = $crate::storage::events_for_update(&$update, &$before);
+        let after = $crate::storage::apply_update($before, $update);
+        if kinds.is_empty() {
+            return Ok(after);
+        }
+        let (requests, per_seconds) = $crate::storage::rate_limit_columns(after.rate_limit);
+        sqlx::query($crate::storage::statements::UPDATE_KEY)
+            .bind(&after.name)
+            .bind($crate::storage::join_scopes(&after.scopes))
+            .bind(requests)
+            .bind(per_seconds)
+            .bind($id.as_str())
+            .execute(&mut *$tx)
+            .await?;
+        for kind in kinds {
+            Self::append_event(&mut $tx, &after, kind, $now).await?;
+        }
+        after
+    }};
+}
+pub(super) use update_locked_key;
+
+/// Deletes the prefix of the event log older than `$before` (up to its last
+/// such event), evaluating to (the last deleted sequence, rows deleted); a
+/// log with nothing that old returns `Ok(0)` early.
+macro_rules! delete_events_before {
+    ($tx:ident, $before:ident) => {{
+        let through: Option<i64> =
+            sqlx::query_scalar($crate::storage::statements::LAST_EVENT_BEFORE)
+                .bind($before.0)
+                .fetch_one(&mut *$tx)
+                .await?;
+        let Some(through) = through else {
+            return Ok(0);
+        };
+        let deleted = sqlx::query($crate::storage::statements::DELETE_EVENTS_THROUGH)
+            .bind(through)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        (through, deleted)
+    }};
+}
+pub(super) use delete_events_before;
+
+/// `async fn append_event(conn, record, kind, at)` on a backend's
+/// connection type: one row of the event log (on PostgreSQL its `seq` is
+/// assigned by the trigger, under its ordering lock).
+macro_rules! append_event_fn {
+    ($connection:ty) => {
+        async fn append_event(
+            conn: &mut $connection,
+            record: &$crate::storage::KeyRecord,
+            kind: $crate::storage::EventKind,
+            at: $crate::domain::UnixMillis,
+        ) -> Result<(), $crate::storage::StoreError> {
+            sqlx::query($crate::storage::statements::INSERT_EVENT)
+                .bind(record.id.as_str())
+                .bind(record.account_id.as_str())
+                .bind(record.digest.as_bytes().as_slice())
+                .bind(kind.as_str())
+                .bind(at.0)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+    };
+}
+pub(super) use append_event_fn;
