@@ -85,13 +85,41 @@ pub fn router(
         let methods = by_path.remove(&route.path).unwrap_or_default();
         by_path.insert(route.path, methods.on(filter, handle));
     }
-    by_path
+    let cors = cors_layer(&api.settings);
+    let router = by_path
         .into_iter()
         .fold(Router::new(), |router, (path, methods)| {
             router.route(&path, methods)
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(api)
+        .with_state(api);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins (none: no CORS headers, so browsers
+/// on other origins cannot call the API): preflights answered with the
+/// routes' methods and the headers a caller sends.
+fn cors_layer(settings: &ManagementApiSettings) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if settings.cors_allowed_origins.is_empty() {
+        return None;
+    }
+    let methods: Vec<http::Method> = settings.routes.iter().map(|r| r.method.clone()).collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(settings.cors_allowed_origins.clone()))
+            .allow_methods(methods)
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                http::HeaderName::from_static(ACCOUNT_HEADER),
+            ])
+            .expose_headers([http::HeaderName::from_static(REQUEST_ID_HEADER)])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Serves `router` on `listener` (HTTP/1.1 and HTTP/2) until `shutdown`

@@ -375,6 +375,14 @@ fn field_names(raw: RawFieldNames) -> Result<FieldNames, SettingError> {
 }
 
 impl FieldNames {
+    /// `key = "name"` for each shown field (for `check-config`).
+    pub fn shown(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .filter_map(|(key, name)| name.map(|name| format!("{key} = {name:?}")))
+            .collect()
+    }
+
     /// Each field's TOML key and JSON name.
     fn all(&self) -> [(&'static str, Option<&str>); 10] {
         [

@@ -307,3 +307,67 @@ async fn scopes_as_levels_and_a_service_token_naming_the_account() {
     assert_eq!(reply.status, 400, "{reply:?}");
     assert!(reply.body.contains("x-keyward-account"), "{reply:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_configured_origins_pass_the_cors_preflight_and_others_do_not() {
+    let app = app("cors_allowed_origins = [\"https://app.example.com\"]").await;
+    let preflight = |origin: &'static str| {
+        let addr = app.http_addr().unwrap();
+        async move {
+            send(
+                addr,
+                "OPTIONS",
+                "/v1/keys",
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                    (
+                        "access-control-request-headers",
+                        "authorization, content-type",
+                    ),
+                ],
+                "",
+            )
+            .await
+        }
+    };
+    let allowed = preflight("https://app.example.com").await;
+    assert_eq!(
+        allowed
+            .headers
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://app.example.com"),
+        "{allowed:?}"
+    );
+    let methods = allowed.headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(
+        methods.contains("POST") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let other = preflight("https://evil.example").await;
+    assert!(
+        other.headers.get("access-control-allow-origin").is_none(),
+        "{other:?}"
+    );
+
+    // Without configured origins no CORS header is ever sent.
+    let closed = self::app("").await;
+    let reply = send(
+        closed.http_addr().unwrap(),
+        "OPTIONS",
+        "/v1/keys",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+        ],
+        "",
+    )
+    .await;
+    assert!(
+        reply.headers.get("access-control-allow-origin").is_none(),
+        "{reply:?}"
+    );
+}
