@@ -81,6 +81,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve the key-management HTTP API (`[management_api]`) here [default: off, or `server.http_listen`].
+    #[arg(long, env = "KEYWARD_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Allow management RPCs without credentials on a non-loopback address.
     #[arg(long, env = "KEYWARD_INSECURE_OPEN_MANAGEMENT")]
     pub insecure_open_management: bool,
@@ -111,6 +115,10 @@ impl ServeArgs {
         if let Some(address) = self.metrics_listen {
             server.metrics_listen = Some(address);
             origins.metrics_listen = None;
+        }
+        if let Some(address) = self.http_listen {
+            server.http_listen = Some(address);
+            origins.http_listen = None;
         }
         for (flag, path, from_file) in [
             (&self.tls_cert, &mut server.tls_cert, &mut origins.tls_cert),
@@ -143,6 +151,7 @@ impl std::fmt::Debug for ServeArgs {
             tls_key,
             tls_client_ca,
             metrics_listen,
+            http_listen,
             insecure_open_management,
             insecure_open_hot_path,
         } = self;
@@ -157,6 +166,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("tls_key", tls_key)
             .field("tls_client_ca", tls_client_ca)
             .field("metrics_listen", metrics_listen)
+            .field("http_listen", http_listen)
             .field("insecure_open_management", insecure_open_management)
             .field("insecure_open_hot_path", insecure_open_hot_path)
             .finish()

@@ -26,6 +26,7 @@ use crate::failed_auth_bans::{BanSettings, RawBans};
 use crate::key_cache::{CacheSettings, RawCache};
 use crate::key_format::{KeyFormat, KeySettings, RawKeys};
 use crate::last_use::RawLastUsed;
+use crate::management_api::settings::{ManagementApiSettings, RawManagementApi};
 use crate::rate_limits::RawRateLimit;
 use crate::scope_catalog::{RawPreset, RawScope, ScopeCatalog};
 use crate::settings::SettingError;
@@ -73,6 +74,7 @@ struct RawConfig {
     last_used: RawLastUsed,
     auth: RawAuth,
     http: RawHttp,
+    management_api: RawManagementApi,
 }
 
 /// Validated configuration. Fields are public so tests and tools can adjust
@@ -100,6 +102,8 @@ pub struct Config {
     /// `check-config` (`http.routes` is the compiled policy, which keeps
     /// only what matching needs).
     pub http_route_definitions: Arc<[RouteDefinition]>,
+    /// `[management_api]`: the products' key-management HTTP API.
+    pub management_api: ManagementApiSettings,
 }
 
 impl Default for Config {
@@ -175,6 +179,8 @@ impl Config {
         let last_used_flush_interval =
             crate::last_use::flush_interval_from_raw(raw.last_used).map_err(in_file)?;
         let auth = AccessSettings::from_raw(raw.auth).map_err(in_file)?;
+        let management_api =
+            ManagementApiSettings::from_raw(raw.management_api, &catalog).map_err(in_file)?;
         let http_route_definitions = raw.http.route_definitions();
         let http = ExtAuthzSettings::from_raw(raw.http, &keys.format, &catalog, &denials)
             .map_err(in_file)?;
@@ -193,6 +199,7 @@ impl Config {
             auth,
             http,
             http_route_definitions,
+            management_api,
         })
     }
 

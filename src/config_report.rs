@@ -53,6 +53,10 @@ pub const SECTIONS: &[Section] = &[
         title: "Envoy ext_authz ([http])",
         lines: http,
     },
+    Section {
+        title: "Key-management HTTP API ([management_api], served on server.http_listen)",
+        lines: management_api,
+    },
 ];
 
 /// The whole report.
@@ -415,6 +419,44 @@ fn route_line(route: &RouteDefinition) -> String {
         }
     };
     format!("{} {}: {access}", route.methods.join(", "), route.path)
+}
+
+/// The served routes, the JSON names and the shape of scopes.
+fn management_api(config: &Config) -> Vec<String> {
+    let api = &config.management_api;
+    let mut lines = vec![match config.server.http_listen {
+        Some(address) => format!("listening on {address}"),
+        None => "not served (set server.http_listen or --http-listen)".into(),
+    }];
+    for route in &api.routes {
+        lines.push(format!(
+            "{} {}: {}",
+            route.method,
+            route.path,
+            route.operation.as_str()
+        ));
+    }
+    let fields = api.fields.shown();
+    lines.push(format!("key fields: {}", fields.join(", ")));
+    lines.push(format!(
+        "scopes as {}",
+        match api.scopes_shape {
+            crate::management_api::settings::ScopesShape::Names => "a list of names",
+            crate::management_api::settings::ScopesShape::Levels => "resource -> level",
+        }
+    ));
+    for toggle in &api.toggles {
+        lines.push(format!("{}: true grants {}", toggle.field, toggle.scope));
+    }
+    if !api.cors_allowed_origins.is_empty() {
+        let origins: Vec<&str> = api
+            .cors_allowed_origins
+            .iter()
+            .filter_map(|o| o.to_str().ok())
+            .collect();
+        lines.push(format!("browsers allowed from: {}", origins.join(", ")));
+    }
+    lines
 }
 
 #[cfg(test)]

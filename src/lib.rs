@@ -16,6 +16,7 @@ pub mod key_cache;
 pub mod key_format;
 pub mod key_management;
 pub mod last_use;
+pub mod management_api;
 pub mod operator_cli;
 pub mod proto;
 pub mod rate_limits;

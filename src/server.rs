@@ -31,6 +31,7 @@ use crate::config::{Config, SettingOrigins};
 use crate::ext_authz::{self, AuthorizationService, ExtAuthzApi};
 use crate::grpc::KeyServiceApi;
 use crate::grpc::request_gate::RequestGateLayer;
+use crate::management_api;
 use crate::proto;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::replica::Replica;
@@ -94,6 +95,7 @@ pub enum ServeError {
 pub struct RunningServer {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -107,6 +109,11 @@ impl RunningServer {
     /// The bound `/metrics` address, when metrics are on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The bound key-management HTTP API address, when it is served.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Asks the server to stop, as SIGTERM does, and waits until it has.
@@ -154,6 +161,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         }
         None => (None, None),
     };
+    let (http_listener, http_addr) = match config.server.http_listen {
+        Some(address) => {
+            let setting = SettingOrigins::name(
+                origins.http_listen.as_deref(),
+                "server.http_listen",
+                "--http-listen",
+            );
+            let (listener, addr) = bind(address, setting).await?;
+            (Some(listener), Some(addr))
+        }
+        None => (None, None),
+    };
 
     let store = storage::open(
         database_url,
@@ -184,14 +203,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         Prepared {
             tls,
             metrics: metrics_listener,
+            http: http_listener,
             hot_path,
         },
         stop.clone(),
     ));
-    tracing::info!(%addr, ?metrics_addr, "keyward listening");
+    tracing::info!(%addr, ?metrics_addr, ?http_addr, "keyward listening");
     Ok(RunningServer {
         addr,
         metrics_addr,
+        http_addr,
         stop,
         task,
     })
@@ -226,8 +247,12 @@ fn check_exposure(config: &Config) -> Result<HotPathAccess, ServeError> {
         );
     } else if config.server.insecure_open_management {
         tracing::warn!(%listen, "management RPCs are open to anyone who can reach this address (--insecure-open-management)");
-    } else if !listen.ip().is_loopback() {
-        return Err(ServeError::OpenManagement { address: listen });
+    } else if let Some(address) = [Some(listen), config.server.http_listen]
+        .into_iter()
+        .flatten()
+        .find(|address| !address.ip().is_loopback())
+    {
+        return Err(ServeError::OpenManagement { address });
     } else {
         tracing::warn!(%listen, "no management credentials configured: management RPCs are open to local callers only");
     }
@@ -261,6 +286,8 @@ fn check_exposure(config: &Config) -> Result<HotPathAccess, ServeError> {
 struct Prepared {
     tls: Option<tonic::transport::ServerTlsConfig>,
     metrics: Option<TcpListener>,
+    /// The key-management HTTP API's listener, when `http_listen` is set.
+    http: Option<TcpListener>,
     hot_path: HotPathAccess,
 }
 
@@ -290,6 +317,20 @@ async fn run(
             Arc::clone(&telemetry),
             Arc::clone(&replica) as Arc<dyn StateSource>,
             background.clone().cancelled_owned(),
+        ))
+    });
+
+    let http_server = prepared.http.map(|http_listener| {
+        tokio::spawn(management_api::serve(
+            http_listener,
+            management_api::router(
+                Arc::clone(replica.manager()),
+                Arc::new(AccessPolicy::new(&config.auth, prepared.hot_path)),
+                config.management_api.clone(),
+                config.http.responses.style(),
+                Arc::clone(&telemetry),
+            ),
+            stop.clone().cancelled_owned(),
         ))
     });
 
@@ -363,6 +404,11 @@ async fn run(
         }
     };
 
+    if let Some(http_server) = http_server {
+        // It drains with the gRPC server (same stop signal); bounded by the
+        // same grace period.
+        let _ = tokio::time::timeout(grace, http_server).await;
+    }
     background.cancel();
     let _ = health.watchdog.await;
     if let Some(metrics_server) = metrics_server {

@@ -15,6 +15,7 @@
 //!
 //! When metrics are off, every handle is a no-op.
 
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -87,7 +88,17 @@ const LATENCY_BUCKETS: [f64; 16] = [
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every metric's help text (and unit), registered when metrics are on.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 20] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 22] = [
+    (
+        "keyward_http_requests_total",
+        None,
+        "Key-management HTTP API requests by route (create, list, get, update, revoke, scopes) and HTTP status.",
+    ),
+    (
+        "keyward_http_request_duration_seconds",
+        Some(Unit::Seconds),
+        "Key-management HTTP API latency, by route.",
+    ),
     (
         "keyward_decisions_total",
         None,
@@ -406,6 +417,29 @@ impl Telemetry {
         self.bans_started.increment(1);
     }
 
+    /// Records a finished request of the key-management HTTP API, by route
+    /// (`create`, `list`, ...) and status. Registered on first use: this is
+    /// not the hot path.
+    pub fn record_http(&self, route: &'static str, status: u16, elapsed: Duration) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let registry = Registry(Some(recorder));
+        let route_label = Label::from_static_parts("route", route);
+        registry
+            .counter(
+                "keyward_http_requests_total",
+                vec![
+                    route_label.clone(),
+                    Label::new("status", status.to_string()),
+                ],
+            )
+            .increment(1);
+        registry
+            .histogram("keyward_http_request_duration_seconds", vec![route_label])
+            .record(elapsed.as_secs_f64());
+    }
+
     /// Records a finished gRPC request (`rpc` `None`: any other method).
     pub fn record_grpc(&self, rpc: Option<Rpc>, code: tonic::Code, elapsed: Duration) {
         let Some(recorder) = &self.recorder else {
@@ -465,6 +499,47 @@ impl Telemetry {
             }
         }
     }
+}
+
+/// Longest request id taken from a caller.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The caller's `x-request-id` when it is 1 to 128 visible ASCII characters,
+/// else a fresh one.
+pub fn request_id(headers: &http::HeaderMap) -> String {
+    match headers
+        .get(REQUEST_ID_HEADER)
+        .map(http::HeaderValue::as_bytes)
+    {
+        Some(given)
+            if !given.is_empty()
+                && given.len() <= MAX_REQUEST_ID_LEN
+                && given.iter().all(|b| b.is_ascii_graphic()) =>
+        {
+            String::from_utf8_lossy(given).into_owned()
+        }
+        _ => new_request_id(),
+    }
+}
+
+thread_local! {
+    /// Per-thread sequence from a random start: ids are unique with
+    /// overwhelming probability without a counter shared by all requests.
+    static NEXT_REQUEST_ID: Cell<u64> = Cell::new({
+        let mut seed = [0u8; 8];
+        // A failed CSPRNG only makes ids guessable, which they need not be.
+        let _ = getrandom::fill(&mut seed);
+        u64::from_le_bytes(seed)
+    });
+}
+
+fn new_request_id() -> String {
+    let id = NEXT_REQUEST_ID.with(|next| {
+        let id = next.get();
+        next.set(id.wrapping_add(1));
+        id
+    });
+    format!("kw-{id:016x}")
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub struct RawServer {
     pub tls_key: Option<String>,
     pub tls_client_ca: Option<String>,
     pub metrics_listen: Option<String>,
+    pub http_listen: Option<String>,
 }
 
 /// Server settings: the file's over the defaults, and for `serve` the
@@ -51,6 +52,9 @@ pub struct ServerSettings {
     pub origins: SettingOrigins,
     /// Where `/metrics` is served; `None`: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the key-management HTTP API (`[management_api]`) is served;
+    /// `None`: not served.
+    pub http_listen: Option<SocketAddr>,
     /// Management RPCs without credentials on a non-loopback address
     /// (`--insecure-open-management`; never from the file).
     pub insecure_open_management: bool,
@@ -67,6 +71,7 @@ pub struct SettingOrigins {
     pub listen: Option<String>,
     pub database_url: Option<String>,
     pub metrics_listen: Option<String>,
+    pub http_listen: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_client_ca: Option<String>,
@@ -99,6 +104,7 @@ impl ServerSettings {
             "server.metrics_listen",
             "127.0.0.1:9090",
         )?;
+        let http_listen = address(raw.http_listen, "server.http_listen", "127.0.0.1:8080")?;
         let tls_cert = path(raw.tls_cert, "server.tls_cert")?;
         let tls_key = path(raw.tls_key, "server.tls_key")?;
         let tls_client_ca = path(raw.tls_client_ca, "server.tls_client_ca")?;
@@ -108,6 +114,7 @@ impl ServerSettings {
                 listen: set_here(listen.is_some()),
                 database_url: set_here(database_url.is_some()),
                 metrics_listen: set_here(metrics_listen.is_some()),
+                http_listen: set_here(http_listen.is_some()),
                 tls_cert: set_here(tls_cert.is_some()),
                 tls_key: set_here(tls_key.is_some()),
                 tls_client_ca: set_here(tls_client_ca.is_some()),
@@ -118,6 +125,7 @@ impl ServerSettings {
             tls_key,
             tls_client_ca,
             metrics_listen,
+            http_listen,
             insecure_open_management: false,
             insecure_open_hot_path: false,
             max_connections: in_range(

@@ -17,7 +17,6 @@
 //! is at debug level, so at the default `info` level the hot path pays for
 //! no span; management RPCs get an info span.
 
-use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,9 +30,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::access_control::{AccessPolicy, Caller, Refusal, Rpc, RpcClass};
-use crate::telemetry::{REQUEST_ID_HEADER, Telemetry};
-
-const MAX_REQUEST_ID_LEN: usize = 128;
+use crate::telemetry::{REQUEST_ID_HEADER, Telemetry, request_id};
 
 struct Shared {
     policy: AccessPolicy,
@@ -188,41 +185,6 @@ fn echo_request_id(headers: &mut HeaderMap, request_id: &str) {
     }
 }
 
-/// The caller's `x-request-id` when it is 1 to 128 visible ASCII characters,
-/// else a fresh one.
-fn request_id(headers: &HeaderMap) -> String {
-    match headers.get(REQUEST_ID_HEADER).map(HeaderValue::as_bytes) {
-        Some(given)
-            if !given.is_empty()
-                && given.len() <= MAX_REQUEST_ID_LEN
-                && given.iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            String::from_utf8_lossy(given).into_owned()
-        }
-        _ => new_request_id(),
-    }
-}
-
-thread_local! {
-    /// Per-thread sequence from a random start: ids are unique with
-    /// overwhelming probability without a counter shared by all requests.
-    static NEXT_REQUEST_ID: Cell<u64> = Cell::new({
-        let mut seed = [0u8; 8];
-        // A failed CSPRNG only makes ids guessable, which they need not be.
-        let _ = getrandom::fill(&mut seed);
-        u64::from_le_bytes(seed)
-    });
-}
-
-fn new_request_id() -> String {
-    let id = NEXT_REQUEST_ID.with(|next| {
-        let id = next.get();
-        next.set(id.wrapping_add(1));
-        id
-    });
-    format!("kw-{id:016x}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,10 +196,10 @@ mod tests {
         assert_eq!(request_id(&headers), "abc-123");
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
         assert!(request_id(&headers).starts_with("kw-"));
-        let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        let long = "x".repeat(129);
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_str(&long).unwrap());
         assert!(request_id(&headers).starts_with("kw-"));
-        assert_ne!(new_request_id(), new_request_id());
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
     }
 
     #[test]

@@ -203,6 +203,21 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
             "not an address",
         ),
         (
+            "[server]\nhttp_listen = \"8080\"\n".into(),
+            "server.http_listen",
+            "not an address",
+        ),
+        (
+            "[management_api]\ncreate = \"POST keys\"\n".into(),
+            "management_api.create",
+            "not a route",
+        ),
+        (
+            "[management_api.fields]\nsecret = \"\"\n".into(),
+            "management_api.fields.secret",
+            "the secret is shown only there",
+        ),
+        (
             "[server]\ntls_cert = \"\"\n".into(),
             "server.tls_cert",
             "must be a file path",
@@ -527,6 +542,24 @@ fn startup_failures_name_the_setting_and_create_nothing() {
             format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
             vec!["--metrics-listen".into(), taken.clone()],
             format!("--metrics-listen {taken}: cannot listen"),
+        ),
+        (
+            format!(
+                "listen = \"127.0.0.1:0\"\nhttp_listen = \"{taken}\"\ndatabase_url = \"{database}\"\n"
+            ),
+            vec![],
+            format!("profile.toml: `server.http_listen`: {taken}: cannot listen"),
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
+            vec!["--http-listen".into(), taken.clone()],
+            format!("--http-listen {taken}: cannot listen"),
+        ),
+        (
+            // No management credentials: the HTTP API may only be on loopback.
+            format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),
+            vec!["--http-listen".into(), "0.0.0.0:0".into()],
+            "may only be served on a loopback address, not 0.0.0.0:0".into(),
         ),
         (
             format!("listen = \"127.0.0.1:0\"\ndatabase_url = \"{database}\"\n"),

@@ -16,6 +16,7 @@ mod hot_path;
 mod load_race;
 mod management;
 mod management_auth;
+mod management_http;
 mod metrics;
 mod operations;
 mod operator_cli;

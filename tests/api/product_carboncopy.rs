@@ -834,3 +834,84 @@ async fn carboncopy_privy_jwt_manages_only_its_own_accounts_keys() {
     assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
     app.shutdown().await;
 }
+
+/// 001's key-management session against keyward's HTTP API, verbatim:
+/// `curl -X POST .../api/v1/keys -H "Authorization: Bearer <privy-jwt>"
+/// -d '{ "name": "my-bot", "scopes": { "portfolio": "read" } }'`, then
+/// `GET /api/v1/keys` and `DELETE /api/v1/keys/{keyId}`, after which the
+/// key gets the documented 401.
+#[tokio::test]
+async fn carboncopy_documented_key_management_curl_session_runs_against_keyward() {
+    use crate::helpers::http_api::send;
+    const ENVOY_TOKEN: &str = "kwt_envoy_carboncopy_http_test";
+    let privy = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let public_key = dir.path().join("privy-verification-key.pem");
+    std::fs::write(&public_key, privy.public_key_pem()).unwrap();
+    let auth = commented_example(
+        "carboncopy",
+        "auth.jwt",
+        &[
+            ("<your Privy app id>", "test-privy-app-id"),
+            (
+                "/etc/keyward/privy-verification-key.pem",
+                &public_key.display().to_string(),
+            ),
+            (
+                "<SHA-256 of the token Envoy sends>",
+                &keyward::access_control::token_sha256_hex(ENVOY_TOKEN),
+            ),
+        ],
+    );
+    let mut config = carboncopy();
+    config.auth = Config::parse(&auth, "privy.toml").unwrap().auth;
+    config.server.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+    let http = app.http_addr().unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let user = "did:privy:cm0httpuser00000000000000";
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({"sub": user, "iss": "privy.io", "aud": "test-privy-app-id",
+                "iat": now, "exp": now + 300}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(privy.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {jwt}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+
+    let created = send(
+        http,
+        "POST",
+        "/api/v1/keys",
+        &headers,
+        r#"{ "name": "my-bot", "scopes": { "portfolio": "read" } }"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let body = created.json();
+    assert_eq!(body["scopes"], json!({"portfolio": "read"}));
+    assert_eq!(body["expiresAt"], Value::Null);
+    let secret = body["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with(PREFIX));
+    let id = body["id"].as_str().unwrap().to_owned();
+
+    let mut envoy = Envoy::with_token(app.channel.clone(), ENVOY_TOKEN);
+    let portfolio = || get("/api/v1/portfolio").bearer(&secret).build();
+    allowed(&envoy.check(portfolio()).await);
+
+    let listed = send(http, "GET", "/api/v1/keys", &headers, "").await;
+    assert_eq!(listed.json()[0]["id"], id.as_str());
+
+    let revoked = send(http, "DELETE", &format!("/api/v1/keys/{id}"), &headers, "").await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let refused = denied(&envoy.check(portfolio()).await);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.body["error"]["code"], "unauthorized");
+}

@@ -677,3 +677,119 @@ async fn cryptorobot_commented_jwt_example_lets_a_user_manage_only_their_own_key
     assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
     app.shutdown().await;
 }
+
+/// "Creating an API Key", "List Keys" and "Revoke a Key", sent verbatim to
+/// keyward's key-management HTTP API with the user's JWT (the profile's
+/// commented `[auth.jwt]`, filled in with a test key): the documented
+/// response shape, the key working through Envoy, and "Revoking an API key
+/// is immediate. Any requests using that key will receive a 401 error."
+#[tokio::test]
+async fn cryptorobot_documented_key_management_curl_session_runs_against_keyward() {
+    use crate::helpers::http_api::send;
+    const ENVOY_TOKEN: &str = "kwt_envoy_cryptorobot_test";
+    let fixture = |name: &str| format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let auth = commented_example(
+        "cryptorobot",
+        "auth.jwt",
+        &[
+            (
+                "<the issuer of CryptoRobot's session JWTs>",
+                "cryptorobot-test",
+            ),
+            ("<their audience>", "cryptorobot-api"),
+            (
+                "/etc/keyward/cryptorobot-jwt-public.pem",
+                &fixture("rs256-test-public.pem"),
+            ),
+            (
+                "<SHA-256 of the token Envoy sends>",
+                &keyward::access_control::token_sha256_hex(ENVOY_TOKEN),
+            ),
+        ],
+    );
+    let mut config = cryptorobot();
+    config.auth = Config::parse(&auth, "cryptorobot-auth.toml")
+        .expect("the profile's commented [auth.jwt] example, filled in")
+        .auth;
+    config.server.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+    let http = app.http_addr().expect("the HTTP API is on");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({"sub": ACCOUNT, "iss": "cryptorobot-test", "aud": "cryptorobot-api",
+                        "iat": now, "exp": now + 300});
+    let private = std::fs::read(fixture("rs256-test-private.pem")).unwrap();
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {jwt}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+
+    // The document's request body, verbatim.
+    let created = send(
+        http,
+        "POST",
+        "/keys",
+        &headers,
+        r#"{
+    "name": "My Trading Bot",
+    "scopes": ["read:strategies", "read:exchanges", "write:traders"]
+  }"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let body = created.json();
+    let fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        ["_id", "name", "key", "scopes", "lastUsed", "createdAt"]
+    );
+    assert_eq!(body["name"], "My Trading Bot");
+    assert_eq!(body["lastUsed"], Value::Null);
+    let secret = body["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with(PREFIX), "{secret}");
+    let granted: Vec<&str> = body["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for scope in ["read:strategies", "read:exchanges", "write:traders"] {
+        assert!(granted.contains(&scope), "{granted:?}");
+    }
+    let id = body["_id"].as_str().unwrap().to_owned();
+
+    let mut envoy = Envoy::with_token(app.channel.clone(), ENVOY_TOKEN);
+    allowed(
+        &envoy
+            .check(with_key(get("/strategies"), &secret).build())
+            .await,
+    );
+
+    let listed = send(http, "GET", "/keys", &headers, "").await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(listed.json()[0]["_id"], id.as_str());
+    assert!(!listed.body.contains(&secret), "shown only at creation");
+
+    let revoked = send(http, "DELETE", &format!("/keys/{id}"), &headers, "").await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let refused = denied(
+        &envoy
+            .check(with_key(get("/strategies"), &secret).build())
+            .await,
+    );
+    assert_eq!((refused.status, &refused.body), (401, &unauthorized()));
+}

@@ -861,3 +861,99 @@ async fn csboard_every_error_is_a_code_detail_json_body() {
     }
     app.shutdown().await;
 }
+
+/// The profile page's key actions over keyward's HTTP API (the routes are
+/// keyward's choice, the document names none): "Generate key" with a label,
+/// the key list, "toggle Trading enabled" (a boolean field granting
+/// `trading`), and revoking, each taking effect on the very next request
+/// through Envoy. The dashboard backend calls with a service token naming
+/// the user's account.
+#[tokio::test]
+async fn csboard_profile_page_actions_over_keywards_http_api() {
+    use crate::helpers::http_api::send;
+    const DASHBOARD: &str = "kwt_csboard_dashboard_test";
+    let mut config = csboard();
+    config.auth = Config::parse(
+        &format!(
+            "[auth]\nhot_path_requires_token = false\n[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"CreateKey\", \"ListKeys\", \"GetKey\", \"UpdateKey\", \"RevokeKey\"]",
+            keyward::access_control::token_sha256_hex(DASHBOARD)
+        ),
+        "csboard-auth.toml",
+    )
+    .unwrap()
+    .auth;
+    config.server.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+    let http = app.http_addr().unwrap();
+    let bearer = format!("Bearer {DASHBOARD}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-keyward-account", "csboard_user_1"),
+    ];
+
+    let created = send(
+        http,
+        "POST",
+        "/v1/keys",
+        &headers,
+        r#"{"label": "price-tracker-prod"}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let body = created.json();
+    assert_eq!(body["label"], "price-tracker-prod");
+    assert_eq!(body["tradingEnabled"], false);
+    let secret = body["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with(PREFIX));
+    let id = body["id"].as_str().unwrap().to_owned();
+
+    let mut envoy = Envoy::of(&app);
+    let order = || call("POST", "/v1/orders").bearer(&secret).build();
+    let refused = denied(&envoy.check(order()).await);
+    assert_eq!(
+        (refused.status, &refused.body),
+        (403, &trading_not_enabled())
+    );
+
+    let toggled = send(
+        http,
+        "PATCH",
+        &format!("/v1/keys/{id}"),
+        &headers,
+        r#"{"tradingEnabled": true}"#,
+    )
+    .await;
+    assert_eq!(toggled.status, 200, "{toggled:?}");
+    assert_eq!(toggled.json()["tradingEnabled"], true);
+    allowed(&envoy.check(order()).await);
+
+    let listed = send(http, "GET", "/v1/keys", &headers, "").await;
+    assert_eq!(listed.json()[0]["tradingEnabled"], true);
+
+    let revoked = send(http, "DELETE", &format!("/v1/keys/{id}"), &headers, "").await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let refused = denied(
+        &envoy
+            .check(get("/v1/listings").bearer(&secret).build())
+            .await,
+    );
+    assert_eq!((refused.status, &refused.body), (401, &invalid_api_key()));
+
+    // Every error of the HTTP API is the same code/detail body.
+    let error = send(
+        http,
+        "PATCH",
+        &format!("/v1/keys/{id}"),
+        &headers,
+        r#"{"trading": 1}"#,
+    )
+    .await;
+    assert_eq!(error.status, 400, "{error:?}");
+    assert!(
+        error.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("trading: "),
+        "{error:?}"
+    );
+}

@@ -660,3 +660,70 @@ async fn tradejournal_scopes_endpoint_and_list_scopes_show_the_live_catalog() {
     assert_eq!(catalog.key_prefix, PREFIX);
     app.shutdown().await;
 }
+
+/// "The live catalog is also available via GET /api/v1/scopes", served by
+/// keyward's HTTP API from the profile's catalog without a credential, and
+/// "you have three presets" in the create body.
+#[tokio::test]
+async fn tradejournal_scopes_route_and_presets_over_keywards_http_api() {
+    use crate::helpers::http_api::send;
+    const DASHBOARD: &str = "kwt_tradejournal_dashboard_test";
+    let mut config = profile("tradejournal");
+    config.auth = Config::parse(
+        &format!(
+            "[auth]\nhot_path_requires_token = false\n[[auth.service_tokens]]\nname = \"dashboard\"\nsha256 = \"{}\"\nrpcs = [\"CreateKey\", \"ListKeys\"]",
+            keyward::access_control::token_sha256_hex(DASHBOARD)
+        ),
+        "tradejournal-auth.toml",
+    )
+    .unwrap()
+    .auth;
+    config.server.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+    let http = app.http_addr().unwrap();
+
+    let catalog = send(http, "GET", "/api/v1/scopes", &[], "").await;
+    assert_eq!(catalog.status, 200, "{catalog:?}");
+    let catalog = catalog.json();
+    let names: Vec<&str> = catalog["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"read:trades") && names.contains(&"write:settings"),
+        "{names:?}"
+    );
+    let presets: Vec<&str> = catalog["presets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(presets, ["read-everything", "read-write-everything"]);
+
+    let bearer = format!("Bearer {DASHBOARD}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-keyward-account", "journal_user_1"),
+    ];
+    let created = send(
+        http,
+        "POST",
+        "/api/v1/keys",
+        &headers,
+        r#"{"name": "agent", "preset": "read-everything"}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let secret = created.json()["secret"].as_str().unwrap().to_owned();
+    let reads = app
+        .authenticate(&format!("Bearer {secret}"), &["read:trades"])
+        .await;
+    assert!(reads.allowed, "{reads:?}");
+    let writes = app
+        .authenticate(&format!("Bearer {secret}"), &["write:trades"])
+        .await;
+    assert!(!writes.allowed, "read everything grants no write");
+}

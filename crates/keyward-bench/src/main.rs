@@ -22,6 +22,7 @@ use keyward_testkit::TestDatabase;
 pub(crate) const CARBONCOPY_PROFILE: &str = include_str!("../../../profiles/carboncopy.toml");
 
 mod hot_path;
+mod http_api;
 mod lean_client;
 mod load;
 mod seed;
@@ -297,6 +298,7 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         format!("CreateKey ({} keys)", args.keys),
         latency(&create_stats),
     ));
+    rows.extend(http_api::create_over_http_and_grpc(&server, &channels, &args).await?);
 
     let keys = Arc::new(created.secrets.clone());
     let miss_stats = authenticate_each_once(&channels, &keys, args.concurrency).await;

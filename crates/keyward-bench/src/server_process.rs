@@ -14,6 +14,8 @@ use super::BenchError;
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The key-management HTTP API (`--http-listen`).
+    pub http_addr: SocketAddr,
 }
 
 impl ServerProcess {
@@ -26,10 +28,14 @@ impl ServerProcess {
     ) -> Result<Self, BenchError> {
         let port = keyward_testkit::free_port("127.0.0.1");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let http_addr: SocketAddr =
+            ([127, 0, 0, 1], keyward_testkit::free_port("127.0.0.1")).into();
         let child = Command::new(binary)
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--http-listen")
+            .arg(http_addr.to_string())
             .arg("--database-url")
             .arg(database_url)
             .arg("--config")
@@ -39,7 +45,11 @@ impl ServerProcess {
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
-        let server = Self { child, addr };
+        let server = Self {
+            child,
+            addr,
+            http_addr,
+        };
         server.wait_until_serving().await?;
         Ok(server)
     }

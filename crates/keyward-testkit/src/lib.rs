@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 pub mod envoy;
+pub mod http_api;
 pub mod pg_proxy;
 pub mod postgres;
 pub mod stalling_proxy;
@@ -278,6 +279,12 @@ impl TestApp {
     /// The `/metrics` address, when the config turned metrics on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.server.as_ref().and_then(RunningServer::metrics_addr)
+    }
+
+    /// The key-management HTTP API's address, when `server.http_listen`
+    /// was set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(RunningServer::http_addr)
     }
 
     /// The gRPC address.
