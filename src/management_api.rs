@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use crate::access_control::{AccessPolicy, Caller, Refusal, Rpc};
 use crate::denial::DenialText;
@@ -169,11 +170,12 @@ impl Api {
         let request_id = request_id(&headers);
         let span =
             tracing::info_span!("http", route = operation.as_str(), request_id = %request_id);
-        let result = {
-            let _entered = span.enter();
-            self.serve(operation, key.as_deref(), query.as_deref(), &headers, &body)
-        }
-        .await;
+        // The span covers the whole call, its awaits included, so the key
+        // manager's log lines carry the route and request id.
+        let result = self
+            .serve(operation, key.as_deref(), query.as_deref(), &headers, &body)
+            .instrument(span.clone())
+            .await;
         let mut response = match result {
             Ok((status, body)) => json_response(status, &body),
             Err(error) => span.in_scope(|| self.error_response(error)),
