@@ -3,8 +3,10 @@
 //! replicas). Both pass the same conformance suite
 //! (`tests/api/storage_conformance.rs`).
 //!
-//! Every write that removes or alters access appends to the event log
-//! (`key_events`) in the same transaction; the log is what replicas follow.
+//! Every write to a key (its creation, and each change that removes or
+//! alters access) appends to the event log (`key_events`) in the same
+//! transaction; the log is what replicas follow, and an event's sequence is
+//! the write's revision (read-your-writes across replicas).
 
 use std::fmt;
 use std::str::FromStr;
@@ -73,6 +75,16 @@ pub struct KeyRecord {
     pub last_used_at: Option<UnixMillis>,
 }
 
+/// A key as a write left it, and the write's revision: the sequence of the
+/// last event it logged or, for a write that logged nothing (revoking a
+/// revoked key, an update that changed nothing), the log's latest sequence
+/// when the write read the key, which is past every event about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub record: KeyRecord,
+    pub revision: u64,
+}
+
 /// What UpdateKey changes; `None` leaves a field alone.
 #[derive(Debug, Clone, Default)]
 pub struct KeyUpdate {
@@ -85,6 +97,7 @@ pub struct KeyUpdate {
 /// What a logged change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
+    Created,
     Revoked,
     ScopesChanged,
     RateLimitChanged,
@@ -94,6 +107,7 @@ pub enum EventKind {
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::Created => "created",
             EventKind::Revoked => "revoked",
             EventKind::ScopesChanged => "scopes_changed",
             EventKind::RateLimitChanged => "rate_limit_changed",
@@ -107,6 +121,7 @@ impl FromStr for EventKind {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
+            "created" => Ok(EventKind::Created),
             "revoked" => Ok(EventKind::Revoked),
             "scopes_changed" => Ok(EventKind::ScopesChanged),
             "rate_limit_changed" => Ok(EventKind::RateLimitChanged),
@@ -176,8 +191,8 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Inserts a key unless the account already has `max_active` active keys.
     /// Holds under concurrency: the check and the insert are one transaction
-    /// serialized per account.
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError>;
+    /// serialized per account. Logs a `created` event.
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError>;
 
     /// Revokes a key of `account`, logging a `revoked` event. Revoking a
     /// revoked key returns it unchanged and logs nothing.
@@ -186,7 +201,7 @@ pub trait KeyStore: Send + Sync + 'static {
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError>;
+    ) -> Result<Written, StoreError>;
 
     /// Applies `update` to a key of `account`, logging one event per changed
     /// aspect. Revoked keys cannot be changed (`KeyRevoked`).
@@ -196,7 +211,7 @@ pub trait KeyStore: Send + Sync + 'static {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError>;
+    ) -> Result<Written, StoreError>;
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError>;
 

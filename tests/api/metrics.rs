@@ -51,6 +51,7 @@ async fn authenticate_from(app: &mut TestApp, credential: &str, scopes: &[&str],
             credential: credential.into(),
             required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             client_ip: ip.into(),
+            ..Default::default()
         })
         .await
         .expect("Authenticate answers");
