@@ -3,10 +3,10 @@
 //! replicas). Both pass the same conformance suite
 //! (`tests/api/storage_conformance.rs`).
 //!
-//! Every write to a key (its creation, and each change that removes or
-//! alters access) appends to the event log (`key_events`) in the same
-//! transaction; the log is what replicas follow, and an event's sequence is
-//! the write's revision (read-your-writes across replicas).
+//! Every write that removes or alters access appends to the event log
+//! (`key_events`) in the same transaction; the log is what replicas follow,
+//! and an event's sequence is the write's revision (read-your-writes across
+//! replicas).
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,9 +76,9 @@ pub struct KeyRecord {
 }
 
 /// A key as a write left it, and the write's revision: the sequence of the
-/// last event it logged or, for a write that logged nothing (revoking a
-/// revoked key, an update that changed nothing), the log's latest sequence
-/// when the write read the key, which is past every event about it.
+/// last event it logged or, for a write that logged nothing (a creation,
+/// revoking a revoked key, an update that changed nothing), the log's latest
+/// sequence when the write read the key, which is past every event about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub record: KeyRecord,
@@ -97,7 +97,6 @@ pub struct KeyUpdate {
 /// What a logged change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
-    Created,
     Revoked,
     ScopesChanged,
     RateLimitChanged,
@@ -107,7 +106,6 @@ pub enum EventKind {
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            EventKind::Created => "created",
             EventKind::Revoked => "revoked",
             EventKind::ScopesChanged => "scopes_changed",
             EventKind::RateLimitChanged => "rate_limit_changed",
@@ -121,7 +119,6 @@ impl FromStr for EventKind {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
-            "created" => Ok(EventKind::Created),
             "revoked" => Ok(EventKind::Revoked),
             "scopes_changed" => Ok(EventKind::ScopesChanged),
             "rate_limit_changed" => Ok(EventKind::RateLimitChanged),
@@ -191,7 +188,8 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Inserts a key unless the account already has `max_active` active keys.
     /// Holds under concurrency: the check and the insert are one transaction
-    /// serialized per account. Logs a `created` event.
+    /// serialized per account. Logs no event (nothing to revoke from any
+    /// cache); its revision is the log's latest sequence.
     async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError>;
 
     /// Revokes a key of `account`, logging a `revoked` event. Revoking a

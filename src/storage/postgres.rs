@@ -115,6 +115,18 @@ impl PostgresStore {
     append_event_fn!(sqlx::PgConnection);
 }
 
+/// The highest sequence ever assigned (events may have been pruned since),
+/// as `conn` sees the log.
+async fn latest_seq_in(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
+         (SELECT pruned_through FROM feed_state WHERE id = 1))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(to_u64(seq))
+}
+
 /// The one-statement revoke's row: the key and its event's sequence.
 #[derive(sqlx::FromRow)]
 struct RevokedRow {
@@ -143,8 +155,7 @@ impl_key_store!(PostgresStore, {
             .await?;
         insert_key_within_limit!(tx, key, max_active);
         let record = key.into_record();
-        let revision =
-            Self::append_event(&mut tx, &record, EventKind::Created, record.created_at).await?;
+        let revision = latest_seq_in(&mut tx).await?;
         tx.commit().await?;
         Ok(Written { record, revision })
     }
@@ -211,13 +222,8 @@ impl_key_store!(PostgresStore, {
     }
 
     async fn latest_seq(&self) -> Result<u64, StoreError> {
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
-             (SELECT pruned_through FROM feed_state WHERE id = 1))",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(to_u64(seq))
+        let mut conn = self.pool.acquire().await?;
+        latest_seq_in(&mut conn).await
     }
 
     async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {

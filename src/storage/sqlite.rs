@@ -99,6 +99,19 @@ impl SqliteStore {
     append_event_fn!(sqlx::SqliteConnection);
 }
 
+/// The highest sequence ever assigned (events may have been pruned since),
+/// as `conn` sees the log.
+async fn latest_seq_in(conn: &mut sqlx::SqliteConnection) -> Result<u64, StoreError> {
+    // SQLite has no GREATEST; its MAX with two arguments is the same.
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
+         (SELECT pruned_through FROM feed_state WHERE id = 1))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(to_u64(seq))
+}
+
 impl_key_store!(SqliteStore, {
     fn backend(&self) -> Backend {
         Backend::Sqlite
@@ -112,10 +125,8 @@ impl_key_store!(SqliteStore, {
             .await?;
         insert_key_within_limit!(tx, key, max_active);
         let record = key.into_record();
-        let revision =
-            Self::append_event(&mut tx, &record, EventKind::Created, record.created_at).await?;
+        let revision = latest_seq_in(&mut tx).await?;
         tx.commit().await?;
-        self.wake_followers();
         Ok(Written { record, revision })
     }
 
@@ -168,14 +179,8 @@ impl_key_store!(SqliteStore, {
     }
 
     async fn latest_seq(&self) -> Result<u64, StoreError> {
-        // SQLite has no GREATEST; its MAX with two arguments is the same.
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
-             (SELECT pruned_through FROM feed_state WHERE id = 1))",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(to_u64(seq))
+        let mut conn = self.pool.acquire().await?;
+        latest_seq_in(&mut conn).await
     }
 
     async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {

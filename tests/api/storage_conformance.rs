@@ -203,19 +203,22 @@ async fn events_are_read_in_order_from_any_point(db: Db) {
         return;
     };
     let start = store.latest_seq().await.unwrap();
-    let mut ids = Vec::new();
+    // A revocation's revision is the sequence of the event it logged.
+    let mut logged = Vec::new();
     for i in 0..25 {
-        let key = store
+        let created = store
             .create_key(new_key(&format!("acct_{i}"), &format!("s{i}")), 10)
             .await
-            .unwrap()
-            .record;
-        store
-            .revoke_key(&key.account_id, &key.id, UnixMillis::now())
+            .unwrap();
+        let revoked = store
+            .revoke_key(
+                &created.record.account_id,
+                &created.record.id,
+                UnixMillis::now(),
+            )
             .await
-            .unwrap()
-            .record;
-        ids.push(key.id);
+            .unwrap();
+        logged.push((revoked.revision, created.record.id, "revoked"));
     }
 
     let all = store.events_after(start, 1000).await.unwrap();
@@ -226,8 +229,10 @@ async fn events_are_read_in_order_from_any_point(db: Db) {
         .unwrap();
 
     assert_eq!(
-        all.iter().map(|e| e.key_id.clone()).collect::<Vec<_>>(),
-        ids
+        all.iter()
+            .map(|e| (e.seq, e.key_id.clone(), e.kind.as_str()))
+            .collect::<Vec<_>>(),
+        logged
     );
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!([paged_first, paged_rest].concat(), all);
@@ -438,6 +443,7 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
         .await
         .unwrap()
         .record;
+    let logged_before = store.latest_seq().await.unwrap();
     let mut stalled = sqlx::PgConnection::connect(&database.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut stalled).await.unwrap();
     sqlx::query(
@@ -475,7 +481,13 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
     assert!(matches!(update, Err(StoreError::Database(_))), "{update:?}");
     let untouched = store.get_key(&key.account_id, &key.id).await.unwrap();
     assert_eq!(untouched, key, "nothing half done");
-    assert!(store.events_after(0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .events_after(logged_before, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     stalled.close().await.unwrap();
     let revoked = store
