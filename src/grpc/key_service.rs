@@ -363,9 +363,11 @@ impl KeyService for KeyServiceApi {
         let stream = watch::start(
             Arc::clone(&self.feed),
             request.after_seq,
-            account,
+            watch::Asked {
+                account,
+                checkpoints,
+            },
             caller.identity.clone(),
-            checkpoints,
         )
         .await?;
         Ok(Response::new(stream))

@@ -66,6 +66,14 @@ pub const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest.
 pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(3_600);
 
+/// What a consumer asked of its stream, besides where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// Only this account's events.
+    pub account: Option<AccountId>,
+    pub checkpoints: Checkpoints,
+}
+
 /// How often a stream sends checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checkpoints {
@@ -90,9 +98,8 @@ fn to_proto(event: &KeyEvent) -> RevocationEvent {
 pub async fn start(
     feed: Arc<ChangeFeed>,
     after_seq: u64,
-    account: Option<AccountId>,
+    asked: Asked,
     caller: CallerIdentity,
-    checkpoints: Checkpoints,
 ) -> Result<EventStream, Status> {
     let permit = feed
         .admit_watcher(caller.to_string())
@@ -133,8 +140,7 @@ pub async fn start(
         live,
         start_at,
         after_seq == 0,
-        account,
-        checkpoints,
+        asked,
         outbox,
         permit,
     ));
@@ -214,8 +220,7 @@ async fn run(
     live: broadcast::Receiver<FeedItem>,
     position: u64,
     announce: bool,
-    account: Option<AccountId>,
-    checkpoints: Checkpoints,
+    asked: Asked,
     outbox: mpsc::Sender<Result<RevocationEvent, Status>>,
     // Held for the stream's life: it is what bounds the number of streams.
     _permit: WatcherPermit,
@@ -232,17 +237,7 @@ async fn run(
         stall_limit: feed.settings().checkpoint_interval,
         closing: feed.closing().clone(),
     };
-    if let Some(status) = follow(
-        &feed,
-        live,
-        position,
-        announce,
-        account,
-        checkpoints,
-        &outbox,
-    )
-    .await
-    {
+    if let Some(status) = follow(&feed, live, position, announce, asked, &outbox).await {
         let _ = last.send(Err(status));
     }
 }
@@ -270,8 +265,10 @@ async fn follow(
     mut live: broadcast::Receiver<FeedItem>,
     mut position: u64,
     announce: bool,
-    account: Option<AccountId>,
-    checkpoints: Checkpoints,
+    Asked {
+        account,
+        checkpoints,
+    }: Asked,
     outbox: &Outbox,
 ) -> Option<Status> {
     let wanted = |event: &KeyEvent| account.as_ref().is_none_or(|a| *a == event.account_id);

@@ -191,8 +191,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
             .await
-            .unwrap()
-            .record;
+            .unwrap();
         release.send(()).unwrap();
     };
     let (in_flight, ()) = tokio::join!(lookup, revoke);
@@ -243,8 +242,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
             .await
-            .unwrap()
-            .record;
+            .unwrap();
         release.send(()).unwrap();
     };
     let (in_flight, ()) = tokio::join!(lookup, revoke);
@@ -323,8 +321,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
                 .manager
                 .revoke(&AccountId::parse("acct_2").unwrap(), other)
                 .await
-                .unwrap()
-                .record;
+                .unwrap();
             release.send(()).unwrap();
         }
         // Read 3: this key is revoked while the read holds the live row.
@@ -334,8 +331,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
             .await
-            .unwrap()
-            .record;
+            .unwrap();
         release.send(()).unwrap();
     };
     let (in_flight, ()) = tokio::join!(lookup, changes);
@@ -406,7 +402,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
                     .manager
                     .revoke(&AccountId::parse(account).unwrap(), other)
                     .await
-                    .unwrap().record;
+                    .unwrap();
                 release.send(()).unwrap();
             }
         }

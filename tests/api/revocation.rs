@@ -151,8 +151,7 @@ impl Follower {
         self.store
             .revoke_key(&key.account_id, &key.id, keyward::domain::UnixMillis::now())
             .await
-            .unwrap()
-            .record;
+            .unwrap();
     }
 
     /// The broadcast items so far: events' sequences, and gaps.
@@ -312,8 +311,7 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
         store
             .revoke_key(&key.account_id, &key.id, UnixMillis(1_000 * (i as i64 + 1)))
             .await
-            .unwrap()
-            .record;
+            .unwrap();
     }
     store.prune_events(UnixMillis(2_500)).await.unwrap();
     assert_eq!(

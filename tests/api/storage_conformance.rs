@@ -184,8 +184,7 @@ async fn updates_log_one_event_per_change(db: Db) {
     store
         .revoke_key(&key.account_id, &key.id, UnixMillis(9))
         .await
-        .unwrap()
-        .record;
+        .unwrap();
     let refused = store
         .update_key(
             &key.account_id,
@@ -262,13 +261,11 @@ async fn pruning_removes_a_prefix_and_remembers_it(db: Db) {
     store
         .revoke_key(&key_a.account_id, &key_a.id, UnixMillis(1_000))
         .await
-        .unwrap()
-        .record;
+        .unwrap();
     store
         .revoke_key(&key_b.account_id, &key_b.id, UnixMillis(5_000))
         .await
-        .unwrap()
-        .record;
+        .unwrap();
     let latest = store.latest_seq().await.unwrap();
 
     let deleted = store.prune_events(UnixMillis(2_000)).await.unwrap();
@@ -292,8 +289,7 @@ async fn pruning_removes_a_prefix_and_remembers_it(db: Db) {
     store
         .revoke_key(&key_c.account_id, &key_c.id, UnixMillis::now())
         .await
-        .unwrap()
-        .record;
+        .unwrap();
     assert!(store.latest_seq().await.unwrap() > latest);
 }
 
@@ -408,8 +404,7 @@ async fn wakeups_follow_appends(db: Db) {
     store
         .revoke_key(&key.account_id, &key.id, UnixMillis::now())
         .await
-        .unwrap()
-        .record;
+        .unwrap();
     let woke = tokio::time::timeout(Duration::from_secs(5), wakeups.recv()).await;
     assert!(matches!(woke, Ok(Some(_))), "{woke:?}");
 }

@@ -512,8 +512,7 @@ async fn service_pruning_on_read(
             .record;
         real.revoke_key(&account, &key.id, UnixMillis(1_000 + i as i64))
             .await
-            .unwrap()
-            .record;
+            .unwrap();
     }
     let store: Arc<dyn KeyStore> = Decorated::new(
         Arc::clone(&real),
