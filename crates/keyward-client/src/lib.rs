@@ -21,5 +21,6 @@ pub use client::{Client, ClientConfig, Error, TlsConfig, TokenInterceptor};
 pub use keyward_proto as proto;
 pub use layer::{CredentialSource, KeywardBody, KeywardLayer, KeywardService, grpc_code};
 pub use verifier::{
-    Denial, DenialReason, Identity, StalePolicy, Verdict, Verifier, VerifierConfig, metric_names,
+    Denial, DenialReason, Identity, StalePolicy, Stats, Verdict, Verifier, VerifierConfig,
+    metric_names,
 };

@@ -292,6 +292,41 @@ struct Guard {
     epoch: u64,
 }
 
+/// Counts kept by one verifier since it started (the metrics are the
+/// process-wide view of the same).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Verifications answered from the cache.
+    pub local_hits: u64,
+    /// Authenticate calls made.
+    pub remote_calls: u64,
+    /// Verifications refused locally (not current, or keyward unreachable).
+    pub fail_closed: u64,
+    /// RecordUsage calls made (successful or not).
+    pub usage_flushes: u64,
+    /// Key uses sent with RecordUsage.
+    pub uses_reported: u64,
+    /// Caches emptied after OUT_OF_RANGE.
+    pub resyncs: u64,
+    /// WatchRevocations streams opened.
+    pub streams_opened: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    local_hits: AtomicU64,
+    remote_calls: AtomicU64,
+    fail_closed: AtomicU64,
+    usage_flushes: AtomicU64,
+    uses_reported: AtomicU64,
+    resyncs: AtomicU64,
+    streams_opened: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
 const RECENT_RETENTION: Duration = Duration::from_secs(60);
 const RECENT_MAX: usize = 100_000;
 
@@ -310,6 +345,7 @@ struct Shared {
     proof_ms: AtomicU64,
     /// Entries used locally since the last RecordUsage.
     usage: Mutex<Vec<Arc<Entry>>>,
+    counters: Counters,
 }
 
 /// Verifies credentials in-process; cheap to clone. See the crate docs for
@@ -387,6 +423,7 @@ impl Verifier {
             base: Instant::now(),
             proof_ms: AtomicU64::new(0),
             usage: Mutex::new(Vec::new()),
+            counters: Counters::default(),
         });
         let stop = CancellationToken::new();
         let handles = vec![
@@ -428,6 +465,21 @@ impl Verifier {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// This verifier's counts so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            local_hits: get(&c.local_hits),
+            remote_calls: get(&c.remote_calls),
+            fail_closed: get(&c.fail_closed),
+            usage_flushes: get(&c.usage_flushes),
+            uses_reported: get(&c.uses_reported),
+            resyncs: get(&c.resyncs),
+            streams_opened: get(&c.streams_opened),
         }
     }
 
@@ -503,6 +555,7 @@ impl Shared {
     }
 
     fn fail_closed(&self, message: &str) -> Verdict {
+        bump(&self.counters.fail_closed, 1);
         metrics::counter!(metric_names::FAIL_CLOSED).increment(1);
         Verdict::Denied(Denial::unavailable(message))
     }
@@ -538,6 +591,7 @@ impl Shared {
                     .all(|s| entry.identity.0.scopes.contains(s.as_ref()))
             {
                 self.record_use(&entry, now);
+                bump(&self.counters.local_hits, 1);
                 metrics::counter!(metric_names::LOCAL_HITS).increment(1);
                 return Verdict::Allowed(entry.identity.clone());
             }
@@ -595,6 +649,7 @@ impl Shared {
             client_ip: client_ip.unwrap_or_default().to_owned(),
             min_revision: start.max(min_revision),
         };
+        bump(&self.counters.remote_calls, 1);
         let response = match self.shared_client().authenticate(request).await {
             Ok(response) => response,
             Err(error) => {
@@ -692,6 +747,7 @@ impl Shared {
 
     /// OUT_OF_RANGE: empty the cache and start again from 0.
     fn resync(&self) {
+        bump(&self.counters.resyncs, 1);
         metrics::counter!(metric_names::RESYNCS).increment(1);
         let mut guard = lock(&self.guard);
         Self::forget_all(&mut guard, &self.cache);
@@ -752,8 +808,10 @@ impl Shared {
             let request = proto::RecordUsageRequest {
                 uses: chunk.to_vec(),
             };
+            bump(&self.counters.usage_flushes, 1);
             match self.client.record_usage(request).await {
                 Ok(_) => {
+                    bump(&self.counters.uses_reported, chunk.len() as u64);
                     metrics::counter!(metric_names::USAGE_FLUSHES, "result" => "ok").increment(1);
                 }
                 Err(error) => {
@@ -799,6 +857,7 @@ async fn follow_stream(shared: Arc<Shared>, stop: CancellationToken) {
         match opening {
             Ok(mut stream) => {
                 opened += 1;
+                bump(&shared.counters.streams_opened, 1);
                 if opened > 1 {
                     metrics::counter!(metric_names::RECONNECTS).increment(1);
                 }
