@@ -162,7 +162,7 @@ async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
         })
         .await
         .unwrap();
-    (record.id, secret.into_exposed())
+    (record.record.id, secret.into_exposed())
 }
 
 fn reason(verdict: &keyward::authenticator::Verdict) -> Option<Reason> {
@@ -178,6 +178,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
         surface: Surface::Authenticate,
+        min_revision: 0,
         key: PresentedKey::Credential(&secret),
         required: Required::Scopes(&[]),
         account: None,
@@ -190,7 +191,8 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         release.send(()).unwrap();
     };
     let (in_flight, ()) = tokio::join!(lookup, revoke);
@@ -206,6 +208,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let after = authenticator
         .authenticate(Presented {
             surface: Surface::Authenticate,
+            min_revision: 0,
             key: PresentedKey::Credential(&secret),
             required: Required::Scopes(&[]),
             account: None,
@@ -228,6 +231,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
         surface: Surface::CheckScope,
+        min_revision: 0,
         key: PresentedKey::Id(&id),
         required: Required::Scopes(&[]),
         account: None,
@@ -239,7 +243,8 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         release.send(()).unwrap();
     };
     let (in_flight, ()) = tokio::join!(lookup, revoke);
@@ -253,6 +258,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
     let after = authenticator
         .authenticate(Presented {
             surface: Surface::CheckScope,
+            min_revision: 0,
             key: PresentedKey::Id(&id),
             required: Required::Scopes(&[]),
             account: None,
@@ -302,6 +308,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         required: Required::Scopes(&[]),
         account: None,
         client: None,
+        min_revision: 0,
     };
 
     let reads_before = parts.store.hooks.key_reads();
@@ -316,7 +323,8 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
                 .manager
                 .revoke(&AccountId::parse("acct_2").unwrap(), other)
                 .await
-                .unwrap();
+                .unwrap()
+                .record;
             release.send(()).unwrap();
         }
         // Read 3: this key is revoked while the read holds the live row.
@@ -326,7 +334,8 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
             .manager
             .revoke(&AccountId::parse("acct_1").unwrap(), &id)
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         release.send(()).unwrap();
     };
     let (in_flight, ()) = tokio::join!(lookup, changes);
@@ -372,6 +381,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
     }
     let presented = || Presented {
         surface: Surface::Authenticate,
+        min_revision: 0,
         key: PresentedKey::Credential(&secret),
         required: Required::Scopes(&[]),
         account: None,
@@ -396,7 +406,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
                     .manager
                     .revoke(&AccountId::parse(account).unwrap(), other)
                     .await
-                    .unwrap();
+                    .unwrap().record;
                 release.send(()).unwrap();
             }
         }
@@ -457,6 +467,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
     fn presented(secret: &str) -> Presented<'_> {
         Presented {
             surface: Surface::Authenticate,
+            min_revision: 0,
             key: PresentedKey::Credential(secret),
             required: Required::Scopes(&[]),
             account: None,

@@ -108,7 +108,8 @@ async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
                     10,
                 )
                 .await
-                .unwrap(),
+                .unwrap()
+                .record,
         );
     }
     Some(Follower {
@@ -150,7 +151,8 @@ impl Follower {
         self.store
             .revoke_key(&key.account_id, &key.id, keyward::domain::UnixMillis::now())
             .await
-            .unwrap();
+            .unwrap()
+            .record;
     }
 
     /// The broadcast items so far: events' sequences, and gaps.
@@ -291,7 +293,8 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
                 10,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         keys.push(key);
     }
     // The replica caches the fourth key, then is cut off while three
@@ -309,7 +312,8 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
         store
             .revoke_key(&key.account_id, &key.id, UnixMillis(1_000 * (i as i64 + 1)))
             .await
-            .unwrap();
+            .unwrap()
+            .record;
     }
     store.prune_events(UnixMillis(2_500)).await.unwrap();
     assert_eq!(

@@ -415,6 +415,7 @@ fn authenticate_call(
                     credential: format!("Bearer {secret}"),
                     required_scopes: vec!["portfolio:read".into()],
                     client_ip: String::new(),
+                    ..Default::default()
                 })
             })
             .collect(),
@@ -654,6 +655,7 @@ async fn garbage_addresses(
                     credential: format!("Bearer cc_{i:x}"),
                     required_scopes: vec![],
                     client_ip: address,
+                    ..Default::default()
                 })
                 .await
                 .is_ok_and(|reply| !reply.into_inner().allowed)
@@ -900,6 +902,7 @@ async fn h2load_cross_check(
         credential: format!("Bearer {secret}"),
         required_scopes: vec!["portfolio:read".into()],
         client_ip: String::new(),
+        ..Default::default()
     };
     let allowed = KeyServiceClient::new(channel.clone())
         .authenticate(authenticate.clone())
