@@ -372,7 +372,7 @@ impl fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("client", &self.shared.client)
             .field("config", &self.shared.config)
-            .field("cached_answers", &self.shared.cache.entry_count())
+            .field("cached_answers", &self.cached_answers())
             .field("applied_revision", &*self.shared.applied.borrow())
             .field("current", &self.is_current())
             .finish()
