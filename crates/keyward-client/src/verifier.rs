@@ -468,6 +468,16 @@ impl Verifier {
         }
     }
 
+    /// Waits until the stream has applied `revision` (a write's), up to
+    /// `timeout`; returns whether it did.
+    pub async fn wait_for_revision(&self, revision: u64, timeout: Duration) -> bool {
+        let mut receiver = self.shared.applied.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, receiver.wait_for(|applied| *applied >= revision)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// This verifier's counts so far.
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;
