@@ -27,6 +27,7 @@ mod lean_client;
 mod load;
 mod seed;
 mod server_process;
+mod verifier_bench;
 
 use lean_client::{AuthenticateVerdict, CheckVerdict, HealthVerdict, PreEncoded};
 use load::{LoadStats, closed_loop, closed_loop_count, open_loop};
@@ -97,6 +98,10 @@ pub struct BenchArgs {
     /// Only the memory measurement.
     #[arg(long)]
     pub only_memory: bool,
+    /// Only the keyward-client section (Verifier cache hit, axum with
+    /// KeywardLayer against without, revocations reaching a Verifier).
+    #[arg(long)]
+    pub only_client: bool,
     /// Only the in-process cache-hit measurement (for profilers such as
     /// `valgrind --tool=callgrind`), with this many calls.
     #[arg(long, value_name = "CALLS")]
@@ -227,6 +232,11 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
 
     if args.only_memory {
         rows.push(memory_per_key(&config, &args).await?);
+        return Ok(rows);
+    }
+    if args.only_client {
+        let database = bench_database(&args).await?;
+        rows.extend(verifier_bench::run(&args, &args.keyward_binary()?, &config, &database).await?);
         return Ok(rows);
     }
     let calls = match args.only_hot_path {
