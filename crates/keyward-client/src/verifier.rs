@@ -29,8 +29,8 @@ pub mod metric_names {
     /// Counter: verifications refused locally because the verifier could
     /// not prove it is current (or keyward could not be reached).
     pub const FAIL_CLOSED: &str = "keyward_client_fail_closed_total";
-    /// Gauge: seconds since the last proof of currency (event or
-    /// checkpoint); updated every flush interval.
+    /// Gauge: age of the last proof of currency (a checkpoint, dated by
+    /// the replica's own proof); updated every flush interval.
     pub const STREAM_LAG: &str = "keyward_client_stream_lag_seconds";
     /// Counter: WatchRevocations streams opened after the first.
     pub const RECONNECTS: &str = "keyward_client_stream_reconnects_total";
@@ -56,8 +56,9 @@ pub enum StalePolicy {
 /// How the verifier behaves.
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
-    /// How old the last proof of currency (an event or checkpoint from
-    /// WatchRevocations) may be before the cache is no longer used.
+    /// How old the last proof of currency (a checkpoint from
+    /// WatchRevocations, dated by the replica's own proof) may be before
+    /// the cache is no longer used.
     /// Default 2 s.
     pub freshness_bound: Duration,
     /// Past the bound: fail closed (default) or go remote.
@@ -340,8 +341,8 @@ struct Shared {
     applied: watch::Sender<u64>,
     /// Time base for `proof_ms`.
     base: Instant,
-    /// Milliseconds since `base` of the last proof of currency, plus one;
-    /// 0 = none yet.
+    /// When the last proof of currency was, as milliseconds since `base`
+    /// plus `PROOF_SHIFT_MS`; 0 = none yet.
     proof_ms: AtomicU64,
     /// Entries used locally since the last RecordUsage.
     usage: Mutex<Vec<Arc<Entry>>>,
@@ -384,6 +385,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Proofs are stored as milliseconds after `base` plus this, so that one
+/// dated before the verifier started (a checkpoint's proof is older than
+/// its arrival) still fits; 0 means none yet.
+const PROOF_SHIFT_MS: u64 = 1 << 40;
 
 fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -552,7 +558,8 @@ impl Shared {
     /// Time since the last proof of currency (`None`: never had one).
     fn lag(&self) -> Option<Duration> {
         let proof = self.proof_ms.load(Ordering::Acquire);
-        (proof != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(proof - 1)))
+        (proof != 0)
+            .then(|| Duration::from_millis((self.now_ms() + PROOF_SHIFT_MS).saturating_sub(proof)))
     }
 
     fn is_current(&self) -> bool {
@@ -560,8 +567,20 @@ impl Shared {
             .is_some_and(|lag| lag <= self.config.freshness_bound)
     }
 
-    fn mark_proof(&self) {
-        self.proof_ms.store(self.now_ms() + 1, Ordering::Release);
+    /// Records a checkpoint that arrived now, dated `at` by the replica
+    /// (when it last proved itself current). The proof is as old as that
+    /// date says; a clock here behind the server's counts it from arrival,
+    /// never later.
+    fn mark_proof(&self, at: Option<&prost_types::Timestamp>) {
+        let age = at
+            .and_then(|at| {
+                SystemTime::now()
+                    .duration_since(timestamp_to_system(at))
+                    .ok()
+            })
+            .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        let proved = (self.now_ms() + PROOF_SHIFT_MS).saturating_sub(age).max(1);
+        self.proof_ms.fetch_max(proved, Ordering::AcqRel);
     }
 
     fn fail_closed(&self, message: &str) -> Verdict {
@@ -871,9 +890,9 @@ async fn follow_stream(shared: Arc<Shared>, stop: CancellationToken) {
                 if opened > 1 {
                     metrics::counter!(metric_names::RECONNECTS).increment(1);
                 }
-                // Events replayed on a resumed stream prove nothing about
-                // currency until the server's first checkpoint on it.
-                let mut proven = false;
+                // Only checkpoints prove currency: an event says how far the
+                // stream has got, not that nothing newer exists (a resumed
+                // stream replays history first).
                 loop {
                     let message = tokio::select! {
                         () = stop.cancelled() => return,
@@ -881,12 +900,10 @@ async fn follow_stream(shared: Arc<Shared>, stop: CancellationToken) {
                     };
                     match message {
                         Ok(Ok(Some(event))) => {
-                            if shared.apply(&event) {
-                                proven = true;
-                            }
+                            let checkpoint = shared.apply(&event);
                             after_seq = event.seq;
-                            if proven {
-                                shared.mark_proof();
+                            if checkpoint {
+                                shared.mark_proof(event.at.as_ref());
                                 backoff = Duration::from_millis(50);
                             }
                         }
@@ -947,5 +964,53 @@ async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(metric_names::CACHE_ENTRIES).set(shared.cache.entry_count() as f64);
         shared.tidy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClientConfig;
+
+    fn ago(age: Duration) -> prost_types::Timestamp {
+        let at = SystemTime::now() - age;
+        let since = at.duration_since(UNIX_EPOCH).unwrap();
+        prost_types::Timestamp {
+            seconds: i64::try_from(since.as_secs()).unwrap(),
+            nanos: i32::try_from(since.subsec_nanos()).unwrap(),
+        }
+    }
+
+    /// A checkpoint is as old as the replica's proof it carries, not as
+    /// old as its arrival: one dated past the bound proves nothing, one
+    /// dated in the future (a clock here behind keyward's) counts from now.
+    #[tokio::test]
+    async fn a_checkpoint_proves_currency_as_of_its_date() {
+        // Nothing listens there: the stream never opens, so only the
+        // proofs marked below count.
+        let client = Client::connect_lazy(ClientConfig::new("http://127.0.0.1:9")).unwrap();
+        let verifier = Verifier::new(client, VerifierConfig::default()).unwrap();
+        let shared = &verifier.shared;
+        assert!(!shared.is_current(), "current before any checkpoint");
+
+        shared.mark_proof(Some(&ago(Duration::from_secs(5))));
+        assert!(!shared.is_current(), "a proof 5 s old passed a 2 s bound");
+
+        shared.mark_proof(Some(&ago(Duration::from_millis(100))));
+        assert!(shared.is_current());
+        let lag = shared.lag().unwrap();
+        assert!(lag >= Duration::from_millis(100), "{lag:?}");
+
+        // An older proof never replaces a newer one.
+        shared.mark_proof(Some(&ago(Duration::from_secs(60))));
+        assert!(shared.is_current());
+
+        let future = prost_types::Timestamp {
+            seconds: ago(Duration::ZERO).seconds + 3_600,
+            nanos: 0,
+        };
+        shared.mark_proof(Some(&future));
+        assert!(shared.lag().unwrap() < Duration::from_secs(1));
+        verifier.shutdown().await;
     }
 }
