@@ -342,6 +342,12 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
     server.stop().await?;
     drop(database);
 
+    // keyward-client, on a server and database of its own (also in smoke
+    // mode, so CI keeps the section working).
+    let database = bench_database(&args).await?;
+    rows.extend(verifier_bench::run(&args, &args.keyward_binary()?, &config, &database).await?);
+    drop(database);
+
     if args.memory_keys > 0 {
         rows.push(memory_per_key(&config, &args).await?);
     }
