@@ -16,7 +16,8 @@
 //!   configured. With none configured they are open, and the server refuses
 //!   to start on a non-loopback address unless told
 //!   `--insecure-open-management`.
-//! - Hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check) need
+//! - Hot-path RPCs (Authenticate, CheckScope, WatchRevocations,
+//!   RecordUsage, Check) need
 //!   a service token allowed that RPC whenever management needs credentials
 //!   or the server listens on a non-loopback address, unless the operator
 //!   opts out (`auth.hot_path_requires_token = false` or
@@ -64,6 +65,8 @@ pub enum Rpc {
     UpdateKey,
     ListScopes,
     WatchRevocations,
+    /// Reports of keys verified in a caller's own process (keyward-client).
+    RecordUsage,
     /// Envoy's `envoy.service.auth.v3.Authorization/Check`.
     Check,
 }
@@ -77,7 +80,7 @@ pub enum RpcClass {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 10] = [
+    pub const ALL: [Rpc; 11] = [
         Rpc::Authenticate,
         Rpc::CheckScope,
         Rpc::CreateKey,
@@ -87,6 +90,7 @@ impl Rpc {
         Rpc::UpdateKey,
         Rpc::ListScopes,
         Rpc::WatchRevocations,
+        Rpc::RecordUsage,
         Rpc::Check,
     ];
 
@@ -110,6 +114,7 @@ impl Rpc {
             Rpc::UpdateKey => "UpdateKey",
             Rpc::ListScopes => "ListScopes",
             Rpc::WatchRevocations => "WatchRevocations",
+            Rpc::RecordUsage => "RecordUsage",
             Rpc::Check => "Check",
         }
     }
@@ -131,9 +136,11 @@ impl Rpc {
             Rpc::CreateKey | Rpc::RevokeKey | Rpc::UpdateKey | Rpc::GetKey | Rpc::ListKeys => {
                 RpcClass::Management
             }
-            Rpc::Authenticate | Rpc::CheckScope | Rpc::WatchRevocations | Rpc::Check => {
-                RpcClass::HotPath
-            }
+            Rpc::Authenticate
+            | Rpc::CheckScope
+            | Rpc::WatchRevocations
+            | Rpc::RecordUsage
+            | Rpc::Check => RpcClass::HotPath,
             Rpc::ListScopes => RpcClass::Open,
         }
     }

@@ -1,6 +1,7 @@
 //! The hot path shared by Authenticate, CheckScope and ext_authz Check:
 //!
-//! ban check -> credential shape -> freshness -> SHA-256 -> cache (on a miss,
+//! ban check -> min_revision -> credential shape -> freshness -> SHA-256 ->
+//! cache (on a miss,
 //! one indexed read, then cache) -> revoked / expired -> scopes -> rate limit
 //! -> note the use in memory -> answer.
 //!
@@ -17,7 +18,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::change_feed::Freshness;
+use crate::change_feed::{AppliedRevision, Freshness};
 use crate::denial::{Denial, DenialCatalog, Reason};
 use crate::domain::RateLimit;
 use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
@@ -45,6 +46,9 @@ pub struct Presented<'a> {
     /// A caller confined to one account (a user JWT): another account's key
     /// is answered as unknown, as management answers it NOT_FOUND.
     pub account: Option<&'a AccountId>,
+    /// 0, or the revision this replica must have applied before it
+    /// answers (read-your-writes; see `AppliedRevision`).
+    pub min_revision: u64,
 }
 
 /// The scopes a request needs.
@@ -148,6 +152,7 @@ pub struct Authenticator {
     cache: Arc<KeyCache>,
     store: Arc<dyn KeyStore>,
     freshness: Arc<Freshness>,
+    revision: Arc<AppliedRevision>,
     bans: FailedAuthBans,
     rate_limits: KeyRateLimits,
     last_use: LastUseRecorder,
@@ -168,6 +173,7 @@ impl Authenticator {
         cache: Arc<KeyCache>,
         store: Arc<dyn KeyStore>,
         freshness: Arc<Freshness>,
+        revision: Arc<AppliedRevision>,
         last_use: LastUseRecorder,
         telemetry: Arc<Telemetry>,
     ) -> Self {
@@ -178,6 +184,7 @@ impl Authenticator {
             cache,
             store,
             freshness,
+            revision,
             bans: FailedAuthBans::new(settings.bans),
             rate_limits: KeyRateLimits::new(settings.default_rate_limit, settings.limiter_capacity),
             last_use,
@@ -225,6 +232,11 @@ impl Authenticator {
             let mut denial = self.denials.deny(Reason::TooManyFailedAttempts);
             denial.retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
             return Verdict::deny(denial);
+        }
+        // Not a failed attempt: the caller's own write has not reached this
+        // replica yet, and a retry (here or elsewhere) may succeed.
+        if request.min_revision > 0 && !self.revision.reached(request.min_revision).await {
+            return Verdict::deny(self.denials.deny(Reason::Unavailable));
         }
 
         let found = match request.key {

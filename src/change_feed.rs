@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::UnixMillis;
@@ -47,6 +47,9 @@ pub struct FeedSettings {
     /// a JWT's account, or an anonymous caller's address), so that no
     /// caller can take every place.
     pub max_watchers_per_caller: usize,
+    /// How long a request with `min_revision` waits for this replica to
+    /// apply that revision before it is denied UNAVAILABLE.
+    pub min_revision_wait: Duration,
 }
 
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 200;
@@ -57,6 +60,7 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_WATCHERS: usize = 1024;
 pub const DEFAULT_MAX_WATCHERS_PER_CALLER: usize = 64;
+pub const DEFAULT_MIN_REVISION_WAIT_MS: u64 = 1_000;
 
 impl Default for FeedSettings {
     fn default() -> Self {
@@ -69,6 +73,7 @@ impl Default for FeedSettings {
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             max_watchers: DEFAULT_MAX_WATCHERS,
             max_watchers_per_caller: DEFAULT_MAX_WATCHERS_PER_CALLER,
+            min_revision_wait: Duration::from_millis(DEFAULT_MIN_REVISION_WAIT_MS),
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct RawFeed {
     pub checkpoint_interval_seconds: Option<f64>,
     pub max_watchers: Option<usize>,
     pub max_watchers_per_caller: Option<usize>,
+    pub min_revision_wait_ms: Option<u64>,
 }
 
 impl FeedSettings {
@@ -150,6 +156,15 @@ impl FeedSettings {
                 DEFAULT_MAX_WATCHERS_PER_CALLER,
                 "feed.max_watchers_per_caller",
             )?,
+            min_revision_wait: Duration::from_millis(
+                in_range(
+                    raw.min_revision_wait_ms
+                        .unwrap_or(DEFAULT_MIN_REVISION_WAIT_MS),
+                    1,
+                    60_000,
+                )
+                .map_err(SettingError::at("feed.min_revision_wait_ms"))?,
+            ),
         })
     }
 }
@@ -198,6 +213,51 @@ impl Freshness {
     }
 }
 
+/// How far this replica has applied the event log, for requests that carry
+/// `min_revision` (read-your-writes across replicas): they wait until the
+/// follower passes their revision, and nudge it to read the log at once
+/// instead of at its next poll (a lost NOTIFY costs them nothing).
+pub struct AppliedRevision {
+    applied: watch::Sender<u64>,
+    /// Wakes the follower; permits coalesce, so a burst of waiting
+    /// requests costs one extra read.
+    nudge: Notify,
+    wait: Duration,
+}
+
+impl AppliedRevision {
+    pub fn new(applied: u64, wait: Duration) -> Self {
+        Self {
+            applied: watch::Sender::new(applied),
+            nudge: Notify::new(),
+            wait,
+        }
+    }
+
+    /// The last sequence applied to this replica's cache.
+    pub fn get(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    fn set(&self, seq: u64) {
+        self.applied.send_replace(seq);
+    }
+
+    /// Whether the log is applied through `revision`, waiting up to the
+    /// configured bound for it to be.
+    pub async fn reached(&self, revision: u64) -> bool {
+        if self.get() >= revision {
+            return true;
+        }
+        let mut applied = self.applied.subscribe();
+        self.nudge.notify_one();
+        matches!(
+            tokio::time::timeout(self.wait, applied.wait_for(|seq| *seq >= revision)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
 /// What the feed broadcasts to `WatchRevocations` streams.
 #[derive(Debug, Clone)]
 pub enum FeedItem {
@@ -228,7 +288,7 @@ pub struct ChangeFeed {
     cache: Arc<KeyCache>,
     freshness: Arc<Freshness>,
     events: broadcast::Sender<FeedItem>,
-    applied: AtomicU64,
+    revision: Arc<AppliedRevision>,
     /// The last event applied, as read, to check on every poll that the log
     /// still holds it (see `poll_once`). Also serializes polls.
     last_applied: tokio::sync::Mutex<Option<KeyEvent>>,
@@ -295,7 +355,7 @@ impl ChangeFeed {
             cache,
             freshness,
             events,
-            applied: AtomicU64::new(latest),
+            revision: Arc::new(AppliedRevision::new(latest, settings.min_revision_wait)),
             last_applied: tokio::sync::Mutex::new(None),
             watchers: Arc::new(Semaphore::new(settings.max_watchers)),
             watchers_per_caller: Arc::default(),
@@ -314,7 +374,12 @@ impl ChangeFeed {
 
     /// The last sequence applied to this replica's cache.
     pub fn applied_seq(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+        self.revision.get()
+    }
+
+    /// The applied sequence, for requests that wait on it.
+    pub fn revision(&self) -> &Arc<AppliedRevision> {
+        &self.revision
     }
 
     /// Live events, in sequence order, from the moment of subscription.
@@ -428,7 +493,7 @@ impl ChangeFeed {
             let full_page = events.len() >= PAGE as usize;
             for event in events {
                 self.cache.invalidate(&event.key_id, &event.digest);
-                self.applied.store(event.seq, Ordering::Release);
+                self.revision.set(event.seq);
                 let event = Arc::new(event);
                 *last_applied = Some(KeyEvent::clone(&event));
                 // No receivers is fine.
@@ -447,7 +512,7 @@ impl ChangeFeed {
     async fn start_over(&self, cause: GapCause) -> Result<(), StoreError> {
         let latest = self.reader.latest_seq().await?;
         self.cache.clear();
-        self.applied.store(latest, Ordering::Release);
+        self.revision.set(latest);
         let _ = self.events.send(FeedItem::Gap {
             resumed_at: latest,
             cause,
@@ -470,6 +535,7 @@ impl ChangeFeed {
             tokio::select! {
                 () = &mut shutdown => return,
                 _ = ticker.tick() => {}
+                () = self.revision.nudge.notified() => {}
                 wakeup = wakeups.recv(), if hints_open => match wakeup {
                     Some(Wakeup::Resubscribed) => tracing::info!("event hints resubscribed; replaying from last sequence"),
                     Some(Wakeup::Changed) => {}

@@ -176,6 +176,18 @@ impl ExtAuthzApi {
             &headers,
             self.settings.trusted_proxy_hops,
         ));
+        let min_revision = match self
+            .settings
+            .min_revision_header
+            .as_deref()
+            .and_then(|name| headers.get(name))
+        {
+            None => 0,
+            Some(value) => match value.trim().parse::<u64>() {
+                Ok(revision) => revision,
+                Err(_) => return self.refuse_malformed(MalformedRequest::BadMinRevision),
+            },
+        };
         let verdict = self
             .authenticator
             .authenticate(Presented {
@@ -184,6 +196,7 @@ impl ExtAuthzApi {
                 required,
                 client,
                 account: None,
+                min_revision,
             })
             .await;
         let (key, rate_limit) = match verdict {

@@ -9,7 +9,7 @@ use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
 use crate::scope_catalog::{GrantError, ScopeCatalog};
-use crate::storage::{KeyRecord, KeyStore, KeyUpdate, NewKey, StoreError};
+use crate::storage::{KeyRecord, KeyStore, KeyUpdate, NewKey, StoreError, Written};
 
 /// Why a management call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,7 @@ impl KeyManager {
     pub async fn create(
         &self,
         request: CreateKey,
-    ) -> Result<(KeyRecord, KeySecret), ManagementError> {
+    ) -> Result<(Written, KeySecret), ManagementError> {
         let scopes = self.canonical_scopes(&request.scopes, request.preset.as_deref())?;
         let now = UnixMillis::now();
         if let Some(expires_at) = request.expires_at
@@ -150,7 +150,7 @@ impl KeyManager {
             .key_format
             .generate()
             .map_err(ManagementError::Random)?;
-        let record = self
+        let written = self
             .store
             .create_key(
                 NewKey {
@@ -168,23 +168,25 @@ impl KeyManager {
             )
             .await?;
         self.cache.forget_unknown(&digest);
-        tracing::info!(key_id = %record.id, account_id = %record.account_id, start = %record.start, "key created");
-        Ok((record, secret))
+        let record = &written.record;
+        tracing::info!(key_id = %record.id, account_id = %record.account_id, start = %record.start, revision = written.revision, "key created");
+        Ok((written, secret))
     }
 
     pub async fn revoke(
         &self,
         account_id: &AccountId,
         key_id: &KeyId,
-    ) -> Result<KeyRecord, ManagementError> {
-        let record = self
+    ) -> Result<Written, ManagementError> {
+        let written = self
             .store
             .revoke_key(account_id, key_id, UnixMillis::now())
             .await?;
+        let record = &written.record;
         // Before returning: this replica never answers "allowed" for it again.
         self.cache.invalidate(&record.id, &record.digest);
-        tracing::info!(key_id = %record.id, account_id = %record.account_id, "key revoked");
-        Ok(record)
+        tracing::info!(key_id = %record.id, account_id = %record.account_id, revision = written.revision, "key revoked");
+        Ok(written)
     }
 
     pub async fn update(
@@ -192,13 +194,13 @@ impl KeyManager {
         account_id: &AccountId,
         key_id: &KeyId,
         change: ChangeKey,
-    ) -> Result<KeyRecord, ManagementError> {
+    ) -> Result<Written, ManagementError> {
         let scopes = change
             .scopes
             .as_deref()
             .map(|names| self.canonical_scopes(names, None))
             .transpose()?;
-        let record = self
+        let written = self
             .store
             .update_key(
                 account_id,
@@ -211,9 +213,17 @@ impl KeyManager {
                 UnixMillis::now(),
             )
             .await?;
+        let record = &written.record;
         self.cache.invalidate(&record.id, &record.digest);
-        tracing::info!(key_id = %record.id, account_id = %record.account_id, "key updated");
-        Ok(record)
+        tracing::info!(key_id = %record.id, account_id = %record.account_id, revision = written.revision, "key updated");
+        Ok(written)
+    }
+
+    /// Records uses of keys verified outside this server (RecordUsage):
+    /// one batched write, never moving a time backwards; unknown ids are
+    /// ignored.
+    pub async fn record_uses(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), ManagementError> {
+        Ok(self.store.record_last_used(uses).await?)
     }
 
     pub async fn get(

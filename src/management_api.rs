@@ -157,6 +157,37 @@ impl From<ManagementError> for ApiError {
     }
 }
 
+/// The response header that carries a write's revision (see the proto's
+/// read-your-writes note): a dashboard passes it on as `min_revision`, or
+/// to Envoy's path in the header ext_authz reads it from.
+pub const REVISION_HEADER: &str = "x-keyward-revision";
+
+/// A successful answer: its status, its JSON body and, for a write, the
+/// write's revision.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    revision: Option<u64>,
+}
+
+impl Answer {
+    fn read(body: Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+            revision: None,
+        }
+    }
+
+    fn written(status: StatusCode, body: Value, revision: u64) -> Self {
+        Self {
+            status,
+            body,
+            revision: Some(revision),
+        }
+    }
+}
+
 impl Api {
     async fn handle(
         &self,
@@ -177,7 +208,15 @@ impl Api {
             .instrument(span.clone())
             .await;
         let mut response = match result {
-            Ok((status, body)) => json_response(status, &body),
+            Ok(answer) => {
+                let mut response = json_response(answer.status, &answer.body);
+                if let Some(revision) = answer.revision {
+                    response
+                        .headers_mut()
+                        .insert(REVISION_HEADER, HeaderValue::from(revision));
+                }
+                response
+            }
             Err(error) => span.in_scope(|| self.error_response(error)),
         };
         if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -198,9 +237,9 @@ impl Api {
         query: Option<&str>,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<(StatusCode, Value), ApiError> {
+    ) -> Result<Answer, ApiError> {
         if operation == Operation::Scopes {
-            return Ok((StatusCode::OK, self.catalog()));
+            return Ok(Answer::read(self.catalog()));
         }
         let account = self.account(operation, headers)?;
         let key_id = key
@@ -213,12 +252,16 @@ impl Api {
             (Operation::List, _) => self.list(&account, query).await,
             (Operation::Get, Some(id)) => {
                 let record = self.manager.get(&account, &id).await?;
-                Ok((StatusCode::OK, self.key(&record, None)))
+                Ok(Answer::read(self.key(&record, None)))
             }
             (Operation::Update, Some(id)) => self.update(&account, &id, body).await,
             (Operation::Revoke, Some(id)) => {
-                let record = self.manager.revoke(&account, &id).await?;
-                Ok((StatusCode::OK, self.key(&record, None)))
+                let written = self.manager.revoke(&account, &id).await?;
+                Ok(Answer::written(
+                    StatusCode::OK,
+                    self.key(&written.record, None),
+                    written.revision,
+                ))
             }
             // Validated: these routes name `{key_id}`.
             _ => Err(ApiError::Management(ManagementError::NotFound)),
@@ -270,11 +313,7 @@ impl Api {
         }
     }
 
-    async fn create(
-        &self,
-        account: AccountId,
-        body: &[u8],
-    ) -> Result<(StatusCode, Value), ApiError> {
+    async fn create(&self, account: AccountId, body: &[u8]) -> Result<Answer, ApiError> {
         let fields = json::key_fields(&self.settings, body)?;
         let names = &self.settings.fields;
         let name = fields
@@ -284,7 +323,7 @@ impl Api {
             .and_then(|raw| KeyName::parse(raw).map_err(|e| bad(names.name.as_deref(), e)))?;
         let mut scopes = fields.scopes.clone().unwrap_or_default();
         apply_toggles(&mut scopes, &fields);
-        let (record, secret) = self
+        let (written, secret) = self
             .manager
             .create(CreateKey {
                 account_id: account,
@@ -296,9 +335,10 @@ impl Api {
             })
             .await
             .map_err(|error| self.renamed(error))?;
-        Ok((
+        Ok(Answer::written(
             StatusCode::CREATED,
-            self.key(&record, Some(secret.expose())),
+            self.key(&written.record, Some(secret.expose())),
+            written.revision,
         ))
     }
 
@@ -307,7 +347,7 @@ impl Api {
         account: &AccountId,
         id: &KeyId,
         body: &[u8],
-    ) -> Result<(StatusCode, Value), ApiError> {
+    ) -> Result<Answer, ApiError> {
         let fields = json::key_fields(&self.settings, body)?;
         let names = &self.settings.fields;
         if fields.preset.is_some() || fields.expires_at.is_some() {
@@ -334,7 +374,7 @@ impl Api {
             .as_deref()
             .map(|raw| KeyName::parse(raw).map_err(|e| bad(names.name.as_deref(), e)))
             .transpose()?;
-        let record = self
+        let written = self
             .manager
             .update(
                 account,
@@ -347,14 +387,14 @@ impl Api {
             )
             .await
             .map_err(|error| self.renamed(error))?;
-        Ok((StatusCode::OK, self.key(&record, None)))
+        Ok(Answer::written(
+            StatusCode::OK,
+            self.key(&written.record, None),
+            written.revision,
+        ))
     }
 
-    async fn list(
-        &self,
-        account: &AccountId,
-        query: Option<&str>,
-    ) -> Result<(StatusCode, Value), ApiError> {
+    async fn list(&self, account: &AccountId, query: Option<&str>) -> Result<Answer, ApiError> {
         let include_revoked = query_flag(query, "include_revoked")?.unwrap_or(false);
         let page = self
             .manager
@@ -365,7 +405,7 @@ impl Api {
             .iter()
             .map(|record| self.key(record, None))
             .collect();
-        Ok((StatusCode::OK, Value::Array(keys)))
+        Ok(Answer::read(Value::Array(keys)))
     }
 
     fn key(&self, record: &KeyRecord, secret: Option<&str>) -> Value {

@@ -90,6 +90,7 @@ impl Replica {
             Arc::clone(&cache),
             Arc::clone(&store),
             Arc::clone(feed.freshness()),
+            Arc::clone(feed.revision()),
             last_use.clone(),
             Arc::clone(&telemetry),
         ));
@@ -161,6 +162,7 @@ impl Replica {
             Arc::clone(&self.cache),
             Arc::clone(&self.store),
             Arc::clone(self.feed.freshness()),
+            Arc::clone(self.feed.revision()),
             self.last_use.clone(),
             telemetry,
         ))

@@ -4,7 +4,9 @@
 //! (`tests/api/storage_conformance.rs`).
 //!
 //! Every write that removes or alters access appends to the event log
-//! (`key_events`) in the same transaction; the log is what replicas follow.
+//! (`key_events`) in the same transaction; the log is what replicas follow,
+//! and an event's sequence is the write's revision (read-your-writes across
+//! replicas).
 
 use std::fmt;
 use std::str::FromStr;
@@ -71,6 +73,16 @@ pub struct KeyRecord {
     pub expires_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
     pub last_used_at: Option<UnixMillis>,
+}
+
+/// A key as a write left it, and the write's revision: the sequence of the
+/// last event it logged or, for a write that logged nothing (a creation,
+/// revoking a revoked key, an update that changed nothing), the log's latest
+/// sequence when the write read the key, which is past every event about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub record: KeyRecord,
+    pub revision: u64,
 }
 
 /// What UpdateKey changes; `None` leaves a field alone.
@@ -176,8 +188,9 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Inserts a key unless the account already has `max_active` active keys.
     /// Holds under concurrency: the check and the insert are one transaction
-    /// serialized per account.
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError>;
+    /// serialized per account. Logs no event (nothing to revoke from any
+    /// cache); its revision is the log's latest sequence.
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError>;
 
     /// Revokes a key of `account`, logging a `revoked` event. Revoking a
     /// revoked key returns it unchanged and logs nothing.
@@ -186,7 +199,7 @@ pub trait KeyStore: Send + Sync + 'static {
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError>;
+    ) -> Result<Written, StoreError>;
 
     /// Applies `update` to a key of `account`, logging one event per changed
     /// aspect. Revoked keys cannot be changed (`KeyRevoked`).
@@ -196,7 +209,7 @@ pub trait KeyStore: Send + Sync + 'static {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError>;
+    ) -> Result<Written, StoreError>;
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError>;
 

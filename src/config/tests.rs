@@ -143,6 +143,22 @@ fn errors_name_the_file_and_key() {
             "feed.checkpoint_interval_seconds",
         ),
         ("[feed]\nmax_watchers = 0", "feed.max_watchers"),
+        (
+            "[feed]\nmin_revision_wait_ms = 0",
+            "feed.min_revision_wait_ms",
+        ),
+        (
+            "[feed]\nmin_revision_wait_ms = 60001",
+            "feed.min_revision_wait_ms",
+        ),
+        (
+            "[http]\nmin_revision_header = \"X-Keyward-Min-Revision\"",
+            "http.min_revision_header",
+        ),
+        (
+            "[http]\nmin_revision_header = \"content-length\"",
+            "http.min_revision_header",
+        ),
         ("[bans]\nmax_failures = 0", "bans.max_failures"),
         ("[bans]\nwindow_seconds = 0", "bans.window_seconds"),
         (

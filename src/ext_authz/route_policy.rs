@@ -186,6 +186,8 @@ pub enum MalformedRequest {
     BadQueryEscape,
     #[error("the check request carries no HTTP attributes")]
     NoHttpAttributes,
+    #[error("the min-revision header is not a whole number")]
+    BadMinRevision,
 }
 
 /// A request target split and decoded: the decoded path and the raw query.

@@ -44,6 +44,9 @@ pub const DEFAULT_STRIP_CREDENTIAL: bool = true;
 pub const DEFAULT_DYNAMIC_METADATA: bool = true;
 pub const DEFAULT_UNMATCHED_ROUTE: UnmatchedRoute = UnmatchedRoute::Deny;
 pub const DEFAULT_TRUSTED_PROXY_HOPS: u32 = 0;
+/// The request header a caller puts a write's revision in, so that Envoy's
+/// answer already reflects that write (read-your-writes).
+pub const DEFAULT_MIN_REVISION_HEADER: &str = "x-keyward-min-revision";
 
 /// `http.denials.unmatched_route` when the file does not change it.
 pub fn default_unmatched_route_denial() -> DenialText {
@@ -69,6 +72,7 @@ pub struct RawHttp {
     pub dynamic_metadata: Option<bool>,
     pub unmatched_route: Option<String>,
     pub trusted_proxy_hops: Option<u32>,
+    pub min_revision_header: Option<String>,
     pub www_authenticate: Option<String>,
     pub denials: RawHttpDenials,
     pub routes: Vec<RawRoute>,
@@ -132,6 +136,9 @@ pub struct ExtAuthzSettings {
     /// the client is Envoy's peer; N, the (N+1)-th `x-forwarded-for` entry
     /// from the right (Envoy has appended its peer).
     pub trusted_proxy_hops: u32,
+    /// Where a request names the revision the answer must reflect (`None`:
+    /// nowhere).
+    pub min_revision_header: Option<String>,
     pub routes: Arc<RoutePolicy>,
     pub responses: Arc<Responses>,
 }
@@ -180,6 +187,13 @@ impl ExtAuthzSettings {
                 format!("must be between 0 and {MAX_TRUSTED_PROXY_HOPS}, got {trusted_proxy_hops}"),
             ));
         }
+        let min_revision_header = match raw.min_revision_header.as_deref() {
+            None => Some(DEFAULT_MIN_REVISION_HEADER.to_owned()),
+            Some("") => None,
+            Some(name) => {
+                Some(header_name(name).map_err(SettingError::at("http.min_revision_header"))?)
+            }
+        };
         let www_authenticate = www_authenticate(raw.www_authenticate, key_format)?;
         let unmatched_route_denial = denial_text_from_raw(
             "http.denials.unmatched_route",
@@ -212,6 +226,7 @@ impl ExtAuthzSettings {
             strip_credential: raw.strip_credential.unwrap_or(DEFAULT_STRIP_CREDENTIAL),
             unmatched_route,
             trusted_proxy_hops,
+            min_revision_header,
             routes: Arc::new(routes),
             responses: Arc::new(responses),
         })

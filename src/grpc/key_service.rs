@@ -2,6 +2,7 @@
 //! authenticator or the key manager, and convert back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -11,11 +12,18 @@ use super::watch;
 use crate::access_control::{Caller, HotPathCaller};
 use crate::authenticator::{Authenticator, Presented, PresentedKey, Required};
 use crate::change_feed::ChangeFeed;
-use crate::domain::AccountId;
+use crate::domain::{AccountId, UnixMillis};
 use crate::key_management::{ChangeKey, CreateKey, KeyManager};
 use crate::proto;
 use crate::proto::key_service_server::KeyService;
 use crate::telemetry::Surface;
+
+/// Uses one RecordUsage call may report (a verifier flushes one entry per
+/// key it saw used).
+const MAX_USES_PER_REPORT: usize = 10_000;
+/// How far in the future a reported use may lie (the caller's clock may be
+/// ahead of this one).
+const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 pub struct KeyServiceApi {
     authenticator: Arc<Authenticator>,
@@ -69,6 +77,7 @@ impl KeyService for KeyServiceApi {
                 required: Required::Scopes(&required),
                 client,
                 account: caller.account.as_ref(),
+                min_revision: request.min_revision,
             })
             .await;
         Ok(Response::new(proto::AuthenticateResponse {
@@ -78,6 +87,9 @@ impl KeyService for KeyServiceApi {
                 .map(|key| convert::key_from_cached(key, catalog)),
             denial: verdict.denial().map(convert::denial),
             rate_limit: verdict.rate_limit().map(convert::rate_limit_status),
+            // A limited key's every use must be counted here; any other
+            // allowed answer holds until an event about the key (or expiry).
+            cacheable: verdict.allowed() && verdict.rate_limit().is_none(),
         }))
     }
 
@@ -118,6 +130,7 @@ impl KeyService for KeyServiceApi {
                 required: Required::Scopes(&required),
                 client,
                 account: caller.account.as_ref(),
+                min_revision: request.min_revision,
             })
             .await;
         let missing_scopes = match verdict.key() {
@@ -142,10 +155,14 @@ impl KeyService for KeyServiceApi {
         let caller = request.extensions().get::<Caller>().cloned();
         let create = CreateKey::try_from(request.into_inner())?;
         check_account(caller.as_ref(), &create.account_id)?;
-        let (record, secret) = self.manager.create(create).await?;
+        let (written, secret) = self.manager.create(create).await?;
         Ok(Response::new(proto::CreateKeyResponse {
-            key: Some(convert::key_from_record(&record, self.manager.catalog())),
+            key: Some(convert::key_from_record(
+                &written.record,
+                self.manager.catalog(),
+            )),
             secret: secret.into_exposed(),
+            revision: written.revision,
         }))
     }
 
@@ -157,9 +174,13 @@ impl KeyService for KeyServiceApi {
         check_account(request.extensions().get(), &account_id)?;
         let request = request.into_inner();
         let key_id = convert::key_id("key_id", &request.key_id)?;
-        let record = self.manager.revoke(&account_id, &key_id).await?;
+        let written = self.manager.revoke(&account_id, &key_id).await?;
         Ok(Response::new(proto::RevokeKeyResponse {
-            key: Some(convert::key_from_record(&record, self.manager.catalog())),
+            key: Some(convert::key_from_record(
+                &written.record,
+                self.manager.catalog(),
+            )),
+            revision: written.revision,
         }))
     }
 
@@ -218,10 +239,53 @@ impl KeyService for KeyServiceApi {
         let request = request.into_inner();
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let change = ChangeKey::try_from(&request)?;
-        let record = self.manager.update(&account_id, &key_id, change).await?;
+        let written = self.manager.update(&account_id, &key_id, change).await?;
         Ok(Response::new(proto::UpdateKeyResponse {
-            key: Some(convert::key_from_record(&record, self.manager.catalog())),
+            key: Some(convert::key_from_record(
+                &written.record,
+                self.manager.catalog(),
+            )),
+            revision: written.revision,
         }))
+    }
+
+    async fn record_usage(
+        &self,
+        request: Request<proto::RecordUsageRequest>,
+    ) -> Result<Response<proto::RecordUsageResponse>, Status> {
+        let request = request.into_inner();
+        if request.uses.len() > MAX_USES_PER_REPORT {
+            return Err(invalid_argument(
+                "uses",
+                format!(
+                    "at most {MAX_USES_PER_REPORT} uses per call, got {}",
+                    request.uses.len()
+                ),
+            ));
+        }
+        let now = UnixMillis::now();
+        let latest_allowed = UnixMillis(now.0 + MAX_CLOCK_SKEW_MS);
+        let mut uses = Vec::with_capacity(request.uses.len());
+        for (index, reported) in request.uses.iter().enumerate() {
+            let key_id = convert::key_id(&format!("uses[{index}].key_id"), &reported.key_id)?;
+            let at = match &reported.used_at {
+                None => now,
+                Some(at) => {
+                    let field = format!("uses[{index}].used_at");
+                    let at = convert::timestamp_to_millis(&field, at)?;
+                    if at > latest_allowed {
+                        return Err(invalid_argument(
+                            &field,
+                            "lies more than a minute in the future",
+                        ));
+                    }
+                    at
+                }
+            };
+            uses.push((key_id, at));
+        }
+        self.manager.record_uses(&uses).await?;
+        Ok(Response::new(proto::RecordUsageResponse {}))
     }
 
     async fn list_scopes(
@@ -277,10 +341,32 @@ impl KeyService for KeyServiceApi {
             (Some(own), _) => Some(own.clone()),
             (None, named) => named,
         };
+        let checkpoints = match request.checkpoint_interval_ms {
+            0 => watch::Checkpoints::WhenQuiet,
+            ms => {
+                let interval = Duration::from_millis(u64::from(ms));
+                if !(watch::MIN_CHECKPOINT_INTERVAL..=watch::MAX_CHECKPOINT_INTERVAL)
+                    .contains(&interval)
+                {
+                    return Err(invalid_argument(
+                        "checkpoint_interval_ms",
+                        format!(
+                            "must be 0 (the server's interval) or between {} and {}, got {ms}",
+                            watch::MIN_CHECKPOINT_INTERVAL.as_millis(),
+                            watch::MAX_CHECKPOINT_INTERVAL.as_millis()
+                        ),
+                    ));
+                }
+                watch::Checkpoints::Every(interval)
+            }
+        };
         let stream = watch::start(
             Arc::clone(&self.feed),
             request.after_seq,
-            account,
+            watch::Asked {
+                account,
+                checkpoints,
+            },
             caller.identity.clone(),
         )
         .await?;

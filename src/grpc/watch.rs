@@ -49,14 +49,39 @@ fn storage_status(error: StoreError) -> Status {
     Status::unavailable("the event log is unavailable; resume later from your last sequence")
 }
 
-fn checkpoint(seq: u64) -> RevocationEvent {
+/// A checkpoint at `seq`; `at` is when the replica last proved itself
+/// current (now, for the first one, sent right after the history read).
+fn checkpoint(seq: u64, proved_at: UnixMillis) -> RevocationEvent {
     RevocationEvent {
         seq,
         key_id: String::new(),
         account_id: String::new(),
         kind: "checkpoint".into(),
-        at: Some(millis_to_timestamp(UnixMillis::now())),
+        at: Some(millis_to_timestamp(proved_at)),
     }
+}
+
+/// The shortest checkpoint interval a consumer may ask for.
+pub const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest.
+pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(3_600);
+
+/// What a consumer asked of its stream, besides where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// Only this account's events.
+    pub account: Option<AccountId>,
+    pub checkpoints: Checkpoints,
+}
+
+/// How often a stream sends checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// When the stream has been quiet for the server's interval.
+    WhenQuiet,
+    /// At this interval, busy or not (a consumer that must prove it is
+    /// current within a bound asked for it).
+    Every(Duration),
 }
 
 fn to_proto(event: &KeyEvent) -> RevocationEvent {
@@ -73,7 +98,7 @@ fn to_proto(event: &KeyEvent) -> RevocationEvent {
 pub async fn start(
     feed: Arc<ChangeFeed>,
     after_seq: u64,
-    account: Option<AccountId>,
+    asked: Asked,
     caller: CallerIdentity,
 ) -> Result<EventStream, Status> {
     let permit = feed
@@ -115,7 +140,7 @@ pub async fn start(
         live,
         start_at,
         after_seq == 0,
-        account,
+        asked,
         outbox,
         permit,
     ));
@@ -195,7 +220,7 @@ async fn run(
     live: broadcast::Receiver<FeedItem>,
     position: u64,
     announce: bool,
-    account: Option<AccountId>,
+    asked: Asked,
     outbox: mpsc::Sender<Result<RevocationEvent, Status>>,
     // Held for the stream's life: it is what bounds the number of streams.
     _permit: WatcherPermit,
@@ -212,7 +237,7 @@ async fn run(
         stall_limit: feed.settings().checkpoint_interval,
         closing: feed.closing().clone(),
     };
-    if let Some(status) = follow(&feed, live, position, announce, account, &outbox).await {
+    if let Some(status) = follow(&feed, live, position, announce, asked, &outbox).await {
         let _ = last.send(Err(status));
     }
 }
@@ -240,11 +265,14 @@ async fn follow(
     mut live: broadcast::Receiver<FeedItem>,
     mut position: u64,
     announce: bool,
-    account: Option<AccountId>,
+    Asked {
+        account,
+        checkpoints,
+    }: Asked,
     outbox: &Outbox,
 ) -> Option<Status> {
     let wanted = |event: &KeyEvent| account.as_ref().is_none_or(|a| *a == event.account_id);
-    if announce && let Err(stop) = outbox.send(checkpoint(position)).await {
+    if announce && let Err(stop) = outbox.send(checkpoint(position, UnixMillis::now())).await {
         return outbox.end(stop, position);
     }
 
@@ -269,22 +297,39 @@ async fn follow(
         }
     }
 
-    // Live, with a checkpoint whenever the stream has been quiet for a while.
-    let interval = feed.settings().checkpoint_interval;
-    let mut quiet = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    // Live, with a checkpoint whenever the stream has been quiet for a while
+    // (or at the interval the consumer asked for).
+    let (interval, reset_when_busy) = match checkpoints {
+        Checkpoints::WhenQuiet => (feed.settings().checkpoint_interval, true),
+        Checkpoints::Every(interval) => (interval, false),
+    };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut due = false;
     loop {
+        if due {
+            // A checkpoint says "everything committed before `at` is at or
+            // before `seq`". The feed broadcasts a poll's events before it
+            // records the poll's proof, so with the proof read first and
+            // nothing left to receive, every event that proof covers has
+            // reached `position`. Only a replica that can prove it is
+            // current sends one.
+            let proof_age = feed.freshness().age();
+            if live.is_empty() {
+                due = false;
+                if let Some(age) = proof_age.filter(|age| *age <= feed.freshness().bound()) {
+                    let proved_at = UnixMillis(
+                        UnixMillis::now().0 - i64::try_from(age.as_millis()).unwrap_or(i64::MAX),
+                    );
+                    if let Err(stop) = outbox.send(checkpoint(position, proved_at)).await {
+                        return outbox.end(stop, position);
+                    }
+                }
+            }
+        }
         tokio::select! {
             () = outbox.sender.closed() => return None,
             () = feed.closing().cancelled() => return Some(shutdown_status(position)),
-            _ = quiet.tick() => {
-                // A checkpoint says "caught up to here"; only a replica that
-                // can prove it is current may say so.
-                if feed.freshness().is_fresh()
-                    && let Err(stop) = outbox.send(checkpoint(position)).await
-                {
-                    return outbox.end(stop, position);
-                }
-            }
+            _ = ticker.tick() => due = true,
             received = live.recv() => match received {
                 Ok(FeedItem::Gap { cause, .. }) => {
                     return Some(match cause {
@@ -300,7 +345,9 @@ async fn follow(
                         if let Err(stop) = outbox.send(to_proto(&event)).await {
                             return outbox.end(stop, position);
                         }
-                        quiet.reset();
+                        if reset_when_busy {
+                            ticker.reset();
+                        }
                     }
                     position = event.seq;
                 }

@@ -22,7 +22,8 @@ use super::shared::{
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT, key_columns, key_in_account};
 use super::{
-    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, to_u64,
+    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, Written,
+    to_u64,
 };
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
@@ -114,12 +115,32 @@ impl PostgresStore {
     append_event_fn!(sqlx::PgConnection);
 }
 
+/// The highest sequence ever assigned (events may have been pruned since),
+/// as `conn` sees the log.
+async fn latest_seq_in(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
+         (SELECT pruned_through FROM feed_state WHERE id = 1))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(to_u64(seq))
+}
+
+/// The one-statement revoke's row: the key and its event's sequence.
+#[derive(sqlx::FromRow)]
+struct RevokedRow {
+    #[sqlx(flatten)]
+    key: KeyRow,
+    revision: i64,
+}
+
 impl_key_store!(PostgresStore, {
     fn backend(&self) -> Backend {
         Backend::Postgres
     }
 
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(INSERT_ACCOUNT)
             .bind(key.account_id.as_str())
@@ -133,8 +154,10 @@ impl_key_store!(PostgresStore, {
             .execute(&mut *tx)
             .await?;
         insert_key_within_limit!(tx, key, max_active);
+        let record = key.into_record();
+        let revision = latest_seq_in(&mut tx).await?;
         tx.commit().await?;
-        Ok(key.into_record())
+        Ok(Written { record, revision })
     }
 
     async fn revoke_key(
@@ -142,20 +165,20 @@ impl_key_store!(PostgresStore, {
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
+    ) -> Result<Written, StoreError> {
         // One autocommit statement: the event log's ordering lock (taken by
         // the insert's trigger) is then held only inside the server, from
         // the insert to the commit, never across a round trip to this
         // process. Only a live key matches, so revoking twice logs once.
-        let revoked: Option<KeyRow> = sqlx::query_as(concat!(
+        let revoked: Option<RevokedRow> = sqlx::query_as(concat!(
             "WITH revoked AS (UPDATE api_keys SET revoked_at = $1 \
              WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL RETURNING ",
             key_columns!(),
             "), logged AS (INSERT INTO key_events (key_id, account_id, key_hash, kind, at) \
-             SELECT id, account_id, key_hash, $4, $1 FROM revoked) \
+             SELECT id, account_id, key_hash, $4, $1 FROM revoked RETURNING seq) \
              SELECT ",
             key_columns!(),
-            " FROM revoked"
+            ", (SELECT seq FROM logged) AS revision FROM revoked"
         ))
         .bind(now.0)
         .bind(id.as_str())
@@ -164,9 +187,18 @@ impl_key_store!(PostgresStore, {
         .fetch_optional(&self.pool)
         .await?;
         match revoked {
-            Some(row) => row.try_into(),
-            // Already revoked (returned unchanged), or not this account's key.
-            None => self.get_key(account, id).await,
+            Some(RevokedRow { key, revision }) => Ok(Written {
+                record: key.try_into()?,
+                revision: to_u64(revision),
+            }),
+            // Already revoked (returned unchanged), or not this account's
+            // key. The latest sequence, read after the key, is past its
+            // revocation.
+            None => {
+                let record = self.get_key(account, id).await?;
+                let revision = self.latest_seq().await?;
+                Ok(Written { record, revision })
+            }
         }
     }
 
@@ -176,12 +208,12 @@ impl_key_store!(PostgresStore, {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
+    ) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin().await?;
         let before = Self::key_in_account(&mut tx, account, id, true).await?;
-        let after = update_locked_key!(tx, before, id, update, now);
+        let (record, revision) = update_locked_key!(self, tx, before, id, update, now);
         tx.commit().await?;
-        Ok(after)
+        Ok(Written { record, revision })
     }
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
@@ -190,13 +222,8 @@ impl_key_store!(PostgresStore, {
     }
 
     async fn latest_seq(&self) -> Result<u64, StoreError> {
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
-             (SELECT pruned_through FROM feed_state WHERE id = 1))",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(to_u64(seq))
+        let mut conn = self.pool.acquire().await?;
+        latest_seq_in(&mut conn).await
     }
 
     async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {

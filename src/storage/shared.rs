@@ -75,7 +75,8 @@ pub(super) use impl_key_store;
 
 /// Inside `$tx` (a transaction that already holds the account's lock, by
 /// `FOR UPDATE` or `BEGIN IMMEDIATE`): counts the account's active keys,
-/// returns `KeyLimitReached` at `$max_active`, and inserts `$key`.
+/// returns `KeyLimitReached` at `$max_active`, and inserts `$key` (its
+/// `created` event is the caller's to log).
 macro_rules! insert_key_within_limit {
     ($tx:ident, $key:ident, $max_active:ident) => {
         let active: i64 = sqlx::query_scalar($crate::storage::statements::COUNT_ACTIVE_KEYS)
@@ -106,17 +107,23 @@ pub(super) use insert_key_within_limit;
 
 /// In a transaction holding the key's row (`$before`, read under the lock):
 /// refuses a revoked key, applies `$update`, writes it and logs one event
-/// per changed aspect, evaluating to the record after. An update that
-/// changes nothing returns early, writing nothing.
+/// per changed aspect, evaluating to the record after and the last event's
+/// sequence. An update that changes nothing returns early, writing nothing,
+/// with the log's latest sequence as its revision.
 macro_rules! update_locked_key {
-    ($tx:ident, $before:ident, $id:ident, $update:ident, $now:ident) => {{
+    ($store:expr, $tx:ident, $before:ident, $id:ident, $update:ident, $now:ident) => {{
         if $before.revoked_at.is_some() {
             return Err($crate::storage::StoreError::KeyRevoked);
         }
         let kinds = $crate::storage::events_for_update(&$update, &$before);
         let after = $crate::storage::apply_update($before, $update);
         if kinds.is_empty() {
-            return Ok(after);
+            drop($tx);
+            let revision = $store.latest_seq().await?;
+            return Ok($crate::storage::Written {
+                record: after,
+                revision,
+            });
         }
         let (requests, per_seconds) = $crate::storage::rate_limit_columns(after.rate_limit);
         sqlx::query($crate::storage::statements::UPDATE_KEY)
@@ -127,10 +134,11 @@ macro_rules! update_locked_key {
             .bind($id.as_str())
             .execute(&mut *$tx)
             .await?;
+        let mut revision = 0;
         for kind in kinds {
-            Self::append_event(&mut $tx, &after, kind, $now).await?;
+            revision = Self::append_event(&mut $tx, &after, kind, $now).await?;
         }
-        after
+        (after, revision)
     }};
 }
 pub(super) use update_locked_key;
@@ -158,7 +166,7 @@ macro_rules! delete_events_before {
 }
 pub(super) use delete_events_before;
 
-/// `async fn append_event(conn, record, kind, at)` on a backend's
+/// `async fn append_event(conn, record, kind, at) -> seq` on a backend's
 /// connection type: one row of the event log (on PostgreSQL its `seq` is
 /// assigned by the trigger, under its ordering lock).
 macro_rules! append_event_fn {
@@ -168,16 +176,16 @@ macro_rules! append_event_fn {
             record: &$crate::storage::KeyRecord,
             kind: $crate::storage::EventKind,
             at: $crate::domain::UnixMillis,
-        ) -> Result<(), $crate::storage::StoreError> {
-            sqlx::query($crate::storage::statements::INSERT_EVENT)
+        ) -> Result<u64, $crate::storage::StoreError> {
+            let seq: i64 = sqlx::query_scalar($crate::storage::statements::INSERT_EVENT)
                 .bind(record.id.as_str())
                 .bind(record.account_id.as_str())
                 .bind(record.digest.as_bytes().as_slice())
                 .bind(kind.as_str())
                 .bind(at.0)
-                .execute(&mut *conn)
+                .fetch_one(&mut *conn)
                 .await?;
-            Ok(())
+            Ok($crate::storage::to_u64(seq))
         }
     };
 }

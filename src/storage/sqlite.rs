@@ -21,7 +21,8 @@ use super::shared::{
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT};
 use super::{
-    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, to_u64,
+    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, Written,
+    to_u64,
 };
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
@@ -98,20 +99,35 @@ impl SqliteStore {
     append_event_fn!(sqlx::SqliteConnection);
 }
 
+/// The highest sequence ever assigned (events may have been pruned since),
+/// as `conn` sees the log.
+async fn latest_seq_in(conn: &mut sqlx::SqliteConnection) -> Result<u64, StoreError> {
+    // SQLite has no GREATEST; its MAX with two arguments is the same.
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
+         (SELECT pruned_through FROM feed_state WHERE id = 1))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(to_u64(seq))
+}
+
 impl_key_store!(SqliteStore, {
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }
 
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(INSERT_ACCOUNT)
             .bind(key.account_id.as_str())
             .execute(&mut *tx)
             .await?;
         insert_key_within_limit!(tx, key, max_active);
+        let record = key.into_record();
+        let revision = latest_seq_in(&mut tx).await?;
         tx.commit().await?;
-        Ok(key.into_record())
+        Ok(Written { record, revision })
     }
 
     async fn revoke_key(
@@ -119,24 +135,27 @@ impl_key_store!(SqliteStore, {
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
+    ) -> Result<Written, StoreError> {
         // Read, then write, under the write lock: SQLite has no
         // data-modifying CTE for PostgreSQL's one-statement revoke.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut record = Self::key_in_account(&mut tx, account, id).await?;
         if record.revoked_at.is_some() {
-            return Ok(record);
+            drop(tx);
+            // Read after the key, so past its revocation.
+            let revision = self.latest_seq().await?;
+            return Ok(Written { record, revision });
         }
         sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
             .bind(now.0)
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
-        Self::append_event(&mut tx, &record, EventKind::Revoked, now).await?;
+        let revision = Self::append_event(&mut tx, &record, EventKind::Revoked, now).await?;
         tx.commit().await?;
         self.wake_followers();
         record.revoked_at = Some(now);
-        Ok(record)
+        Ok(Written { record, revision })
     }
 
     async fn update_key(
@@ -145,13 +164,13 @@ impl_key_store!(SqliteStore, {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
+    ) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let before = Self::key_in_account(&mut tx, account, id).await?;
-        let after = update_locked_key!(tx, before, id, update, now);
+        let (record, revision) = update_locked_key!(self, tx, before, id, update, now);
         tx.commit().await?;
         self.wake_followers();
-        Ok(after)
+        Ok(Written { record, revision })
     }
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
@@ -160,14 +179,8 @@ impl_key_store!(SqliteStore, {
     }
 
     async fn latest_seq(&self) -> Result<u64, StoreError> {
-        // SQLite has no GREATEST; its MAX with two arguments is the same.
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_events), 0), \
-             (SELECT pruned_through FROM feed_state WHERE id = 1))",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(to_u64(seq))
+        let mut conn = self.pool.acquire().await?;
+        latest_seq_in(&mut conn).await
     }
 
     async fn prune_events(&self, before: UnixMillis) -> Result<u64, StoreError> {

@@ -85,9 +85,9 @@ pub(super) const KEY_BY_ID: &str =
 
 /// `seq` is left out: SQLite's AUTOINCREMENT or PostgreSQL's trigger (under
 /// its ordering lock) assigns it. Binds: key id, account id, key hash, kind,
-/// at.
-pub(super) const INSERT_EVENT: &str =
-    "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) VALUES ($1, $2, $3, $4, $5)";
+/// at. Returns the sequence.
+pub(super) const INSERT_EVENT: &str = "INSERT INTO key_events (key_id, account_id, key_hash, kind, at) \
+     VALUES ($1, $2, $3, $4, $5) RETURNING seq";
 
 /// Binds: sequence to read after, limit.
 pub(super) const EVENTS_AFTER: &str = concat!(

@@ -36,6 +36,7 @@ async fn authenticate_from(
             credential: credential.into(),
             required_scopes: vec![],
             client_ip: client_ip.into(),
+            ..Default::default()
         })
         .await
         .expect("Authenticate")

@@ -120,6 +120,7 @@ fn new_key(account: &AccountId) -> CreateKey {
 fn authenticate_request(secret: &str) -> Presented<'_> {
     Presented {
         surface: Surface::Authenticate,
+        min_revision: 0,
         key: PresentedKey::Credential(secret),
         required: Required::Scopes(&[]),
         client: None,
@@ -138,13 +139,14 @@ async fn a_read_that_returns_after_the_bound_is_not_an_answer(db: Db) {
         return;
     };
     let account = AccountId::parse("acct_stall").unwrap();
-    let (record, secret) = setup
+    let (written, secret) = setup
         .replica
         .manager
         .create(new_key(&account))
         .await
         .unwrap();
     let secret = secret.into_exposed();
+    let record = written.record;
 
     setup.hooks.hooks.armed.store(true, Ordering::Release);
     let authenticator = &setup.replica.authenticator;
@@ -256,6 +258,7 @@ fn authenticate(credential: &str, client_ip: &str) -> proto::AuthenticateRequest
         credential: credential.into(),
         required_scopes: vec![],
         client_ip: client_ip.into(),
+        ..Default::default()
     }
 }
 

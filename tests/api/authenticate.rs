@@ -219,6 +219,7 @@ async fn a_huge_check_scope_credential_is_denied_and_the_server_keeps_serving(db
         credential,
         scopes: vec!["orders:read".into()],
         client_ip: String::new(),
+        ..Default::default()
     };
 
     let mut answers = Vec::new();
@@ -261,6 +262,7 @@ async fn bad_authenticate_input_is_invalid_argument(db: Db) {
         credential: secret.clone(),
         required_scopes: scopes,
         client_ip: client_ip.into(),
+        ..Default::default()
     };
 
     let unknown_scope = app
@@ -301,6 +303,7 @@ async fn check_scope_by_id_and_by_credential(db: Db) {
         credential: credential.into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         client_ip: String::new(),
+        ..Default::default()
     };
 
     let by_id = app

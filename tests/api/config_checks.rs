@@ -132,6 +132,10 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
             "user JWTs may call only CreateKey, RevokeKey, UpdateKey, GetKey, ListKeys, CheckScope, WatchRevocations, not Authenticate",
         ),
         (
+            jwt("rpcs = [\"RecordUsage\"]"),
+            "auth.jwt.rpcs",
+            "not RecordUsage",
+        ),        (
             jwt("rpcs = [\"ListKeys\", \"Check\"]"),
             "auth.jwt.rpcs",
             "not Check",

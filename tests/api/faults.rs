@@ -54,14 +54,14 @@ fn bound() -> Duration {
 
 /// Replica B: a server on a database URL of its own (through the proxy, or
 /// naming B in `application_name`).
-struct Replica {
+pub(crate) struct Replica {
     server: Option<RunningServer>,
-    keys: KeyServiceClient<Channel>,
+    pub(crate) keys: KeyServiceClient<Channel>,
     health: HealthClient<Channel>,
 }
 
 impl Replica {
-    async fn start(database_url: String, mut config: Config) -> Self {
+    pub(crate) async fn start(database_url: String, mut config: Config) -> Self {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.server.database_url = database_url.parse().unwrap();
         let server = server::start(config).await.expect("replica B starts");
@@ -331,7 +331,7 @@ async fn finish(stop: &CancellationToken, tasks: Vec<JoinHandle<()>>) {
 }
 
 /// The address a PostgreSQL URL names.
-fn server_address(url: &str) -> SocketAddr {
+pub(crate) fn server_address(url: &str) -> SocketAddr {
     let options = sqlx::postgres::PgConnectOptions::from_str(url).expect("a PostgreSQL URL");
     (options.get_host(), options.get_port())
         .to_socket_addrs()

@@ -146,7 +146,7 @@ async fn create(manager: &KeyManager) -> (KeyId, String) {
         })
         .await
         .unwrap();
-    (record.id, secret.into_exposed())
+    (record.record.id, secret.into_exposed())
 }
 
 async fn check(
@@ -162,6 +162,7 @@ async fn check(
             required: Required::Scopes(&[]),
             account: None,
             client,
+            min_revision: 0,
         })
         .await
 }

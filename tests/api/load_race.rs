@@ -162,7 +162,7 @@ async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
         })
         .await
         .unwrap();
-    (record.id, secret.into_exposed())
+    (record.record.id, secret.into_exposed())
 }
 
 fn reason(verdict: &keyward::authenticator::Verdict) -> Option<Reason> {
@@ -178,6 +178,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
         surface: Surface::Authenticate,
+        min_revision: 0,
         key: PresentedKey::Credential(&secret),
         required: Required::Scopes(&[]),
         account: None,
@@ -206,6 +207,7 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
     let after = authenticator
         .authenticate(Presented {
             surface: Surface::Authenticate,
+            min_revision: 0,
             key: PresentedKey::Credential(&secret),
             required: Required::Scopes(&[]),
             account: None,
@@ -228,6 +230,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
     let authenticator = &parts.authenticator;
     let lookup = authenticator.authenticate(Presented {
         surface: Surface::CheckScope,
+        min_revision: 0,
         key: PresentedKey::Id(&id),
         required: Required::Scopes(&[]),
         account: None,
@@ -253,6 +256,7 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
     let after = authenticator
         .authenticate(Presented {
             surface: Surface::CheckScope,
+            min_revision: 0,
             key: PresentedKey::Id(&id),
             required: Required::Scopes(&[]),
             account: None,
@@ -302,6 +306,7 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         required: Required::Scopes(&[]),
         account: None,
         client: None,
+        min_revision: 0,
     };
 
     let reads_before = parts.store.hooks.key_reads();
@@ -372,6 +377,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
     }
     let presented = || Presented {
         surface: Surface::Authenticate,
+        min_revision: 0,
         key: PresentedKey::Credential(&secret),
         required: Required::Scopes(&[]),
         account: None,
@@ -457,6 +463,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
     fn presented(secret: &str) -> Presented<'_> {
         Presented {
             surface: Surface::Authenticate,
+            min_revision: 0,
             key: PresentedKey::Credential(secret),
             required: Required::Scopes(&[]),
             account: None,

@@ -25,6 +25,7 @@ mod product_cryptorobot;
 mod product_csboard;
 mod product_tradejournal;
 mod profiles;
+mod revisions;
 mod revocation;
 mod serving;
 mod storage_conformance;

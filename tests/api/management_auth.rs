@@ -649,6 +649,7 @@ async fn the_hot_path_needs_a_service_token_wherever_management_does_unless_open
         credential: secret.clone(),
         required_scopes: vec!["orders:read".into()],
         client_ip: String::new(),
+        ..Default::default()
     };
     let missing = locked.keys.authenticate(authenticate()).await.unwrap_err();
     assert_refused(&missing, Code::Unauthenticated, "missing credentials");

@@ -184,6 +184,29 @@ async fn a_key_created_over_http_works_until_deleted_over_http() {
     let denied = authenticate(&mut app, &secret).await;
     assert!(!denied.allowed);
     assert_eq!(reason(&denied), proto::denial::Reason::Revoked);
+
+    // Writes carry their revision (reads do not), for read-your-writes on
+    // any replica: the revocation's is ahead of the creation's.
+    let revision = |reply: &HttpReply| -> Option<u64> {
+        reply
+            .headers
+            .get("x-keyward-revision")
+            .map(|v| v.to_str().unwrap().parse().unwrap())
+    };
+    let (created_at, revoked_at) = (revision(&created).unwrap(), revision(&deleted).unwrap());
+    assert!(revoked_at > created_at, "{created_at} then {revoked_at}");
+    assert_eq!(revision(&listed), None);
+    let answer = app
+        .keys
+        .authenticate(proto::AuthenticateRequest {
+            credential: format!("ApiKey {secret}"),
+            min_revision: revoked_at,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reason(&answer), proto::denial::Reason::Revoked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,7 @@ async fn authenticate_from(app: &mut TestApp, credential: &str, scopes: &[&str],
             credential: credential.into(),
             required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             client_ip: ip.into(),
+            ..Default::default()
         })
         .await
         .expect("Authenticate answers");
@@ -168,12 +169,21 @@ async fn metrics_follow_the_traffic(db: Db) {
     assert_series(&after, "keyward_change_feed_applied_sequence", 0.0);
 
     // A revocation lands in the event log; the feed applies it.
-    app.revoke("acct_m", &key.id).await;
+    let revision = app
+        .keys
+        .revoke_key(keyward::proto::RevokeKeyRequest {
+            account_id: "acct_m".into(),
+            key_id: key.id.clone(),
+        })
+        .await
+        .expect("RevokeKey")
+        .into_inner()
+        .revision as f64;
     assert!(!app.authenticate(&secret, &["orders:read"]).await.allowed);
     let caught_up = eventually(Duration::from_secs(5), async || {
         let text = scrape(metrics).await;
-        value(&text, "keyward_change_feed_applied_sequence") == Some(1.0)
-            && value(&text, "keyward_change_feed_latest_sequence") == Some(1.0)
+        value(&text, "keyward_change_feed_applied_sequence") == Some(revision)
+            && value(&text, "keyward_change_feed_latest_sequence") == Some(revision)
             && value(&text, "keyward_change_feed_sequence_lag") == Some(0.0)
     })
     .await;

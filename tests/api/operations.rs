@@ -275,6 +275,7 @@ async fn json_logs_carry_request_ids_and_one_line_per_denial_without_secrets() {
         credential: credential.into(),
         required_scopes: vec![scope.into()],
         client_ip: String::new(),
+        ..Default::default()
     };
     let denied = keys
         .authenticate(with_metadata(

@@ -514,6 +514,7 @@ async fn csboard_too_many_invalid_keys_from_an_ip_ban_it_for_5_minutes() {
             credential: format!("Bearer {secret}"),
             required_scopes: vec![],
             client_ip: attacker.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -580,6 +581,7 @@ async fn csboard_the_ban_lifts_when_its_time_is_over() {
                 credential: format!("Bearer {credential}"),
                 required_scopes: vec![],
                 client_ip: attacker.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -108,7 +108,8 @@ async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
                     10,
                 )
                 .await
-                .unwrap(),
+                .unwrap()
+                .record,
         );
     }
     Some(Follower {
@@ -291,7 +292,8 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
                 10,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         keys.push(key);
     }
     // The replica caches the fourth key, then is cut off while three

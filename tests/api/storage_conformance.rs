@@ -55,7 +55,7 @@ async fn created_keys_are_found_by_digest_id_and_account(db: Db) {
     let mut key = new_key("acct_1", "cc_secret_1");
     key.rate_limit = Some(RateLimit::new(5, 10).unwrap());
     key.expires_at = Some(UnixMillis::now().saturating_add_millis(60_000));
-    let created = store.create_key(key.clone(), 10).await.unwrap();
+    let created = store.create_key(key.clone(), 10).await.unwrap().record;
 
     assert_eq!(created.id, key.id);
     assert_eq!(created.scopes, key.scopes);
@@ -86,17 +86,23 @@ async fn revocation_is_logged_once(db: Db) {
     let Some((_db, store)) = open(db).await else {
         return;
     };
-    let key = store.create_key(new_key("acct_1", "s1"), 10).await.unwrap();
+    let key = store
+        .create_key(new_key("acct_1", "s1"), 10)
+        .await
+        .unwrap()
+        .record;
     let before = store.latest_seq().await.unwrap();
 
     let revoked = store
         .revoke_key(&key.account_id, &key.id, UnixMillis(42))
         .await
-        .unwrap();
+        .unwrap()
+        .record;
     let again = store
         .revoke_key(&key.account_id, &key.id, UnixMillis(99))
         .await
-        .unwrap();
+        .unwrap()
+        .record;
 
     assert_eq!(revoked.revoked_at, Some(UnixMillis(42)));
     assert_eq!(
@@ -116,7 +122,11 @@ async fn updates_log_one_event_per_change(db: Db) {
     let Some((_db, store)) = open(db).await else {
         return;
     };
-    let key = store.create_key(new_key("acct_1", "s1"), 10).await.unwrap();
+    let key = store
+        .create_key(new_key("acct_1", "s1"), 10)
+        .await
+        .unwrap()
+        .record;
     let before = store.latest_seq().await.unwrap();
 
     let updated = store
@@ -131,7 +141,8 @@ async fn updates_log_one_event_per_change(db: Db) {
             UnixMillis(7),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .record;
     let unchanged = store
         .update_key(
             &key.account_id,
@@ -143,7 +154,8 @@ async fn updates_log_one_event_per_change(db: Db) {
             UnixMillis(8),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .record;
 
     assert_eq!(updated.name, "renamed");
     assert_eq!(updated.scopes, ["portfolio:read"]);
@@ -190,17 +202,22 @@ async fn events_are_read_in_order_from_any_point(db: Db) {
         return;
     };
     let start = store.latest_seq().await.unwrap();
-    let mut ids = Vec::new();
+    // A revocation's revision is the sequence of the event it logged.
+    let mut logged = Vec::new();
     for i in 0..25 {
-        let key = store
+        let created = store
             .create_key(new_key(&format!("acct_{i}"), &format!("s{i}")), 10)
             .await
             .unwrap();
-        store
-            .revoke_key(&key.account_id, &key.id, UnixMillis::now())
+        let revoked = store
+            .revoke_key(
+                &created.record.account_id,
+                &created.record.id,
+                UnixMillis::now(),
+            )
             .await
             .unwrap();
-        ids.push(key.id);
+        logged.push((revoked.revision, created.record.id, "revoked"));
     }
 
     let all = store.events_after(start, 1000).await.unwrap();
@@ -211,8 +228,10 @@ async fn events_are_read_in_order_from_any_point(db: Db) {
         .unwrap();
 
     assert_eq!(
-        all.iter().map(|e| e.key_id.clone()).collect::<Vec<_>>(),
-        ids
+        all.iter()
+            .map(|e| (e.seq, e.key_id.clone(), e.kind.as_str()))
+            .collect::<Vec<_>>(),
+        logged
     );
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!([paged_first, paged_rest].concat(), all);
@@ -229,8 +248,16 @@ async fn pruning_removes_a_prefix_and_remembers_it(db: Db) {
     let Some((_db, store)) = open(db).await else {
         return;
     };
-    let key_a = store.create_key(new_key("acct_1", "a"), 10).await.unwrap();
-    let key_b = store.create_key(new_key("acct_1", "b"), 10).await.unwrap();
+    let key_a = store
+        .create_key(new_key("acct_1", "a"), 10)
+        .await
+        .unwrap()
+        .record;
+    let key_b = store
+        .create_key(new_key("acct_1", "b"), 10)
+        .await
+        .unwrap()
+        .record;
     store
         .revoke_key(&key_a.account_id, &key_a.id, UnixMillis(1_000))
         .await
@@ -254,7 +281,11 @@ async fn pruning_removes_a_prefix_and_remembers_it(db: Db) {
     // continue after it rather than reusing numbers.
     store.prune_events(UnixMillis(10_000)).await.unwrap();
     assert_eq!(store.latest_seq().await.unwrap(), latest);
-    let key_c = store.create_key(new_key("acct_1", "c"), 10).await.unwrap();
+    let key_c = store
+        .create_key(new_key("acct_1", "c"), 10)
+        .await
+        .unwrap()
+        .record;
     store
         .revoke_key(&key_c.account_id, &key_c.id, UnixMillis::now())
         .await
@@ -266,8 +297,16 @@ async fn last_use_never_moves_backwards(db: Db) {
     let Some((_db, store)) = open(db).await else {
         return;
     };
-    let key = store.create_key(new_key("acct_1", "s"), 10).await.unwrap();
-    let other = store.create_key(new_key("acct_1", "t"), 10).await.unwrap();
+    let key = store
+        .create_key(new_key("acct_1", "s"), 10)
+        .await
+        .unwrap()
+        .record;
+    let other = store
+        .create_key(new_key("acct_1", "t"), 10)
+        .await
+        .unwrap()
+        .record;
 
     store
         .record_last_used(&[
@@ -321,7 +360,8 @@ async fn account_scoping_is_enforced_by_the_store(db: Db) {
     let key = store
         .create_key(new_key("acct_owner", "s"), 10)
         .await
-        .unwrap();
+        .unwrap()
+        .record;
     let intruder = account("acct_intruder");
 
     assert!(matches!(
@@ -356,7 +396,11 @@ async fn wakeups_follow_appends(db: Db) {
         return;
     };
     let mut wakeups = store.subscribe_wakeups().await.unwrap();
-    let key = store.create_key(new_key("acct_1", "s"), 10).await.unwrap();
+    let key = store
+        .create_key(new_key("acct_1", "s"), 10)
+        .await
+        .unwrap()
+        .record;
     store
         .revoke_key(&key.account_id, &key.id, UnixMillis::now())
         .await
@@ -384,8 +428,17 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
     let store = storage::open(&database.database_url(), &settings)
         .await
         .unwrap();
-    let stalled_key = store.create_key(new_key("acct_1", "a"), 10).await.unwrap();
-    let key = store.create_key(new_key("acct_1", "b"), 10).await.unwrap();
+    let stalled_key = store
+        .create_key(new_key("acct_1", "a"), 10)
+        .await
+        .unwrap()
+        .record;
+    let key = store
+        .create_key(new_key("acct_1", "b"), 10)
+        .await
+        .unwrap()
+        .record;
+    let logged_before = store.latest_seq().await.unwrap();
     let mut stalled = sqlx::PgConnection::connect(&database.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut stalled).await.unwrap();
     sqlx::query(
@@ -423,13 +476,20 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
     assert!(matches!(update, Err(StoreError::Database(_))), "{update:?}");
     let untouched = store.get_key(&key.account_id, &key.id).await.unwrap();
     assert_eq!(untouched, key, "nothing half done");
-    assert!(store.events_after(0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .events_after(logged_before, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     stalled.close().await.unwrap();
     let revoked = store
         .revoke_key(&key.account_id, &key.id, UnixMillis::now())
         .await
-        .unwrap();
+        .unwrap()
+        .record;
     assert!(revoked.revoked_at.is_some());
     assert_eq!(store.events_after(0, 10).await.unwrap().len(), 1);
 }

@@ -44,6 +44,7 @@ async fn watch(app: &mut TestApp, after_seq: u64, account: &str) -> Streaming<Re
         .watch_revocations(proto::WatchRevocationsRequest {
             after_seq,
             account_id: account.into(),
+            ..Default::default()
         })
         .await
         .expect("WatchRevocations")
@@ -256,6 +257,7 @@ async fn cursors_outside_the_retained_log_are_out_of_range(db: Db) {
             .watch_revocations(proto::WatchRevocationsRequest {
                 after_seq: 1,
                 account_id: String::new(),
+                ..Default::default()
             })
             .await
         {
@@ -270,6 +272,7 @@ async fn cursors_outside_the_retained_log_are_out_of_range(db: Db) {
         .watch_revocations(proto::WatchRevocationsRequest {
             after_seq: 1,
             account_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -280,6 +283,7 @@ async fn cursors_outside_the_retained_log_are_out_of_range(db: Db) {
         .watch_revocations(proto::WatchRevocationsRequest {
             after_seq: 1_000_000,
             account_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -310,6 +314,7 @@ async fn a_slow_consumer_is_cut_off_and_can_resume(db: Db) {
         .watch_revocations(proto::WatchRevocationsRequest {
             after_seq: 0,
             account_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -400,6 +405,7 @@ async fn watchers_beyond_the_bound_are_refused(db: Db) {
         .watch_revocations(proto::WatchRevocationsRequest {
             after_seq: 0,
             account_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -417,6 +423,7 @@ async fn watchers_beyond_the_bound_are_refused(db: Db) {
             .watch_revocations(proto::WatchRevocationsRequest {
                 after_seq: 0,
                 account_id: String::new(),
+                ..Default::default()
             })
             .await
             .is_ok()
@@ -439,6 +446,7 @@ async fn bad_watch_input_is_invalid_argument(db: Db) {
         .watch_revocations(proto::WatchRevocationsRequest {
             after_seq: 0,
             account_id: "has space".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -500,7 +508,8 @@ async fn service_pruning_on_read(
                 10,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .record;
         real.revoke_key(&account, &key.id, UnixMillis(1_000 + i as i64))
             .await
             .unwrap();
@@ -564,6 +573,7 @@ async fn pruning_under_the_first_history_read_is_out_of_range(db: Db) {
         .watch_revocations(tonic::Request::new(proto::WatchRevocationsRequest {
             after_seq: 3,
             account_id: String::new(),
+            ..Default::default()
         }))
         .await
         .expect("the cursor is in range at the start")
@@ -588,6 +598,7 @@ async fn pruning_between_history_pages_is_out_of_range(db: Db) {
         .watch_revocations(tonic::Request::new(proto::WatchRevocationsRequest {
             after_seq: 1,
             account_id: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -683,6 +694,7 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
         .watch_revocations(proto::WatchRevocationsRequest {
             after_seq: 0,
             account_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -742,6 +754,7 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
             .watch_revocations(proto::WatchRevocationsRequest {
                 after_seq: last_seq,
                 account_id: String::new(),
+                ..Default::default()
             })
             .await
             .ok()
@@ -821,6 +834,7 @@ async fn checkpoints_pause_while_the_replica_cannot_prove_it_is_current(db: Db) 
         .watch_revocations(tonic::Request::new(proto::WatchRevocationsRequest {
             after_seq: 0,
             account_id: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()

@@ -119,6 +119,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                 credential: format!("Bearer {}", secret.expose()),
                 required_scopes: vec!["portfolio:read".into()],
                 client_ip: String::new(),
+                ..Default::default()
             }
             .encode_to_vec(),
         );

@@ -27,6 +27,7 @@ mod lean_client;
 mod load;
 mod seed;
 mod server_process;
+mod verifier_bench;
 
 use lean_client::{AuthenticateVerdict, CheckVerdict, HealthVerdict, PreEncoded};
 use load::{LoadStats, closed_loop, closed_loop_count, open_loop};
@@ -97,6 +98,10 @@ pub struct BenchArgs {
     /// Only the memory measurement.
     #[arg(long)]
     pub only_memory: bool,
+    /// Only the keyward-client section (Verifier cache hit, axum with
+    /// KeywardLayer against without, revocations reaching a Verifier).
+    #[arg(long)]
+    pub only_client: bool,
     /// Only the in-process cache-hit measurement (for profilers such as
     /// `valgrind --tool=callgrind`), with this many calls.
     #[arg(long, value_name = "CALLS")]
@@ -229,6 +234,11 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         rows.push(memory_per_key(&config, &args).await?);
         return Ok(rows);
     }
+    if args.only_client {
+        let database = bench_database(&args).await?;
+        rows.extend(verifier_bench::run(&args, &args.keyward_binary()?, &config, &database).await?);
+        return Ok(rows);
+    }
     let calls = match args.only_hot_path {
         Some(calls) => calls.max(1),
         None if args.smoke => 10_000,
@@ -332,6 +342,12 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
     server.stop().await?;
     drop(database);
 
+    // keyward-client, on a server and database of its own (also in smoke
+    // mode, so CI keeps the section working).
+    let database = bench_database(&args).await?;
+    rows.extend(verifier_bench::run(&args, &args.keyward_binary()?, &config, &database).await?);
+    drop(database);
+
     if args.memory_keys > 0 {
         rows.push(memory_per_key(&config, &args).await?);
     }
@@ -415,6 +431,7 @@ fn authenticate_call(
                     credential: format!("Bearer {secret}"),
                     required_scopes: vec!["portfolio:read".into()],
                     client_ip: String::new(),
+                    ..Default::default()
                 })
             })
             .collect(),
@@ -654,6 +671,7 @@ async fn garbage_addresses(
                     credential: format!("Bearer cc_{i:x}"),
                     required_scopes: vec![],
                     client_ip: address,
+                    ..Default::default()
                 })
                 .await
                 .is_ok_and(|reply| !reply.into_inner().allowed)
@@ -900,6 +918,7 @@ async fn h2load_cross_check(
         credential: format!("Bearer {secret}"),
         required_scopes: vec!["portfolio:read".into()],
         client_ip: String::new(),
+        ..Default::default()
     };
     let allowed = KeyServiceClient::new(channel.clone())
         .authenticate(authenticate.clone())

@@ -318,6 +318,7 @@ impl TestApp {
                 credential: credential.into(),
                 required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 client_ip: String::new(),
+                ..Default::default()
             })
             .await
             .expect("Authenticate")

@@ -5,10 +5,11 @@
 //! built in this process over such a store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use keyward::authenticator::Authenticator;
-use keyward::change_feed::Freshness;
+use keyward::change_feed::{AppliedRevision, Freshness};
 use keyward::config::Config;
 use keyward::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
 use keyward::key_cache::KeyCache;
@@ -17,6 +18,7 @@ use keyward::last_use::{LastUseFlusher, last_use_channel};
 use keyward::replica;
 use keyward::storage::{
     Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolStats, StoreError, Wakeup,
+    Written,
 };
 use keyward::telemetry::Telemetry;
 use tokio::sync::mpsc;
@@ -74,7 +76,7 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
     fn backend(&self) -> Backend {
         self.inner.backend()
     }
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<KeyRecord, StoreError> {
+    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
         self.inner.create_key(key, max_active).await
     }
@@ -83,7 +85,7 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
+    ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
         self.inner.revoke_key(account, id, now).await
     }
@@ -93,7 +95,7 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
-    ) -> Result<KeyRecord, StoreError> {
+    ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
         self.inner.update_key(account, id, update, now).await
     }
@@ -178,6 +180,8 @@ pub fn in_process(
         Arc::clone(&cache),
         Arc::clone(&store),
         freshness,
+        // No follower here: a request with a min_revision waits and fails.
+        Arc::new(AppliedRevision::new(0, Duration::from_millis(100))),
         usage,
         Arc::new(Telemetry::disabled()),
     );
