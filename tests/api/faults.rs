@@ -57,6 +57,7 @@ fn bound() -> Duration {
 pub(crate) struct Replica {
     server: Option<RunningServer>,
     pub(crate) keys: KeyServiceClient<Channel>,
+    channel: Channel,
     health: HealthClient<Channel>,
 }
 
@@ -68,7 +69,8 @@ impl Replica {
         let channel = connect(server.addr()).await;
         Self {
             keys: KeyServiceClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            health: HealthClient::new(channel.clone()),
+            channel,
             server: Some(server),
         }
     }
@@ -375,10 +377,15 @@ struct ProxiedPair {
 }
 
 async fn proxied_pair() -> Option<ProxiedPair> {
+    proxied_pair_with(test_config).await
+}
+
+/// As `proxied_pair`, both replicas with the config `config` makes.
+async fn proxied_pair_with(config: fn() -> Config) -> Option<ProxiedPair> {
     let database = TestDatabase::create(Db::Postgres).await?;
     let proxy = StallingProxy::start(server_address(&database.url)).await;
-    let a = spawn_on(database.clone(), test_config()).await;
-    let b = Replica::start(proxy.url_for(&database.url), test_config()).await;
+    let a = spawn_on(database.clone(), config()).await;
+    let b = Replica::start(proxy.url_for(&database.url), config()).await;
     assert!(
         eventually(Duration::from_secs(10), async || proxy.listeners_seen() > 0).await,
         "B's listener never connected through the proxy"
@@ -493,22 +500,113 @@ async fn a_read_stalled_three_times_the_bound_is_not_answered_allowed() {
     stalled_read(bound() * 3).await;
 }
 
+/// The same stall under CheckScope by credential, CheckScope by key id and
+/// ext_authz Check: every path that answers from a read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_read_is_not_answered_allowed_through_check_scope_by_credential() {
+    stalled_read_through(
+        bound() + Duration::from_secs(1),
+        Path::CheckScopeByCredential,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_read_is_not_answered_allowed_through_check_scope_by_key_id() {
+    stalled_read_through(bound() + Duration::from_secs(1), Path::CheckScopeById).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_read_is_not_answered_allowed_through_ext_authz_check() {
+    stalled_read_through(bound() + Duration::from_secs(1), Path::ExtAuthzCheck).await;
+}
+
+/// The hot-path RPC a stalled request goes through.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Authenticate,
+    CheckScopeByCredential,
+    CheckScopeById,
+    ExtAuthzCheck,
+}
+
+/// Both replicas: any key may call `GET /orders` through Check.
+fn config_with_a_route() -> Config {
+    crate::helpers::envoy::config_from(
+        r#"
+        [[http.routes]]
+        methods = ["GET"]
+        path = "/orders"
+        scopes = []
+        "#,
+    )
+}
+
+/// Whether B allowed `secret` (key `key_id`) through `path`.
+async fn allowed_through(b: Channel, path: Path, secret: &str, key_id: &str) -> bool {
+    let mut keys = KeyServiceClient::new(b.clone());
+    let check_scope = |key_id: &str, credential: &str| proto::CheckScopeRequest {
+        key_id: key_id.into(),
+        credential: credential.into(),
+        scopes: vec!["orders:read".into()],
+        ..Default::default()
+    };
+    match path {
+        Path::Authenticate => try_authenticate(&keys, secret).await.unwrap().allowed,
+        Path::CheckScopeByCredential => {
+            keys.check_scope(check_scope("", secret))
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+        }
+        Path::CheckScopeById => {
+            keys.check_scope(check_scope(key_id, ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+        }
+        Path::ExtAuthzCheck => {
+            let request = crate::helpers::envoy::get("/orders").bearer(secret).build();
+            let response = crate::helpers::envoy::Envoy::on(b).check(request).await;
+            response.status.is_some_and(|status| status.code == 0)
+        }
+    }
+}
+
 async fn stalled_read(stall: Duration) {
-    let Some(ProxiedPair { mut a, b, proxy }) = proxied_pair().await else {
+    stalled_read_through(stall, Path::Authenticate).await;
+}
+
+async fn stalled_read_through(stall: Duration, path: Path) {
+    let config = match path {
+        Path::ExtAuthzCheck => config_with_a_route,
+        _ => test_config,
+    };
+    let Some(ProxiedPair { mut a, b, proxy }) = proxied_pair_with(config).await else {
         return;
     };
     let ledger = Ledger::new();
-    let (key, secret) = a.create_key("acct_1", &[]).await;
+    let (key, secret) = a.create_key("acct_1", &["orders:read"]).await;
     let (_, live_secret) = a.create_key("acct_1", &[]).await;
     // B is current, and its pool has a connection open (the read below
     // needs no new one).
     assert!(b.authenticate(&live_secret).await.allowed);
     assert_eq!(b.status().await, ServingStatus::Serving);
 
-    proxy.hold_all_once_sent(&sha2::Sha256::digest(secret.as_bytes()));
+    // The read to hold: by digest, or (CheckScope by key id) by the id.
+    match path {
+        Path::CheckScopeById => proxy.hold_all_once_sent(key.id.as_bytes()),
+        _ => proxy.hold_all_once_sent(&sha2::Sha256::digest(secret.as_bytes())),
+    }
     let in_flight = tokio::spawn({
-        let (ledger, client, secret) = (Arc::clone(&ledger), b.keys.clone(), secret.clone());
-        async move { ledger.ask(&client, 0, &secret).await }
+        let (channel, secret, id) = (b.channel.clone(), secret.clone(), key.id.clone());
+        async move {
+            let sent = Instant::now();
+            let allowed = allowed_through(channel, path, &secret, &id).await;
+            (allowed, sent, Instant::now())
+        }
     });
     assert!(
         eventually(Duration::from_secs(10), async || proxy.holding()
@@ -536,12 +634,17 @@ async fn stalled_read(stall: Duration) {
     // The fault's duration.
     tokio::time::sleep_until(revoked + stall).await;
     proxy.release();
-    let answer = tokio::time::timeout(Duration::from_secs(30), in_flight)
+    let (allowed, sent, received) = tokio::time::timeout(Duration::from_secs(30), in_flight)
         .await
         .expect("B answers the stalled request once released")
         .unwrap();
     ledger.assert_none_late();
-    assert!(!answer.allowed, "{answer:?}");
+    assert!(
+        !allowed,
+        "{path:?}: the stalled request, sent {} and answered {} after RevokeKey returned, was allowed",
+        since(revoked, sent),
+        since(revoked, received)
+    );
 
     assert!(
         b.becomes(ServingStatus::Serving, Duration::from_secs(20))
