@@ -163,6 +163,9 @@ impl KeyManager {
                     rate_limit: request.rate_limit,
                     created_at: now,
                     expires_at: request.expires_at,
+                    metadata: Default::default(),
+                    allowed_networks: Vec::new(),
+                    rotated_from: None,
                 },
                 self.max_active_keys_per_account,
             )
@@ -209,6 +212,8 @@ impl KeyManager {
                     name: change.name,
                     scopes,
                     rate_limit: change.rate_limit,
+                    metadata: None,
+                    allowed_networks: None,
                 },
                 UnixMillis::now(),
             )

@@ -48,6 +48,7 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
                 preset: preset.unwrap_or_default(),
                 expires_at: expires_in.map(expiry).transpose()?,
                 rate_limit: rate_limit.map(proto_rate_limit),
+                ..Default::default()
             };
             create(&connection, request).await
         }
@@ -188,6 +189,7 @@ async fn update(
             Some(RateLimitChange::Set(limit)) => Some(proto_rate_limit(limit)),
             Some(RateLimitChange::Default) | None => None,
         },
+        ..Default::default()
     };
     let response = client
         .call("UpdateKey", request, |c, r| Box::pin(c.update_key(r)))

@@ -8,6 +8,7 @@
 //! and an event's sequence is the write's revision (read-your-writes across
 //! replicas).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -38,7 +39,16 @@ pub struct NewKey {
     pub rate_limit: Option<RateLimit>,
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
+    /// Already validated (see `KeyRecord::metadata`).
+    pub metadata: Metadata,
+    /// Normalised CIDRs (see `KeyRecord::allowed_networks`).
+    pub allowed_networks: Vec<String>,
+    /// The key this one replaces (RotateKey).
+    pub rotated_from: Option<KeyId>,
 }
+
+/// A key's metadata: validated names to values, in name order.
+pub type Metadata = BTreeMap<String, String>;
 
 impl NewKey {
     /// The record this key is once inserted.
@@ -55,6 +65,9 @@ impl NewKey {
             expires_at: self.expires_at,
             revoked_at: None,
             last_used_at: None,
+            metadata: self.metadata,
+            allowed_networks: self.allowed_networks,
+            rotated_from: self.rotated_from,
         }
     }
 }
@@ -73,6 +86,12 @@ pub struct KeyRecord {
     pub expires_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
     pub last_used_at: Option<UnixMillis>,
+    /// The owner's labels (stored as a JSON object).
+    pub metadata: Metadata,
+    /// Normalised CIDRs (`10.0.0.1/32`); empty: any address.
+    pub allowed_networks: Vec<String>,
+    /// The key this one replaced (RotateKey).
+    pub rotated_from: Option<KeyId>,
 }
 
 /// A key as a write left it, and the write's revision: the sequence of the
@@ -92,6 +111,10 @@ pub struct KeyUpdate {
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` returns the key to the configured default limit.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Replaces the whole map.
+    pub metadata: Option<Metadata>,
+    /// Replaces the whole list (normalised CIDRs; empty: any address).
+    pub allowed_networks: Option<Vec<String>>,
 }
 
 /// What a logged change did.
@@ -101,6 +124,12 @@ pub enum EventKind {
     ScopesChanged,
     RateLimitChanged,
     Renamed,
+    MetadataChanged,
+    NetworksChanged,
+    /// The key now expires at the end of a rotation's grace period.
+    Rotated,
+    /// The key was imported (its digest may be remembered as unknown).
+    Imported,
 }
 
 impl EventKind {
@@ -110,6 +139,10 @@ impl EventKind {
             EventKind::ScopesChanged => "scopes_changed",
             EventKind::RateLimitChanged => "rate_limit_changed",
             EventKind::Renamed => "renamed",
+            EventKind::MetadataChanged => "metadata_changed",
+            EventKind::NetworksChanged => "networks_changed",
+            EventKind::Rotated => "rotated",
+            EventKind::Imported => "imported",
         }
     }
 }
@@ -123,6 +156,10 @@ impl FromStr for EventKind {
             "scopes_changed" => Ok(EventKind::ScopesChanged),
             "rate_limit_changed" => Ok(EventKind::RateLimitChanged),
             "renamed" => Ok(EventKind::Renamed),
+            "metadata_changed" => Ok(EventKind::MetadataChanged),
+            "networks_changed" => Ok(EventKind::NetworksChanged),
+            "rotated" => Ok(EventKind::Rotated),
+            "imported" => Ok(EventKind::Imported),
             other => Err(format!("unknown event kind {other:?}")),
         }
     }
@@ -346,6 +383,9 @@ struct KeyRow {
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
+    metadata: String,
+    allowed_networks: String,
+    rotated_from: Option<String>,
 }
 
 impl TryFrom<KeyRow> for KeyRecord {
@@ -367,6 +407,14 @@ impl TryFrom<KeyRow> for KeyRecord {
         let id = KeyId::parse(&row.id).map_err(|_| corrupt("id"))?;
         let account_id = AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?;
         let digest = KeyDigest::from_bytes(&row.key_hash).ok_or_else(|| corrupt("hash"))?;
+        let metadata: Metadata =
+            serde_json::from_str(&row.metadata).map_err(|_| corrupt("metadata"))?;
+        let rotated_from = row
+            .rotated_from
+            .as_deref()
+            .map(KeyId::parse)
+            .transpose()
+            .map_err(|_| corrupt("rotated_from"))?;
         Ok(KeyRecord {
             id,
             account_id,
@@ -379,11 +427,20 @@ impl TryFrom<KeyRow> for KeyRecord {
             expires_at: row.expires_at.map(UnixMillis),
             revoked_at: row.revoked_at.map(UnixMillis),
             last_used_at: row.last_used_at.map(UnixMillis),
+            metadata,
+            allowed_networks: split_scopes(&row.allowed_networks),
+            rotated_from,
         })
     }
 }
 
-/// Scopes are stored as one space-separated column (scope names hold no spaces).
+/// Metadata is stored as a JSON object.
+fn metadata_column(metadata: &Metadata) -> String {
+    serde_json::to_string(metadata).expect("a map of strings serializes")
+}
+
+/// Scopes (and allowed networks) are stored as one space-separated column
+/// (neither scope names nor CIDRs hold spaces).
 fn join_scopes(scopes: &[String]) -> String {
     scopes.join(" ")
 }
@@ -436,6 +493,20 @@ fn events_for_update(update: &KeyUpdate, before: &KeyRecord) -> Vec<EventKind> {
     {
         kinds.push(EventKind::Renamed);
     }
+    if update
+        .metadata
+        .as_ref()
+        .is_some_and(|m| *m != before.metadata)
+    {
+        kinds.push(EventKind::MetadataChanged);
+    }
+    if update
+        .allowed_networks
+        .as_ref()
+        .is_some_and(|n| *n != before.allowed_networks)
+    {
+        kinds.push(EventKind::NetworksChanged);
+    }
     kinds
 }
 
@@ -449,6 +520,12 @@ fn apply_update(mut record: KeyRecord, update: KeyUpdate) -> KeyRecord {
     }
     if let Some(rate_limit) = update.rate_limit {
         record.rate_limit = rate_limit;
+    }
+    if let Some(metadata) = update.metadata {
+        record.metadata = metadata;
+    }
+    if let Some(networks) = update.allowed_networks {
+        record.allowed_networks = networks;
     }
     record
 }

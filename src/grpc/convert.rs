@@ -243,6 +243,7 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
         last_used_at: record.last_used_at.map(millis_to_timestamp),
         rate_limit: proto_rate_limit(record.rate_limit),
         effective_scopes: catalog.sorted_names(catalog.effective(granted)),
+        ..Default::default()
     }
 }
 
@@ -261,6 +262,7 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
         last_used_at: key.last_used_at().map(millis_to_timestamp),
         rate_limit: proto_rate_limit(key.rate_limit),
         effective_scopes: catalog.sorted_names(key.effective),
+        ..Default::default()
     }
 }
 

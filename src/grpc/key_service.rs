@@ -288,6 +288,30 @@ impl KeyService for KeyServiceApi {
         Ok(Response::new(proto::RecordUsageResponse {}))
     }
 
+    // Issue 17 (key lifecycle): declared in the proto, built on branches.
+    async fn rotate_key(
+        &self,
+        _request: Request<proto::RotateKeyRequest>,
+    ) -> Result<Response<proto::RotateKeyResponse>, Status> {
+        Err(Status::unimplemented("RotateKey is not implemented yet"))
+    }
+
+    async fn import_keys(
+        &self,
+        _request: Request<proto::ImportKeysRequest>,
+    ) -> Result<Response<proto::ImportKeysResponse>, Status> {
+        Err(Status::unimplemented("ImportKeys is not implemented yet"))
+    }
+
+    async fn list_key_events(
+        &self,
+        _request: Request<proto::ListKeyEventsRequest>,
+    ) -> Result<Response<proto::ListKeyEventsResponse>, Status> {
+        Err(Status::unimplemented(
+            "ListKeyEvents is not implemented yet",
+        ))
+    }
+
     async fn list_scopes(
         &self,
         _request: Request<proto::ListScopesRequest>,

@@ -16,6 +16,9 @@ fn record(digest: KeyDigest) -> KeyRecord {
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        metadata: Default::default(),
+        allowed_networks: Vec::new(),
+        rotated_from: None,
     }
 }
 

@@ -99,6 +99,13 @@ macro_rules! insert_key_within_limit {
             .bind(per_seconds)
             .bind($key.created_at.0)
             .bind($key.expires_at.map(|t| t.0))
+            .bind($crate::storage::metadata_column(&$key.metadata))
+            .bind($crate::storage::join_scopes(&$key.allowed_networks))
+            .bind(
+                $key.rotated_from
+                    .as_ref()
+                    .map($crate::domain::KeyId::as_str),
+            )
             .execute(&mut *$tx)
             .await?;
     };
@@ -131,6 +138,8 @@ macro_rules! update_locked_key {
             .bind($crate::storage::join_scopes(&after.scopes))
             .bind(requests)
             .bind(per_seconds)
+            .bind($crate::storage::metadata_column(&after.metadata))
+            .bind($crate::storage::join_scopes(&after.allowed_networks))
             .bind($id.as_str())
             .execute(&mut *$tx)
             .await?;

@@ -12,7 +12,8 @@
 macro_rules! key_columns {
     () => {
         "id, account_id, name, key_hash, start, scopes, rate_limit_requests, \
-         rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at"
+         rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at, \
+         metadata, allowed_networks, rotated_from"
     };
 }
 pub(super) use key_columns;
@@ -49,17 +50,21 @@ pub(super) const COUNT_ACTIVE_KEYS: &str = "SELECT COUNT(*) FROM api_keys \
      AND (expires_at IS NULL OR expires_at > $2)";
 
 /// Binds: id, account id, name, key hash, start, scopes, rate limit requests,
-/// rate limit seconds, created at, expires at.
+/// rate limit seconds, created at, expires at, metadata, allowed networks,
+/// rotated from.
 pub(super) const INSERT_KEY: &str = "INSERT INTO api_keys (id, account_id, name, key_hash, \
-     start, scopes, rate_limit_requests, rate_limit_per_seconds, created_at, expires_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     start, scopes, rate_limit_requests, rate_limit_per_seconds, created_at, expires_at, \
+     metadata, allowed_networks, rotated_from) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// Binds: key id, account id.
 pub(super) const KEY_IN_ACCOUNT: &str = key_in_account!();
 
-/// Binds: name, scopes, rate limit requests, rate limit seconds, key id.
+/// Binds: name, scopes, rate limit requests, rate limit seconds, metadata,
+/// allowed networks, key id.
 pub(super) const UPDATE_KEY: &str = "UPDATE api_keys SET name = $1, scopes = $2, \
-     rate_limit_requests = $3, rate_limit_per_seconds = $4 WHERE id = $5";
+     rate_limit_requests = $3, rate_limit_per_seconds = $4, metadata = $5, \
+     allowed_networks = $6 WHERE id = $7";
 
 /// A page of an account's keys in id order. Binds: account id, whether
 /// revoked keys count, the id to start after (`""` for the first page), limit.

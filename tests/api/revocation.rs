@@ -104,6 +104,9 @@ async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
                         rate_limit: None,
                         created_at: UnixMillis::now(),
                         expires_at: None,
+                        metadata: Default::default(),
+                        allowed_networks: Vec::new(),
+                        rotated_from: None,
                     },
                     10,
                 )
@@ -288,6 +291,9 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
                     rate_limit: None,
                     created_at: UnixMillis::now(),
                     expires_at: None,
+                    metadata: Default::default(),
+                    allowed_networks: Vec::new(),
+                    rotated_from: None,
                 },
                 10,
             )

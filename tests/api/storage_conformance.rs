@@ -45,6 +45,9 @@ fn new_key(account_name: &str, secret: &str) -> NewKey {
         rate_limit: None,
         created_at: UnixMillis::now(),
         expires_at: None,
+        metadata: Default::default(),
+        allowed_networks: Vec::new(),
+        rotated_from: None,
     }
 }
 
@@ -137,6 +140,7 @@ async fn updates_log_one_event_per_change(db: Db) {
                 name: Some(KeyName::parse("renamed").unwrap()),
                 scopes: Some(vec!["portfolio:read".into()]),
                 rate_limit: Some(Some(RateLimit::new(1, 1).unwrap())),
+                ..Default::default()
             },
             UnixMillis(7),
         )

@@ -504,6 +504,9 @@ async fn service_pruning_on_read(
                     rate_limit: None,
                     created_at: UnixMillis(1),
                     expires_at: None,
+                    metadata: Default::default(),
+                    allowed_networks: Vec::new(),
+                    rotated_from: None,
                 },
                 10,
             )
