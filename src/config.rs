@@ -86,6 +86,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub key_format: KeyFormat,
     pub max_active_keys_per_account: u32,
+    /// `keys.max_rotation_grace_seconds`: RotateKey's longest grace period.
+    pub max_rotation_grace: Duration,
     pub catalog: Arc<ScopeCatalog>,
     pub denials: DenialCatalog,
     pub cache: CacheSettings,
@@ -189,6 +191,7 @@ impl Config {
             server,
             key_format: keys.format,
             max_active_keys_per_account: keys.max_active_per_account,
+            max_rotation_grace: keys.max_rotation_grace,
             catalog: Arc::new(catalog),
             denials,
             cache,

@@ -50,6 +50,8 @@ pub struct CachedKey {
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
+    /// The key this one replaced (RotateKey).
+    pub rotated_from: Option<KeyId>,
     /// The last-use time as stored when this entry was loaded.
     pub stored_last_used_at: Option<UnixMillis>,
     /// Unix millis of the last use seen by this replica (0: none).
@@ -89,6 +91,7 @@ impl CachedKey {
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
+            rotated_from: record.rotated_from,
             stored_last_used_at: record.last_used_at,
             last_used_ms: AtomicI64::new(0),
             usage_queued: AtomicBool::new(false),
@@ -363,19 +366,37 @@ impl KeyCache {
         true
     }
 
-    /// Remembers that no key has this digest. Keys are created with fresh
-    /// random secrets, so a digest seen before its key exists is not a case
-    /// worth guarding; CreateKey still clears it.
+    /// Remembers that no key has this digest. Created keys have fresh
+    /// random secrets, but an imported key's digest may well have been
+    /// presented before its import (callers moving over), so this is
+    /// guarded like a key's insert: a load whose ticket predates a change
+    /// to the digest (an `imported` event's invalidation) remembers nothing.
+    pub fn insert_unknown_unless_changed(&self, ticket: LoadTicket, digest: KeyDigest) -> bool {
+        let stripe = self.digest_stripe(&digest);
+        if ticket.map != Map::ByDigest || ticket.stripe != stripe {
+            return false;
+        }
+        let epoch = self.digest_stripes[stripe].lock();
+        if *epoch != ticket.epoch {
+            return false;
+        }
+        self.unknown.insert(digest, ());
+        true
+    }
+
+    /// Remembers that no key has this digest, unguarded (tests).
     pub fn insert_unknown(&self, digest: KeyDigest) {
         self.unknown.insert(digest, ());
     }
 
-    /// Forgets a key after a change; see the module invariant.
+    /// Forgets a key after a change, and that its digest was unknown (an
+    /// imported key's may have been); see the module invariant.
     pub fn invalidate(&self, id: &KeyId, digest: &KeyDigest) {
         {
             let mut epoch = self.digest_stripes[self.digest_stripe(digest)].lock();
             *epoch += 1;
             self.by_digest.invalidate(digest);
+            self.unknown.invalidate(digest);
         }
         let mut epoch = self.id_stripes[self.id_stripe(id)].lock();
         *epoch += 1;

@@ -102,6 +102,10 @@ pub const DEFAULT_ALPHABET: Alphabet = Alphabet::LowerHex;
 pub const DEFAULT_SCHEMES: [&str; 2] = ["Bearer", "ApiKey"];
 pub const DEFAULT_DISPLAY_CHARS: usize = 6;
 pub const DEFAULT_MAX_ACTIVE_PER_ACCOUNT: u32 = 10;
+/// RotateKey's longest grace period by default: 7 days.
+pub const DEFAULT_MAX_ROTATION_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+/// The longest grace period a deployment may allow: 365 days.
+pub const MAX_ROTATION_GRACE_SECONDS: u64 = 365 * 24 * 3600;
 
 /// `[keys]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +117,7 @@ pub struct RawKeys {
     pub display_chars: Option<usize>,
     pub schemes: Option<Vec<String>>,
     pub max_active_per_account: Option<u32>,
+    pub max_rotation_grace_seconds: Option<u64>,
 }
 
 /// Validated `[keys]`: the key format, and how many active keys an account
@@ -121,6 +126,8 @@ pub struct RawKeys {
 pub struct KeySettings {
     pub format: KeyFormat,
     pub max_active_per_account: u32,
+    /// RotateKey's longest grace period (whole seconds).
+    pub max_rotation_grace: std::time::Duration,
 }
 
 impl KeySettings {
@@ -150,9 +157,17 @@ impl KeySettings {
             100_000,
         )
         .map_err(SettingError::at("keys.max_active_per_account"))?;
+        let max_rotation_grace = in_range(
+            raw.max_rotation_grace_seconds
+                .unwrap_or(DEFAULT_MAX_ROTATION_GRACE_SECONDS),
+            0,
+            MAX_ROTATION_GRACE_SECONDS,
+        )
+        .map_err(SettingError::at("keys.max_rotation_grace_seconds"))?;
         Ok(Self {
             format,
             max_active_per_account,
+            max_rotation_grace: std::time::Duration::from_secs(max_rotation_grace),
         })
     }
 }

@@ -480,6 +480,15 @@ impl Api {
                 ManagementError::NotFound => (&errors.not_found, error.to_string()),
                 ManagementError::KeyLimitReached { .. } => (&errors.key_limit, error.to_string()),
                 ManagementError::KeyRevoked => (&errors.key_revoked, error.to_string()),
+                // RotateKey and ImportKeys are gRPC only; their errors do
+                // not arise here.
+                ManagementError::InvalidAt { .. } => (&errors.invalid, error.to_string()),
+                ManagementError::KeyExpired
+                | ManagementError::AlreadyRotated { .. }
+                | ManagementError::AlreadyExists { .. } => (&errors.key_revoked, error.to_string()),
+                ManagementError::ImportLimitReached { .. } => {
+                    (&errors.key_limit, error.to_string())
+                }
                 ManagementError::Storage(error) => {
                     tracing::error!(%error, "storage failure");
                     (

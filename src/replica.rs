@@ -45,6 +45,7 @@ pub fn management_settings(config: &Config) -> ManagementSettings {
         catalog: Arc::clone(&config.catalog),
         key_format: config.key_format.clone(),
         max_active_keys_per_account: config.max_active_keys_per_account,
+        max_rotation_grace: config.max_rotation_grace,
     }
 }
 

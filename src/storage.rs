@@ -52,7 +52,7 @@ pub type Metadata = BTreeMap<String, String>;
 
 impl NewKey {
     /// The record this key is once inserted.
-    fn into_record(self) -> KeyRecord {
+    pub(crate) fn into_record(self) -> KeyRecord {
         KeyRecord {
             id: self.id,
             account_id: self.account_id,
@@ -101,6 +101,34 @@ pub struct KeyRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub record: KeyRecord,
+    pub revision: u64,
+}
+
+/// The new key of a rotation; everything else it inherits from the old key
+/// (name, scopes, rate limit, metadata, allowed networks, expiry).
+#[derive(Debug, Clone)]
+pub struct Successor {
+    pub id: KeyId,
+    pub digest: KeyDigest,
+    pub start: String,
+    /// Also the moment of the rotation.
+    pub created_at: UnixMillis,
+}
+
+/// What a rotation left: the new key, the old key as the rotation left it
+/// (expiring or revoked), and the revision (the old key's event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    pub key: KeyRecord,
+    pub previous: KeyRecord,
+    pub revision: u64,
+}
+
+/// Keys an import inserted, in request order, and the revision (the last
+/// `imported` event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub keys: Vec<KeyRecord>,
     pub revision: u64,
 }
 
@@ -195,6 +223,15 @@ pub enum StoreError {
     KeyLimitReached { limit: u32 },
     #[error("the key is revoked")]
     KeyRevoked,
+    #[error("the key has expired")]
+    KeyExpired,
+    #[error("the key is already rotated; its successor is {successor}")]
+    AlreadyRotated { successor: KeyId },
+    /// An imported key's digest is already stored (position in the request).
+    #[error("keys[{index}]: a key with this digest already exists")]
+    DigestExists { index: usize },
+    #[error("account {account} would have more than {limit} active keys")]
+    ImportLimitReached { account: AccountId, limit: u32 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -249,6 +286,33 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<Written, StoreError>;
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError>;
+
+    /// Replaces a key of `account` with `successor`, which inherits the
+    /// rest, in one transaction: the old key then expires at `grace_until`
+    /// (or stays earlier; a `rotated` event) or, with `None`, is revoked
+    /// (a `revoked` event); the event's sequence is the revision. A revoked
+    /// (`KeyRevoked`) or expired (`KeyExpired`) key, or one that already
+    /// has a successor (`AlreadyRotated`), is refused with nothing written.
+    /// No key-limit check: the new key takes the old one's place (a rotated
+    /// key does not count as active).
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+    ) -> Result<Rotated, StoreError>;
+
+    /// Inserts validated keys all or nothing, logging an `imported` event
+    /// for each (other replicas may remember their digests as unknown). A
+    /// digest already stored is `DigestExists`; an account that would hold
+    /// more than `max_active` active keys is `ImportLimitReached`.
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+    ) -> Result<Imported, StoreError>;
 
     /// Keys of `account` in id (creation) order, after `after` if given.
     async fn list_keys(

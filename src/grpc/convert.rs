@@ -2,6 +2,7 @@
 //! checked here, and a bad one becomes INVALID_ARGUMENT naming it.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,9 +11,9 @@ use tonic::Status;
 
 use super::status::invalid_argument;
 use crate::denial::{Denial, Reason};
-use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
+use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::CachedKey;
-use crate::key_management::{ChangeKey, CreateKey};
+use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
 use crate::proto;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
@@ -39,14 +40,19 @@ pub fn key_name(raw: &str) -> Result<KeyName, Status> {
 
 /// Errors name the subfield: `rate_limit.requests` or `rate_limit.per_seconds`.
 pub fn rate_limit(raw: &proto::RateLimit) -> Result<RateLimit, Status> {
+    rate_limit_at("rate_limit", raw)
+}
+
+/// [`rate_limit`] for a field named `field` (`keys[3].rate_limit`).
+fn rate_limit_at(field: &str, raw: &proto::RateLimit) -> Result<RateLimit, Status> {
     RateLimit::new(raw.requests, raw.per_seconds).map_err(|e| {
         // RateLimit checks `requests` first.
-        let field = if raw.requests == 0 {
-            "rate_limit.requests"
+        let subfield = if raw.requests == 0 {
+            "requests"
         } else {
-            "rate_limit.per_seconds"
+            "per_seconds"
         };
-        invalid_argument(field, e)
+        invalid_argument(&format!("{field}.{subfield}"), e)
     })
 }
 
@@ -243,6 +249,11 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
         last_used_at: record.last_used_at.map(millis_to_timestamp),
         rate_limit: proto_rate_limit(record.rate_limit),
         effective_scopes: catalog.sorted_names(catalog.effective(granted)),
+        rotated_from: record
+            .rotated_from
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -262,8 +273,100 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
         last_used_at: key.last_used_at().map(millis_to_timestamp),
         rate_limit: proto_rate_limit(key.rate_limit),
         effective_scopes: catalog.sorted_names(key.effective),
+        rotated_from: key
+            .rotated_from
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
         ..Default::default()
     }
+}
+
+/// RotateKey's `grace_period`: unset is `None` (revoke at once); negative
+/// or malformed durations are refused (the maximum is the manager's).
+pub fn grace_period(raw: Option<&prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if !(0..1_000_000_000).contains(&raw.nanos) || raw.seconds < 0 {
+        return Err(invalid_argument(
+            "grace_period",
+            "must be a non-negative duration (seconds >= 0, nanos 0 to 999999999)",
+        ));
+    }
+    Ok(Some(Duration::new(raw.seconds as u64, raw.nanos as u32)))
+}
+
+/// An ImportKeys request's entries, each field checked where it can be
+/// without the catalog and the key format (the manager checks the rest).
+/// Errors name `keys[i].<field>`.
+pub fn imported_keys(request: proto::ImportKeysRequest) -> Result<Vec<ImportKey>, Status> {
+    if request.keys.is_empty() || request.keys.len() > MAX_IMPORT_KEYS {
+        return Err(invalid_argument(
+            "keys",
+            format!("1 to {MAX_IMPORT_KEYS} keys, got {}", request.keys.len()),
+        ));
+    }
+    request
+        .keys
+        .into_iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let field = |name: &str| format!("keys[{index}].{name}");
+            let bad =
+                |name: &str, reason: &dyn std::fmt::Display| invalid_argument(&field(name), reason);
+            let account_id =
+                AccountId::parse(&key.account_id).map_err(|e| bad("account_id", &e))?;
+            let name = KeyName::parse(&key.name).map_err(|e| bad("name", &e))?;
+            let digest = sha256_hex(&key.sha256_hex).map_err(|e| bad("sha256_hex", &e))?;
+            let created_at = key
+                .created_at
+                .as_ref()
+                .map(|t| timestamp_to_millis(&field("created_at"), t))
+                .transpose()?;
+            let expires_at = key
+                .expires_at
+                .as_ref()
+                .map(|t| timestamp_to_millis(&field("expires_at"), t))
+                .transpose()?;
+            let rate_limit = key
+                .rate_limit
+                .as_ref()
+                .map(|raw| rate_limit_at(&field("rate_limit"), raw))
+                .transpose()?;
+            Ok(ImportKey {
+                account_id,
+                name,
+                digest,
+                start: key.start,
+                scopes: key.scopes,
+                created_at,
+                expires_at,
+                rate_limit,
+                metadata: key.metadata.into_iter().collect(),
+            })
+        })
+        .collect()
+}
+
+/// 64 lowercase hex digits: a SHA-256 digest as another system stored it.
+fn sha256_hex(raw: &str) -> Result<KeyDigest, String> {
+    if raw.len() != 64 {
+        return Err(format!(
+            "must be 64 lowercase hex characters (a SHA-256 digest), got {} characters",
+            raw.chars().count()
+        ));
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err("must be 64 lowercase hex characters (0-9, a-f)".into());
+    }
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&raw[2 * i..2 * i + 2], 16).expect("checked hex"))
+        .collect();
+    Ok(KeyDigest::from_bytes(&bytes).expect("32 bytes"))
 }
 
 fn reason(reason: Reason) -> proto::denial::Reason {

@@ -288,19 +288,45 @@ impl KeyService for KeyServiceApi {
         Ok(Response::new(proto::RecordUsageResponse {}))
     }
 
-    // Issue 17 (key lifecycle): declared in the proto, built on branches.
     async fn rotate_key(
         &self,
-        _request: Request<proto::RotateKeyRequest>,
+        request: Request<proto::RotateKeyRequest>,
     ) -> Result<Response<proto::RotateKeyResponse>, Status> {
-        Err(Status::unimplemented("RotateKey is not implemented yet"))
+        let account_id = convert::account_id(&request.get_ref().account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
+        let request = request.into_inner();
+        let key_id = convert::key_id("key_id", &request.key_id)?;
+        let grace = convert::grace_period(request.grace_period.as_ref())?;
+        let (rotated, secret) = self.manager.rotate(&account_id, &key_id, grace).await?;
+        let catalog = self.manager.catalog();
+        Ok(Response::new(proto::RotateKeyResponse {
+            key: Some(convert::key_from_record(&rotated.key, catalog)),
+            secret: secret.into_exposed(),
+            previous: Some(convert::key_from_record(&rotated.previous, catalog)),
+            revision: rotated.revision,
+        }))
     }
 
     async fn import_keys(
         &self,
-        _request: Request<proto::ImportKeysRequest>,
+        request: Request<proto::ImportKeysRequest>,
     ) -> Result<Response<proto::ImportKeysResponse>, Status> {
-        Err(Status::unimplemented("ImportKeys is not implemented yet"))
+        let caller = request.extensions().get::<Caller>().cloned();
+        let keys = convert::imported_keys(request.into_inner())?;
+        // A user JWT may import only into its own account.
+        for key in &keys {
+            check_account(caller.as_ref(), &key.account_id)?;
+        }
+        let imported = self.manager.import(keys).await?;
+        let catalog = self.manager.catalog();
+        Ok(Response::new(proto::ImportKeysResponse {
+            keys: imported
+                .keys
+                .iter()
+                .map(|record| convert::key_from_record(record, catalog))
+                .collect(),
+            revision: imported.revision,
+        }))
     }
 
     async fn list_key_events(

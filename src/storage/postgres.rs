@@ -17,13 +17,13 @@ use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
 use super::shared::{
-    append_event_fn, delete_events_before, impl_key_store, insert_key_within_limit,
-    update_locked_key,
+    append_event_fn, delete_events_before, impl_key_store, import_locked_keys,
+    insert_key_within_limit, rotate_locked_key, update_locked_key,
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT, key_columns, key_in_account};
 use super::{
-    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, Written,
-    to_u64,
+    EventKind, Imported, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, Rotated, StoreError,
+    Successor, Wakeup, Written, to_u64,
 };
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
@@ -214,6 +214,54 @@ impl_key_store!(PostgresStore, {
         let (record, revision) = update_locked_key!(self, tx, before, id, update, now);
         tx.commit().await?;
         Ok(Written { record, revision })
+    }
+
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+    ) -> Result<Rotated, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The account's lock first, as CreateKey takes it (its count sees
+        // the old key and its successor change places at once), then the
+        // old key's row: a second rotation of the key waits here and then
+        // finds the first one's successor.
+        sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(account.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let old = Self::key_in_account(&mut tx, account, id, true).await?;
+        let rotated = rotate_locked_key!(tx, old, successor, grace_until);
+        tx.commit().await?;
+        Ok(rotated)
+    }
+
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+    ) -> Result<Imported, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Every account's lock, in one order (so concurrent imports cannot
+        // deadlock), as CreateKey takes one: the counts below hold.
+        let accounts: std::collections::BTreeSet<&AccountId> =
+            keys.iter().map(|key| &key.account_id).collect();
+        for account in accounts {
+            sqlx::query(INSERT_ACCOUNT)
+                .bind(account.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+                .bind(account.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let imported = import_locked_keys!(tx, keys, max_active, now);
+        tx.commit().await?;
+        Ok(imported)
     }
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {

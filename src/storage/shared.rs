@@ -87,6 +87,14 @@ macro_rules! insert_key_within_limit {
         if active >= i64::from($max_active) {
             return Err($crate::storage::StoreError::KeyLimitReached { limit: $max_active });
         }
+        $crate::storage::shared::insert_key!($tx, $key);
+    };
+}
+pub(super) use insert_key_within_limit;
+
+/// Inside `$tx`: inserts `$key` as it is (no limit check).
+macro_rules! insert_key {
+    ($tx:ident, $key:ident) => {
         let (requests, per_seconds) = $crate::storage::rate_limit_columns($key.rate_limit);
         sqlx::query($crate::storage::statements::INSERT_KEY)
             .bind($key.id.as_str())
@@ -110,7 +118,136 @@ macro_rules! insert_key_within_limit {
             .await?;
     };
 }
-pub(super) use insert_key_within_limit;
+pub(super) use insert_key;
+
+/// In a transaction holding the account's and the old key's locks
+/// (`$old`, read under them): refuses a revoked, expired or already
+/// rotated key, inserts `$successor` with what it inherits, and expires
+/// (`$grace_until`) or revokes (`None`) the old key with its event.
+/// Evaluates to a `Rotated`.
+macro_rules! rotate_locked_key {
+    ($tx:ident, $old:ident, $successor:ident, $grace_until:ident) => {{
+        let now = $successor.created_at;
+        if $old.revoked_at.is_some() {
+            return Err($crate::storage::StoreError::KeyRevoked);
+        }
+        if $old.expires_at.is_some_and(|at| at <= now) {
+            return Err($crate::storage::StoreError::KeyExpired);
+        }
+        let successor: Option<String> =
+            sqlx::query_scalar($crate::storage::statements::SUCCESSOR_OF)
+                .bind($old.account_id.as_str())
+                .bind($old.id.as_str())
+                .fetch_optional(&mut *$tx)
+                .await?;
+        if let Some(successor) = successor {
+            let successor = $crate::domain::KeyId::parse(&successor).map_err(|_| {
+                $crate::storage::StoreError::Corrupt(format!("successor of key {}", $old.id))
+            })?;
+            return Err($crate::storage::StoreError::AlreadyRotated { successor });
+        }
+        let name = $crate::domain::KeyName::parse(&$old.name).map_err(|_| {
+            $crate::storage::StoreError::Corrupt(format!("name of key {}", $old.id))
+        })?;
+        let new_key = $crate::storage::NewKey {
+            id: $successor.id,
+            account_id: $old.account_id.clone(),
+            name,
+            digest: $successor.digest,
+            start: $successor.start,
+            scopes: $old.scopes.clone(),
+            rate_limit: $old.rate_limit,
+            created_at: now,
+            expires_at: $old.expires_at,
+            metadata: $old.metadata.clone(),
+            allowed_networks: $old.allowed_networks.clone(),
+            rotated_from: Some($old.id.clone()),
+        };
+        $crate::storage::shared::insert_key!($tx, new_key);
+        let mut previous = $old;
+        let kind = match $grace_until {
+            None => {
+                sqlx::query($crate::storage::statements::SET_REVOKED_AT)
+                    .bind(now.0)
+                    .bind(previous.id.as_str())
+                    .execute(&mut *$tx)
+                    .await?;
+                previous.revoked_at = Some(now);
+                $crate::storage::EventKind::Revoked
+            }
+            Some(until) => {
+                let until = previous.expires_at.map_or(until, |at| at.min(until));
+                sqlx::query($crate::storage::statements::SET_EXPIRES_AT)
+                    .bind(until.0)
+                    .bind(previous.id.as_str())
+                    .execute(&mut *$tx)
+                    .await?;
+                previous.expires_at = Some(until);
+                $crate::storage::EventKind::Rotated
+            }
+        };
+        let revision = Self::append_event(&mut $tx, &previous, kind, now).await?;
+        $crate::storage::Rotated {
+            key: new_key.into_record(),
+            previous,
+            revision,
+        }
+    }};
+}
+pub(super) use rotate_locked_key;
+
+/// In a transaction holding the locks of every account in `$keys`:
+/// refuses a stored digest (`DigestExists`) or an account the import would
+/// take past `$max_active` active keys (`ImportLimitReached`), then inserts
+/// every key with its `imported` event. Evaluates to an `Imported`.
+macro_rules! import_locked_keys {
+    ($tx:ident, $keys:ident, $max_active:ident, $now:ident) => {{
+        let mut per_account: std::collections::BTreeMap<&$crate::domain::AccountId, i64> =
+            std::collections::BTreeMap::new();
+        for (index, key) in $keys.iter().enumerate() {
+            let stored: i64 = sqlx::query_scalar($crate::storage::statements::DIGEST_EXISTS)
+                .bind(key.digest.as_bytes().as_slice())
+                .fetch_one(&mut *$tx)
+                .await?;
+            if stored > 0 {
+                return Err($crate::storage::StoreError::DigestExists { index });
+            }
+            *per_account.entry(&key.account_id).or_default() += 1;
+        }
+        for (account, adding) in per_account {
+            let active: i64 = sqlx::query_scalar($crate::storage::statements::COUNT_ACTIVE_KEYS)
+                .bind(account.as_str())
+                .bind($now.0)
+                .fetch_one(&mut *$tx)
+                .await?;
+            if active + adding > i64::from($max_active) {
+                return Err($crate::storage::StoreError::ImportLimitReached {
+                    account: account.clone(),
+                    limit: $max_active,
+                });
+            }
+        }
+        let mut revision = 0;
+        let mut records = Vec::with_capacity($keys.len());
+        for key in $keys {
+            $crate::storage::shared::insert_key!($tx, key);
+            let record = key.into_record();
+            revision = Self::append_event(
+                &mut $tx,
+                &record,
+                $crate::storage::EventKind::Imported,
+                $now,
+            )
+            .await?;
+            records.push(record);
+        }
+        $crate::storage::Imported {
+            keys: records,
+            revision,
+        }
+    }};
+}
+pub(super) use import_locked_keys;
 
 /// In a transaction holding the key's row (`$before`, read under the lock):
 /// refuses a revoked key, applies `$update`, writes it and logs one event

@@ -16,13 +16,13 @@ use sqlx::sqlite::{
 use tokio::sync::mpsc;
 
 use super::shared::{
-    append_event_fn, delete_events_before, impl_key_store, insert_key_within_limit,
-    update_locked_key,
+    append_event_fn, delete_events_before, impl_key_store, import_locked_keys,
+    insert_key_within_limit, rotate_locked_key, update_locked_key,
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT};
 use super::{
-    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, Written,
-    to_u64,
+    EventKind, Imported, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, Rotated, StoreError,
+    Successor, Wakeup, Written, to_u64,
 };
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
@@ -171,6 +171,44 @@ impl_key_store!(SqliteStore, {
         tx.commit().await?;
         self.wake_followers();
         Ok(Written { record, revision })
+    }
+
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+    ) -> Result<Rotated, StoreError> {
+        // `BEGIN IMMEDIATE` holds the one write lock: nothing changes the
+        // key, its successors or the account's count meanwhile.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let old = Self::key_in_account(&mut tx, account, id).await?;
+        let rotated = rotate_locked_key!(tx, old, successor, grace_until);
+        tx.commit().await?;
+        self.wake_followers();
+        Ok(rotated)
+    }
+
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+    ) -> Result<Imported, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let accounts: std::collections::BTreeSet<&AccountId> =
+            keys.iter().map(|key| &key.account_id).collect();
+        for account in accounts {
+            sqlx::query(INSERT_ACCOUNT)
+                .bind(account.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let imported = import_locked_keys!(tx, keys, max_active, now);
+        tx.commit().await?;
+        self.wake_followers();
+        Ok(imported)
     }
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {

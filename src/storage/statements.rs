@@ -44,10 +44,28 @@ pub(super) use key_in_account;
 pub(super) const INSERT_ACCOUNT: &str =
     "INSERT INTO accounts (id) VALUES ($1) ON CONFLICT DO NOTHING";
 
-/// Keys of an account neither revoked nor expired. Binds: account id, now.
-pub(super) const COUNT_ACTIVE_KEYS: &str = "SELECT COUNT(*) FROM api_keys \
-     WHERE account_id = $1 AND revoked_at IS NULL \
-     AND (expires_at IS NULL OR expires_at > $2)";
+/// Keys of an account neither revoked nor expired nor rotated (a key that
+/// another key names in `rotated_from` is in its grace period and leaves
+/// its place to that successor). Binds: account id, now.
+pub(super) const COUNT_ACTIVE_KEYS: &str = "SELECT COUNT(*) FROM api_keys AS k \
+     WHERE k.account_id = $1 AND k.revoked_at IS NULL \
+     AND (k.expires_at IS NULL OR k.expires_at > $2) \
+     AND NOT EXISTS (SELECT 1 FROM api_keys AS s \
+     WHERE s.account_id = k.account_id AND s.rotated_from = k.id)";
+
+/// The key that replaced a key, if any (the first, should there be more).
+/// Binds: account id, the old key's id.
+pub(super) const SUCCESSOR_OF: &str = "SELECT id FROM api_keys \
+     WHERE account_id = $1 AND rotated_from = $2 ORDER BY id LIMIT 1";
+
+/// Binds: expires at, key id.
+pub(super) const SET_EXPIRES_AT: &str = "UPDATE api_keys SET expires_at = $1 WHERE id = $2";
+
+/// Binds: revoked at, key id.
+pub(super) const SET_REVOKED_AT: &str = "UPDATE api_keys SET revoked_at = $1 WHERE id = $2";
+
+/// Binds: key hash.
+pub(super) const DIGEST_EXISTS: &str = "SELECT COUNT(*) FROM api_keys WHERE key_hash = $1";
 
 /// Binds: id, account id, name, key hash, start, scopes, rate limit requests,
 /// rate limit seconds, created at, expires at, metadata, allowed networks,

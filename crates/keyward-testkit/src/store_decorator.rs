@@ -17,8 +17,8 @@ use keyward::key_management::KeyManager;
 use keyward::last_use::{LastUseFlusher, last_use_channel};
 use keyward::replica;
 use keyward::storage::{
-    Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolStats, StoreError, Wakeup,
-    Written,
+    Backend, Imported, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolStats, Rotated,
+    StoreError, Successor, Wakeup, Written,
 };
 use keyward::telemetry::Telemetry;
 use tokio::sync::mpsc;
@@ -98,6 +98,27 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
     ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
         self.inner.update_key(account, id, update, now).await
+    }
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+    ) -> Result<Rotated, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner
+            .rotate_key(account, id, successor, grace_until)
+            .await
+    }
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+    ) -> Result<Imported, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.import_keys(keys, max_active, now).await
     }
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
         self.hooks.before(Call::Other);
