@@ -300,6 +300,35 @@ pub enum KeysCommand {
         #[arg(long)]
         id: String,
     },
+    /// Replace a key with a new one that inherits it, and print the new
+    /// secret (shown this once). The old key keeps working for `--grace`.
+    Rotate {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// How long the old key keeps working, e.g. `24h`, `7d`
+        /// [default: 0, revoked at once].
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<std::time::Duration>,
+        /// The key to rotate.
+        key_id: String,
+    },
+    /// Import keys another system holds as SHA-256 digests, from a file of
+    /// JSON lines (one ImportedKey each), in batches of up to 1,000.
+    Import {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// JSON lines: account_id, name, sha256_hex, start, scopes,
+        /// created_at, expires_at (RFC 3339), rate_limit {requests,
+        /// per_seconds}, metadata.
+        file: std::path::PathBuf,
+    },
+}
+
+/// `24h`, `7d`, `0s`: a grace period (zero revokes at once).
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration like 24h or 7d"))
 }
 
 /// `30d`, `12h`, `90m`, `1h30m`: a positive duration.

@@ -1,7 +1,8 @@
 //! `keyward keys ...`: the operator CLI, a gRPC client of a running server.
 //! It sends the token as `authorization: Bearer ...` (never printing it),
 //! speaks TLS and mutual TLS when asked, and prints keys as a table or as
-//! JSON. The only secret it ever prints is the one CreateKey returns, once.
+//! JSON. The only secrets it ever prints are the ones CreateKey and
+//! RotateKey return, once.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -95,6 +96,210 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
                 .await?;
             Ok(show(&connection, response.key))
         }
+        KeysCommand::Rotate {
+            connection,
+            account,
+            grace,
+            key_id,
+        } => rotate(&connection, account, key_id, grace).await,
+        KeysCommand::Import { connection, file } => import(&connection, &file).await,
+    }
+}
+
+async fn rotate(
+    connection: &ConnectionArgs,
+    account: String,
+    key_id: String,
+    grace: Option<Duration>,
+) -> Result<String, CliError> {
+    let mut client = Client::connect(connection).await?;
+    let request = proto::RotateKeyRequest {
+        account_id: account,
+        key_id,
+        grace_period: grace.map(|grace| prost_types::Duration {
+            seconds: i64::try_from(grace.as_secs()).unwrap_or(i64::MAX),
+            nanos: grace.subsec_nanos() as i32,
+        }),
+    };
+    let response = client
+        .call("RotateKey", request, |c, r| Box::pin(c.rotate_key(r)))
+        .await?;
+    let key = KeyView::from(response.key.unwrap_or_default());
+    let previous = KeyView::from(response.previous.unwrap_or_default());
+    if connection.json {
+        return Ok(json(&RotatedView {
+            key,
+            secret: response.secret,
+            previous,
+        }));
+    }
+    let mut out = String::from("new key:\n");
+    out.push_str(&table(std::slice::from_ref(&key)));
+    out.push_str("\nold key (as the rotation left it):\n");
+    out.push_str(&table(std::slice::from_ref(&previous)));
+    let _ = writeln!(
+        out,
+        "\nsecret (shown only now; keyward keeps only its hash):\n{}",
+        response.secret
+    );
+    Ok(out)
+}
+
+/// Keys per ImportKeys call (the server's maximum).
+const IMPORT_BATCH: usize = 1_000;
+
+/// One line of an import file: ImportedKey's fields, times in RFC 3339.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportLine {
+    account_id: String,
+    name: String,
+    sha256_hex: String,
+    start: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    created_at: Option<String>,
+    expires_at: Option<String>,
+    rate_limit: Option<RateLimitView>,
+    #[serde(default)]
+    metadata: std::collections::HashMap<String, String>,
+}
+
+impl ImportLine {
+    fn into_proto(self) -> Result<proto::ImportedKey, String> {
+        let time = |field: &str, text: Option<String>| {
+            text.map(|text| {
+                let at = humantime::parse_rfc3339(&text).map_err(|e| {
+                    format!("{field}: {e}; use RFC 3339 UTC, like 2026-01-31T12:00:00Z")
+                })?;
+                let since = at
+                    .duration_since(UNIX_EPOCH)
+                    .map_err(|_| format!("{field}: before 1970"))?;
+                Ok::<_, String>(prost_types::Timestamp {
+                    seconds: i64::try_from(since.as_secs())
+                        .map_err(|_| format!("{field}: too far"))?,
+                    nanos: since.subsec_nanos() as i32,
+                })
+            })
+            .transpose()
+        };
+        Ok(proto::ImportedKey {
+            created_at: time("created_at", self.created_at)?,
+            expires_at: time("expires_at", self.expires_at)?,
+            account_id: self.account_id,
+            name: self.name,
+            sha256_hex: self.sha256_hex,
+            start: self.start,
+            scopes: self.scopes,
+            rate_limit: self.rate_limit.map(|limit| proto::RateLimit {
+                requests: limit.requests,
+                per_seconds: limit.per_seconds,
+            }),
+            metadata: self.metadata,
+        })
+    }
+}
+
+/// `keys import FILE`: batches of up to 1,000 lines, each all or nothing;
+/// a batch with a bad line is not sent. Progress goes to stderr; the
+/// result (or every error, by line number) is what this returns.
+async fn import(connection: &ConnectionArgs, file: &std::path::Path) -> Result<String, CliError> {
+    let bytes = read("FILE", file)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| CliError::Usage(format!("{}: not UTF-8 text", file.display())))?;
+    // (line number, the line's key or why it is bad), blank lines skipped.
+    let lines: Vec<(usize, Result<proto::ImportedKey, String>)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            let parsed = serde_json::from_str::<ImportLine>(line)
+                .map_err(|e| e.to_string())
+                .and_then(ImportLine::into_proto);
+            (index + 1, parsed)
+        })
+        .collect();
+    if lines.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{}: no keys to import",
+            file.display()
+        )));
+    }
+    let mut client = Client::connect(connection).await?;
+    let batches = lines.len().div_ceil(IMPORT_BATCH);
+    let mut imported = 0;
+    let mut revision = 0;
+    let mut errors = Vec::new();
+    for (batch_index, batch) in lines.chunks(IMPORT_BATCH).enumerate() {
+        let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
+        let bad: Vec<String> = batch
+            .iter()
+            .filter_map(|(line, parsed)| parsed.as_ref().err().map(|e| format!("line {line}: {e}")))
+            .collect();
+        if !bad.is_empty() {
+            eprintln!(
+                "batch {}/{batches} (lines {first}-{last}): not sent, {} bad line(s)",
+                batch_index + 1,
+                bad.len()
+            );
+            errors.extend(bad);
+            continue;
+        }
+        let keys: Vec<proto::ImportedKey> = batch
+            .iter()
+            .filter_map(|(_, parsed)| parsed.as_ref().ok().cloned())
+            .collect();
+        let count = keys.len();
+        match client
+            .call("ImportKeys", proto::ImportKeysRequest { keys }, |c, r| {
+                Box::pin(c.import_keys(r))
+            })
+            .await
+        {
+            Ok(response) => {
+                imported += response.keys.len();
+                revision = response.revision;
+                eprintln!(
+                    "batch {}/{batches} (lines {first}-{last}): imported {count} keys",
+                    batch_index + 1
+                );
+            }
+            Err(CliError::Rpc { code, message, .. }) => {
+                eprintln!(
+                    "batch {}/{batches} (lines {first}-{last}): refused, nothing imported",
+                    batch_index + 1
+                );
+                errors.push(format!(
+                    "{}: {code:?}: {message}",
+                    name_line(&message, batch)
+                ));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let summary = format!(
+        "imported {imported} of {} keys (revision {revision})",
+        lines.len()
+    );
+    if errors.is_empty() {
+        Ok(format!("{summary}\n"))
+    } else {
+        Err(CliError::Usage(format!(
+            "{summary}; not imported:\n{}",
+            errors.join("\n")
+        )))
+    }
+}
+
+/// The file line a server error's `keys[i]` names, or the batch's lines.
+fn name_line(message: &str, batch: &[(usize, Result<proto::ImportedKey, String>)]) -> String {
+    let index = message
+        .strip_prefix("keys[")
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(index, _)| index.parse::<usize>().ok());
+    match index.and_then(|index| batch.get(index)) {
+        Some((line, _)) => format!("line {line}"),
+        None => format!("lines {}-{}", batch[0].0, batch[batch.len() - 1].0),
     }
 }
 
@@ -354,7 +559,8 @@ pub struct KeyView {
     pub rate_limit: Option<RateLimitView>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimitView {
     pub requests: u32,
     pub per_seconds: u32,
@@ -364,6 +570,13 @@ pub struct RateLimitView {
 struct CreatedView {
     key: KeyView,
     secret: String,
+}
+
+#[derive(Serialize)]
+struct RotatedView {
+    key: KeyView,
+    secret: String,
+    previous: KeyView,
 }
 
 fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {

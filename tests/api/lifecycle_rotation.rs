@@ -770,3 +770,162 @@ async fn an_import_reaches_a_replica_that_remembered_the_digest_as_unknown() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+// The operator CLI
+
+/// Runs `keyward keys ARGS --server <app>` (management open on loopback).
+async fn keys_cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("keys")
+        .args(args)
+        .args(["--server", &format!("http://{}", app.addr())])
+        .env_remove("KEYWARD_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_rotates_with_a_grace_period() {
+    let mut app = spawn_app(Db::Sqlite).await.unwrap();
+    let (old, old_secret) = app.create_key("acct_cli", &["orders:read"]).await;
+    let (ok, stdout, stderr) = keys_cli(
+        &app,
+        &[
+            "rotate",
+            "--account",
+            "acct_cli",
+            "--grace",
+            "24h",
+            &old.id,
+            "--json",
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let secret = shown["secret"].as_str().unwrap();
+    assert!(authenticate(&mut app, secret, 0).await.allowed);
+    assert!(authenticate(&mut app, &old_secret, 0).await.allowed);
+    assert_eq!(shown["previous"]["id"], old.id.as_str());
+    let ends = humantime::parse_rfc3339(shown["previous"]["expires_at"].as_str().unwrap())
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expected = now_millis() / 1000 + 24 * 3600;
+    assert!(
+        (expected - 60..=expected).contains(&ends),
+        "{ends} vs {expected}"
+    );
+    // Table output shows the secret once; a bad grace is the CLI's error.
+    let (other, _) = app.create_key("acct_cli", &[]).await;
+    let (ok, stdout, _) = keys_cli(&app, &["rotate", "--account", "acct_cli", &other.id]).await;
+    assert!(ok);
+    assert_eq!(
+        stdout.matches("secret (shown only now").count(),
+        1,
+        "{stdout}"
+    );
+    let (ok, _, stderr) = keys_cli(
+        &app,
+        &[
+            "rotate",
+            "--account",
+            "acct_cli",
+            "--grace",
+            "soon",
+            &other.id,
+        ],
+    )
+    .await;
+    assert!(!ok && stderr.contains("--grace"), "{stderr}");
+    let (ok, _, stderr) = keys_cli(
+        &app,
+        &[
+            "rotate",
+            "--account",
+            "acct_cli",
+            "--grace",
+            "8d",
+            &other.id,
+        ],
+    )
+    .await;
+    assert!(!ok && stderr.contains("grace_period: at most"), "{stderr}");
+    let (ok, _, stderr) = keys_cli(
+        &app,
+        &["rotate", "--account", "acct_cli", "--grace", "1h", &old.id],
+    )
+    .await;
+    assert!(!ok && stderr.contains("FailedPrecondition"), "{stderr}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_imports_json_lines_and_names_a_bad_line() {
+    let mut app = spawn_app(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let line = |seed: &str| {
+        let (key, secret) = imported("acct_file", seed);
+        let text = serde_json::json!({
+            "account_id": key.account_id,
+            "name": key.name,
+            "sha256_hex": key.sha256_hex,
+            "start": key.start,
+            "scopes": key.scopes,
+            "created_at": "2024-01-31T12:00:00Z",
+            "expires_at": "2999-01-01T00:00:00Z",
+            "rate_limit": {"requests": 10, "per_seconds": 60},
+            "metadata": {"plan": "pro"},
+        })
+        .to_string();
+        (text, secret)
+    };
+    let (first, first_secret) = line("file one");
+    let (second, second_secret) = line("file two");
+
+    // A bad third line: the batch is not sent.
+    let bad_file = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad_file,
+        format!("{first}\n\n{second}\n{{\"account_id\": \"acct_file\", \"nme\": 1}}\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = keys_cli(&app, &["import", bad_file.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(stderr.contains("imported 0 of 3 keys"), "{stderr}");
+    assert!(stderr.contains("line 4:"), "{stderr}");
+    assert!(stderr.contains("not sent"), "{stderr}");
+    assert!(all_keys(&mut app, "acct_file").await.is_empty());
+
+    // The good lines import, and their secrets work.
+    let good_file = dir.path().join("good.jsonl");
+    std::fs::write(&good_file, format!("{first}\n{second}\n")).unwrap();
+    let (ok, stdout, stderr) = keys_cli(&app, &["import", good_file.to_str().unwrap()]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("imported 2 of 2 keys"), "{stdout}");
+    assert!(
+        stderr.contains("batch 1/1 (lines 1-2): imported 2 keys"),
+        "{stderr}"
+    );
+    for secret in [first_secret, second_secret] {
+        assert!(authenticate(&mut app, &secret, 0).await.allowed);
+    }
+    let keys = all_keys(&mut app, "acct_file").await;
+    assert_eq!(
+        millis(keys[0].created_at.as_ref().unwrap()),
+        1_706_702_400_000
+    );
+
+    // Imported again: the server's refusal names the line.
+    let (ok, _, stderr) = keys_cli(&app, &["import", good_file.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(stderr.contains("line 1: AlreadyExists"), "{stderr}");
+    app.shutdown().await;
+}
