@@ -620,6 +620,9 @@ async fn imported_secrets_authenticate(db: Db) {
     app.shutdown().await;
 }
 
+/// What makes one entry bad.
+type Spoil = Box<dyn Fn(&mut proto::ImportedKey)>;
+
 async fn bad_imports_are_refused_whole_and_write_nothing(db: Db) {
     let Some(mut app) = spawn_app(db).await else {
         return;
@@ -631,7 +634,7 @@ async fn bad_imports_are_refused_whole_and_write_nothing(db: Db) {
         .await
         .expect("ImportKeys");
     let (good, good_secret) = imported(account, "good");
-    let bad_entries: Vec<(&str, Box<dyn Fn(&mut proto::ImportedKey)>)> = vec![
+    let bad_entries: Vec<(&str, Spoil)> = vec![
         (
             "keys[1].sha256_hex",
             Box::new(|k| k.sha256_hex.replace_range(0..1, "g")),
