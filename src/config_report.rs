@@ -165,6 +165,10 @@ fn limits(config: &Config) -> Vec<String> {
             "at most {} active keys per account",
             config.max_active_keys_per_account
         ),
+        format!(
+            "rotation grace period: at most {}",
+            humantime::format_duration(config.max_rotation_grace)
+        ),
         match config.default_rate_limit {
             Some(limit) => format!(
                 "default rate limit: {} requests per {} s per key (per replica)",

@@ -932,3 +932,26 @@ async fn the_cli_imports_json_lines_and_names_a_bad_line() {
     assert!(stderr.contains("line 1: AlreadyExists"), "{stderr}");
     app.shutdown().await;
 }
+
+#[test]
+fn the_maximum_grace_period_is_configured_in_whole_seconds_within_a_year() {
+    use keyward::config::Config;
+    assert_eq!(
+        Config::default().max_rotation_grace,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    let config = Config::parse("[keys]\nmax_rotation_grace_seconds = 0\n", "k.toml").unwrap();
+    assert_eq!(config.max_rotation_grace, Duration::ZERO);
+    for bad in ["31536001", "-1", "1.5", "\"7d\""] {
+        let error = Config::parse(
+            &format!("[keys]\nmax_rotation_grace_seconds = {bad}\n"),
+            "k.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("keys.max_rotation_grace_seconds"),
+            "{bad}: {error}"
+        );
+    }
+}

@@ -461,6 +461,7 @@ scopes = []
         "export  [reserved: grantable, not used yet; denied as export_not_enabled: \"Exports are not enabled.\"]",
         "everything: journal:read, journal:write, export",
         "at most 3 active keys per account",
+        "rotation grace period: at most 7days",
         "default rate limit: 100 requests per 60 s per key",
         "Failed-authentication bans:\n  off",
         "service token \"auditor\": GetKey, ListKeys",
