@@ -128,12 +128,8 @@ pub(super) use insert_key;
 macro_rules! rotate_locked_key {
     ($tx:ident, $old:ident, $successor:ident, $grace_until:ident) => {{
         let now = $successor.created_at;
-        if $old.revoked_at.is_some() {
-            return Err($crate::storage::StoreError::KeyRevoked);
-        }
-        if $old.expires_at.is_some_and(|at| at <= now) {
-            return Err($crate::storage::StoreError::KeyExpired);
-        }
+        // A successor first: a key rotated without grace is also revoked,
+        // and its successor is what the caller needs to hear of.
         let successor: Option<String> =
             sqlx::query_scalar($crate::storage::statements::SUCCESSOR_OF)
                 .bind($old.account_id.as_str())
@@ -145,6 +141,12 @@ macro_rules! rotate_locked_key {
                 $crate::storage::StoreError::Corrupt(format!("successor of key {}", $old.id))
             })?;
             return Err($crate::storage::StoreError::AlreadyRotated { successor });
+        }
+        if $old.revoked_at.is_some() {
+            return Err($crate::storage::StoreError::KeyRevoked);
+        }
+        if $old.expires_at.is_some_and(|at| at <= now) {
+            return Err($crate::storage::StoreError::KeyExpired);
         }
         let name = $crate::domain::KeyName::parse(&$old.name).map_err(|_| {
             $crate::storage::StoreError::Corrupt(format!("name of key {}", $old.id))
@@ -227,19 +229,20 @@ macro_rules! import_locked_keys {
                 });
             }
         }
-        let mut revision = 0;
+        // Every key first, then every event: on PostgreSQL the first event
+        // takes the log's ordering lock until commit, and an insert that
+        // waits on another transaction's row (the same digest imported
+        // concurrently) must not wait while holding it.
         let mut records = Vec::with_capacity($keys.len());
         for key in $keys {
             $crate::storage::shared::insert_key!($tx, key);
-            let record = key.into_record();
-            revision = Self::append_event(
-                &mut $tx,
-                &record,
-                $crate::storage::EventKind::Imported,
-                $now,
-            )
-            .await?;
-            records.push(record);
+            records.push(key.into_record());
+        }
+        let mut revision = 0;
+        for record in &records {
+            revision =
+                Self::append_event(&mut $tx, record, $crate::storage::EventKind::Imported, $now)
+                    .await?;
         }
         $crate::storage::Imported {
             keys: records,

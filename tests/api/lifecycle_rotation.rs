@@ -21,6 +21,7 @@ on_both_databases!(
     bad_grace_periods_are_refused_and_write_nothing,
     rotating_a_revoked_expired_or_rotated_key_is_refused_and_writes_nothing,
     a_key_in_its_grace_period_leaves_its_place_for_the_limit,
+    racing_rotations_of_one_key_leave_one_successor,
     imported_secrets_authenticate,
     bad_imports_are_refused_whole_and_write_nothing,
     an_import_over_the_key_limit_is_refused_whole,
@@ -453,6 +454,40 @@ async fn a_key_in_its_grace_period_leaves_its_place_for_the_limit(db: Db) {
         "the rotated key, its successor {} and the new one",
         rotated.key.unwrap().id
     );
+    app.shutdown().await;
+}
+
+async fn racing_rotations_of_one_key_leave_one_successor(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let account = "acct_race";
+    for round in 0..10 {
+        let (old, _) = app.create_key(account, &[]).await;
+        let (mut first, mut second) = (app.keys.clone(), app.keys.clone());
+        let request = |grace_seconds| proto::RotateKeyRequest {
+            account_id: account.into(),
+            key_id: old.id.clone(),
+            grace_period: grace(grace_seconds, 0),
+        };
+        let (one, other) = tokio::join!(
+            first.rotate_key(request(3600)),
+            second.rotate_key(request(0))
+        );
+        let (won, lost) = match (one, other) {
+            (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won.into_inner(), lost),
+            outcome => panic!("round {round}: one rotation should win: {outcome:?}"),
+        };
+        assert_eq!(lost.code(), Code::FailedPrecondition, "{lost:?}");
+        let successor = won.key.unwrap().id;
+        assert!(lost.message().contains(&successor), "{lost:?}");
+        let successors = all_keys(&mut app, account)
+            .await
+            .into_iter()
+            .filter(|key| key.rotated_from == old.id)
+            .count();
+        assert_eq!(successors, 1, "round {round}");
+    }
     app.shutdown().await;
 }
 
