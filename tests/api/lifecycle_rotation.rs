@@ -990,3 +990,101 @@ fn the_maximum_grace_period_is_configured_in_whole_seconds_within_a_year() {
         );
     }
 }
+
+/// RotateKey and ImportKeys are management RPCs: a credential is needed
+/// once management is locked, and a user JWT acts only in its own account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_jwt_rotates_and_imports_only_in_its_own_account() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let fixture = |name: &str| format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = format!(
+        "[auth]\nhot_path_requires_token = false\n\n[auth.jwt]\nissuers = [\"https://auth.example.test\"]\n\
+         audiences = [\"keyward-test\"]\npublic_key_files = [\"{}\"]\n",
+        fixture("rs256-test-public.pem")
+    );
+    let mut config = test_config();
+    config.auth = keyward::config::Config::parse(&text, "auth.toml")
+        .unwrap()
+        .auth;
+    let mut app = spawn_app_with(Db::Sqlite, config).await.unwrap();
+    let private = std::fs::read(fixture("rs256-test-private.pem")).unwrap();
+    let jwt = |account: &str| {
+        let now = now_millis() / 1000;
+        let claims = serde_json::json!({"sub": account, "iss": "https://auth.example.test",
+            "aud": "keyward-test", "iat": now, "exp": now + 300});
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&private).unwrap(),
+        )
+        .unwrap()
+    };
+    fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+    let (user, other) = (jwt("acct_user"), jwt("acct_other"));
+    let mut created = Vec::new();
+    for (account, token) in [("acct_user", &user), ("acct_other", &other)] {
+        let request = proto::CreateKeyRequest {
+            account_id: account.into(),
+            name: "k".into(),
+            ..Default::default()
+        };
+        let key = app.keys.create_key(bearer(request, token)).await.unwrap();
+        created.push(key.into_inner().key.unwrap());
+    }
+    let rotation = |account: &str, key_id: &str| proto::RotateKeyRequest {
+        account_id: account.into(),
+        key_id: key_id.into(),
+        grace_period: grace(60, 0),
+    };
+
+    let status = app
+        .keys
+        .rotate_key(bearer(rotation("acct_other", &created[1].id), &user))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = app
+        .keys
+        .rotate_key(rotation("acct_user", &created[0].id))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let mixed = vec![
+        imported("acct_user", "jwt one").0,
+        imported("acct_other", "jwt two").0,
+    ];
+    let status = app
+        .keys
+        .import_keys(bearer(proto::ImportKeysRequest { keys: mixed }, &user))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = app
+        .keys
+        .import_keys(proto::ImportKeysRequest {
+            keys: vec![imported("acct_user", "jwt one").0],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(stored_events(&app.database).await.is_empty());
+
+    app.keys
+        .rotate_key(bearer(rotation("acct_user", &created[0].id), &user))
+        .await
+        .expect("its own key");
+    let request = proto::ImportKeysRequest {
+        keys: vec![imported("acct_user", "jwt one").0],
+    };
+    app.keys
+        .import_keys(bearer(request, &user))
+        .await
+        .expect("into its own account");
+    app.shutdown().await;
+}
