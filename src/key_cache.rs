@@ -396,8 +396,11 @@ impl KeyCache {
             let mut epoch = self.digest_stripes[self.digest_stripe(digest)].lock();
             *epoch += 1;
             self.by_digest.invalidate(digest);
-            self.unknown.invalidate(digest);
         }
+        // After the bump (outside the lock, which stays as short as it
+        // was): a guarded insert of "unknown" either came before the bump
+        // and is removed here, or sees the new epoch and inserts nothing.
+        self.unknown.invalidate(digest);
         let mut epoch = self.id_stripes[self.id_stripe(id)].lock();
         *epoch += 1;
         self.by_id.invalidate(id);
