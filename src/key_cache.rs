@@ -370,7 +370,10 @@ impl KeyCache {
     /// random secrets, but an imported key's digest may well have been
     /// presented before its import (callers moving over), so this is
     /// guarded like a key's insert: a load whose ticket predates a change
-    /// to the digest (an `imported` event's invalidation) remembers nothing.
+    /// to the digest remembers nothing. (Whoever applies a change calls
+    /// [`invalidate`](Self::invalidate), which bumps the epoch, and then
+    /// [`forget_unknown`](Self::forget_unknown): a guarded insert either
+    /// came before the bump and is forgotten, or sees the new epoch.)
     pub fn insert_unknown_unless_changed(&self, ticket: LoadTicket, digest: KeyDigest) -> bool {
         let stripe = self.digest_stripe(&digest);
         if ticket.map != Map::ByDigest || ticket.stripe != stripe {
@@ -389,18 +392,13 @@ impl KeyCache {
         self.unknown.insert(digest, ());
     }
 
-    /// Forgets a key after a change, and that its digest was unknown (an
-    /// imported key's may have been); see the module invariant.
+    /// Forgets a key after a change; see the module invariant.
     pub fn invalidate(&self, id: &KeyId, digest: &KeyDigest) {
         {
             let mut epoch = self.digest_stripes[self.digest_stripe(digest)].lock();
             *epoch += 1;
             self.by_digest.invalidate(digest);
         }
-        // After the bump (outside the lock, which stays as short as it
-        // was): a guarded insert of "unknown" either came before the bump
-        // and is removed here, or sees the new epoch and inserts nothing.
-        self.unknown.invalidate(digest);
         let mut epoch = self.id_stripes[self.id_stripe(id)].lock();
         *epoch += 1;
         self.by_id.invalidate(id);

@@ -347,12 +347,15 @@ fn an_event_forgets_an_unknown_digest_and_a_load_that_raced_it_remembers_nothing
     let ticket = cache.ticket_for_digest(&digest);
     assert!(cache.insert_unknown_unless_changed(ticket, digest));
     assert!(matches!(cache.lookup_digest(&digest), Lookup::KnownUnknown));
-    // The import's event: the digest is no longer unknown.
+    // The import's event, applied as the follower does: the digest is no
+    // longer unknown.
     cache.invalidate(&id, &digest);
+    cache.forget_unknown(&digest);
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
     // A load that read "no such key" before the event cannot remember it after.
     let stale = cache.ticket_for_digest(&digest);
     cache.invalidate(&id, &digest);
+    cache.forget_unknown(&digest);
     assert!(!cache.insert_unknown_unless_changed(stale, digest));
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
 }
