@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::audit::{Actor, AuditEntry};
 use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
@@ -77,6 +78,14 @@ pub struct KeyPage {
     pub next_after: Option<KeyId>,
 }
 
+/// One page of ListKeyEvents.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<AuditEntry>,
+    /// The last sequence of this page, when more may follow.
+    pub next_after: Option<u64>,
+}
+
 /// What key management is configured with (`[key_format]`, `[scopes]`,
 /// `max_active_keys_per_account`).
 #[derive(Debug, Clone)]
@@ -135,6 +144,7 @@ impl KeyManager {
     pub async fn create(
         &self,
         request: CreateKey,
+        actor: &Actor,
     ) -> Result<(Written, KeySecret), ManagementError> {
         let scopes = self.canonical_scopes(&request.scopes, request.preset.as_deref())?;
         let now = UnixMillis::now();
@@ -168,6 +178,7 @@ impl KeyManager {
                     rotated_from: None,
                 },
                 self.max_active_keys_per_account,
+                actor,
             )
             .await?;
         self.cache.forget_unknown(&digest);
@@ -180,10 +191,11 @@ impl KeyManager {
         &self,
         account_id: &AccountId,
         key_id: &KeyId,
+        actor: &Actor,
     ) -> Result<Written, ManagementError> {
         let written = self
             .store
-            .revoke_key(account_id, key_id, UnixMillis::now())
+            .revoke_key(account_id, key_id, UnixMillis::now(), actor)
             .await?;
         let record = &written.record;
         // Before returning: this replica never answers "allowed" for it again.
@@ -197,6 +209,7 @@ impl KeyManager {
         account_id: &AccountId,
         key_id: &KeyId,
         change: ChangeKey,
+        actor: &Actor,
     ) -> Result<Written, ManagementError> {
         let scopes = change
             .scopes
@@ -216,6 +229,7 @@ impl KeyManager {
                     allowed_networks: None,
                 },
                 UnixMillis::now(),
+                actor,
             )
             .await?;
         let record = &written.record;
@@ -237,6 +251,33 @@ impl KeyManager {
         key_id: &KeyId,
     ) -> Result<KeyRecord, ManagementError> {
         Ok(self.store.get_key(account_id, key_id).await?)
+    }
+
+    /// A page of an account's audit trail (ListKeyEvents), oldest first,
+    /// of one key if `key_id` is given: a key of another account is
+    /// `NotFound`, as everywhere in management.
+    pub async fn list_events(
+        &self,
+        account_id: &AccountId,
+        key_id: Option<&KeyId>,
+        after: u64,
+        page_size: u32,
+    ) -> Result<EventPage, ManagementError> {
+        if let Some(key_id) = key_id {
+            self.store.get_key(account_id, key_id).await?;
+        }
+        // One extra row tells whether another page exists.
+        let mut events = self
+            .store
+            .list_audit(account_id, key_id, after, page_size + 1)
+            .await?;
+        let next_after = if events.len() > page_size as usize {
+            events.truncate(page_size as usize);
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(EventPage { events, next_after })
     }
 
     pub async fn list(

@@ -105,6 +105,12 @@ impl Replica {
         let tasks = vec![
             tokio::spawn(Arc::clone(&feed).run(wakeups, stopped())),
             tokio::spawn(Arc::clone(&feed).run_pruner(stopped())),
+            // The audit trail's own retention, not the event log's.
+            tokio::spawn(crate::audit::run_pruner(
+                Arc::clone(&store),
+                config.audit.clone(),
+                stopped(),
+            )),
             tokio::spawn(Arc::clone(&telemetry).run_upkeep(stopped())),
             tokio::spawn(flusher.run(config.last_used_flush_interval, stopped())),
         ];

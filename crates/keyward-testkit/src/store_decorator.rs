@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyward::audit::{Actor, AuditEntry};
 use keyward::authenticator::Authenticator;
 use keyward::change_feed::{AppliedRevision, Freshness};
 use keyward::config::Config;
@@ -76,18 +77,24 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
     fn backend(&self) -> Backend {
         self.inner.backend()
     }
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError> {
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        actor: &Actor,
+    ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
-        self.inner.create_key(key, max_active).await
+        self.inner.create_key(key, max_active, actor).await
     }
     async fn revoke_key(
         &self,
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
-        self.inner.revoke_key(account, id, now).await
+        self.inner.revoke_key(account, id, now, actor).await
     }
     async fn update_key(
         &self,
@@ -95,9 +102,24 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
-        self.inner.update_key(account, id, update, now).await
+        self.inner.update_key(account, id, update, now, actor).await
+    }
+    async fn list_audit(
+        &self,
+        account: &AccountId,
+        key: Option<&KeyId>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.list_audit(account, key, after, limit).await
+    }
+    async fn prune_audit(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.prune_audit(before).await
     }
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
         self.hooks.before(Call::Other);
