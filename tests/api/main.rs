@@ -13,6 +13,7 @@ mod config_checks;
 mod ext_authz;
 mod faults;
 mod hot_path;
+mod lifecycle_audit;
 mod load_race;
 mod management;
 mod management_auth;
