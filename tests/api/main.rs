@@ -9,6 +9,7 @@ pub(crate) use keyward_testkit::on_both_databases;
 mod abuse;
 mod attacks;
 mod authenticate;
+mod checksummed_keys;
 mod config_checks;
 mod ext_authz;
 mod faults;

@@ -195,10 +195,19 @@ pub fn in_process(
     cache: Arc<KeyCache>,
     freshness: Arc<Freshness>,
 ) -> InProcess {
-    let config = Config::default();
+    in_process_with(&Config::default(), store, cache, freshness)
+}
+
+/// [`in_process`] with `config` (its key format, catalog, bans...).
+pub fn in_process_with(
+    config: &Config,
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    freshness: Arc<Freshness>,
+) -> InProcess {
     let (usage, flusher) = last_use_channel(Arc::clone(&store));
     let authenticator = Authenticator::new(
-        replica::authenticator_settings(&config),
+        replica::authenticator_settings(config),
         Arc::clone(&cache),
         Arc::clone(&store),
         freshness,
@@ -207,7 +216,7 @@ pub fn in_process(
         usage,
         Arc::new(Telemetry::disabled()),
     );
-    let manager = KeyManager::new(replica::management_settings(&config), store, cache);
+    let manager = KeyManager::new(replica::management_settings(config), store, cache);
     InProcess {
         authenticator,
         manager,
