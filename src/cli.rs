@@ -300,6 +300,16 @@ pub enum KeysCommand {
         #[arg(long)]
         id: String,
     },
+    /// Show an account's audit trail (ListKeyEvents), oldest first: who
+    /// created, changed and revoked which key, when, from where.
+    Events {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// Only this key's events.
+        key_id: Option<String>,
+    },
 }
 
 /// `30d`, `12h`, `90m`, `1h30m`: a positive duration.

@@ -482,3 +482,63 @@ async fn the_actor_is_the_token_or_the_jwt_over_grpc_and_http() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     app.shutdown().await;
 }
+
+/// Runs `keyward keys events ARGS --server <app>` (management open).
+async fn cli_events(app: &TestApp, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["keys", "events"])
+        .args(args)
+        .args(["--server", &format!("http://{}", app.addr())])
+        .env_remove("KEYWARD_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "keys events {args:?}: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_the_trail_oldest_first() {
+    let mut app = spawn_app(Db::Sqlite).await.expect("SQLite always runs");
+    let (first, _) = app.create_key("acct_1", &["orders:read"]).await;
+    let (second, _) = app.create_key("acct_1", &["orders:read"]).await;
+    app.revoke("acct_1", &first.id).await;
+
+    let table = cli_events(&app, &["--account", "acct_1"]).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("SEQ  AT"), "{table}");
+    assert!(
+        lines[0].contains("KIND") && lines[0].contains("PEER"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 4, "{table}");
+    for (line, (kind, key)) in lines[1..].iter().zip([
+        ("created", &first.id),
+        ("created", &second.id),
+        ("revoked", &first.id),
+    ]) {
+        assert!(
+            line.contains(kind) && line.contains(key.as_str()) && line.contains("local"),
+            "{table}"
+        );
+        assert!(line.trim_end().ends_with("127.0.0.1"), "{table}");
+    }
+
+    let json = cli_events(&app, &["--account", "acct_1", &first.id, "--json"]).await;
+    let events: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["created", "revoked"]);
+    assert_eq!(events[0]["actor"], "local");
+    assert_eq!(events[0]["peer"], "127.0.0.1");
+    assert!(events[0]["at"].is_string());
+
+    let none = cli_events(&app, &["--account", "acct_empty"]).await;
+    assert!(none.contains("(no events)"), "{none}");
+    app.shutdown().await;
+}
