@@ -9,18 +9,19 @@
 //! (default 365) and pruned by its own task. It holds no secret and no
 //! digest: a key id, its account, the kind of change, the time, the actor
 //! and the peer address.
+//!
+//! Values only (a layer-1 module, like `domain.rs`): the store writes and
+//! reads the rows (`storage/`), `access_control::Caller::actor` names the
+//! actor, and `replica.rs` runs the daily pruner.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::access_control::Caller;
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::settings::{SettingError, in_range};
-use crate::storage::{EventKind, KeyStore};
 
 /// Who made a management change, as the trail records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,19 +43,12 @@ impl Actor {
         }
     }
 
-    /// The actor of a request whose credential proved `caller` (`None` or
-    /// `Anonymous`: no credential was needed, so management is open), on a
-    /// connection from `peer`.
-    pub fn of(caller: Option<&Caller>, peer: Option<SocketAddr>) -> Self {
-        let actor = match caller {
-            Some(Caller::Service { name, .. }) => format!("token:{name}"),
-            // A JWT's subject is the account it manages (`access_control`).
-            Some(Caller::User { account }) => format!("jwt:{account}"),
-            Some(Caller::Anonymous) | None => "local".into(),
-        };
+    /// An actor by name (`token:<name>`, `jwt:<subject>`, `local`), on a
+    /// connection from `peer` (see `access_control::Caller::actor`).
+    pub fn new(actor: String, peer: Option<IpAddr>) -> Self {
         Self {
             actor,
-            peer: peer.map(|peer| peer.ip().to_string()).unwrap_or_default(),
+            peer: peer.map(|peer| peer.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -63,16 +57,28 @@ impl Actor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditKind {
     Created,
-    /// A change that is also in the event log (revoked, rotated, imported,
-    /// and the update kinds).
-    Changed(EventKind),
+    Imported,
+    Rotated,
+    Revoked,
+    ScopesChanged,
+    Renamed,
+    RateLimitChanged,
+    MetadataChanged,
+    NetworksChanged,
 }
 
 impl AuditKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::Created => "created",
-            AuditKind::Changed(kind) => kind.as_str(),
+            AuditKind::Imported => "imported",
+            AuditKind::Rotated => "rotated",
+            AuditKind::Revoked => "revoked",
+            AuditKind::ScopesChanged => "scopes_changed",
+            AuditKind::Renamed => "renamed",
+            AuditKind::RateLimitChanged => "rate_limit_changed",
+            AuditKind::MetadataChanged => "metadata_changed",
+            AuditKind::NetworksChanged => "networks_changed",
         }
     }
 }
@@ -141,38 +147,6 @@ impl AuditSettings {
     }
 }
 
-/// Deletes trail rows older than `retention` once; returns how many went.
-pub async fn prune_once(
-    store: &dyn KeyStore,
-    retention: Duration,
-) -> Result<u64, crate::storage::StoreError> {
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = UnixMillis::now().saturating_add_millis(-retention_ms);
-    store.prune_audit(cutoff).await
-}
-
-/// Prunes the trail daily (first at start), independently of the change
-/// feed's pruning of the event log.
-pub async fn run_pruner(
-    store: Arc<dyn KeyStore>,
-    settings: AuditSettings,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = ticker.tick() => {}
-        }
-        match prune_once(store.as_ref(), settings.retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "pruned old audit rows"),
-            Err(error) => tracing::warn!(%error, "could not prune old audit rows"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,22 +167,5 @@ mod tests {
         })
         .unwrap();
         assert_eq!(short.retention, days(1));
-    }
-
-    #[test]
-    fn actors_name_the_credential() {
-        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let token = Caller::Service {
-            name: "billing".into(),
-            trust_client_ip: false,
-        };
-        assert_eq!(Actor::of(Some(&token), Some(peer)).actor, "token:billing");
-        let user = Caller::User {
-            account: AccountId::parse("acct_1").unwrap(),
-        };
-        assert_eq!(Actor::of(Some(&user), None).actor, "jwt:acct_1");
-        let open = Actor::of(None, Some(peer));
-        assert_eq!(open.actor, "local");
-        assert_eq!(open.peer, "127.0.0.1");
     }
 }

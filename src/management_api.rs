@@ -265,7 +265,7 @@ impl Api {
             return Ok(Answer::read(self.catalog()));
         }
         let (account, caller) = self.account(operation, headers)?;
-        let actor = Actor::of(Some(&caller), Some(peer));
+        let actor = caller.actor(Some(peer.ip()));
         let key_id = key
             .map(|raw| {
                 KeyId::parse(raw).map_err(|_| ApiError::Management(ManagementError::NotFound))

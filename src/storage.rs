@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::audit::{Actor, AuditEntry};
+use crate::audit::{Actor, AuditEntry, AuditKind};
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 
 mod database_url;
@@ -162,6 +162,22 @@ impl FromStr for EventKind {
             "rotated" => Ok(EventKind::Rotated),
             "imported" => Ok(EventKind::Imported),
             other => Err(format!("unknown event kind {other:?}")),
+        }
+    }
+}
+
+/// A logged change's row in the audit trail.
+impl From<EventKind> for AuditKind {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Revoked => AuditKind::Revoked,
+            EventKind::ScopesChanged => AuditKind::ScopesChanged,
+            EventKind::RateLimitChanged => AuditKind::RateLimitChanged,
+            EventKind::Renamed => AuditKind::Renamed,
+            EventKind::MetadataChanged => AuditKind::MetadataChanged,
+            EventKind::NetworksChanged => AuditKind::NetworksChanged,
+            EventKind::Rotated => AuditKind::Rotated,
+            EventKind::Imported => AuditKind::Imported,
         }
     }
 }

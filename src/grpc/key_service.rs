@@ -50,7 +50,9 @@ impl KeyServiceApi {
 /// request gate proved (none: management is open) and the connection's
 /// address.
 fn actor_of<T>(request: &Request<T>) -> Actor {
-    Actor::of(request.extensions().get::<Caller>(), request.remote_addr())
+    let caller = request.extensions().get::<Caller>();
+    let peer = request.remote_addr().map(|addr| addr.ip());
+    caller.unwrap_or(&Caller::Anonymous).actor(peer)
 }
 
 /// A user JWT may act only for its own account. The request gate puts the

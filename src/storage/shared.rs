@@ -175,7 +175,7 @@ macro_rules! update_locked_key {
             Self::append_audit(
                 &mut $tx,
                 &after,
-                $crate::audit::AuditKind::Changed(kind),
+                $crate::audit::AuditKind::from(kind),
                 $now,
                 $actor,
             )

@@ -168,8 +168,7 @@ impl_key_store!(SqliteStore, {
             .execute(&mut *tx)
             .await?;
         let revision = Self::append_event(&mut tx, &record, EventKind::Revoked, now).await?;
-        let kind = AuditKind::Changed(EventKind::Revoked);
-        Self::append_audit(&mut tx, &record, kind, now, actor).await?;
+        Self::append_audit(&mut tx, &record, AuditKind::Revoked, now, actor).await?;
         tx.commit().await?;
         self.wake_followers();
         record.revoked_at = Some(now);
