@@ -464,7 +464,7 @@ scopes = []
         "default rate limit: 100 requests per 60 s per key",
         "Failed-authentication bans:\n  off",
         "service token \"auditor\": GetKey, ListKeys",
-        "user JWTs: CreateKey, RevokeKey, GetKey, ListKeys, UpdateKey for the account in claim `account`; iss privy.io; aud app-123",
+        "user JWTs: CreateKey, RevokeKey, GetKey, ListKeys, UpdateKey, RotateKey, ImportKeys, ListKeyEvents for the account in claim `account`; iss privy.io; aud app-123",
         "hot-path RPCs (Authenticate, CheckScope, WatchRevocations, Check): service token required (management needs credentials); but no service token lists a hot-path RPC, so `serve` refuses to start",
         "metrics: http://127.0.0.1:9464/metrics",
         "keys read from: authorization header (Bearer, ApiKey), then header `x-api-key` (the first present wins)",
