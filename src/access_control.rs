@@ -399,6 +399,18 @@ impl HotPathCaller {
 }
 
 impl Caller {
+    /// Who this caller is in the audit trail, on a connection from `peer`:
+    /// `token:<name>`, `jwt:<subject>` (the subject is the account), or
+    /// `local` (no credential was needed: management is open).
+    pub fn actor(&self, peer: Option<std::net::IpAddr>) -> crate::audit::Actor {
+        let actor = match self {
+            Caller::Service { name, .. } => format!("token:{name}"),
+            Caller::User { account } => format!("jwt:{account}"),
+            Caller::Anonymous => "local".into(),
+        };
+        crate::audit::Actor::new(actor, peer)
+    }
+
     /// Refuses a request that names an account this caller may not act for.
     pub fn may_act_for(&self, account: &AccountId) -> Result<(), Refusal> {
         match self {

@@ -324,6 +324,16 @@ pub enum KeysCommand {
         /// per_seconds}, metadata.
         file: std::path::PathBuf,
     },
+    /// Show an account's audit trail (ListKeyEvents), oldest first: who
+    /// created, changed and revoked which key, when, from where.
+    Events {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// Only this key's events.
+        key_id: Option<String>,
+    },
 }
 
 /// `24h`, `7d`, `0s`: a grace period (zero revokes at once).

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::access_control::AccessSettings;
 use crate::access_control::settings::RawAuth;
+use crate::audit::{AuditSettings, RawAudit};
 use crate::change_feed::{FeedSettings, RawFeed};
 use crate::denial::{DenialCatalog, RawDenials};
 use crate::domain::RateLimit;
@@ -75,6 +76,7 @@ struct RawConfig {
     auth: RawAuth,
     http: RawHttp,
     management_api: RawManagementApi,
+    audit: RawAudit,
 }
 
 /// Validated configuration. Fields are public so tests and tools can adjust
@@ -106,6 +108,8 @@ pub struct Config {
     pub http_route_definitions: Arc<[RouteDefinition]>,
     /// `[management_api]`: the products' key-management HTTP API.
     pub management_api: ManagementApiSettings,
+    /// `[audit]`: how long the audit trail is kept.
+    pub audit: AuditSettings,
 }
 
 impl Default for Config {
@@ -183,6 +187,7 @@ impl Config {
         let auth = AccessSettings::from_raw(raw.auth).map_err(in_file)?;
         let management_api =
             ManagementApiSettings::from_raw(raw.management_api, &catalog).map_err(in_file)?;
+        let audit = AuditSettings::from_raw(raw.audit).map_err(in_file)?;
         let http_route_definitions = raw.http.route_definitions();
         let http = ExtAuthzSettings::from_raw(raw.http, &keys.format, &catalog, &denials)
             .map_err(in_file)?;
@@ -203,6 +208,7 @@ impl Config {
             http,
             http_route_definitions,
             management_api,
+            audit,
         })
     }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::{Actor, AuditEntry};
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
@@ -125,6 +126,14 @@ pub struct KeyPage {
     pub next_after: Option<KeyId>,
 }
 
+/// One page of ListKeyEvents.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<AuditEntry>,
+    /// The last sequence of this page, when more may follow.
+    pub next_after: Option<u64>,
+}
+
 /// What key management is configured with (`[key_format]`, `[scopes]`,
 /// `max_active_keys_per_account`).
 #[derive(Debug, Clone)]
@@ -187,6 +196,7 @@ impl KeyManager {
     pub async fn create(
         &self,
         request: CreateKey,
+        actor: &Actor,
     ) -> Result<(Written, KeySecret), ManagementError> {
         let scopes = self.canonical_scopes(&request.scopes, request.preset.as_deref())?;
         let now = UnixMillis::now();
@@ -220,6 +230,7 @@ impl KeyManager {
                     rotated_from: None,
                 },
                 self.max_active_keys_per_account,
+                actor,
             )
             .await?;
         self.cache.forget_unknown(&digest);
@@ -232,10 +243,11 @@ impl KeyManager {
         &self,
         account_id: &AccountId,
         key_id: &KeyId,
+        actor: &Actor,
     ) -> Result<Written, ManagementError> {
         let written = self
             .store
-            .revoke_key(account_id, key_id, UnixMillis::now())
+            .revoke_key(account_id, key_id, UnixMillis::now(), actor)
             .await?;
         let record = &written.record;
         // Before returning: this replica never answers "allowed" for it again.
@@ -249,6 +261,7 @@ impl KeyManager {
         account_id: &AccountId,
         key_id: &KeyId,
         change: ChangeKey,
+        actor: &Actor,
     ) -> Result<Written, ManagementError> {
         let scopes = change
             .scopes
@@ -268,6 +281,7 @@ impl KeyManager {
                     allowed_networks: None,
                 },
                 UnixMillis::now(),
+                actor,
             )
             .await?;
         let record = &written.record;
@@ -285,6 +299,7 @@ impl KeyManager {
         account_id: &AccountId,
         key_id: &KeyId,
         grace: Option<Duration>,
+        actor: &Actor,
     ) -> Result<(Rotated, KeySecret), ManagementError> {
         let grace = grace.filter(|grace| !grace.is_zero());
         if let Some(grace) = grace
@@ -321,6 +336,7 @@ impl KeyManager {
                     created_at: now,
                 },
                 grace_until,
+                actor,
             )
             .await?;
         let previous = &rotated.previous;
@@ -342,7 +358,11 @@ impl KeyManager {
     /// Imports keys whose secrets another system holds as SHA-256 digests,
     /// all or nothing: every entry is checked first (fields named
     /// `keys[i].<field>`), then one store transaction inserts them all.
-    pub async fn import(&self, keys: Vec<ImportKey>) -> Result<Imported, ManagementError> {
+    pub async fn import(
+        &self,
+        keys: Vec<ImportKey>,
+        actor: &Actor,
+    ) -> Result<Imported, ManagementError> {
         if keys.is_empty() || keys.len() > MAX_IMPORT_KEYS {
             return Err(ManagementError::Invalid {
                 field: "keys",
@@ -411,7 +431,7 @@ impl KeyManager {
         }
         let imported = self
             .store
-            .import_keys(new_keys, self.max_active_keys_per_account, now)
+            .import_keys(new_keys, self.max_active_keys_per_account, now, actor)
             .await?;
         for record in &imported.keys {
             // This replica may remember the digest as unknown (other
@@ -440,6 +460,33 @@ impl KeyManager {
         key_id: &KeyId,
     ) -> Result<KeyRecord, ManagementError> {
         Ok(self.store.get_key(account_id, key_id).await?)
+    }
+
+    /// A page of an account's audit trail (ListKeyEvents), oldest first,
+    /// of one key if `key_id` is given: a key of another account is
+    /// `NotFound`, as everywhere in management.
+    pub async fn list_events(
+        &self,
+        account_id: &AccountId,
+        key_id: Option<&KeyId>,
+        after: u64,
+        page_size: u32,
+    ) -> Result<EventPage, ManagementError> {
+        if let Some(key_id) = key_id {
+            self.store.get_key(account_id, key_id).await?;
+        }
+        // One extra row tells whether another page exists.
+        let mut events = self
+            .store
+            .list_audit(account_id, key_id, after, page_size + 1)
+            .await?;
+        let next_after = if events.len() > page_size as usize {
+            events.truncate(page_size as usize);
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(EventPage { events, next_after })
     }
 
     pub async fn list(

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_control;
+pub mod audit;
 pub mod authenticator;
 pub mod change_feed;
 pub mod cli;

@@ -103,6 +103,11 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             key_id,
         } => rotate(&connection, account, key_id, grace).await,
         KeysCommand::Import { connection, file } => import(&connection, &file).await,
+        KeysCommand::Events {
+            connection,
+            account,
+            key_id,
+        } => events(&connection, account, key_id.unwrap_or_default()).await,
     }
 }
 
@@ -301,6 +306,111 @@ fn name_line(message: &str, batch: &[(usize, Result<proto::ImportedKey, String>)
         Some((line, _)) => format!("line {line}"),
         None => format!("lines {}-{}", batch[0].0, batch[batch.len() - 1].0),
     }
+}
+
+/// Every page of ListKeyEvents, oldest first.
+async fn events(
+    connection: &ConnectionArgs,
+    account: String,
+    key_id: String,
+) -> Result<String, CliError> {
+    let mut client = Client::connect(connection).await?;
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = proto::ListKeyEventsRequest {
+            account_id: account.clone(),
+            key_id: key_id.clone(),
+            page_size: 1_000,
+            page_token: page_token.clone(),
+        };
+        let page = client
+            .call("ListKeyEvents", request, |c, r| {
+                Box::pin(c.list_key_events(r))
+            })
+            .await?;
+        events.extend(page.events.into_iter().map(EventView::from));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(if connection.json {
+        json(&events)
+    } else {
+        events_table(&events)
+    })
+}
+
+/// One audit-trail row as printed (table or JSON). Times are RFC 3339 UTC.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub seq: u64,
+    pub at: Option<String>,
+    pub kind: String,
+    pub key_id: String,
+    pub account_id: String,
+    pub actor: String,
+    pub peer: String,
+}
+
+impl From<proto::KeyEvent> for EventView {
+    fn from(event: proto::KeyEvent) -> Self {
+        Self {
+            seq: event.seq,
+            at: rfc3339(event.at),
+            kind: event.kind,
+            key_id: event.key_id,
+            account_id: event.account_id,
+            actor: event.actor,
+            peer: event.peer,
+        }
+    }
+}
+
+/// Aligned columns, one row per event: seq, at, kind, key, actor, peer.
+fn events_table(events: &[EventView]) -> String {
+    let header = ["SEQ", "AT", "KIND", "KEY", "ACTOR", "PEER"];
+    let rows: Vec<[String; 6]> = events
+        .iter()
+        .map(|event| {
+            [
+                event.seq.to_string(),
+                event.at.clone().unwrap_or_else(|| "-".into()),
+                event.kind.clone(),
+                event.key_id.clone(),
+                event.actor.clone(),
+                if event.peer.is_empty() {
+                    "-".into()
+                } else {
+                    event.peer.clone()
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no events)");
+    }
+    out
 }
 
 async fn create(

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::audit::{Actor, AuditEntry, AuditKind};
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 
 mod database_url;
@@ -193,6 +194,22 @@ impl FromStr for EventKind {
     }
 }
 
+/// A logged change's row in the audit trail.
+impl From<EventKind> for AuditKind {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Revoked => AuditKind::Revoked,
+            EventKind::ScopesChanged => AuditKind::ScopesChanged,
+            EventKind::RateLimitChanged => AuditKind::RateLimitChanged,
+            EventKind::Renamed => AuditKind::Renamed,
+            EventKind::MetadataChanged => AuditKind::MetadataChanged,
+            EventKind::NetworksChanged => AuditKind::NetworksChanged,
+            EventKind::Rotated => AuditKind::Rotated,
+            EventKind::Imported => AuditKind::Imported,
+        }
+    }
+}
+
 /// One entry of the event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEvent {
@@ -263,27 +280,49 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Inserts a key unless the account already has `max_active` active keys.
     /// Holds under concurrency: the check and the insert are one transaction
     /// serialized per account. Logs no event (nothing to revoke from any
-    /// cache); its revision is the log's latest sequence.
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError>;
+    /// cache); its revision is the log's latest sequence. Appends a
+    /// `created` row to the audit trail, by `actor`.
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        actor: &Actor,
+    ) -> Result<Written, StoreError>;
 
-    /// Revokes a key of `account`, logging a `revoked` event. Revoking a
-    /// revoked key returns it unchanged and logs nothing.
+    /// Revokes a key of `account`, logging a `revoked` event and its audit
+    /// row. Revoking a revoked key returns it unchanged and logs nothing.
     async fn revoke_key(
         &self,
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError>;
 
-    /// Applies `update` to a key of `account`, logging one event per changed
-    /// aspect. Revoked keys cannot be changed (`KeyRevoked`).
+    /// Applies `update` to a key of `account`, logging one event (and one
+    /// audit row) per changed aspect. Revoked keys cannot be changed
+    /// (`KeyRevoked`).
     async fn update_key(
         &self,
         account: &AccountId,
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError>;
+
+    /// A page of an account's audit trail (of one key, if given) with
+    /// `seq > after`, oldest first, at most `limit`.
+    async fn list_audit(
+        &self,
+        account: &AccountId,
+        key: Option<&KeyId>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Deletes audit rows older than `before`; returns how many went.
+    async fn prune_audit(&self, before: UnixMillis) -> Result<u64, StoreError>;
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError>;
 
@@ -294,24 +333,28 @@ pub trait KeyStore: Send + Sync + 'static {
     /// (`KeyRevoked`) or expired (`KeyExpired`) key, or one that already
     /// has a successor (`AlreadyRotated`), is refused with nothing written.
     /// No key-limit check: the new key takes the old one's place (a rotated
-    /// key does not count as active).
+    /// key does not count as active). The audit trail gets `rotated` for the
+    /// old key and `created` for the new one, by `actor`.
     async fn rotate_key(
         &self,
         account: &AccountId,
         id: &KeyId,
         successor: Successor,
         grace_until: Option<UnixMillis>,
+        actor: &Actor,
     ) -> Result<Rotated, StoreError>;
 
     /// Inserts validated keys all or nothing, logging an `imported` event
     /// for each (other replicas may remember their digests as unknown). A
     /// digest already stored is `DigestExists`; an account that would hold
-    /// more than `max_active` active keys is `ImportLimitReached`.
+    /// more than `max_active` active keys is `ImportLimitReached`. Each key
+    /// gets an `imported` audit row, by `actor`.
     async fn import_keys(
         &self,
         keys: Vec<NewKey>,
         max_active: u32,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Imported, StoreError>;
 
     /// Keys of `account` in id (creation) order, after `after` if given.
@@ -606,4 +649,33 @@ fn rate_limit_columns(rate_limit: Option<RateLimit>) -> (Option<i64>, Option<i64
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// An audit row as both backends return it (see `statements::AUDIT_PAGE`).
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    key_id: String,
+    account_id: String,
+    kind: String,
+    at: i64,
+    actor: String,
+    peer: String,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of audit row {}", row.seq));
+        Ok(AuditEntry {
+            seq: u64::try_from(row.seq).map_err(|_| corrupt("sequence"))?,
+            key_id: KeyId::parse(&row.key_id).map_err(|_| corrupt("key id"))?,
+            account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?,
+            kind: row.kind,
+            at: UnixMillis(row.at),
+            actor: row.actor,
+            peer: row.peer,
+        })
+    }
 }

@@ -209,6 +209,49 @@ pub fn encode_page_token(after: &KeyId) -> String {
     URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_TAG}{after}"))
 }
 
+const EVENT_PAGE_TOKEN_TAG: &str = "e1:";
+
+/// ListKeyEvents' page token: the last sequence of the previous page.
+pub fn encode_event_page_token(after_seq: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{EVENT_PAGE_TOKEN_TAG}{after_seq}"))
+}
+
+/// The sequence to read after (0 for the first page).
+pub fn decode_event_page_token(raw: &str) -> Result<u64, Status> {
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    let bad = || {
+        invalid_argument(
+            "page_token",
+            "not a token from a previous ListKeyEvents response",
+        )
+    };
+    if raw.len() > 64 {
+        return Err(bad());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let seq = text.strip_prefix(EVENT_PAGE_TOKEN_TAG).ok_or_else(bad)?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    seq.parse().map_err(|_| bad())
+}
+
+/// One audit row as the API shows it.
+pub fn key_event(entry: &crate::audit::AuditEntry) -> proto::KeyEvent {
+    proto::KeyEvent {
+        seq: entry.seq,
+        key_id: entry.key_id.to_string(),
+        account_id: entry.account_id.to_string(),
+        kind: entry.kind.clone(),
+        at: Some(millis_to_timestamp(entry.at)),
+        actor: entry.actor.clone(),
+        peer: entry.peer.clone(),
+    }
+}
+
 pub fn decode_page_token(raw: &str) -> Result<Option<KeyId>, Status> {
     if raw.is_empty() {
         return Ok(None);
@@ -417,6 +460,30 @@ mod tests {
         assert_eq!(decode_page_token("").unwrap(), None);
         for garbage in ["%%%", "aGVsbG8", &"A".repeat(300), "azE6a2V5XzEyMw"] {
             let status = decode_page_token(garbage).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{garbage}");
+            assert!(status.message().starts_with("page_token:"));
+        }
+    }
+
+    #[test]
+    fn event_page_tokens_round_trip_and_garbage_is_refused() {
+        for seq in [1, 42, u64::MAX] {
+            assert_eq!(
+                decode_event_page_token(&encode_event_page_token(seq)).unwrap(),
+                seq
+            );
+        }
+        assert_eq!(decode_event_page_token("").unwrap(), 0);
+        let key_token = encode_page_token(&KeyId::generate());
+        let not_a_number = URL_SAFE_NO_PAD.encode("e1:-5");
+        for garbage in [
+            "%%%",
+            "aGVsbG8",
+            &"A".repeat(300),
+            &key_token,
+            &not_a_number,
+        ] {
+            let status = decode_event_page_token(garbage).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{garbage}");
             assert!(status.message().starts_with("page_token:"));
         }

@@ -65,6 +65,31 @@ macro_rules! impl_key_store {
                 Ok($crate::storage::to_u64(seq))
             }
 
+            async fn list_audit(
+                &self,
+                account: &$crate::domain::AccountId,
+                key: Option<&$crate::domain::KeyId>,
+                after: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::audit::AuditEntry>, $crate::storage::StoreError> {
+                let rows: Vec<$crate::storage::AuditRow> = sqlx::query_as($crate::storage::statements::AUDIT_PAGE)
+                    .bind(account.as_str())
+                    .bind(key.map_or("", $crate::domain::KeyId::as_str))
+                    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map($crate::audit::AuditEntry::try_from).collect()
+            }
+
+            async fn prune_audit(&self, before: $crate::domain::UnixMillis) -> Result<u64, $crate::storage::StoreError> {
+                Ok(sqlx::query($crate::storage::statements::DELETE_AUDIT_BEFORE)
+                    .bind(before.0)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
             fn pool_stats(&self) -> $crate::storage::PoolStats {
                 $crate::storage::PoolStats::of(&self.pool)
             }
@@ -126,7 +151,7 @@ pub(super) use insert_key;
 /// (`$grace_until`) or revokes (`None`) the old key with its event.
 /// Evaluates to a `Rotated`.
 macro_rules! rotate_locked_key {
-    ($tx:ident, $old:ident, $successor:ident, $grace_until:ident) => {{
+    ($tx:ident, $old:ident, $successor:ident, $grace_until:ident, $actor:ident) => {{
         let now = $successor.created_at;
         // A successor first: a key rotated without grace is also revoked,
         // and its successor is what the caller needs to hear of.
@@ -189,8 +214,25 @@ macro_rules! rotate_locked_key {
             }
         };
         let revision = Self::append_event(&mut $tx, &previous, kind, now).await?;
+        let key = new_key.into_record();
+        Self::append_audit(
+            &mut $tx,
+            &previous,
+            $crate::audit::AuditKind::Rotated,
+            now,
+            $actor,
+        )
+        .await?;
+        Self::append_audit(
+            &mut $tx,
+            &key,
+            $crate::audit::AuditKind::Created,
+            now,
+            $actor,
+        )
+        .await?;
         $crate::storage::Rotated {
-            key: new_key.into_record(),
+            key,
             previous,
             revision,
         }
@@ -203,7 +245,7 @@ pub(super) use rotate_locked_key;
 /// take past `$max_active` active keys (`ImportLimitReached`), then inserts
 /// every key with its `imported` event. Evaluates to an `Imported`.
 macro_rules! import_locked_keys {
-    ($tx:ident, $keys:ident, $max_active:ident, $now:ident) => {{
+    ($tx:ident, $keys:ident, $max_active:ident, $now:ident, $actor:ident) => {{
         let mut per_account: std::collections::BTreeMap<&$crate::domain::AccountId, i64> =
             std::collections::BTreeMap::new();
         for (index, key) in $keys.iter().enumerate() {
@@ -243,6 +285,14 @@ macro_rules! import_locked_keys {
             revision =
                 Self::append_event(&mut $tx, record, $crate::storage::EventKind::Imported, $now)
                     .await?;
+            Self::append_audit(
+                &mut $tx,
+                record,
+                $crate::audit::AuditKind::Imported,
+                $now,
+                $actor,
+            )
+            .await?;
         }
         $crate::storage::Imported {
             keys: records,
@@ -255,10 +305,11 @@ pub(super) use import_locked_keys;
 /// In a transaction holding the key's row (`$before`, read under the lock):
 /// refuses a revoked key, applies `$update`, writes it and logs one event
 /// per changed aspect, evaluating to the record after and the last event's
-/// sequence. An update that changes nothing returns early, writing nothing,
-/// with the log's latest sequence as its revision.
+/// sequence. Each event also gets its audit row, by `$actor`. An update
+/// that changes nothing returns early, writing nothing, with the log's
+/// latest sequence as its revision.
 macro_rules! update_locked_key {
-    ($store:expr, $tx:ident, $before:ident, $id:ident, $update:ident, $now:ident) => {{
+    ($store:expr, $tx:ident, $before:ident, $id:ident, $update:ident, $now:ident, $actor:ident) => {{
         if $before.revoked_at.is_some() {
             return Err($crate::storage::StoreError::KeyRevoked);
         }
@@ -286,6 +337,14 @@ macro_rules! update_locked_key {
         let mut revision = 0;
         for kind in kinds {
             revision = Self::append_event(&mut $tx, &after, kind, $now).await?;
+            Self::append_audit(
+                &mut $tx,
+                &after,
+                $crate::audit::AuditKind::from(kind),
+                $now,
+                $actor,
+            )
+            .await?;
         }
         (after, revision)
     }};
@@ -339,3 +398,32 @@ macro_rules! append_event_fn {
     };
 }
 pub(super) use append_event_fn;
+
+/// `async fn append_audit(conn, record, kind, at, actor)` on a backend's
+/// connection type: one row of the audit trail (`key_audit`), to be called
+/// inside the transaction of the write it records, so the row exists if and
+/// only if the change does. Records the key's id and account, never its
+/// digest.
+macro_rules! append_audit_fn {
+    ($connection:ty) => {
+        async fn append_audit(
+            conn: &mut $connection,
+            record: &$crate::storage::KeyRecord,
+            kind: $crate::audit::AuditKind,
+            at: $crate::domain::UnixMillis,
+            actor: &$crate::audit::Actor,
+        ) -> Result<(), $crate::storage::StoreError> {
+            sqlx::query($crate::storage::statements::INSERT_AUDIT)
+                .bind(record.id.as_str())
+                .bind(record.account_id.as_str())
+                .bind(kind.as_str())
+                .bind(at.0)
+                .bind(&actor.actor)
+                .bind(&actor.peer)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+    };
+}
+pub(super) use append_audit_fn;

@@ -134,3 +134,19 @@ pub(super) const LAST_EVENT_BEFORE: &str = "SELECT MAX(seq) FROM key_events WHER
 
 /// Binds: the last sequence to delete.
 pub(super) const DELETE_EVENTS_THROUGH: &str = "DELETE FROM key_events WHERE seq <= $1";
+
+// The audit trail (`key_audit`)
+
+/// `seq` is assigned by the table. Binds: key id, account id, kind, at,
+/// actor, peer.
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO key_audit (key_id, account_id, kind, at, actor, peer) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// A page of an account's trail, oldest first, optionally of one key. Binds:
+/// account id, key id (`""`: every key), the sequence to read after, limit.
+pub(super) const AUDIT_PAGE: &str = "SELECT seq, key_id, account_id, kind, at, actor, peer \
+     FROM key_audit WHERE account_id = $1 AND ($2 = '' OR key_id = $2) AND seq > $3 \
+     ORDER BY seq LIMIT $4";
+
+/// Binds: cutoff.
+pub(super) const DELETE_AUDIT_BEFORE: &str = "DELETE FROM key_audit WHERE at < $1";

@@ -2,6 +2,7 @@
 //! database, the change feed between them, failing closed, and the race
 //! between a cache load and a revocation.
 
+use keyward::audit::Actor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,7 @@ async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
                         rotated_from: None,
                     },
                     10,
+                    &Actor::in_process(),
                 )
                 .await
                 .unwrap()
@@ -152,7 +154,12 @@ impl Follower {
     async fn revoke(&self, i: usize) {
         let key = &self.keys[i];
         self.store
-            .revoke_key(&key.account_id, &key.id, keyward::domain::UnixMillis::now())
+            .revoke_key(
+                &key.account_id,
+                &key.id,
+                keyward::domain::UnixMillis::now(),
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
     }
@@ -296,6 +303,7 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
                     rotated_from: None,
                 },
                 10,
+                &Actor::in_process(),
             )
             .await
             .unwrap()
@@ -315,7 +323,12 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
     ));
     for (i, key) in keys[..3].iter().enumerate() {
         store
-            .revoke_key(&key.account_id, &key.id, UnixMillis(1_000 * (i as i64 + 1)))
+            .revoke_key(
+                &key.account_id,
+                &key.id,
+                UnixMillis(1_000 * (i as i64 + 1)),
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
     }

@@ -11,6 +11,7 @@
 //! round of each counts, so a busy moment on a shared machine does not land
 //! on one variant only.
 
+use keyward::audit::Actor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,14 +103,18 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
     let mut raw_checks = Vec::new();
     for i in 0..keys {
         let (_, secret) = manager
-            .create(CreateKey {
-                account_id: AccountId::parse(&format!("hot_{}", i / 10)).map_err(setup_error)?,
-                name: KeyName::parse("hot path").map_err(setup_error)?,
-                scopes: vec!["portfolio:read".into(), "orders:write".into()],
-                preset: None,
-                expires_at: None,
-                rate_limit: None,
-            })
+            .create(
+                CreateKey {
+                    account_id: AccountId::parse(&format!("hot_{}", i / 10))
+                        .map_err(setup_error)?,
+                    name: KeyName::parse("hot path").map_err(setup_error)?,
+                    scopes: vec!["portfolio:read".into(), "orders:write".into()],
+                    preset: None,
+                    expires_at: None,
+                    rate_limit: None,
+                },
+                &Actor::in_process(),
+            )
             .await
             .map_err(setup_error)?;
         checks.push(super::check_request(secret.expose()).encode_to_vec());
