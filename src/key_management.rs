@@ -9,7 +9,7 @@ use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
 use crate::scope_catalog::{GrantError, ScopeCatalog};
-use crate::storage::{KeyRecord, KeyStore, KeyUpdate, NewKey, StoreError, Written};
+use crate::storage::{KeyRecord, KeyStore, KeyUpdate, Metadata, NewKey, StoreError, Written};
 
 /// Why a management call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,10 @@ pub struct CreateKey {
     pub preset: Option<String>,
     pub expires_at: Option<UnixMillis>,
     pub rate_limit: Option<RateLimit>,
+    /// Validated (`key_metadata::parse`).
+    pub metadata: Metadata,
+    /// Normalised (`allowed_networks::parse`); empty: any address.
+    pub allowed_networks: Vec<String>,
 }
 
 /// A validated UpdateKey; `None` leaves a field alone.
@@ -67,6 +71,10 @@ pub struct ChangeKey {
     pub name: Option<KeyName>,
     pub scopes: Option<Vec<String>>,
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Replaces the whole map (validated).
+    pub metadata: Option<Metadata>,
+    /// Replaces the whole list (normalised).
+    pub allowed_networks: Option<Vec<String>>,
 }
 
 /// One page of ListKeys.
@@ -163,8 +171,8 @@ impl KeyManager {
                     rate_limit: request.rate_limit,
                     created_at: now,
                     expires_at: request.expires_at,
-                    metadata: Default::default(),
-                    allowed_networks: Vec::new(),
+                    metadata: request.metadata,
+                    allowed_networks: request.allowed_networks,
                     rotated_from: None,
                 },
                 self.max_active_keys_per_account,
@@ -212,8 +220,8 @@ impl KeyManager {
                     name: change.name,
                     scopes,
                     rate_limit: change.rate_limit,
-                    metadata: None,
-                    allowed_networks: None,
+                    metadata: change.metadata,
+                    allowed_networks: change.allowed_networks,
                 },
                 UnixMillis::now(),
             )

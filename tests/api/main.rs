@@ -13,6 +13,7 @@ mod config_checks;
 mod ext_authz;
 mod faults;
 mod hot_path;
+mod lifecycle_metadata;
 mod load_race;
 mod management;
 mod management_auth;

@@ -109,6 +109,8 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                 preset: None,
                 expires_at: None,
                 rate_limit: None,
+                metadata: Default::default(),
+                allowed_networks: Vec::new(),
             })
             .await
             .map_err(setup_error)?;
