@@ -749,3 +749,130 @@ async fn allowlist_changes_reach_another_replica() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Runs `keyward keys ARGS --server <app> --json` (management is open on
+/// loopback in the test config).
+async fn cli_json(app: &TestApp, args: &[&str]) -> Result<serde_json::Value, String> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("keys")
+        .args(args)
+        .args(["--server", &format!("http://{}", app.addr()), "--json"])
+        .env_remove("KEYWARD_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    if !output.status.success() {
+        return Err(String::from_utf8(output.stderr).unwrap());
+    }
+    Ok(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_shows_and_clears_metadata_and_networks() {
+    let Some(app) = spawn_app(Db::Sqlite).await else {
+        return;
+    };
+    let created = cli_json(
+        &app,
+        &[
+            "create",
+            "--account",
+            "acct_1",
+            "--name",
+            "cli",
+            "--meta",
+            "plan=pro",
+            "--meta",
+            "region=eu west",
+            "--allow-network",
+            "10.0.0.1",
+            "--allow-network",
+            "2001:db8::/32",
+        ],
+    )
+    .await
+    .unwrap();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["key"]["metadata"],
+        serde_json::json!({"plan": "pro", "region": "eu west"})
+    );
+    assert_eq!(
+        created["key"]["allowed_networks"],
+        serde_json::json!(["10.0.0.1/32", "2001:db8::/32"])
+    );
+    let listed = cli_json(&app, &["list", "--account", "acct_1"])
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["metadata"]["plan"], "pro");
+
+    let updated = cli_json(
+        &app,
+        &[
+            "update",
+            "--account",
+            "acct_1",
+            "--id",
+            &id,
+            "--meta",
+            "plan=free",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(updated["metadata"], serde_json::json!({"plan": "free"}));
+    assert_eq!(
+        updated["allowed_networks"].as_array().unwrap().len(),
+        2,
+        "left alone"
+    );
+
+    let cleared = cli_json(
+        &app,
+        &[
+            "update",
+            "--account",
+            "acct_1",
+            "--id",
+            &id,
+            "--clear-meta",
+            "--clear-networks",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(cleared["metadata"], serde_json::json!({}));
+    assert_eq!(cleared["allowed_networks"], serde_json::json!([]));
+
+    let refused = cli_json(
+        &app,
+        &[
+            "update",
+            "--account",
+            "acct_1",
+            "--id",
+            &id,
+            "--allow-network",
+            "10.0.0.1/8",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("allowed_networks[0]"), "{refused}");
+    let refused = cli_json(
+        &app,
+        &[
+            "create",
+            "--account",
+            "acct_1",
+            "--name",
+            "x",
+            "--meta",
+            "plan",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("NAME=VALUE"), "{refused}");
+    app.shutdown().await;
+}
