@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::storage::Metadata;
+/// Metadata as validated: names to values, in name order (the same type
+/// as `storage::Metadata`).
+pub type Metadata = BTreeMap<String, String>;
 
 /// At most this many entries per key.
 pub const MAX_ENTRIES: usize = 16;
