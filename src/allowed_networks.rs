@@ -82,20 +82,21 @@ pub fn parse(raw: &[String]) -> Result<Vec<String>, NetworksError> {
     Ok(parsed.iter().map(IpNet::to_string).collect())
 }
 
-/// The parsed networks as the key cache holds them; empty: any address.
+/// The parsed networks as the key cache holds them, each with its stored
+/// text (so a response copies the text rather than formatting the network);
+/// empty: any address.
 #[derive(Debug, Clone, Default)]
-pub struct AllowedNetworks(Arc<[IpNet]>);
+pub struct AllowedNetworks(Arc<[(IpNet, Box<str>)]>);
 
 impl AllowedNetworks {
-    /// From stored (normalised) strings; one that no longer parses is
-    /// dropped with a warning, and if none is left the list stays closed:
-    /// a key whose stored allowlist is unreadable is never widened to any
-    /// address.
+    /// From stored (normalised) strings. One that no longer parses is
+    /// dropped with a warning; if none is left the key stays closed (a key
+    /// whose stored allowlist is unreadable is never opened to any address).
     pub fn from_stored(stored: &[String]) -> Self {
-        let nets: Vec<IpNet> = stored
+        let nets: Vec<(IpNet, Box<str>)> = stored
             .iter()
             .filter_map(|text| match parse_network(text) {
-                Ok(net) => Some(net),
+                Ok(net) => Some((net, text.as_str().into())),
                 Err(reason) => {
                     tracing::warn!(network = %shorten(text), %reason, "stored allowed network does not parse; ignoring it");
                     None
@@ -104,7 +105,8 @@ impl AllowedNetworks {
             .collect();
         if nets.is_empty() && !stored.is_empty() {
             // `0.0.0.0/32` is never a client's address: the key stays denied.
-            return Self(Arc::from([IpNet::from(IpAddr::from([0, 0, 0, 0]))]));
+            let closed = IpNet::from(IpAddr::from([0, 0, 0, 0]));
+            return Self(Arc::from([(closed, "0.0.0.0/32".into())]));
         }
         Self(nets.into())
     }
@@ -113,8 +115,9 @@ impl AllowedNetworks {
         self.0.is_empty()
     }
 
-    pub fn networks(&self) -> &[IpNet] {
-        &self.0
+    /// The networks as stored (normalised text).
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(_, text)| &**text)
     }
 
     /// Whether a request from `client` may use the key: any address when
@@ -129,7 +132,7 @@ impl AllowedNetworks {
             return false;
         };
         let client = client.to_canonical();
-        self.0.iter().any(|net| net.contains(&client))
+        self.0.iter().any(|(net, _)| net.contains(&client))
     }
 }
 

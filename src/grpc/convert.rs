@@ -303,12 +303,7 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
             .iter()
             .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
             .collect(),
-        allowed_networks: key
-            .allowed_networks
-            .networks()
-            .iter()
-            .map(|net| net.to_string())
-            .collect(),
+        allowed_networks: key.allowed_networks.texts().map(str::to_owned).collect(),
         ..Default::default()
     }
 }
