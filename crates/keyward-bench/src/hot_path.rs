@@ -51,6 +51,9 @@ pub struct HotPathCosts {
     pub restricted: f64,
     /// Its allowed reply's size (the metadata and networks are in it).
     pub restricted_reply_bytes: usize,
+    /// The same with the 2 allowed networks only (no metadata): the
+    /// address check without the metadata's share of the reply.
+    pub networks_only: f64,
     /// Encoded sizes of one allowed reply (gRPC message bytes): HTTP/2
     /// writes a DATA frame of 256 bytes or more on its own, without
     /// coalescing it with other replies, so the size matters.
@@ -108,6 +111,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
     let mut checks = Vec::new();
     let mut raw_checks = Vec::new();
     let mut restricted_requests = Vec::new();
+    let mut networks_only_requests = Vec::new();
     for i in 0..keys {
         let (_, secret) = manager
             .create(CreateKey {
@@ -155,6 +159,29 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             })
             .await
             .map_err(setup_error)?;
+        let (_, fenced_secret) = manager
+            .create(CreateKey {
+                account_id: AccountId::parse(&format!("hot_fenced_{}", i / 10))
+                    .map_err(setup_error)?,
+                name: KeyName::parse("hot path, fenced").map_err(setup_error)?,
+                scopes: vec!["portfolio:read".into(), "orders:write".into()],
+                preset: None,
+                expires_at: None,
+                rate_limit: None,
+                metadata: Default::default(),
+                allowed_networks: vec!["203.0.113.0/24".into(), "10.0.0.0/8".into()],
+            })
+            .await
+            .map_err(setup_error)?;
+        networks_only_requests.push(
+            proto::AuthenticateRequest {
+                credential: format!("Bearer {}", fenced_secret.expose()),
+                required_scopes: vec!["portfolio:read".into()],
+                client_ip: "10.1.2.3".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
         restricted_requests.push(
             proto::AuthenticateRequest {
                 credential: format!("Bearer {}", restricted_secret.expose()),
@@ -166,7 +193,11 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         );
     }
     // Warm the shared cache: every key once.
-    for request in requests.iter().chain(&restricted_requests) {
+    for request in requests
+        .iter()
+        .chain(&restricted_requests)
+        .chain(&networks_only_requests)
+    {
         if !handle(&plain, request).await? {
             return Err(BenchError::Setup("a fresh key was refused".into()));
         }
@@ -194,7 +225,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         .check(CheckRequest::decode(&checks[0][..]).map_err(setup_error)?)
         .await
         .encoded_len();
-    let mut best = [f64::INFINITY; 6];
+    let mut best = [f64::INFINITY; 7];
     for _ in 0..ROUNDS {
         for (slot, api) in [&plain, &rate_limited, &metrics_on].into_iter().enumerate() {
             let started = Instant::now();
@@ -216,19 +247,15 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             refuse_denials(denied)?;
             best[slot] = best[slot].min(started.elapsed().as_nanos() as f64 / calls as f64);
         }
-        let started = Instant::now();
-        let mut denied = 0u64;
-        for i in 0..calls {
-            denied += u64::from(
-                !handle(
-                    &plain,
-                    &restricted_requests[i as usize % restricted_requests.len()],
-                )
-                .await?,
-            );
+        for (slot, bodies) in [(5, &restricted_requests), (6, &networks_only_requests)] {
+            let started = Instant::now();
+            let mut denied = 0u64;
+            for i in 0..calls {
+                denied += u64::from(!handle(&plain, &bodies[i as usize % bodies.len()]).await?);
+            }
+            refuse_denials(denied)?;
+            best[slot] = best[slot].min(started.elapsed().as_nanos() as f64 / calls as f64);
         }
-        refuse_denials(denied)?;
-        best[5] = best[5].min(started.elapsed().as_nanos() as f64 / calls as f64);
     }
     replica.stop().await;
     Ok(HotPathCosts {
@@ -239,6 +266,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         check_raw_headers: best[4],
         restricted: best[5],
         restricted_reply_bytes,
+        networks_only: best[6],
         authenticate_reply_bytes,
         check_reply_bytes,
     })

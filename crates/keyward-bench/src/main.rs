@@ -298,6 +298,14 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         "≤ 1.05",
         costs.restricted / costs.plain <= 1.05,
     ));
+    rows.push(row(
+        "… a key with the 2 allowed networks only: cost with / without",
+        format!(
+            "{} ({:.3})",
+            micros(costs.networks_only),
+            costs.networks_only / costs.plain
+        ),
+    ));
     if args.only_hot_path.is_some() {
         return Ok(rows);
     }
