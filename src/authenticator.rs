@@ -270,6 +270,12 @@ impl Authenticator {
         if key.is_expired(now) {
             return self.refuse(Reason::Expired, request);
         }
+        // After the key is known to be live, before scopes. Not a failed
+        // credential (the key is real): no ban accounting. The check scans
+        // the few networks parsed into the cached key; nothing allocates.
+        if !key.allowed_networks.allows(request.client) {
+            return Verdict::deny_key(self.denials.deny(Reason::IpNotAllowed), key);
+        }
 
         if let Some(denial) = self.missing_scope(&key, request.required) {
             return Verdict::deny_key(denial, key);

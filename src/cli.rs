@@ -252,6 +252,13 @@ pub enum KeysCommand {
         /// `5/1` (seconds) [default: the server's `[rate_limit]`].
         #[arg(long, value_parser = parse_rate_limit)]
         rate_limit: Option<RateLimitArg>,
+        /// A metadata entry, NAME=VALUE (repeat for more).
+        #[arg(long = "meta", value_name = "NAME=VALUE", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
+        /// An address or CIDR the key may be used from (repeat for more;
+        /// none: any address).
+        #[arg(long = "allow-network", value_name = "CIDR")]
+        allow_network: Vec<String>,
     },
     /// List an account's keys.
     List {
@@ -290,6 +297,23 @@ pub enum KeysCommand {
         /// drop the key's own limit.
         #[arg(long, value_parser = parse_rate_limit_change)]
         rate_limit: Option<RateLimitChange>,
+        /// Replaces the key's whole metadata with these entries, NAME=VALUE
+        /// (repeat for more).
+        #[arg(long = "meta", value_name = "NAME=VALUE", value_parser = parse_meta, conflicts_with = "clear_meta")]
+        meta: Vec<(String, String)>,
+        /// Removes every metadata entry.
+        #[arg(long)]
+        clear_meta: bool,
+        /// Replaces the key's allowed networks with these (repeat for more).
+        #[arg(
+            long = "allow-network",
+            value_name = "CIDR",
+            conflicts_with = "clear_networks"
+        )]
+        allow_network: Vec<String>,
+        /// Removes the allowlist: the key works from any address again.
+        #[arg(long)]
+        clear_networks: bool,
     },
     /// Revoke a key (at once, on every replica).
     Revoke {
@@ -339,6 +363,14 @@ pub enum KeysCommand {
 /// `24h`, `7d`, `0s`: a grace period (zero revokes at once).
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration like 24h or 7d"))
+}
+
+/// `plan=pro`: a metadata entry (the server checks names and values).
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE, e.g. plan=pro"))?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// `30d`, `12h`, `90m`, `1h30m`: a positive duration.

@@ -169,6 +169,7 @@ fn denials(config: &Config) -> Vec<String> {
         line("rate limited", &denials.rate_limited),
         line("banned address", &denials.too_many_failed_attempts),
         line("unavailable (failing closed)", &denials.unavailable),
+        line("address not allowed for the key", &denials.ip_not_allowed),
     ]
 }
 

@@ -26,7 +26,9 @@ use std::time::Duration;
 use moka::sync::Cache;
 use serde::Deserialize;
 
+use crate::allowed_networks::AllowedNetworks;
 use crate::domain::{AccountId, KeyDigest, KeyId, RateLimit, UnixMillis};
+use crate::key_metadata::{self, SharedMetadata};
 use crate::rate_limits::{LimitedKey, LimiterSlot};
 use crate::scope_catalog::{ScopeCatalog, ScopeSet};
 use crate::settings::{SettingError, in_range, seconds_or};
@@ -60,6 +62,10 @@ pub struct CachedKey {
     usage_queued: AtomicBool,
     /// Its rate limiter, once it has needed one (see `rate_limits`).
     pub limiter: LimiterSlot,
+    /// The owner's labels, in name order; shared, never copied per request.
+    pub metadata: SharedMetadata,
+    /// Parsed once here; empty: any address (see `allowed_networks`).
+    pub allowed_networks: AllowedNetworks,
 }
 
 impl CachedKey {
@@ -83,6 +89,8 @@ impl CachedKey {
             );
         }
         Self {
+            allowed_networks: AllowedNetworks::from_stored(&record.allowed_networks),
+            metadata: key_metadata::shared(record.metadata),
             effective: catalog.effective(granted),
             granted,
             name: record.name.into_boxed_str(),

@@ -92,6 +92,10 @@ pub struct CreateKey {
     pub preset: Option<String>,
     pub expires_at: Option<UnixMillis>,
     pub rate_limit: Option<RateLimit>,
+    /// Validated (`key_metadata::parse`).
+    pub metadata: Metadata,
+    /// Normalised (`allowed_networks::parse`); empty: any address.
+    pub allowed_networks: Vec<String>,
 }
 
 /// A validated UpdateKey; `None` leaves a field alone.
@@ -100,6 +104,10 @@ pub struct ChangeKey {
     pub name: Option<KeyName>,
     pub scopes: Option<Vec<String>>,
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Replaces the whole map (validated).
+    pub metadata: Option<Metadata>,
+    /// Replaces the whole list (normalised).
+    pub allowed_networks: Option<Vec<String>>,
 }
 
 /// One ImportKeys entry, its fields parsed (the rest is checked by
@@ -225,8 +233,8 @@ impl KeyManager {
                     rate_limit: request.rate_limit,
                     created_at: now,
                     expires_at: request.expires_at,
-                    metadata: Default::default(),
-                    allowed_networks: Vec::new(),
+                    metadata: request.metadata,
+                    allowed_networks: request.allowed_networks,
                     rotated_from: None,
                 },
                 self.max_active_keys_per_account,
@@ -277,8 +285,8 @@ impl KeyManager {
                     name: change.name,
                     scopes,
                     rate_limit: change.rate_limit,
-                    metadata: None,
-                    allowed_networks: None,
+                    metadata: change.metadata,
+                    allowed_networks: change.allowed_networks,
                 },
                 UnixMillis::now(),
                 actor,
@@ -405,9 +413,7 @@ impl KeyManager {
             {
                 return Err(invalid("expires_at", "must lie in the future".into()));
             }
-            // TODO(issue 17, metadata): validate `key.metadata` with the
-            // metadata helper's function (as CreateKey does) once it lands;
-            // it is stored as given until then.
+            // `key.metadata` was validated with the request (convert.rs).
             if let Some(first) = seen.insert(key.digest, index) {
                 return Err(ManagementError::AlreadyExists {
                     field: format!("keys[{index}]"),

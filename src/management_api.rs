@@ -366,6 +366,9 @@ impl Api {
                     preset: fields.preset,
                     expires_at: fields.expires_at,
                     rate_limit: None,
+                    // Not in the profiles' field tables (yet): gRPC and the CLI set them.
+                    metadata: Default::default(),
+                    allowed_networks: Vec::new(),
                 },
                 actor,
             )
@@ -420,6 +423,8 @@ impl Api {
                     name,
                     scopes,
                     rate_limit: None,
+                    metadata: None,
+                    allowed_networks: None,
                 },
                 actor,
             )

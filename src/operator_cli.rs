@@ -4,6 +4,7 @@
 //! JSON. The only secrets it ever prints are the ones CreateKey and
 //! RotateKey return, once.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,8 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             name,
             expires_in,
             rate_limit,
+            meta,
+            allow_network,
         } => {
             let request = proto::CreateKeyRequest {
                 account_id: account,
@@ -49,7 +52,8 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
                 preset: preset.unwrap_or_default(),
                 expires_at: expires_in.map(expiry).transpose()?,
                 rate_limit: rate_limit.map(proto_rate_limit),
-                ..Default::default()
+                metadata: meta.into_iter().collect(),
+                allowed_networks: allow_network,
             };
             create(&connection, request).await
         }
@@ -80,7 +84,27 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
             name,
             scopes,
             rate_limit,
-        } => update(&connection, account, id, name, scopes, rate_limit).await,
+            meta,
+            clear_meta,
+            allow_network,
+            clear_networks,
+        } => {
+            let restrictions = Restrictions {
+                metadata: (clear_meta || !meta.is_empty()).then(|| meta.into_iter().collect()),
+                allowed_networks: (clear_networks || !allow_network.is_empty())
+                    .then_some(allow_network),
+            };
+            update(
+                &connection,
+                account,
+                id,
+                name,
+                scopes,
+                rate_limit,
+                restrictions,
+            )
+            .await
+        }
         KeysCommand::Revoke {
             connection,
             account,
@@ -476,6 +500,7 @@ async fn update(
     name: Option<String>,
     scopes: Option<Vec<String>>,
     rate_limit: Option<RateLimitChange>,
+    restrictions: Restrictions,
 ) -> Result<String, CliError> {
     let mut paths = Vec::new();
     if name.is_some() {
@@ -487,9 +512,17 @@ async fn update(
     if rate_limit.is_some() {
         paths.push("rate_limit".to_owned());
     }
+    if restrictions.metadata.is_some() {
+        paths.push("metadata".to_owned());
+    }
+    if restrictions.allowed_networks.is_some() {
+        paths.push("allowed_networks".to_owned());
+    }
     if paths.is_empty() {
         return Err(CliError::Usage(
-            "nothing to update: pass --name, --scopes and/or --rate-limit".into(),
+            "nothing to update: pass --name, --scopes, --rate-limit, --meta, --clear-meta, \
+             --allow-network and/or --clear-networks"
+                .into(),
         ));
     }
     let mut client = Client::connect(connection).await?;
@@ -504,12 +537,20 @@ async fn update(
             Some(RateLimitChange::Set(limit)) => Some(proto_rate_limit(limit)),
             Some(RateLimitChange::Default) | None => None,
         },
-        ..Default::default()
+        metadata: restrictions.metadata.unwrap_or_default(),
+        allowed_networks: restrictions.allowed_networks.unwrap_or_default(),
     };
     let response = client
         .call("UpdateKey", request, |c, r| Box::pin(c.update_key(r)))
         .await?;
     Ok(show(connection, response.key))
+}
+
+/// `keys update`'s metadata and allowlist changes; `Some` replaces the
+/// whole map or list (empty: clears it).
+struct Restrictions {
+    metadata: Option<HashMap<String, String>>,
+    allowed_networks: Option<Vec<String>>,
 }
 
 fn expiry(lifetime: Duration) -> Result<prost_types::Timestamp, CliError> {
@@ -667,6 +708,10 @@ pub struct KeyView {
     pub last_used_at: Option<String>,
     /// The key's own limit; `None`: the server's default applies.
     pub rate_limit: Option<RateLimitView>,
+    /// The owner's labels, in name order.
+    pub metadata: BTreeMap<String, String>,
+    /// Where the key may be used from; empty: any address.
+    pub allowed_networks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
@@ -712,6 +757,8 @@ impl From<proto::Key> for KeyView {
             start: key.start,
             scopes: key.scopes,
             effective_scopes: key.effective_scopes,
+            metadata: key.metadata.into_iter().collect(),
+            allowed_networks: key.allowed_networks,
         }
     }
 }
@@ -781,5 +828,33 @@ fn table(keys: &[KeyView]) -> String {
     if rows.is_empty() {
         let _ = writeln!(out, "(no keys)");
     }
+    restrictions_lines(keys, &mut out);
     out
+}
+
+/// Under the table, one line per key with metadata or allowed networks
+/// (they do not fit a column): `key_... metadata: plan="pro"; allowed
+/// networks: 10.0.0.0/8`.
+fn restrictions_lines(keys: &[KeyView], out: &mut String) {
+    for key in keys {
+        if key.metadata.is_empty() && key.allowed_networks.is_empty() {
+            continue;
+        }
+        let mut parts = Vec::new();
+        if !key.metadata.is_empty() {
+            let entries: Vec<String> = key
+                .metadata
+                .iter()
+                .map(|(name, value)| format!("{name}={value:?}"))
+                .collect();
+            parts.push(format!("metadata: {}", entries.join(" ")));
+        }
+        if !key.allowed_networks.is_empty() {
+            parts.push(format!(
+                "allowed networks: {}",
+                key.allowed_networks.join(" ")
+            ));
+        }
+        let _ = writeln!(out, "{} {}", key.id, parts.join("; "));
+    }
 }

@@ -1,6 +1,7 @@
 //! Proto messages to domain requests and back. Every field a caller sends is
 //! checked here, and a bad one becomes INVALID_ARGUMENT naming it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -14,10 +15,11 @@ use crate::denial::{Denial, Reason};
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::CachedKey;
 use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
+use crate::key_metadata;
 use crate::proto;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
-use crate::storage::KeyRecord;
+use crate::storage::{KeyRecord, Metadata};
 
 /// More required scopes than this in one request is a caller bug.
 pub const MAX_REQUIRED_SCOPES: usize = 64;
@@ -131,12 +133,26 @@ impl TryFrom<proto::CreateKeyRequest> for CreateKey {
                 .map(|t| timestamp_to_millis("expires_at", t))
                 .transpose()?,
             rate_limit: request.rate_limit.as_ref().map(rate_limit).transpose()?,
+            metadata: metadata(&request.metadata)?,
+            allowed_networks: allowed_networks(&request.allowed_networks)?,
         })
     }
 }
 
+/// A caller's metadata, validated; an error names the entry
+/// (`metadata["Plan"]`) or `metadata` for the count.
+pub fn metadata(raw: &HashMap<String, String>) -> Result<Metadata, Status> {
+    key_metadata::parse(raw).map_err(|e| invalid_argument(&e.field, e.reason))
+}
+
+/// A caller's allowed networks, normalised; an error names
+/// `allowed_networks[i]`, or `allowed_networks` for the count.
+pub fn allowed_networks(raw: &[String]) -> Result<Vec<String>, Status> {
+    crate::allowed_networks::parse(raw).map_err(|e| invalid_argument(&e.field, e.reason))
+}
+
 /// The fields UpdateKey may change.
-const UPDATABLE: &str = "name, scopes, rate_limit";
+const UPDATABLE: &str = "name, scopes, rate_limit, metadata, allowed_networks";
 
 impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
     type Error = Status;
@@ -156,6 +172,12 @@ impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
                 if request.rate_limit.is_some() {
                     inferred.push("rate_limit");
                 }
+                if !request.metadata.is_empty() {
+                    inferred.push("metadata");
+                }
+                if !request.allowed_networks.is_empty() {
+                    inferred.push("allowed_networks");
+                }
                 if inferred.is_empty() {
                     return Err(invalid_argument(
                         "update_mask",
@@ -173,6 +195,14 @@ impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
                 "rate_limit" => change
                     .rate_limit
                     .replace(request.rate_limit.as_ref().map(rate_limit).transpose()?)
+                    .is_some(),
+                "metadata" => change
+                    .metadata
+                    .replace(metadata(&request.metadata)?)
+                    .is_some(),
+                "allowed_networks" => change
+                    .allowed_networks
+                    .replace(allowed_networks(&request.allowed_networks)?)
                     .is_some(),
                 other => {
                     return Err(invalid_argument(
@@ -297,6 +327,12 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
+        metadata: record
+            .metadata
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        allowed_networks: record.allowed_networks.clone(),
         ..Default::default()
     }
 }
@@ -321,6 +357,12 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
+        metadata: key
+            .metadata
+            .iter()
+            .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
+            .collect(),
+        allowed_networks: key.allowed_networks.texts().map(str::to_owned).collect(),
         ..Default::default()
     }
 }
@@ -386,7 +428,9 @@ pub fn imported_keys(request: proto::ImportKeysRequest) -> Result<Vec<ImportKey>
                 created_at,
                 expires_at,
                 rate_limit,
-                metadata: key.metadata.into_iter().collect(),
+                // `metadata["plan"]` becomes `keys[3].metadata["plan"]`.
+                metadata: key_metadata::parse(&key.metadata)
+                    .map_err(|e| invalid_argument(&field(&e.field), e.reason))?,
             })
         })
         .collect()
@@ -424,6 +468,7 @@ fn reason(reason: Reason) -> proto::denial::Reason {
         Reason::RateLimited => P::RateLimited,
         Reason::TooManyFailedAttempts => P::TooManyFailedAttempts,
         Reason::Unavailable => P::Unavailable,
+        Reason::IpNotAllowed => P::IpNotAllowed,
     }
 }
 

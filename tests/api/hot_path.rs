@@ -145,6 +145,8 @@ async fn create(manager: &KeyManager) -> (KeyId, String) {
                 preset: None,
                 expires_at: None,
                 rate_limit: None,
+                metadata: Default::default(),
+                allowed_networks: Vec::new(),
             },
             &Actor::in_process(),
         )

@@ -161,6 +161,8 @@ async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
                 preset: None,
                 expires_at: None,
                 rate_limit: None,
+                metadata: Default::default(),
+                allowed_networks: Vec::new(),
             },
             &Actor::in_process(),
         )

@@ -15,6 +15,7 @@ mod ext_authz;
 mod faults;
 mod hot_path;
 mod lifecycle_audit;
+mod lifecycle_metadata;
 mod lifecycle_rotation;
 mod load_race;
 mod management;
