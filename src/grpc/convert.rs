@@ -333,7 +333,6 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect(),
         allowed_networks: record.allowed_networks.clone(),
-        ..Default::default()
     }
 }
 
@@ -363,7 +362,6 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
             .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
             .collect(),
         allowed_networks: key.allowed_networks.texts().map(str::to_owned).collect(),
-        ..Default::default()
     }
 }
 
