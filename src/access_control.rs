@@ -11,8 +11,8 @@
 //! account-scoped RPCs then compare the request's account with
 //! [`Caller::User`].
 //!
-//! - Management RPCs (CreateKey, RevokeKey, UpdateKey, GetKey, ListKeys)
-//!   need a credential allowed that RPC once any management credential is
+//! - Management RPCs (CreateKey, RevokeKey, UpdateKey, GetKey, ListKeys,
+//!   RotateKey, ImportKeys, ListKeyEvents) need a credential allowed that RPC once any management credential is
 //!   configured. With none configured they are open, and the server refuses
 //!   to start on a non-loopback address unless told
 //!   `--insecure-open-management`.
@@ -69,6 +69,9 @@ pub enum Rpc {
     RecordUsage,
     /// Envoy's `envoy.service.auth.v3.Authorization/Check`.
     Check,
+    RotateKey,
+    ImportKeys,
+    ListKeyEvents,
 }
 
 /// How the policy treats an RPC.
@@ -80,7 +83,8 @@ pub enum RpcClass {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 11] = [
+    /// In declaration order: telemetry indexes its labels by `rpc as usize`.
+    pub const ALL: [Rpc; 14] = [
         Rpc::Authenticate,
         Rpc::CheckScope,
         Rpc::CreateKey,
@@ -92,14 +96,20 @@ impl Rpc {
         Rpc::WatchRevocations,
         Rpc::RecordUsage,
         Rpc::Check,
+        Rpc::RotateKey,
+        Rpc::ImportKeys,
+        Rpc::ListKeyEvents,
     ];
 
-    pub const MANAGEMENT: [Rpc; 5] = [
+    pub const MANAGEMENT: [Rpc; 8] = [
         Rpc::CreateKey,
         Rpc::RevokeKey,
         Rpc::UpdateKey,
         Rpc::GetKey,
         Rpc::ListKeys,
+        Rpc::RotateKey,
+        Rpc::ImportKeys,
+        Rpc::ListKeyEvents,
     ];
 
     /// The method's name as written in config files and metrics labels.
@@ -116,6 +126,9 @@ impl Rpc {
             Rpc::WatchRevocations => "WatchRevocations",
             Rpc::RecordUsage => "RecordUsage",
             Rpc::Check => "Check",
+            Rpc::RotateKey => "RotateKey",
+            Rpc::ImportKeys => "ImportKeys",
+            Rpc::ListKeyEvents => "ListKeyEvents",
         }
     }
 
@@ -133,9 +146,14 @@ impl Rpc {
 
     pub fn class(self) -> RpcClass {
         match self {
-            Rpc::CreateKey | Rpc::RevokeKey | Rpc::UpdateKey | Rpc::GetKey | Rpc::ListKeys => {
-                RpcClass::Management
-            }
+            Rpc::CreateKey
+            | Rpc::RevokeKey
+            | Rpc::UpdateKey
+            | Rpc::GetKey
+            | Rpc::ListKeys
+            | Rpc::RotateKey
+            | Rpc::ImportKeys
+            | Rpc::ListKeyEvents => RpcClass::Management,
             Rpc::Authenticate
             | Rpc::CheckScope
             | Rpc::WatchRevocations
@@ -381,6 +399,18 @@ impl HotPathCaller {
 }
 
 impl Caller {
+    /// Who this caller is in the audit trail, on a connection from `peer`:
+    /// `token:<name>`, `jwt:<subject>` (the subject is the account), or
+    /// `local` (no credential was needed: management is open).
+    pub fn actor(&self, peer: Option<std::net::IpAddr>) -> crate::audit::Actor {
+        let actor = match self {
+            Caller::Service { name, .. } => format!("token:{name}"),
+            Caller::User { account } => format!("jwt:{account}"),
+            Caller::Anonymous => "local".into(),
+        };
+        crate::audit::Actor::new(actor, peer)
+    }
+
     /// Refuses a request that names an account this caller may not act for.
     pub fn may_act_for(&self, account: &AccountId) -> Result<(), Refusal> {
         match self {

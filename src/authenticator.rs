@@ -162,7 +162,8 @@ pub struct Authenticator {
 
 enum Loaded {
     Found(Arc<CachedKey>),
-    NotFound,
+    /// No such key, as of the read that `LoadTicket` was taken before.
+    NotFound(LoadTicket),
 }
 
 impl Authenticator {
@@ -269,6 +270,12 @@ impl Authenticator {
         if key.is_expired(now) {
             return self.refuse(Reason::Expired, request);
         }
+        // After the key is known to be live, before scopes. Not a failed
+        // credential (the key is real): no ban accounting. The check scans
+        // the few networks parsed into the cached key; nothing allocates.
+        if !key.allowed_networks.allows(request.client) {
+            return Verdict::deny_key(self.denials.deny(Reason::IpNotAllowed), key);
+        }
 
         if let Some(denial) = self.missing_scope(&key, request.required) {
             return Verdict::deny_key(denial, key);
@@ -364,8 +371,10 @@ impl Authenticator {
             .await?;
         match loaded {
             Loaded::Found(key) => Ok(key),
-            Loaded::NotFound => {
-                self.cache.insert_unknown(digest);
+            Loaded::NotFound(ticket) => {
+                // Not if an event about the digest (an import) landed
+                // while reading.
+                self.cache.insert_unknown_unless_changed(ticket, digest);
                 Err(Reason::UnknownKey)
             }
         }
@@ -393,7 +402,7 @@ impl Authenticator {
             .await?;
         match loaded {
             Loaded::Found(key) => Ok(key),
-            Loaded::NotFound => {
+            Loaded::NotFound(_) => {
                 self.cache.insert_unknown_id(id.clone());
                 Err(Reason::UnknownKey)
             }
@@ -459,7 +468,7 @@ impl Authenticator {
                     return Err(Reason::Unavailable);
                 }
                 Ok(Ok(Some(record))) => record,
-                Ok(Ok(None)) => return Ok(Loaded::NotFound),
+                Ok(Ok(None)) => return Ok(Loaded::NotFound(ticket)),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "key lookup failed");
                     return Err(Reason::Unavailable);

@@ -493,6 +493,9 @@ impl ChangeFeed {
             let full_page = events.len() >= PAGE as usize;
             for event in events {
                 self.cache.invalidate(&event.key_id, &event.digest);
+                // After the epoch bump: a digest remembered as unknown may
+                // now be a key (`imported`); see `insert_unknown_unless_changed`.
+                self.cache.forget_unknown(&event.digest);
                 self.revision.set(event.seq);
                 let event = Arc::new(event);
                 *last_applied = Some(KeyEvent::clone(&event));

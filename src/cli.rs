@@ -252,6 +252,13 @@ pub enum KeysCommand {
         /// `5/1` (seconds) [default: the server's `[rate_limit]`].
         #[arg(long, value_parser = parse_rate_limit)]
         rate_limit: Option<RateLimitArg>,
+        /// A metadata entry, NAME=VALUE (repeat for more).
+        #[arg(long = "meta", value_name = "NAME=VALUE", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
+        /// An address or CIDR the key may be used from (repeat for more;
+        /// none: any address).
+        #[arg(long = "allow-network", value_name = "CIDR")]
+        allow_network: Vec<String>,
     },
     /// List an account's keys.
     List {
@@ -290,6 +297,23 @@ pub enum KeysCommand {
         /// drop the key's own limit.
         #[arg(long, value_parser = parse_rate_limit_change)]
         rate_limit: Option<RateLimitChange>,
+        /// Replaces the key's whole metadata with these entries, NAME=VALUE
+        /// (repeat for more).
+        #[arg(long = "meta", value_name = "NAME=VALUE", value_parser = parse_meta, conflicts_with = "clear_meta")]
+        meta: Vec<(String, String)>,
+        /// Removes every metadata entry.
+        #[arg(long)]
+        clear_meta: bool,
+        /// Replaces the key's allowed networks with these (repeat for more).
+        #[arg(
+            long = "allow-network",
+            value_name = "CIDR",
+            conflicts_with = "clear_networks"
+        )]
+        allow_network: Vec<String>,
+        /// Removes the allowlist: the key works from any address again.
+        #[arg(long)]
+        clear_networks: bool,
     },
     /// Revoke a key (at once, on every replica).
     Revoke {
@@ -300,6 +324,53 @@ pub enum KeysCommand {
         #[arg(long)]
         id: String,
     },
+    /// Replace a key with a new one that inherits it, and print the new
+    /// secret (shown this once). The old key keeps working for `--grace`.
+    Rotate {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// How long the old key keeps working, e.g. `24h`, `7d`
+        /// [default: 0, revoked at once].
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<std::time::Duration>,
+        /// The key to rotate.
+        key_id: String,
+    },
+    /// Import keys another system holds as SHA-256 digests, from a file of
+    /// JSON lines (one ImportedKey each), in batches of up to 1,000.
+    Import {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// JSON lines: account_id, name, sha256_hex, start, scopes,
+        /// created_at, expires_at (RFC 3339), rate_limit {requests,
+        /// per_seconds}, metadata.
+        file: std::path::PathBuf,
+    },
+    /// Show an account's audit trail (ListKeyEvents), oldest first: who
+    /// created, changed and revoked which key, when, from where.
+    Events {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        account: String,
+        /// Only this key's events.
+        key_id: Option<String>,
+    },
+}
+
+/// `24h`, `7d`, `0s`: a grace period (zero revokes at once).
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; use a duration like 24h or 7d"))
+}
+
+/// `plan=pro`: a metadata entry (the server checks names and values).
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE, e.g. plan=pro"))?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// `30d`, `12h`, `90m`, `1h30m`: a positive duration.

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::access_control::AccessSettings;
 use crate::access_control::settings::RawAuth;
+use crate::audit::{AuditSettings, RawAudit};
 use crate::change_feed::{FeedSettings, RawFeed};
 use crate::denial::{DenialCatalog, RawDenials};
 use crate::domain::RateLimit;
@@ -75,6 +76,7 @@ struct RawConfig {
     auth: RawAuth,
     http: RawHttp,
     management_api: RawManagementApi,
+    audit: RawAudit,
 }
 
 /// Validated configuration. Fields are public so tests and tools can adjust
@@ -86,6 +88,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub key_format: KeyFormat,
     pub max_active_keys_per_account: u32,
+    /// `keys.max_rotation_grace_seconds`: RotateKey's longest grace period.
+    pub max_rotation_grace: Duration,
     pub catalog: Arc<ScopeCatalog>,
     pub denials: DenialCatalog,
     pub cache: CacheSettings,
@@ -104,6 +108,8 @@ pub struct Config {
     pub http_route_definitions: Arc<[RouteDefinition]>,
     /// `[management_api]`: the products' key-management HTTP API.
     pub management_api: ManagementApiSettings,
+    /// `[audit]`: how long the audit trail is kept.
+    pub audit: AuditSettings,
 }
 
 impl Default for Config {
@@ -181,6 +187,7 @@ impl Config {
         let auth = AccessSettings::from_raw(raw.auth).map_err(in_file)?;
         let management_api =
             ManagementApiSettings::from_raw(raw.management_api, &catalog).map_err(in_file)?;
+        let audit = AuditSettings::from_raw(raw.audit).map_err(in_file)?;
         let http_route_definitions = raw.http.route_definitions();
         let http = ExtAuthzSettings::from_raw(raw.http, &keys.format, &catalog, &denials)
             .map_err(in_file)?;
@@ -189,6 +196,7 @@ impl Config {
             server,
             key_format: keys.format,
             max_active_keys_per_account: keys.max_active_per_account,
+            max_rotation_grace: keys.max_rotation_grace,
             catalog: Arc::new(catalog),
             denials,
             cache,
@@ -200,6 +208,7 @@ impl Config {
             http,
             http_route_definitions,
             management_api,
+            audit,
         })
     }
 

@@ -74,19 +74,32 @@ pub fn describe(config: &Config) -> String {
 
 fn key_format(config: &Config) -> Vec<String> {
     let format = &config.key_format;
-    vec![
+    let random = if format.checksum() {
+        format.body_length() - crate::key_format::CHECKSUM_CHARS
+    } else {
+        format.body_length()
+    };
+    let mut lines = vec![
         format!(
             "{}<{} {} characters>  ({:.0} bits of randomness)",
             format.prefix(),
             format.body_length(),
             format.alphabet().name(),
-            format.body_length() as f64 * format.alphabet().bits_per_symbol()
+            random as f64 * format.alphabet().bits_per_symbol()
         ),
         format!(
             "accepted as: {} <key>, or the bare key",
             format.schemes().join(" <key>, ")
         ),
-    ]
+    ];
+    if format.checksum() {
+        lines.push(format!(
+            "checksum: the last {} characters are the base62 CRC32 of the {random} before them; a mismatch is malformed",
+            crate::key_format::CHECKSUM_CHARS
+        ));
+    }
+    lines.push(format!("secret scanners: {}", format.scanner_regex()));
+    lines
 }
 
 fn scopes(config: &Config) -> Vec<String> {
@@ -156,6 +169,7 @@ fn denials(config: &Config) -> Vec<String> {
         line("rate limited", &denials.rate_limited),
         line("banned address", &denials.too_many_failed_attempts),
         line("unavailable (failing closed)", &denials.unavailable),
+        line("address not allowed for the key", &denials.ip_not_allowed),
     ]
 }
 
@@ -164,6 +178,10 @@ fn limits(config: &Config) -> Vec<String> {
         format!(
             "at most {} active keys per account",
             config.max_active_keys_per_account
+        ),
+        format!(
+            "rotation grace period: at most {}",
+            humantime::format_duration(config.max_rotation_grace)
         ),
         match config.default_rate_limit {
             Some(limit) => format!(
@@ -536,6 +554,7 @@ mod tests {
         );
         assert_eq!(taken_back.denials, default.denials);
         assert_eq!(taken_back.feed, default.feed);
+        assert_eq!(taken_back.audit, default.audit);
         assert_eq!(taken_back.bans, default.bans);
         assert_eq!(taken_back.default_rate_limit, default.default_rate_limit);
         assert_eq!(

@@ -20,10 +20,12 @@ pub enum Reason {
     RateLimited,
     TooManyFailedAttempts,
     Unavailable,
+    /// The key has allowed networks and the client is not in them.
+    IpNotAllowed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::MissingCredential,
         Reason::MalformedCredential,
         Reason::UnknownKey,
@@ -33,6 +35,7 @@ impl Reason {
         Reason::RateLimited,
         Reason::TooManyFailedAttempts,
         Reason::Unavailable,
+        Reason::IpNotAllowed,
     ];
 
     /// Stable lower-case name for logs and metrics.
@@ -47,6 +50,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::TooManyFailedAttempts => "too_many_failed_attempts",
             Reason::Unavailable => "unavailable",
+            Reason::IpNotAllowed => "ip_not_allowed",
         }
     }
 
@@ -91,6 +95,8 @@ pub struct DenialCatalog {
     pub rate_limited: DenialText,
     pub too_many_failed_attempts: DenialText,
     pub unavailable: DenialText,
+    /// The key may not be used from the client's address.
+    pub ip_not_allowed: DenialText,
 }
 
 impl Default for DenialCatalog {
@@ -120,6 +126,11 @@ impl Default for DenialCatalog {
                 "Authorization is temporarily unavailable; retry shortly.",
                 503,
             ),
+            ip_not_allowed: DenialText::new(
+                "forbidden",
+                "This API key may not be used from this address.",
+                403,
+            ),
         }
     }
 }
@@ -135,6 +146,7 @@ pub struct RawDenials {
     pub rate_limited: Option<RawDenialText>,
     pub too_many_failed_attempts: Option<RawDenialText>,
     pub unavailable: Option<RawDenialText>,
+    pub ip_not_allowed: Option<RawDenialText>,
 }
 
 /// One denial's text as written (in `[denials]` and in `[http.denials]`).
@@ -188,6 +200,12 @@ impl DenialCatalog {
                 defaults.unavailable,
                 &[503],
             )?,
+            ip_not_allowed: denial_text_from_raw(
+                "denials.ip_not_allowed",
+                raw.ip_not_allowed,
+                defaults.ip_not_allowed,
+                &[401, 403, 404],
+            )?,
         })
     }
 
@@ -202,6 +220,7 @@ impl DenialCatalog {
             Reason::RateLimited => &self.rate_limited,
             Reason::TooManyFailedAttempts => &self.too_many_failed_attempts,
             Reason::Unavailable => &self.unavailable,
+            Reason::IpNotAllowed => &self.ip_not_allowed,
         }
     }
 

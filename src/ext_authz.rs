@@ -119,11 +119,12 @@ impl ExtAuthzApi {
         };
         let (fixed, templates) = match access {
             Access::Public => {
-                let strip = if self.settings.strip_credential {
+                let mut strip = if self.settings.strip_credential {
                     sources.carrying_keys(&headers, &target, self.authenticator.key_format())
                 } else {
                     CredentialRemoval::default()
                 };
+                request::spoofed_metadata_headers(&headers, &mut strip);
                 return responses.allow_public(strip);
             }
             Access::Scopes { fixed, templates } => (fixed, templates),
@@ -206,11 +207,13 @@ impl ExtAuthzApi {
                 denial, rate_limit, ..
             } => return responses.deny(&denial, rate_limit),
         };
-        let removal = if self.settings.strip_credential {
+        let mut removal = if self.settings.strip_credential {
             sources.present(&headers, &target, self.authenticator.key_format())
         } else {
             CredentialRemoval::default()
         };
+        // Whatever `strip_credential` says: the upstream trusts these.
+        request::spoofed_metadata_headers(&headers, &mut removal);
         responses.allow(&key, catalog, rate_limit, removal)
     }
 

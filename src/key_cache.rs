@@ -26,7 +26,9 @@ use std::time::Duration;
 use moka::sync::Cache;
 use serde::Deserialize;
 
+use crate::allowed_networks::AllowedNetworks;
 use crate::domain::{AccountId, KeyDigest, KeyId, RateLimit, UnixMillis};
+use crate::key_metadata::{self, SharedMetadata};
 use crate::rate_limits::{LimitedKey, LimiterSlot};
 use crate::scope_catalog::{ScopeCatalog, ScopeSet};
 use crate::settings::{SettingError, in_range, seconds_or};
@@ -50,6 +52,8 @@ pub struct CachedKey {
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
+    /// The key this one replaced (RotateKey).
+    pub rotated_from: Option<KeyId>,
     /// The last-use time as stored when this entry was loaded.
     pub stored_last_used_at: Option<UnixMillis>,
     /// Unix millis of the last use seen by this replica (0: none).
@@ -58,6 +62,10 @@ pub struct CachedKey {
     usage_queued: AtomicBool,
     /// Its rate limiter, once it has needed one (see `rate_limits`).
     pub limiter: LimiterSlot,
+    /// The owner's labels, in name order; shared, never copied per request.
+    pub metadata: SharedMetadata,
+    /// Parsed once here; empty: any address (see `allowed_networks`).
+    pub allowed_networks: AllowedNetworks,
 }
 
 impl CachedKey {
@@ -81,6 +89,8 @@ impl CachedKey {
             );
         }
         Self {
+            allowed_networks: AllowedNetworks::from_stored(&record.allowed_networks),
+            metadata: key_metadata::shared(record.metadata),
             effective: catalog.effective(granted),
             granted,
             name: record.name.into_boxed_str(),
@@ -89,6 +99,7 @@ impl CachedKey {
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
+            rotated_from: record.rotated_from,
             stored_last_used_at: record.last_used_at,
             last_used_ms: AtomicI64::new(0),
             usage_queued: AtomicBool::new(false),
@@ -363,9 +374,28 @@ impl KeyCache {
         true
     }
 
-    /// Remembers that no key has this digest. Keys are created with fresh
-    /// random secrets, so a digest seen before its key exists is not a case
-    /// worth guarding; CreateKey still clears it.
+    /// Remembers that no key has this digest. Created keys have fresh
+    /// random secrets, but an imported key's digest may well have been
+    /// presented before its import (callers moving over), so this is
+    /// guarded like a key's insert: a load whose ticket predates a change
+    /// to the digest remembers nothing. (Whoever applies a change calls
+    /// [`invalidate`](Self::invalidate), which bumps the epoch, and then
+    /// [`forget_unknown`](Self::forget_unknown): a guarded insert either
+    /// came before the bump and is forgotten, or sees the new epoch.)
+    pub fn insert_unknown_unless_changed(&self, ticket: LoadTicket, digest: KeyDigest) -> bool {
+        let stripe = self.digest_stripe(&digest);
+        if ticket.map != Map::ByDigest || ticket.stripe != stripe {
+            return false;
+        }
+        let epoch = self.digest_stripes[stripe].lock();
+        if *epoch != ticket.epoch {
+            return false;
+        }
+        self.unknown.insert(digest, ());
+        true
+    }
+
+    /// Remembers that no key has this digest, unguarded (tests).
     pub fn insert_unknown(&self, digest: KeyDigest) {
         self.unknown.insert(digest, ());
     }

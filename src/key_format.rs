@@ -1,6 +1,13 @@
-//! The shape of a key secret (prefix, body length, alphabet): generating new
-//! secrets from the OS CSPRNG and recognising presented credentials before
-//! any hashing or database access.
+//! The shape of a key secret (prefix, body length, alphabet, optional
+//! checksum): generating new secrets from the OS CSPRNG and recognising
+//! presented credentials before any hashing or database access.
+//!
+//! With `keys.checksum = true` the body is the random part followed by a
+//! 6-character base62 CRC32 of it (as GitHub's tokens carry): secret
+//! scanners can tell a real key from look-alikes offline, and a mistyped
+//! or truncated key is MALFORMED_CREDENTIAL without a SHA-256 or a lookup.
+//! `body_length` stays the whole body's length (what a scanner's regex and
+//! a caller see); the random part is 6 characters shorter.
 
 use std::fmt;
 
@@ -102,6 +109,10 @@ pub const DEFAULT_ALPHABET: Alphabet = Alphabet::LowerHex;
 pub const DEFAULT_SCHEMES: [&str; 2] = ["Bearer", "ApiKey"];
 pub const DEFAULT_DISPLAY_CHARS: usize = 6;
 pub const DEFAULT_MAX_ACTIVE_PER_ACCOUNT: u32 = 10;
+/// RotateKey's longest grace period by default: 7 days.
+pub const DEFAULT_MAX_ROTATION_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+/// The longest grace period a deployment may allow: 365 days.
+pub const MAX_ROTATION_GRACE_SECONDS: u64 = 365 * 24 * 3600;
 
 /// `[keys]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +124,8 @@ pub struct RawKeys {
     pub display_chars: Option<usize>,
     pub schemes: Option<Vec<String>>,
     pub max_active_per_account: Option<u32>,
+    pub max_rotation_grace_seconds: Option<u64>,
+    pub checksum: Option<bool>,
 }
 
 /// Validated `[keys]`: the key format, and how many active keys an account
@@ -121,6 +134,8 @@ pub struct RawKeys {
 pub struct KeySettings {
     pub format: KeyFormat,
     pub max_active_per_account: u32,
+    /// RotateKey's longest grace period (whole seconds).
+    pub max_rotation_grace: std::time::Duration,
 }
 
 impl KeySettings {
@@ -142,6 +157,7 @@ impl KeySettings {
                 .unwrap_or_else(|| DEFAULT_SCHEMES.map(String::from).to_vec()),
             raw.display_chars.unwrap_or(DEFAULT_DISPLAY_CHARS),
         )
+        .and_then(|format| format.with_checksum(raw.checksum.unwrap_or(false)))
         .map_err(|(field, reason)| SettingError::new(format!("keys.{field}"), reason))?;
         let max_active_per_account = in_range(
             raw.max_active_per_account
@@ -150,9 +166,17 @@ impl KeySettings {
             100_000,
         )
         .map_err(SettingError::at("keys.max_active_per_account"))?;
+        let max_rotation_grace = in_range(
+            raw.max_rotation_grace_seconds
+                .unwrap_or(DEFAULT_MAX_ROTATION_GRACE_SECONDS),
+            0,
+            MAX_ROTATION_GRACE_SECONDS,
+        )
+        .map_err(SettingError::at("keys.max_rotation_grace_seconds"))?;
         Ok(Self {
             format,
             max_active_per_account,
+            max_rotation_grace: std::time::Duration::from_secs(max_rotation_grace),
         })
     }
 }
@@ -166,6 +190,28 @@ pub struct KeyFormat {
     schemes: Vec<String>,
     /// How many body characters `start` shows.
     display_chars: usize,
+    /// Whether the body ends in [`CHECKSUM_CHARS`] base62 characters of the
+    /// CRC32 of the random part before them.
+    checksum: bool,
+}
+
+/// Characters of a key body's checksum (`keys.checksum`).
+pub const CHECKSUM_CHARS: usize = 6;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The checksum of a random part: its CRC32 (IEEE), in base62, most
+/// significant digit first, padded with `0` to six characters (62^6 > 2^32,
+/// so six always suffice). On the stack: the hot path checks it without
+/// allocating.
+fn checksum_of(random: &[u8]) -> [u8; CHECKSUM_CHARS] {
+    let mut value = crc32fast::hash(random);
+    let mut digits = [b'0'; CHECKSUM_CHARS];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    digits
 }
 
 impl KeyFormat {
@@ -245,7 +291,68 @@ impl KeyFormat {
             alphabet,
             schemes,
             display_chars,
+            checksum: false,
         })
+    }
+
+    /// This format with the checksum on or off (`keys.checksum`). With it
+    /// on, the body keeps its length and its random part loses six
+    /// characters, which must still carry [`MIN_ENTROPY_BITS`].
+    pub fn with_checksum(mut self, on: bool) -> Result<Self, (&'static str, String)> {
+        if on {
+            let random = self.body_length.saturating_sub(CHECKSUM_CHARS);
+            let entropy = random as f64 * self.alphabet.bits_per_symbol();
+            if entropy < MIN_ENTROPY_BITS {
+                return Err((
+                    "checksum",
+                    format!(
+                        "the checksum takes {CHECKSUM_CHARS} of body_length's {} characters, leaving {random} random {} characters that carry {entropy:.0} bits; at least {MIN_ENTROPY_BITS:.0} are required (raise body_length)",
+                        self.body_length,
+                        self.alphabet.name()
+                    ),
+                ));
+            }
+        }
+        self.checksum = on;
+        Ok(self)
+    }
+
+    /// Whether keys carry a checksum (`keys.checksum`).
+    pub fn checksum(&self) -> bool {
+        self.checksum
+    }
+
+    /// Random characters in a body (the body less its checksum).
+    fn random_length(&self) -> usize {
+        if self.checksum {
+            self.body_length - CHECKSUM_CHARS
+        } else {
+            self.body_length
+        }
+    }
+
+    /// The regular expression a secret scanner should search for to find
+    /// this format's keys (README, "Checksummed keys"; no anchors, as
+    /// scanners search text). With the checksum on, a scanner then confirms
+    /// a match offline with the CRC32 of its random part.
+    pub fn scanner_regex(&self) -> String {
+        let mut regex = String::new();
+        for c in self.prefix.chars() {
+            if !c.is_ascii_alphanumeric() && c != '_' {
+                regex.push('\\');
+            }
+            regex.push(c);
+        }
+        let class = match self.alphabet {
+            Alphabet::LowerHex => "[0-9a-f]",
+            Alphabet::LowerAlphanumeric => "[0-9a-z]",
+            Alphabet::Base62 => "[0-9A-Za-z]",
+        };
+        regex.push_str(&format!("{class}{{{}}}", self.random_length()));
+        if self.checksum {
+            regex.push_str(&format!("[0-9A-Za-z]{{{CHECKSUM_CHARS}}}"));
+        }
+        regex
     }
 
     pub fn prefix(&self) -> &str {
@@ -271,14 +378,19 @@ impl KeyFormat {
         let limit = 256 - (256 % symbols.len());
         let mut secret = String::with_capacity(self.prefix.len() + self.body_length);
         secret.push_str(&self.prefix);
+        let random_end = self.prefix.len() + self.random_length();
         let mut random = [0u8; 64];
-        while secret.len() < self.prefix.len() + self.body_length {
+        while secret.len() < random_end {
             getrandom::fill(&mut random)?;
             for &byte in &random {
-                if (byte as usize) < limit && secret.len() < self.prefix.len() + self.body_length {
+                if (byte as usize) < limit && secret.len() < random_end {
                     secret.push(symbols[byte as usize % symbols.len()] as char);
                 }
             }
+        }
+        if self.checksum {
+            let digits = checksum_of(&secret.as_bytes()[self.prefix.len()..]);
+            secret.extend(digits.iter().map(|&digit| digit as char));
         }
         let digest = KeyDigest::of(&secret);
         let start = secret[..self.prefix.len() + self.display_chars].to_owned();
@@ -311,7 +423,16 @@ impl KeyFormat {
         };
         // Length before the alphabet check, so an oversized body is refused
         // without a scan of its characters.
-        if body.len() != self.body_length || !body.bytes().all(|b| self.alphabet.contains(b)) {
+        if body.len() != self.body_length {
+            return Err(CredentialProblem::Malformed);
+        }
+        let (random, checksum) = body.as_bytes().split_at(self.random_length());
+        if !random.iter().all(|&b| self.alphabet.contains(b)) {
+            return Err(CredentialProblem::Malformed);
+        }
+        // Before any hashing or lookup: a key whose checksum does not match
+        // was never issued (a typo, a truncation, a guess).
+        if self.checksum && checksum != checksum_of(random) {
             return Err(CredentialProblem::Malformed);
         }
         Ok(())

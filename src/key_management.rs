@@ -1,15 +1,26 @@
-//! Key management: create, revoke, update, get, list. Validates against the
+//! Key management: create, revoke, update, get, list, rotate, import. Validates against the
 //! catalog and the account rules, writes through the store, and applies each
 //! change to this replica's cache before returning (other replicas learn of
 //! it from the event log). No proto types here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
+use crate::audit::{Actor, AuditEntry};
+use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
 use crate::scope_catalog::{GrantError, ScopeCatalog};
-use crate::storage::{KeyRecord, KeyStore, KeyUpdate, NewKey, StoreError, Written};
+use crate::storage::{
+    Imported, KeyRecord, KeyStore, KeyUpdate, Metadata, NewKey, Rotated, StoreError, Successor,
+    Written,
+};
+
+/// The most keys one ImportKeys call may carry.
+pub const MAX_IMPORT_KEYS: usize = 1_000;
+/// The longest `start` an imported key may show.
+const MAX_IMPORTED_START_BYTES: usize = 64;
 
 /// Why a management call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +33,19 @@ pub enum ManagementError {
     KeyLimitReached { limit: u32 },
     #[error("the key is revoked and cannot be changed")]
     KeyRevoked,
+    /// A field named at run time (`keys[3].sha256_hex`).
+    #[error("{field}: {reason}")]
+    InvalidAt { field: String, reason: String },
+    #[error("the key has expired and cannot be rotated")]
+    KeyExpired,
+    #[error("the key is already rotated; its successor is {successor}")]
+    AlreadyRotated { successor: KeyId },
+    #[error("{field}: {reason}")]
+    AlreadyExists { field: String, reason: String },
+    #[error(
+        "account {account} would have more than {limit} active keys after the import; nothing was imported"
+    )]
+    ImportLimitReached { account: AccountId, limit: u32 },
     #[error("storage failed: {0}")]
     Storage(StoreError),
     #[error("the OS random number generator failed: {0}")]
@@ -34,6 +58,15 @@ impl From<StoreError> for ManagementError {
             StoreError::NotFound => Self::NotFound,
             StoreError::KeyLimitReached { limit } => Self::KeyLimitReached { limit },
             StoreError::KeyRevoked => Self::KeyRevoked,
+            StoreError::KeyExpired => Self::KeyExpired,
+            StoreError::AlreadyRotated { successor } => Self::AlreadyRotated { successor },
+            StoreError::DigestExists { index } => Self::AlreadyExists {
+                field: format!("keys[{index}]"),
+                reason: "a key with this digest already exists".into(),
+            },
+            StoreError::ImportLimitReached { account, limit } => {
+                Self::ImportLimitReached { account, limit }
+            }
             other => Self::Storage(other),
         }
     }
@@ -59,6 +92,10 @@ pub struct CreateKey {
     pub preset: Option<String>,
     pub expires_at: Option<UnixMillis>,
     pub rate_limit: Option<RateLimit>,
+    /// Validated (`key_metadata::parse`).
+    pub metadata: Metadata,
+    /// Normalised (`allowed_networks::parse`); empty: any address.
+    pub allowed_networks: Vec<String>,
 }
 
 /// A validated UpdateKey; `None` leaves a field alone.
@@ -67,6 +104,26 @@ pub struct ChangeKey {
     pub name: Option<KeyName>,
     pub scopes: Option<Vec<String>>,
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Replaces the whole map (validated).
+    pub metadata: Option<Metadata>,
+    /// Replaces the whole list (normalised).
+    pub allowed_networks: Option<Vec<String>>,
+}
+
+/// One ImportKeys entry, its fields parsed (the rest is checked by
+/// [`KeyManager::import`]).
+#[derive(Debug, Clone)]
+pub struct ImportKey {
+    pub account_id: AccountId,
+    pub name: KeyName,
+    pub digest: KeyDigest,
+    pub start: String,
+    pub scopes: Vec<String>,
+    /// `None`: now.
+    pub created_at: Option<UnixMillis>,
+    pub expires_at: Option<UnixMillis>,
+    pub rate_limit: Option<RateLimit>,
+    pub metadata: Metadata,
 }
 
 /// One page of ListKeys.
@@ -77,6 +134,14 @@ pub struct KeyPage {
     pub next_after: Option<KeyId>,
 }
 
+/// One page of ListKeyEvents.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<AuditEntry>,
+    /// The last sequence of this page, when more may follow.
+    pub next_after: Option<u64>,
+}
+
 /// What key management is configured with (`[key_format]`, `[scopes]`,
 /// `max_active_keys_per_account`).
 #[derive(Debug, Clone)]
@@ -84,6 +149,8 @@ pub struct ManagementSettings {
     pub catalog: Arc<ScopeCatalog>,
     pub key_format: KeyFormat,
     pub max_active_keys_per_account: u32,
+    /// RotateKey's longest grace period (`keys.max_rotation_grace_seconds`).
+    pub max_rotation_grace: Duration,
 }
 
 pub struct KeyManager {
@@ -92,6 +159,7 @@ pub struct KeyManager {
     catalog: Arc<ScopeCatalog>,
     key_format: KeyFormat,
     max_active_keys_per_account: u32,
+    max_rotation_grace: Duration,
 }
 
 impl KeyManager {
@@ -108,6 +176,7 @@ impl KeyManager {
             catalog: settings.catalog,
             key_format: settings.key_format,
             max_active_keys_per_account: settings.max_active_keys_per_account,
+            max_rotation_grace: settings.max_rotation_grace,
         }
     }
 
@@ -135,6 +204,7 @@ impl KeyManager {
     pub async fn create(
         &self,
         request: CreateKey,
+        actor: &Actor,
     ) -> Result<(Written, KeySecret), ManagementError> {
         let scopes = self.canonical_scopes(&request.scopes, request.preset.as_deref())?;
         let now = UnixMillis::now();
@@ -163,8 +233,12 @@ impl KeyManager {
                     rate_limit: request.rate_limit,
                     created_at: now,
                     expires_at: request.expires_at,
+                    metadata: request.metadata,
+                    allowed_networks: request.allowed_networks,
+                    rotated_from: None,
                 },
                 self.max_active_keys_per_account,
+                actor,
             )
             .await?;
         self.cache.forget_unknown(&digest);
@@ -177,10 +251,11 @@ impl KeyManager {
         &self,
         account_id: &AccountId,
         key_id: &KeyId,
+        actor: &Actor,
     ) -> Result<Written, ManagementError> {
         let written = self
             .store
-            .revoke_key(account_id, key_id, UnixMillis::now())
+            .revoke_key(account_id, key_id, UnixMillis::now(), actor)
             .await?;
         let record = &written.record;
         // Before returning: this replica never answers "allowed" for it again.
@@ -194,6 +269,7 @@ impl KeyManager {
         account_id: &AccountId,
         key_id: &KeyId,
         change: ChangeKey,
+        actor: &Actor,
     ) -> Result<Written, ManagementError> {
         let scopes = change
             .scopes
@@ -209,14 +285,172 @@ impl KeyManager {
                     name: change.name,
                     scopes,
                     rate_limit: change.rate_limit,
+                    metadata: change.metadata,
+                    allowed_networks: change.allowed_networks,
                 },
                 UnixMillis::now(),
+                actor,
             )
             .await?;
         let record = &written.record;
         self.cache.invalidate(&record.id, &record.digest);
         tracing::info!(key_id = %record.id, account_id = %record.account_id, revision = written.revision, "key updated");
         Ok(written)
+    }
+
+    /// Replaces a key with a new one that inherits it (RotateKey). The old
+    /// key keeps working for `grace` (never past its own expiry); `None` or
+    /// zero revokes it at once. Applied to this replica's cache before
+    /// returning, like a revocation.
+    pub async fn rotate(
+        &self,
+        account_id: &AccountId,
+        key_id: &KeyId,
+        grace: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<(Rotated, KeySecret), ManagementError> {
+        let grace = grace.filter(|grace| !grace.is_zero());
+        if let Some(grace) = grace
+            && grace > self.max_rotation_grace
+        {
+            return Err(ManagementError::Invalid {
+                field: "grace_period",
+                reason: format!(
+                    "at most {}s (keys.max_rotation_grace_seconds), got {}s",
+                    self.max_rotation_grace.as_secs(),
+                    grace.as_secs_f64()
+                ),
+            });
+        }
+        let now = UnixMillis::now();
+        // Whole milliseconds, rounded up: a grace period is never cut short.
+        let grace_until = grace.map(|grace| {
+            let millis = i64::try_from(grace.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX);
+            UnixMillis(now.0.saturating_add(millis))
+        });
+        let (secret, digest, start) = self
+            .key_format
+            .generate()
+            .map_err(ManagementError::Random)?;
+        let rotated = self
+            .store
+            .rotate_key(
+                account_id,
+                key_id,
+                Successor {
+                    id: KeyId::generate(),
+                    digest,
+                    start,
+                    created_at: now,
+                },
+                grace_until,
+                actor,
+            )
+            .await?;
+        let previous = &rotated.previous;
+        // Before returning: this replica sees the old key's new expiry (or
+        // revocation) from now on.
+        self.cache.invalidate(&previous.id, &previous.digest);
+        self.cache.forget_unknown(&digest);
+        tracing::info!(
+            key_id = %rotated.key.id,
+            rotated_from = %previous.id,
+            account_id = %previous.account_id,
+            start = %rotated.key.start,
+            revision = rotated.revision,
+            "key rotated"
+        );
+        Ok((rotated, secret))
+    }
+
+    /// Imports keys whose secrets another system holds as SHA-256 digests,
+    /// all or nothing: every entry is checked first (fields named
+    /// `keys[i].<field>`), then one store transaction inserts them all.
+    pub async fn import(
+        &self,
+        keys: Vec<ImportKey>,
+        actor: &Actor,
+    ) -> Result<Imported, ManagementError> {
+        if keys.is_empty() || keys.len() > MAX_IMPORT_KEYS {
+            return Err(ManagementError::Invalid {
+                field: "keys",
+                reason: format!("1 to {MAX_IMPORT_KEYS} keys, got {}", keys.len()),
+            });
+        }
+        let now = UnixMillis::now();
+        let prefix = self.key_format.prefix();
+        let mut seen: HashMap<KeyDigest, usize> = HashMap::with_capacity(keys.len());
+        let mut new_keys = Vec::with_capacity(keys.len());
+        for (index, key) in keys.into_iter().enumerate() {
+            let invalid = |field: &str, reason: String| ManagementError::InvalidAt {
+                field: format!("keys[{index}].{field}"),
+                reason,
+            };
+            if !key.start.starts_with(prefix)
+                || key.start.len() > MAX_IMPORTED_START_BYTES
+                || !key.start.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    "start",
+                    format!(
+                        "must begin with this deployment's key prefix {prefix:?} and be at most \
+                         {MAX_IMPORTED_START_BYTES} printable ASCII characters"
+                    ),
+                ));
+            }
+            let scopes = self
+                .canonical_scopes(&key.scopes, None)
+                .map_err(|error| match error {
+                    ManagementError::Invalid { reason, .. } => invalid("scopes", reason),
+                    other => other,
+                })?;
+            let created_at = key.created_at.unwrap_or(now);
+            if created_at > now {
+                return Err(invalid("created_at", "must not lie in the future".into()));
+            }
+            if let Some(expires_at) = key.expires_at
+                && expires_at <= now
+            {
+                return Err(invalid("expires_at", "must lie in the future".into()));
+            }
+            // `key.metadata` was validated with the request (convert.rs).
+            if let Some(first) = seen.insert(key.digest, index) {
+                return Err(ManagementError::AlreadyExists {
+                    field: format!("keys[{index}]"),
+                    reason: format!("has the same digest as keys[{first}]"),
+                });
+            }
+            new_keys.push(NewKey {
+                id: KeyId::generate(),
+                account_id: key.account_id,
+                name: key.name,
+                digest: key.digest,
+                start: key.start,
+                scopes,
+                rate_limit: key.rate_limit,
+                created_at,
+                expires_at: key.expires_at,
+                metadata: key.metadata,
+                allowed_networks: Vec::new(),
+                rotated_from: None,
+            });
+        }
+        let imported = self
+            .store
+            .import_keys(new_keys, self.max_active_keys_per_account, now, actor)
+            .await?;
+        for record in &imported.keys {
+            // This replica may remember the digest as unknown (other
+            // replicas forget it on the `imported` event).
+            self.cache.invalidate(&record.id, &record.digest);
+            self.cache.forget_unknown(&record.digest);
+        }
+        tracing::info!(
+            keys = imported.keys.len(),
+            revision = imported.revision,
+            "keys imported"
+        );
+        Ok(imported)
     }
 
     /// Records uses of keys verified outside this server (RecordUsage):
@@ -232,6 +466,33 @@ impl KeyManager {
         key_id: &KeyId,
     ) -> Result<KeyRecord, ManagementError> {
         Ok(self.store.get_key(account_id, key_id).await?)
+    }
+
+    /// A page of an account's audit trail (ListKeyEvents), oldest first,
+    /// of one key if `key_id` is given: a key of another account is
+    /// `NotFound`, as everywhere in management.
+    pub async fn list_events(
+        &self,
+        account_id: &AccountId,
+        key_id: Option<&KeyId>,
+        after: u64,
+        page_size: u32,
+    ) -> Result<EventPage, ManagementError> {
+        if let Some(key_id) = key_id {
+            self.store.get_key(account_id, key_id).await?;
+        }
+        // One extra row tells whether another page exists.
+        let mut events = self
+            .store
+            .list_audit(account_id, key_id, after, page_size + 1)
+            .await?;
+        let next_after = if events.len() > page_size as usize {
+            events.truncate(page_size as usize);
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(EventPage { events, next_after })
     }
 
     pub async fn list(

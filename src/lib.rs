@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access_control;
+pub mod allowed_networks;
+pub mod audit;
 pub mod authenticator;
 pub mod change_feed;
 pub mod cli;
@@ -15,6 +17,7 @@ pub mod grpc;
 pub mod key_cache;
 pub mod key_format;
 pub mod key_management;
+pub mod key_metadata;
 pub mod last_use;
 pub mod management_api;
 pub mod operator_cli;

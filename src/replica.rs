@@ -45,6 +45,7 @@ pub fn management_settings(config: &Config) -> ManagementSettings {
         catalog: Arc::clone(&config.catalog),
         key_format: config.key_format.clone(),
         max_active_keys_per_account: config.max_active_keys_per_account,
+        max_rotation_grace: config.max_rotation_grace,
     }
 }
 
@@ -105,6 +106,12 @@ impl Replica {
         let tasks = vec![
             tokio::spawn(Arc::clone(&feed).run(wakeups, stopped())),
             tokio::spawn(Arc::clone(&feed).run_pruner(stopped())),
+            // The audit trail's own retention, not the event log's.
+            tokio::spawn(run_audit_pruner(
+                Arc::clone(&store),
+                config.audit.clone(),
+                stopped(),
+            )),
             tokio::spawn(Arc::clone(&telemetry).run_upkeep(stopped())),
             tokio::spawn(flusher.run(config.last_used_flush_interval, stopped())),
         ];
@@ -202,6 +209,31 @@ impl StateSource for Replica {
             fresh: freshness.is_fresh(),
             database_latest_seq: latest.ok().and_then(Result::ok),
             pool: store.pool_stats(),
+        }
+    }
+}
+
+/// Prunes the audit trail (`key_audit`) of rows older than
+/// `audit.retention_days`, at start and then daily, independently of the
+/// change feed's pruning of the event log.
+async fn run_audit_pruner(
+    store: Arc<dyn KeyStore>,
+    settings: crate::audit::AuditSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(crate::audit::PRUNE_INTERVAL);
+    let retention_ms = i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticker.tick() => {}
+        }
+        let cutoff = crate::domain::UnixMillis::now().saturating_add_millis(-retention_ms);
+        match store.prune_audit(cutoff).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "pruned old audit rows"),
+            Err(error) => tracing::warn!(%error, "could not prune old audit rows"),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! and an event's sequence is the write's revision (read-your-writes across
 //! replicas).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::audit::{Actor, AuditEntry, AuditKind};
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 
 mod database_url;
@@ -38,11 +40,20 @@ pub struct NewKey {
     pub rate_limit: Option<RateLimit>,
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
+    /// Already validated (see `KeyRecord::metadata`).
+    pub metadata: Metadata,
+    /// Normalised CIDRs (see `KeyRecord::allowed_networks`).
+    pub allowed_networks: Vec<String>,
+    /// The key this one replaces (RotateKey).
+    pub rotated_from: Option<KeyId>,
 }
+
+/// A key's metadata: validated names to values, in name order.
+pub type Metadata = BTreeMap<String, String>;
 
 impl NewKey {
     /// The record this key is once inserted.
-    fn into_record(self) -> KeyRecord {
+    pub(crate) fn into_record(self) -> KeyRecord {
         KeyRecord {
             id: self.id,
             account_id: self.account_id,
@@ -55,6 +66,9 @@ impl NewKey {
             expires_at: self.expires_at,
             revoked_at: None,
             last_used_at: None,
+            metadata: self.metadata,
+            allowed_networks: self.allowed_networks,
+            rotated_from: self.rotated_from,
         }
     }
 }
@@ -73,6 +87,12 @@ pub struct KeyRecord {
     pub expires_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
     pub last_used_at: Option<UnixMillis>,
+    /// The owner's labels (stored as a JSON object).
+    pub metadata: Metadata,
+    /// Normalised CIDRs (`10.0.0.1/32`); empty: any address.
+    pub allowed_networks: Vec<String>,
+    /// The key this one replaced (RotateKey).
+    pub rotated_from: Option<KeyId>,
 }
 
 /// A key as a write left it, and the write's revision: the sequence of the
@@ -85,6 +105,34 @@ pub struct Written {
     pub revision: u64,
 }
 
+/// The new key of a rotation; everything else it inherits from the old key
+/// (name, scopes, rate limit, metadata, allowed networks, expiry).
+#[derive(Debug, Clone)]
+pub struct Successor {
+    pub id: KeyId,
+    pub digest: KeyDigest,
+    pub start: String,
+    /// Also the moment of the rotation.
+    pub created_at: UnixMillis,
+}
+
+/// What a rotation left: the new key, the old key as the rotation left it
+/// (expiring or revoked), and the revision (the old key's event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    pub key: KeyRecord,
+    pub previous: KeyRecord,
+    pub revision: u64,
+}
+
+/// Keys an import inserted, in request order, and the revision (the last
+/// `imported` event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub keys: Vec<KeyRecord>,
+    pub revision: u64,
+}
+
 /// What UpdateKey changes; `None` leaves a field alone.
 #[derive(Debug, Clone, Default)]
 pub struct KeyUpdate {
@@ -92,6 +140,10 @@ pub struct KeyUpdate {
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` returns the key to the configured default limit.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Replaces the whole map.
+    pub metadata: Option<Metadata>,
+    /// Replaces the whole list (normalised CIDRs; empty: any address).
+    pub allowed_networks: Option<Vec<String>>,
 }
 
 /// What a logged change did.
@@ -101,6 +153,12 @@ pub enum EventKind {
     ScopesChanged,
     RateLimitChanged,
     Renamed,
+    MetadataChanged,
+    NetworksChanged,
+    /// The key now expires at the end of a rotation's grace period.
+    Rotated,
+    /// The key was imported (its digest may be remembered as unknown).
+    Imported,
 }
 
 impl EventKind {
@@ -110,6 +168,10 @@ impl EventKind {
             EventKind::ScopesChanged => "scopes_changed",
             EventKind::RateLimitChanged => "rate_limit_changed",
             EventKind::Renamed => "renamed",
+            EventKind::MetadataChanged => "metadata_changed",
+            EventKind::NetworksChanged => "networks_changed",
+            EventKind::Rotated => "rotated",
+            EventKind::Imported => "imported",
         }
     }
 }
@@ -123,7 +185,27 @@ impl FromStr for EventKind {
             "scopes_changed" => Ok(EventKind::ScopesChanged),
             "rate_limit_changed" => Ok(EventKind::RateLimitChanged),
             "renamed" => Ok(EventKind::Renamed),
+            "metadata_changed" => Ok(EventKind::MetadataChanged),
+            "networks_changed" => Ok(EventKind::NetworksChanged),
+            "rotated" => Ok(EventKind::Rotated),
+            "imported" => Ok(EventKind::Imported),
             other => Err(format!("unknown event kind {other:?}")),
+        }
+    }
+}
+
+/// A logged change's row in the audit trail.
+impl From<EventKind> for AuditKind {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Revoked => AuditKind::Revoked,
+            EventKind::ScopesChanged => AuditKind::ScopesChanged,
+            EventKind::RateLimitChanged => AuditKind::RateLimitChanged,
+            EventKind::Renamed => AuditKind::Renamed,
+            EventKind::MetadataChanged => AuditKind::MetadataChanged,
+            EventKind::NetworksChanged => AuditKind::NetworksChanged,
+            EventKind::Rotated => AuditKind::Rotated,
+            EventKind::Imported => AuditKind::Imported,
         }
     }
 }
@@ -158,6 +240,15 @@ pub enum StoreError {
     KeyLimitReached { limit: u32 },
     #[error("the key is revoked")]
     KeyRevoked,
+    #[error("the key has expired")]
+    KeyExpired,
+    #[error("the key is already rotated; its successor is {successor}")]
+    AlreadyRotated { successor: KeyId },
+    /// An imported key's digest is already stored (position in the request).
+    #[error("keys[{index}]: a key with this digest already exists")]
+    DigestExists { index: usize },
+    #[error("account {account} would have more than {limit} active keys")]
+    ImportLimitReached { account: AccountId, limit: u32 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -189,29 +280,82 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Inserts a key unless the account already has `max_active` active keys.
     /// Holds under concurrency: the check and the insert are one transaction
     /// serialized per account. Logs no event (nothing to revoke from any
-    /// cache); its revision is the log's latest sequence.
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError>;
+    /// cache); its revision is the log's latest sequence. Appends a
+    /// `created` row to the audit trail, by `actor`.
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        actor: &Actor,
+    ) -> Result<Written, StoreError>;
 
-    /// Revokes a key of `account`, logging a `revoked` event. Revoking a
-    /// revoked key returns it unchanged and logs nothing.
+    /// Revokes a key of `account`, logging a `revoked` event and its audit
+    /// row. Revoking a revoked key returns it unchanged and logs nothing.
     async fn revoke_key(
         &self,
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError>;
 
-    /// Applies `update` to a key of `account`, logging one event per changed
-    /// aspect. Revoked keys cannot be changed (`KeyRevoked`).
+    /// Applies `update` to a key of `account`, logging one event (and one
+    /// audit row) per changed aspect. Revoked keys cannot be changed
+    /// (`KeyRevoked`).
     async fn update_key(
         &self,
         account: &AccountId,
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError>;
 
+    /// A page of an account's audit trail (of one key, if given) with
+    /// `seq > after`, oldest first, at most `limit`.
+    async fn list_audit(
+        &self,
+        account: &AccountId,
+        key: Option<&KeyId>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Deletes audit rows older than `before`; returns how many went.
+    async fn prune_audit(&self, before: UnixMillis) -> Result<u64, StoreError>;
+
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError>;
+
+    /// Replaces a key of `account` with `successor`, which inherits the
+    /// rest, in one transaction: the old key then expires at `grace_until`
+    /// (or stays earlier; a `rotated` event) or, with `None`, is revoked
+    /// (a `revoked` event); the event's sequence is the revision. A revoked
+    /// (`KeyRevoked`) or expired (`KeyExpired`) key, or one that already
+    /// has a successor (`AlreadyRotated`), is refused with nothing written.
+    /// No key-limit check: the new key takes the old one's place (a rotated
+    /// key does not count as active). The audit trail gets `rotated` for the
+    /// old key and `created` for the new one, by `actor`.
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+        actor: &Actor,
+    ) -> Result<Rotated, StoreError>;
+
+    /// Inserts validated keys all or nothing, logging an `imported` event
+    /// for each (other replicas may remember their digests as unknown). A
+    /// digest already stored is `DigestExists`; an account that would hold
+    /// more than `max_active` active keys is `ImportLimitReached`. Each key
+    /// gets an `imported` audit row, by `actor`.
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+        actor: &Actor,
+    ) -> Result<Imported, StoreError>;
 
     /// Keys of `account` in id (creation) order, after `after` if given.
     async fn list_keys(
@@ -346,6 +490,9 @@ struct KeyRow {
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
+    metadata: String,
+    allowed_networks: String,
+    rotated_from: Option<String>,
 }
 
 impl TryFrom<KeyRow> for KeyRecord {
@@ -367,6 +514,14 @@ impl TryFrom<KeyRow> for KeyRecord {
         let id = KeyId::parse(&row.id).map_err(|_| corrupt("id"))?;
         let account_id = AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?;
         let digest = KeyDigest::from_bytes(&row.key_hash).ok_or_else(|| corrupt("hash"))?;
+        let metadata: Metadata =
+            serde_json::from_str(&row.metadata).map_err(|_| corrupt("metadata"))?;
+        let rotated_from = row
+            .rotated_from
+            .as_deref()
+            .map(KeyId::parse)
+            .transpose()
+            .map_err(|_| corrupt("rotated_from"))?;
         Ok(KeyRecord {
             id,
             account_id,
@@ -379,11 +534,20 @@ impl TryFrom<KeyRow> for KeyRecord {
             expires_at: row.expires_at.map(UnixMillis),
             revoked_at: row.revoked_at.map(UnixMillis),
             last_used_at: row.last_used_at.map(UnixMillis),
+            metadata,
+            allowed_networks: split_scopes(&row.allowed_networks),
+            rotated_from,
         })
     }
 }
 
-/// Scopes are stored as one space-separated column (scope names hold no spaces).
+/// Metadata is stored as a JSON object.
+fn metadata_column(metadata: &Metadata) -> String {
+    serde_json::to_string(metadata).expect("a map of strings serializes")
+}
+
+/// Scopes (and allowed networks) are stored as one space-separated column
+/// (neither scope names nor CIDRs hold spaces).
 fn join_scopes(scopes: &[String]) -> String {
     scopes.join(" ")
 }
@@ -436,6 +600,20 @@ fn events_for_update(update: &KeyUpdate, before: &KeyRecord) -> Vec<EventKind> {
     {
         kinds.push(EventKind::Renamed);
     }
+    if update
+        .metadata
+        .as_ref()
+        .is_some_and(|m| *m != before.metadata)
+    {
+        kinds.push(EventKind::MetadataChanged);
+    }
+    if update
+        .allowed_networks
+        .as_ref()
+        .is_some_and(|n| *n != before.allowed_networks)
+    {
+        kinds.push(EventKind::NetworksChanged);
+    }
     kinds
 }
 
@@ -449,6 +627,12 @@ fn apply_update(mut record: KeyRecord, update: KeyUpdate) -> KeyRecord {
     }
     if let Some(rate_limit) = update.rate_limit {
         record.rate_limit = rate_limit;
+    }
+    if let Some(metadata) = update.metadata {
+        record.metadata = metadata;
+    }
+    if let Some(networks) = update.allowed_networks {
+        record.allowed_networks = networks;
     }
     record
 }
@@ -465,4 +649,33 @@ fn rate_limit_columns(rate_limit: Option<RateLimit>) -> (Option<i64>, Option<i64
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// An audit row as both backends return it (see `statements::AUDIT_PAGE`).
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    key_id: String,
+    account_id: String,
+    kind: String,
+    at: i64,
+    actor: String,
+    peer: String,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of audit row {}", row.seq));
+        Ok(AuditEntry {
+            seq: u64::try_from(row.seq).map_err(|_| corrupt("sequence"))?,
+            key_id: KeyId::parse(&row.key_id).map_err(|_| corrupt("key id"))?,
+            account_id: AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?,
+            kind: row.kind,
+            at: UnixMillis(row.at),
+            actor: row.actor,
+            peer: row.peer,
+        })
+    }
 }

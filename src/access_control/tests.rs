@@ -277,3 +277,23 @@ fn configured_hashes_must_be_sha256_hex() {
     let generated = generate_service_token().unwrap();
     assert!(generated.starts_with("kwt_") && generated.len() == 68);
 }
+
+#[test]
+fn audit_actors_name_the_credential() {
+    let peer: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let token = Caller::Service {
+        name: "billing".into(),
+        trust_client_ip: false,
+    };
+    assert_eq!(token.actor(Some(peer)).actor, "token:billing");
+    let user = Caller::User {
+        account: AccountId::parse("acct_1").unwrap(),
+    };
+    assert_eq!(user.actor(None).actor, "jwt:acct_1");
+    assert_eq!(user.actor(None).peer, "");
+    let open = Caller::Anonymous.actor(Some(peer));
+    assert_eq!(
+        (open.actor.as_str(), open.peer.as_str()),
+        ("local", "127.0.0.1")
+    );
+}

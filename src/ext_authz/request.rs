@@ -251,6 +251,29 @@ pub fn stray_keys(
     }
 }
 
+/// The prefix of the headers that carry a key's metadata upstream
+/// (`http.forward_metadata`).
+pub const METADATA_HEADER_PREFIX: &str = "x-keyward-meta-";
+
+/// Adds to `removal` every `x-keyward-meta-*` header the client sent, so
+/// that the upstream can trust those it sees come from keyward. Compares
+/// bytes only; allocates only for a header it removes.
+pub fn spoofed_metadata_headers(headers: &RequestHeaders<'_>, removal: &mut CredentialRemoval) {
+    let prefix = METADATA_HEADER_PREFIX.as_bytes();
+    for (name, _) in headers.each() {
+        let bytes = name.as_bytes();
+        if bytes.len() >= prefix.len()
+            && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && !removal
+                .headers
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(name))
+        {
+            removal.headers.push(name.to_ascii_lowercase());
+        }
+    }
+}
+
 /// Whether the value's first word, or its second after a scheme-like first
 /// word, starts with `prefix`.
 fn carries_prefix(value: &[u8], prefix: &[u8]) -> bool {

@@ -21,7 +21,9 @@ use envoy_types::pb::google::rpc;
 use serde::Serialize;
 
 use crate::denial::{Denial, DenialCatalog, DenialText, Reason};
+use crate::ext_authz::request::METADATA_HEADER_PREFIX;
 use crate::key_cache::CachedKey;
+use crate::key_metadata;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::ScopeCatalog;
 
@@ -139,6 +141,9 @@ pub struct Responses {
     scope_bodies: HashMap<String, String>,
     unmatched_route: (DenialText, String),
     malformed_request: (DenialText, String),
+    /// `http.forward_metadata`: (metadata name, its `x-keyward-meta-<name>`
+    /// header), built once.
+    forward_metadata: Vec<(String, String)>,
 }
 
 const CONTENT_TYPE_JSON: &str = "application/json";
@@ -153,6 +158,8 @@ pub struct ResponseSettings {
     pub www_authenticate: Option<String>,
     pub unmatched_route: DenialText,
     pub malformed_request: DenialText,
+    /// Metadata names (validated) forwarded as `x-keyward-meta-<name>`.
+    pub forward_metadata: Vec<String>,
 }
 
 impl Responses {
@@ -170,6 +177,7 @@ impl Responses {
             www_authenticate,
             unmatched_route,
             malformed_request,
+            forward_metadata,
         } = settings;
         let reason_bodies = Reason::ALL
             .iter()
@@ -206,6 +214,13 @@ impl Responses {
             scope_bodies,
             unmatched_route: render(unmatched_route),
             malformed_request: render(malformed_request),
+            forward_metadata: forward_metadata
+                .into_iter()
+                .map(|name| {
+                    let header = format!("{METADATA_HEADER_PREFIX}{name}");
+                    (name, header)
+                })
+                .collect(),
         }
     }
 
@@ -249,18 +264,28 @@ impl Responses {
                 ("scopes".to_owned(), string_value(&scopes_header)),
             ]),
         });
-        let headers = vec![
+        let mut headers = Vec::with_capacity(3 + self.forward_metadata.len());
+        headers.extend([
             header(&self.identity.key_id, key.id.as_str()),
             header(&self.identity.account_id, key.account_id.as_str()),
             header_with(&self.identity.scopes, scopes_header),
-        ];
+        ]);
+        let mut headers_to_remove = credential.headers;
+        for (name, header_name) in &self.forward_metadata {
+            if let Some(value) = key_metadata::lookup(&key.metadata, name) {
+                headers.push(header(header_name, value));
+                // Overwritten rather than removed: Envoy may apply removals
+                // after additions.
+                headers_to_remove.retain(|spoofed| spoofed != header_name);
+            }
+        }
         let response_headers_to_add = rate_limit
             .map(|status| Vec::from(rate_limit_headers(status)))
             .unwrap_or_default();
         ok_response(
             OkHttpResponse {
                 headers,
-                headers_to_remove: credential.headers,
+                headers_to_remove,
                 query_parameters_to_remove: credential.query_parameters,
                 response_headers_to_add,
                 ..Default::default()

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::denial::{DenialCatalog, DenialText, RawDenialText, denial_text_from_raw};
 use crate::key_format::KeyFormat;
+use crate::key_metadata;
 use crate::scope_catalog::ScopeCatalog;
 use crate::settings::SettingError;
 
@@ -76,6 +77,8 @@ pub struct RawHttp {
     pub www_authenticate: Option<String>,
     pub denials: RawHttpDenials,
     pub routes: Vec<RawRoute>,
+    /// Metadata names forwarded upstream as `x-keyward-meta-<name>`.
+    pub forward_metadata: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +219,7 @@ impl ExtAuthzSettings {
                 www_authenticate,
                 unmatched_route: unmatched_route_denial,
                 malformed_request: malformed_request_denial,
+                forward_metadata: forward_metadata(&raw.forward_metadata)?,
             },
             denials,
             catalog,
@@ -231,6 +235,18 @@ impl ExtAuthzSettings {
             responses: Arc::new(responses),
         })
     }
+}
+
+/// `http.forward_metadata`: metadata names as keys hold them, each once.
+fn forward_metadata(names: &[String]) -> Result<Vec<String>, SettingError> {
+    for (i, name) in names.iter().enumerate() {
+        let key = format!("http.forward_metadata[{i}]");
+        key_metadata::check_name(name).map_err(|reason| SettingError::new(key.as_str(), reason))?;
+        if names[..i].contains(name) {
+            return Err(SettingError::new(key, format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(names.to_vec())
 }
 
 /// Where keys are read: the authorization header, a named header, a query

@@ -1,7 +1,9 @@
 //! Proto messages to domain requests and back. Every field a caller sends is
 //! checked here, and a bad one becomes INVALID_ARGUMENT naming it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,13 +12,14 @@ use tonic::Status;
 
 use super::status::invalid_argument;
 use crate::denial::{Denial, Reason};
-use crate::domain::{AccountId, KeyId, KeyName, RateLimit, UnixMillis};
+use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::CachedKey;
-use crate::key_management::{ChangeKey, CreateKey};
+use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
+use crate::key_metadata;
 use crate::proto;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
-use crate::storage::KeyRecord;
+use crate::storage::{KeyRecord, Metadata};
 
 /// More required scopes than this in one request is a caller bug.
 pub const MAX_REQUIRED_SCOPES: usize = 64;
@@ -39,14 +42,19 @@ pub fn key_name(raw: &str) -> Result<KeyName, Status> {
 
 /// Errors name the subfield: `rate_limit.requests` or `rate_limit.per_seconds`.
 pub fn rate_limit(raw: &proto::RateLimit) -> Result<RateLimit, Status> {
+    rate_limit_at("rate_limit", raw)
+}
+
+/// [`rate_limit`] for a field named `field` (`keys[3].rate_limit`).
+fn rate_limit_at(field: &str, raw: &proto::RateLimit) -> Result<RateLimit, Status> {
     RateLimit::new(raw.requests, raw.per_seconds).map_err(|e| {
         // RateLimit checks `requests` first.
-        let field = if raw.requests == 0 {
-            "rate_limit.requests"
+        let subfield = if raw.requests == 0 {
+            "requests"
         } else {
-            "rate_limit.per_seconds"
+            "per_seconds"
         };
-        invalid_argument(field, e)
+        invalid_argument(&format!("{field}.{subfield}"), e)
     })
 }
 
@@ -125,12 +133,26 @@ impl TryFrom<proto::CreateKeyRequest> for CreateKey {
                 .map(|t| timestamp_to_millis("expires_at", t))
                 .transpose()?,
             rate_limit: request.rate_limit.as_ref().map(rate_limit).transpose()?,
+            metadata: metadata(&request.metadata)?,
+            allowed_networks: allowed_networks(&request.allowed_networks)?,
         })
     }
 }
 
+/// A caller's metadata, validated; an error names the entry
+/// (`metadata["Plan"]`) or `metadata` for the count.
+pub fn metadata(raw: &HashMap<String, String>) -> Result<Metadata, Status> {
+    key_metadata::parse(raw).map_err(|e| invalid_argument(&e.field, e.reason))
+}
+
+/// A caller's allowed networks, normalised; an error names
+/// `allowed_networks[i]`, or `allowed_networks` for the count.
+pub fn allowed_networks(raw: &[String]) -> Result<Vec<String>, Status> {
+    crate::allowed_networks::parse(raw).map_err(|e| invalid_argument(&e.field, e.reason))
+}
+
 /// The fields UpdateKey may change.
-const UPDATABLE: &str = "name, scopes, rate_limit";
+const UPDATABLE: &str = "name, scopes, rate_limit, metadata, allowed_networks";
 
 impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
     type Error = Status;
@@ -150,6 +172,12 @@ impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
                 if request.rate_limit.is_some() {
                     inferred.push("rate_limit");
                 }
+                if !request.metadata.is_empty() {
+                    inferred.push("metadata");
+                }
+                if !request.allowed_networks.is_empty() {
+                    inferred.push("allowed_networks");
+                }
                 if inferred.is_empty() {
                     return Err(invalid_argument(
                         "update_mask",
@@ -167,6 +195,14 @@ impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
                 "rate_limit" => change
                     .rate_limit
                     .replace(request.rate_limit.as_ref().map(rate_limit).transpose()?)
+                    .is_some(),
+                "metadata" => change
+                    .metadata
+                    .replace(metadata(&request.metadata)?)
+                    .is_some(),
+                "allowed_networks" => change
+                    .allowed_networks
+                    .replace(allowed_networks(&request.allowed_networks)?)
                     .is_some(),
                 other => {
                     return Err(invalid_argument(
@@ -201,6 +237,49 @@ const PAGE_TOKEN_TAG: &str = "k1:";
 
 pub fn encode_page_token(after: &KeyId) -> String {
     URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_TAG}{after}"))
+}
+
+const EVENT_PAGE_TOKEN_TAG: &str = "e1:";
+
+/// ListKeyEvents' page token: the last sequence of the previous page.
+pub fn encode_event_page_token(after_seq: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{EVENT_PAGE_TOKEN_TAG}{after_seq}"))
+}
+
+/// The sequence to read after (0 for the first page).
+pub fn decode_event_page_token(raw: &str) -> Result<u64, Status> {
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    let bad = || {
+        invalid_argument(
+            "page_token",
+            "not a token from a previous ListKeyEvents response",
+        )
+    };
+    if raw.len() > 64 {
+        return Err(bad());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let seq = text.strip_prefix(EVENT_PAGE_TOKEN_TAG).ok_or_else(bad)?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    seq.parse().map_err(|_| bad())
+}
+
+/// One audit row as the API shows it.
+pub fn key_event(entry: &crate::audit::AuditEntry) -> proto::KeyEvent {
+    proto::KeyEvent {
+        seq: entry.seq,
+        key_id: entry.key_id.to_string(),
+        account_id: entry.account_id.to_string(),
+        kind: entry.kind.clone(),
+        at: Some(millis_to_timestamp(entry.at)),
+        actor: entry.actor.clone(),
+        peer: entry.peer.clone(),
+    }
 }
 
 pub fn decode_page_token(raw: &str) -> Result<Option<KeyId>, Status> {
@@ -243,6 +322,17 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
         last_used_at: record.last_used_at.map(millis_to_timestamp),
         rate_limit: proto_rate_limit(record.rate_limit),
         effective_scopes: catalog.sorted_names(catalog.effective(granted)),
+        rotated_from: record
+            .rotated_from
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
+        metadata: record
+            .metadata
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        allowed_networks: record.allowed_networks.clone(),
     }
 }
 
@@ -261,7 +351,107 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
         last_used_at: key.last_used_at().map(millis_to_timestamp),
         rate_limit: proto_rate_limit(key.rate_limit),
         effective_scopes: catalog.sorted_names(key.effective),
+        rotated_from: key
+            .rotated_from
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
+        metadata: key
+            .metadata
+            .iter()
+            .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
+            .collect(),
+        allowed_networks: key.allowed_networks.texts().map(str::to_owned).collect(),
     }
+}
+
+/// RotateKey's `grace_period`: unset is `None` (revoke at once); negative
+/// or malformed durations are refused (the maximum is the manager's).
+pub fn grace_period(raw: Option<&prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if !(0..1_000_000_000).contains(&raw.nanos) || raw.seconds < 0 {
+        return Err(invalid_argument(
+            "grace_period",
+            "must be a non-negative duration (seconds >= 0, nanos 0 to 999999999)",
+        ));
+    }
+    Ok(Some(Duration::new(raw.seconds as u64, raw.nanos as u32)))
+}
+
+/// An ImportKeys request's entries, each field checked where it can be
+/// without the catalog and the key format (the manager checks the rest).
+/// Errors name `keys[i].<field>`.
+pub fn imported_keys(request: proto::ImportKeysRequest) -> Result<Vec<ImportKey>, Status> {
+    if request.keys.is_empty() || request.keys.len() > MAX_IMPORT_KEYS {
+        return Err(invalid_argument(
+            "keys",
+            format!("1 to {MAX_IMPORT_KEYS} keys, got {}", request.keys.len()),
+        ));
+    }
+    request
+        .keys
+        .into_iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let field = |name: &str| format!("keys[{index}].{name}");
+            let bad =
+                |name: &str, reason: &dyn std::fmt::Display| invalid_argument(&field(name), reason);
+            let account_id =
+                AccountId::parse(&key.account_id).map_err(|e| bad("account_id", &e))?;
+            let name = KeyName::parse(&key.name).map_err(|e| bad("name", &e))?;
+            let digest = sha256_hex(&key.sha256_hex).map_err(|e| bad("sha256_hex", &e))?;
+            let created_at = key
+                .created_at
+                .as_ref()
+                .map(|t| timestamp_to_millis(&field("created_at"), t))
+                .transpose()?;
+            let expires_at = key
+                .expires_at
+                .as_ref()
+                .map(|t| timestamp_to_millis(&field("expires_at"), t))
+                .transpose()?;
+            let rate_limit = key
+                .rate_limit
+                .as_ref()
+                .map(|raw| rate_limit_at(&field("rate_limit"), raw))
+                .transpose()?;
+            Ok(ImportKey {
+                account_id,
+                name,
+                digest,
+                start: key.start,
+                scopes: key.scopes,
+                created_at,
+                expires_at,
+                rate_limit,
+                // `metadata["plan"]` becomes `keys[3].metadata["plan"]`.
+                metadata: key_metadata::parse(&key.metadata)
+                    .map_err(|e| invalid_argument(&field(&e.field), e.reason))?,
+            })
+        })
+        .collect()
+}
+
+/// 64 lowercase hex digits: a SHA-256 digest as another system stored it.
+fn sha256_hex(raw: &str) -> Result<KeyDigest, String> {
+    if raw.len() != 64 {
+        return Err(format!(
+            "must be 64 lowercase hex characters (a SHA-256 digest), got {} characters",
+            raw.chars().count()
+        ));
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err("must be 64 lowercase hex characters (0-9, a-f)".into());
+    }
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&raw[2 * i..2 * i + 2], 16).expect("checked hex"))
+        .collect();
+    Ok(KeyDigest::from_bytes(&bytes).expect("32 bytes"))
 }
 
 fn reason(reason: Reason) -> proto::denial::Reason {
@@ -276,6 +466,7 @@ fn reason(reason: Reason) -> proto::denial::Reason {
         Reason::RateLimited => P::RateLimited,
         Reason::TooManyFailedAttempts => P::TooManyFailedAttempts,
         Reason::Unavailable => P::Unavailable,
+        Reason::IpNotAllowed => P::IpNotAllowed,
     }
 }
 
@@ -312,6 +503,30 @@ mod tests {
         assert_eq!(decode_page_token("").unwrap(), None);
         for garbage in ["%%%", "aGVsbG8", &"A".repeat(300), "azE6a2V5XzEyMw"] {
             let status = decode_page_token(garbage).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{garbage}");
+            assert!(status.message().starts_with("page_token:"));
+        }
+    }
+
+    #[test]
+    fn event_page_tokens_round_trip_and_garbage_is_refused() {
+        for seq in [1, 42, u64::MAX] {
+            assert_eq!(
+                decode_event_page_token(&encode_event_page_token(seq)).unwrap(),
+                seq
+            );
+        }
+        assert_eq!(decode_event_page_token("").unwrap(), 0);
+        let key_token = encode_page_token(&KeyId::generate());
+        let not_a_number = URL_SAFE_NO_PAD.encode("e1:-5");
+        for garbage in [
+            "%%%",
+            "aGVsbG8",
+            &"A".repeat(300),
+            &key_token,
+            &not_a_number,
+        ] {
+            let status = decode_event_page_token(garbage).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{garbage}");
             assert!(status.message().starts_with("page_token:"));
         }

@@ -10,6 +10,7 @@ use super::convert;
 use super::status::invalid_argument;
 use super::watch;
 use crate::access_control::{Caller, HotPathCaller};
+use crate::audit::Actor;
 use crate::authenticator::{Authenticator, Presented, PresentedKey, Required};
 use crate::change_feed::ChangeFeed;
 use crate::domain::{AccountId, UnixMillis};
@@ -43,6 +44,15 @@ impl KeyServiceApi {
             feed,
         }
     }
+}
+
+/// Who makes a management write, for the audit trail: the caller the
+/// request gate proved (none: management is open) and the connection's
+/// address.
+fn actor_of<T>(request: &Request<T>) -> Actor {
+    let caller = request.extensions().get::<Caller>();
+    let peer = request.remote_addr().map(|addr| addr.ip());
+    caller.unwrap_or(&Caller::Anonymous).actor(peer)
 }
 
 /// A user JWT may act only for its own account. The request gate puts the
@@ -87,9 +97,15 @@ impl KeyService for KeyServiceApi {
                 .map(|key| convert::key_from_cached(key, catalog)),
             denial: verdict.denial().map(convert::denial),
             rate_limit: verdict.rate_limit().map(convert::rate_limit_status),
-            // A limited key's every use must be counted here; any other
-            // allowed answer holds until an event about the key (or expiry).
-            cacheable: verdict.allowed() && verdict.rate_limit().is_none(),
+            // A limited key's every use must be counted here, and a key
+            // with allowed networks must be checked against each request's
+            // address here; any other allowed answer holds until an event
+            // about the key (or expiry).
+            cacheable: verdict.allowed()
+                && verdict.rate_limit().is_none()
+                && verdict
+                    .key()
+                    .is_some_and(|key| key.allowed_networks.is_empty()),
         }))
     }
 
@@ -153,9 +169,10 @@ impl KeyService for KeyServiceApi {
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let actor = actor_of(&request);
         let create = CreateKey::try_from(request.into_inner())?;
         check_account(caller.as_ref(), &create.account_id)?;
-        let (written, secret) = self.manager.create(create).await?;
+        let (written, secret) = self.manager.create(create, &actor).await?;
         Ok(Response::new(proto::CreateKeyResponse {
             key: Some(convert::key_from_record(
                 &written.record,
@@ -172,9 +189,10 @@ impl KeyService for KeyServiceApi {
     ) -> Result<Response<proto::RevokeKeyResponse>, Status> {
         let account_id = convert::account_id(&request.get_ref().account_id)?;
         check_account(request.extensions().get(), &account_id)?;
+        let actor = actor_of(&request);
         let request = request.into_inner();
         let key_id = convert::key_id("key_id", &request.key_id)?;
-        let written = self.manager.revoke(&account_id, &key_id).await?;
+        let written = self.manager.revoke(&account_id, &key_id, &actor).await?;
         Ok(Response::new(proto::RevokeKeyResponse {
             key: Some(convert::key_from_record(
                 &written.record,
@@ -236,10 +254,14 @@ impl KeyService for KeyServiceApi {
     ) -> Result<Response<proto::UpdateKeyResponse>, Status> {
         let account_id = convert::account_id(&request.get_ref().account_id)?;
         check_account(request.extensions().get(), &account_id)?;
+        let actor = actor_of(&request);
         let request = request.into_inner();
         let key_id = convert::key_id("key_id", &request.key_id)?;
         let change = ChangeKey::try_from(&request)?;
-        let written = self.manager.update(&account_id, &key_id, change).await?;
+        let written = self
+            .manager
+            .update(&account_id, &key_id, change, &actor)
+            .await?;
         Ok(Response::new(proto::UpdateKeyResponse {
             key: Some(convert::key_from_record(
                 &written.record,
@@ -286,6 +308,79 @@ impl KeyService for KeyServiceApi {
         }
         self.manager.record_uses(&uses).await?;
         Ok(Response::new(proto::RecordUsageResponse {}))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<proto::RotateKeyRequest>,
+    ) -> Result<Response<proto::RotateKeyResponse>, Status> {
+        let account_id = convert::account_id(&request.get_ref().account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
+        let actor = actor_of(&request);
+        let request = request.into_inner();
+        let key_id = convert::key_id("key_id", &request.key_id)?;
+        let grace = convert::grace_period(request.grace_period.as_ref())?;
+        let (rotated, secret) = self
+            .manager
+            .rotate(&account_id, &key_id, grace, &actor)
+            .await?;
+        let catalog = self.manager.catalog();
+        Ok(Response::new(proto::RotateKeyResponse {
+            key: Some(convert::key_from_record(&rotated.key, catalog)),
+            secret: secret.into_exposed(),
+            previous: Some(convert::key_from_record(&rotated.previous, catalog)),
+            revision: rotated.revision,
+        }))
+    }
+
+    async fn import_keys(
+        &self,
+        request: Request<proto::ImportKeysRequest>,
+    ) -> Result<Response<proto::ImportKeysResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let actor = actor_of(&request);
+        let keys = convert::imported_keys(request.into_inner())?;
+        // A user JWT may import only into its own account.
+        for key in &keys {
+            check_account(caller.as_ref(), &key.account_id)?;
+        }
+        let imported = self.manager.import(keys, &actor).await?;
+        let catalog = self.manager.catalog();
+        Ok(Response::new(proto::ImportKeysResponse {
+            keys: imported
+                .keys
+                .iter()
+                .map(|record| convert::key_from_record(record, catalog))
+                .collect(),
+            revision: imported.revision,
+        }))
+    }
+
+    async fn list_key_events(
+        &self,
+        request: Request<proto::ListKeyEventsRequest>,
+    ) -> Result<Response<proto::ListKeyEventsResponse>, Status> {
+        let account_id = convert::account_id(&request.get_ref().account_id)?;
+        check_account(request.extensions().get(), &account_id)?;
+        let request = request.into_inner();
+        let key_id = if request.key_id.is_empty() {
+            None
+        } else {
+            Some(convert::key_id("key_id", &request.key_id)?)
+        };
+        let page_size = convert::page_size(request.page_size)?;
+        let after = convert::decode_event_page_token(&request.page_token)?;
+        let page = self
+            .manager
+            .list_events(&account_id, key_id.as_ref(), after, page_size)
+            .await?;
+        Ok(Response::new(proto::ListKeyEventsResponse {
+            events: page.events.iter().map(convert::key_event).collect(),
+            next_page_token: page
+                .next_after
+                .map(convert::encode_event_page_token)
+                .unwrap_or_default(),
+        }))
     }
 
     async fn list_scopes(

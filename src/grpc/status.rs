@@ -22,7 +22,24 @@ impl From<ManagementError> for Status {
                     format!("at most {limit} active keys per account"),
                 ),
             ),
-            ManagementError::KeyRevoked => Status::failed_precondition(error.to_string()),
+            ManagementError::KeyRevoked
+            | ManagementError::KeyExpired
+            | ManagementError::AlreadyRotated { .. } => {
+                Status::failed_precondition(error.to_string())
+            }
+            ManagementError::InvalidAt { field, reason } => invalid_argument(&field, reason),
+            ManagementError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            ManagementError::ImportLimitReached { ref account, limit } => {
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    error.to_string(),
+                    ErrorDetails::with_precondition_failure_violation(
+                        "KEY_LIMIT",
+                        account.as_str(),
+                        format!("at most {limit} active keys per account"),
+                    ),
+                )
+            }
             ManagementError::Storage(error) => {
                 tracing::error!(%error, "storage failure");
                 Status::unavailable("storage is unavailable; retry later")

@@ -16,6 +16,9 @@ fn record(digest: KeyDigest) -> KeyRecord {
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        metadata: Default::default(),
+        allowed_networks: Vec::new(),
+        rotated_from: None,
     }
 }
 
@@ -334,4 +337,25 @@ fn effective_scopes_include_implied_ones() {
         !key.granted
             .contains(catalog.lookup("traders:read").unwrap())
     );
+}
+
+#[test]
+fn an_event_forgets_an_unknown_digest_and_a_load_that_raced_it_remembers_nothing() {
+    let cache = KeyCache::new(&CacheSettings::default());
+    let digest = KeyDigest::of("cc_imported");
+    let id = KeyId::generate();
+    let ticket = cache.ticket_for_digest(&digest);
+    assert!(cache.insert_unknown_unless_changed(ticket, digest));
+    assert!(matches!(cache.lookup_digest(&digest), Lookup::KnownUnknown));
+    // The import's event, applied as the follower does: the digest is no
+    // longer unknown.
+    cache.invalidate(&id, &digest);
+    cache.forget_unknown(&digest);
+    assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
+    // A load that read "no such key" before the event cannot remember it after.
+    let stale = cache.ticket_for_digest(&digest);
+    cache.invalidate(&id, &digest);
+    cache.forget_unknown(&digest);
+    assert!(!cache.insert_unknown_unless_changed(stale, digest));
+    assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
 }

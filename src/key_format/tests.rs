@@ -120,3 +120,89 @@ fn secret_debug_is_redacted() {
     let (secret, _, _) = KeyFormat::carboncopy().generate().unwrap();
     assert_eq!(format!("{secret:?}"), "KeySecret(..)");
 }
+
+fn checksummed() -> KeyFormat {
+    KeyFormat::new("kw_", 40, Alphabet::Base62, vec!["Bearer".into()], 6)
+        .unwrap()
+        .with_checksum(true)
+        .unwrap()
+}
+
+#[test]
+fn checksums_are_six_base62_digits_of_the_crc32() {
+    // CRC32 (IEEE) of "123456789" is the standard check value 0xCBF43926;
+    // the six digits read back in base 62 give it again.
+    assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+    let digits = checksum_of(b"123456789");
+    let mut value: u64 = 0;
+    for digit in digits {
+        let position = BASE62.iter().position(|&b| b == digit).unwrap() as u64;
+        value = value * 62 + position;
+    }
+    assert_eq!(value, 0xCBF4_3926);
+    // Small values are padded with zeros.
+    assert_eq!(checksum_of(b"").len(), CHECKSUM_CHARS);
+    assert_eq!(crc32fast::hash(b""), 0);
+    assert_eq!(&checksum_of(b""), b"000000");
+}
+
+#[test]
+fn checksummed_keys_keep_their_length_and_fail_when_altered() {
+    let format = checksummed();
+    let (secret, _, _) = format.generate().unwrap();
+    let key = secret.expose();
+    let body = key.strip_prefix("kw_").unwrap();
+    assert_eq!(body.len(), 40, "body_length is the whole body");
+    assert_eq!(format.check_key(key), Ok(()));
+    let (random, checksum) = body.split_at(34);
+    assert_eq!(checksum.as_bytes(), checksum_of(random.as_bytes()));
+    // One character changed anywhere: malformed.
+    for position in [3, 3 + 20, key.len() - 1] {
+        let mut altered = key.as_bytes().to_vec();
+        altered[position] = if altered[position] == b'a' {
+            b'b'
+        } else {
+            b'a'
+        };
+        let altered = String::from_utf8(altered).unwrap();
+        assert_eq!(
+            format.check_key(&altered),
+            Err(CredentialProblem::Malformed),
+            "{position}"
+        );
+    }
+    // The same key is fine for a format without the checksum.
+    let plain = KeyFormat::new("kw_", 40, Alphabet::Base62, vec![], 6).unwrap();
+    let mut altered = key.to_owned();
+    altered.pop();
+    altered.push(if key.ends_with('a') { 'b' } else { 'a' });
+    assert_eq!(plain.check_key(&altered), Ok(()));
+}
+
+#[test]
+fn a_checksum_needs_room_for_the_entropy() {
+    // 32 hex characters carry exactly 128 bits; less 6 for the checksum,
+    // too few.
+    let format = KeyFormat::new("cc_", 32, Alphabet::LowerHex, vec![], 6).unwrap();
+    let (field, reason) = format.with_checksum(true).unwrap_err();
+    assert_eq!(field, "checksum");
+    assert!(reason.contains("26 random hex"), "{reason}");
+    let error = KeySettings::from_raw(RawKeys {
+        body_length: Some(32),
+        checksum: Some(true),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(error.key, "keys.checksum");
+}
+
+#[test]
+fn scanner_regexes_follow_the_format() {
+    assert_eq!(KeyFormat::carboncopy().scanner_regex(), "cc_[0-9a-f]{64}");
+    assert_eq!(
+        checksummed().scanner_regex(),
+        "kw_[0-9A-Za-z]{34}[0-9A-Za-z]{6}"
+    );
+    let dashed = KeyFormat::new("a-b_", 64, Alphabet::LowerAlphanumeric, vec![], 6).unwrap();
+    assert_eq!(dashed.scanner_regex(), "a\\-b_[0-9a-z]{64}");
+}

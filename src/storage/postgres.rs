@@ -17,14 +17,15 @@ use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
 use super::shared::{
-    append_event_fn, delete_events_before, impl_key_store, insert_key_within_limit,
-    update_locked_key,
+    append_audit_fn, append_event_fn, delete_events_before, impl_key_store, import_locked_keys,
+    insert_key_within_limit, rotate_locked_key, update_locked_key,
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT, key_columns, key_in_account};
 use super::{
-    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, Written,
-    to_u64,
+    EventKind, Imported, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, Rotated, StoreError,
+    Successor, Wakeup, Written, to_u64,
 };
+use crate::audit::{Actor, AuditKind};
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
 
@@ -113,6 +114,7 @@ impl PostgresStore {
     }
 
     append_event_fn!(sqlx::PgConnection);
+    append_audit_fn!(sqlx::PgConnection);
 }
 
 /// The highest sequence ever assigned (events may have been pruned since),
@@ -140,7 +142,12 @@ impl_key_store!(PostgresStore, {
         Backend::Postgres
     }
 
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError> {
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        actor: &Actor,
+    ) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(INSERT_ACCOUNT)
             .bind(key.account_id.as_str())
@@ -155,6 +162,14 @@ impl_key_store!(PostgresStore, {
             .await?;
         insert_key_within_limit!(tx, key, max_active);
         let record = key.into_record();
+        Self::append_audit(
+            &mut tx,
+            &record,
+            AuditKind::Created,
+            record.created_at,
+            actor,
+        )
+        .await?;
         let revision = latest_seq_in(&mut tx).await?;
         tx.commit().await?;
         Ok(Written { record, revision })
@@ -165,6 +180,7 @@ impl_key_store!(PostgresStore, {
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         // One autocommit statement: the event log's ordering lock (taken by
         // the insert's trigger) is then held only inside the server, from
@@ -175,7 +191,9 @@ impl_key_store!(PostgresStore, {
              WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL RETURNING ",
             key_columns!(),
             "), logged AS (INSERT INTO key_events (key_id, account_id, key_hash, kind, at) \
-             SELECT id, account_id, key_hash, $4, $1 FROM revoked RETURNING seq) \
+             SELECT id, account_id, key_hash, $4, $1 FROM revoked RETURNING seq), \
+             audited AS (INSERT INTO key_audit (key_id, account_id, kind, at, actor, peer) \
+             SELECT id, account_id, $4, $1, $5, $6 FROM revoked) \
              SELECT ",
             key_columns!(),
             ", (SELECT seq FROM logged) AS revision FROM revoked"
@@ -184,6 +202,8 @@ impl_key_store!(PostgresStore, {
         .bind(id.as_str())
         .bind(account.as_str())
         .bind(EventKind::Revoked.as_str())
+        .bind(&actor.actor)
+        .bind(&actor.peer)
         .fetch_optional(&self.pool)
         .await?;
         match revoked {
@@ -208,12 +228,63 @@ impl_key_store!(PostgresStore, {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin().await?;
         let before = Self::key_in_account(&mut tx, account, id, true).await?;
-        let (record, revision) = update_locked_key!(self, tx, before, id, update, now);
+        let (record, revision) = update_locked_key!(self, tx, before, id, update, now, actor);
         tx.commit().await?;
         Ok(Written { record, revision })
+    }
+
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+        actor: &Actor,
+    ) -> Result<Rotated, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The account's lock first, as CreateKey takes it (its count sees
+        // the old key and its successor change places at once), then the
+        // old key's row: a second rotation of the key waits here and then
+        // finds the first one's successor.
+        sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(account.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let old = Self::key_in_account(&mut tx, account, id, true).await?;
+        let rotated = rotate_locked_key!(tx, old, successor, grace_until, actor);
+        tx.commit().await?;
+        Ok(rotated)
+    }
+
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+        actor: &Actor,
+    ) -> Result<Imported, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Every account's lock, in one order (so concurrent imports cannot
+        // deadlock), as CreateKey takes one: the counts below hold.
+        let accounts: std::collections::BTreeSet<&AccountId> =
+            keys.iter().map(|key| &key.account_id).collect();
+        for account in accounts {
+            sqlx::query(INSERT_ACCOUNT)
+                .bind(account.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
+                .bind(account.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let imported = import_locked_keys!(tx, keys, max_active, now, actor);
+        tx.commit().await?;
+        Ok(imported)
     }
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {

@@ -16,14 +16,15 @@ use sqlx::sqlite::{
 use tokio::sync::mpsc;
 
 use super::shared::{
-    append_event_fn, delete_events_before, impl_key_store, insert_key_within_limit,
-    update_locked_key,
+    append_audit_fn, append_event_fn, delete_events_before, impl_key_store, import_locked_keys,
+    insert_key_within_limit, rotate_locked_key, update_locked_key,
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT};
 use super::{
-    EventKind, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, StoreError, Wakeup, Written,
-    to_u64,
+    EventKind, Imported, KeyRecord, KeyRow, KeyUpdate, NewKey, PoolSettings, Rotated, StoreError,
+    Successor, Wakeup, Written, to_u64,
 };
+use crate::audit::{Actor, AuditKind};
 use crate::domain::{AccountId, KeyId, UnixMillis};
 use crate::storage::Backend;
 
@@ -97,6 +98,7 @@ impl SqliteStore {
     }
 
     append_event_fn!(sqlx::SqliteConnection);
+    append_audit_fn!(sqlx::SqliteConnection);
 }
 
 /// The highest sequence ever assigned (events may have been pruned since),
@@ -117,7 +119,12 @@ impl_key_store!(SqliteStore, {
         Backend::Sqlite
     }
 
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError> {
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        actor: &Actor,
+    ) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(INSERT_ACCOUNT)
             .bind(key.account_id.as_str())
@@ -125,6 +132,14 @@ impl_key_store!(SqliteStore, {
             .await?;
         insert_key_within_limit!(tx, key, max_active);
         let record = key.into_record();
+        Self::append_audit(
+            &mut tx,
+            &record,
+            AuditKind::Created,
+            record.created_at,
+            actor,
+        )
+        .await?;
         let revision = latest_seq_in(&mut tx).await?;
         tx.commit().await?;
         Ok(Written { record, revision })
@@ -135,6 +150,7 @@ impl_key_store!(SqliteStore, {
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         // Read, then write, under the write lock: SQLite has no
         // data-modifying CTE for PostgreSQL's one-statement revoke.
@@ -152,6 +168,7 @@ impl_key_store!(SqliteStore, {
             .execute(&mut *tx)
             .await?;
         let revision = Self::append_event(&mut tx, &record, EventKind::Revoked, now).await?;
+        Self::append_audit(&mut tx, &record, AuditKind::Revoked, now, actor).await?;
         tx.commit().await?;
         self.wake_followers();
         record.revoked_at = Some(now);
@@ -164,13 +181,54 @@ impl_key_store!(SqliteStore, {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let before = Self::key_in_account(&mut tx, account, id).await?;
-        let (record, revision) = update_locked_key!(self, tx, before, id, update, now);
+        let (record, revision) = update_locked_key!(self, tx, before, id, update, now, actor);
         tx.commit().await?;
         self.wake_followers();
         Ok(Written { record, revision })
+    }
+
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+        actor: &Actor,
+    ) -> Result<Rotated, StoreError> {
+        // `BEGIN IMMEDIATE` holds the one write lock: nothing changes the
+        // key, its successors or the account's count meanwhile.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let old = Self::key_in_account(&mut tx, account, id).await?;
+        let rotated = rotate_locked_key!(tx, old, successor, grace_until, actor);
+        tx.commit().await?;
+        self.wake_followers();
+        Ok(rotated)
+    }
+
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+        actor: &Actor,
+    ) -> Result<Imported, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let accounts: std::collections::BTreeSet<&AccountId> =
+            keys.iter().map(|key| &key.account_id).collect();
+        for account in accounts {
+            sqlx::query(INSERT_ACCOUNT)
+                .bind(account.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let imported = import_locked_keys!(tx, keys, max_active, now, actor);
+        tx.commit().await?;
+        self.wake_followers();
+        Ok(imported)
     }
 
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {

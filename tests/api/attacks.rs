@@ -13,6 +13,7 @@
 //! (JWT lifetimes and JWT callers confined to their account are in
 //! `management_auth.rs`, beside the other JWT tests.)
 
+use keyward::audit::Actor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,6 +115,8 @@ fn new_key(account: &AccountId) -> CreateKey {
         preset: None,
         expires_at: None,
         rate_limit: None,
+        metadata: Default::default(),
+        allowed_networks: Vec::new(),
     }
 }
 
@@ -142,7 +145,7 @@ async fn a_read_that_returns_after_the_bound_is_not_an_answer(db: Db) {
     let (written, secret) = setup
         .replica
         .manager
-        .create(new_key(&account))
+        .create(new_key(&account), &Actor::in_process())
         .await
         .unwrap();
     let secret = secret.into_exposed();
@@ -155,7 +158,12 @@ async fn a_read_that_returns_after_the_bound_is_not_an_answer(db: Db) {
         setup.hooks.hooks.held.notified().await;
         setup
             .other_replica
-            .revoke_key(&account, &record.id, UnixMillis::now())
+            .revoke_key(
+                &account,
+                &record.id,
+                UnixMillis::now(),
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
         // The stall itself: the held reply is delivered after the bound.
@@ -193,7 +201,7 @@ async fn a_read_that_never_returns_fails_closed_at_the_bound(db: Db) {
     let (_, secret) = setup
         .replica
         .manager
-        .create(new_key(&account))
+        .create(new_key(&account), &Actor::in_process())
         .await
         .unwrap();
     let secret = secret.into_exposed();

@@ -129,7 +129,7 @@ fn bad_auth_and_server_settings_name_key_and_reason() {
         (
             jwt("rpcs = [\"Authenticate\"]"),
             "auth.jwt.rpcs",
-            "user JWTs may call only CreateKey, RevokeKey, UpdateKey, GetKey, ListKeys, CheckScope, WatchRevocations, not Authenticate",
+            "user JWTs may call only CreateKey, RevokeKey, UpdateKey, GetKey, ListKeys, RotateKey, ImportKeys, ListKeyEvents, CheckScope, WatchRevocations, not Authenticate",
         ),
         (
             jwt("rpcs = [\"RecordUsage\"]"),

@@ -13,6 +13,7 @@
 //! - uses are written by the flusher, one row per key per flush, never on
 //!   the request path; CheckScope by key id is not a use.
 
+use keyward::audit::Actor;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -136,14 +137,19 @@ fn account() -> AccountId {
 
 async fn create(manager: &KeyManager) -> (KeyId, String) {
     let (record, secret) = manager
-        .create(CreateKey {
-            account_id: account(),
-            name: KeyName::parse("counted").unwrap(),
-            scopes: vec![],
-            preset: None,
-            expires_at: None,
-            rate_limit: None,
-        })
+        .create(
+            CreateKey {
+                account_id: account(),
+                name: KeyName::parse("counted").unwrap(),
+                scopes: vec![],
+                preset: None,
+                expires_at: None,
+                rate_limit: None,
+                metadata: Default::default(),
+                allowed_networks: Vec::new(),
+            },
+            &Actor::in_process(),
+        )
         .await
         .unwrap();
     (record.record.id, secret.into_exposed())

@@ -9,6 +9,7 @@
 //! (The loop in `revocation.rs` races the same paths over the network,
 //! where the window is only microseconds wide.)
 
+use keyward::audit::Actor;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -152,14 +153,19 @@ async fn create(manager: &KeyManager) -> (KeyId, String) {
 
 async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
     let (record, secret) = manager
-        .create(CreateKey {
-            account_id: AccountId::parse(account).unwrap(),
-            name: KeyName::parse("raced").unwrap(),
-            scopes: vec![],
-            preset: None,
-            expires_at: None,
-            rate_limit: None,
-        })
+        .create(
+            CreateKey {
+                account_id: AccountId::parse(account).unwrap(),
+                name: KeyName::parse("raced").unwrap(),
+                scopes: vec![],
+                preset: None,
+                expires_at: None,
+                rate_limit: None,
+                metadata: Default::default(),
+                allowed_networks: Vec::new(),
+            },
+            &Actor::in_process(),
+        )
         .await
         .unwrap();
     (record.record.id, secret.into_exposed())
@@ -189,7 +195,11 @@ async fn a_lookup_held_across_a_revocation_is_not_allowed_or_cached(db: Db) {
         row_was_read(row_read).await;
         parts
             .manager
-            .revoke(&AccountId::parse("acct_1").unwrap(), &id)
+            .revoke(
+                &AccountId::parse("acct_1").unwrap(),
+                &id,
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
         release.send(()).unwrap();
@@ -240,7 +250,11 @@ async fn a_lookup_by_id_held_across_a_revocation_is_not_allowed_or_cached(db: Db
         row_was_read(row_read).await;
         parts
             .manager
-            .revoke(&AccountId::parse("acct_1").unwrap(), &id)
+            .revoke(
+                &AccountId::parse("acct_1").unwrap(),
+                &id,
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
         release.send(()).unwrap();
@@ -319,7 +333,11 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
             row_was_read(row_read).await;
             parts
                 .manager
-                .revoke(&AccountId::parse("acct_2").unwrap(), other)
+                .revoke(
+                    &AccountId::parse("acct_2").unwrap(),
+                    other,
+                    &Actor::in_process(),
+                )
                 .await
                 .unwrap();
             release.send(()).unwrap();
@@ -329,7 +347,11 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         row_was_read(row_read).await;
         parts
             .manager
-            .revoke(&AccountId::parse("acct_1").unwrap(), &id)
+            .revoke(
+                &AccountId::parse("acct_1").unwrap(),
+                &id,
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
         release.send(()).unwrap();
@@ -400,7 +422,7 @@ async fn a_lookup_disturbed_on_every_read_fails_closed(db: Db) {
                 let (account, other) = others.next().unwrap();
                 parts
                     .manager
-                    .revoke(&AccountId::parse(account).unwrap(), other)
+                    .revoke(&AccountId::parse(account).unwrap(), other, &Actor::in_process())
                     .await
                     .unwrap();
                 release.send(()).unwrap();

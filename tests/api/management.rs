@@ -286,6 +286,7 @@ async fn update_changes_scopes_for_the_very_next_call(db: Db) {
                 paths: vec!["scopes".into(), "name".into()],
             }),
             rate_limit: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -328,6 +329,7 @@ async fn update_rejects_bad_masks_and_revoked_keys(db: Db) {
             paths: mask.into_iter().map(Into::into).collect(),
         }),
         rate_limit: None,
+        ..Default::default()
     };
 
     let cases = [
@@ -387,6 +389,7 @@ async fn update_of_an_unknown_key_is_not_found_and_changes_nothing(db: Db) {
                 requests: 1,
                 per_seconds: 60,
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -959,6 +962,7 @@ async fn bad_update_revoke_and_get_input_is_refused_and_changes_nothing(db: Db) 
                 paths: mask.iter().map(|p| (*p).to_owned()).collect(),
             }),
             rate_limit,
+            ..Default::default()
         }
     };
     let limit = |requests, per_seconds| {

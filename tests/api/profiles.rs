@@ -14,10 +14,11 @@ use keyward::proto::key_service_client::KeyServiceClient;
 use crate::helpers::connect;
 
 /// Each shipped profile and the key prefix it gives its product.
-const PROFILES: [(&str, &str); 4] = [
+const PROFILES: [(&str, &str); 5] = [
     ("carboncopy", "cc_"),
     ("cryptorobot", "cr_live_"),
     ("csboard", "csb_pub_"),
+    ("default", "kw_"),
     ("tradejournal", "tj_"),
 ];
 
@@ -31,6 +32,7 @@ fn a_route_line(profile: &str) -> &'static str {
         "csboard" => {
             "    [0] GET /v1/health: public (no key)\n    [1] POST /v1/orders: key with trading\n"
         }
+        "default" => "    [0] GET /v1/projects...: key with projects:read\n",
         "tradejournal" => "    [1] PUT /api/v1/trades/{trade_id}/tags: key with write:tags\n",
         other => panic!("no route line for {other}"),
     }

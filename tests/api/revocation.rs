@@ -2,6 +2,7 @@
 //! database, the change feed between them, failing closed, and the race
 //! between a cache load and a revocation.
 
+use keyward::audit::Actor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,8 +105,12 @@ async fn follower_with_keys(db: Db, count: usize) -> Option<Follower> {
                         rate_limit: None,
                         created_at: UnixMillis::now(),
                         expires_at: None,
+                        metadata: Default::default(),
+                        allowed_networks: Vec::new(),
+                        rotated_from: None,
                     },
                     10,
+                    &Actor::in_process(),
                 )
                 .await
                 .unwrap()
@@ -149,7 +154,12 @@ impl Follower {
     async fn revoke(&self, i: usize) {
         let key = &self.keys[i];
         self.store
-            .revoke_key(&key.account_id, &key.id, keyward::domain::UnixMillis::now())
+            .revoke_key(
+                &key.account_id,
+                &key.id,
+                keyward::domain::UnixMillis::now(),
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
     }
@@ -288,8 +298,12 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
                     rate_limit: None,
                     created_at: UnixMillis::now(),
                     expires_at: None,
+                    metadata: Default::default(),
+                    allowed_networks: Vec::new(),
+                    rotated_from: None,
                 },
                 10,
+                &Actor::in_process(),
             )
             .await
             .unwrap()
@@ -309,7 +323,12 @@ async fn a_replica_behind_pruned_history_starts_over(db: Db) {
     ));
     for (i, key) in keys[..3].iter().enumerate() {
         store
-            .revoke_key(&key.account_id, &key.id, UnixMillis(1_000 * (i as i64 + 1)))
+            .revoke_key(
+                &key.account_id,
+                &key.id,
+                UnixMillis(1_000 * (i as i64 + 1)),
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
     }

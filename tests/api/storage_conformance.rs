@@ -1,6 +1,7 @@
 //! One conformance suite for the `KeyStore` trait, run against SQLite and
 //! PostgreSQL, so the backends cannot drift apart.
 
+use keyward::audit::Actor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ fn new_key(account_name: &str, secret: &str) -> NewKey {
         rate_limit: None,
         created_at: UnixMillis::now(),
         expires_at: None,
+        metadata: Default::default(),
+        allowed_networks: Vec::new(),
+        rotated_from: None,
     }
 }
 
@@ -55,7 +59,11 @@ async fn created_keys_are_found_by_digest_id_and_account(db: Db) {
     let mut key = new_key("acct_1", "cc_secret_1");
     key.rate_limit = Some(RateLimit::new(5, 10).unwrap());
     key.expires_at = Some(UnixMillis::now().saturating_add_millis(60_000));
-    let created = store.create_key(key.clone(), 10).await.unwrap().record;
+    let created = store
+        .create_key(key.clone(), 10, &Actor::in_process())
+        .await
+        .unwrap()
+        .record;
 
     assert_eq!(created.id, key.id);
     assert_eq!(created.scopes, key.scopes);
@@ -87,19 +95,29 @@ async fn revocation_is_logged_once(db: Db) {
         return;
     };
     let key = store
-        .create_key(new_key("acct_1", "s1"), 10)
+        .create_key(new_key("acct_1", "s1"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
     let before = store.latest_seq().await.unwrap();
 
     let revoked = store
-        .revoke_key(&key.account_id, &key.id, UnixMillis(42))
+        .revoke_key(
+            &key.account_id,
+            &key.id,
+            UnixMillis(42),
+            &Actor::in_process(),
+        )
         .await
         .unwrap()
         .record;
     let again = store
-        .revoke_key(&key.account_id, &key.id, UnixMillis(99))
+        .revoke_key(
+            &key.account_id,
+            &key.id,
+            UnixMillis(99),
+            &Actor::in_process(),
+        )
         .await
         .unwrap()
         .record;
@@ -123,7 +141,7 @@ async fn updates_log_one_event_per_change(db: Db) {
         return;
     };
     let key = store
-        .create_key(new_key("acct_1", "s1"), 10)
+        .create_key(new_key("acct_1", "s1"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
@@ -137,8 +155,10 @@ async fn updates_log_one_event_per_change(db: Db) {
                 name: Some(KeyName::parse("renamed").unwrap()),
                 scopes: Some(vec!["portfolio:read".into()]),
                 rate_limit: Some(Some(RateLimit::new(1, 1).unwrap())),
+                ..Default::default()
             },
             UnixMillis(7),
+            &Actor::in_process(),
         )
         .await
         .unwrap()
@@ -152,6 +172,7 @@ async fn updates_log_one_event_per_change(db: Db) {
                 ..KeyUpdate::default()
             },
             UnixMillis(8),
+            &Actor::in_process(),
         )
         .await
         .unwrap()
@@ -182,7 +203,12 @@ async fn updates_log_one_event_per_change(db: Db) {
     );
 
     store
-        .revoke_key(&key.account_id, &key.id, UnixMillis(9))
+        .revoke_key(
+            &key.account_id,
+            &key.id,
+            UnixMillis(9),
+            &Actor::in_process(),
+        )
         .await
         .unwrap();
     let refused = store
@@ -191,6 +217,7 @@ async fn updates_log_one_event_per_change(db: Db) {
             &key.id,
             KeyUpdate::default(),
             UnixMillis(10),
+            &Actor::in_process(),
         )
         .await
         .unwrap_err();
@@ -206,7 +233,11 @@ async fn events_are_read_in_order_from_any_point(db: Db) {
     let mut logged = Vec::new();
     for i in 0..25 {
         let created = store
-            .create_key(new_key(&format!("acct_{i}"), &format!("s{i}")), 10)
+            .create_key(
+                new_key(&format!("acct_{i}"), &format!("s{i}")),
+                10,
+                &Actor::in_process(),
+            )
             .await
             .unwrap();
         let revoked = store
@@ -214,6 +245,7 @@ async fn events_are_read_in_order_from_any_point(db: Db) {
                 &created.record.account_id,
                 &created.record.id,
                 UnixMillis::now(),
+                &Actor::in_process(),
             )
             .await
             .unwrap();
@@ -249,21 +281,31 @@ async fn pruning_removes_a_prefix_and_remembers_it(db: Db) {
         return;
     };
     let key_a = store
-        .create_key(new_key("acct_1", "a"), 10)
+        .create_key(new_key("acct_1", "a"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
     let key_b = store
-        .create_key(new_key("acct_1", "b"), 10)
+        .create_key(new_key("acct_1", "b"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
     store
-        .revoke_key(&key_a.account_id, &key_a.id, UnixMillis(1_000))
+        .revoke_key(
+            &key_a.account_id,
+            &key_a.id,
+            UnixMillis(1_000),
+            &Actor::in_process(),
+        )
         .await
         .unwrap();
     store
-        .revoke_key(&key_b.account_id, &key_b.id, UnixMillis(5_000))
+        .revoke_key(
+            &key_b.account_id,
+            &key_b.id,
+            UnixMillis(5_000),
+            &Actor::in_process(),
+        )
         .await
         .unwrap();
     let latest = store.latest_seq().await.unwrap();
@@ -282,12 +324,17 @@ async fn pruning_removes_a_prefix_and_remembers_it(db: Db) {
     store.prune_events(UnixMillis(10_000)).await.unwrap();
     assert_eq!(store.latest_seq().await.unwrap(), latest);
     let key_c = store
-        .create_key(new_key("acct_1", "c"), 10)
+        .create_key(new_key("acct_1", "c"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
     store
-        .revoke_key(&key_c.account_id, &key_c.id, UnixMillis::now())
+        .revoke_key(
+            &key_c.account_id,
+            &key_c.id,
+            UnixMillis::now(),
+            &Actor::in_process(),
+        )
         .await
         .unwrap();
     assert!(store.latest_seq().await.unwrap() > latest);
@@ -298,12 +345,12 @@ async fn last_use_never_moves_backwards(db: Db) {
         return;
     };
     let key = store
-        .create_key(new_key("acct_1", "s"), 10)
+        .create_key(new_key("acct_1", "s"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
     let other = store
-        .create_key(new_key("acct_1", "t"), 10)
+        .create_key(new_key("acct_1", "t"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
@@ -335,7 +382,11 @@ async fn the_key_limit_is_atomic(db: Db) {
         let store = Arc::clone(&store);
         tokio::spawn(async move {
             store
-                .create_key(new_key("acct_race", &format!("s{i}")), 10)
+                .create_key(
+                    new_key("acct_race", &format!("s{i}")),
+                    10,
+                    &Actor::in_process(),
+                )
                 .await
         })
     });
@@ -358,7 +409,7 @@ async fn account_scoping_is_enforced_by_the_store(db: Db) {
         return;
     };
     let key = store
-        .create_key(new_key("acct_owner", "s"), 10)
+        .create_key(new_key("acct_owner", "s"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
@@ -370,13 +421,19 @@ async fn account_scoping_is_enforced_by_the_store(db: Db) {
     ));
     assert!(matches!(
         store
-            .revoke_key(&intruder, &key.id, UnixMillis::now())
+            .revoke_key(&intruder, &key.id, UnixMillis::now(), &Actor::in_process())
             .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
         store
-            .update_key(&intruder, &key.id, KeyUpdate::default(), UnixMillis::now())
+            .update_key(
+                &intruder,
+                &key.id,
+                KeyUpdate::default(),
+                UnixMillis::now(),
+                &Actor::in_process()
+            )
             .await,
         Err(StoreError::NotFound)
     ));
@@ -397,12 +454,17 @@ async fn wakeups_follow_appends(db: Db) {
     };
     let mut wakeups = store.subscribe_wakeups().await.unwrap();
     let key = store
-        .create_key(new_key("acct_1", "s"), 10)
+        .create_key(new_key("acct_1", "s"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
     store
-        .revoke_key(&key.account_id, &key.id, UnixMillis::now())
+        .revoke_key(
+            &key.account_id,
+            &key.id,
+            UnixMillis::now(),
+            &Actor::in_process(),
+        )
         .await
         .unwrap();
     let woke = tokio::time::timeout(Duration::from_secs(5), wakeups.recv()).await;
@@ -429,12 +491,12 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
         .await
         .unwrap();
     let stalled_key = store
-        .create_key(new_key("acct_1", "a"), 10)
+        .create_key(new_key("acct_1", "a"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
     let key = store
-        .create_key(new_key("acct_1", "b"), 10)
+        .create_key(new_key("acct_1", "b"), 10, &Actor::in_process())
         .await
         .unwrap()
         .record;
@@ -453,7 +515,12 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
     // The upper bound only keeps a broken build from hanging the suite.
     let revoke = tokio::time::timeout(
         Duration::from_secs(60),
-        store.revoke_key(&key.account_id, &key.id, UnixMillis::now()),
+        store.revoke_key(
+            &key.account_id,
+            &key.id,
+            UnixMillis::now(),
+            &Actor::in_process(),
+        ),
     )
     .await
     .expect("the write gives up by itself");
@@ -467,6 +534,7 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
                 ..KeyUpdate::default()
             },
             UnixMillis::now(),
+            &Actor::in_process(),
         ),
     )
     .await
@@ -486,7 +554,12 @@ async fn a_stalled_writer_holding_the_ordering_lock_does_not_block_writes_for_lo
 
     stalled.close().await.unwrap();
     let revoked = store
-        .revoke_key(&key.account_id, &key.id, UnixMillis::now())
+        .revoke_key(
+            &key.account_id,
+            &key.id,
+            UnixMillis::now(),
+            &Actor::in_process(),
+        )
         .await
         .unwrap()
         .record;

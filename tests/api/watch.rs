@@ -2,6 +2,7 @@
 //! account filter, checkpoints, cursors out of range (also when pruning
 //! races the history read), slow and stuck consumers.
 
+use keyward::audit::Actor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -504,15 +505,24 @@ async fn service_pruning_on_read(
                     rate_limit: None,
                     created_at: UnixMillis(1),
                     expires_at: None,
+                    metadata: Default::default(),
+                    allowed_networks: Vec::new(),
+                    rotated_from: None,
                 },
                 10,
+                &Actor::in_process(),
             )
             .await
             .unwrap()
             .record;
-        real.revoke_key(&account, &key.id, UnixMillis(1_000 + i as i64))
-            .await
-            .unwrap();
+        real.revoke_key(
+            &account,
+            &key.id,
+            UnixMillis(1_000 + i as i64),
+            &Actor::in_process(),
+        )
+        .await
+        .unwrap();
     }
     let store: Arc<dyn KeyStore> = Decorated::new(
         Arc::clone(&real),

@@ -9,8 +9,11 @@
 //! on. A fourth runs Envoy's ext_authz Check on the same keys, with the
 //! Carboncopy profile's routes. They run in alternating rounds and the best
 //! round of each counts, so a busy moment on a shared machine does not land
-//! on one variant only.
+//! on one variant only. A sixth runs plain Authenticate on keys that carry 4
+//! metadata entries and 2 allowed networks (issue 17), from an allowed
+//! client address, against the same number of plain keys.
 
+use keyward::audit::Actor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,14 @@ pub struct HotPathCosts {
     pub check: f64,
     /// The same, with the headers as Envoy's `encode_raw_headers` sends them.
     pub check_raw_headers: f64,
+    /// Plain Authenticate on keys with 4 metadata entries and 2 allowed
+    /// networks, from a listed `client_ip`.
+    pub restricted: f64,
+    /// Its allowed reply's size (the metadata and networks are in it).
+    pub restricted_reply_bytes: usize,
+    /// The same with the 2 allowed networks only (no metadata): the
+    /// address check without the metadata's share of the reply.
+    pub networks_only: f64,
     /// Encoded sizes of one allowed reply (gRPC message bytes): HTTP/2
     /// writes a DATA frame of 256 bytes or more on its own, without
     /// coalescing it with other replies, so the size matters.
@@ -100,16 +111,24 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
     let mut requests = Vec::new();
     let mut checks = Vec::new();
     let mut raw_checks = Vec::new();
+    let mut restricted_requests = Vec::new();
+    let mut networks_only_requests = Vec::new();
     for i in 0..keys {
         let (_, secret) = manager
-            .create(CreateKey {
-                account_id: AccountId::parse(&format!("hot_{}", i / 10)).map_err(setup_error)?,
-                name: KeyName::parse("hot path").map_err(setup_error)?,
-                scopes: vec!["portfolio:read".into(), "orders:write".into()],
-                preset: None,
-                expires_at: None,
-                rate_limit: None,
-            })
+            .create(
+                CreateKey {
+                    account_id: AccountId::parse(&format!("hot_{}", i / 10))
+                        .map_err(setup_error)?,
+                    name: KeyName::parse("hot path").map_err(setup_error)?,
+                    scopes: vec!["portfolio:read".into(), "orders:write".into()],
+                    preset: None,
+                    expires_at: None,
+                    rate_limit: None,
+                    metadata: Default::default(),
+                    allowed_networks: Vec::new(),
+                },
+                &Actor::in_process(),
+            )
             .await
             .map_err(setup_error)?;
         checks.push(super::check_request(secret.expose()).encode_to_vec());
@@ -123,9 +142,73 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             }
             .encode_to_vec(),
         );
+        let (_, restricted_secret) = manager
+            .create(
+                CreateKey {
+                    account_id: AccountId::parse(&format!("hot_restricted_{}", i / 10))
+                        .map_err(setup_error)?,
+                    name: KeyName::parse("hot path, restricted").map_err(setup_error)?,
+                    scopes: vec!["portfolio:read".into(), "orders:write".into()],
+                    preset: None,
+                    expires_at: None,
+                    rate_limit: None,
+                    metadata: [
+                        ("plan", "pro"),
+                        ("region", "eu-west-1"),
+                        ("customer", "cus_8f3a2c91"),
+                        ("team", "trading-desk"),
+                    ]
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .collect(),
+                    allowed_networks: vec!["203.0.113.0/24".into(), "10.0.0.0/8".into()],
+                },
+                &Actor::in_process(),
+            )
+            .await
+            .map_err(setup_error)?;
+        let (_, fenced_secret) = manager
+            .create(
+                CreateKey {
+                    account_id: AccountId::parse(&format!("hot_fenced_{}", i / 10))
+                        .map_err(setup_error)?,
+                    name: KeyName::parse("hot path, fenced").map_err(setup_error)?,
+                    scopes: vec!["portfolio:read".into(), "orders:write".into()],
+                    preset: None,
+                    expires_at: None,
+                    rate_limit: None,
+                    metadata: Default::default(),
+                    allowed_networks: vec!["203.0.113.0/24".into(), "10.0.0.0/8".into()],
+                },
+                &Actor::in_process(),
+            )
+            .await
+            .map_err(setup_error)?;
+        networks_only_requests.push(
+            proto::AuthenticateRequest {
+                credential: format!("Bearer {}", fenced_secret.expose()),
+                required_scopes: vec!["portfolio:read".into()],
+                client_ip: "10.1.2.3".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        restricted_requests.push(
+            proto::AuthenticateRequest {
+                credential: format!("Bearer {}", restricted_secret.expose()),
+                required_scopes: vec!["portfolio:read".into()],
+                client_ip: "10.1.2.3".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
     }
     // Warm the shared cache: every key once.
-    for request in &requests {
+    for request in requests
+        .iter()
+        .chain(&restricted_requests)
+        .chain(&networks_only_requests)
+    {
         if !handle(&plain, request).await? {
             return Err(BenchError::Setup("a fresh key was refused".into()));
         }
@@ -142,11 +225,18 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         .await?
         .into_inner()
         .encoded_len();
+    let restricted_reply_bytes = plain
+        .authenticate(Request::new(
+            proto::AuthenticateRequest::decode(&restricted_requests[0][..]).map_err(setup_error)?,
+        ))
+        .await?
+        .into_inner()
+        .encoded_len();
     let check_reply_bytes = check_api
         .check(CheckRequest::decode(&checks[0][..]).map_err(setup_error)?)
         .await
         .encoded_len();
-    let mut best = [f64::INFINITY; 5];
+    let mut best = [f64::INFINITY; 7];
     for _ in 0..ROUNDS {
         for (slot, api) in [&plain, &rate_limited, &metrics_on].into_iter().enumerate() {
             let started = Instant::now();
@@ -168,6 +258,15 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
             refuse_denials(denied)?;
             best[slot] = best[slot].min(started.elapsed().as_nanos() as f64 / calls as f64);
         }
+        for (slot, bodies) in [(5, &restricted_requests), (6, &networks_only_requests)] {
+            let started = Instant::now();
+            let mut denied = 0u64;
+            for i in 0..calls {
+                denied += u64::from(!handle(&plain, &bodies[i as usize % bodies.len()]).await?);
+            }
+            refuse_denials(denied)?;
+            best[slot] = best[slot].min(started.elapsed().as_nanos() as f64 / calls as f64);
+        }
     }
     replica.stop().await;
     Ok(HotPathCosts {
@@ -176,6 +275,9 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         metrics_on: best[2],
         check: best[3],
         check_raw_headers: best[4],
+        restricted: best[5],
+        restricted_reply_bytes,
+        networks_only: best[6],
         authenticate_reply_bytes,
         check_reply_bytes,
     })

@@ -287,6 +287,25 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         "≥ 0.95",
         costs.plain / costs.metrics_on >= 0.95,
     ));
+    rows.push(goal_row(
+        "… a key with 4 metadata entries and 2 allowed networks: cost with / without",
+        format!(
+            "{} ({:.3}; reply {} B)",
+            micros(costs.restricted),
+            costs.restricted / costs.plain,
+            costs.restricted_reply_bytes
+        ),
+        "≤ 1.05",
+        costs.restricted / costs.plain <= 1.05,
+    ));
+    rows.push(row(
+        "… a key with the 2 allowed networks only: cost with / without",
+        format!(
+            "{} ({:.3})",
+            micros(costs.networks_only),
+            costs.networks_only / costs.plain
+        ),
+    ));
     if args.only_hot_path.is_some() {
         return Ok(rows);
     }

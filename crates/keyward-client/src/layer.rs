@@ -233,7 +233,9 @@ fn is_grpc(parts: &Parts) -> bool {
 /// The gRPC status a denial is answered with.
 pub fn grpc_code(reason: DenialReason) -> tonic::Code {
     match reason {
-        DenialReason::InsufficientScope => tonic::Code::PermissionDenied,
+        DenialReason::InsufficientScope | DenialReason::IpNotAllowed => {
+            tonic::Code::PermissionDenied
+        }
         DenialReason::RateLimited | DenialReason::TooManyFailedAttempts => {
             tonic::Code::ResourceExhausted
         }

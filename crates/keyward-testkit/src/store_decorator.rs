@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyward::audit::{Actor, AuditEntry};
 use keyward::authenticator::Authenticator;
 use keyward::change_feed::{AppliedRevision, Freshness};
 use keyward::config::Config;
@@ -17,8 +18,8 @@ use keyward::key_management::KeyManager;
 use keyward::last_use::{LastUseFlusher, last_use_channel};
 use keyward::replica;
 use keyward::storage::{
-    Backend, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolStats, StoreError, Wakeup,
-    Written,
+    Backend, Imported, KeyEvent, KeyRecord, KeyStore, KeyUpdate, NewKey, PoolStats, Rotated,
+    StoreError, Successor, Wakeup, Written,
 };
 use keyward::telemetry::Telemetry;
 use tokio::sync::mpsc;
@@ -76,18 +77,24 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
     fn backend(&self) -> Backend {
         self.inner.backend()
     }
-    async fn create_key(&self, key: NewKey, max_active: u32) -> Result<Written, StoreError> {
+    async fn create_key(
+        &self,
+        key: NewKey,
+        max_active: u32,
+        actor: &Actor,
+    ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
-        self.inner.create_key(key, max_active).await
+        self.inner.create_key(key, max_active, actor).await
     }
     async fn revoke_key(
         &self,
         account: &AccountId,
         id: &KeyId,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
-        self.inner.revoke_key(account, id, now).await
+        self.inner.revoke_key(account, id, now, actor).await
     }
     async fn update_key(
         &self,
@@ -95,9 +102,47 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
         id: &KeyId,
         update: KeyUpdate,
         now: UnixMillis,
+        actor: &Actor,
     ) -> Result<Written, StoreError> {
         self.hooks.before(Call::Other);
-        self.inner.update_key(account, id, update, now).await
+        self.inner.update_key(account, id, update, now, actor).await
+    }
+    async fn list_audit(
+        &self,
+        account: &AccountId,
+        key: Option<&KeyId>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.list_audit(account, key, after, limit).await
+    }
+    async fn prune_audit(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.prune_audit(before).await
+    }
+    async fn rotate_key(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        successor: Successor,
+        grace_until: Option<UnixMillis>,
+        actor: &Actor,
+    ) -> Result<Rotated, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner
+            .rotate_key(account, id, successor, grace_until, actor)
+            .await
+    }
+    async fn import_keys(
+        &self,
+        keys: Vec<NewKey>,
+        max_active: u32,
+        now: UnixMillis,
+        actor: &Actor,
+    ) -> Result<Imported, StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.import_keys(keys, max_active, now, actor).await
     }
     async fn get_key(&self, account: &AccountId, id: &KeyId) -> Result<KeyRecord, StoreError> {
         self.hooks.before(Call::Other);
@@ -173,10 +218,19 @@ pub fn in_process(
     cache: Arc<KeyCache>,
     freshness: Arc<Freshness>,
 ) -> InProcess {
-    let config = Config::default();
+    in_process_with(&Config::default(), store, cache, freshness)
+}
+
+/// [`in_process`] with `config` (its key format, catalog, bans...).
+pub fn in_process_with(
+    config: &Config,
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    freshness: Arc<Freshness>,
+) -> InProcess {
     let (usage, flusher) = last_use_channel(Arc::clone(&store));
     let authenticator = Authenticator::new(
-        replica::authenticator_settings(&config),
+        replica::authenticator_settings(config),
         Arc::clone(&cache),
         Arc::clone(&store),
         freshness,
@@ -185,7 +239,7 @@ pub fn in_process(
         usage,
         Arc::new(Telemetry::disabled()),
     );
-    let manager = KeyManager::new(replica::management_settings(&config), store, cache);
+    let manager = KeyManager::new(replica::management_settings(config), store, cache);
     InProcess {
         authenticator,
         manager,

@@ -17,6 +17,7 @@ fn responses(style: ErrorBodyStyle) -> Responses {
                 "The request could not be read.",
                 400,
             ),
+            forward_metadata: Vec::new(),
         },
         &DenialCatalog::default(),
         &ScopeCatalog::carboncopy(),
