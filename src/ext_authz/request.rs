@@ -15,7 +15,7 @@ use envoy_types::ext_authz::v3::pb::{Address, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 
-use super::response::CredentialRemoval;
+use super::response::{CredentialRemoval, METADATA_HEADER_PREFIX};
 use super::route_policy::{MalformedRequest, RequestTarget};
 use crate::key_format::{CredentialProblem, KeyFormat};
 
@@ -250,10 +250,6 @@ pub fn stray_keys(
         }
     }
 }
-
-/// The prefix of the headers that carry a key's metadata upstream
-/// (`http.forward_metadata`).
-pub const METADATA_HEADER_PREFIX: &str = "x-keyward-meta-";
 
 /// Adds to `removal` every `x-keyward-meta-*` header the client sent, so
 /// that the upstream can trust those it sees come from keyward. Compares

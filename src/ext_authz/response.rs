@@ -21,11 +21,14 @@ use envoy_types::pb::google::rpc;
 use serde::Serialize;
 
 use crate::denial::{Denial, DenialCatalog, DenialText, Reason};
-use crate::ext_authz::request::METADATA_HEADER_PREFIX;
 use crate::key_cache::CachedKey;
 use crate::key_metadata;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::ScopeCatalog;
+
+/// The prefix of the headers that carry a key's metadata upstream
+/// (`http.forward_metadata`).
+pub const METADATA_HEADER_PREFIX: &str = "x-keyward-meta-";
 
 /// The JSON shape of a denied response's body, as the products document them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
