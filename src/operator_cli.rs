@@ -393,6 +393,34 @@ impl From<proto::KeyEvent> for EventView {
 }
 
 /// Aligned columns, one row per event: seq, at, kind, key, actor, peer.
+/// Columns padded to their widest cell, two spaces apart; `(empty)` when
+/// there are no rows.
+fn padded_table<const N: usize>(header: &[&str; N], rows: &[[String; N]], empty: &str) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header);
+    for row in rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "({empty})");
+    }
+    out
+}
+
 fn events_table(events: &[EventView]) -> String {
     let header = ["SEQ", "AT", "KIND", "KEY", "ACTOR", "PEER"];
     let rows: Vec<[String; 6]> = events
@@ -412,29 +440,7 @@ fn events_table(events: &[EventView]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
-    if rows.is_empty() {
-        let _ = writeln!(out, "(no events)");
-    }
-    out
+    padded_table(&header, &rows, "no events")
 }
 
 async fn create(
@@ -806,28 +812,7 @@ fn table(keys: &[KeyView]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
-    if rows.is_empty() {
-        let _ = writeln!(out, "(no keys)");
-    }
+    let mut out = padded_table(&header, &rows, "no keys");
     restrictions_lines(keys, &mut out);
     out
 }
