@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -17,6 +18,7 @@ use crate::key_cache::CachedKey;
 use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
 use crate::key_metadata;
 use crate::proto;
+use crate::proto::authenticate_reply::EncodedKey;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
 use crate::storage::{KeyRecord, Metadata};
@@ -336,9 +338,21 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
     }
 }
 
-pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
-    // `to_owned`, not `to_string`: this runs per response, and the latter
-    // goes through the formatting machinery.
+/// A cached key as Authenticate's reply carries it: the unchanging part is
+/// encoded on the key's first answer and kept with it in the cache (until an
+/// event replaces the entry); only `last_used_at` is written per call.
+pub fn encoded_key(key: &CachedKey, catalog: &ScopeCatalog) -> EncodedKey {
+    let fixed = key
+        .encoded_reply
+        .get_or_init(|| EncodedKey::encode_fixed(&fixed_key_from_cached(key, catalog)));
+    EncodedKey {
+        fixed: Arc::clone(fixed),
+        last_used_at: key.last_used_at().map(millis_to_timestamp),
+    }
+}
+
+/// Everything of a cached key but its last use (see `encoded_key`).
+fn fixed_key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
     proto::Key {
         id: key.id.as_str().to_owned(),
         account_id: key.account_id.as_str().to_owned(),
@@ -348,7 +362,7 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
         created_at: Some(millis_to_timestamp(key.created_at)),
         expires_at: key.expires_at.map(millis_to_timestamp),
         revoked_at: key.revoked_at.map(millis_to_timestamp),
-        last_used_at: key.last_used_at().map(millis_to_timestamp),
+        last_used_at: None,
         rate_limit: proto_rate_limit(key.rate_limit),
         effective_scopes: catalog.sorted_names(key.effective),
         rotated_from: key
