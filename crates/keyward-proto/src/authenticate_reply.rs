@@ -185,8 +185,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::{AuthenticateResponse, RateLimit};
     use crate::denial::Reason;
+    use crate::{AuthenticateResponse, RateLimit};
 
     fn timestamp(seconds: i64, nanos: i32) -> prost_types::Timestamp {
         prost_types::Timestamp { seconds, nanos }
@@ -236,7 +236,10 @@ mod tests {
             ..Default::default()
         };
         let cases = [
-            (AuthenticateReply::default(), AuthenticateResponse::default()),
+            (
+                AuthenticateReply::default(),
+                AuthenticateResponse::default(),
+            ),
             (
                 AuthenticateReply {
                     allowed: true,
