@@ -881,6 +881,8 @@ async fn the_cli_rotates_with_a_grace_period() {
     assert!(authenticate(&mut app, secret, 0).await.allowed);
     assert!(authenticate(&mut app, &old_secret, 0).await.allowed);
     assert_eq!(shown["previous"]["id"], old.id.as_str());
+    assert_eq!(shown["key"]["rotated_from"], old.id.as_str());
+    assert_eq!(shown["previous"]["rotated_from"], serde_json::Value::Null);
     let ends = humantime::parse_rfc3339(shown["previous"]["expires_at"].as_str().unwrap())
         .unwrap()
         .duration_since(std::time::UNIX_EPOCH)
@@ -899,6 +901,10 @@ async fn the_cli_rotates_with_a_grace_period() {
         stdout.matches("secret (shown only now").count(),
         1,
         "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("rotated from {}", other.id)),
+        "the table names the replaced key: {stdout}"
     );
     let (ok, _, stderr) = keys_cli(
         &app,
