@@ -338,21 +338,33 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
     }
 }
 
-/// A cached key as Authenticate's reply carries it: the unchanging part is
-/// encoded on the key's first answer and kept with it in the cache (until an
-/// event replaces the entry); only `last_used_at` is written per call.
+/// A cached key as Authenticate's reply carries it: built per call, except
+/// its metadata and allowed networks, which are encoded on the key's first
+/// answer and kept with it in the cache (an event replaces the entry, so
+/// they never go stale). A key without either keeps nothing extra.
 pub fn encoded_key(key: &CachedKey, catalog: &ScopeCatalog) -> EncodedKey {
-    let fixed = key
-        .encoded_reply
-        .get_or_init(|| EncodedKey::encode_fixed(&fixed_key_from_cached(key, catalog)));
+    let labels = (!key.metadata.is_empty() || !key.allowed_networks.is_empty()).then(|| {
+        Arc::clone(key.encoded_labels.get_or_init(|| {
+            EncodedKey::encode_labels(
+                key.metadata
+                    .iter()
+                    .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
+                    .collect(),
+                key.allowed_networks.texts().map(str::to_owned).collect(),
+            )
+        }))
+    });
     EncodedKey {
-        fixed: Arc::clone(fixed),
-        last_used_at: key.last_used_at().map(millis_to_timestamp),
+        key: key_from_cached(key, catalog),
+        labels,
     }
 }
 
-/// Everything of a cached key but its last use (see `encoded_key`).
-fn fixed_key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
+/// Everything of a cached key but its metadata and allowed networks (see
+/// `encoded_key`).
+fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
+    // `to_owned`, not `to_string`: this runs per response, and the latter
+    // goes through the formatting machinery.
     proto::Key {
         id: key.id.as_str().to_owned(),
         account_id: key.account_id.as_str().to_owned(),
@@ -362,7 +374,7 @@ fn fixed_key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key 
         created_at: Some(millis_to_timestamp(key.created_at)),
         expires_at: key.expires_at.map(millis_to_timestamp),
         revoked_at: key.revoked_at.map(millis_to_timestamp),
-        last_used_at: None,
+        last_used_at: key.last_used_at().map(millis_to_timestamp),
         rate_limit: proto_rate_limit(key.rate_limit),
         effective_scopes: catalog.sorted_names(key.effective),
         rotated_from: key
@@ -370,12 +382,8 @@ fn fixed_key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key 
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
-        metadata: key
-            .metadata
-            .iter()
-            .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
-            .collect(),
-        allowed_networks: key.allowed_networks.texts().map(str::to_owned).collect(),
+        metadata: HashMap::new(),
+        allowed_networks: Vec::new(),
     }
 }
 

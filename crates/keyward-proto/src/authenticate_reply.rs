@@ -1,14 +1,15 @@
 //! `AuthenticateReply`: `AuthenticateResponse` as the server writes it.
 //!
 //! Byte for byte the same message on the wire (clients decode it as
-//! `AuthenticateResponse`), but the key is carried as an [`EncodedKey`]: the
-//! encoding of everything in `Key` that does not change while the key sits
-//! in a replica's cache, made once per cached key, plus `last_used_at`,
-//! which does. Building a `Key` per call meant allocating every string and
-//! the metadata map again for each answer (issue 17 measured a key with four
-//! metadata entries at up to 1.75 times a plain one); splicing the encoded
-//! part in costs one copy of bytes, whatever the key holds.
+//! `AuthenticateResponse`), but the key is carried as an [`EncodedKey`]: a
+//! `Key` built per call, plus the key's metadata and allowed networks
+//! encoded once per cached key. Building those per call meant allocating a
+//! string per entry and a `HashMap` per answer (issue 17 measured a key with
+//! four metadata entries and two networks at up to 1.75 times a plain key);
+//! splicing their encoding in costs one copy of bytes, whatever the key
+//! holds, and a key without either keeps nothing extra.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,10 +18,6 @@ use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
 use crate::keyward::v1::{Denial, Key, RateLimitStatus};
-
-/// `Key.last_used_at`'s field number: the one part of a cached key's reply
-/// that is written per call.
-const LAST_USED_AT: u32 = 9;
 
 /// The server's `AuthenticateResponse` (same field numbers, same meaning).
 #[derive(Clone, Default, PartialEq)]
@@ -32,38 +29,41 @@ pub struct AuthenticateReply {
     pub cacheable: bool,
 }
 
-/// A `Key` as bytes: `fixed` is a `Key` encoded without `last_used_at`
-/// (made once per cached key, shared), `last_used_at` is appended per call.
-/// Protobuf readers accept fields in any order, so the appended field needs
-/// no place among the others.
+/// A `Key` in two parts: `key`, built per call with empty `metadata` and
+/// `allowed_networks`, and `labels`, those two fields encoded once per
+/// cached key ([`EncodedKey::encode_labels`]; `None` when both are empty).
+/// They are `Key`'s last fields, so the bytes are what prost would write.
 #[derive(Clone, PartialEq)]
 pub struct EncodedKey {
-    pub fixed: Arc<[u8]>,
-    pub last_used_at: Option<prost_types::Timestamp>,
+    pub key: Key,
+    pub labels: Option<Arc<[u8]>>,
 }
 
 impl EncodedKey {
-    /// `key`'s unchanging part, encoded: `key.last_used_at` is left out.
-    pub fn encode_fixed(key: &Key) -> Arc<[u8]> {
-        debug_assert!(key.last_used_at.is_none(), "last_used_at is per call");
-        key.encode_to_vec().into()
+    /// `metadata` and `allowed_networks` (fields 13 and 14) encoded on their
+    /// own: a `Key` with nothing else set encodes as exactly those.
+    pub fn encode_labels(
+        metadata: HashMap<String, String>,
+        allowed_networks: Vec<String>,
+    ) -> Arc<[u8]> {
+        Key {
+            metadata,
+            allowed_networks,
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
     }
 
     /// The whole key, decoded (for tests and tools; the server only encodes).
     pub fn to_key(&self) -> Key {
-        let mut bytes = self.fixed.to_vec();
-        if let Some(at) = &self.last_used_at {
-            encoding::message::encode(LAST_USED_AT, at, &mut bytes);
-        }
+        let mut bytes = self.key.encode_to_vec();
+        bytes.extend_from_slice(self.labels.as_deref().unwrap_or_default());
         Key::decode(bytes.as_slice()).expect("an EncodedKey holds an encoded Key")
     }
 
     fn body_len(&self) -> usize {
-        self.fixed.len()
-            + self
-                .last_used_at
-                .as_ref()
-                .map_or(0, |at| encoding::message::encoded_len(LAST_USED_AT, at))
+        self.key.encoded_len() + self.labels.as_ref().map_or(0, |labels| labels.len())
     }
 }
 
@@ -88,9 +88,9 @@ impl Message for AuthenticateReply {
         if let Some(key) = &self.key {
             encoding::encode_key(2, WireType::LengthDelimited, buf);
             encoding::encode_varint(key.body_len() as u64, buf);
-            buf.put_slice(&key.fixed);
-            if let Some(at) = &key.last_used_at {
-                encoding::message::encode(LAST_USED_AT, at, buf);
+            key.key.encode_raw(buf);
+            if let Some(labels) = &key.labels {
+                buf.put_slice(labels);
             }
         }
         if let Some(denial) = &self.denial {
@@ -114,15 +114,9 @@ impl Message for AuthenticateReply {
         match tag {
             1 => encoding::bool::merge(wire_type, &mut self.allowed, buf, ctx),
             2 => {
-                // Kept whole as the fixed part: a decoded reply has nothing
-                // to append.
-                let mut bytes = Vec::new();
-                encoding::bytes::merge(wire_type, &mut bytes, buf, ctx)?;
-                Key::decode(bytes.as_slice())?;
-                self.key = Some(EncodedKey {
-                    fixed: bytes.into(),
-                    last_used_at: None,
-                });
+                let mut key = self.key.take().map(|key| key.to_key()).unwrap_or_default();
+                encoding::message::merge(wire_type, &mut key, buf, ctx)?;
+                self.key = Some(EncodedKey { key, labels: None });
                 Ok(())
             }
             3 => encoding::message::merge(
@@ -182,8 +176,6 @@ impl fmt::Debug for EncodedKey {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::denial::Reason;
     use crate::{AuthenticateResponse, RateLimit};
@@ -203,7 +195,7 @@ mod tests {
             created_at: Some(timestamp(1_700_000_000, 123_000_000)),
             expires_at: Some(timestamp(1_800_000_000, 0)),
             revoked_at: None,
-            last_used_at: None,
+            last_used_at: Some(timestamp(1_750_000_000, 5)),
             rate_limit: Some(RateLimit {
                 requests: 100,
                 per_seconds: 60,
@@ -218,15 +210,34 @@ mod tests {
         }
     }
 
+    /// `key` as the server splits it.
+    fn split(key: &Key) -> EncodedKey {
+        let labels = (!key.metadata.is_empty() || !key.allowed_networks.is_empty())
+            .then(|| EncodedKey::encode_labels(key.metadata.clone(), key.allowed_networks.clone()));
+        EncodedKey {
+            key: Key {
+                metadata: HashMap::new(),
+                allowed_networks: Vec::new(),
+                ..key.clone()
+            },
+            labels,
+        }
+    }
+
     /// Each shape of reply, decoded by the generated `AuthenticateResponse`,
     /// is exactly the response the generated type would have carried.
     #[test]
     fn every_reply_reads_back_as_the_generated_response() {
-        let key = full_key();
-        let last_used = timestamp(1_750_000_000, 5);
-        let expected_key = Key {
-            last_used_at: Some(last_used),
-            ..key.clone()
+        let full = full_key();
+        let plain = Key {
+            metadata: HashMap::new(),
+            allowed_networks: Vec::new(),
+            rotated_from: String::new(),
+            ..full.clone()
+        };
+        let networks_only = Key {
+            metadata: HashMap::new(),
+            ..full.clone()
         };
         let denial = Denial {
             reason: Reason::InsufficientScope as i32,
@@ -235,44 +246,35 @@ mod tests {
             http_status: 403,
             ..Default::default()
         };
-        let cases = [
-            (
-                AuthenticateReply::default(),
-                AuthenticateResponse::default(),
-            ),
-            (
+        let status = RateLimitStatus {
+            limit: 100,
+            remaining: 99,
+            ..Default::default()
+        };
+        let mut cases = vec![(
+            AuthenticateReply::default(),
+            AuthenticateResponse::default(),
+        )];
+        for key in [&full, &plain, &networks_only] {
+            cases.push((
                 AuthenticateReply {
                     allowed: true,
-                    key: Some(EncodedKey {
-                        fixed: EncodedKey::encode_fixed(&key),
-                        last_used_at: Some(last_used),
-                    }),
-                    rate_limit: Some(RateLimitStatus {
-                        limit: 100,
-                        remaining: 99,
-                        ..Default::default()
-                    }),
+                    key: Some(split(key)),
+                    rate_limit: Some(status),
                     cacheable: true,
                     ..Default::default()
                 },
                 AuthenticateResponse {
                     allowed: true,
-                    key: Some(expected_key),
-                    rate_limit: Some(RateLimitStatus {
-                        limit: 100,
-                        remaining: 99,
-                        ..Default::default()
-                    }),
+                    key: Some(key.clone()),
+                    rate_limit: Some(status),
                     cacheable: true,
                     ..Default::default()
                 },
-            ),
-            (
+            ));
+            cases.push((
                 AuthenticateReply {
-                    key: Some(EncodedKey {
-                        fixed: EncodedKey::encode_fixed(&key),
-                        last_used_at: None,
-                    }),
+                    key: Some(split(key)),
                     denial: Some(denial.clone()),
                     ..Default::default()
                 },
@@ -281,18 +283,18 @@ mod tests {
                     denial: Some(denial.clone()),
                     ..Default::default()
                 },
-            ),
-            (
-                AuthenticateReply {
-                    denial: Some(denial.clone()),
-                    ..Default::default()
-                },
-                AuthenticateResponse {
-                    denial: Some(denial),
-                    ..Default::default()
-                },
-            ),
-        ];
+            ));
+        }
+        cases.push((
+            AuthenticateReply {
+                denial: Some(denial.clone()),
+                ..Default::default()
+            },
+            AuthenticateResponse {
+                denial: Some(denial),
+                ..Default::default()
+            },
+        ));
         for (reply, expected) in cases {
             let bytes = reply.encode_to_vec();
             assert_eq!(bytes.len(), reply.encoded_len(), "{expected:?}");
@@ -305,22 +307,18 @@ mod tests {
         }
     }
 
-    /// Without `last_used_at` the spliced reply is the generated encoding,
-    /// byte for byte (prost writes fields in number order, as we do).
+    /// The spliced reply is the generated encoding, byte for byte (prost
+    /// writes fields in number order, and the labels are the last two).
     #[test]
-    fn a_reply_without_last_use_is_byte_identical() {
-        let key = full_key();
+    fn a_spliced_reply_is_byte_identical() {
         // One metadata entry: a HashMap's order would vary between encodings.
         let key = Key {
             metadata: HashMap::from([("plan".to_owned(), "pro".to_owned())]),
-            ..key
+            ..full_key()
         };
         let reply = AuthenticateReply {
             allowed: true,
-            key: Some(EncodedKey {
-                fixed: EncodedKey::encode_fixed(&key),
-                last_used_at: None,
-            }),
+            key: Some(split(&key)),
             cacheable: true,
             ..Default::default()
         };
