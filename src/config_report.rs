@@ -389,6 +389,19 @@ fn http(config: &Config) -> Vec<String> {
             "identity headers: key id {}, account id {}, scopes {}",
             identity.key_id, identity.account_id, identity.scopes
         ),
+        if http.responses.forwarded_metadata().is_empty() {
+            "key metadata forwarded upstream: none (http.forward_metadata)".to_owned()
+        } else {
+            format!(
+                "key metadata forwarded upstream: {}",
+                http.responses
+                    .forwarded_metadata()
+                    .iter()
+                    .map(|(name, header)| format!("{name} as {header}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
     ];
     let routes = &config.http_route_definitions;
     if routes.is_empty() {
@@ -594,6 +607,7 @@ mod tests {
             error_style = "code_detail"
             trusted_proxy_hops = 1
             unmatched_route = "any_key"
+            forward_metadata = ["plan", "region"]
 
             [[http.routes]]
             methods = ["GET"]
@@ -626,6 +640,7 @@ mod tests {
             "authorization header without a scheme: read as a bare key",
             "error bodies: code_detail",
             "identity headers: key id x-keyward-key-id, account id x-keyward-account-id, scopes x-keyward-scopes",
+            "key metadata forwarded upstream: plan as x-keyward-meta-plan, region as x-keyward-meta-region",
             "routes (the first match wins):\n    [0] GET /v1/health: public (no key)\n    [1] POST, PUT /v1/orders/{id}: key with trading\n    [2] GET /v1/things: key with read:{query.kind} (templates filled in from the request)\n    [3] * /...: any valid key\n",
             "unmatched_route = any_key",
         ] {

@@ -20,7 +20,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -66,6 +66,12 @@ pub struct CachedKey {
     pub metadata: SharedMetadata,
     /// Parsed once here; empty: any address (see `allowed_networks`).
     pub allowed_networks: AllowedNetworks,
+    /// Its metadata and allowed networks as Authenticate's reply encodes
+    /// them: made on the key's first answer (only for a key that has
+    /// either), so a hit copies bytes instead of building a string per
+    /// entry (`grpc/convert.rs`). Opaque here; an event replaces the whole
+    /// entry, so it never goes stale.
+    pub encoded_labels: OnceLock<Arc<[u8]>>,
 }
 
 impl CachedKey {
@@ -104,6 +110,7 @@ impl CachedKey {
             last_used_ms: AtomicI64::new(0),
             usage_queued: AtomicBool::new(false),
             limiter: LimiterSlot::default(),
+            encoded_labels: OnceLock::new(),
             id: record.id,
             account_id: record.account_id,
         }

@@ -718,6 +718,8 @@ pub struct KeyView {
     pub metadata: BTreeMap<String, String>,
     /// Where the key may be used from; empty: any address.
     pub allowed_networks: Vec<String>,
+    /// The key this one replaced (RotateKey); `None` otherwise.
+    pub rotated_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
@@ -765,6 +767,7 @@ impl From<proto::Key> for KeyView {
             effective_scopes: key.effective_scopes,
             metadata: key.metadata.into_iter().collect(),
             allowed_networks: key.allowed_networks,
+            rotated_from: Some(key.rotated_from).filter(|id| !id.is_empty()),
         }
     }
 }
@@ -817,15 +820,20 @@ fn table(keys: &[KeyView]) -> String {
     out
 }
 
-/// Under the table, one line per key with metadata or allowed networks
-/// (they do not fit a column): `key_... metadata: plan="pro"; allowed
-/// networks: 10.0.0.0/8`.
+/// Under the table, one line per key that was rotated from another or has
+/// metadata or allowed networks (they do not fit a column): `key_...
+/// rotated from key_...; metadata: plan="pro"; allowed networks:
+/// 10.0.0.0/8`.
 fn restrictions_lines(keys: &[KeyView], out: &mut String) {
     for key in keys {
-        if key.metadata.is_empty() && key.allowed_networks.is_empty() {
+        if key.rotated_from.is_none() && key.metadata.is_empty() && key.allowed_networks.is_empty()
+        {
             continue;
         }
         let mut parts = Vec::new();
+        if let Some(old) = &key.rotated_from {
+            parts.push(format!("rotated from {old}"));
+        }
         if !key.metadata.is_empty() {
             let entries: Vec<String> = key
                 .metadata

@@ -235,6 +235,11 @@ impl Responses {
         &self.identity
     }
 
+    /// `http.forward_metadata`: each name with the header it goes upstream as.
+    pub fn forwarded_metadata(&self) -> &[(String, String)] {
+        &self.forward_metadata
+    }
+
     /// Allowed with a key: identity headers set (overwriting whatever the
     /// client sent under those names), the same values as dynamic metadata
     /// (strings; the scopes space-separated as in the header, which costs a

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -17,6 +18,7 @@ use crate::key_cache::CachedKey;
 use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
 use crate::key_metadata;
 use crate::proto;
+use crate::proto::authenticate_reply::EncodedKey;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
 use crate::storage::{KeyRecord, Metadata};
@@ -336,7 +338,31 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
     }
 }
 
-pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
+/// A cached key as Authenticate's reply carries it: built per call, except
+/// its metadata and allowed networks, which are encoded on the key's first
+/// answer and kept with it in the cache (an event replaces the entry, so
+/// they never go stale). A key without either keeps nothing extra.
+pub fn encoded_key(key: &CachedKey, catalog: &ScopeCatalog) -> EncodedKey {
+    let labels = (!key.metadata.is_empty() || !key.allowed_networks.is_empty()).then(|| {
+        Arc::clone(key.encoded_labels.get_or_init(|| {
+            EncodedKey::encode_labels(
+                key.metadata
+                    .iter()
+                    .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
+                    .collect(),
+                key.allowed_networks.texts().map(str::to_owned).collect(),
+            )
+        }))
+    });
+    EncodedKey {
+        key: key_from_cached(key, catalog),
+        labels,
+    }
+}
+
+/// Everything of a cached key but its metadata and allowed networks (see
+/// `encoded_key`).
+fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
     // `to_owned`, not `to_string`: this runs per response, and the latter
     // goes through the formatting machinery.
     proto::Key {
@@ -356,12 +382,8 @@ pub fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
-        metadata: key
-            .metadata
-            .iter()
-            .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
-            .collect(),
-        allowed_networks: key.allowed_networks.texts().map(str::to_owned).collect(),
+        metadata: HashMap::new(),
+        allowed_networks: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::change_feed::ChangeFeed;
 use crate::domain::{AccountId, UnixMillis};
 use crate::key_management::{ChangeKey, CreateKey, KeyManager};
 use crate::proto;
+use crate::proto::authenticate_reply::AuthenticateReply;
 use crate::proto::key_service_server::KeyService;
 use crate::telemetry::Surface;
 
@@ -72,7 +73,7 @@ impl KeyService for KeyServiceApi {
     async fn authenticate(
         &self,
         request: Request<proto::AuthenticateRequest>,
-    ) -> Result<Response<proto::AuthenticateResponse>, Status> {
+    ) -> Result<Response<AuthenticateReply>, Status> {
         let (_, extensions, request) = request.into_parts();
         let caller = HotPathCaller::of(&extensions);
         let catalog = self.authenticator.catalog();
@@ -90,11 +91,9 @@ impl KeyService for KeyServiceApi {
                 min_revision: request.min_revision,
             })
             .await;
-        Ok(Response::new(proto::AuthenticateResponse {
+        Ok(Response::new(AuthenticateReply {
             allowed: verdict.allowed(),
-            key: verdict
-                .key()
-                .map(|key| convert::key_from_cached(key, catalog)),
+            key: verdict.key().map(|key| convert::encoded_key(key, catalog)),
             denial: verdict.denial().map(convert::denial),
             rate_limit: verdict.rate_limit().map(convert::rate_limit_status),
             // A limited key's every use must be counted here, and a key

@@ -276,8 +276,21 @@ macro_rules! import_locked_keys {
         // waits on another transaction's row (the same digest imported
         // concurrently) must not wait while holding it.
         let mut records = Vec::with_capacity($keys.len());
-        for key in $keys {
-            $crate::storage::shared::insert_key!($tx, key);
+        for (index, key) in $keys.into_iter().enumerate() {
+            let inserted: Result<(), sqlx::Error> = async {
+                $crate::storage::shared::insert_key!($tx, key);
+                Ok(())
+            }
+            .await;
+            match inserted {
+                // The digest was stored by an import that committed after
+                // the check above (ids are generated, so the digest is the
+                // only unique column a new key can collide on).
+                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                    return Err($crate::storage::StoreError::DigestExists { index });
+                }
+                other => other?,
+            }
             records.push(key.into_record());
         }
         let mut revision = 0;

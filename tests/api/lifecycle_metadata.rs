@@ -159,9 +159,24 @@ async fn metadata_round_trips_through_every_read(db: Db) {
     let answer = app.authenticate(&secret, &[]).await;
     assert!(answer.allowed);
     assert_eq!(answer.key.unwrap().metadata, labels, "Authenticate's key");
-    // Again, from the cache.
-    let answer = app.authenticate(&secret, &[]).await;
-    assert_eq!(answer.key.unwrap().metadata, labels, "a cache hit's key");
+    // Again, from the cache: the reply's key (encoded once per cached key,
+    // its last use added per call) is the key GetKey shows, with this use.
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+    let hit = app.authenticate(&secret, &[]).await.key.unwrap();
+    assert_eq!(hit.metadata, labels, "a cache hit's key");
+    let last_used = hit.last_used_at.expect("a cache hit's key shows its use");
+    assert!(std::time::SystemTime::try_from(last_used).unwrap() >= before);
+    assert_eq!(
+        proto::Key {
+            last_used_at: None,
+            ..hit
+        },
+        proto::Key {
+            last_used_at: None,
+            ..get_key(&mut app, &created.id).await
+        },
+        "Authenticate's key is GetKey's"
+    );
 
     // The mask path replaces the whole map.
     let replaced = map(&[("plan", "enterprise")]);

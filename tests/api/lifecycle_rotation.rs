@@ -25,6 +25,7 @@ on_both_databases!(
     imported_secrets_authenticate,
     bad_imports_are_refused_whole_and_write_nothing,
     an_import_over_the_key_limit_is_refused_whole,
+    racing_imports_of_one_digest_store_it_once,
 );
 
 /// Where the test client claims requests come from (inside the networks
@@ -587,6 +588,35 @@ async fn import(
         .map(tonic::Response::into_inner)
 }
 
+/// Two imports of one digest into different accounts at once (so no
+/// account lock orders them): one stores it, the other is ALREADY_EXISTS
+/// naming the position, never a server error. On PostgreSQL the loser's
+/// check runs before the winner commits, and it is the unique index that
+/// refuses it.
+async fn racing_imports_of_one_digest_store_it_once(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    for round in 0..10 {
+        let seed = format!("race {round}");
+        let (one, secret) = imported("acct_race_a", &seed);
+        let (other, _) = imported("acct_race_b", &seed);
+        let (mut first, mut second) = (app.keys.clone(), app.keys.clone());
+        let (a, b) = tokio::join!(
+            first.import_keys(proto::ImportKeysRequest { keys: vec![one] }),
+            second.import_keys(proto::ImportKeysRequest { keys: vec![other] })
+        );
+        let lost = match (a, b) {
+            (Ok(_), Err(lost)) | (Err(lost), Ok(_)) => lost,
+            outcome => panic!("round {round}: one import should win: {outcome:?}"),
+        };
+        assert_eq!(lost.code(), Code::AlreadyExists, "round {round}: {lost:?}");
+        assert!(lost.message().contains("keys[0]"), "{lost:?}");
+        assert!(app.authenticate(&secret, &[]).await.allowed);
+    }
+    app.shutdown().await;
+}
+
 async fn imported_secrets_authenticate(db: Db) {
     let Some(mut app) = spawn_app(db).await else {
         return;
@@ -851,6 +881,8 @@ async fn the_cli_rotates_with_a_grace_period() {
     assert!(authenticate(&mut app, secret, 0).await.allowed);
     assert!(authenticate(&mut app, &old_secret, 0).await.allowed);
     assert_eq!(shown["previous"]["id"], old.id.as_str());
+    assert_eq!(shown["key"]["rotated_from"], old.id.as_str());
+    assert_eq!(shown["previous"]["rotated_from"], serde_json::Value::Null);
     let ends = humantime::parse_rfc3339(shown["previous"]["expires_at"].as_str().unwrap())
         .unwrap()
         .duration_since(std::time::UNIX_EPOCH)
@@ -869,6 +901,10 @@ async fn the_cli_rotates_with_a_grace_period() {
         stdout.matches("secret (shown only now").count(),
         1,
         "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("rotated from {}", other.id)),
+        "the table names the replaced key: {stdout}"
     );
     let (ok, _, stderr) = keys_cli(
         &app,

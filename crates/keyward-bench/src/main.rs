@@ -287,23 +287,29 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
         "≥ 0.95",
         costs.plain / costs.metrics_on >= 0.95,
     ));
+    rows.push(row(
+        "… a plain key, the request stating a client_ip",
+        micros(costs.plain_from_address),
+    ));
+    // Against plain keys asked from the same stated address: the key's
+    // allowlist and metadata are what differs, not the request.
     rows.push(goal_row(
-        "… a key with 4 metadata entries and 2 allowed networks: cost with / without",
+        "… a key with 4 metadata entries and 2 allowed networks: cost with / without (same client_ip)",
         format!(
             "{} ({:.3}; reply {} B)",
             micros(costs.restricted),
-            costs.restricted / costs.plain,
+            costs.restricted / costs.plain_from_address,
             costs.restricted_reply_bytes
         ),
         "≤ 1.05",
-        costs.restricted / costs.plain <= 1.05,
+        costs.restricted / costs.plain_from_address <= 1.05,
     ));
     rows.push(row(
-        "… a key with the 2 allowed networks only: cost with / without",
+        "… a key with the 2 allowed networks only: cost with / without (same client_ip)",
         format!(
             "{} ({:.3})",
             micros(costs.networks_only),
-            costs.networks_only / costs.plain
+            costs.networks_only / costs.plain_from_address
         ),
     ));
     if args.only_hot_path.is_some() {

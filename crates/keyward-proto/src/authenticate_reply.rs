@@ -1,0 +1,333 @@
+//! `AuthenticateReply`: `AuthenticateResponse` as the server writes it.
+//!
+//! Byte for byte the same message on the wire (clients decode it as
+//! `AuthenticateResponse`), but the key is carried as an [`EncodedKey`]: a
+//! `Key` built per call, plus the key's metadata and allowed networks
+//! encoded once per cached key. Building those per call meant allocating a
+//! string per entry and a `HashMap` per answer (issue 17 measured a key with
+//! four metadata entries and two networks at up to 1.75 times a plain key);
+//! splicing their encoding in costs one copy of bytes, whatever the key
+//! holds, and a key without either keeps nothing extra.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use prost::bytes::{Buf, BufMut};
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use crate::keyward::v1::{Denial, Key, RateLimitStatus};
+
+/// The server's `AuthenticateResponse` (same field numbers, same meaning).
+#[derive(Clone, Default, PartialEq)]
+pub struct AuthenticateReply {
+    pub allowed: bool,
+    pub key: Option<EncodedKey>,
+    pub denial: Option<Denial>,
+    pub rate_limit: Option<RateLimitStatus>,
+    pub cacheable: bool,
+}
+
+/// A `Key` in two parts: `key`, built per call with empty `metadata` and
+/// `allowed_networks`, and `labels`, those two fields encoded once per
+/// cached key ([`EncodedKey::encode_labels`]; `None` when both are empty).
+/// They are `Key`'s last fields, so the bytes are what prost would write.
+#[derive(Clone, PartialEq)]
+pub struct EncodedKey {
+    pub key: Key,
+    pub labels: Option<Arc<[u8]>>,
+}
+
+impl EncodedKey {
+    /// `metadata` and `allowed_networks` (fields 13 and 14) encoded on their
+    /// own: a `Key` with nothing else set encodes as exactly those.
+    pub fn encode_labels(
+        metadata: HashMap<String, String>,
+        allowed_networks: Vec<String>,
+    ) -> Arc<[u8]> {
+        Key {
+            metadata,
+            allowed_networks,
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    /// The whole key, decoded (for tests and tools; the server only encodes).
+    pub fn to_key(&self) -> Key {
+        let mut bytes = self.key.encode_to_vec();
+        bytes.extend_from_slice(self.labels.as_deref().unwrap_or_default());
+        Key::decode(bytes.as_slice()).expect("an EncodedKey holds an encoded Key")
+    }
+
+    fn body_len(&self) -> usize {
+        self.key.encoded_len() + self.labels.as_ref().map_or(0, |labels| labels.len())
+    }
+}
+
+impl AuthenticateReply {
+    /// The reply as clients see it (for tests and tools).
+    pub fn to_response(&self) -> crate::AuthenticateResponse {
+        crate::AuthenticateResponse {
+            allowed: self.allowed,
+            key: self.key.as_ref().map(EncodedKey::to_key),
+            denial: self.denial.clone(),
+            rate_limit: self.rate_limit,
+            cacheable: self.cacheable,
+        }
+    }
+}
+
+impl Message for AuthenticateReply {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if self.allowed {
+            encoding::bool::encode(1, &self.allowed, buf);
+        }
+        if let Some(key) = &self.key {
+            encoding::encode_key(2, WireType::LengthDelimited, buf);
+            encoding::encode_varint(key.body_len() as u64, buf);
+            key.key.encode_raw(buf);
+            if let Some(labels) = &key.labels {
+                buf.put_slice(labels);
+            }
+        }
+        if let Some(denial) = &self.denial {
+            encoding::message::encode(3, denial, buf);
+        }
+        if let Some(rate_limit) = &self.rate_limit {
+            encoding::message::encode(4, rate_limit, buf);
+        }
+        if self.cacheable {
+            encoding::bool::encode(5, &self.cacheable, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => encoding::bool::merge(wire_type, &mut self.allowed, buf, ctx),
+            2 => {
+                let mut key = self.key.take().map(|key| key.to_key()).unwrap_or_default();
+                encoding::message::merge(wire_type, &mut key, buf, ctx)?;
+                self.key = Some(EncodedKey { key, labels: None });
+                Ok(())
+            }
+            3 => encoding::message::merge(
+                wire_type,
+                self.denial.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            4 => encoding::message::merge(
+                wire_type,
+                self.rate_limit.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            5 => encoding::bool::merge(wire_type, &mut self.cacheable, buf, ctx),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let mut len = 0;
+        if self.allowed {
+            len += encoding::bool::encoded_len(1, &self.allowed);
+        }
+        if let Some(key) = &self.key {
+            let body = key.body_len();
+            len += encoding::key_len(2) + encoding::encoded_len_varint(body as u64) + body;
+        }
+        if let Some(denial) = &self.denial {
+            len += encoding::message::encoded_len(3, denial);
+        }
+        if let Some(rate_limit) = &self.rate_limit {
+            len += encoding::message::encoded_len(4, rate_limit);
+        }
+        if self.cacheable {
+            len += encoding::bool::encoded_len(5, &self.cacheable);
+        }
+        len
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl fmt::Debug for AuthenticateReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_response(), f)
+    }
+}
+
+impl fmt::Debug for EncodedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_key(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::denial::Reason;
+    use crate::{AuthenticateResponse, RateLimit};
+
+    fn timestamp(seconds: i64, nanos: i32) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos }
+    }
+
+    /// A key with every field set, as a cached key's answer carries it.
+    fn full_key() -> Key {
+        Key {
+            id: "key_01".into(),
+            account_id: "acct_é".into(),
+            name: "deploy bot".into(),
+            start: "kw_AbC".into(),
+            scopes: vec!["orders:read".into(), "orders:write".into()],
+            created_at: Some(timestamp(1_700_000_000, 123_000_000)),
+            expires_at: Some(timestamp(1_800_000_000, 0)),
+            revoked_at: None,
+            last_used_at: Some(timestamp(1_750_000_000, 5)),
+            rate_limit: Some(RateLimit {
+                requests: 100,
+                per_seconds: 60,
+            }),
+            effective_scopes: vec!["orders:read".into(), "orders:write".into()],
+            rotated_from: "key_00".into(),
+            metadata: HashMap::from([
+                ("plan".to_owned(), "pro".to_owned()),
+                ("region".to_owned(), "eu-west-1".to_owned()),
+            ]),
+            allowed_networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+        }
+    }
+
+    /// `key` as the server splits it.
+    fn split(key: &Key) -> EncodedKey {
+        let labels = (!key.metadata.is_empty() || !key.allowed_networks.is_empty())
+            .then(|| EncodedKey::encode_labels(key.metadata.clone(), key.allowed_networks.clone()));
+        EncodedKey {
+            key: Key {
+                metadata: HashMap::new(),
+                allowed_networks: Vec::new(),
+                ..key.clone()
+            },
+            labels,
+        }
+    }
+
+    /// Each shape of reply, decoded by the generated `AuthenticateResponse`,
+    /// is exactly the response the generated type would have carried.
+    #[test]
+    fn every_reply_reads_back_as_the_generated_response() {
+        let full = full_key();
+        let plain = Key {
+            metadata: HashMap::new(),
+            allowed_networks: Vec::new(),
+            rotated_from: String::new(),
+            ..full.clone()
+        };
+        let networks_only = Key {
+            metadata: HashMap::new(),
+            ..full.clone()
+        };
+        let denial = Denial {
+            reason: Reason::InsufficientScope as i32,
+            code: "forbidden".into(),
+            message: "missing scope".into(),
+            http_status: 403,
+            ..Default::default()
+        };
+        let status = RateLimitStatus {
+            limit: 100,
+            remaining: 99,
+            ..Default::default()
+        };
+        let mut cases = vec![(
+            AuthenticateReply::default(),
+            AuthenticateResponse::default(),
+        )];
+        for key in [&full, &plain, &networks_only] {
+            cases.push((
+                AuthenticateReply {
+                    allowed: true,
+                    key: Some(split(key)),
+                    rate_limit: Some(status),
+                    cacheable: true,
+                    ..Default::default()
+                },
+                AuthenticateResponse {
+                    allowed: true,
+                    key: Some(key.clone()),
+                    rate_limit: Some(status),
+                    cacheable: true,
+                    ..Default::default()
+                },
+            ));
+            cases.push((
+                AuthenticateReply {
+                    key: Some(split(key)),
+                    denial: Some(denial.clone()),
+                    ..Default::default()
+                },
+                AuthenticateResponse {
+                    key: Some(key.clone()),
+                    denial: Some(denial.clone()),
+                    ..Default::default()
+                },
+            ));
+        }
+        cases.push((
+            AuthenticateReply {
+                denial: Some(denial.clone()),
+                ..Default::default()
+            },
+            AuthenticateResponse {
+                denial: Some(denial),
+                ..Default::default()
+            },
+        ));
+        for (reply, expected) in cases {
+            let bytes = reply.encode_to_vec();
+            assert_eq!(bytes.len(), reply.encoded_len(), "{expected:?}");
+            let decoded = AuthenticateResponse::decode(bytes.as_slice()).unwrap();
+            assert_eq!(decoded, expected);
+            assert_eq!(reply.to_response(), expected);
+            // Decoding into the reply type keeps the same message.
+            let again = AuthenticateReply::decode(bytes.as_slice()).unwrap();
+            assert_eq!(again.to_response(), expected);
+        }
+    }
+
+    /// The spliced reply is the generated encoding, byte for byte (prost
+    /// writes fields in number order, and the labels are the last two).
+    #[test]
+    fn a_spliced_reply_is_byte_identical() {
+        // One metadata entry: a HashMap's order would vary between encodings.
+        let key = Key {
+            metadata: HashMap::from([("plan".to_owned(), "pro".to_owned())]),
+            ..full_key()
+        };
+        let reply = AuthenticateReply {
+            allowed: true,
+            key: Some(split(&key)),
+            cacheable: true,
+            ..Default::default()
+        };
+        let generated = AuthenticateResponse {
+            allowed: true,
+            key: Some(key),
+            cacheable: true,
+            ..Default::default()
+        };
+        assert_eq!(reply.encode_to_vec(), generated.encode_to_vec());
+    }
+}
