@@ -771,6 +771,51 @@ async fn bad_create_input_is_refused_and_writes_nothing(db: Db) {
         "names the valid scopes: {}",
         unknown_scope.message()
     );
+    // Timestamps are quoted back as received: an all-zero one is what a
+    // JavaScript Date becomes through proto-loader, and says so.
+    let create_expiring = |expires_at| proto::CreateKeyRequest {
+        expires_at: Some(expires_at),
+        ..base()
+    };
+    let zero = app
+        .keys
+        .create_key(create_expiring(prost_types::Timestamp::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        zero.message(),
+        "expires_at: must lie in the future; got 1970-01-01T00:00:00Z \
+         (an all-zero Timestamp: seconds and nanos were both 0 or unset)"
+    );
+    let an_hour_ago = prost_types::Timestamp {
+        seconds: past.seconds - 3600,
+        nanos: 250_000_000,
+    };
+    let stated = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::new(an_hour_ago.seconds as u64, 250_000_000),
+    );
+    let in_the_past = app
+        .keys
+        .create_key(create_expiring(an_hour_ago))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        in_the_past.message(),
+        format!("expires_at: must lie in the future; got {stated}")
+    );
+    let bad_nanos = app
+        .keys
+        .create_key(create_expiring(prost_types::Timestamp {
+            seconds: 1,
+            nanos: -5,
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        bad_nanos.message().ends_with("; got -5"),
+        "{}",
+        bad_nanos.message()
+    );
 
     assert_eq!(count_keys(&mut app, "acct_1").await, 0, "nothing written");
     assert!(stored_hashes(&app).await.is_empty());
