@@ -47,11 +47,18 @@ fn stale(installed: &Path, lock: &Path) -> bool {
     }
 }
 
+/// Runs `command`, showing its output only when it fails.
 fn run(what: &str, command: &mut Command) {
-    let status = command
-        .status()
+    let output = command
+        .output()
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(status.success(), "{what} failed: {status}");
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
 }
 
 #[test]
