@@ -11,6 +11,7 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use super::status::invalid_argument;
+use crate::authenticator::Required;
 use crate::denial::{Denial, Reason};
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::CachedKey;
@@ -18,8 +19,9 @@ use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
 use crate::key_metadata;
 use crate::proto;
 use crate::rate_limits::RateLimitStatus;
-use crate::authenticator::Required;
-use crate::scope_catalog::{MAX_SCOPE_NAME_LEN, ScopeCatalog, ScopeIndex, ScopeSet, valid_scope_name};
+use crate::scope_catalog::{
+    MAX_SCOPE_NAME_LEN, ScopeCatalog, ScopeIndex, ScopeSet, valid_scope_name,
+};
 use crate::storage::{KeyRecord, Metadata};
 
 /// More required scopes than this in one request is a caller bug.

@@ -294,7 +294,10 @@ impl KeyService for KeyServiceApi {
                     if at > latest_allowed {
                         return Err(invalid_argument(
                             &field,
-                            format!("lies more than a minute in the future; got {}", at.rfc3339()),
+                            format!(
+                                "lies more than a minute in the future; got {}",
+                                at.rfc3339()
+                            ),
                         ));
                     }
                     at

@@ -271,7 +271,10 @@ async fn bad_authenticate_input_is_invalid_argument(db: Db) {
     // could hold is the caller's bug.
     let not_a_scope_name = app
         .keys
-        .authenticate(request(vec!["orders:read".into(), "Orders Admin".into()], ""))
+        .authenticate(request(
+            vec!["orders:read".into(), "Orders Admin".into()],
+            "",
+        ))
         .await
         .unwrap_err();
     let too_many = app
@@ -287,7 +290,9 @@ async fn bad_authenticate_input_is_invalid_argument(db: Db) {
 
     assert_invalid_argument(&not_a_scope_name, "required_scopes[1]");
     assert!(
-        not_a_scope_name.message().contains("\"Orders Admin\" is not a scope name"),
+        not_a_scope_name
+            .message()
+            .contains("\"Orders Admin\" is not a scope name"),
         "{}",
         not_a_scope_name.message()
     );

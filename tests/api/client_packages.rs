@@ -16,7 +16,9 @@ use std::time::SystemTime;
 use crate::helpers::running_in_ci;
 
 fn clients_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
 }
 
 /// Whether `program --version` runs; otherwise skip (or fail in CI).
@@ -49,9 +51,7 @@ fn stale(installed: &Path, lock: &Path) -> bool {
 
 /// Runs `command`, showing its output only when it fails.
 fn run(what: &str, command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         output.status.success(),
         "{what} failed: {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -109,7 +109,14 @@ fn python_package_tests_pass_against_this_keyward() {
         run(
             "pip install -r requirements.lock",
             Command::new(&venv_python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
                 .arg(&lock),
         );
         std::fs::write(&installed, b"").unwrap();

@@ -424,7 +424,11 @@ async fn watchers_beyond_the_bound_are_refused(db: Db) {
         "{}",
         refused.message()
     );
-    assert_eq!(resume_after_seq(&refused), Some(0), "the after_seq it asked");
+    assert_eq!(
+        resume_after_seq(&refused),
+        Some(0),
+        "the after_seq it asked"
+    );
 
     // A closed stream frees its place.
     drop(first);
