@@ -31,6 +31,7 @@ on_both_databases!(
     list_scopes_shows_the_catalog,
     rate_limit_is_stored_and_updatable,
     bad_update_revoke_and_get_input_is_refused_and_changes_nothing,
+    a_key_without_scopes_or_preset_holds_only_the_auto_granted_scopes,
 );
 
 async fn count_keys(app: &mut TestApp, account: &str) -> usize {
@@ -1078,5 +1079,36 @@ async fn bad_update_revoke_and_get_input_is_refused_and_changes_nothing(db: Db) 
         ("test key", None)
     );
     assert_still_serving(&mut app).await;
+    app.shutdown().await;
+}
+
+/// CreateKey needs neither scopes nor a preset (proto and docs/api.md say
+/// so): such a key holds only the catalog's auto-granted scopes. CSBoard
+/// grants `read` to every key.
+async fn a_key_without_scopes_or_preset_holds_only_the_auto_granted_scopes(db: Db) {
+    let Some(mut app) =
+        crate::helpers::spawn_app_with(db, crate::helpers::envoy::profile("csboard")).await
+    else {
+        return;
+    };
+    let created = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "identity only".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = created.key.unwrap();
+
+    let read = app.authenticate(&created.secret, &["read"]).await;
+    let trading = app.authenticate(&created.secret, &["trading"]).await;
+
+    assert!(key.scopes.is_empty(), "{key:?}");
+    assert_eq!(key.effective_scopes, ["read"]);
+    assert!(read.allowed, "{read:?}");
+    assert_eq!(trading.denial.unwrap().reason(), Reason::InsufficientScope);
     app.shutdown().await;
 }
