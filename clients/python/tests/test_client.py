@@ -79,3 +79,32 @@ def test_a_key_without_scopes_holds_only_the_auto_granted_ones(client):
     created = client.create_key("acct_1", "identity only")
     assert created.key.scopes == [] and created.key.effective_scopes == []
     assert client.authenticate(created.secret).allowed
+
+
+def test_rotate_key_keeps_the_old_key_for_its_grace_period(client):
+    created = client.create_key("acct_rot", "rotating", ["orders:read"])
+    rotated = client.rotate_key("acct_rot", created.key.id, grace_seconds=3600)
+    assert rotated.key.rotated_from == created.key.id and rotated.secret != created.secret
+    assert client.authenticate(created.secret).allowed and client.authenticate(rotated.secret).allowed
+
+
+def test_the_async_client_answers_alike(keyward):
+    import asyncio
+
+    from keyward import AsyncClient
+
+    async def scenario():
+        async with AsyncClient(keyward.address) as client:
+            created = await client.create_key("acct_async", "k", ["orders:read"])
+            assert (await client.authenticate(created.secret, ["orders:read"])).allowed
+            denied = await client.authenticate(created.secret, ["orders:write"])
+            assert is_denied(denied, "INSUFFICIENT_SCOPE")
+            assert [k.id for k in await client.list_keys("acct_async")] == [created.key.id]
+            rotated = await client.rotate_key("acct_async", created.key.id)
+            assert (await client.get_key("acct_async", created.key.id)).revoked_at is not None
+            assert rotated.key.rotated_from == created.key.id
+            with pytest.raises(KeywardError) as error:
+                await client.create_key("acct_async", "")
+            assert error.value.field == "name"
+
+    asyncio.run(scenario())

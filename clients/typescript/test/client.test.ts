@@ -125,6 +125,15 @@ test("updateKey builds its mask from the fields given", async () => {
   assert.equal((await client.authenticate({ credential: secret, requiredScopes: ["orders:write"] })).allowed, true);
 });
 
+test("rotateKey keeps the old key for its grace period", async () => {
+  const created = await client.createKey({ accountId: "acct_rot", name: "rotating", scopes: ["orders:read"] });
+  const rotated = await client.rotateKey({ accountId: "acct_rot", keyId: created.key.id, gracePeriodMs: 3_600_000 });
+  assert.equal(rotated.key.rotatedFrom, created.key.id);
+  assert.ok(rotated.previous.expiresAt instanceof Date, "the old key now expires");
+  assert.equal((await client.authenticate({ credential: created.secret })).allowed, true);
+  assert.equal((await client.authenticate({ credential: rotated.secret })).allowed, true);
+});
+
 test("watchRevocations: a checkpoint, events, lag, and close() without a crash", async () => {
   const { key } = await client.createKey({ accountId: "acct_w", name: "watched" });
   const watch = client.watchRevocations({ checkpointIntervalMs: 200 });

@@ -674,8 +674,22 @@ class AsyncClient:
     async def get_key(self, account_id: str, key_id: str) -> Key:
         return _key((await self._call("GetKey", pb.GetKeyRequest(account_id=account_id, key_id=key_id))).key)
 
+    async def list_keys(self, account_id: str, *, include_revoked=False, page_size=0, page_token="") -> List[Key]:
+        request = pb.ListKeysRequest(
+            account_id=account_id, include_revoked=include_revoked, page_size=page_size, page_token=page_token
+        )
+        return [_key(k) for k in (await self._call("ListKeys", request)).keys]
+
     async def update_key(self, account_id: str, key_id: str, **fields) -> Key:
         return _key((await self._call("UpdateKey", _Requests.update_key(account_id, key_id, fields))).key)
+
+    async def rotate_key(self, account_id: str, key_id: str, *, grace_seconds: float = 0) -> CreatedKey:
+        grace = duration_pb2.Duration()
+        grace.FromMilliseconds(int(grace_seconds * 1000))
+        raw = await self._call(
+            "RotateKey", pb.RotateKeyRequest(account_id=account_id, key_id=key_id, grace_period=grace)
+        )
+        return CreatedKey(key=_key(raw.key), secret=raw.secret, revision=raw.revision)
 
     def watch_revocations(
         self,
