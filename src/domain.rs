@@ -221,6 +221,23 @@ impl UnixMillis {
     pub fn saturating_add_millis(self, millis: i64) -> Self {
         Self(self.0.saturating_add(millis))
     }
+
+    /// RFC 3339 in UTC (`2026-12-02T13:52:17.067Z`, fractions only when
+    /// not zero), for messages that say what a caller sent. Before 1970 it
+    /// is the raw count (`-5 ms since 1970-01-01T00:00:00Z`).
+    pub fn rfc3339(self) -> String {
+        match u64::try_from(self.0) {
+            Ok(millis) => {
+                let at = UNIX_EPOCH + std::time::Duration::from_millis(millis);
+                if millis % 1000 == 0 {
+                    humantime::format_rfc3339_seconds(at).to_string()
+                } else {
+                    humantime::format_rfc3339_millis(at).to_string()
+                }
+            }
+            Err(_) => format!("{} ms since 1970-01-01T00:00:00Z", self.0),
+        }
+    }
 }
 
 /// At most `requests` requests per `per_seconds` seconds.

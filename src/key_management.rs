@@ -83,6 +83,18 @@ fn grant_error(error: GrantError) -> ManagementError {
     }
 }
 
+/// Why an expiry was refused, with what was received: an all-zero
+/// Timestamp is what a client sends when its language's date did not
+/// become `{seconds, nanos}` (a JavaScript `Date` through proto-loader).
+fn not_in_future(expires_at: UnixMillis) -> String {
+    let hint = if expires_at.0 == 0 {
+        " (an all-zero Timestamp: seconds and nanos were both 0 or unset)"
+    } else {
+        ""
+    };
+    format!("must lie in the future; got {}{hint}", expires_at.rfc3339())
+}
+
 /// A validated CreateKey.
 #[derive(Debug, Clone)]
 pub struct CreateKey {
@@ -213,7 +225,7 @@ impl KeyManager {
         {
             return Err(ManagementError::Invalid {
                 field: "expires_at",
-                reason: "must lie in the future".into(),
+                reason: not_in_future(expires_at),
             });
         }
         let (secret, digest, start) = self
@@ -406,12 +418,15 @@ impl KeyManager {
                 })?;
             let created_at = key.created_at.unwrap_or(now);
             if created_at > now {
-                return Err(invalid("created_at", "must not lie in the future".into()));
+                return Err(invalid(
+                    "created_at",
+                    format!("must not lie in the future; got {}", created_at.rfc3339()),
+                ));
             }
             if let Some(expires_at) = key.expires_at
                 && expires_at <= now
             {
-                return Err(invalid("expires_at", "must lie in the future".into()));
+                return Err(invalid("expires_at", not_in_future(expires_at)));
             }
             // `key.metadata` was validated with the request (convert.rs).
             if let Some(first) = seen.insert(key.digest, index) {

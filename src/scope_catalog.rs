@@ -12,7 +12,7 @@ use crate::settings::SettingError;
 
 /// At most this many scopes per catalog (one bit each in [`ScopeSet`]).
 pub const MAX_SCOPES: usize = 128;
-const MAX_SCOPE_NAME_LEN: usize = 64;
+pub const MAX_SCOPE_NAME_LEN: usize = 64;
 /// Longest scope or preset description (shown by ListScopes).
 const MAX_DESCRIPTION_CHARS: usize = 500;
 

@@ -12,6 +12,7 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use super::status::invalid_argument;
+use crate::authenticator::Required;
 use crate::denial::{Denial, Reason};
 use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
 use crate::key_cache::CachedKey;
@@ -20,7 +21,9 @@ use crate::key_metadata;
 use crate::proto;
 use crate::proto::authenticate_reply::EncodedKey;
 use crate::rate_limits::RateLimitStatus;
-use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
+use crate::scope_catalog::{
+    MAX_SCOPE_NAME_LEN, ScopeCatalog, ScopeIndex, ScopeSet, valid_scope_name,
+};
 use crate::storage::{KeyRecord, Metadata};
 
 /// More required scopes than this in one request is a caller bug.
@@ -73,39 +76,96 @@ pub fn client_ip(raw: &str) -> Result<Option<IpAddr>, Status> {
     })
 }
 
-/// Scope names a request requires, resolved against the catalog.
+/// The scopes a hot-path request requires, in the order it named them.
+/// A well-formed name the catalog does not know is no error: no key holds
+/// it, so a live key is denied INSUFFICIENT_SCOPE naming it (as ext_authz
+/// does), and a service that ships a new scope before this deployment's
+/// catalog has it gets 403s, not exceptions.
+#[derive(Debug)]
+pub struct RequiredScopes {
+    known: Vec<ScopeIndex>,
+    /// Names in request order, each known (an index into `known`) or not.
+    named: Vec<Result<ScopeIndex, String>>,
+}
+
+impl RequiredScopes {
+    /// What the authenticator checks: the first unknown name, if any (it
+    /// is missing whatever the key holds), else the known scopes.
+    pub fn as_required(&self) -> Required<'_> {
+        match self.named.iter().find_map(|named| named.as_ref().err()) {
+            Some(unknown) => Required::Unknown(unknown),
+            None => Required::Scopes(&self.known),
+        }
+    }
+
+    /// The names `effective` does not cover, in request order (unknown
+    /// names always).
+    pub fn missing(&self, effective: ScopeSet, catalog: &ScopeCatalog) -> Vec<String> {
+        self.named
+            .iter()
+            .filter_map(|named| match named {
+                Ok(index) if effective.contains(*index) => None,
+                Ok(index) => Some(catalog.name(*index).to_owned()),
+                Err(unknown) => Some(unknown.clone()),
+            })
+            .collect()
+    }
+}
+
+/// Scope names a request requires, resolved against the catalog. A name
+/// that no catalog could hold (not `[a-z0-9][a-z0-9:_.-]*`, at most
+/// 128 bytes) is a caller bug: INVALID_ARGUMENT naming `field`.
 pub fn required_scopes(
     field: &str,
     names: &[String],
     catalog: &ScopeCatalog,
-) -> Result<Vec<ScopeIndex>, Status> {
+) -> Result<RequiredScopes, Status> {
     if names.len() > MAX_REQUIRED_SCOPES {
         return Err(invalid_argument(
             field,
             format!("at most {MAX_REQUIRED_SCOPES} scopes, got {}", names.len()),
         ));
     }
-    names
-        .iter()
-        .map(|name| {
-            catalog
-                .require(name)
-                .map_err(|e| invalid_argument(field, e))
-        })
-        .collect()
+    let mut required = RequiredScopes {
+        known: Vec::with_capacity(names.len()),
+        named: Vec::with_capacity(names.len()),
+    };
+    for (index, name) in names.iter().enumerate() {
+        match catalog.lookup(name) {
+            Some(scope) => {
+                required.known.push(scope);
+                required.named.push(Ok(scope));
+            }
+            None if valid_scope_name(name) => required.named.push(Err(name.clone())),
+            None => {
+                return Err(invalid_argument(
+                    &format!("{field}[{index}]"),
+                    format!(
+                        "{:?} is not a scope name: 1 to {MAX_SCOPE_NAME_LEN} bytes of a-z, 0-9, \
+                         ':', '_', '-', '.', starting with a letter or digit",
+                        name.chars().take(MAX_SCOPE_NAME_LEN).collect::<String>()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(required)
 }
 
 pub fn timestamp_to_millis(field: &str, raw: &Timestamp) -> Result<UnixMillis, Status> {
     if !(0..1_000_000_000).contains(&raw.nanos) {
         return Err(invalid_argument(
             field,
-            "nanos must be between 0 and 999999999",
+            format!("nanos must be between 0 and 999999999; got {}", raw.nanos),
         ));
     }
     if !(0..=MAX_TIMESTAMP_SECONDS).contains(&raw.seconds) {
         return Err(invalid_argument(
             field,
-            "must be between 1970-01-01 and 9999-12-31",
+            format!(
+                "must be between 1970-01-01 and 9999-12-31; got seconds = {}",
+                raw.seconds
+            ),
         ));
     }
     Ok(UnixMillis(

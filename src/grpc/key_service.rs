@@ -11,7 +11,7 @@ use super::status::invalid_argument;
 use super::watch;
 use crate::access_control::{Caller, HotPathCaller};
 use crate::audit::Actor;
-use crate::authenticator::{Authenticator, Presented, PresentedKey, Required};
+use crate::authenticator::{Authenticator, Presented, PresentedKey};
 use crate::change_feed::ChangeFeed;
 use crate::domain::{AccountId, UnixMillis};
 use crate::key_management::{ChangeKey, CreateKey, KeyManager};
@@ -85,7 +85,7 @@ impl KeyService for KeyServiceApi {
             .authenticate(Presented {
                 surface: Surface::Authenticate,
                 key: PresentedKey::Credential(&request.credential),
-                required: Required::Scopes(&required),
+                required: required.as_required(),
                 client,
                 account: caller.account.as_ref(),
                 min_revision: request.min_revision,
@@ -142,18 +142,14 @@ impl KeyService for KeyServiceApi {
             .authenticate(Presented {
                 surface: Surface::CheckScope,
                 key: presented,
-                required: Required::Scopes(&required),
+                required: required.as_required(),
                 client,
                 account: caller.account.as_ref(),
                 min_revision: request.min_revision,
             })
             .await;
         let missing_scopes = match verdict.key() {
-            Some(key) => required
-                .iter()
-                .filter(|&&scope| !key.effective.contains(scope))
-                .map(|&scope| catalog.name(scope).to_owned())
-                .collect(),
+            Some(key) => required.missing(key.effective, catalog),
             None => Vec::new(),
         };
         Ok(Response::new(proto::CheckScopeResponse {
@@ -297,7 +293,10 @@ impl KeyService for KeyServiceApi {
                     if at > latest_allowed {
                         return Err(invalid_argument(
                             &field,
-                            "lies more than a minute in the future",
+                            format!(
+                                "lies more than a minute in the future; got {}",
+                                at.rfc3339()
+                            ),
                         ));
                     }
                     at

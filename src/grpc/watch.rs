@@ -29,6 +29,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::metadata::MetadataValue;
 
 use super::convert::millis_to_timestamp;
 use crate::access_control::CallerIdentity;
@@ -44,9 +45,28 @@ const HISTORY_PAGE: u32 = 500;
 /// Messages buffered between the stream task and the transport.
 const OUTBOX: usize = 16;
 
-fn storage_status(error: StoreError) -> Status {
+/// The trailing metadata entry of every status that ends a stream (or
+/// refuses one): the `after_seq` to start again with, in decimal, so a
+/// consumer need not read it out of the message. After OUT_OF_RANGE it is
+/// 0, to use once the consumer has resynced its cache.
+pub const RESUME_AFTER_SEQ: &str = "keyward-resume-after-seq";
+
+/// `status` with [`RESUME_AFTER_SEQ`] set to `after_seq`.
+fn resume_with(mut status: Status, after_seq: u64) -> Status {
+    status
+        .metadata_mut()
+        .insert(RESUME_AFTER_SEQ, MetadataValue::from(after_seq));
+    status
+}
+
+fn storage_status(error: StoreError, position: u64) -> Status {
     tracing::warn!(%error, "watch stream cannot read the event log");
-    Status::unavailable("the event log is unavailable; resume later from your last sequence")
+    resume_with(
+        Status::unavailable(format!(
+            "the event log is unavailable; resume later with after_seq = {position}"
+        )),
+        position,
+    )
 }
 
 /// A checkpoint at `seq`; `at` is when the replica last proved itself
@@ -103,34 +123,44 @@ pub async fn start(
 ) -> Result<EventStream, Status> {
     let permit = feed
         .admit_watcher(caller.to_string())
-        .map_err(|refusal| match refusal {
-            WatchRefusal::ReplicaFull(max) => Status::resource_exhausted(format!(
-                "this replica already serves {max} WatchRevocations streams; retry later or on another replica"
-            )),
-            WatchRefusal::CallerFull(max) => Status::resource_exhausted(format!(
-                "{caller} already has {max} WatchRevocations streams open on this replica; \
-                 close one, or share one stream among your consumers"
-            )),
+        .map_err(|refusal| {
+            let status = match refusal {
+                WatchRefusal::ReplicaFull(max) => Status::resource_exhausted(format!(
+                    "this replica already serves {max} WatchRevocations streams; retry later or on another replica"
+                )),
+                WatchRefusal::CallerFull(max) => Status::resource_exhausted(format!(
+                    "{caller} already has {max} WatchRevocations streams open on this replica; \
+                     close one, or share one stream among your consumers"
+                )),
+            };
+            resume_with(status, after_seq)
         })?;
     // Subscribe first: see the module comment.
     let live = feed.subscribe();
     let store = Arc::clone(feed.store());
-    let latest = store.latest_seq().await.map_err(storage_status)?;
+    let unavailable = |error| storage_status(error, after_seq);
+    let latest = store.latest_seq().await.map_err(unavailable)?;
     let start_at = if after_seq == 0 {
         latest
     } else {
-        let pruned = store.pruned_through().await.map_err(storage_status)?;
+        let pruned = store.pruned_through().await.map_err(unavailable)?;
         if after_seq < pruned {
-            return Err(Status::out_of_range(format!(
-                "after_seq {after_seq} is older than the retained history (events up to {pruned} were pruned); \
-                 resync your cache and restart with after_seq = 0"
-            )));
+            return Err(resume_with(
+                Status::out_of_range(format!(
+                    "after_seq {after_seq} is older than the retained history (events up to {pruned} were pruned); \
+                     resync your cache and restart with after_seq = 0"
+                )),
+                0,
+            ));
         }
         if after_seq > latest {
-            return Err(Status::out_of_range(format!(
-                "after_seq {after_seq} is ahead of the event log (latest is {latest}); \
-                 resync your cache and restart with after_seq = 0"
-            )));
+            return Err(resume_with(
+                Status::out_of_range(format!(
+                    "after_seq {after_seq} is ahead of the event log (latest is {latest}); \
+                     resync your cache and restart with after_seq = 0"
+                )),
+                0,
+            ));
         }
         after_seq
     };
@@ -148,23 +178,32 @@ pub async fn start(
 }
 
 fn gap_status(position: u64) -> Status {
-    Status::out_of_range(format!(
-        "events after {position} were pruned before this stream could deliver them; \
-         resync your cache and restart with after_seq = 0"
-    ))
+    resume_with(
+        Status::out_of_range(format!(
+            "events after {position} were pruned before this stream could deliver them; \
+             resync your cache and restart with after_seq = 0"
+        )),
+        0,
+    )
 }
 
 fn rewound_status(position: u64) -> Status {
-    Status::out_of_range(format!(
-        "the event log no longer holds what this stream delivered up to {position} \
-         (the database was restored or failed over); resync your cache and restart with after_seq = 0"
-    ))
+    resume_with(
+        Status::out_of_range(format!(
+            "the event log no longer holds what this stream delivered up to {position} \
+             (the database was restored or failed over); resync your cache and restart with after_seq = 0"
+        )),
+        0,
+    )
 }
 
 fn shutdown_status(position: u64) -> Status {
-    Status::unavailable(format!(
-        "server shutting down; resume with after_seq = {position}"
-    ))
+    resume_with(
+        Status::unavailable(format!(
+            "server shutting down; resume with after_seq = {position}"
+        )),
+        position,
+    )
 }
 
 /// The stream task's end of the outbox. A send gives up when the consumer
@@ -206,10 +245,13 @@ impl Outbox {
             Stop::ShuttingDown => Some(shutdown_status(position)),
             Stop::Stalled => {
                 tracing::info!(position, "watch consumer stopped reading; cutting it off");
-                Some(Status::resource_exhausted(format!(
-                    "consumer stopped reading: nothing taken for {:?}; resume with after_seq = {position}",
-                    self.stall_limit
-                )))
+                Some(resume_with(
+                    Status::resource_exhausted(format!(
+                        "consumer stopped reading: nothing taken for {:?}; resume with after_seq = {position}",
+                        self.stall_limit
+                    )),
+                    position,
+                ))
             }
         }
     }
@@ -250,8 +292,11 @@ async fn history_page(feed: &ChangeFeed, position: u64) -> Result<Vec<KeyEvent>,
     let page = store
         .events_after(position, HISTORY_PAGE)
         .await
-        .map_err(storage_status)?;
-    let pruned = store.pruned_through().await.map_err(storage_status)?;
+        .map_err(|error| storage_status(error, position))?;
+    let pruned = store
+        .pruned_through()
+        .await
+        .map_err(|error| storage_status(error, position))?;
     if pruned > position {
         return Err(gap_status(position));
     }
@@ -352,11 +397,14 @@ async fn follow(
                     position = event.seq;
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Some(Status::resource_exhausted(format!(
-                        "consumer too slow: {missed} events overflowed the server's buffer of {}; \
-                         resume with after_seq = {position}",
-                        feed.settings().watch_buffer
-                    )));
+                    return Some(resume_with(
+                        Status::resource_exhausted(format!(
+                            "consumer too slow: {missed} events overflowed the server's buffer of {}; \
+                             resume with after_seq = {position}",
+                            feed.settings().watch_buffer
+                        )),
+                        position,
+                    ));
                 }
                 // The feed outlives every stream (each holds it), so the
                 // sender cannot close first; treat it like shutdown anyway.

@@ -18,6 +18,7 @@ on_both_databases!(
     bad_authenticate_input_is_invalid_argument,
     check_scope_by_id_and_by_credential,
     bad_check_scope_input_is_invalid_argument,
+    an_unknown_required_scope_is_a_denial_naming_it,
 );
 
 async fn every_credential_form_is_accepted(db: Db) {
@@ -265,9 +266,15 @@ async fn bad_authenticate_input_is_invalid_argument(db: Db) {
         ..Default::default()
     };
 
-    let unknown_scope = app
+    // Well-formed but not in the catalog is a denial (see
+    // an_unknown_required_scope_is_a_denial_naming_it); a name no catalog
+    // could hold is the caller's bug.
+    let not_a_scope_name = app
         .keys
-        .authenticate(request(vec!["orders:admin".into()], ""))
+        .authenticate(request(
+            vec!["orders:read".into(), "Orders Admin".into()],
+            "",
+        ))
         .await
         .unwrap_err();
     let too_many = app
@@ -281,8 +288,14 @@ async fn bad_authenticate_input_is_invalid_argument(db: Db) {
         .await
         .unwrap_err();
 
-    assert_invalid_argument(&unknown_scope, "required_scopes");
-    assert!(unknown_scope.message().contains("orders:read"));
+    assert_invalid_argument(&not_a_scope_name, "required_scopes[1]");
+    assert!(
+        not_a_scope_name
+            .message()
+            .contains("\"Orders Admin\" is not a scope name"),
+        "{}",
+        not_a_scope_name.message()
+    );
     assert_invalid_argument(&too_many, "required_scopes");
     assert_invalid_argument(&bad_ip, "client_ip");
     let ok = app
@@ -397,10 +410,10 @@ async fn bad_check_scope_input_is_invalid_argument(db: Db) {
         (
             proto::CheckScopeRequest {
                 key_id: key.id.clone(),
-                scopes: vec!["nope".into()],
+                scopes: vec!["".into()],
                 ..Default::default()
             },
-            "scopes",
+            "scopes[0]",
         ),
         (
             proto::CheckScopeRequest {
@@ -424,5 +437,76 @@ async fn bad_check_scope_input_is_invalid_argument(db: Db) {
         let status = app.keys.check_scope(request).await.unwrap_err();
         assert_invalid_argument(&status, field);
     }
+    app.shutdown().await;
+}
+
+/// A service may require a scope this deployment's catalog does not know yet
+/// (it shipped first): that is a denial naming the scope, as ext_authz
+/// answers it, not an RPC error; and it spends none of the key's budget.
+async fn an_unknown_required_scope_is_a_denial_naming_it(db: Db) {
+    let Some(mut app) = spawn_app(db).await else {
+        return;
+    };
+    let created = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "limited".into(),
+            scopes: vec!["orders:read".into()],
+            rate_limit: Some(proto::RateLimit {
+                requests: 1,
+                per_seconds: 3600,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (key, secret) = (created.key.unwrap(), created.secret);
+
+    let denied = app
+        .authenticate(&secret, &["orders:read", "orders:refund", "reports:read"])
+        .await;
+    let by_id = app
+        .keys
+        .check_scope(proto::CheckScopeRequest {
+            key_id: key.id.clone(),
+            scopes: vec![
+                "portfolio:read".into(),
+                "orders:refund".into(),
+                "orders:read".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = if secret.ends_with('0') { '1' } else { '0' };
+    let other_secret = format!("{}{last}", &secret[..secret.len() - 1]);
+    let unknown_key = app.authenticate(&other_secret, &["orders:refund"]).await;
+    let allowed = app.authenticate(&secret, &["orders:read"]).await;
+
+    assert!(!denied.allowed);
+    let denial = denied.denial.unwrap();
+    assert_eq!(denial.reason(), Reason::InsufficientScope);
+    assert_eq!(denial.http_status, 403);
+    assert_eq!(denial.required_scope, "orders:refund");
+    assert_eq!(denied.key.unwrap().id, key.id, "the key was identified");
+    assert!(!by_id.allowed);
+    assert_eq!(by_id.denial.unwrap().reason(), Reason::InsufficientScope);
+    assert_eq!(
+        by_id.missing_scopes,
+        ["portfolio:read", "orders:refund"],
+        "every missing scope, known or not, in the order asked"
+    );
+    assert_eq!(
+        unknown_key.denial.unwrap().reason(),
+        Reason::UnknownKey,
+        "the credential is judged first"
+    );
+    assert!(
+        allowed.allowed,
+        "the denials spent none of the 1-per-hour budget: {allowed:?}"
+    );
     app.shutdown().await;
 }

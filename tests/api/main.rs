@@ -10,6 +10,7 @@ mod abuse;
 mod attacks;
 mod authenticate;
 mod checksummed_keys;
+mod client_packages;
 mod config_checks;
 mod ext_authz;
 mod faults;

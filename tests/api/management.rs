@@ -31,6 +31,7 @@ on_both_databases!(
     list_scopes_shows_the_catalog,
     rate_limit_is_stored_and_updatable,
     bad_update_revoke_and_get_input_is_refused_and_changes_nothing,
+    a_key_without_scopes_or_preset_holds_only_the_auto_granted_scopes,
 );
 
 async fn count_keys(app: &mut TestApp, account: &str) -> usize {
@@ -771,6 +772,51 @@ async fn bad_create_input_is_refused_and_writes_nothing(db: Db) {
         "names the valid scopes: {}",
         unknown_scope.message()
     );
+    // Timestamps are quoted back as received: an all-zero one is what a
+    // JavaScript Date becomes through proto-loader, and says so.
+    let create_expiring = |expires_at| proto::CreateKeyRequest {
+        expires_at: Some(expires_at),
+        ..base()
+    };
+    let zero = app
+        .keys
+        .create_key(create_expiring(prost_types::Timestamp::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        zero.message(),
+        "expires_at: must lie in the future; got 1970-01-01T00:00:00Z \
+         (an all-zero Timestamp: seconds and nanos were both 0 or unset)"
+    );
+    let an_hour_ago = prost_types::Timestamp {
+        seconds: past.seconds - 3600,
+        nanos: 250_000_000,
+    };
+    let stated = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::new(an_hour_ago.seconds as u64, 250_000_000),
+    );
+    let in_the_past = app
+        .keys
+        .create_key(create_expiring(an_hour_ago))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        in_the_past.message(),
+        format!("expires_at: must lie in the future; got {stated}")
+    );
+    let bad_nanos = app
+        .keys
+        .create_key(create_expiring(prost_types::Timestamp {
+            seconds: 1,
+            nanos: -5,
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        bad_nanos.message().ends_with("; got -5"),
+        "{}",
+        bad_nanos.message()
+    );
 
     assert_eq!(count_keys(&mut app, "acct_1").await, 0, "nothing written");
     assert!(stored_hashes(&app).await.is_empty());
@@ -1033,5 +1079,36 @@ async fn bad_update_revoke_and_get_input_is_refused_and_changes_nothing(db: Db) 
         ("test key", None)
     );
     assert_still_serving(&mut app).await;
+    app.shutdown().await;
+}
+
+/// CreateKey needs neither scopes nor a preset (proto and docs/api.md say
+/// so): such a key holds only the catalog's auto-granted scopes. CSBoard
+/// grants `read` to every key.
+async fn a_key_without_scopes_or_preset_holds_only_the_auto_granted_scopes(db: Db) {
+    let Some(mut app) =
+        crate::helpers::spawn_app_with(db, crate::helpers::envoy::profile("csboard")).await
+    else {
+        return;
+    };
+    let created = app
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "identity only".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = created.key.unwrap();
+
+    let read = app.authenticate(&created.secret, &["read"]).await;
+    let trading = app.authenticate(&created.secret, &["trading"]).await;
+
+    assert!(key.scopes.is_empty(), "{key:?}");
+    assert_eq!(key.effective_scopes, ["read"]);
+    assert!(read.allowed, "{read:?}");
+    assert_eq!(trading.denial.unwrap().reason(), Reason::InsufficientScope);
     app.shutdown().await;
 }

@@ -278,6 +278,7 @@ async fn cursors_outside_the_retained_log_are_out_of_range(db: Db) {
         .await
         .unwrap_err();
     assert!(status.message().contains("resync"), "{}", status.message());
+    assert_eq!(resume_after_seq(&status), Some(0), "resync, then 0");
 
     let ahead = app
         .keys
@@ -289,6 +290,7 @@ async fn cursors_outside_the_retained_log_are_out_of_range(db: Db) {
         .await
         .unwrap_err();
     assert_eq!(ahead.code(), Code::OutOfRange);
+    assert_eq!(resume_after_seq(&ahead), Some(0));
     // A fresh start still works.
     let mut stream = watch(&mut app, 0, "").await;
     assert_eq!(next(&mut stream).await.kind, "checkpoint");
@@ -346,11 +348,16 @@ async fn a_slow_consumer_is_cut_off_and_can_resume(db: Db) {
         "{}",
         status.message()
     );
+    assert_eq!(
+        resume_after_seq(&status),
+        Some(last_seq),
+        "the trailers name the last sequence received"
+    );
 
-    // Resuming from the last sequence received delivers the rest: every
+    // Resuming from the position the trailers name delivers the rest: every
     // revocation, counted (sequence numbers need not be contiguous).
     let delivered_before = received;
-    let mut resumed = watch(&mut app, last_seq, "").await;
+    let mut resumed = watch(&mut app, resume_after_seq(&status).unwrap(), "").await;
     let mut previous = last_seq;
     let mut delivered_after = 0;
     while delivered_before + delivered_after < 60 {
@@ -389,6 +396,7 @@ async fn a_connected_watcher_ends_with_unavailable_at_shutdown(db: Db) {
         "{}",
         status.message()
     );
+    assert_eq!(resume_after_seq(&status), Some(position));
 }
 
 async fn watchers_beyond_the_bound_are_refused(db: Db) {
@@ -416,6 +424,11 @@ async fn watchers_beyond_the_bound_are_refused(db: Db) {
         "{}",
         refused.message()
     );
+    assert_eq!(
+        resume_after_seq(&refused),
+        Some(0),
+        "the after_seq it asked"
+    );
 
     // A closed stream frees its place.
     drop(first);
@@ -432,6 +445,15 @@ async fn watchers_beyond_the_bound_are_refused(db: Db) {
     .await;
     assert!(admitted, "a place was freed");
     app.shutdown().await;
+}
+
+/// The `after_seq` a stream's ending status says to resume with, as
+/// structured data (trailing metadata) rather than text.
+fn resume_after_seq(status: &tonic::Status) -> Option<u64> {
+    status
+        .metadata()
+        .get("keyward-resume-after-seq")
+        .map(|value| value.to_str().unwrap().parse().unwrap())
 }
 
 fn app_addr(app: &TestApp) -> String {
@@ -595,6 +617,7 @@ async fn pruning_under_the_first_history_read_is_out_of_range(db: Db) {
     let status = ended.expect("the stream ends with a status");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("resync"), "{}", status.message());
+    assert_eq!(resume_after_seq(&status), Some(0));
 }
 
 /// The first page (two events) is delivered, then the rest of the log is
@@ -624,6 +647,7 @@ async fn pruning_between_history_pages_is_out_of_range(db: Db) {
     );
     let status = ended.expect("the stream ends with a status");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(resume_after_seq(&status), Some(0));
     assert!(
         status.message().contains("events after 3"),
         "{}",
@@ -662,6 +686,7 @@ async fn a_rewound_log_ends_streams_out_of_range(db: Db) {
         }
     };
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(resume_after_seq(&status), Some(0));
     assert!(
         status
             .message()
@@ -755,6 +780,7 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_frees_its_place(db: Db) {
         "{}",
         status.message()
     );
+    assert_eq!(resume_after_seq(&status), Some(last_seq));
     assert!(received < total, "it was cut off before the end");
     // The probe stream above frees its place once the server sees it closed.
     let mut resumed = None;
