@@ -34,6 +34,7 @@ use crate::telemetry::{REQUEST_ID_HEADER, Telemetry, request_id};
 
 pub mod json;
 pub mod settings;
+pub mod settings_page;
 
 use json::{BadField, KeyFields};
 use settings::{ManagementApiSettings, Operation};
@@ -56,13 +57,15 @@ struct Api {
     telemetry: Arc<Telemetry>,
 }
 
-/// The router of the profile's routes.
+/// The router of the profile's routes, with `page` (the settings page's
+/// routes, when served) under the same CORS rules.
 pub fn router(
     manager: Arc<KeyManager>,
     policy: Arc<AccessPolicy>,
     settings: ManagementApiSettings,
     style: ErrorBodyStyle,
     telemetry: Arc<Telemetry>,
+    page: Option<Router>,
 ) -> Router {
     let routes = settings.routes.clone();
     let api = Arc::new(Api {
@@ -101,6 +104,10 @@ pub fn router(
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api);
+    let router = match page {
+        Some(page) => router.merge(page),
+        None => router,
+    };
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
