@@ -53,7 +53,11 @@ pub fn router(page: &SettingsPageSettings, context: &PageContext<'_>) -> Router 
     let csp = content_security_policy(page);
     let html = asset(index, "text/html; charset=utf-8", &csp);
     let config = asset(config, "application/json", &csp);
-    let element = asset(ELEMENT_JS.to_owned(), "text/javascript; charset=utf-8", &csp);
+    let element = asset(
+        ELEMENT_JS.to_owned(),
+        "text/javascript; charset=utf-8",
+        &csp,
+    );
     let page_js = asset(PAGE_JS.to_owned(), "text/javascript; charset=utf-8", &csp);
     let styles = asset(STYLES_CSS.to_owned(), "text/css; charset=utf-8", &csp);
     let theme = asset(theme, "text/css; charset=utf-8", &csp);
@@ -166,9 +170,10 @@ pub fn page_config(page: &SettingsPageSettings, context: &PageContext<'_>) -> Va
     let api = context.api;
     let mut routes = Map::new();
     for operation in Operation::ALL {
-        let route = api.route(operation).map_or(Value::Null, |route| {
-            json!({"method": route.method.as_str(), "path": route.path})
-        });
+        let route = api.route(operation).map_or(
+            Value::Null,
+            |route| json!({"method": route.method.as_str(), "path": route.path}),
+        );
         routes.insert(operation.as_str().into(), route);
     }
     let fields = &api.fields;

@@ -207,7 +207,9 @@ impl SettingsPageSettings {
             .map(|(i, origin)| {
                 check_origin(origin)
                     .map(|()| origin.clone())
-                    .map_err(SettingError::at(&format!("settings_page.frame_ancestors[{i}]")))
+                    .map_err(SettingError::at(&format!(
+                        "settings_page.frame_ancestors[{i}]"
+                    )))
             })
             .collect::<Result<_, _>>()?;
         let page_size = crate::settings::in_range(raw.page_size.unwrap_or(10), 1, 100)
@@ -367,15 +369,57 @@ fn theme(raw: RawTheme) -> Result<Theme, SettingError> {
     // Every pair the page draws text in (4.5:1), and the borders of
     // inputs, which WCAG asks 3:1 of.
     let pairs = [
-        ("text", theme.text, "background", theme.background, MIN_CONTRAST),
+        (
+            "text",
+            theme.text,
+            "background",
+            theme.background,
+            MIN_CONTRAST,
+        ),
         ("text", theme.text, "surface", theme.surface, MIN_CONTRAST),
-        ("muted", theme.muted, "background", theme.background, MIN_CONTRAST),
+        (
+            "muted",
+            theme.muted,
+            "background",
+            theme.background,
+            MIN_CONTRAST,
+        ),
         ("muted", theme.muted, "surface", theme.surface, MIN_CONTRAST),
-        ("on_accent", theme.on_accent, "accent", theme.accent, MIN_CONTRAST),
-        ("accent", theme.accent, "background", theme.background, MIN_CONTRAST),
-        ("danger", theme.danger, "background", theme.background, MIN_CONTRAST),
-        ("danger", theme.danger, "surface", theme.surface, MIN_CONTRAST),
-        ("border", theme.border, "background", theme.background, MIN_UI_CONTRAST),
+        (
+            "on_accent",
+            theme.on_accent,
+            "accent",
+            theme.accent,
+            MIN_CONTRAST,
+        ),
+        (
+            "accent",
+            theme.accent,
+            "background",
+            theme.background,
+            MIN_CONTRAST,
+        ),
+        (
+            "danger",
+            theme.danger,
+            "background",
+            theme.background,
+            MIN_CONTRAST,
+        ),
+        (
+            "danger",
+            theme.danger,
+            "surface",
+            theme.surface,
+            MIN_CONTRAST,
+        ),
+        (
+            "border",
+            theme.border,
+            "background",
+            theme.background,
+            MIN_UI_CONTRAST,
+        ),
     ];
     for (fore_key, fore, back_key, back, least) in pairs {
         let ratio = fore.contrast(back);

@@ -31,13 +31,21 @@ fn an_unreadable_theme_is_refused_naming_the_colour() {
     assert!(error.reason.contains("contrast"), "{error}");
     let error = parse("[settings_page.theme]\naccent = \"blue\"\n").unwrap_err();
     assert_eq!(error.key, "settings_page.theme.accent", "{error}");
-    let error = parse("[settings_page.theme]\nfont_family = \"x; } body { color: red\"\n").unwrap_err();
+    let error =
+        parse("[settings_page.theme]\nfont_family = \"x; } body { color: red\"\n").unwrap_err();
     assert_eq!(error.key, "settings_page.theme.font_family", "{error}");
 }
 
 #[test]
 fn a_path_on_an_api_route_or_above_one_is_refused() {
-    for path in ["/v1/keys", "/v1/keys/abc", "/v1", "settings", "/a//b", "/a b"] {
+    for path in [
+        "/v1/keys",
+        "/v1/keys/abc",
+        "/v1",
+        "settings",
+        "/a//b",
+        "/a b",
+    ] {
         let error = parse(&format!("[settings_page]\npath = \"{path}\"\n")).unwrap_err();
         assert_eq!(error.key, "settings_page.path", "{path}: {error}");
     }
@@ -48,7 +56,10 @@ fn a_path_on_an_api_route_or_above_one_is_refused() {
 #[test]
 fn labels_must_name_toggles_and_presets_that_exist() {
     let error = parse("[settings_page.toggle_labels]\ntradingEnabled = \"Trading\"\n").unwrap_err();
-    assert_eq!(error.key, "settings_page.toggle_labels.tradingEnabled", "{error}");
+    assert_eq!(
+        error.key, "settings_page.toggle_labels.tradingEnabled",
+        "{error}"
+    );
     let error = parse("[settings_page.preset_labels]\nnope = \"Nope\"\n").unwrap_err();
     assert_eq!(error.key, "settings_page.preset_labels.nope", "{error}");
     let error = parse("[settings_page]\ntitle = \"\"\n").unwrap_err();
