@@ -845,3 +845,141 @@ where
     }
     panic!("Tab never reached {css}");
 }
+
+// ----- the README's screenshots ------------------------------------------------------
+
+/// CreateKey over gRPC as the signed-in user (the screenshots' fixtures).
+async fn create_over_grpc(
+    app: &mut TestApp,
+    name: &str,
+    scopes: &[&str],
+    expires_in_days: Option<i64>,
+) -> proto::Key {
+    let mut request = tonic::Request::new(proto::CreateKeyRequest {
+        account_id: ACCOUNT.into(),
+        name: name.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        expires_at: expires_in_days.map(|days| prost_types::Timestamp {
+            seconds: now() + days * 86_400,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", jwt()).parse().unwrap(),
+    );
+    app.keys
+        .create_key(request)
+        .await
+        .expect("CreateKey")
+        .into_inner()
+        .key
+        .expect("key")
+}
+
+async fn revoke_over_grpc(app: &mut TestApp, id: &str) {
+    let mut request = tonic::Request::new(proto::RevokeKeyRequest {
+        account_id: ACCOUNT.into(),
+        key_id: id.into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", jwt()).parse().unwrap(),
+    );
+    app.keys.revoke_key(request).await.expect("RevokeKey");
+}
+
+async fn save_screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.expect("screenshot");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/screenshots")
+        .join(format!("{name}.png"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+    eprintln!("wrote {}", path.display());
+}
+
+/// Writes `docs/screenshots/*.png` for the README, with the same harness:
+/// `cargo test --test api settings_page::readme_screenshots -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/screenshots/; run by hand when the page changes"]
+async fn readme_screenshots() {
+    let (mut app, config) = serve("carboncopy").await;
+    let url = page_url(&app, &config);
+    create_over_grpc(
+        &mut app,
+        "portfolio monitor",
+        &["portfolio:read", "account:read"],
+        None,
+    )
+    .await;
+    create_over_grpc(
+        &mut app,
+        "copy-trading bot",
+        &["traders:write", "orders:read"],
+        Some(5),
+    )
+    .await;
+    let old = create_over_grpc(&mut app, "old laptop", &["portfolio:read"], None).await;
+    revoke_over_grpc(&mut app, &old.id).await;
+    in_browser("readme_screenshots", |client| async move {
+        client.set_window_size(1100, 640).await.unwrap();
+        sign_in(&client, &url, &jwt()).await;
+        list_loaded(&client).await;
+        row_status(&client, "old laptop").await;
+        save_screenshot(&client, "carboncopy-keys").await;
+        click(&client, "[data-kw=create]").await;
+        shown(&client, "[data-kw=name]")
+            .await
+            .send_keys("nightly export")
+            .await
+            .unwrap();
+        click(&client, "input[data-resource=portfolio][value=read]").await;
+        click(&client, "input[data-resource=orders][value=write]").await;
+        client.set_window_size(1100, 1000).await.unwrap();
+        save_screenshot(&client, "carboncopy-create").await;
+    })
+    .await;
+    app.shutdown().await;
+
+    let (mut app, config) = serve("csboard").await;
+    let url = page_url(&app, &config);
+    let trading = create_over_grpc(&mut app, "market-maker", &[], None).await;
+    create_over_grpc(&mut app, "price-tracker-prod", &[], None).await;
+    let _ = trading;
+    in_browser("readme_screenshots_csboard", |client| async move {
+        client.set_window_size(1100, 520).await.unwrap();
+        sign_in(&client, &url, &jwt()).await;
+        list_loaded(&client).await;
+        in_row(&client, "market-maker", "[data-kw=toggle-tradingEnabled]").await;
+        wait_for(
+            &client,
+            "trading on",
+            "return document.querySelector('[aria-checked=true]') !== null;",
+            vec![],
+        )
+        .await;
+        save_screenshot(&client, "csboard-keys").await;
+        // A phone's width: each key a card.
+        client.set_window_size(390, 844).await.unwrap();
+        save_screenshot(&client, "csboard-phone").await;
+        client.set_window_size(1100, 600).await.unwrap();
+        let _secret = create_key_keeping_dialog(&client, "price-tracker-staging").await;
+        save_screenshot(&client, "csboard-secret").await;
+    })
+    .await;
+    app.shutdown().await;
+}
+
+/// Creates a key and leaves its secret dialog open (for a screenshot).
+async fn create_key_keeping_dialog(client: &Client, name: &str) -> String {
+    click(client, "[data-kw=create]").await;
+    shown(client, "[data-kw=name]")
+        .await
+        .send_keys(name)
+        .await
+        .unwrap();
+    click(client, "[data-kw=submit]").await;
+    text_of(client, "[data-kw=secret]").await
+}

@@ -408,8 +408,9 @@ class KeywardApiKeys extends HTMLElement {
       if (preset && chosen.length > 0) {
         items = [{ text: preset.label, title: preset.description }];
       } else {
-        items = value.filter((name) => !toggled.has(name))
-          .map((name) => ({ text: this._scopeLabel(name), title: this._description(name) }));
+        // What every key holds shows too (CSBoard's read), once.
+        const shown = [...new Set([...value, ...automatic])].filter((name) => !toggled.has(name));
+        items = shown.map((name) => ({ text: this._scopeLabel(name), title: this._description(name) }));
       }
     }
     if (items.length === 0) return h('span', { class: 'kw-muted', text: 'None' });
