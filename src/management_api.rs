@@ -286,6 +286,7 @@ impl Api {
                 Ok(Answer::read(self.key(&record, None)))
             }
             (Operation::Update, Some(id)) => self.update(&account, &id, body, &actor).await,
+            (Operation::Rotate, Some(id)) => self.rotate(&account, &id, body, &actor).await,
             (Operation::Revoke, Some(id)) => {
                 let written = self.manager.revoke(&account, &id, &actor).await?;
                 Ok(Answer::written(
@@ -313,6 +314,7 @@ impl Api {
             Operation::Update => Rpc::UpdateKey,
             Operation::Revoke => Rpc::RevokeKey,
             Operation::Scopes => Rpc::ListScopes,
+            Operation::Rotate => Rpc::RotateKey,
         };
         let authorization = headers
             .get(header::AUTHORIZATION)
@@ -444,6 +446,34 @@ impl Api {
         ))
     }
 
+    /// keyward's rotation: the successor, with its secret (shown here
+    /// once), in the profile's key shape; `201` like a creation.
+    async fn rotate(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        body: &[u8],
+        actor: &Actor,
+    ) -> Result<Answer, ApiError> {
+        let grace = json::rotation_grace(body)?;
+        let (rotated, secret) = self
+            .manager
+            .rotate(account, id, grace, actor)
+            .await
+            .map_err(|error| match error {
+                ManagementError::Invalid {
+                    field: "grace_period",
+                    reason,
+                } => ApiError::Invalid(BadField::new(json::GRACE_PERIOD_FIELD, reason)),
+                other => self.renamed(other),
+            })?;
+        Ok(Answer::written(
+            StatusCode::CREATED,
+            self.key(&rotated.key, Some(secret.expose())),
+            rotated.revision,
+        ))
+    }
+
     async fn list(&self, account: &AccountId, query: Option<&str>) -> Result<Answer, ApiError> {
         let include_revoked = query_flag(query, "include_revoked")?.unwrap_or(false);
         let page = self
@@ -530,8 +560,7 @@ impl Api {
                 ManagementError::NotFound => (&errors.not_found, error.to_string()),
                 ManagementError::KeyLimitReached { .. } => (&errors.key_limit, error.to_string()),
                 ManagementError::KeyRevoked => (&errors.key_revoked, error.to_string()),
-                // RotateKey and ImportKeys are gRPC only; their errors do
-                // not arise here.
+                // ImportKeys is gRPC only; its errors do not arise here.
                 ManagementError::InvalidAt { .. } => (&errors.invalid, error.to_string()),
                 ManagementError::KeyExpired
                 | ManagementError::AlreadyRotated { .. }

@@ -329,6 +329,7 @@ async fn run(
                     catalog: &config.catalog,
                     key_format: &config.key_format,
                     max_active_per_account: config.max_active_keys_per_account,
+                    max_rotation_grace: config.max_rotation_grace,
                 },
             )
         });

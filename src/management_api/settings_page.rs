@@ -37,6 +37,8 @@ pub struct PageContext<'a> {
     pub catalog: &'a ScopeCatalog,
     pub key_format: &'a KeyFormat,
     pub max_active_per_account: u32,
+    /// `keys.max_rotation_grace_seconds`: the longest grace the page offers.
+    pub max_rotation_grace: std::time::Duration,
 }
 
 /// The page's routes: `{path}`, `{path}/config.json` and `{path}/assets/*`.
@@ -264,6 +266,7 @@ pub fn page_config(page: &SettingsPageSettings, context: &PageContext<'_>) -> Va
         },
         "key_prefix": context.key_format.prefix(),
         "max_active_per_account": context.max_active_per_account,
+        "max_rotation_grace_seconds": context.max_rotation_grace.as_secs(),
         "page_size": page.page_size,
         "expiring_days": page.expiring_days,
         "frame_ancestors": page.frame_ancestors,

@@ -72,7 +72,7 @@ hot_path_requires_token = false
 issuers = ["{ISSUER}"]
 audiences = ["{AUDIENCE}"]
 public_key_files = ["{rs256}"]
-rpcs = ["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys"]
+rpcs = ["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys", "RotateKey"]
 "#,
         rs256 = fixture("rs256-test-public.pem"),
     );
@@ -722,6 +722,61 @@ async fn an_expired_jwt_shows_the_products_401_text() {
             );
             // The page around it is whole.
             assert_eq!(text_of(&client, "h2.kw-title").await, "API Keys");
+        },
+    )
+    .await;
+    app.shutdown().await;
+}
+
+/// Rotation (the journal): the new secret shown once and working, the old
+/// key kept for the grace period picked and shown as expiring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_key_shows_the_new_secret_once_and_keeps_the_old_for_its_grace() {
+    let (mut app, config) = serve("tradejournal").await;
+    let url = page_url(&app, &config);
+    let app_ref = &mut app;
+    in_browser(
+        "rotating_a_key_shows_the_new_secret_once_and_keeps_the_old_for_its_grace",
+        |client| async move {
+            sign_in(&client, &url, &jwt()).await;
+            list_loaded(&client).await;
+            let old_secret = create_key(&client, "sync job", || async {}).await;
+            in_row(&client, "sync job", "[data-kw=rotate]").await;
+            assert_eq!(
+                text_of(&client, "[data-kw=rotate-dialog] h2").await,
+                "Rotate “sync job”?"
+            );
+            click(&client, "[data-kw=grace-3600]").await;
+            click(&client, "[data-kw=confirm-rotate]").await;
+            let new_secret = text_of(&client, "[data-kw=secret]").await;
+            assert_ne!(new_secret, old_secret);
+            let new_key = authenticate(app_ref, "Bearer", &new_secret).await;
+            assert!(new_key.allowed, "{new_key:?}");
+            let old_key = authenticate(app_ref, "Bearer", &old_secret).await;
+            assert!(old_key.allowed, "within its grace: {old_key:?}");
+            assert_eq!(
+                new_key.key.unwrap().scopes,
+                old_key.key.unwrap().scopes,
+                "the successor inherits the scopes"
+            );
+            click(&client, "[data-kw=done]").await;
+            wait_for(
+                &client,
+                "the dialog to close",
+                "return !document.querySelector('dialog');",
+                vec![],
+            )
+            .await;
+            assert_eq!(secret_traces(&client, &new_secret).await, json!([]));
+            let statuses = wait_for(
+                &client,
+                "both keys listed",
+                "const rows = [...document.querySelectorAll('tr[data-kw=key]')];
+                 return rows.length === 2 ? rows.map((row) => row.dataset.status).sort() : null;",
+                vec![],
+            )
+            .await;
+            assert_eq!(statuses, json!(["active", "expiring"]));
         },
     )
     .await;

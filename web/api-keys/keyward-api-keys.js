@@ -352,6 +352,16 @@ class KeywardApiKeys extends HTMLElement {
       }
     }
     const actions = [];
+    if (config.routes.rotate && (status === 'active' || status === 'expiring')) {
+      actions.push(h('button', {
+        type: 'button',
+        class: 'kw-button',
+        'data-kw': 'rotate',
+        'aria-label': `Rotate ${name}`,
+        onclick: (event) => this._confirmRotate(key, event.currentTarget),
+        text: 'Rotate',
+      }));
+    }
     if (config.routes.revoke && status !== 'revoked') {
       actions.push(h('button', {
         type: 'button',
@@ -362,7 +372,7 @@ class KeywardApiKeys extends HTMLElement {
         text: 'Revoke',
       }));
     }
-    cells.push(cell('Actions', ...actions));
+    cells.push(cell('Actions', h('div', { class: 'kw-row-actions' }, ...actions)));
     return h('tr', { 'data-kw': 'key', 'data-key-id': this._field(key, 'id') ?? '', 'data-status': status }, cells);
   }
 
@@ -575,7 +585,7 @@ class KeywardApiKeys extends HTMLElement {
       if (created) delete created[config.fields.secret];
       this._secretOpen = true;
       dialog.close();
-      this._showSecret(name, secret);
+      this._showSecret(name, secret, `Key “${name}” created. Its secret is no longer shown.`);
     });
     this.append(dialog);
     dialog.showModal();
@@ -584,7 +594,7 @@ class KeywardApiKeys extends HTMLElement {
 
   /** The secret, once. On close the dialog leaves the DOM and the only
    * variable holding the secret is cleared. */
-  _showSecret(name, secretValue) {
+  _showSecret(name, secretValue, afterwards) {
     const config = this._config;
     const id = this._id;
     let secret = secretValue;
@@ -626,7 +636,7 @@ class KeywardApiKeys extends HTMLElement {
       dialog.remove();
       this._secretOpen = false;
       window.getSelection()?.removeAllRanges();
-      this._say(`Key “${name}” created. Its secret is no longer shown.`);
+      this._say(afterwards);
       this.refresh().then(() => this._createButton.focus());
     });
     this.append(dialog);
@@ -678,6 +688,62 @@ class KeywardApiKeys extends HTMLElement {
     this.append(dialog);
     dialog.showModal();
     cancel.focus();
+  }
+
+  /** Rotation: a successor with the same name and scopes; the old key
+   * stops at once or after a grace period the user picks. */
+  _confirmRotate(key, opener) {
+    const config = this._config;
+    const id = this._id;
+    const name = this._field(key, 'name') ?? '';
+    const error = h('div', { class: 'kw-error', role: 'alert', hidden: true });
+    const graces = [[0, 'Stop working at once'], [3600, 'Keep working for 1 hour'],
+      [86400, 'Keep working for 24 hours'], [604800, 'Keep working for 7 days']]
+      .filter(([seconds]) => seconds <= config.max_rotation_grace_seconds);
+    const radios = graces.map(([seconds, text], i) => h('label', { class: 'kw-choice kw-preset' },
+      h('input', { type: 'radio', name: `${id}-grace`, value: seconds, checked: i === 0, 'data-kw': `grace-${seconds}` }),
+      ` ${text}`));
+    const cancel = h('button', { type: 'button', class: 'kw-button', 'data-kw': 'cancel', text: 'Cancel', onclick: () => dialog.close() });
+    let rotated = false;
+    const confirm = h('button', {
+      type: 'button',
+      class: 'kw-button kw-primary',
+      'data-kw': 'confirm-rotate',
+      text: 'Rotate key',
+      onclick: async () => {
+        const grace = Number(radios.map((label) => label.querySelector('input')).find((input) => input.checked)?.value ?? 0);
+        confirm.disabled = true;
+        let created;
+        try {
+          created = await this._call('rotate', { id: this._field(key, 'id'), body: grace > 0 ? { grace_period_seconds: grace } : {} });
+        } catch (failure) {
+          confirm.disabled = false;
+          error.replaceChildren(h('p', { text: failure.detail ? `${failure.message} (${failure.detail})` : failure.message }));
+          error.hidden = false;
+          return;
+        }
+        const secret = created?.[config.fields.secret];
+        if (created) delete created[config.fields.secret];
+        rotated = true;
+        this._secretOpen = true;
+        dialog.close();
+        const old = grace > 0 ? `The old key works until ${new Date(Date.now() + grace * 1000).toLocaleString()}.` : 'The old key is revoked.';
+        this._showSecret(name, secret, `Key “${name}” rotated. ${old} The new secret is no longer shown.`);
+      },
+    });
+    const dialog = h('dialog', { class: 'kw-dialog', 'aria-labelledby': `${id}-rotate-title`, 'data-kw': 'rotate-dialog' },
+      h('h2', { class: 'kw-title', id: `${id}-rotate-title`, text: `Rotate “${name}”?` }),
+      h('p', { text: 'A new key replaces this one, with the same name and scopes. Its secret is shown once.' }),
+      error,
+      h('fieldset', { class: 'kw-fieldset' }, h('legend', { text: 'The old key' }), radios),
+      h('div', { class: 'kw-actions' }, cancel, confirm));
+    dialog.addEventListener('close', () => {
+      dialog.remove();
+      if (!rotated && opener.isConnected) opener.focus();
+    });
+    this.append(dialog);
+    dialog.showModal();
+    radios[0]?.querySelector('input')?.focus();
   }
 
   async _toggle(key, toggle, on, button) {

@@ -81,6 +81,7 @@ fn the_page_config_speaks_the_profiles_api() {
             catalog: &config.catalog,
             key_format: &config.key_format,
             max_active_per_account: config.max_active_keys_per_account,
+            max_rotation_grace: config.max_rotation_grace,
         },
     );
     assert_eq!(value["fields"]["name"], "label");
@@ -91,4 +92,8 @@ fn the_page_config_speaks_the_profiles_api() {
     assert_eq!(value["toggles"][0]["label"], "Trading enabled");
     assert_eq!(value["key_prefix"], "csb_pub_");
     assert_eq!(value["max_active_per_account"], 10);
+    assert_eq!(
+        value["routes"]["rotate"]["path"],
+        "/v1/keys/{key_id}/rotate"
+    );
 }
