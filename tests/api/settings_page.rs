@@ -783,6 +783,89 @@ async fn rotating_a_key_shows_the_new_secret_once_and_keeps_the_old_for_its_grac
     app.shutdown().await;
 }
 
+/// The two embeddings of docs/settings-page.md, on a product's page served
+/// from another origin: the web component with a token-provider callback
+/// (module script, config and API calls through the API's CORS), and the
+/// iframe handed its token by `postMessage` (allowed by `frame_ancestors`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_embeds_the_page_as_a_web_component_and_as_an_iframe() {
+    let product = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let product_origin = format!("http://{}", product.local_addr().unwrap());
+    let mut config = profile_with_jwts("csboard");
+    config
+        .management_api
+        .cors_allowed_origins
+        .push(product_origin.parse().unwrap());
+    config.settings_page.frame_ancestors = vec![product_origin.clone()];
+    let mut app = spawn_app_with(crate::helpers::Db::Sqlite, config)
+        .await
+        .unwrap();
+    let keyward = format!("http://{}", app.http_addr().unwrap());
+    let token = jwt();
+    // The README's dozen lines, with the token handed over directly.
+    let component = format!(
+        r#"<!doctype html><html><head><title>Product</title></head><body>
+<h1>Product settings</h1>
+<script type="module" src="{keyward}/settings/api-keys/assets/keyward-api-keys.js"></script>
+<keyward-api-keys id="api-keys"></keyward-api-keys>
+<script type="module">
+  const keys = document.getElementById("api-keys");
+  await customElements.whenDefined("keyward-api-keys");
+  keys.tokenProvider = async () => "{token}";
+</script></body></html>"#
+    );
+    let frame = format!(
+        r#"<!doctype html><html><head><title>Product</title></head><body>
+<h1>Product settings</h1>
+<iframe src="{keyward}/settings/api-keys" title="API keys" width="1000" height="700"></iframe>
+<script type="module">
+  const keyward = "{keyward}";
+  window.addEventListener("message", (event) => {{
+    if (event.origin !== keyward || event.data?.type !== "keyward:token-request") return;
+    event.source.postMessage({{ type: "keyward:token", token: "{token}" }}, keyward);
+  }});
+</script></body></html>"#
+    );
+    let html = |body: String| move || async move { axum::response::Html(body) };
+    let router = axum::Router::new()
+        .route("/component", axum::routing::get(html(component)))
+        .route("/frame", axum::routing::get(html(frame)));
+    let product_server = tokio::spawn(async move {
+        axum::serve(product, router).await.unwrap();
+    });
+    let app_ref = &mut app;
+    let origin = product_origin.clone();
+    in_browser(
+        "a_product_embeds_the_page_as_a_web_component_and_as_an_iframe",
+        |client| async move {
+            client.goto(&format!("{origin}/component")).await.unwrap();
+            list_loaded(&client).await;
+            let secret = create_key(&client, "embedded", || async {}).await;
+            assert!(authenticate(app_ref, "Bearer", &secret).await.allowed);
+            assert_eq!(row_status(&client, "embedded").await, "active");
+            assert_eq!(secret_traces(&client, &secret).await, json!([]));
+
+            client.goto(&format!("{origin}/frame")).await.unwrap();
+            client.enter_frame(0).await.unwrap();
+            list_loaded(&client).await;
+            assert_eq!(row_status(&client, "embedded").await, "active");
+            in_row(&client, "embedded", "[data-kw=revoke]").await;
+            click(&client, "[data-kw=confirm-revoke]").await;
+            wait_for(
+                &client,
+                "the key revoked in the frame",
+                "return document.querySelector('tr[data-kw=key]')?.dataset.status === 'revoked';",
+                vec![],
+            )
+            .await;
+            assert!(!authenticate(app_ref, "Bearer", &secret).await.allowed);
+        },
+    )
+    .await;
+    product_server.abort();
+    app.shutdown().await;
+}
+
 /// Keyboard only (Carboncopy): sign in, reach "Create Key", name the key,
 /// pick a level with the arrow keys, submit, close the secret dialog, all
 /// without a click.
