@@ -866,6 +866,58 @@ async fn a_product_embeds_the_page_as_a_web_component_and_as_an_iframe() {
     app.shutdown().await;
 }
 
+/// Many keys come in pages, and the key limit is shown (and the create
+/// button disabled, saying why) before the user runs into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_are_paged_and_the_key_limit_is_shown_before_it_is_reached() {
+    let mut config = profile_with_jwts("carboncopy");
+    config.settings_page.page_size = 4;
+    let mut app = spawn_app_with(crate::helpers::Db::Sqlite, config.clone())
+        .await
+        .unwrap();
+    for i in 0..config.max_active_keys_per_account {
+        create_over_grpc(&mut app, &format!("key {i:02}"), &["account:read"], None).await;
+    }
+    let url = page_url(&app, &config);
+    in_browser(
+        "many_keys_are_paged_and_the_key_limit_is_shown_before_it_is_reached",
+        |client| async move {
+            sign_in(&client, &url, &jwt()).await;
+            list_loaded(&client).await;
+            let usage = text_of(&client, "[data-kw=usage]").await;
+            assert_eq!(
+                usage,
+                "10 of 10 active keys: the limit. Revoke a key to create another."
+            );
+            let create = shown(&client, "[data-kw=create]").await;
+            assert_eq!(create.attr("disabled").await.unwrap().as_deref(), Some("true"));
+            let rows = "return [...document.querySelectorAll('tr[data-kw=key] .kw-name')].map((e) => e.textContent);";
+            let first = client.execute(rows, vec![]).await.unwrap();
+            assert_eq!(first.as_array().unwrap().len(), 4, "{first}");
+            assert_eq!(text_of(&client, ".kw-pager span").await, "Page 1 of 3");
+            click(&client, "[data-kw=next]").await;
+            click(&client, "[data-kw=next]").await;
+            assert_eq!(text_of(&client, ".kw-pager span").await, "Page 3 of 3");
+            let last = client.execute(rows, vec![]).await.unwrap();
+            assert_eq!(last.as_array().unwrap().len(), 2, "{last}");
+            // Revoking one makes room again.
+            let name = last[0].as_str().unwrap().to_owned();
+            in_row(&client, &name, "[data-kw=revoke]").await;
+            click(&client, "[data-kw=confirm-revoke]").await;
+            wait_for(
+                &client,
+                "room for a key",
+                "return document.querySelector('[data-kw=usage]')?.textContent === '9 of 10 active keys'
+                   && !document.querySelector('[data-kw=create]').disabled;",
+                vec![],
+            )
+            .await;
+        },
+    )
+    .await;
+    app.shutdown().await;
+}
+
 /// Keyboard only (Carboncopy): sign in, reach "Create Key", name the key,
 /// pick a level with the arrow keys, submit, close the secret dialog, all
 /// without a click.
