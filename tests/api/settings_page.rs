@@ -1114,7 +1114,7 @@ async fn readme_screenshots() {
     let old = create_over_grpc(&mut app, "old laptop", &["portfolio:read"], None).await;
     revoke_over_grpc(&mut app, &old.id).await;
     in_browser("readme_screenshots", |client| async move {
-        client.set_window_size(1100, 640).await.unwrap();
+        client.set_window_size(1200, 560).await.unwrap();
         sign_in(&client, &url, &jwt()).await;
         list_loaded(&client).await;
         row_status(&client, "old laptop").await;
@@ -1127,7 +1127,7 @@ async fn readme_screenshots() {
             .unwrap();
         click(&client, "input[data-resource=portfolio][value=read]").await;
         click(&client, "input[data-resource=orders][value=write]").await;
-        client.set_window_size(1100, 1000).await.unwrap();
+        client.set_window_size(1200, 1000).await.unwrap();
         save_screenshot(&client, "carboncopy-create").await;
     })
     .await;
@@ -1139,7 +1139,7 @@ async fn readme_screenshots() {
     create_over_grpc(&mut app, "price-tracker-prod", &[], None).await;
     let _ = trading;
     in_browser("readme_screenshots_csboard", |client| async move {
-        client.set_window_size(1100, 520).await.unwrap();
+        client.set_window_size(1200, 540).await.unwrap();
         sign_in(&client, &url, &jwt()).await;
         list_loaded(&client).await;
         in_row(&client, "market-maker", "[data-kw=toggle-tradingEnabled]").await;
@@ -1154,7 +1154,7 @@ async fn readme_screenshots() {
         // A phone's width: each key a card.
         client.set_window_size(390, 844).await.unwrap();
         save_screenshot(&client, "csboard-phone").await;
-        client.set_window_size(1100, 600).await.unwrap();
+        client.set_window_size(1200, 560).await.unwrap();
         let _secret = create_key_keeping_dialog(&client, "price-tracker-staging").await;
         save_screenshot(&client, "csboard-secret").await;
     })
