@@ -11,6 +11,7 @@
 //! state they expect (generous limits), never sleep for a fixed time.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,8 +26,18 @@ use serde_json::{Value, json};
 use crate::helpers::http_api::send;
 use crate::helpers::{TestApp, free_port, running_in_ci, spawn_app_with};
 
+/// Debian's paths; `KEYWARD_CHROMIUM` and `KEYWARD_CHROMEDRIVER` point
+/// elsewhere (another distribution, or a check of the skip path).
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn chromium() -> String {
+    std::env::var("KEYWARD_CHROMIUM").unwrap_or_else(|_| CHROMIUM.into())
+}
+
+fn chromedriver() -> String {
+    std::env::var("KEYWARD_CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.into())
+}
 const ISSUER: &str = "https://auth.example.test";
 const AUDIENCE: &str = "keyward-page-test";
 const ACCOUNT: &str = "user_page";
@@ -112,7 +123,7 @@ struct Browser {
 /// Whether the browser tests can run here; `None` with the reason printed
 /// when they cannot, a failure when `CI=true`.
 fn browser_available(test: &str) -> bool {
-    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+    let missing: Vec<String> = [chromium(), chromedriver()]
         .into_iter()
         .filter(|path| !Path::new(path).exists())
         .collect();
@@ -124,14 +135,16 @@ fn browser_available(test: &str) -> bool {
         missing.join(" and ")
     );
     assert!(!running_in_ci(), "CI=true and {reason}");
-    eprintln!("skipped {reason}");
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of passing tests, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "skipped {reason}");
     false
 }
 
 impl Browser {
     async fn start() -> Self {
         let port = free_port("127.0.0.1");
-        let driver = tokio::process::Command::new(CHROMEDRIVER)
+        let driver = tokio::process::Command::new(chromedriver())
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -142,7 +155,7 @@ impl Browser {
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
-                "binary": CHROMIUM,
+                "binary": chromium(),
                 "args": [
                     "--headless",
                     "--no-sandbox",
@@ -900,6 +913,16 @@ async fn many_keys_are_paged_and_the_key_limit_is_shown_before_it_is_reached() {
             assert_eq!(text_of(&client, ".kw-pager span").await, "Page 3 of 3");
             let last = client.execute(rows, vec![]).await.unwrap();
             assert_eq!(last.as_array().unwrap().len(), 2, "{last}");
+            // A phone's width: nothing wider than the screen.
+            client.set_window_size(390, 844).await.unwrap();
+            wait_for(
+                &client,
+                "the page to fit 390 px",
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await;
+            client.set_window_size(1280, 900).await.unwrap();
             // Revoking one makes room again.
             let name = last[0].as_str().unwrap().to_owned();
             in_row(&client, &name, "[data-kw=revoke]").await;
