@@ -199,6 +199,9 @@ impl Browser {
     }
 }
 
+/// Browsers running at once, across the test binary's threads.
+static BROWSER_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
 /// Runs `test` in a fresh browser; on failure saves a screenshot to
 /// `target/browser-screenshots/<name>.png`, then fails with the test's
 /// panic. The browser session is closed either way.
@@ -210,6 +213,9 @@ where
     if !browser_available(name) {
         return;
     }
+    // A few browsers at a time, however many test threads: each headless
+    // Chromium is a few hundred MB and several processes.
+    let _turn = BROWSER_TURNS.acquire().await.expect("never closed");
     let browser = Browser::start().await;
     let outcome = std::panic::AssertUnwindSafe(test(browser.client.clone()))
         .catch_unwind()

@@ -597,7 +597,10 @@ class KeywardApiKeys extends HTMLElement {
   _showSecret(name, secretValue, afterwards) {
     const config = this._config;
     const id = this._id;
+    // One variable holds it; the parameter is cleared, so the closures
+    // below keep no second copy alive after `secret = null`.
     let secret = secretValue;
+    secretValue = null;
     const copied = h('span', { class: 'kw-muted', role: 'status', 'data-kw': 'copied' });
     const code = h('code', { class: 'kw-secret', id: `${id}-secret`, 'data-kw': 'secret', tabindex: '0', text: secret });
     const copy = h('button', {
