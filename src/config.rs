@@ -28,6 +28,7 @@ use crate::key_cache::{CacheSettings, RawCache};
 use crate::key_format::{KeyFormat, KeySettings, RawKeys};
 use crate::last_use::RawLastUsed;
 use crate::management_api::settings::{ManagementApiSettings, RawManagementApi};
+use crate::management_api::settings_page::settings::{RawSettingsPage, SettingsPageSettings};
 use crate::rate_limits::RawRateLimit;
 use crate::scope_catalog::{RawPreset, RawScope, ScopeCatalog};
 use crate::settings::SettingError;
@@ -76,6 +77,7 @@ struct RawConfig {
     auth: RawAuth,
     http: RawHttp,
     management_api: RawManagementApi,
+    settings_page: RawSettingsPage,
     audit: RawAudit,
 }
 
@@ -108,6 +110,8 @@ pub struct Config {
     pub http_route_definitions: Arc<[RouteDefinition]>,
     /// `[management_api]`: the products' key-management HTTP API.
     pub management_api: ManagementApiSettings,
+    /// `[settings_page]`: the API-keys page served beside that API.
+    pub settings_page: SettingsPageSettings,
     /// `[audit]`: how long the audit trail is kept.
     pub audit: AuditSettings,
 }
@@ -187,6 +191,9 @@ impl Config {
         let auth = AccessSettings::from_raw(raw.auth).map_err(in_file)?;
         let management_api =
             ManagementApiSettings::from_raw(raw.management_api, &catalog).map_err(in_file)?;
+        let settings_page =
+            SettingsPageSettings::from_raw(raw.settings_page, &management_api, &catalog)
+                .map_err(in_file)?;
         let audit = AuditSettings::from_raw(raw.audit).map_err(in_file)?;
         let http_route_definitions = raw.http.route_definitions();
         let http = ExtAuthzSettings::from_raw(raw.http, &keys.format, &catalog, &denials)
@@ -208,6 +215,7 @@ impl Config {
             http,
             http_route_definitions,
             management_api,
+            settings_page,
             audit,
         })
     }

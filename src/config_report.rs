@@ -57,6 +57,10 @@ pub const SECTIONS: &[Section] = &[
         title: "Key-management HTTP API ([management_api], served on server.http_listen)",
         lines: management_api,
     },
+    Section {
+        title: "API-keys settings page ([settings_page], served beside that API)",
+        lines: settings_page,
+    },
 ];
 
 /// The whole report.
@@ -450,6 +454,45 @@ fn route_line(route: &RouteDefinition) -> String {
         }
     };
     format!("{} {}: {access}", route.methods.join(", "), route.path)
+}
+
+/// Where the page is, what it calls things and who may frame it.
+fn settings_page(config: &Config) -> Vec<String> {
+    let page = &config.settings_page;
+    if !page.enabled {
+        return vec!["not served (settings_page.enabled = false)".into()];
+    }
+    let mut lines = vec![match config.server.http_listen {
+        Some(address) => format!("http://{address}{}", page.path),
+        None => format!(
+            "{} once the HTTP listener is on (server.http_listen or --http-listen)",
+            page.path
+        ),
+    }];
+    lines.push(format!(
+        "{:?} for {:?}; name field {:?}; create button {:?}",
+        page.title, page.product, page.name_label, page.create_label
+    ));
+    for (field, label) in &page.toggle_labels {
+        lines.push(format!("toggle {field}: {label:?}"));
+    }
+    for (preset, label) in &page.preset_labels {
+        lines.push(format!("preset {preset}: {label:?}"));
+    }
+    lines.push(if page.frame_ancestors.is_empty() {
+        "framed by keyward's own origin only".into()
+    } else {
+        format!("may be framed by: {}", page.frame_ancestors.join(", "))
+    });
+    let theme = &page.theme;
+    lines.push(format!(
+        "theme: text {} on {}, accent {}, font {}",
+        theme.text.css(),
+        theme.background.css(),
+        theme.accent.css(),
+        theme.font_family
+    ));
+    lines
 }
 
 /// The served routes, the JSON names and the shape of scopes.

@@ -34,6 +34,7 @@ use crate::telemetry::{REQUEST_ID_HEADER, Telemetry, request_id};
 
 pub mod json;
 pub mod settings;
+pub mod settings_page;
 
 use json::{BadField, KeyFields};
 use settings::{ManagementApiSettings, Operation};
@@ -56,13 +57,15 @@ struct Api {
     telemetry: Arc<Telemetry>,
 }
 
-/// The router of the profile's routes.
+/// The router of the profile's routes, with `page` (the settings page's
+/// routes, when served) under the same CORS rules.
 pub fn router(
     manager: Arc<KeyManager>,
     policy: Arc<AccessPolicy>,
     settings: ManagementApiSettings,
     style: ErrorBodyStyle,
     telemetry: Arc<Telemetry>,
+    page: Option<Router>,
 ) -> Router {
     let routes = settings.routes.clone();
     let api = Arc::new(Api {
@@ -101,6 +104,10 @@ pub fn router(
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api);
+    let router = match page {
+        Some(page) => router.merge(page),
+        None => router,
+    };
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -279,6 +286,7 @@ impl Api {
                 Ok(Answer::read(self.key(&record, None)))
             }
             (Operation::Update, Some(id)) => self.update(&account, &id, body, &actor).await,
+            (Operation::Rotate, Some(id)) => self.rotate(&account, &id, body, &actor).await,
             (Operation::Revoke, Some(id)) => {
                 let written = self.manager.revoke(&account, &id, &actor).await?;
                 Ok(Answer::written(
@@ -306,6 +314,7 @@ impl Api {
             Operation::Update => Rpc::UpdateKey,
             Operation::Revoke => Rpc::RevokeKey,
             Operation::Scopes => Rpc::ListScopes,
+            Operation::Rotate => Rpc::RotateKey,
         };
         let authorization = headers
             .get(header::AUTHORIZATION)
@@ -437,6 +446,34 @@ impl Api {
         ))
     }
 
+    /// keyward's rotation: the successor, with its secret (shown here
+    /// once), in the profile's key shape; `201` like a creation.
+    async fn rotate(
+        &self,
+        account: &AccountId,
+        id: &KeyId,
+        body: &[u8],
+        actor: &Actor,
+    ) -> Result<Answer, ApiError> {
+        let grace = json::rotation_grace(body)?;
+        let (rotated, secret) = self
+            .manager
+            .rotate(account, id, grace, actor)
+            .await
+            .map_err(|error| match error {
+                ManagementError::Invalid {
+                    field: "grace_period",
+                    reason,
+                } => ApiError::Invalid(BadField::new(json::GRACE_PERIOD_FIELD, reason)),
+                other => self.renamed(other),
+            })?;
+        Ok(Answer::written(
+            StatusCode::CREATED,
+            self.key(&rotated.key, Some(secret.expose())),
+            rotated.revision,
+        ))
+    }
+
     async fn list(&self, account: &AccountId, query: Option<&str>) -> Result<Answer, ApiError> {
         let include_revoked = query_flag(query, "include_revoked")?.unwrap_or(false);
         let page = self
@@ -523,8 +560,7 @@ impl Api {
                 ManagementError::NotFound => (&errors.not_found, error.to_string()),
                 ManagementError::KeyLimitReached { .. } => (&errors.key_limit, error.to_string()),
                 ManagementError::KeyRevoked => (&errors.key_revoked, error.to_string()),
-                // RotateKey and ImportKeys are gRPC only; their errors do
-                // not arise here.
+                // ImportKeys is gRPC only; its errors do not arise here.
                 ManagementError::InvalidAt { .. } => (&errors.invalid, error.to_string()),
                 ManagementError::KeyExpired
                 | ManagementError::AlreadyRotated { .. }

@@ -321,6 +321,18 @@ async fn run(
     });
 
     let http_server = prepared.http.map(|http_listener| {
+        let page = config.settings_page.enabled.then(|| {
+            management_api::settings_page::router(
+                &config.settings_page,
+                &management_api::settings_page::PageContext {
+                    api: &config.management_api,
+                    catalog: &config.catalog,
+                    key_format: &config.key_format,
+                    max_active_per_account: config.max_active_keys_per_account,
+                    max_rotation_grace: config.max_rotation_grace,
+                },
+            )
+        });
         tokio::spawn(management_api::serve(
             http_listener,
             management_api::router(
@@ -329,6 +341,7 @@ async fn run(
                 config.management_api.clone(),
                 config.http.responses.style(),
                 Arc::clone(&telemetry),
+                page,
             ),
             stop.clone().cancelled_owned(),
         ))

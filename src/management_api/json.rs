@@ -76,6 +76,47 @@ pub fn key_fields(settings: &ManagementApiSettings, body: &[u8]) -> Result<KeyFi
     Ok(fields)
 }
 
+/// The rotate route's one body field (keyward's own, in every profile).
+pub const GRACE_PERIOD_FIELD: &str = "grace_period_seconds";
+
+/// A rotate body: empty or `{}` revokes the old key at once;
+/// `{"grace_period_seconds": 3600}` keeps it working that long.
+pub fn rotation_grace(body: &[u8]) -> Result<Option<Duration>, BadField> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| BadField::new("body", format!("not JSON: {error}")))?;
+    let Value::Object(object) = value else {
+        return Err(BadField::new("body", "must be a JSON object"));
+    };
+    let mut grace = None;
+    for (key, value) in object {
+        if key != GRACE_PERIOD_FIELD {
+            return Err(BadField::new(key, "is not a field of a rotation"));
+        }
+        grace = match value {
+            Value::Null => None,
+            Value::Number(number) => match number.as_u64() {
+                Some(seconds) => Some(Duration::from_secs(seconds)),
+                None => {
+                    return Err(BadField::new(
+                        GRACE_PERIOD_FIELD,
+                        "must be a whole number of seconds, 0 or more",
+                    ));
+                }
+            },
+            _ => {
+                return Err(BadField::new(
+                    GRACE_PERIOD_FIELD,
+                    "must be a whole number of seconds, 0 or more",
+                ));
+            }
+        };
+    }
+    Ok(grace)
+}
+
 fn string(field: &str, value: Value) -> Result<String, BadField> {
     match value {
         Value::String(text) => Ok(text),

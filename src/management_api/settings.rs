@@ -18,16 +18,20 @@ pub enum Operation {
     Update,
     Revoke,
     Scopes,
+    /// keyward's RotateKey (a successor inherits the key; the old one is
+    /// revoked or expires after a grace period).
+    Rotate,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 6] = [
+    pub const ALL: [Operation; 7] = [
         Self::Create,
         Self::List,
         Self::Get,
         Self::Update,
         Self::Revoke,
         Self::Scopes,
+        Self::Rotate,
     ];
 
     /// The TOML key naming its route, and its metrics label.
@@ -39,12 +43,13 @@ impl Operation {
             Self::Update => "update",
             Self::Revoke => "revoke",
             Self::Scopes => "scopes",
+            Self::Rotate => "rotate",
         }
     }
 
     /// Whether the route's path names a key (`{key_id}`).
     fn names_a_key(self) -> bool {
-        matches!(self, Self::Get | Self::Update | Self::Revoke)
+        matches!(self, Self::Get | Self::Update | Self::Revoke | Self::Rotate)
     }
 
     fn default_route(self) -> &'static str {
@@ -55,6 +60,7 @@ impl Operation {
             Self::Update => "PATCH /v1/keys/{key_id}",
             Self::Revoke => "DELETE /v1/keys/{key_id}",
             Self::Scopes => "GET /v1/scopes",
+            Self::Rotate => "POST /v1/keys/{key_id}/rotate",
         }
     }
 }
@@ -151,6 +157,7 @@ pub struct RawManagementApi {
     pub update: Option<String>,
     pub revoke: Option<String>,
     pub scopes: Option<String>,
+    pub rotate: Option<String>,
     pub scopes_shape: Option<String>,
     pub fields: RawFieldNames,
     pub toggles: Vec<RawToggle>,
@@ -223,10 +230,14 @@ impl ManagementApiSettings {
             ));
         }
         let toggles = toggles(raw.toggles, &fields, catalog)?;
-        if routes.iter().any(|r| r.operation == Operation::Create) && fields.secret.is_none() {
+        if routes
+            .iter()
+            .any(|r| matches!(r.operation, Operation::Create | Operation::Rotate))
+            && fields.secret.is_none()
+        {
             return Err(SettingError::new(
                 "management_api.fields.secret",
-                "must name a field while keys are created: the secret is shown only there",
+                "must name a field while keys are created or rotated: the secret is shown only there",
             ));
         }
         let cors_allowed_origins = raw
@@ -267,6 +278,7 @@ fn routes(raw: &RawManagementApi) -> Result<Vec<ApiRoute>, SettingError> {
             Operation::Update => &raw.update,
             Operation::Revoke => &raw.revoke,
             Operation::Scopes => &raw.scopes,
+            Operation::Rotate => &raw.rotate,
         };
         let text = written.as_deref().unwrap_or(operation.default_route());
         if text.is_empty() {

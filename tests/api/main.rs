@@ -33,6 +33,7 @@ mod profiles;
 mod revisions;
 mod revocation;
 mod serving;
+mod settings_page;
 mod storage_conformance;
 mod tls;
 mod watch;

@@ -53,13 +53,13 @@ hot_path_requires_token = false
 [[auth.service_tokens]]
 name = "dashboard"
 sha256 = "{dashboard}"
-rpcs = ["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys"]
+rpcs = ["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys", "RotateKey"]
 
 [auth.jwt]
 issuers = ["{ISSUER}"]
 audiences = ["{AUDIENCE}"]
 public_key_files = ["{rs256}"]
-rpcs = ["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys"]
+rpcs = ["CreateKey", "RevokeKey", "UpdateKey", "GetKey", "ListKeys", "RotateKey"]
 
 [management_api]
 {management_api}
@@ -393,4 +393,113 @@ async fn browsers_on_configured_origins_pass_the_cors_preflight_and_others_do_no
         reply.headers.get("access-control-allow-origin").is_none(),
         "{reply:?}"
     );
+}
+
+/// keyward's rotate route (`POST /v1/keys/{key_id}/rotate` unless the
+/// profile moves it): the successor with its secret once, the old key
+/// kept for the grace period asked for, or revoked at once; bad bodies are
+/// 400 naming the field, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_over_http_shows_the_new_secret_once_and_retires_the_old_key() {
+    let mut app = app("").await;
+    let user = jwt("user_1");
+    let created = call(
+        &app,
+        "POST",
+        "/v1/keys",
+        Some(&user),
+        r#"{"name": "deploy bot", "scopes": ["orders:read"]}"#,
+    )
+    .await
+    .json();
+    let (old_id, old_secret) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["secret"].as_str().unwrap().to_owned(),
+    );
+    let rotate_path = format!("/v1/keys/{old_id}/rotate");
+
+    let too_long = format!(
+        r#"{{"grace_period_seconds": {}}}"#,
+        test_config().max_rotation_grace.as_secs() + 1
+    );
+    for (body, field) in [
+        ("{", "body"),
+        ("[]", "body"),
+        (r#"{"grace": 60}"#, "grace"),
+        (r#"{"grace_period_seconds": -1}"#, "grace_period_seconds"),
+        (r#"{"grace_period_seconds": 1.5}"#, "grace_period_seconds"),
+        (r#"{"grace_period_seconds": "60"}"#, "grace_period_seconds"),
+        (too_long.as_str(), "grace_period_seconds"),
+    ] {
+        let reply = call(&app, "POST", &rotate_path, Some(&user), body).await;
+        assert_eq!(reply.status, 400, "{body}: {reply:?}");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.starts_with(&format!("{field}: ")),
+            "{body}: {message}"
+        );
+    }
+    let listed = call(&app, "GET", "/v1/keys", Some(&user), "").await.json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "nothing was written: {listed}"
+    );
+    assert!(authenticate(&mut app, &old_secret).await.allowed);
+
+    // With an hour's grace: both keys work; the new one is shown once.
+    let rotated = call(
+        &app,
+        "POST",
+        &rotate_path,
+        Some(&user),
+        r#"{"grace_period_seconds": 3600}"#,
+    )
+    .await;
+    assert_eq!(rotated.status, 201, "{rotated:?}");
+    assert!(rotated.headers.contains_key("x-keyward-revision"));
+    let successor = rotated.json();
+    let new_secret = successor["secret"].as_str().unwrap().to_owned();
+    assert_ne!(successor["id"], created["id"]);
+    assert_eq!(successor["name"], "deploy bot");
+    assert_eq!(successor["scopes"], json!(["orders:read"]));
+    assert!(authenticate(&mut app, &new_secret).await.allowed);
+    assert!(
+        authenticate(&mut app, &old_secret).await.allowed,
+        "within its grace"
+    );
+    let listed = call(&app, "GET", "/v1/keys", Some(&user), "").await;
+    assert!(!listed.body.contains(&new_secret), "shown once");
+
+    // A key is rotated once; another account's key is 404.
+    let again = call(&app, "POST", &rotate_path, Some(&user), "").await;
+    assert_eq!(again.status, 409, "{again:?}");
+    let new_id = successor["id"].as_str().unwrap();
+    let stranger = call(
+        &app,
+        "POST",
+        &format!("/v1/keys/{new_id}/rotate"),
+        Some(&jwt("user_2")),
+        "",
+    )
+    .await;
+    assert_eq!(stranger.status, 404, "{stranger:?}");
+
+    // No body: the old key is revoked at once.
+    let at_once = call(
+        &app,
+        "POST",
+        &format!("/v1/keys/{new_id}/rotate"),
+        Some(&user),
+        "",
+    )
+    .await;
+    assert_eq!(at_once.status, 201, "{at_once:?}");
+    let refused = authenticate(&mut app, &new_secret).await;
+    assert!(!refused.allowed, "{refused:?}");
+    let newest = at_once.json()["secret"].as_str().unwrap().to_owned();
+    assert!(authenticate(&mut app, &newest).await.allowed);
 }
