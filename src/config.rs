@@ -31,6 +31,7 @@ use crate::management_api::settings::{ManagementApiSettings, RawManagementApi};
 use crate::rate_limits::RawRateLimit;
 use crate::scope_catalog::{RawPreset, RawScope, ScopeCatalog};
 use crate::settings::SettingError;
+use crate::shared_limits::{LimitsSettings, RawLimits};
 
 mod server;
 
@@ -72,6 +73,7 @@ struct RawConfig {
     feed: RawFeed,
     rate_limit: Option<RawRateLimit>,
     bans: RawBans,
+    limits: RawLimits,
     last_used: RawLastUsed,
     auth: RawAuth,
     http: RawHttp,
@@ -97,6 +99,9 @@ pub struct Config {
     /// Per-key limit for keys without their own; `None`: unlimited.
     pub default_rate_limit: Option<RateLimit>,
     pub bans: BanSettings,
+    /// `[limits]`: where rate limits and bans are kept (this replica, or
+    /// Redis for all replicas).
+    pub limits: LimitsSettings,
     pub last_used_flush_interval: Duration,
     /// Who may call which RPC (`[auth]`).
     pub auth: AccessSettings,
@@ -182,6 +187,7 @@ impl Config {
         let default_rate_limit =
             crate::rate_limits::default_rate_limit_from_raw(raw.rate_limit).map_err(in_file)?;
         let bans = BanSettings::from_raw(raw.bans).map_err(in_file)?;
+        let limits = LimitsSettings::from_raw(raw.limits).map_err(in_file)?;
         let last_used_flush_interval =
             crate::last_use::flush_interval_from_raw(raw.last_used).map_err(in_file)?;
         let auth = AccessSettings::from_raw(raw.auth).map_err(in_file)?;
@@ -203,6 +209,7 @@ impl Config {
             feed,
             default_rate_limit,
             bans,
+            limits,
             last_used_flush_interval,
             auth,
             http,

@@ -27,5 +27,6 @@ pub mod replica;
 pub mod scope_catalog;
 pub mod server;
 pub mod settings;
+pub mod shared_limits;
 pub mod storage;
 pub mod telemetry;

@@ -32,6 +32,7 @@ mod profiles;
 mod revisions;
 mod revocation;
 mod serving;
+mod shared_limits;
 mod storage_conformance;
 mod tls;
 mod watch;

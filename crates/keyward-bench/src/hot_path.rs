@@ -88,6 +88,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         Arc::clone(&store),
         store,
         Arc::new(Telemetry::disabled()),
+        None,
     )
     .await
     .map_err(setup_error)?;
