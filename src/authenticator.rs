@@ -26,6 +26,7 @@ use crate::failed_auth_bans::{BanSettings, BanTableStats, FailedAuthBans, ban_ke
 use crate::key_cache::{CachedKey, KeyCache, LoadTicket, Lookup};
 use crate::key_format::{CredentialProblem, KeyFormat};
 use crate::last_use::LastUseRecorder;
+use crate::quotas::{KeyQuotas, QuotaDecision, WallClock};
 use crate::rate_limits::{KeyRateLimits, RateDecision, RateLimitStatus};
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
 use crate::shared_limits::{OnBackendError, SharedFailure, SharedLimits};
@@ -82,11 +83,15 @@ pub enum Verdict {
     Allowed {
         key: Arc<CachedKey>,
         rate_limit: Option<RateLimitStatus>,
+        /// What is left of the key's quota, when it has one.
+        quota_remaining: Option<u64>,
     },
     Denied {
         denial: Denial,
         key: Option<Arc<CachedKey>>,
         rate_limit: Option<RateLimitStatus>,
+        /// `Some(0)` on QUOTA_EXCEEDED.
+        quota_remaining: Option<u64>,
     },
 }
 
@@ -116,11 +121,24 @@ impl Verdict {
         }
     }
 
+    /// What is left of the key's usage quota, when one applied.
+    pub fn quota_remaining(&self) -> Option<u64> {
+        match self {
+            Self::Allowed {
+                quota_remaining, ..
+            }
+            | Self::Denied {
+                quota_remaining, ..
+            } => *quota_remaining,
+        }
+    }
+
     fn deny(denial: Denial) -> Self {
         Self::Denied {
             denial,
             key: None,
             rate_limit: None,
+            quota_remaining: None,
         }
     }
 
@@ -129,6 +147,7 @@ impl Verdict {
             denial,
             key: Some(key),
             rate_limit: None,
+            quota_remaining: None,
         }
     }
 }
@@ -148,6 +167,8 @@ pub struct AuthenticatorSettings {
     /// counts shared by all replicas (the local ones stay as the fallback of
     /// `on_backend_error = "local"`).
     pub shared_limits: Option<Arc<SharedLimits>>,
+    /// The wall clock quota refills follow.
+    pub clock: WallClock,
 }
 
 pub struct Authenticator {
@@ -160,6 +181,8 @@ pub struct Authenticator {
     revision: Arc<AppliedRevision>,
     bans: FailedAuthBans,
     rate_limits: KeyRateLimits,
+    quotas: KeyQuotas,
+    clock: WallClock,
     shared_limits: Option<Arc<SharedLimits>>,
     last_use: LastUseRecorder,
     /// Decision, cache and ban metrics (no-op handles when metrics are off).
@@ -194,6 +217,8 @@ impl Authenticator {
             revision,
             bans: FailedAuthBans::new(settings.bans),
             rate_limits: KeyRateLimits::new(settings.default_rate_limit, settings.limiter_capacity),
+            quotas: KeyQuotas::new(settings.limiter_capacity),
+            clock: settings.clock,
             shared_limits: settings.shared_limits,
             last_use,
             telemetry,
@@ -295,6 +320,7 @@ impl Authenticator {
             return Verdict::Allowed {
                 key,
                 rate_limit: None,
+                quota_remaining: None,
             };
         }
 
@@ -316,12 +342,37 @@ impl Authenticator {
                     denial,
                     key: Some(key),
                     rate_limit: Some(status),
+                    quota_remaining: None,
                 };
             }
         };
 
+        // After the rate limit: a rate-limited request spends no quota.
+        let quota_remaining = match self.quota_decision(&key).await {
+            Ok(None) => None,
+            Ok(Some(QuotaDecision::Allowed { remaining })) => Some(remaining),
+            Ok(Some(QuotaDecision::Exceeded { refill_in })) => {
+                let mut denial = self.denials.deny(Reason::QuotaExceeded);
+                denial.retry_after_ms = refill_in.map_or(0, |wait| {
+                    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
+                });
+                return Verdict::Denied {
+                    denial,
+                    key: Some(key),
+                    rate_limit,
+                    quota_remaining: Some(0),
+                };
+            }
+            // Redis failed and `on_backend_error = "deny"`.
+            Err(()) => return Verdict::deny_key(self.denials.deny(Reason::Unavailable), key),
+        };
+
         self.last_use.record(&key, now);
-        Verdict::Allowed { key, rate_limit }
+        Verdict::Allowed {
+            key,
+            rate_limit,
+            quota_remaining,
+        }
     }
 
     /// Takes one request from the key's budget: in Redis when limits are
@@ -346,6 +397,44 @@ impl Authenticator {
             }
         }
         Some(self.rate_limits.check(limited))
+    }
+
+    /// Takes one request from the key's usage quota, if it has one: in
+    /// Redis when limits are shared, else (or when Redis fails and
+    /// `on_backend_error = "local"`) on this replica. Refill boundaries
+    /// follow `clock`. `Err`: Redis failed and `on_backend_error = "deny"`.
+    async fn quota_decision(&self, key: &CachedKey) -> Result<Option<QuotaDecision>, ()> {
+        let Some(quota_key) = key.quota_key() else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        if let Some(shared) = &self.shared_limits {
+            let period = quota_key.quota.refill().period(now);
+            let start = self.quotas.counter(&quota_key).usage_at(0);
+            match shared
+                .take_quota(&key.id, quota_key.quota, period, start)
+                .await
+            {
+                Ok((allowed, usage)) => {
+                    self.quotas.note_shared(&quota_key, usage);
+                    return Ok(Some(QuotaDecision::of(
+                        quota_key.quota,
+                        usage,
+                        allowed,
+                        now,
+                    )));
+                }
+                Err(error) => {
+                    self.telemetry
+                        .record_limits_backend_error(LimitsOperation::Quota);
+                    shared.warn("quota", &error);
+                    if shared.on_backend_error() == OnBackendError::Deny {
+                        return Err(());
+                    }
+                }
+            }
+        }
+        Ok(Some(self.quotas.take(&quota_key, now)))
     }
 
     /// Counts an invalid credential from `client` toward a ban: in Redis

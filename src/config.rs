@@ -28,6 +28,7 @@ use crate::key_cache::{CacheSettings, RawCache};
 use crate::key_format::{KeyFormat, KeySettings, RawKeys};
 use crate::last_use::RawLastUsed;
 use crate::management_api::settings::{ManagementApiSettings, RawManagementApi};
+use crate::quotas::WallClock;
 use crate::rate_limits::RawRateLimit;
 use crate::scope_catalog::{RawPreset, RawScope, ScopeCatalog};
 use crate::settings::SettingError;
@@ -115,6 +116,9 @@ pub struct Config {
     pub management_api: ManagementApiSettings,
     /// `[audit]`: how long the audit trail is kept.
     pub audit: AuditSettings,
+    /// The wall clock quota refills follow (not configurable: tests
+    /// substitute one to cross a day or month boundary).
+    pub clock: WallClock,
 }
 
 impl Default for Config {
@@ -216,6 +220,7 @@ impl Config {
             http_route_definitions,
             management_api,
             audit,
+            clock: WallClock::system(),
         })
     }
 

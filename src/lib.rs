@@ -22,6 +22,7 @@ pub mod last_use;
 pub mod management_api;
 pub mod operator_cli;
 pub mod proto;
+pub mod quotas;
 pub mod rate_limits;
 pub mod replica;
 pub mod scope_catalog;

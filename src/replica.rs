@@ -38,6 +38,7 @@ pub fn authenticator_settings(config: &Config) -> AuthenticatorSettings {
         default_rate_limit: config.default_rate_limit,
         limiter_capacity: config.cache.capacity,
         shared_limits: None,
+        clock: config.clock.clone(),
     }
 }
 

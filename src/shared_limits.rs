@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
-use crate::domain::{KeyId, RateLimit};
+use crate::domain::{KeyId, Quota, QuotaUsage, RateLimit, Refill};
 use crate::failed_auth_bans::BanSettings;
 use crate::rate_limits::{RateDecision, RateLimitStatus};
 use crate::settings::{SettingError, seconds};
@@ -352,6 +352,36 @@ end
 return out
 ";
 
+/// One request against a key's usage quota. KEYS[1]: its count (a hash:
+/// p = period, u = used). ARGV: requests, the current period (from the
+/// replica's clock), the period and use to start from when Redis has none
+/// (what the database holds), and the expiry in ms (0: none). A period
+/// earlier than the stored one (a replica's clock behind) changes nothing.
+/// Returns {allowed (0/1), period, used}.
+const QUOTA_SCRIPT: &str = r"
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'p', 'u')
+local p = tonumber(state[1])
+local u = tonumber(state[2])
+if not p or not u then
+  p = tonumber(ARGV[3])
+  u = tonumber(ARGV[4])
+end
+if period > p then
+  p = period
+  u = 0
+end
+local allowed = 0
+if u < limit then
+  u = u + 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'p', string.format('%.0f', p), 'u', string.format('%.0f', u))
+if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+return {allowed, p, u}
+";
+
 /// What a failure did in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedFailure {
@@ -373,6 +403,7 @@ pub struct SharedLimits {
     rate: redis::Script,
     failure: redis::Script,
     bans: redis::Script,
+    quota: redis::Script,
     origin: Instant,
     /// Milliseconds after `origin` of the last warning (0: never), so an
     /// outage logs one line per `WARN_INTERVAL`.
@@ -435,6 +466,7 @@ impl SharedLimits {
             rate: redis::Script::new(RATE_SCRIPT),
             failure: redis::Script::new(FAILURE_SCRIPT),
             bans: redis::Script::new(BANS_SCRIPT),
+            quota: redis::Script::new(QUOTA_SCRIPT),
             origin: Instant::now(),
             last_warning_ms: AtomicU64::new(0),
         }))
@@ -504,6 +536,48 @@ impl SharedLimits {
                 retry_after: micros(retry_after_us).max(Duration::from_millis(1)),
             }
         })
+    }
+
+    /// Takes one request from a key's quota, for every replica at once.
+    /// `start` is the use to begin from when Redis holds none (after a
+    /// Redis restart, or a switch from the local backend). Returns whether
+    /// it was allowed and the use after it.
+    pub async fn take_quota(
+        &self,
+        id: &KeyId,
+        quota: Quota,
+        period: u64,
+        start: QuotaUsage,
+    ) -> Result<(bool, QuotaUsage), BackendError> {
+        // Each quota has its own count: a changed quota starts afresh.
+        let key = format!(
+            "{}quota:{}:{}:{}",
+            self.settings.key_prefix,
+            id.as_str(),
+            quota.requests(),
+            quota.refill().as_str()
+        );
+        // Kept a period past its own, then dropped (`never`: kept).
+        let expiry_ms: u64 = match quota.refill() {
+            Refill::Never => 0,
+            Refill::Daily => 2 * 86_400_000,
+            Refill::Monthly => 62 * 86_400_000,
+        };
+        let mut invocation = self.quota.key(key);
+        invocation
+            .arg(quota.requests())
+            .arg(period)
+            .arg(start.period)
+            .arg(start.used)
+            .arg(expiry_ms);
+        let (allowed, period, used): (i64, i64, i64) = self.run(invocation).await?;
+        Ok((
+            allowed == 1,
+            QuotaUsage {
+                period: u64::try_from(period).unwrap_or(0),
+                used: u64::try_from(used).unwrap_or(0),
+            },
+        ))
     }
 
     fn bans_key(&self) -> String {

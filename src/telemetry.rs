@@ -157,7 +157,7 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 23] = [
     (
         "keyward_limits_backend_errors_total",
         None,
-        "Calls to Redis (shared limits) that failed or timed out, by operation (rate_limit, failure, ban_sync); each was handled as limits.on_backend_error says.",
+        "Calls to Redis (shared limits) that failed or timed out, by operation (rate_limit, failure, ban_sync, quota); each was handled as limits.on_backend_error says.",
     ),
     (
         "keyward_failing_addresses",
@@ -224,16 +224,19 @@ pub enum LimitsOperation {
     RateLimit,
     Failure,
     BanSync,
+    Quota,
 }
 
 impl LimitsOperation {
-    pub const ALL: [LimitsOperation; 3] = [Self::RateLimit, Self::Failure, Self::BanSync];
+    pub const ALL: [LimitsOperation; 4] =
+        [Self::RateLimit, Self::Failure, Self::BanSync, Self::Quota];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RateLimit => "rate_limit",
             Self::Failure => "failure",
             Self::BanSync => "ban_sync",
+            Self::Quota => "quota",
         }
     }
 }

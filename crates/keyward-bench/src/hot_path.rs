@@ -125,6 +125,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                     preset: None,
                     expires_at: None,
                     rate_limit: None,
+                    quota: None,
                     metadata: Default::default(),
                     allowed_networks: Vec::new(),
                 },
@@ -153,6 +154,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                     preset: None,
                     expires_at: None,
                     rate_limit: None,
+                    quota: None,
                     metadata: [
                         ("plan", "pro"),
                         ("region", "eu-west-1"),
@@ -178,6 +180,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                     preset: None,
                     expires_at: None,
                     rate_limit: None,
+                    quota: None,
                     metadata: Default::default(),
                     allowed_networks: vec!["203.0.113.0/24".into(), "10.0.0.0/8".into()],
                 },

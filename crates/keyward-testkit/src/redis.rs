@@ -83,6 +83,8 @@ pub fn unique_prefix(test: &str) -> String {
 }
 
 /// `config` with limits shared through Redis at `url`, under `prefix`.
+/// Calls may take up to 5 s: on a loaded test machine the product's 100 ms
+/// would turn slowness into UNAVAILABLE (tests of an outage set their own).
 pub fn with_redis_limits(
     mut config: Config,
     url: &str,
@@ -93,6 +95,7 @@ pub fn with_redis_limits(
     config.limits.redis_url = Some(RedisUrl::parse(url).expect("a valid Redis URL"));
     config.limits.key_prefix = prefix.to_owned();
     config.limits.on_backend_error = on_error;
+    config.limits.timeout = Duration::from_secs(5);
     config
 }
 
