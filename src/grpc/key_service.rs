@@ -101,6 +101,7 @@ impl KeyService for KeyServiceApi {
             // with allowed networks must be checked against each request's
             // address here; any other allowed answer holds until an event
             // about the key (or expiry).
+            quota_remaining: verdict.quota_remaining(),
             cacheable: verdict.allowed()
                 && verdict.rate_limit().is_none()
                 && verdict.quota_remaining().is_none()
