@@ -29,6 +29,7 @@ mod product_cryptorobot;
 mod product_csboard;
 mod product_tradejournal;
 mod profiles;
+mod quotas;
 mod revisions;
 mod revocation;
 mod serving;
