@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use crate::config::{Config, DEFAULT_DATABASE_URL, DEFAULT_LISTEN};
 use crate::denial::DenialText;
 use crate::ext_authz::{ErrorBodyStyle, RouteDefinition, UnmatchedRoute};
-use crate::shared_limits::{LimitsBackend, OnBackendError};
+use crate::shared_limits::{LimitMode, LimitsBackend, OnBackendError};
 
 /// One titled part of the report.
 pub struct Section {
@@ -220,12 +220,17 @@ fn shared_limits(config: &Config) -> String {
         }
         LimitsBackend::Redis => format!(
             "rate limits and bans: shared by all replicas through Redis at {} (key prefix {:?}, \
-             mode exact, each call cut off after {:?}; when Redis fails: {})",
+             mode {}, each call cut off after {:?}; when Redis fails: {})",
             limits.redis_url.as_ref().map_or_else(
                 || "--redis-url / KEYWARD_REDIS_URL".into(),
                 ToString::to_string
             ),
             limits.key_prefix,
+            match limits.mode {
+                LimitMode::Exact => "exact".to_owned(),
+                LimitMode::Approximate { sync } =>
+                    format!("approximate, leases given back after {sync:?}"),
+            },
             limits.timeout,
             match limits.on_backend_error {
                 OnBackendError::Deny => "deny limited requests with UNAVAILABLE",

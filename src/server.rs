@@ -180,7 +180,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
 
     // Redis (when limits are shared) before the database, so a wrong URL
     // stops startup before anything is created or migrated.
-    let shared_limits = SharedLimits::connect(&config.limits).await?.map(Arc::new);
+    let shared_limits = SharedLimits::connect_with(&config.limits, config.cache.capacity)
+        .await?
+        .map(Arc::new);
 
     let store = storage::open(
         database_url,

@@ -69,6 +69,25 @@ pub enum LimitsBackend {
 pub enum LimitMode {
     /// Every limited request asks Redis: never more than the limit.
     Exact,
+    /// Each replica takes tokens from Redis in batches (a lease) and spends
+    /// them locally; a lease older than `sync` is given back with the next
+    /// call. Never more than the limit either (a token is taken from Redis
+    /// before a replica hands it out); a replica may deny while others hold
+    /// unspent leased tokens: at most a lease (see [`lease_size`]) per other
+    /// replica, for at most `sync` while the key is in use.
+    Approximate { sync: Duration },
+}
+
+pub const DEFAULT_APPROXIMATE_SYNC: Duration = Duration::from_millis(10);
+
+/// The most tokens one lease takes.
+pub const MAX_LEASE: u64 = 1_024;
+
+/// How many tokens a replica takes at once in approximate mode: what the
+/// limit earns in two sync intervals, at least 1, at most [`MAX_LEASE`].
+pub fn lease_size(limit: RateLimit, sync: Duration) -> u64 {
+    let per_second = f64::from(limit.requests()) / f64::from(limit.per_seconds());
+    ((per_second * sync.as_secs_f64() * 2.0).ceil() as u64).clamp(1, MAX_LEASE)
 }
 
 /// What a request does when Redis cannot answer within the timeout.
@@ -101,6 +120,7 @@ pub struct RawLimits {
     pub redis_timeout_seconds: Option<f64>,
     pub redis_connect_timeout_seconds: Option<f64>,
     pub mode: Option<String>,
+    pub approximate_sync_ms: Option<f64>,
     pub on_backend_error: Option<String>,
 }
 
@@ -166,18 +186,22 @@ impl LimitsSettings {
             Some(value) => seconds(value, 0.01, 60.0)
                 .map_err(SettingError::at("limits.redis_connect_timeout_seconds"))?,
         };
+        let sync = match raw.approximate_sync_ms {
+            None => DEFAULT_APPROXIMATE_SYNC,
+            Some(ms) => seconds(ms / 1000.0, 0.001, 1.0).map_err(|_| {
+                SettingError::new(
+                    "limits.approximate_sync_ms",
+                    format!("must be between 1 and 1000, got {ms}"),
+                )
+            })?,
+        };
         let mode = match raw.mode.as_deref() {
             None | Some("exact") => LimitMode::Exact,
-            Some("approximate") => {
-                return Err(SettingError::new(
-                    "limits.mode",
-                    "\"approximate\" is not available in this version; use \"exact\"",
-                ));
-            }
+            Some("approximate") => LimitMode::Approximate { sync },
             Some(other) => {
                 return Err(SettingError::new(
                     "limits.mode",
-                    format!("{other:?} is not a mode; use \"exact\""),
+                    format!("{other:?} is not a mode; use \"exact\" or \"approximate\""),
                 ));
             }
         };
@@ -313,6 +337,55 @@ local remaining = math.floor((now + tau - new_tat) / interval + 0.000001)
 return {1, remaining, 0, math.ceil(new_tat - now)}
 ";
 
+/// A lease of tokens from the GCRA state (approximate mode). KEYS[1]: the
+/// key's state; ARGV: interval (us), burst, tokens wanted, tokens given back
+/// (an expired lease's unspent ones, subtracted first). Returns {granted,
+/// remaining after, retry_after_us (when none), reset_us}.
+const LEASE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local back = tonumber(ARGV[4])
+local tau = interval * burst
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
+tat = tat - back * interval
+if tat < now then tat = now end
+local available = math.floor((now + tau - tat) / interval + 0.000001)
+local granted = math.min(want, available)
+if granted <= 0 then
+  if back > 0 then
+    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
+  return {0, 0, math.ceil(tat + interval - tau - now), math.ceil(tat - now)}
+end
+local new_tat = tat + granted * interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {granted, available - granted, 0, math.ceil(new_tat - now)}
+";
+
+/// One replica's lease of a key's tokens (approximate mode).
+#[derive(Default)]
+struct Lease {
+    state: tokio::sync::Mutex<LeaseState>,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    /// Leased and not yet spent.
+    tokens: u64,
+    /// When the tokens were leased.
+    leased_at: Option<Instant>,
+    /// What Redis had left after the lease, and until full.
+    remaining: u64,
+    reset: Duration,
+    /// After a refusal: ask Redis again no sooner than `recheck_at`; the
+    /// next token comes at `next_token_at`.
+    recheck_at: Option<Instant>,
+    next_token_at: Option<Instant>,
+}
+
 /// One invalid credential from an address. KEYS[1]: its failure count;
 /// KEYS[2]: the bans in force (sorted set: address → end, milliseconds of
 /// the Redis clock). ARGV: max_failures, window_ms, ban_ms, address,
@@ -404,6 +477,11 @@ pub struct SharedLimits {
     failure: redis::Script,
     bans: redis::Script,
     quota: redis::Script,
+    lease: redis::Script,
+    /// Approximate mode's leases, by Redis key (bounded: the key cache's
+    /// capacity; an evicted lease's unspent tokens come back with the
+    /// bucket's refill).
+    leases: moka::sync::Cache<String, std::sync::Arc<Lease>>,
     origin: Instant,
     /// Milliseconds after `origin` of the last warning (0: never), so an
     /// outage logs one line per `WARN_INTERVAL`.
@@ -423,6 +501,15 @@ impl SharedLimits {
     /// that Redis answers, so a wrong or unreachable URL stops startup with
     /// an error naming the setting. `None` for `backend = "local"`.
     pub async fn connect(settings: &LimitsSettings) -> Result<Option<Self>, ConnectError> {
+        Self::connect_with(settings, 100_000).await
+    }
+
+    /// [`SharedLimits::connect`], keeping at most `lease_capacity` keys'
+    /// leases (approximate mode).
+    pub async fn connect_with(
+        settings: &LimitsSettings,
+        lease_capacity: u64,
+    ) -> Result<Option<Self>, ConnectError> {
         if settings.backend == LimitsBackend::Local {
             return Ok(None);
         }
@@ -467,6 +554,11 @@ impl SharedLimits {
             failure: redis::Script::new(FAILURE_SCRIPT),
             bans: redis::Script::new(BANS_SCRIPT),
             quota: redis::Script::new(QUOTA_SCRIPT),
+            lease: redis::Script::new(LEASE_SCRIPT),
+            leases: moka::sync::Cache::builder()
+                .max_capacity(lease_capacity)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
             origin: Instant::now(),
             last_warning_ms: AtomicU64::new(0),
         }))
@@ -503,18 +595,12 @@ impl SharedLimits {
         id: &KeyId,
         limit: RateLimit,
     ) -> Result<RateDecision, BackendError> {
-        let per_seconds = u64::from(limit.per_seconds());
+        let key = self.rate_key(id, limit);
+        if let LimitMode::Approximate { sync } = self.settings.mode {
+            return self.check_rate_leased(key, limit, sync).await;
+        }
         let requests = u64::from(limit.requests());
-        // Each limit has its own state: a changed limit starts a fresh
-        // bucket, as the local limiter does.
-        let key = format!(
-            "{}rl:{}:{}:{}",
-            self.settings.key_prefix,
-            id.as_str(),
-            requests,
-            per_seconds
-        );
-        let interval_us = per_seconds as f64 * 1_000_000.0 / requests as f64;
+        let interval_us = interval_us(limit);
         let mut invocation = self.rate.key(key);
         invocation.arg(format!("{interval_us:.6}")).arg(requests);
         let (allowed, remaining, retry_after_us, reset_us): (i64, i64, i64, i64) =
@@ -578,6 +664,90 @@ impl SharedLimits {
                 used: u64::try_from(used).unwrap_or(0),
             },
         ))
+    }
+
+    /// Each limit has its own state: a changed limit starts a fresh
+    /// bucket, as the local limiter does.
+    fn rate_key(&self, id: &KeyId, limit: RateLimit) -> String {
+        format!(
+            "{}rl:{}:{}:{}",
+            self.settings.key_prefix,
+            id.as_str(),
+            limit.requests(),
+            limit.per_seconds()
+        )
+    }
+
+    /// Approximate mode: spends a token of this replica's lease, or leases
+    /// more (one round trip per lease, giving back an expired lease's
+    /// unspent tokens), or, while Redis has none, refuses locally until
+    /// the next token or the next sync, whichever is sooner.
+    async fn check_rate_leased(
+        &self,
+        key: String,
+        limit: RateLimit,
+        sync: Duration,
+    ) -> Result<RateDecision, BackendError> {
+        let lease = self.leases.get_with_by_ref(&key, Default::default);
+        let mut state = lease.state.lock().await;
+        let now = Instant::now();
+        let fresh = state
+            .leased_at
+            .is_some_and(|at| now.duration_since(at) < sync);
+        let status = |remaining: u64, reset: Duration| RateLimitStatus {
+            limit: limit.requests(),
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+            reset,
+        };
+        if fresh && state.tokens > 0 {
+            state.tokens -= 1;
+            return Ok(RateDecision::Allowed(status(
+                state.remaining + state.tokens,
+                state.reset,
+            )));
+        }
+        if state.tokens == 0
+            && let (Some(recheck), Some(next)) = (state.recheck_at, state.next_token_at)
+            && now < recheck
+        {
+            return Ok(RateDecision::Limited {
+                status: status(0, state.reset),
+                retry_after: next
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            });
+        }
+        let back = std::mem::take(&mut state.tokens);
+        let mut invocation = self.lease.key(&key);
+        invocation
+            .arg(format!("{:.6}", interval_us(limit)))
+            .arg(limit.requests())
+            .arg(lease_size(limit, sync))
+            .arg(back);
+        let (granted, remaining, retry_after_us, reset_us): (i64, i64, i64, i64) =
+            self.run(invocation).await?;
+        let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        let now = Instant::now();
+        state.leased_at = Some(now);
+        state.remaining = u64::try_from(remaining).unwrap_or(0);
+        state.reset = micros(reset_us);
+        let granted = u64::try_from(granted).unwrap_or(0);
+        if granted == 0 {
+            let retry_after = micros(retry_after_us).max(Duration::from_millis(1));
+            state.recheck_at = Some(now + retry_after.min(sync));
+            state.next_token_at = Some(now + retry_after);
+            return Ok(RateDecision::Limited {
+                status: status(0, state.reset),
+                retry_after,
+            });
+        }
+        state.recheck_at = None;
+        state.next_token_at = None;
+        state.tokens = granted - 1;
+        Ok(RateDecision::Allowed(status(
+            state.remaining + state.tokens,
+            state.reset,
+        )))
     }
 
     fn bans_key(&self) -> String {
@@ -712,6 +882,11 @@ impl SharedLimits {
     }
 }
 
+/// Microseconds to earn back one request (fractional for fast limits).
+fn interval_us(limit: RateLimit) -> f64 {
+    f64::from(limit.per_seconds()) * 1_000_000.0 / f64::from(limit.requests())
+}
+
 fn parse_ban(address: &str, remaining_ms: &str) -> Option<(IpAddr, Duration)> {
     let address = address.parse().ok()?;
     let remaining = Duration::from_millis(remaining_ms.parse().ok()?);
@@ -764,10 +939,17 @@ mod tests {
         );
         assert_eq!(
             key(RawLimits {
-                mode: Some("approximate".into()),
+                mode: Some("eventual".into()),
                 ..Default::default()
             }),
             "limits.mode"
+        );
+        assert_eq!(
+            key(RawLimits {
+                approximate_sync_ms: Some(0.0),
+                ..Default::default()
+            }),
+            "limits.approximate_sync_ms"
         );
         assert_eq!(
             key(RawLimits {
@@ -775,6 +957,17 @@ mod tests {
                 ..Default::default()
             }),
             "limits.on_backend_error"
+        );
+    }
+
+    #[test]
+    fn a_lease_is_two_sync_intervals_of_the_limit() {
+        let sync = Duration::from_millis(10);
+        assert_eq!(lease_size(RateLimit::new(10, 3_600).unwrap(), sync), 1);
+        assert_eq!(lease_size(RateLimit::new(1_000, 1).unwrap(), sync), 20);
+        assert_eq!(
+            lease_size(RateLimit::new(u32::MAX, 1).unwrap(), sync),
+            MAX_LEASE
         );
     }
 

@@ -9,8 +9,9 @@
 use std::time::Duration;
 
 use keyward::config::Config;
+use keyward::domain::RateLimit;
 use keyward::proto::{self, denial::Reason};
-use keyward::shared_limits::OnBackendError;
+use keyward::shared_limits::{LimitMode, OnBackendError, lease_size};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -420,4 +421,52 @@ async fn an_unreachable_or_missing_redis_url_stops_startup_naming_the_setting() 
         .expect("no URL")
         .to_string();
     assert!(error.contains("limits.redis_url"), "{error}");
+}
+
+/// Approximate mode: replicas spend leased tokens locally. Never more than
+/// the limit (a token is taken from Redis before it is handed out); at
+/// most a lease per other replica less while leases are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approximate_limits_stay_within_the_stated_bound_across_two_replicas() {
+    let test = "approximate_limits_stay_within_the_bound";
+    let Some(url) = shared_redis_or_skip(test) else {
+        return;
+    };
+    let sync = Duration::from_millis(10);
+    let mut config = with_redis_limits(
+        test_config(),
+        &url,
+        &unique_prefix(test),
+        OnBackendError::Deny,
+    );
+    config.limits.mode = LimitMode::Approximate { sync };
+    let Some((mut a, b)) = two_replicas(config).await else {
+        return;
+    };
+
+    // A slow limit (a lease of 1): exactly N of 2N.
+    let limit = 10;
+    let secret = limited_key(&mut a, limit, 3_600).await;
+    assert_eq!(lease_size(RateLimit::new(limit, 3_600).unwrap(), sync), 1);
+    let (allowed, _) = spread(&a, &b, &secret, 2 * limit as usize).await;
+    assert_eq!(allowed, limit as usize);
+
+    // A fast one (100/s, leases of 2): at most N plus what refilled while
+    // the requests ran, at least N less a lease held by the other replica.
+    let (requests, per_seconds) = (200u32, 2u32);
+    let lease = lease_size(RateLimit::new(requests, per_seconds).unwrap(), sync);
+    assert_eq!(lease, 2);
+    let secret = limited_key(&mut a, requests, per_seconds).await;
+    let started = std::time::Instant::now();
+    let (allowed, limited) = spread(&a, &b, &secret, 3 * requests as usize).await;
+    let refilled = (started.elapsed().as_secs_f64() * f64::from(requests / per_seconds)).ceil();
+    assert!(limited > 0, "the limit was reached");
+    assert!(
+        allowed as f64 <= f64::from(requests) + refilled,
+        "{allowed} allowed: over {requests} + {refilled} refilled"
+    );
+    assert!(
+        allowed as u64 + lease >= u64::from(requests),
+        "{allowed} allowed: more than a lease under {requests}"
+    );
 }
