@@ -27,6 +27,7 @@ mod lean_client;
 mod load;
 mod seed;
 mod server_process;
+mod shared_limits_bench;
 mod verifier_bench;
 
 use lean_client::{AuthenticateVerdict, CheckVerdict, HealthVerdict, PreEncoded};
@@ -110,6 +111,11 @@ pub struct BenchArgs {
     /// package nghttp2-client), as an independent cross-check.
     #[arg(long)]
     pub h2load: bool,
+    /// Redis URL for the shared-limits section (`[limits] backend =
+    /// "redis"`); without it that section is skipped. Keys are written
+    /// under a prefix of this run's own.
+    #[arg(long, env = "KEYWARD_BENCH_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
     /// The keyward binary to start as the server under test. Default: the
     /// `keyward` next to this tool (same Cargo target directory).
     #[arg(long, value_name = "PATH")]
@@ -366,6 +372,8 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
     let database = bench_database(&args).await?;
     rows.extend(verifier_bench::run(&args, &args.keyward_binary()?, &config, &database).await?);
     drop(database);
+
+    rows.extend(shared_limits_bench::run(&args, &base).await?);
 
     if args.memory_keys > 0 {
         rows.push(memory_per_key(&config, &args).await?);
