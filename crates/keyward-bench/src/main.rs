@@ -103,6 +103,10 @@ pub struct BenchArgs {
     /// KeywardLayer against without, revocations reaching a Verifier).
     #[arg(long)]
     pub only_client: bool,
+    /// Only the shared-limits section (needs --redis; the overshoot row
+    /// needs --postgres).
+    #[arg(long)]
+    pub only_shared_limits: bool,
     /// Only the in-process cache-hit measurement (for profilers such as
     /// `valgrind --tool=callgrind`), with this many calls.
     #[arg(long, value_name = "CALLS")]
@@ -238,6 +242,10 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
 
     if args.only_memory {
         rows.push(memory_per_key(&config, &args).await?);
+        return Ok(rows);
+    }
+    if args.only_shared_limits {
+        rows.extend(shared_limits_bench::run(&args, &base).await?);
         return Ok(rows);
     }
     if args.only_client {

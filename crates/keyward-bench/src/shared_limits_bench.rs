@@ -140,6 +140,8 @@ async fn overshoot(
         .create_key(proto::CreateKeyRequest {
             account_id: "bench_overshoot".into(),
             name: "overshoot".into(),
+            // What `authenticate_call` asks for.
+            scopes: vec!["portfolio:read".into()],
             rate_limit: Some(proto::RateLimit {
                 requests: limit,
                 per_seconds: 1,
