@@ -551,4 +551,30 @@ mod tests {
             Ok(RateLimitChange::Set(limit(2, 1)))
         );
     }
+
+    #[test]
+    fn redis_url_flag_overrides_the_file_and_hides_its_password() {
+        let file = "[limits]\nbackend = \"redis\"\nredis_url = \"redis://file:6379\"";
+        let serve = |flags: &[&str]| {
+            let mut config = crate::config::Config::parse(file, "p.toml").unwrap();
+            let cli = Cli::parse_from([&["keyward", "serve"], flags].concat());
+            let shown = format!("{cli:?}");
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            args.override_limits(&mut config.limits)
+                .map(|()| (config.limits, shown))
+        };
+        let (limits, shown) = serve(&["--redis-url", "redis://:s3cret@flag:6380/1"]).unwrap();
+        assert_eq!(
+            limits.redis_url.unwrap().expose(),
+            "redis://:s3cret@flag:6380/1"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let (limits, _) = serve(&[]).unwrap();
+        assert_eq!(limits.redis_url.unwrap().expose(), "redis://file:6379");
+        let error = serve(&["--redis-url", "http://:s3cret@flag"]).unwrap_err();
+        assert!(error.starts_with("--redis-url: "), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
 }

@@ -139,7 +139,7 @@ impl Default for DenialCatalog {
             ),
             quota_exceeded: DenialText::new(
                 "quota_exceeded",
-                "This key's usage quota is used up; it refills at the start of its next period.",
+                "This key's usage quota is used up.",
                 429,
             ),
         }

@@ -323,7 +323,23 @@ async fn redis_outage(on_error: OnBackendError) {
     };
     let secret = limited_key(&mut a, 2, 3_600).await;
     let (_, unlimited) = a.create_key("acct_1", &[]).await;
+    let metered = a
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_1".into(),
+            name: "metered".into(),
+            quota: Some(proto::Quota {
+                requests: 5,
+                refill: proto::quota::Refill::Never as i32,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
     assert!(a.authenticate(&secret, &[]).await.allowed);
+    assert_eq!(a.authenticate(&metered, &[]).await.quota_remaining, Some(4));
 
     redis.stop();
     let during = a.authenticate(&secret, &[]).await;
@@ -332,9 +348,15 @@ async fn redis_outage(on_error: OnBackendError) {
         OnBackendError::Deny => {
             assert_eq!(reason(&during), Reason::Unavailable, "{during:?}");
             assert_eq!(during.denial.unwrap().http_status, 503);
+            assert_eq!(
+                reason(&a.authenticate(&metered, &[]).await),
+                Reason::Unavailable
+            );
         }
         // This replica's own limit (2, its bucket still full).
         OnBackendError::Local => {
+            // The quota goes on from the count Redis last reported.
+            assert_eq!(a.authenticate(&metered, &[]).await.quota_remaining, Some(3));
             assert!(during.allowed, "{during:?}");
             assert!(a.authenticate(&secret, &[]).await.allowed);
             assert_eq!(
