@@ -229,7 +229,7 @@ fn shared_limits(config: &Config) -> String {
             match limits.mode {
                 LimitMode::Exact => "exact".to_owned(),
                 LimitMode::Approximate { sync } =>
-                    format!("approximate, leases given back after {sync:?}"),
+                    format!("approximate, leases of {sync:?} x 2 of the limit"),
             },
             limits.timeout,
             match limits.on_backend_error {

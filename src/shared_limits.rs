@@ -69,12 +69,13 @@ pub enum LimitsBackend {
 pub enum LimitMode {
     /// Every limited request asks Redis: never more than the limit.
     Exact,
-    /// Each replica takes tokens from Redis in batches (a lease) and spends
-    /// them locally; a lease older than `sync` is given back with the next
-    /// call. Never more than the limit either (a token is taken from Redis
-    /// before a replica hands it out); a replica may deny while others hold
-    /// unspent leased tokens: at most a lease (see [`lease_size`]) per other
-    /// replica, for at most `sync` while the key is in use.
+    /// Each replica takes tokens from Redis in batches (a lease, see
+    /// [`lease_size`]) and spends them locally, asking Redis again when the
+    /// lease is spent (or, after Redis had none, no sooner than the next
+    /// token or `sync`). A token is taken from Redis before it is handed
+    /// out, but a replica may spend it later than it took it: over any
+    /// window at most one lease per replica more than the limit, and a
+    /// replica may refuse while others hold at most a lease each, unspent.
     Approximate { sync: Duration },
 }
 
@@ -84,7 +85,8 @@ pub const DEFAULT_APPROXIMATE_SYNC: Duration = Duration::from_millis(10);
 pub const MAX_LEASE: u64 = 1_024;
 
 /// How many tokens a replica takes at once in approximate mode: what the
-/// limit earns in two sync intervals, at least 1, at most [`MAX_LEASE`].
+/// limit earns in two sync intervals, at least 1, at most [`MAX_LEASE`]
+/// (also the overshoot bound per replica).
 pub fn lease_size(limit: RateLimit, sync: Duration) -> u64 {
     let per_second = f64::from(limit.requests()) / f64::from(limit.per_seconds());
     ((per_second * sync.as_secs_f64() * 2.0).ceil() as u64).clamp(1, MAX_LEASE)
@@ -375,8 +377,6 @@ struct Lease {
 struct LeaseState {
     /// Leased and not yet spent.
     tokens: u64,
-    /// When the tokens were leased.
-    leased_at: Option<Instant>,
     /// What Redis had left after the lease, and until full.
     remaining: u64,
     reset: Duration,
@@ -679,9 +679,8 @@ impl SharedLimits {
     }
 
     /// Approximate mode: spends a token of this replica's lease, or leases
-    /// more (one round trip per lease, giving back an expired lease's
-    /// unspent tokens), or, while Redis has none, refuses locally until
-    /// the next token or the next sync, whichever is sooner.
+    /// more (one round trip per lease), or, while Redis has none, refuses
+    /// locally until the next token or the next sync, whichever is sooner.
     async fn check_rate_leased(
         &self,
         key: String,
@@ -691,15 +690,12 @@ impl SharedLimits {
         let lease = self.leases.get_with_by_ref(&key, Default::default);
         let mut state = lease.state.lock().await;
         let now = Instant::now();
-        let fresh = state
-            .leased_at
-            .is_some_and(|at| now.duration_since(at) < sync);
         let status = |remaining: u64, reset: Duration| RateLimitStatus {
             limit: limit.requests(),
             remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
             reset,
         };
-        if fresh && state.tokens > 0 {
+        if state.tokens > 0 {
             state.tokens -= 1;
             return Ok(RateDecision::Allowed(status(
                 state.remaining + state.tokens,
@@ -717,7 +713,9 @@ impl SharedLimits {
                     .max(Duration::from_millis(1)),
             });
         }
-        let back = std::mem::take(&mut state.tokens);
+        // Nothing to give back (the lease is spent); the script can also
+        // take tokens back, which this version does not use.
+        let back = 0u64;
         let mut invocation = self.lease.key(&key);
         invocation
             .arg(format!("{:.6}", interval_us(limit)))
@@ -728,7 +726,6 @@ impl SharedLimits {
             self.run(invocation).await?;
         let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
         let now = Instant::now();
-        state.leased_at = Some(now);
         state.remaining = u64::try_from(remaining).unwrap_or(0);
         state.reset = micros(reset_us);
         let granted = u64::try_from(granted).unwrap_or(0);
