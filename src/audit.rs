@@ -63,6 +63,7 @@ pub enum AuditKind {
     ScopesChanged,
     Renamed,
     RateLimitChanged,
+    QuotaChanged,
     MetadataChanged,
     NetworksChanged,
 }
@@ -77,6 +78,7 @@ impl AuditKind {
             AuditKind::ScopesChanged => "scopes_changed",
             AuditKind::Renamed => "renamed",
             AuditKind::RateLimitChanged => "rate_limit_changed",
+            AuditKind::QuotaChanged => "quota_changed",
             AuditKind::MetadataChanged => "metadata_changed",
             AuditKind::NetworksChanged => "networks_changed",
         }

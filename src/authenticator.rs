@@ -22,14 +22,16 @@ use crate::change_feed::{AppliedRevision, Freshness};
 use crate::denial::{Denial, DenialCatalog, Reason};
 use crate::domain::RateLimit;
 use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
-use crate::failed_auth_bans::{BanSettings, BanTableStats, FailedAuthBans};
+use crate::failed_auth_bans::{BanSettings, BanTableStats, FailedAuthBans, ban_key};
 use crate::key_cache::{CachedKey, KeyCache, LoadTicket, Lookup};
 use crate::key_format::{CredentialProblem, KeyFormat};
 use crate::last_use::LastUseRecorder;
+use crate::quotas::{KeyQuotas, QuotaDecision, WallClock};
 use crate::rate_limits::{KeyRateLimits, RateDecision, RateLimitStatus};
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
+use crate::shared_limits::{OnBackendError, SharedFailure, SharedLimits};
 use crate::storage::{KeyRecord, KeyStore, StoreError};
-use crate::telemetry::{CacheLookup, Surface, Telemetry};
+use crate::telemetry::{CacheLookup, LimitsOperation, Surface, Telemetry};
 
 /// How many reads a cache miss makes when changes to keys of its stripe keep
 /// landing mid-read, before it gives up and fails closed.
@@ -81,11 +83,15 @@ pub enum Verdict {
     Allowed {
         key: Arc<CachedKey>,
         rate_limit: Option<RateLimitStatus>,
+        /// What is left of the key's quota, when it has one.
+        quota_remaining: Option<u64>,
     },
     Denied {
         denial: Denial,
         key: Option<Arc<CachedKey>>,
         rate_limit: Option<RateLimitStatus>,
+        /// `Some(0)` on QUOTA_EXCEEDED.
+        quota_remaining: Option<u64>,
     },
 }
 
@@ -115,11 +121,24 @@ impl Verdict {
         }
     }
 
+    /// What is left of the key's usage quota, when one applied.
+    pub fn quota_remaining(&self) -> Option<u64> {
+        match self {
+            Self::Allowed {
+                quota_remaining, ..
+            }
+            | Self::Denied {
+                quota_remaining, ..
+            } => *quota_remaining,
+        }
+    }
+
     fn deny(denial: Denial) -> Self {
         Self::Denied {
             denial,
             key: None,
             rate_limit: None,
+            quota_remaining: None,
         }
     }
 
@@ -128,6 +147,7 @@ impl Verdict {
             denial,
             key: Some(key),
             rate_limit: None,
+            quota_remaining: None,
         }
     }
 }
@@ -143,6 +163,12 @@ pub struct AuthenticatorSettings {
     pub default_rate_limit: Option<RateLimit>,
     /// How many keys' limiters to keep (the key cache's capacity).
     pub limiter_capacity: u64,
+    /// Redis, when `[limits] backend = "redis"`: rate limits and failure
+    /// counts shared by all replicas (the local ones stay as the fallback of
+    /// `on_backend_error = "local"`).
+    pub shared_limits: Option<Arc<SharedLimits>>,
+    /// The wall clock quota refills follow.
+    pub clock: WallClock,
 }
 
 pub struct Authenticator {
@@ -155,6 +181,9 @@ pub struct Authenticator {
     revision: Arc<AppliedRevision>,
     bans: FailedAuthBans,
     rate_limits: KeyRateLimits,
+    quotas: KeyQuotas,
+    clock: WallClock,
+    shared_limits: Option<Arc<SharedLimits>>,
     last_use: LastUseRecorder,
     /// Decision, cache and ban metrics (no-op handles when metrics are off).
     telemetry: Arc<Telemetry>,
@@ -188,6 +217,9 @@ impl Authenticator {
             revision,
             bans: FailedAuthBans::new(settings.bans),
             rate_limits: KeyRateLimits::new(settings.default_rate_limit, settings.limiter_capacity),
+            quotas: KeyQuotas::new(settings.limiter_capacity),
+            clock: settings.clock,
+            shared_limits: settings.shared_limits,
             last_use,
             telemetry,
         }
@@ -254,7 +286,7 @@ impl Authenticator {
         };
         let key = match found {
             Ok(key) => key,
-            Err(reason) => return self.refuse(reason, request),
+            Err(reason) => return self.refuse(reason, request).await,
         };
         if let Some(account) = request.account
             && key.account_id != *account
@@ -265,10 +297,10 @@ impl Authenticator {
 
         let now = UnixMillis::now();
         if key.revoked_at.is_some() {
-            return self.refuse(Reason::Revoked, request);
+            return self.refuse(Reason::Revoked, request).await;
         }
         if key.is_expired(now) {
-            return self.refuse(Reason::Expired, request);
+            return self.refuse(Reason::Expired, request).await;
         }
         // After the key is known to be live, before scopes. Not a failed
         // credential (the key is real): no ban accounting. The check scans
@@ -288,10 +320,16 @@ impl Authenticator {
             return Verdict::Allowed {
                 key,
                 rate_limit: None,
+                quota_remaining: None,
             };
         }
 
-        let rate_limit = match self.rate_limits.check(key.limited()) {
+        let decision = match self.rate_decision(&key).await {
+            Some(decision) => decision,
+            // Redis failed and `on_backend_error = "deny"`.
+            None => return Verdict::deny_key(self.denials.deny(Reason::Unavailable), key),
+        };
+        let rate_limit = match decision {
             RateDecision::Unlimited => None,
             RateDecision::Allowed(status) => Some(status),
             RateDecision::Limited {
@@ -304,12 +342,156 @@ impl Authenticator {
                     denial,
                     key: Some(key),
                     rate_limit: Some(status),
+                    quota_remaining: None,
                 };
             }
         };
 
+        // After the rate limit: a rate-limited request spends no quota.
+        let quota_remaining = match self.quota_decision(&key).await {
+            Ok(None) => None,
+            Ok(Some(QuotaDecision::Allowed { remaining })) => Some(remaining),
+            Ok(Some(QuotaDecision::Exceeded { refill_in })) => {
+                let mut denial = self.denials.deny(Reason::QuotaExceeded);
+                denial.retry_after_ms = refill_in.map_or(0, |wait| {
+                    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
+                });
+                return Verdict::Denied {
+                    denial,
+                    key: Some(key),
+                    rate_limit,
+                    quota_remaining: Some(0),
+                };
+            }
+            // Redis failed and `on_backend_error = "deny"`.
+            Err(()) => return Verdict::deny_key(self.denials.deny(Reason::Unavailable), key),
+        };
+
         self.last_use.record(&key, now);
-        Verdict::Allowed { key, rate_limit }
+        Verdict::Allowed {
+            key,
+            rate_limit,
+            quota_remaining,
+        }
+    }
+
+    /// Takes one request from the key's budget: in Redis when limits are
+    /// shared (a key without a limit costs no call), else (or when Redis
+    /// fails and `on_backend_error = "local"`) this replica's own. `None`:
+    /// Redis failed and `on_backend_error = "deny"`.
+    async fn rate_decision(&self, key: &CachedKey) -> Option<RateDecision> {
+        let limited = key.limited();
+        if let Some(shared) = &self.shared_limits
+            && let Some(limit) = self.rate_limits.limit_for(&limited)
+        {
+            match shared.check_rate(&key.id, limit).await {
+                Ok(decision) => return Some(decision),
+                Err(error) => {
+                    self.telemetry
+                        .record_limits_backend_error(LimitsOperation::RateLimit);
+                    shared.warn("rate limit", &error);
+                    if shared.on_backend_error() == OnBackendError::Deny {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(self.rate_limits.check(limited))
+    }
+
+    /// Takes one request from the key's usage quota, if it has one: in
+    /// Redis when limits are shared, else (or when Redis fails and
+    /// `on_backend_error = "local"`) on this replica. Refill boundaries
+    /// follow `clock`. `Err`: Redis failed and `on_backend_error = "deny"`.
+    async fn quota_decision(&self, key: &CachedKey) -> Result<Option<QuotaDecision>, ()> {
+        let Some(quota_key) = key.quota_key() else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        if let Some(shared) = &self.shared_limits {
+            let period = quota_key.quota.refill().period(now);
+            let start = self.quotas.counter(&quota_key).usage_at(0);
+            match shared
+                .take_quota(&key.id, quota_key.quota, period, start)
+                .await
+            {
+                Ok((allowed, usage)) => {
+                    self.quotas.note_shared(&quota_key, usage);
+                    return Ok(Some(QuotaDecision::of(
+                        quota_key.quota,
+                        usage,
+                        allowed,
+                        now,
+                    )));
+                }
+                Err(error) => {
+                    self.telemetry
+                        .record_limits_backend_error(LimitsOperation::Quota);
+                    shared.warn("quota", &error);
+                    if shared.on_backend_error() == OnBackendError::Deny {
+                        return Err(());
+                    }
+                }
+            }
+        }
+        Ok(Some(self.quotas.take(&quota_key, now)))
+    }
+
+    /// Counts an invalid credential from `client` toward a ban: in Redis
+    /// when limits are shared, else (or when Redis fails, whatever
+    /// `on_backend_error` says: counting here is never less strict) in
+    /// this replica's table. Returns whether this failure started a ban.
+    async fn record_failure(&self, client: IpAddr) -> bool {
+        let settings = self.bans.settings();
+        if !settings.enabled {
+            return false;
+        }
+        if let Some(shared) = &self.shared_limits {
+            let address = ban_key(client);
+            match shared.record_failure(address, settings).await {
+                Ok(SharedFailure::Counted) => return false,
+                Ok(SharedFailure::AlreadyBanned(remaining)) => {
+                    self.bans.impose(address, remaining);
+                    return false;
+                }
+                Ok(SharedFailure::Banned(remaining)) => {
+                    self.bans.impose(address, remaining);
+                    tracing::info!(
+                        client = %address,
+                        "address banned on every replica after repeated invalid credentials"
+                    );
+                    return true;
+                }
+                Err(error) => {
+                    self.telemetry
+                        .record_limits_backend_error(LimitsOperation::Failure);
+                    shared.warn("failed-attempt count", &error);
+                }
+            }
+        }
+        self.bans.record_failure(client)
+    }
+
+    /// Keeps this replica's copy of the shared bans current (the channel
+    /// that announces each ban, and a full read every second) until
+    /// `shutdown`; returns at once when limits are not shared.
+    pub async fn follow_shared_bans(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let Some(shared) = &self.shared_limits else {
+            return;
+        };
+        shared
+            .follow_bans(
+                |address, remaining| {
+                    self.bans.impose(address, remaining);
+                },
+                |error| {
+                    self.telemetry
+                        .record_limits_backend_error(LimitsOperation::BanSync);
+                    shared.warn("ban sync", error);
+                },
+                shutdown,
+            )
+            .await;
     }
 
     /// The INSUFFICIENT_SCOPE denial for the first required scope the key
@@ -334,7 +516,7 @@ impl Authenticator {
 
     /// A denial for a credential that identified no live key; counts toward
     /// a ban when it was an attempt with some credential.
-    fn refuse(&self, reason: Reason, request: &Presented<'_>) -> Verdict {
+    async fn refuse(&self, reason: Reason, request: &Presented<'_>) -> Verdict {
         let attempted = match request.key {
             PresentedKey::Credential(text) | PresentedKey::BareKey(text) => !text.trim().is_empty(),
             PresentedKey::Absent | PresentedKey::Id(_) => false,
@@ -342,7 +524,7 @@ impl Authenticator {
         if attempted
             && reason.is_invalid_credential()
             && let Some(client) = request.client
-            && self.bans.record_failure(client)
+            && self.record_failure(client).await
         {
             self.telemetry.record_ban_started();
         }

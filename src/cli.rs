@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::ServerSettings;
+use crate::shared_limits::{LimitsSettings, RedisUrl};
 use crate::storage::DatabaseUrl;
 
 #[derive(Debug, Parser)]
@@ -61,6 +62,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYWARD_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// redis://[:PASSWORD@]HOST[:PORT][/DB] for limits shared by replicas [or `limits.redis_url`; used with `limits.backend = "redis"`].
+    #[arg(long, env = "KEYWARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
     /// TOML config file (a product profile); built-in Carboncopy defaults without one.
     #[arg(long, env = "KEYWARD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -97,6 +102,15 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Puts `--redis-url` (or `KEYWARD_REDIS_URL`) over `limits.redis_url`.
+    pub fn override_limits(&self, limits: &mut LimitsSettings) -> Result<(), String> {
+        if let Some(url) = &self.redis_url {
+            limits.redis_url =
+                Some(RedisUrl::parse(url).map_err(|reason| format!("--redis-url: {reason}"))?);
+        }
+        Ok(())
+    }
+
     /// Puts the flags (and the environment variables, which clap has put
     /// under the flags) over the config file's server settings: the one
     /// place they meet. A setting a flag gives is no longer the file's, so
@@ -146,6 +160,7 @@ impl std::fmt::Debug for ServeArgs {
         let Self {
             listen,
             database_url,
+            redis_url,
             config,
             tls_cert,
             tls_key,
@@ -160,6 +175,10 @@ impl std::fmt::Debug for ServeArgs {
             .field(
                 "database_url",
                 &database_url.as_deref().map(crate::storage::redact_password),
+            )
+            .field(
+                "redis_url",
+                &redis_url.as_deref().map(crate::storage::redact_password),
             )
             .field("config", config)
             .field("tls_cert", tls_cert)
@@ -531,5 +550,31 @@ mod tests {
             parse_rate_limit_change("2/1s"),
             Ok(RateLimitChange::Set(limit(2, 1)))
         );
+    }
+
+    #[test]
+    fn redis_url_flag_overrides_the_file_and_hides_its_password() {
+        let file = "[limits]\nbackend = \"redis\"\nredis_url = \"redis://file:6379\"";
+        let serve = |flags: &[&str]| {
+            let mut config = crate::config::Config::parse(file, "p.toml").unwrap();
+            let cli = Cli::parse_from([&["keyward", "serve"], flags].concat());
+            let shown = format!("{cli:?}");
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            args.override_limits(&mut config.limits)
+                .map(|()| (config.limits, shown))
+        };
+        let (limits, shown) = serve(&["--redis-url", "redis://:s3cret@flag:6380/1"]).unwrap();
+        assert_eq!(
+            limits.redis_url.unwrap().expose(),
+            "redis://:s3cret@flag:6380/1"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let (limits, _) = serve(&[]).unwrap();
+        assert_eq!(limits.redis_url.unwrap().expose(), "redis://file:6379");
+        let error = serve(&["--redis-url", "http://:s3cret@flag"]).unwrap_err();
+        assert!(error.starts_with("--redis-url: "), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }

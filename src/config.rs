@@ -29,9 +29,11 @@ use crate::key_format::{KeyFormat, KeySettings, RawKeys};
 use crate::last_use::RawLastUsed;
 use crate::management_api::settings::{ManagementApiSettings, RawManagementApi};
 use crate::management_api::settings_page::settings::{RawSettingsPage, SettingsPageSettings};
+use crate::quotas::WallClock;
 use crate::rate_limits::RawRateLimit;
 use crate::scope_catalog::{RawPreset, RawScope, ScopeCatalog};
 use crate::settings::SettingError;
+use crate::shared_limits::{LimitsSettings, RawLimits};
 
 mod server;
 
@@ -73,6 +75,7 @@ struct RawConfig {
     feed: RawFeed,
     rate_limit: Option<RawRateLimit>,
     bans: RawBans,
+    limits: RawLimits,
     last_used: RawLastUsed,
     auth: RawAuth,
     http: RawHttp,
@@ -99,6 +102,9 @@ pub struct Config {
     /// Per-key limit for keys without their own; `None`: unlimited.
     pub default_rate_limit: Option<RateLimit>,
     pub bans: BanSettings,
+    /// `[limits]`: where rate limits and bans are kept (this replica, or
+    /// Redis for all replicas).
+    pub limits: LimitsSettings,
     pub last_used_flush_interval: Duration,
     /// Who may call which RPC (`[auth]`).
     pub auth: AccessSettings,
@@ -114,6 +120,9 @@ pub struct Config {
     pub settings_page: SettingsPageSettings,
     /// `[audit]`: how long the audit trail is kept.
     pub audit: AuditSettings,
+    /// The wall clock quota refills follow (not configurable: tests
+    /// substitute one to cross a day or month boundary).
+    pub clock: WallClock,
 }
 
 impl Default for Config {
@@ -186,6 +195,7 @@ impl Config {
         let default_rate_limit =
             crate::rate_limits::default_rate_limit_from_raw(raw.rate_limit).map_err(in_file)?;
         let bans = BanSettings::from_raw(raw.bans).map_err(in_file)?;
+        let limits = LimitsSettings::from_raw(raw.limits).map_err(in_file)?;
         let last_used_flush_interval =
             crate::last_use::flush_interval_from_raw(raw.last_used).map_err(in_file)?;
         let auth = AccessSettings::from_raw(raw.auth).map_err(in_file)?;
@@ -210,6 +220,7 @@ impl Config {
             feed,
             default_rate_limit,
             bans,
+            limits,
             last_used_flush_interval,
             auth,
             http,
@@ -217,6 +228,7 @@ impl Config {
             management_api,
             settings_page,
             audit,
+            clock: WallClock::system(),
         })
     }
 

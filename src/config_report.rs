@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use crate::config::{Config, DEFAULT_DATABASE_URL, DEFAULT_LISTEN};
 use crate::denial::DenialText;
 use crate::ext_authz::{ErrorBodyStyle, RouteDefinition, UnmatchedRoute};
+use crate::shared_limits::{LimitMode, LimitsBackend, OnBackendError};
 
 /// One titled part of the report.
 pub struct Section {
@@ -187,11 +188,16 @@ fn limits(config: &Config) -> Vec<String> {
             "rotation grace period: at most {}",
             humantime::format_duration(config.max_rotation_grace)
         ),
+        shared_limits(config),
         match config.default_rate_limit {
             Some(limit) => format!(
-                "default rate limit: {} requests per {} s per key (per replica)",
+                "default rate limit: {} requests per {} s per key ({})",
                 limit.requests(),
-                limit.per_seconds()
+                limit.per_seconds(),
+                match config.limits.backend {
+                    LimitsBackend::Local => "per replica",
+                    LimitsBackend::Redis => "across replicas",
+                }
             ),
             None => "default rate limit: none (keys may carry their own)".into(),
         },
@@ -207,6 +213,35 @@ fn limits(config: &Config) -> Vec<String> {
             config.feed.poll_interval, config.feed.freshness_bound
         ),
     ]
+}
+
+/// Where rate limits and failed-attempt counts are kept (`[limits]`).
+fn shared_limits(config: &Config) -> String {
+    let limits = &config.limits;
+    match limits.backend {
+        LimitsBackend::Local => {
+            "rate limits and bans: in each replica's memory (limits.backend = \"local\")".into()
+        }
+        LimitsBackend::Redis => format!(
+            "rate limits and bans: shared by all replicas through Redis at {} (key prefix {:?}, \
+             mode {}, each call cut off after {:?}; when Redis fails: {})",
+            limits.redis_url.as_ref().map_or_else(
+                || "--redis-url / KEYWARD_REDIS_URL".into(),
+                ToString::to_string
+            ),
+            limits.key_prefix,
+            match limits.mode {
+                LimitMode::Exact => "exact".to_owned(),
+                LimitMode::Approximate { sync } =>
+                    format!("approximate, leases of {sync:?} x 2 of the limit"),
+            },
+            limits.timeout,
+            match limits.on_backend_error {
+                OnBackendError::Deny => "deny limited requests with UNAVAILABLE",
+                OnBackendError::Local => "fall back to per-replica limits",
+            }
+        ),
+    }
 }
 
 fn bans(config: &Config) -> Vec<String> {
@@ -553,6 +588,29 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(shown.contains("password=***"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn the_redis_password_is_not_printed() {
+        let config = Config::parse(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"redis://:s3cret@cache:6379/2\"\n",
+            "limits.toml",
+        )
+        .unwrap();
+        let text = describe(&config);
+        assert!(
+            text.contains("Redis at redis://:***@cache:6379/2"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let error = Config::parse(
+            "[limits]\nredis_url = \"redis://:s3cret@cache:port\"\n",
+            "limits.toml",
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "limits.redis_url");
+        assert!(!error.to_string().contains("s3cret"), "{error}");
     }
 
     #[test]

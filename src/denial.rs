@@ -22,10 +22,12 @@ pub enum Reason {
     Unavailable,
     /// The key has allowed networks and the client is not in them.
     IpNotAllowed,
+    /// The key's usage quota is used up until its next refill.
+    QuotaExceeded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::MissingCredential,
         Reason::MalformedCredential,
         Reason::UnknownKey,
@@ -36,6 +38,7 @@ impl Reason {
         Reason::TooManyFailedAttempts,
         Reason::Unavailable,
         Reason::IpNotAllowed,
+        Reason::QuotaExceeded,
     ];
 
     /// Stable lower-case name for logs and metrics.
@@ -51,6 +54,7 @@ impl Reason {
             Reason::TooManyFailedAttempts => "too_many_failed_attempts",
             Reason::Unavailable => "unavailable",
             Reason::IpNotAllowed => "ip_not_allowed",
+            Reason::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -97,6 +101,8 @@ pub struct DenialCatalog {
     pub unavailable: DenialText,
     /// The key may not be used from the client's address.
     pub ip_not_allowed: DenialText,
+    /// The key's usage quota is used up.
+    pub quota_exceeded: DenialText,
 }
 
 impl Default for DenialCatalog {
@@ -131,6 +137,11 @@ impl Default for DenialCatalog {
                 "This API key may not be used from this address.",
                 403,
             ),
+            quota_exceeded: DenialText::new(
+                "quota_exceeded",
+                "This key's usage quota is used up.",
+                429,
+            ),
         }
     }
 }
@@ -147,6 +158,7 @@ pub struct RawDenials {
     pub too_many_failed_attempts: Option<RawDenialText>,
     pub unavailable: Option<RawDenialText>,
     pub ip_not_allowed: Option<RawDenialText>,
+    pub quota_exceeded: Option<RawDenialText>,
 }
 
 /// One denial's text as written (in `[denials]` and in `[http.denials]`).
@@ -206,6 +218,12 @@ impl DenialCatalog {
                 defaults.ip_not_allowed,
                 &[401, 403, 404],
             )?,
+            quota_exceeded: denial_text_from_raw(
+                "denials.quota_exceeded",
+                raw.quota_exceeded,
+                defaults.quota_exceeded,
+                &[402, 403, 429],
+            )?,
         })
     }
 
@@ -221,6 +239,7 @@ impl DenialCatalog {
             Reason::TooManyFailedAttempts => &self.too_many_failed_attempts,
             Reason::Unavailable => &self.unavailable,
             Reason::IpNotAllowed => &self.ip_not_allowed,
+            Reason::QuotaExceeded => &self.quota_exceeded,
         }
     }
 

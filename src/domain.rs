@@ -276,5 +276,135 @@ impl RateLimit {
     }
 }
 
+/// A key's usage quota: `requests` uses in all (`Refill::Never`), or per
+/// UTC day or month, refilled at the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    requests: u64,
+    refill: Refill,
+}
+
+/// When a quota is refilled: never, or at each UTC day or month boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refill {
+    Never,
+    Daily,
+    Monthly,
+}
+
+const DAY_MILLIS: i64 = 86_400_000;
+
+impl Refill {
+    /// Stable lower-case name (storage, Redis keys, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::Daily => "daily",
+            Self::Monthly => "monthly",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "never" => Some(Self::Never),
+            "daily" => Some(Self::Daily),
+            "monthly" => Some(Self::Monthly),
+            _ => None,
+        }
+    }
+
+    /// The refill period `at` falls in: 0 for `Never`, else the UTC day or
+    /// month counted from 1970-01 (so later periods are larger).
+    pub fn period(self, at: UnixMillis) -> u64 {
+        let day = at.0.div_euclid(DAY_MILLIS);
+        let period = match self {
+            Self::Never => 0,
+            Self::Daily => day,
+            Self::Monthly => {
+                let (year, month) = civil_from_days(day);
+                year * 12 + (month - 1) - 1970 * 12
+            }
+        };
+        u64::try_from(period).unwrap_or(0)
+    }
+
+    /// When `period` ends (the next refill), or `None` for `Never`.
+    pub fn period_end(self, period: u64) -> Option<UnixMillis> {
+        let period = i64::try_from(period).unwrap_or(i64::MAX / DAY_MILLIS / 400);
+        match self {
+            Self::Never => None,
+            Self::Daily => Some(UnixMillis(
+                period.saturating_add(1).saturating_mul(DAY_MILLIS),
+            )),
+            Self::Monthly => {
+                let next = period + 1 + 1970 * 12;
+                let days = days_from_civil(next.div_euclid(12), next.rem_euclid(12) + 1);
+                Some(UnixMillis(days.saturating_mul(DAY_MILLIS)))
+            }
+        }
+    }
+}
+
+/// (year, month 1..=12) of a day counted from 1970-01-01 (H. Hinnant's
+/// civil-from-days).
+fn civil_from_days(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// The day (from 1970-01-01) on which `year`-`month` begins.
+fn days_from_civil(year: i64, month: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl Quota {
+    /// 10^15: counts stay exact in every store (Redis scripts count in
+    /// doubles, exact to 2^53).
+    pub const MAX_REQUESTS: u64 = 1_000_000_000_000_000;
+
+    /// At least one request (a key with none left is revoked, not given
+    /// an empty quota).
+    pub fn new(requests: u64, refill: Refill) -> Result<Self, InvalidValue> {
+        if requests == 0 {
+            return Err(invalid("requests must be at least 1"));
+        }
+        if requests > Self::MAX_REQUESTS {
+            return Err(invalid(format!(
+                "requests must be at most {}",
+                Self::MAX_REQUESTS
+            )));
+        }
+        Ok(Self { requests, refill })
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    pub fn refill(&self) -> Refill {
+        self.refill
+    }
+}
+
+/// How much of a key's quota is used, in which refill period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaUsage {
+    pub period: u64,
+    pub used: u64,
+}
+
 #[cfg(test)]
 mod tests;

@@ -200,12 +200,19 @@ impl ExtAuthzApi {
                 min_revision,
             })
             .await;
-        let (key, rate_limit) = match verdict {
-            Verdict::Allowed { key, rate_limit } => (key, rate_limit),
+        let (key, rate_limit, quota_remaining) = match verdict {
+            Verdict::Allowed {
+                key,
+                rate_limit,
+                quota_remaining,
+            } => (key, rate_limit, quota_remaining),
             // The authenticator has logged and counted the denial.
             Verdict::Denied {
-                denial, rate_limit, ..
-            } => return responses.deny(&denial, rate_limit),
+                denial,
+                rate_limit,
+                quota_remaining,
+                ..
+            } => return responses.deny_with_quota(&denial, rate_limit, quota_remaining),
         };
         let mut removal = if self.settings.strip_credential {
             sources.present(&headers, &target, self.authenticator.key_format())
@@ -214,7 +221,7 @@ impl ExtAuthzApi {
         };
         // Whatever `strip_credential` says: the upstream trusts these.
         request::spoofed_metadata_headers(&headers, &mut removal);
-        responses.allow(&key, catalog, rate_limit, removal)
+        responses.allow_with_quota(&key, catalog, rate_limit, quota_remaining, removal)
     }
 
     fn refuse_malformed(&self, problem: MalformedRequest) -> CheckResponse {

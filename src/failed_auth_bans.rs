@@ -285,8 +285,9 @@ pub struct BanTableStats {
     pub bans_refused: u64,
 }
 
-/// The address bans are keyed by.
-fn ban_key(address: IpAddr) -> IpAddr {
+/// The address bans are keyed by (an IPv6 address's /64, an IPv4-mapped
+/// address's IPv4 address).
+pub fn ban_key(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -377,6 +378,42 @@ impl FailedAuthBans {
         self.failures.remove(&key);
         tracing::info!(client = %key, "address banned after repeated invalid credentials");
         true
+    }
+
+    /// Puts in force a ban decided elsewhere (another replica, through the
+    /// shared limits), for `remaining`; a ban already in force here is kept
+    /// as it is. `address` is already a [`ban_key`]. Returns whether it was
+    /// new here.
+    pub fn impose(&self, address: IpAddr, remaining: Duration) -> bool {
+        if !self.settings.enabled {
+            return false;
+        }
+        let now = Instant::now();
+        match self
+            .bans
+            .upsert(address, now, now + remaining, || (), |()| ())
+        {
+            Ok(None) => {
+                self.failures.remove(&address);
+                true
+            }
+            Ok(Some(())) => false,
+            Err(Full) => {
+                if self.bans.should_warn(now) {
+                    tracing::warn!(
+                        client = %address,
+                        capacity = self.settings.max_tracked_addresses,
+                        "the ban table is full of bans in force; a ban set by another \
+                         replica is not applied here until bans expire"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    pub fn settings(&self) -> &BanSettings {
+        &self.settings
     }
 
     /// Both tables' sizes and fullness, for metrics (visits every shard).

@@ -27,8 +27,9 @@ use moka::sync::Cache;
 use serde::Deserialize;
 
 use crate::allowed_networks::AllowedNetworks;
-use crate::domain::{AccountId, KeyDigest, KeyId, RateLimit, UnixMillis};
+use crate::domain::{AccountId, KeyDigest, KeyId, Quota, QuotaUsage, RateLimit, UnixMillis};
 use crate::key_metadata::{self, SharedMetadata};
+use crate::quotas::{QuotaKey, QuotaSlot};
 use crate::rate_limits::{LimitedKey, LimiterSlot};
 use crate::scope_catalog::{ScopeCatalog, ScopeSet};
 use crate::settings::{SettingError, in_range, seconds_or};
@@ -49,6 +50,11 @@ pub struct CachedKey {
     pub granted: ScopeSet,
     pub effective: ScopeSet,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
+    /// The quota's use as stored when this entry was loaded.
+    pub stored_quota_usage: QuotaUsage,
+    /// Its quota counter, once it has needed one (see `quotas`).
+    pub quota_slot: QuotaSlot,
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
@@ -84,6 +90,16 @@ impl CachedKey {
         }
     }
 
+    /// The key as the quota table sees it, when it has a quota.
+    pub fn quota_key(&self) -> Option<QuotaKey<'_>> {
+        self.quota.map(|quota| QuotaKey {
+            id: &self.id,
+            quota,
+            stored: self.stored_quota_usage,
+            slot: &self.quota_slot,
+        })
+    }
+
     pub fn from_record(record: KeyRecord, catalog: &ScopeCatalog) -> Self {
         let (granted, unknown) =
             catalog.granted_from_names(record.scopes.iter().map(String::as_str));
@@ -102,6 +118,9 @@ impl CachedKey {
             name: record.name.into_boxed_str(),
             start: record.start.into_boxed_str(),
             rate_limit: record.rate_limit,
+            quota: record.quota,
+            stored_quota_usage: record.quota_usage,
+            quota_slot: QuotaSlot::default(),
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,

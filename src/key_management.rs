@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::{Actor, AuditEntry};
-use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
+use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, Quota, RateLimit, UnixMillis};
 use crate::key_cache::KeyCache;
 use crate::key_format::{KeyFormat, KeySecret};
 use crate::scope_catalog::{GrantError, ScopeCatalog};
@@ -104,6 +104,7 @@ pub struct CreateKey {
     pub preset: Option<String>,
     pub expires_at: Option<UnixMillis>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
     /// Validated (`key_metadata::parse`).
     pub metadata: Metadata,
     /// Normalised (`allowed_networks::parse`); empty: any address.
@@ -116,6 +117,8 @@ pub struct ChangeKey {
     pub name: Option<KeyName>,
     pub scopes: Option<Vec<String>>,
     pub rate_limit: Option<Option<RateLimit>>,
+    /// `Some(None)` removes the quota; a changed quota starts unused.
+    pub quota: Option<Option<Quota>>,
     /// Replaces the whole map (validated).
     pub metadata: Option<Metadata>,
     /// Replaces the whole list (normalised).
@@ -243,6 +246,7 @@ impl KeyManager {
                     start,
                     scopes,
                     rate_limit: request.rate_limit,
+                    quota: request.quota,
                     created_at: now,
                     expires_at: request.expires_at,
                     metadata: request.metadata,
@@ -297,6 +301,7 @@ impl KeyManager {
                     name: change.name,
                     scopes,
                     rate_limit: change.rate_limit,
+                    quota: change.quota,
                     metadata: change.metadata,
                     allowed_networks: change.allowed_networks,
                 },
@@ -443,6 +448,7 @@ impl KeyManager {
                 start: key.start,
                 scopes,
                 rate_limit: key.rate_limit,
+                quota: None,
                 created_at,
                 expires_at: key.expires_at,
                 metadata: key.metadata,

@@ -2,6 +2,10 @@
 //! cached key, and the key queued once per flush interval); a background task
 //! writes the queued keys to the database in one batch per interval, and once
 //! more at shutdown. No database write happens on the request path.
+//!
+//! The same pass writes how much of their usage quotas the queued keys
+//! have used (`quotas`), so on the local backend a crash loses at most one
+//! flush interval of counted uses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::domain::{KeyId, UnixMillis};
 use crate::key_cache::CachedKey;
 use crate::settings::{SettingError, seconds};
-use crate::storage::KeyStore;
+use crate::storage::{KeyStore, QuotaNote};
 
 /// Keys written per statement.
 const BATCH: usize = 10_000;
@@ -78,17 +82,40 @@ impl LastUseFlusher {
         let mut written = 0;
         loop {
             let mut latest: HashMap<KeyId, UnixMillis> = HashMap::new();
-            while latest.len() < BATCH {
+            let mut quotas: Vec<QuotaNote> = Vec::new();
+            let mut taken = 0;
+            while taken < BATCH {
                 let Ok(key) = self.queue.try_recv() else {
                     break;
                 };
+                taken += 1;
                 if let Some(at) = key.take_use() {
                     let slot = latest.entry(key.id.clone()).or_insert(at);
                     *slot = (*slot).max(at);
                 }
+                if let Some((quota, usage)) = key
+                    .quota_slot
+                    .counter()
+                    .and_then(|counter| counter.take_pending())
+                {
+                    quotas.push(QuotaNote {
+                        id: key.id.clone(),
+                        quota,
+                        usage,
+                    });
+                }
+            }
+            if !quotas.is_empty()
+                && let Err(error) = self.store.record_quota_usage(&quotas).await
+            {
+                // Not retried: the next flush writes the count as it is then.
+                tracing::warn!(%error, keys = quotas.len(), "could not record quota use");
             }
             if latest.is_empty() {
-                return written;
+                if taken == 0 {
+                    return written;
+                }
+                continue;
             }
             let batch: Vec<(KeyId, UnixMillis)> = latest.into_iter().collect();
             match self.store.record_last_used(&batch).await {

@@ -69,6 +69,7 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = load_config(args.config.as_deref())?;
     args.override_file(&mut config.server)?;
+    args.override_limits(&mut config.limits)?;
     tracing::info!(config = %config.source_name(), "configuration loaded");
     let running = server::start(config).await.map_err(|e| e.to_string())?;
     let stop = running.stop_token();

@@ -375,6 +375,7 @@ impl Api {
                     preset: fields.preset,
                     expires_at: fields.expires_at,
                     rate_limit: None,
+                    quota: None,
                     // Not in the profiles' field tables (yet): gRPC and the CLI set them.
                     metadata: Default::default(),
                     allowed_networks: Vec::new(),
@@ -432,6 +433,7 @@ impl Api {
                     name,
                     scopes,
                     rate_limit: None,
+                    quota: None,
                     metadata: None,
                     allowed_networks: None,
                 },

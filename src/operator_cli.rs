@@ -54,6 +54,7 @@ pub async fn run(command: KeysCommand) -> Result<String, CliError> {
                 rate_limit: rate_limit.map(proto_rate_limit),
                 metadata: meta.into_iter().collect(),
                 allowed_networks: allow_network,
+                quota: None,
             };
             create(&connection, request).await
         }
@@ -545,6 +546,7 @@ async fn update(
         },
         metadata: restrictions.metadata.unwrap_or_default(),
         allowed_networks: restrictions.allowed_networks.unwrap_or_default(),
+        quota: None,
     };
     let response = client
         .call("UpdateKey", request, |c, r| Box::pin(c.update_key(r)))

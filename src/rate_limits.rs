@@ -237,6 +237,11 @@ impl KeyRateLimits {
         }
     }
 
+    /// The limit that applies to the key: its own, else the default.
+    pub fn limit_for(&self, key: &LimitedKey<'_>) -> Option<RateLimit> {
+        key.rate_limit.or(self.default)
+    }
+
     /// Takes one request from the key's budget.
     pub fn check(&self, key: LimitedKey<'_>) -> RateDecision {
         let Some(limit) = key.rate_limit.or(self.default) else {

@@ -19,6 +19,7 @@ use crate::domain::RateLimit;
 use crate::key_cache::KeyCache;
 use crate::key_management::{KeyManager, ManagementSettings};
 use crate::last_use::{LastUseRecorder, last_use_channel};
+use crate::shared_limits::SharedLimits;
 use crate::storage::{KeyStore, StoreError};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics_endpoint::{StateSample, StateSource};
@@ -36,6 +37,8 @@ pub fn authenticator_settings(config: &Config) -> AuthenticatorSettings {
         bans: config.bans.clone(),
         default_rate_limit: config.default_rate_limit,
         limiter_capacity: config.cache.capacity,
+        shared_limits: None,
+        clock: config.clock.clone(),
     }
 }
 
@@ -58,6 +61,7 @@ pub struct Replica {
     feed: Arc<ChangeFeed>,
     last_use: LastUseRecorder,
     authenticator: Arc<Authenticator>,
+    shared_limits: Option<Arc<SharedLimits>>,
     manager: Arc<KeyManager>,
     telemetry: Arc<Telemetry>,
     background: CancellationToken,
@@ -70,11 +74,14 @@ impl Replica {
     /// Catches up with the event log (so the replica starts out able to
     /// prove it is current), then starts following it. `follower_store` is
     /// the store the feed reads the log through (its own connection pool).
+    /// `shared_limits`: the Redis connection when `[limits] backend =
+    /// "redis"` (see `SharedLimits::connect`), else `None`.
     pub async fn start(
         config: Config,
         store: Arc<dyn KeyStore>,
         follower_store: Arc<dyn KeyStore>,
         telemetry: Arc<Telemetry>,
+        shared_limits: Option<Arc<SharedLimits>>,
     ) -> Result<Self, StoreError> {
         let cache = Arc::new(KeyCache::new(&config.cache));
         let feed = ChangeFeed::start(
@@ -87,7 +94,10 @@ impl Replica {
         let wakeups = store.subscribe_wakeups().await?;
         let (last_use, flusher) = last_use_channel(Arc::clone(&store));
         let authenticator = Arc::new(Authenticator::new(
-            authenticator_settings(&config),
+            AuthenticatorSettings {
+                shared_limits: shared_limits.clone(),
+                ..authenticator_settings(&config)
+            },
             Arc::clone(&cache),
             Arc::clone(&store),
             Arc::clone(feed.freshness()),
@@ -113,6 +123,7 @@ impl Replica {
                 stopped(),
             )),
             tokio::spawn(Arc::clone(&telemetry).run_upkeep(stopped())),
+            tokio::spawn(Arc::clone(&authenticator).follow_shared_bans(stopped())),
             tokio::spawn(flusher.run(config.last_used_flush_interval, stopped())),
         ];
         Ok(Self {
@@ -122,6 +133,7 @@ impl Replica {
             feed,
             last_use,
             authenticator,
+            shared_limits,
             manager,
             telemetry,
             background,
@@ -164,6 +176,7 @@ impl Replica {
         Arc::new(Authenticator::new(
             AuthenticatorSettings {
                 default_rate_limit,
+                shared_limits: self.shared_limits.clone(),
                 ..authenticator_settings(&self.config)
             },
             Arc::clone(&self.cache),

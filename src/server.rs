@@ -35,6 +35,7 @@ use crate::management_api;
 use crate::proto;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::replica::Replica;
+use crate::shared_limits::SharedLimits;
 use crate::storage::{self, DatabaseUrl, KeyStore, PoolSettings, StoreError};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics_endpoint::{self, StateSource};
@@ -83,6 +84,9 @@ pub enum ServeError {
         url: DatabaseUrl,
         source: StoreError,
     },
+    /// Already names `limits.redis_url` and shows it without its password.
+    #[error("{0}")]
+    Limits(#[from] crate::shared_limits::ConnectError),
     #[error("database error while starting: {0}")]
     Storage(#[from] StoreError),
     #[error("reflection descriptors are invalid: {0}")]
@@ -174,6 +178,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         None => (None, None),
     };
 
+    // Redis (when limits are shared) before the database, so a wrong URL
+    // stops startup before anything is created or migrated.
+    let shared_limits = SharedLimits::connect_with(&config.limits, config.cache.capacity)
+        .await?
+        .map(Arc::new);
+
     let store = storage::open(
         database_url,
         &PoolSettings {
@@ -201,6 +211,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         follower_store,
         listener,
         Prepared {
+            shared_limits,
             tls,
             metrics: metrics_listener,
             http: http_listener,
@@ -284,6 +295,8 @@ fn check_exposure(config: &Config) -> Result<HotPathAccess, ServeError> {
 /// What `start` checked, decided and bound for `run`, besides the gRPC
 /// listener.
 struct Prepared {
+    /// Redis, when `[limits] backend = "redis"`.
+    shared_limits: Option<Arc<SharedLimits>>,
     tls: Option<tonic::transport::ServerTlsConfig>,
     metrics: Option<TcpListener>,
     /// The key-management HTTP API's listener, when `http_listen` is set.
@@ -304,8 +317,16 @@ async fn run(
     } else {
         Telemetry::disabled()
     });
-    let replica =
-        Arc::new(Replica::start(config, store, follower_store, Arc::clone(&telemetry)).await?);
+    let replica = Arc::new(
+        Replica::start(
+            config,
+            store,
+            follower_store,
+            Arc::clone(&telemetry),
+            prepared.shared_limits,
+        )
+        .await?,
+    );
     let config = replica.config();
 
     // The listeners stop when `background` is cancelled, after the gRPC

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::audit::{Actor, AuditEntry, AuditKind};
-use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
+use crate::domain::{
+    AccountId, KeyDigest, KeyId, KeyName, Quota, QuotaUsage, RateLimit, Refill, UnixMillis,
+};
 
 mod database_url;
 pub mod postgres;
@@ -38,6 +40,7 @@ pub struct NewKey {
     /// Granted scope names, after preset expansion, in catalog order.
     pub scopes: Vec<String>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
     /// Already validated (see `KeyRecord::metadata`).
@@ -46,6 +49,14 @@ pub struct NewKey {
     pub allowed_networks: Vec<String>,
     /// The key this one replaces (RotateKey).
     pub rotated_from: Option<KeyId>,
+}
+
+/// How much of its quota a key has used, for [`KeyStore::record_quota_usage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaNote {
+    pub id: KeyId,
+    pub quota: Quota,
+    pub usage: QuotaUsage,
 }
 
 /// A key's metadata: validated names to values, in name order.
@@ -62,6 +73,8 @@ impl NewKey {
             start: self.start,
             scopes: self.scopes,
             rate_limit: self.rate_limit,
+            quota: self.quota,
+            quota_usage: QuotaUsage::default(),
             created_at: self.created_at,
             expires_at: self.expires_at,
             revoked_at: None,
@@ -83,6 +96,9 @@ pub struct KeyRecord {
     pub start: String,
     pub scopes: Vec<String>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
+    /// The quota's use as last written (see `KeyStore::record_quota_usage`).
+    pub quota_usage: QuotaUsage,
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
     pub revoked_at: Option<UnixMillis>,
@@ -140,6 +156,8 @@ pub struct KeyUpdate {
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` returns the key to the configured default limit.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// `Some(None)` removes the quota; a new quota starts unused.
+    pub quota: Option<Option<Quota>>,
     /// Replaces the whole map.
     pub metadata: Option<Metadata>,
     /// Replaces the whole list (normalised CIDRs; empty: any address).
@@ -152,6 +170,7 @@ pub enum EventKind {
     Revoked,
     ScopesChanged,
     RateLimitChanged,
+    QuotaChanged,
     Renamed,
     MetadataChanged,
     NetworksChanged,
@@ -167,6 +186,7 @@ impl EventKind {
             EventKind::Revoked => "revoked",
             EventKind::ScopesChanged => "scopes_changed",
             EventKind::RateLimitChanged => "rate_limit_changed",
+            EventKind::QuotaChanged => "quota_changed",
             EventKind::Renamed => "renamed",
             EventKind::MetadataChanged => "metadata_changed",
             EventKind::NetworksChanged => "networks_changed",
@@ -184,6 +204,7 @@ impl FromStr for EventKind {
             "revoked" => Ok(EventKind::Revoked),
             "scopes_changed" => Ok(EventKind::ScopesChanged),
             "rate_limit_changed" => Ok(EventKind::RateLimitChanged),
+            "quota_changed" => Ok(EventKind::QuotaChanged),
             "renamed" => Ok(EventKind::Renamed),
             "metadata_changed" => Ok(EventKind::MetadataChanged),
             "networks_changed" => Ok(EventKind::NetworksChanged),
@@ -201,6 +222,7 @@ impl From<EventKind> for AuditKind {
             EventKind::Revoked => AuditKind::Revoked,
             EventKind::ScopesChanged => AuditKind::ScopesChanged,
             EventKind::RateLimitChanged => AuditKind::RateLimitChanged,
+            EventKind::QuotaChanged => AuditKind::QuotaChanged,
             EventKind::Renamed => AuditKind::Renamed,
             EventKind::MetadataChanged => AuditKind::MetadataChanged,
             EventKind::NetworksChanged => AuditKind::NetworksChanged,
@@ -386,6 +408,12 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Writes a batch of last-use times (never moving one backwards).
     async fn record_last_used(&self, uses: &[(KeyId, UnixMillis)]) -> Result<(), StoreError>;
 
+    /// Writes how much of their quotas keys have used (a batch, by the
+    /// last-use flusher). A row moves only forward (a later period, or more
+    /// used in the same one), and only while it still has `quota` (a key
+    /// whose quota changed meanwhile started afresh).
+    async fn record_quota_usage(&self, usage: &[QuotaNote]) -> Result<(), StoreError>;
+
     /// The connection pool's current use, for metrics (no database call).
     fn pool_stats(&self) -> PoolStats;
 
@@ -486,6 +514,10 @@ struct KeyRow {
     scopes: String,
     rate_limit_requests: Option<i64>,
     rate_limit_per_seconds: Option<i64>,
+    quota_requests: Option<i64>,
+    quota_refill: Option<String>,
+    quota_period: i64,
+    quota_used: i64,
     created_at: i64,
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
@@ -511,6 +543,21 @@ impl TryFrom<KeyRow> for KeyRecord {
             (None, None) => None,
             _ => return Err(corrupt("rate limit")),
         };
+        let quota = match (row.quota_requests, row.quota_refill.as_deref()) {
+            (Some(requests), Some(refill)) => Some(
+                u64::try_from(requests)
+                    .ok()
+                    .zip(Refill::parse(refill))
+                    .and_then(|(r, f)| Quota::new(r, f).ok())
+                    .ok_or_else(|| corrupt("quota"))?,
+            ),
+            (None, None) => None,
+            _ => return Err(corrupt("quota")),
+        };
+        let quota_usage = QuotaUsage {
+            period: to_u64(row.quota_period),
+            used: to_u64(row.quota_used),
+        };
         let id = KeyId::parse(&row.id).map_err(|_| corrupt("id"))?;
         let account_id = AccountId::parse(&row.account_id).map_err(|_| corrupt("account id"))?;
         let digest = KeyDigest::from_bytes(&row.key_hash).ok_or_else(|| corrupt("hash"))?;
@@ -530,6 +577,8 @@ impl TryFrom<KeyRow> for KeyRecord {
             name: row.name,
             start: row.start,
             rate_limit,
+            quota,
+            quota_usage,
             created_at: UnixMillis(row.created_at),
             expires_at: row.expires_at.map(UnixMillis),
             revoked_at: row.revoked_at.map(UnixMillis),
@@ -593,6 +642,9 @@ fn events_for_update(update: &KeyUpdate, before: &KeyRecord) -> Vec<EventKind> {
     if update.rate_limit.is_some_and(|r| r != before.rate_limit) {
         kinds.push(EventKind::RateLimitChanged);
     }
+    if update.quota.is_some_and(|q| q != before.quota) {
+        kinds.push(EventKind::QuotaChanged);
+    }
     if update
         .name
         .as_ref()
@@ -628,6 +680,13 @@ fn apply_update(mut record: KeyRecord, update: KeyUpdate) -> KeyRecord {
     if let Some(rate_limit) = update.rate_limit {
         record.rate_limit = rate_limit;
     }
+    // A changed quota starts unused (the same quota keeps its use).
+    if let Some(quota) = update.quota
+        && quota != record.quota
+    {
+        record.quota = quota;
+        record.quota_usage = QuotaUsage::default();
+    }
     if let Some(metadata) = update.metadata {
         record.metadata = metadata;
     }
@@ -642,6 +701,16 @@ fn rate_limit_columns(rate_limit: Option<RateLimit>) -> (Option<i64>, Option<i64
         Some(limit) => (
             Some(i64::from(limit.requests())),
             Some(i64::from(limit.per_seconds())),
+        ),
+        None => (None, None),
+    }
+}
+
+fn quota_columns(quota: Option<Quota>) -> (Option<i64>, Option<&'static str>) {
+    match quota {
+        Some(quota) => (
+            Some(i64::try_from(quota.requests()).unwrap_or(i64::MAX)),
+            Some(quota.refill().as_str()),
         ),
         None => (None, None),
     }

@@ -88,7 +88,7 @@ const LATENCY_BUCKETS: [f64; 16] = [
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every metric's help text (and unit), registered when metrics are on.
-const DESCRIPTIONS: [(&str, Option<Unit>, &str); 22] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 23] = [
     (
         "keyward_http_requests_total",
         None,
@@ -155,6 +155,11 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 22] = [
         "Addresses not admitted to a ban table (table=\"failures\" or \"bans\") because it was full of live entries.",
     ),
     (
+        "keyward_limits_backend_errors_total",
+        None,
+        "Calls to Redis (shared limits) that failed or timed out, by operation (rate_limit, failure, ban_sync, quota); each was handled as limits.on_backend_error says.",
+    ),
+    (
         "keyward_failing_addresses",
         None,
         "Client addresses with recent invalid credentials (approximate).",
@@ -211,6 +216,29 @@ pub enum CacheLookup {
     /// Found in the negative cache (known not to exist).
     NegativeHit,
     Miss,
+}
+
+/// What a failed call to the shared-limits backend (Redis) was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitsOperation {
+    RateLimit,
+    Failure,
+    BanSync,
+    Quota,
+}
+
+impl LimitsOperation {
+    pub const ALL: [LimitsOperation; 4] =
+        [Self::RateLimit, Self::Failure, Self::BanSync, Self::Quota];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimit => "rate_limit",
+            Self::Failure => "failure",
+            Self::BanSync => "ban_sync",
+            Self::Quota => "quota",
+        }
+    }
 }
 
 /// Gauges sampled at scrape time.
@@ -295,6 +323,7 @@ pub struct Telemetry {
     policy_denials: [Counter; PolicyDenial::ALL.len()],
     cache_lookups: [Counter; 3],
     bans_started: Counter,
+    limits_backend_errors: [Counter; LimitsOperation::ALL.len()],
     /// Registered on first use, then read without a lock.
     grpc_requests: [[OnceLock<Counter>; GRPC_CODES.len()]; RPC_LABELS],
     grpc_seconds: [OnceLock<Histogram>; RPC_LABELS],
@@ -370,6 +399,12 @@ impl Telemetry {
             policy_denials,
             cache_lookups,
             bans_started: registry.counter("keyward_bans_started_total", vec![]),
+            limits_backend_errors: LimitsOperation::ALL.map(|operation| {
+                registry.counter(
+                    "keyward_limits_backend_errors_total",
+                    vec![Label::from_static_parts("operation", operation.as_str())],
+                )
+            }),
             grpc_requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
             grpc_seconds: std::array::from_fn(|_| OnceLock::new()),
             gauges: StateGauges::register(&registry),
@@ -415,6 +450,10 @@ impl Telemetry {
 
     pub fn record_ban_started(&self) {
         self.bans_started.increment(1);
+    }
+
+    pub fn record_limits_backend_error(&self, operation: LimitsOperation) {
+        self.limits_backend_errors[operation as usize].increment(1);
     }
 
     /// Records a finished request of the key-management HTTP API, by route

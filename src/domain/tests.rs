@@ -89,3 +89,48 @@ fn digest_debug_does_not_print_bytes() {
     let digest = KeyDigest::of("cc_secret");
     assert_eq!(format!("{digest:?}"), "KeyDigest(..)");
 }
+
+#[test]
+fn quota_bounds() {
+    assert!(Quota::new(0, Refill::Daily).is_err());
+    assert!(Quota::new(1, Refill::Never).is_ok());
+    assert!(Quota::new(u64::MAX, Refill::Monthly).is_err());
+}
+
+/// Milliseconds of a UTC date and time.
+fn utc(year: i64, month: i64, day: i64, hour: i64) -> UnixMillis {
+    UnixMillis(((days_from_civil(year, month) + day - 1) * 24 + hour) * 3_600_000)
+}
+
+#[test]
+fn refill_periods_turn_over_at_utc_day_and_month_boundaries() {
+    let just_before = |at: UnixMillis| UnixMillis(at.0 - 1);
+    // Days.
+    let midnight = utc(2026, 12, 7, 0);
+    assert_eq!(
+        Refill::Daily.period(just_before(midnight)) + 1,
+        Refill::Daily.period(midnight)
+    );
+    assert_eq!(
+        Refill::Daily.period_end(Refill::Daily.period(just_before(midnight))),
+        Some(midnight)
+    );
+    // Months, across a year and a leap February.
+    for (year, month) in [(2027, 1), (2028, 3), (2028, 2), (1970, 2)] {
+        let first = utc(year, month, 1, 0);
+        let before = Refill::Monthly.period(just_before(first));
+        assert_eq!(before + 1, Refill::Monthly.period(first), "{year}-{month}");
+        assert_eq!(
+            Refill::Monthly.period_end(before),
+            Some(first),
+            "{year}-{month}"
+        );
+        assert_eq!(
+            Refill::Monthly.period(utc(year, month, 28, 23)),
+            Refill::Monthly.period(first)
+        );
+    }
+    assert_eq!(Refill::Monthly.period(UnixMillis(0)), 0);
+    assert_eq!(Refill::Never.period(utc(2030, 5, 5, 5)), 0);
+    assert_eq!(Refill::Never.period_end(0), None);
+}

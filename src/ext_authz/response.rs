@@ -252,6 +252,19 @@ impl Responses {
         rate_limit: Option<RateLimitStatus>,
         credential: CredentialRemoval,
     ) -> CheckResponse {
+        self.allow_with_quota(key, catalog, rate_limit, None, credential)
+    }
+
+    /// [`Responses::allow`], with `x-quota-remaining` for the client when
+    /// the key has a usage quota.
+    pub fn allow_with_quota(
+        &self,
+        key: &CachedKey,
+        catalog: &ScopeCatalog,
+        rate_limit: Option<RateLimitStatus>,
+        quota_remaining: Option<u64>,
+        credential: CredentialRemoval,
+    ) -> CheckResponse {
         let mut scopes_header = String::with_capacity(64);
         for name in catalog.names(key.effective) {
             if !scopes_header.is_empty() {
@@ -287,9 +300,12 @@ impl Responses {
                 headers_to_remove.retain(|spoofed| spoofed != header_name);
             }
         }
-        let response_headers_to_add = rate_limit
+        let mut response_headers_to_add = rate_limit
             .map(|status| Vec::from(rate_limit_headers(status)))
             .unwrap_or_default();
+        if let Some(remaining) = quota_remaining {
+            response_headers_to_add.push(quota_header(remaining));
+        }
         ok_response(
             OkHttpResponse {
                 headers,
@@ -326,6 +342,18 @@ impl Responses {
     /// A denial decided by the hot path; `rate_limit` adds the
     /// `x-ratelimit-*` headers (a 429 carries them).
     pub fn deny(&self, denial: &Denial, rate_limit: Option<RateLimitStatus>) -> CheckResponse {
+        self.deny_with_quota(denial, rate_limit, None)
+    }
+
+    /// [`Responses::deny`], with `x-quota-remaining` when the key has a
+    /// usage quota (0 on QUOTA_EXCEEDED, which also carries `retry-after`
+    /// until the next refill, unless the quota never refills).
+    pub fn deny_with_quota(
+        &self,
+        denial: &Denial,
+        rate_limit: Option<RateLimitStatus>,
+        quota_remaining: Option<u64>,
+    ) -> CheckResponse {
         let body = match (&denial.required_scope, denial.reason) {
             (Some(scope), Reason::InsufficientScope) => match self.scope_bodies.get(scope) {
                 Some(body) => body.clone(),
@@ -336,10 +364,11 @@ impl Responses {
             (_, reason) => self.reason_bodies[reason_position(reason)].clone(),
         };
         let mut headers = self.denial_headers(denial.http_status);
-        let retry_after = matches!(
-            denial.reason,
-            Reason::RateLimited | Reason::TooManyFailedAttempts
-        );
+        let retry_after = match denial.reason {
+            Reason::RateLimited | Reason::TooManyFailedAttempts => true,
+            Reason::QuotaExceeded => denial.retry_after_ms > 0,
+            _ => false,
+        };
         if retry_after {
             headers.push(header_with(
                 "retry-after",
@@ -348,6 +377,9 @@ impl Responses {
         }
         if let Some(status) = rate_limit {
             headers.extend(rate_limit_headers(status));
+        }
+        if let Some(remaining) = quota_remaining {
+            headers.push(quota_header(remaining));
         }
         denied_response(denial.http_status, headers, body, denial.reason.as_str())
     }
@@ -397,6 +429,11 @@ fn rate_limit_headers(status: RateLimitStatus) -> [HeaderValueOption; 3] {
                 .to_string(),
         ),
     ]
+}
+
+/// `x-quota-remaining`: what is left of the key's usage quota.
+fn quota_header(remaining: u64) -> HeaderValueOption {
+    header_with("x-quota-remaining", remaining.to_string())
 }
 
 /// Seconds for `retry-after` and `x-ratelimit-reset`: rounded up, so a

@@ -14,7 +14,7 @@ use tonic::Status;
 use super::status::invalid_argument;
 use crate::authenticator::Required;
 use crate::denial::{Denial, Reason};
-use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
+use crate::domain::{AccountId, KeyDigest, KeyId, KeyName, Quota, RateLimit, Refill, UnixMillis};
 use crate::key_cache::CachedKey;
 use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
 use crate::key_metadata;
@@ -60,6 +60,38 @@ fn rate_limit_at(field: &str, raw: &proto::RateLimit) -> Result<RateLimit, Statu
             "per_seconds"
         };
         invalid_argument(&format!("{field}.{subfield}"), e)
+    })
+}
+
+/// Errors name the subfield: `quota.requests` or `quota.refill`.
+pub fn quota(raw: &proto::Quota) -> Result<Quota, Status> {
+    use proto::quota::Refill as P;
+    let refill = match P::try_from(raw.refill) {
+        Ok(P::Never) => Refill::Never,
+        Ok(P::Daily) => Refill::Daily,
+        Ok(P::Monthly) => Refill::Monthly,
+        Ok(P::Unspecified) | Err(_) => {
+            return Err(invalid_argument(
+                "quota.refill",
+                format!(
+                    "{} is not a refill; use NEVER (1), DAILY (2) or MONTHLY (3)",
+                    raw.refill
+                ),
+            ));
+        }
+    };
+    Quota::new(raw.requests, refill).map_err(|e| invalid_argument("quota.requests", e))
+}
+
+fn proto_quota(quota: Option<Quota>) -> Option<proto::Quota> {
+    use proto::quota::Refill as P;
+    quota.map(|q| proto::Quota {
+        requests: q.requests(),
+        refill: match q.refill() {
+            Refill::Never => P::Never,
+            Refill::Daily => P::Daily,
+            Refill::Monthly => P::Monthly,
+        } as i32,
     })
 }
 
@@ -195,6 +227,7 @@ impl TryFrom<proto::CreateKeyRequest> for CreateKey {
                 .map(|t| timestamp_to_millis("expires_at", t))
                 .transpose()?,
             rate_limit: request.rate_limit.as_ref().map(rate_limit).transpose()?,
+            quota: request.quota.as_ref().map(quota).transpose()?,
             metadata: metadata(&request.metadata)?,
             allowed_networks: allowed_networks(&request.allowed_networks)?,
         })
@@ -214,7 +247,7 @@ pub fn allowed_networks(raw: &[String]) -> Result<Vec<String>, Status> {
 }
 
 /// The fields UpdateKey may change.
-const UPDATABLE: &str = "name, scopes, rate_limit, metadata, allowed_networks";
+const UPDATABLE: &str = "name, scopes, rate_limit, quota, metadata, allowed_networks";
 
 impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
     type Error = Status;
@@ -233,6 +266,9 @@ impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
                 }
                 if request.rate_limit.is_some() {
                     inferred.push("rate_limit");
+                }
+                if request.quota.is_some() {
+                    inferred.push("quota");
                 }
                 if !request.metadata.is_empty() {
                     inferred.push("metadata");
@@ -257,6 +293,10 @@ impl TryFrom<&proto::UpdateKeyRequest> for ChangeKey {
                 "rate_limit" => change
                     .rate_limit
                     .replace(request.rate_limit.as_ref().map(rate_limit).transpose()?)
+                    .is_some(),
+                "quota" => change
+                    .quota
+                    .replace(request.quota.as_ref().map(quota).transpose()?)
                     .is_some(),
                 "metadata" => change
                     .metadata
@@ -383,6 +423,7 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
         revoked_at: record.revoked_at.map(millis_to_timestamp),
         last_used_at: record.last_used_at.map(millis_to_timestamp),
         rate_limit: proto_rate_limit(record.rate_limit),
+        quota: proto_quota(record.quota),
         effective_scopes: catalog.sorted_names(catalog.effective(granted)),
         rotated_from: record
             .rotated_from
@@ -436,6 +477,7 @@ fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
         revoked_at: key.revoked_at.map(millis_to_timestamp),
         last_used_at: key.last_used_at().map(millis_to_timestamp),
         rate_limit: proto_rate_limit(key.rate_limit),
+        quota: proto_quota(key.quota),
         effective_scopes: catalog.sorted_names(key.effective),
         rotated_from: key
             .rotated_from
@@ -549,6 +591,7 @@ fn reason(reason: Reason) -> proto::denial::Reason {
         Reason::TooManyFailedAttempts => P::TooManyFailedAttempts,
         Reason::Unavailable => P::Unavailable,
         Reason::IpNotAllowed => P::IpNotAllowed,
+        Reason::QuotaExceeded => P::QuotaExceeded,
     }
 }
 

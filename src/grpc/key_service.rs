@@ -96,12 +96,14 @@ impl KeyService for KeyServiceApi {
             key: verdict.key().map(|key| convert::encoded_key(key, catalog)),
             denial: verdict.denial().map(convert::denial),
             rate_limit: verdict.rate_limit().map(convert::rate_limit_status),
-            // A limited key's every use must be counted here, and a key
+            // A limited key's (or a quota's) every use must be counted here, and a key
             // with allowed networks must be checked against each request's
             // address here; any other allowed answer holds until an event
             // about the key (or expiry).
+            quota_remaining: verdict.quota_remaining(),
             cacheable: verdict.allowed()
                 && verdict.rate_limit().is_none()
+                && verdict.quota_remaining().is_none()
                 && verdict
                     .key()
                     .is_some_and(|key| key.allowed_networks.is_empty()),

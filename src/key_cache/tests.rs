@@ -12,6 +12,8 @@ fn record(digest: KeyDigest) -> KeyRecord {
         start: "cc_abcdef".into(),
         scopes: vec!["traders:write".into()],
         rate_limit: None,
+        quota: None,
+        quota_usage: Default::default(),
         created_at: UnixMillis(1),
         expires_at: None,
         revoked_at: None,

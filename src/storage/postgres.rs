@@ -333,6 +333,26 @@ impl_key_store!(PostgresStore, {
         Ok(())
     }
 
+    async fn record_quota_usage(&self, usage: &[super::QuotaNote]) -> Result<(), StoreError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for note in usage {
+            let (requests, refill) = super::quota_columns(Some(note.quota));
+            sqlx::query(super::statements::RECORD_QUOTA_USAGE)
+                .bind(i64::try_from(note.usage.period).unwrap_or(i64::MAX))
+                .bind(i64::try_from(note.usage.used).unwrap_or(i64::MAX))
+                .bind(note.id.as_str())
+                .bind(requests)
+                .bind(refill)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn subscribe_wakeups(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
         let name = format!(
             "{}{LISTENER_SUFFIX}",

@@ -121,6 +121,7 @@ pub(super) use insert_key_within_limit;
 macro_rules! insert_key {
     ($tx:ident, $key:ident) => {
         let (requests, per_seconds) = $crate::storage::rate_limit_columns($key.rate_limit);
+        let (quota_requests, quota_refill) = $crate::storage::quota_columns($key.quota);
         sqlx::query($crate::storage::statements::INSERT_KEY)
             .bind($key.id.as_str())
             .bind($key.account_id.as_str())
@@ -139,6 +140,8 @@ macro_rules! insert_key {
                     .as_ref()
                     .map($crate::domain::KeyId::as_str),
             )
+            .bind(quota_requests)
+            .bind(quota_refill)
             .execute(&mut *$tx)
             .await?;
     };
@@ -184,6 +187,8 @@ macro_rules! rotate_locked_key {
             start: $successor.start,
             scopes: $old.scopes.clone(),
             rate_limit: $old.rate_limit,
+            // The quota, not its use: the successor starts unused.
+            quota: $old.quota,
             created_at: now,
             expires_at: $old.expires_at,
             metadata: $old.metadata.clone(),
@@ -337,6 +342,7 @@ macro_rules! update_locked_key {
             });
         }
         let (requests, per_seconds) = $crate::storage::rate_limit_columns(after.rate_limit);
+        let (quota_requests, quota_refill) = $crate::storage::quota_columns(after.quota);
         sqlx::query($crate::storage::statements::UPDATE_KEY)
             .bind(&after.name)
             .bind($crate::storage::join_scopes(&after.scopes))
@@ -345,6 +351,10 @@ macro_rules! update_locked_key {
             .bind($crate::storage::metadata_column(&after.metadata))
             .bind($crate::storage::join_scopes(&after.allowed_networks))
             .bind($id.as_str())
+            .bind(quota_requests)
+            .bind(quota_refill)
+            .bind(i64::try_from(after.quota_usage.period).unwrap_or(i64::MAX))
+            .bind(i64::try_from(after.quota_usage.used).unwrap_or(i64::MAX))
             .execute(&mut *$tx)
             .await?;
         let mut revision = 0;

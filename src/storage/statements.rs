@@ -13,7 +13,8 @@ macro_rules! key_columns {
     () => {
         "id, account_id, name, key_hash, start, scopes, rate_limit_requests, \
          rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at, \
-         metadata, allowed_networks, rotated_from"
+         metadata, allowed_networks, rotated_from, quota_requests, quota_refill, \
+         quota_period, quota_used"
     };
 }
 pub(super) use key_columns;
@@ -75,20 +76,29 @@ pub(super) const DIGEST_EXISTS: &str = "SELECT COUNT(*) FROM api_keys WHERE key_
 
 /// Binds: id, account id, name, key hash, start, scopes, rate limit requests,
 /// rate limit seconds, created at, expires at, metadata, allowed networks,
-/// rotated from.
+/// rotated from, quota requests, quota refill.
 pub(super) const INSERT_KEY: &str = "INSERT INTO api_keys (id, account_id, name, key_hash, \
      start, scopes, rate_limit_requests, rate_limit_per_seconds, created_at, expires_at, \
-     metadata, allowed_networks, rotated_from) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+     metadata, allowed_networks, rotated_from, quota_requests, quota_refill) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
 /// Binds: key id, account id.
 pub(super) const KEY_IN_ACCOUNT: &str = key_in_account!();
 
 /// Binds: name, scopes, rate limit requests, rate limit seconds, metadata,
-/// allowed networks, key id.
+/// allowed networks, key id, quota requests, quota refill, quota period,
+/// quota used.
 pub(super) const UPDATE_KEY: &str = "UPDATE api_keys SET name = $1, scopes = $2, \
      rate_limit_requests = $3, rate_limit_per_seconds = $4, metadata = $5, \
-     allowed_networks = $6 WHERE id = $7";
+     allowed_networks = $6, quota_requests = $8, quota_refill = $9, quota_period = $10, \
+     quota_used = $11 WHERE id = $7";
+
+/// Moves a key's quota use forward, while it still has the quota the use
+/// was counted against. Binds: period, used, key id, quota requests, quota
+/// refill.
+pub(super) const RECORD_QUOTA_USAGE: &str = "UPDATE api_keys SET quota_period = $1, \
+     quota_used = $2 WHERE id = $3 AND quota_requests = $4 AND quota_refill = $5 \
+     AND (quota_period < $1 OR (quota_period = $1 AND quota_used < $2))";
 
 /// A page of an account's keys in id order. Binds: account id, whether
 /// revoked keys count, the id to start after (`""` for the first page), limit.

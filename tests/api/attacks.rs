@@ -115,6 +115,7 @@ fn new_key(account: &AccountId) -> CreateKey {
         preset: None,
         expires_at: None,
         rate_limit: None,
+        quota: None,
         metadata: Default::default(),
         allowed_networks: Vec::new(),
     }

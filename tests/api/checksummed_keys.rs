@@ -109,6 +109,7 @@ async fn altered_keys_are_malformed_before_any_store_call_and_count_as_failures(
                 preset: None,
                 expires_at: None,
                 rate_limit: None,
+                quota: None,
                 metadata: Default::default(),
                 allowed_networks: Vec::new(),
             },

@@ -145,6 +145,7 @@ async fn create(manager: &KeyManager) -> (KeyId, String) {
                 preset: None,
                 expires_at: None,
                 rate_limit: None,
+                quota: None,
                 metadata: Default::default(),
                 allowed_networks: Vec::new(),
             },

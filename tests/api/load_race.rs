@@ -161,6 +161,7 @@ async fn create_in(manager: &KeyManager, account: &str) -> (KeyId, String) {
                 preset: None,
                 expires_at: None,
                 rate_limit: None,
+                quota: None,
                 metadata: Default::default(),
                 allowed_networks: Vec::new(),
             },

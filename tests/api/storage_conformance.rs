@@ -44,6 +44,7 @@ fn new_key(account_name: &str, secret: &str) -> NewKey {
         start: "cc_123456".into(),
         scopes: vec!["orders:read".into(), "traders:write".into()],
         rate_limit: None,
+        quota: None,
         created_at: UnixMillis::now(),
         expires_at: None,
         metadata: Default::default(),

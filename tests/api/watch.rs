@@ -525,6 +525,7 @@ async fn service_pruning_on_read(
                     start: "cc_000000".into(),
                     scopes: vec![],
                     rate_limit: None,
+                    quota: None,
                     created_at: UnixMillis(1),
                     expires_at: None,
                     metadata: Default::default(),

@@ -95,6 +95,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
         Arc::clone(&store),
         store,
         Arc::new(Telemetry::disabled()),
+        None,
     )
     .await
     .map_err(setup_error)?;
@@ -132,6 +133,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                     preset: None,
                     expires_at: None,
                     rate_limit: None,
+                    quota: None,
                     metadata: Default::default(),
                     allowed_networks: Vec::new(),
                 },
@@ -169,6 +171,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                     preset: None,
                     expires_at: None,
                     rate_limit: None,
+                    quota: None,
                     metadata: [
                         ("plan", "pro"),
                         ("region", "eu-west-1"),
@@ -194,6 +197,7 @@ pub async fn measure(keys: u64, calls: u64) -> Result<HotPathCosts, BenchError> 
                     preset: None,
                     expires_at: None,
                     rate_limit: None,
+                    quota: None,
                     metadata: Default::default(),
                     allowed_networks: vec!["203.0.113.0/24".into(), "10.0.0.0/8".into()],
                 },

@@ -27,6 +27,7 @@ mod lean_client;
 mod load;
 mod seed;
 mod server_process;
+mod shared_limits_bench;
 mod verifier_bench;
 
 use lean_client::{AuthenticateVerdict, CheckVerdict, HealthVerdict, PreEncoded};
@@ -102,6 +103,10 @@ pub struct BenchArgs {
     /// KeywardLayer against without, revocations reaching a Verifier).
     #[arg(long)]
     pub only_client: bool,
+    /// Only the shared-limits section (needs --redis; the overshoot row
+    /// needs --postgres).
+    #[arg(long)]
+    pub only_shared_limits: bool,
     /// Only the in-process cache-hit measurement (for profilers such as
     /// `valgrind --tool=callgrind`), with this many calls.
     #[arg(long, value_name = "CALLS")]
@@ -110,6 +115,11 @@ pub struct BenchArgs {
     /// package nghttp2-client), as an independent cross-check.
     #[arg(long)]
     pub h2load: bool,
+    /// Redis URL for the shared-limits section (`[limits] backend =
+    /// "redis"`); without it that section is skipped. Keys are written
+    /// under a prefix of this run's own.
+    #[arg(long, env = "KEYWARD_BENCH_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
     /// The keyward binary to start as the server under test. Default: the
     /// `keyward` next to this tool (same Cargo target directory).
     #[arg(long, value_name = "PATH")]
@@ -232,6 +242,10 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
 
     if args.only_memory {
         rows.push(memory_per_key(&config, &args).await?);
+        return Ok(rows);
+    }
+    if args.only_shared_limits {
+        rows.extend(shared_limits_bench::run(&args, &base).await?);
         return Ok(rows);
     }
     if args.only_client {
@@ -372,6 +386,8 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Row>, BenchError> {
     let database = bench_database(&args).await?;
     rows.extend(verifier_bench::run(&args, &args.keyward_binary()?, &config, &database).await?);
     drop(database);
+
+    rows.extend(shared_limits_bench::run(&args, &base).await?);
 
     if args.memory_keys > 0 {
         rows.push(memory_per_key(&config, &args).await?);

@@ -236,9 +236,9 @@ pub fn grpc_code(reason: DenialReason) -> tonic::Code {
         DenialReason::InsufficientScope | DenialReason::IpNotAllowed => {
             tonic::Code::PermissionDenied
         }
-        DenialReason::RateLimited | DenialReason::TooManyFailedAttempts => {
-            tonic::Code::ResourceExhausted
-        }
+        DenialReason::RateLimited
+        | DenialReason::TooManyFailedAttempts
+        | DenialReason::QuotaExceeded => tonic::Code::ResourceExhausted,
         DenialReason::Unavailable => tonic::Code::Unavailable,
         DenialReason::Unspecified
         | DenialReason::MissingCredential

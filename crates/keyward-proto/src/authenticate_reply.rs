@@ -27,12 +27,14 @@ pub struct AuthenticateReply {
     pub denial: Option<Denial>,
     pub rate_limit: Option<RateLimitStatus>,
     pub cacheable: bool,
+    pub quota_remaining: Option<u64>,
 }
 
 /// A `Key` in two parts: `key`, built per call with empty `metadata` and
 /// `allowed_networks`, and `labels`, those two fields encoded once per
-/// cached key ([`EncodedKey::encode_labels`]; `None` when both are empty).
-/// They are `Key`'s last fields, so the bytes are what prost would write.
+/// cached key ([`EncodedKey::encode_labels`]; `None` when both are empty),
+/// appended after `key`'s fields. Readers take fields in any order; for a
+/// key without a quota (field 15) the bytes are exactly what prost writes.
 #[derive(Clone, PartialEq)]
 pub struct EncodedKey {
     pub key: Key,
@@ -76,6 +78,7 @@ impl AuthenticateReply {
             denial: self.denial.clone(),
             rate_limit: self.rate_limit,
             cacheable: self.cacheable,
+            quota_remaining: self.quota_remaining,
         }
     }
 }
@@ -101,6 +104,9 @@ impl Message for AuthenticateReply {
         }
         if self.cacheable {
             encoding::bool::encode(5, &self.cacheable, buf);
+        }
+        if let Some(remaining) = &self.quota_remaining {
+            encoding::uint64::encode(6, remaining, buf);
         }
     }
 
@@ -132,6 +138,9 @@ impl Message for AuthenticateReply {
                 ctx,
             ),
             5 => encoding::bool::merge(wire_type, &mut self.cacheable, buf, ctx),
+            6 => {
+                encoding::uint64::merge(wire_type, self.quota_remaining.get_or_insert(0), buf, ctx)
+            }
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -153,6 +162,9 @@ impl Message for AuthenticateReply {
         }
         if self.cacheable {
             len += encoding::bool::encoded_len(5, &self.cacheable);
+        }
+        if let Some(remaining) = &self.quota_remaining {
+            len += encoding::uint64::encoded_len(6, remaining);
         }
         len
     }
@@ -207,6 +219,10 @@ mod tests {
                 ("region".to_owned(), "eu-west-1".to_owned()),
             ]),
             allowed_networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+            quota: Some(crate::Quota {
+                requests: 1000,
+                refill: crate::quota::Refill::Daily as i32,
+            }),
         }
     }
 
@@ -285,6 +301,24 @@ mod tests {
                 },
             ));
         }
+        // A quota's remainder: set (0 included, which is not the default
+        // for an optional field) and unset.
+        for remaining in [Some(0), Some(41), None] {
+            cases.push((
+                AuthenticateReply {
+                    allowed: true,
+                    key: Some(split(&plain)),
+                    quota_remaining: remaining,
+                    ..Default::default()
+                },
+                AuthenticateResponse {
+                    allowed: true,
+                    key: Some(plain.clone()),
+                    quota_remaining: remaining,
+                    ..Default::default()
+                },
+            ));
+        }
         cases.push((
             AuthenticateReply {
                 denial: Some(denial.clone()),
@@ -308,12 +342,14 @@ mod tests {
     }
 
     /// The spliced reply is the generated encoding, byte for byte (prost
-    /// writes fields in number order, and the labels are the last two).
+    /// writes fields in number order, and without a quota the labels are
+    /// the last two).
     #[test]
     fn a_spliced_reply_is_byte_identical() {
         // One metadata entry: a HashMap's order would vary between encodings.
         let key = Key {
             metadata: HashMap::from([("plan".to_owned(), "pro".to_owned())]),
+            quota: None,
             ..full_key()
         };
         let reply = AuthenticateReply {

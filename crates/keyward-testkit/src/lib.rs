@@ -26,6 +26,7 @@ pub mod envoy;
 pub mod http_api;
 pub mod pg_proxy;
 pub mod postgres;
+pub mod redis;
 pub mod stalling_proxy;
 pub mod store_decorator;
 

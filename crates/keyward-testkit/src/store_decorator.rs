@@ -194,6 +194,13 @@ impl<H: StoreHooks> KeyStore for Decorated<H> {
         self.hooks.before(Call::RecordLastUsed { rows: uses.len() });
         self.inner.record_last_used(uses).await
     }
+    async fn record_quota_usage(
+        &self,
+        usage: &[keyward::storage::QuotaNote],
+    ) -> Result<(), StoreError> {
+        self.hooks.before(Call::Other);
+        self.inner.record_quota_usage(usage).await
+    }
     fn pool_stats(&self) -> PoolStats {
         self.inner.pool_stats()
     }
