@@ -454,7 +454,10 @@ async fn approximate_limits_stay_within_the_stated_bound_across_two_replicas() {
     let Some(url) = shared_redis_or_skip(test) else {
         return;
     };
-    let sync = Duration::from_millis(10);
+    // A 100 ms sync, so that a lease of 2 comes with a refill slow enough
+    // (10/s) that 3N requests reach the limit however slow the machine is
+    // (at 100/s a loaded machine once served all 600 before it was hit).
+    let sync = Duration::from_millis(100);
     let mut config = with_redis_limits(
         test_config(),
         &url,
@@ -473,10 +476,10 @@ async fn approximate_limits_stay_within_the_stated_bound_across_two_replicas() {
     let (allowed, _) = spread(&a, &b, &secret, 2 * limit as usize).await;
     assert_eq!(allowed, limit as usize);
 
-    // A fast one (100/s, leases of 2): at most N plus what refilled while
+    // A faster one (10/s, leases of 2): at most N plus what refilled while
     // the requests ran plus a lease per replica, at least N less a lease
     // held by the other replica.
-    let (requests, per_seconds) = (200u32, 2u32);
+    let (requests, per_seconds) = (200u32, 20u32);
     let lease = lease_size(RateLimit::new(requests, per_seconds).unwrap(), sync);
     assert_eq!(lease, 2);
     let secret = limited_key(&mut a, requests, per_seconds).await;
