@@ -397,6 +397,25 @@ macro_rules! delete_events_before {
 }
 pub(super) use delete_events_before;
 
+/// Inside `$tx`: writes each key's quota use (`QuotaNote`s) for its period,
+/// as the last-use flush does.
+macro_rules! write_quota_usage {
+    ($tx:ident, $usage:ident) => {
+        for note in $usage {
+            let (requests, refill) = $crate::storage::quota_columns(Some(note.quota));
+            sqlx::query($crate::storage::statements::RECORD_QUOTA_USAGE)
+                .bind(i64::try_from(note.usage.period).unwrap_or(i64::MAX))
+                .bind(i64::try_from(note.usage.used).unwrap_or(i64::MAX))
+                .bind(note.id.as_str())
+                .bind(requests)
+                .bind(refill)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+pub(super) use write_quota_usage;
+
 /// `async fn append_event(conn, record, kind, at) -> seq` on a backend's
 /// connection type: one row of the event log (on PostgreSQL its `seq` is
 /// assigned by the trigger, under its ordering lock).

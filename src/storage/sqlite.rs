@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::shared::{
     append_audit_fn, append_event_fn, delete_events_before, impl_key_store, import_locked_keys,
-    insert_key_within_limit, rotate_locked_key, update_locked_key,
+    insert_key_within_limit, rotate_locked_key, update_locked_key, write_quota_usage,
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT};
 use super::{
@@ -281,17 +281,7 @@ impl_key_store!(SqliteStore, {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for note in usage {
-            let (requests, refill) = super::quota_columns(Some(note.quota));
-            sqlx::query(super::statements::RECORD_QUOTA_USAGE)
-                .bind(i64::try_from(note.usage.period).unwrap_or(i64::MAX))
-                .bind(i64::try_from(note.usage.used).unwrap_or(i64::MAX))
-                .bind(note.id.as_str())
-                .bind(requests)
-                .bind(refill)
-                .execute(&mut *tx)
-                .await?;
-        }
+        write_quota_usage!(tx, usage);
         tx.commit().await?;
         Ok(())
     }
