@@ -4,7 +4,6 @@
 //! the boundary of an injected clock; QUOTA_EXCEEDED as each product words
 //! it; bad quotas refused naming the field, with nothing written.
 
-use keyward::config::Config;
 use keyward::domain::UnixMillis;
 use keyward::proto::{self, denial::Reason, quota::Refill};
 use keyward::quotas::WallClock;
@@ -15,8 +14,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use crate::helpers::envoy::{Envoy, allowed, config_from, denied, get, response_headers};
 use crate::helpers::redis::{shared_redis_or_skip, unique_prefix, with_redis_limits};
 use crate::helpers::{
-    Db, TestApp, TestDatabase, assert_invalid_argument, reason, spawn_app_with, spawn_on,
-    stored_key_rows, test_config,
+    Db, TestApp, TestDatabase, assert_invalid_argument, authenticate_spread, reason,
+    spawn_app_with, spawn_on, stored_key_rows, test_config, two_replicas,
 };
 use crate::on_both_databases;
 
@@ -239,14 +238,6 @@ async fn update_mask_quota_sets_replaces_and_removes_it(db: Db) {
     assert!(free.cacheable);
 }
 
-/// Two replicas on one PostgreSQL database sharing `config`'s limits.
-async fn two_replicas(config: Config) -> Option<(TestApp, TestApp)> {
-    let database = TestDatabase::create(Db::Postgres).await?;
-    let a = spawn_on(database.clone(), config.clone()).await;
-    let b = spawn_on(database, config).await;
-    Some((a, b))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_quota_is_exact_across_two_replicas_under_concurrent_load() {
     let test = "a_shared_quota_is_exact";
@@ -263,29 +254,9 @@ async fn a_shared_quota_is_exact_across_two_replicas_under_concurrent_load() {
         .await
         .unwrap()
         .secret;
-    let calls: Vec<_> = (0..3 * limit)
-        .map(|i| {
-            let mut keys = if i % 2 == 0 {
-                a.keys.clone()
-            } else {
-                b.keys.clone()
-            };
-            let secret = secret.clone();
-            tokio::spawn(async move {
-                keys.authenticate(proto::AuthenticateRequest {
-                    credential: secret,
-                    ..Default::default()
-                })
-                .await
-                .expect("Authenticate")
-                .into_inner()
-            })
-        })
-        .collect();
     let mut remaining = Vec::new();
     let mut exceeded = 0;
-    for call in calls {
-        let response = call.await.unwrap();
+    for response in authenticate_spread(&a, &b, &secret, 3 * limit as usize).await {
         if response.allowed {
             remaining.push(response.quota_remaining.unwrap());
         } else {

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use keyward::config::Config;
 use keyward::domain::RateLimit;
 use keyward::proto::{self, denial::Reason};
 use keyward::shared_limits::{LimitMode, OnBackendError, lease_size};
@@ -18,7 +17,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::helpers::redis::{
     ThrowawayRedis, shared_redis_or_skip, unique_prefix, with_redis_limits,
 };
-use crate::helpers::{Db, TestApp, TestDatabase, eventually, reason, spawn_on, test_config};
+use crate::helpers::{
+    Db, TestApp, TestDatabase, authenticate_spread, eventually, reason, spawn_on, test_config,
+    two_replicas,
+};
 
 async fn authenticate_from(
     app: &mut TestApp,
@@ -54,39 +56,10 @@ async fn limited_key(app: &mut TestApp, requests: u32, per_seconds: u32) -> Stri
         .secret
 }
 
-/// Two replicas on one fresh PostgreSQL database, both with `config`.
-async fn two_replicas(config: Config) -> Option<(TestApp, TestApp)> {
-    let database = TestDatabase::create(Db::Postgres).await?;
-    let a = spawn_on(database.clone(), config.clone()).await;
-    let b = spawn_on(database, config).await;
-    Some((a, b))
-}
-
-/// `total` requests with `secret`, alternating between the replicas, all in
-/// flight at once; returns how many were allowed and how many were
-/// rate-limited.
 async fn spread(a: &TestApp, b: &TestApp, secret: &str, total: usize) -> (usize, usize) {
-    let calls = (0..total).map(|i| {
-        let mut keys = if i % 2 == 0 {
-            a.keys.clone()
-        } else {
-            b.keys.clone()
-        };
-        let secret = secret.to_owned();
-        tokio::spawn(async move {
-            keys.authenticate(proto::AuthenticateRequest {
-                credential: secret,
-                ..Default::default()
-            })
-            .await
-            .expect("Authenticate")
-            .into_inner()
-        })
-    });
     let mut allowed = 0;
     let mut limited = 0;
-    for call in calls.collect::<Vec<_>>() {
-        let response = call.await.expect("no panic");
+    for response in authenticate_spread(a, b, secret, total).await {
         if response.allowed {
             allowed += 1;
         } else {

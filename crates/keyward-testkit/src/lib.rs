@@ -268,6 +268,49 @@ pub async fn spawn_on(database: Arc<TestDatabase>, mut config: Config) -> TestAp
     }
 }
 
+/// Two replicas on one fresh PostgreSQL database, both with `config`
+/// (`None`: no PostgreSQL here, already reported).
+pub async fn two_replicas(config: Config) -> Option<(TestApp, TestApp)> {
+    let database = TestDatabase::create(Db::Postgres).await?;
+    let a = spawn_on(database.clone(), config.clone()).await;
+    let b = spawn_on(database, config).await;
+    Some((a, b))
+}
+
+/// `total` concurrent Authenticates of `secret`, alternating between `a`
+/// and `b`; the answers in the order the calls were made.
+pub async fn authenticate_spread(
+    a: &TestApp,
+    b: &TestApp,
+    secret: &str,
+    total: usize,
+) -> Vec<proto::AuthenticateResponse> {
+    let calls: Vec<_> = (0..total)
+        .map(|i| {
+            let mut keys = if i % 2 == 0 {
+                a.keys.clone()
+            } else {
+                b.keys.clone()
+            };
+            let secret = secret.to_owned();
+            tokio::spawn(async move {
+                keys.authenticate(proto::AuthenticateRequest {
+                    credential: secret,
+                    ..Default::default()
+                })
+                .await
+                .expect("Authenticate")
+                .into_inner()
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(total);
+    for call in calls {
+        answers.push(call.await.expect("no panic"));
+    }
+    answers
+}
+
 pub async fn connect(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
