@@ -97,3 +97,19 @@ fn the_page_config_speaks_the_profiles_api() {
         "/v1/keys/{key_id}/rotate"
     );
 }
+
+#[test]
+fn page_size_and_expiring_days_out_of_range_are_named() {
+    for (line, key) in [
+        ("page_size = 0", "settings_page.page_size"),
+        ("page_size = 101", "settings_page.page_size"),
+        ("expiring_days = 366", "settings_page.expiring_days"),
+    ] {
+        let error = parse(&format!("[settings_page]\n{line}\n")).unwrap_err();
+        assert_eq!(error.key, key, "{line}: {error}");
+        assert!(error.to_string().contains("page-test.toml"), "{error}");
+    }
+    let config = parse("[settings_page]\npage_size = 100\nexpiring_days = 0\n").unwrap();
+    assert_eq!(config.settings_page.page_size, 100);
+    assert_eq!(config.settings_page.expiring_days, 0);
+}
