@@ -30,7 +30,7 @@ use crate::domain::{AccountId, KeyId, KeyName};
 use crate::ext_authz::ErrorBodyStyle;
 use crate::key_management::{ChangeKey, CreateKey, KeyManager, ManagementError};
 use crate::storage::KeyRecord;
-use crate::telemetry::{REQUEST_ID_HEADER, Telemetry, request_id};
+use crate::telemetry::{REQUEST_ID_HEADER, Telemetry, echo_request_id, request_id};
 
 pub mod json;
 pub mod settings;
@@ -223,8 +223,11 @@ impl Api {
         } = request;
         let started = Instant::now();
         let request_id = request_id(&headers);
-        let span =
-            tracing::info_span!("http", route = operation.as_str(), request_id = %request_id);
+        let span = tracing::info_span!(
+            "http",
+            route = operation.as_str(),
+            request_id = %request_id.to_str().unwrap_or_default()
+        );
         // The span covers the whole call, its awaits included, so the key
         // manager's log lines carry the route and request id.
         let result = self
@@ -249,9 +252,7 @@ impl Api {
             }
             Err(error) => span.in_scope(|| self.error_response(error)),
         };
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
+        echo_request_id(response.headers_mut(), &request_id);
         self.telemetry.record_http(
             operation.as_str(),
             response.status().as_u16(),

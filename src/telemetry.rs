@@ -543,23 +543,38 @@ impl Telemetry {
 /// Longest request id taken from a caller.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The caller's `x-request-id` when it is 1 to 128 visible ASCII characters,
-/// else a fresh one.
-pub fn request_id(headers: &http::HeaderMap) -> String {
-    match headers
-        .get(REQUEST_ID_HEADER)
-        .map(http::HeaderValue::as_bytes)
-    {
-        Some(given)
-            if !given.is_empty()
-                && given.len() <= MAX_REQUEST_ID_LEN
-                && given.iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            String::from_utf8_lossy(given).into_owned()
-        }
-        _ => new_request_id(),
-    }
+/// The caller's `x-request-id` when it is 1 to 128 visible ASCII characters
+/// (shared with the request, not copied), else a fresh one.
+pub fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    given_request_id(headers).unwrap_or_else(new_request_id)
 }
+
+/// The caller's `x-request-id` when it is 1 to 128 visible ASCII characters
+/// (it then reads as text: `to_str` cannot fail).
+pub fn given_request_id(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .filter(|given| {
+            !given.is_empty()
+                && given.len() <= MAX_REQUEST_ID_LEN
+                && given.as_bytes().iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+}
+
+/// Puts the request id on a response. Marked sensitive so HTTP/2 sends it
+/// as a literal that is never indexed: a value unique to each response
+/// would otherwise enter the connection's HPACK table on every reply and
+/// evict the entries that do repeat (that churn was a third of keyward's
+/// cost over a bare tonic server on Health/Check; see BENCHMARKS.md).
+pub fn echo_request_id(headers: &mut http::HeaderMap, request_id: &http::HeaderValue) {
+    let mut value = request_id.clone();
+    value.set_sensitive(true);
+    headers.insert(REQUEST_ID, value);
+}
+
+/// [`REQUEST_ID_HEADER`] as a header name, parsed once.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 
 thread_local! {
     /// Per-thread sequence from a random start: ids are unique with
@@ -572,18 +587,80 @@ thread_local! {
     });
 }
 
-fn new_request_id() -> String {
+/// A fresh request id: `kw-` and 16 hex digits.
+pub fn new_request_id() -> http::HeaderValue {
     let id = NEXT_REQUEST_ID.with(|next| {
         let id = next.get();
         next.set(id.wrapping_add(1));
         id
     });
-    format!("kw-{id:016x}")
+    // Written out by hand: `format!` took a sixth of the request gate's
+    // instructions on every call without an id (callgrind).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = *b"kw-0000000000000000";
+    for (i, digit) in text[3..].iter_mut().enumerate() {
+        *digit = HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    http::HeaderValue::from_bytes(&text).expect("kw- and hex digits are a valid header value")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_taken_when_sane_and_made_otherwise() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, http::HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        for bad in ["has space".to_owned(), "x".repeat(129), String::new()] {
+            headers.insert(
+                REQUEST_ID_HEADER,
+                http::HeaderValue::from_str(&bad).unwrap(),
+            );
+            let made = request_id(&headers);
+            assert_ne!(made, bad.as_str());
+            assert!(made.to_str().unwrap().starts_with("kw-"), "{made:?}");
+        }
+        headers.insert(
+            REQUEST_ID_HEADER,
+            http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert!(request_id(&headers).to_str().unwrap().starts_with("kw-"));
+    }
+
+    #[test]
+    fn made_request_ids_are_kw_and_sixteen_hex_digits_counting_up() {
+        let empty = http::HeaderMap::new();
+        let first = request_id(&empty);
+        let second = request_id(&empty);
+        for id in [&first, &second] {
+            let text = id.to_str().unwrap();
+            let digits = text.strip_prefix("kw-").expect("kw- prefix");
+            assert_eq!(digits.len(), 16, "{text}");
+            assert!(
+                digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{text}"
+            );
+        }
+        let number =
+            |id: &http::HeaderValue| u64::from_str_radix(&id.to_str().unwrap()[3..], 16).unwrap();
+        assert_eq!(number(&second), number(&first).wrapping_add(1));
+    }
+
+    #[test]
+    fn echoed_request_ids_are_never_indexed() {
+        let mut headers = http::HeaderMap::new();
+        echo_request_id(&mut headers, &http::HeaderValue::from_static("abc-123"));
+        let echoed = &headers[REQUEST_ID_HEADER];
+        assert_eq!(echoed, "abc-123");
+        assert!(
+            echoed.is_sensitive(),
+            "sent as a literal HPACK never indexes"
+        );
+    }
 
     #[test]
     fn outcome_indices_follow_reason_order() {

@@ -24,8 +24,19 @@ struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// `keyward serve --listen IP:PORT ARGS...` on a fresh port.
+    /// `keyward serve --listen IP:PORT ARGS...` on a fresh port, logging at
+    /// debug level.
     async fn start(listen_ip: &str, args: &[&str], database_dir: &Path) -> Self {
+        Self::start_logging(listen_ip, args, database_dir, "keyward=debug").await
+    }
+
+    /// The same with `RUST_LOG` set to `log_filter`.
+    async fn start_logging(
+        listen_ip: &str,
+        args: &[&str],
+        database_dir: &Path,
+        log_filter: &str,
+    ) -> Self {
         let port = free_port(listen_ip);
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
             .args(["serve", "--listen", &format!("{listen_ip}:{port}")])
@@ -34,7 +45,7 @@ impl ServeProcess {
                 "KEYWARD_DATABASE_URL",
                 format!("sqlite://{}", database_dir.join("k.db").display()),
             )
-            .env("RUST_LOG", "keyward=debug")
+            .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -219,6 +230,51 @@ fn with_metadata<T>(message: T, pairs: &[(&'static str, &str)]) -> tonic::Reques
         request.metadata_mut().insert(*name, value.parse().unwrap());
     }
     request
+}
+
+/// At the default level a request id is made where a log line can carry
+/// it (management RPCs, logged at info) and not for the hot path or health,
+/// whose spans are at debug; a caller's own id is echoed on every RPC. (At
+/// debug level the hot path gets a made one too: the test below.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_made_only_where_a_log_line_can_carry_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start_logging("127.0.0.1", &[], dir.path(), "info").await;
+    let channel = connect(server.addr).await;
+    let mut keys = KeyServiceClient::new(channel.clone());
+    let created = keys
+        .create_key(proto::CreateKeyRequest {
+            account_id: "acct_ids".into(),
+            name: "ids".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(request_id_of(&created).starts_with("kw-"));
+    let secret = created.into_inner().secret;
+    let authenticate = || proto::AuthenticateRequest {
+        credential: secret.clone(),
+        ..Default::default()
+    };
+
+    let quiet = keys.authenticate(authenticate()).await.unwrap();
+    assert!(quiet.get_ref().allowed);
+    assert!(quiet.metadata().get("x-request-id").is_none());
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert!(health.metadata().get("x-request-id").is_none());
+
+    let given = keys
+        .authenticate(with_metadata(
+            authenticate(),
+            &[("x-request-id", "req-hot-1")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(request_id_of(&given), "req-hot-1");
+    server.stop().await;
 }
 
 fn request_id_of<T>(response: &tonic::Response<T>) -> String {

@@ -30,6 +30,10 @@ impl LoadStats {
     pub fn p99_us(&self) -> u64 {
         self.latency_us.value_at_quantile(0.99)
     }
+
+    pub fn p999_us(&self) -> u64 {
+        self.latency_us.value_at_quantile(0.999)
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {

@@ -1,5 +1,7 @@
-//! Runs keyward itself, as a separate process (`keyward serve`), so the benchmark measures the real server and can read its
-//! resident memory without counting the load generator's.
+//! Runs keyward itself, as a separate process (`keyward serve`), so the
+//! benchmark measures the real server and can read its resident memory
+//! without counting the load generator's; and the floor (`keyward-floor`)
+//! the same way.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -54,6 +56,33 @@ impl ServerProcess {
         Ok(server)
     }
 
+    /// Starts the floor (`keyward-floor`, a bare tonic Health server) on a
+    /// free loopback port and waits until it answers SERVING.
+    pub async fn start_floor(binary: &Path) -> Result<Self, BenchError> {
+        let addr: SocketAddr = ([127, 0, 0, 1], keyward_testkit::free_port("127.0.0.1")).into();
+        let child = Command::new(binary)
+            .arg(addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let server = Self {
+            child,
+            addr,
+            // The floor serves no HTTP API; nothing connects here.
+            http_addr: addr,
+        };
+        server.wait_until_serving().await?;
+        Ok(server)
+    }
+
+    /// The process id (for CPU placement).
+    pub fn pid(&self) -> Result<u32, BenchError> {
+        self.child
+            .id()
+            .ok_or_else(|| BenchError::Setup("server exited".into()))
+    }
+
     async fn wait_until_serving(&self) -> Result<(), BenchError> {
         use tonic_health::pb::health_check_response::ServingStatus;
         for _ in 0..200 {
@@ -70,17 +99,14 @@ impl ServerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(BenchError::Setup(format!(
-            "keyward on {} did not start",
+            "the server on {} did not start",
             self.addr
         )))
     }
 
     /// Resident memory of the server process, from /proc.
     pub fn resident_bytes(&self) -> Result<u64, BenchError> {
-        let pid = self
-            .child
-            .id()
-            .ok_or_else(|| BenchError::Setup("server exited".into()))?;
+        let pid = self.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib = status
             .lines()
