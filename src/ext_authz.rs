@@ -21,7 +21,9 @@
 
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+use envoy_types::ext_authz::v3::pb::{self, CheckResponse};
+use prost::Message;
+use prost::bytes::Bytes;
 use tonic::Request;
 use tracing::Instrument;
 
@@ -30,12 +32,14 @@ use crate::authenticator::{Authenticator, Presented, PresentedKey, Required, Ver
 use crate::scope_catalog::ScopeIndex;
 use crate::telemetry::{REQUEST_ID_HEADER, Surface};
 
+pub mod check_request;
 pub mod grpc_service;
 pub mod request;
 pub mod response;
 pub mod route_policy;
 pub mod settings;
 
+pub use check_request::CheckRequest;
 pub use grpc_service::{AuthorizationService, CheckMessage};
 pub use settings::ExtAuthzSettings;
 
@@ -91,24 +95,21 @@ impl ExtAuthzApi {
 
     async fn decide(&self, check: &CheckRequest, caller: &HotPathCaller) -> CheckResponse {
         let responses = &self.settings.responses;
-        let Some(attributes) = check.attributes.as_ref() else {
+        let Some(http) = check.http() else {
             return self.refuse_malformed(MalformedRequest::NoHttpAttributes);
         };
-        let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
-            return self.refuse_malformed(MalformedRequest::NoHttpAttributes);
-        };
-        let target = match RequestTarget::parse(&http.path) {
+        let target = match RequestTarget::parse(http.path()) {
             Ok(target) => target,
             Err(problem) => return self.refuse_malformed(problem),
         };
         let headers = RequestHeaders::of(http);
         let sources = &self.settings.key_sources;
 
-        let matched = self.settings.routes.find(&http.method, &target);
+        let matched = self.settings.routes.find(http.method(), &target);
         let access = match (&matched, self.settings.unmatched_route) {
             (Some(matched), _) => matched.access,
             (None, UnmatchedRoute::Deny) => {
-                tracing::debug!(rpc = "Check", reason = "unmatched_route", method = %http.method, "denied");
+                tracing::debug!(rpc = "Check", reason = "unmatched_route", method = %http.method(), "denied");
                 self.authenticator
                     .telemetry()
                     .record_policy_denial(PolicyDenial::UnmatchedRoute);
@@ -173,7 +174,7 @@ impl ExtAuthzApi {
         // Envoy's client address counts only from a caller trusted to state
         // one; anyone else's failures count against its own address.
         let client = caller.client(request::client_address(
-            attributes,
+            check,
             &headers,
             self.settings.trusted_proxy_hops,
         ));
@@ -264,11 +265,21 @@ impl ExtAuthzApi {
         self.decide(&check, caller).instrument(span).await
     }
 
-    /// Answers a decoded Check in-process (benchmarks), as from a trusted
-    /// caller.
-    pub async fn check(&self, check: CheckRequest) -> CheckResponse {
-        self.respond(Request::new(CheckMessage::Decoded(check)))
-            .await
+    /// Answers a serialized CheckRequest in-process (benchmarks), as from
+    /// a trusted caller: decoded as the transport decodes it.
+    pub async fn check_encoded(&self, bytes: Bytes) -> CheckResponse {
+        let message = match CheckRequest::decode(bytes) {
+            Ok(check) => CheckMessage::Decoded(check),
+            Err(error) => CheckMessage::Undecodable(error),
+        };
+        self.respond(Request::new(message)).await
+    }
+
+    /// Answers an envoy-types CheckRequest in-process, as from a trusted
+    /// caller. It is encoded and decoded again (keyward reads requests as
+    /// bytes); callers holding the bytes use [`Self::check_encoded`].
+    pub async fn check(&self, check: pb::CheckRequest) -> CheckResponse {
+        self.check_encoded(Bytes::from(check.encode_to_vec())).await
     }
 }
 
@@ -277,8 +288,7 @@ impl ExtAuthzApi {
 /// client's value cannot forge log lines. `attributes.request.http.id` is
 /// Envoy's internal stream id, not this.
 fn http_request_id(check: &CheckRequest) -> Option<std::borrow::Cow<'_, str>> {
-    let http = check.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
-    let id = RequestHeaders::of(http).get(REQUEST_ID_HEADER)?;
+    let id = RequestHeaders::of(check.http()?).get(REQUEST_ID_HEADER)?;
     let sane = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
     sane.then_some(id)
 }

@@ -8,13 +8,9 @@
 //! hot path.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use envoy_types::ext_authz::v3::pb::{Address, HeaderValue};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
-
+use super::check_request::{CheckRequest, HttpRequest};
 use super::response::{CredentialRemoval, METADATA_HEADER_PREFIX};
 use super::route_policy::{MalformedRequest, RequestTarget};
 use crate::key_format::{CredentialProblem, KeyFormat};
@@ -43,57 +39,49 @@ impl Default for KeySources {
 const AUTHORIZATION: &str = "authorization";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The request's headers, whichever way Envoy encoded them.
+/// The request's headers, whichever way Envoy encoded them, borrowed from
+/// the request's bytes.
+#[derive(Clone, Copy)]
 pub struct RequestHeaders<'a> {
-    map: &'a HashMap<String, String>,
-    raw: &'a [HeaderValue],
+    http: HttpRequest<'a>,
 }
 
 impl<'a> RequestHeaders<'a> {
-    pub fn of(http: &'a HttpRequest) -> Self {
-        Self {
-            map: &http.headers,
-            raw: http
-                .header_map
-                .as_ref()
-                .map_or(&[][..], |map| &map.headers[..]),
-        }
+    pub fn of(http: HttpRequest<'a>) -> Self {
+        Self { http }
     }
 
     /// Every header, name and value as bytes (raw headers one by one, not
     /// decoded: the stray-key scan runs on every allowed Check and only
     /// compares bytes).
-    pub fn each(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
-        let map = self
-            .map
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes()));
-        let raw = self.raw.iter().map(|header| {
+    pub fn each(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
+        let raw = self.http.raw_headers().map(|header| {
             let value = if header.raw_value.is_empty() {
-                header.value.as_bytes()
+                header.value
             } else {
-                &header.raw_value[..]
+                header.raw_value
             };
-            (header.key.as_str(), value)
+            (header.key, value)
         });
-        map.chain(raw)
+        self.http.header_map().chain(raw)
     }
 
     /// A header by lower-case name. Raw headers that repeat are joined with
     /// `,` as Envoy does for the map, so both encodings read the same.
     pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {
-        if let Some(value) = self.map.get(name) {
+        if let Some(value) = self.http.map_header(name) {
             return Some(Cow::Borrowed(value));
         }
         let mut values = self
-            .raw
-            .iter()
-            .filter(|header| header.key.eq_ignore_ascii_case(name))
+            .http
+            .raw_headers()
+            .filter(|header| header.key.eq_ignore_ascii_case(name.as_bytes()))
             .map(|header| {
                 if header.raw_value.is_empty() {
-                    Cow::Borrowed(header.value.as_str())
+                    // UTF-8, checked when decoding: borrowed, never lossy.
+                    String::from_utf8_lossy(header.value)
                 } else {
-                    String::from_utf8_lossy(&header.raw_value)
+                    String::from_utf8_lossy(header.raw_value)
                 }
             });
         let first = values.next()?;
@@ -233,9 +221,9 @@ pub fn stray_keys(
             && !removal
                 .headers
                 .iter()
-                .any(|listed| listed.eq_ignore_ascii_case(name))
+                .any(|listed| listed.as_bytes().eq_ignore_ascii_case(name))
         {
-            removal.headers.push(name.to_ascii_lowercase());
+            removal.headers.push(lower_case_name(name));
         }
     }
     for (name, raw_value) in target.query_parameters() {
@@ -257,17 +245,22 @@ pub fn stray_keys(
 pub fn spoofed_metadata_headers(headers: &RequestHeaders<'_>, removal: &mut CredentialRemoval) {
     let prefix = METADATA_HEADER_PREFIX.as_bytes();
     for (name, _) in headers.each() {
-        let bytes = name.as_bytes();
-        if bytes.len() >= prefix.len()
-            && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
+        if name.len() >= prefix.len()
+            && name[..prefix.len()].eq_ignore_ascii_case(prefix)
             && !removal
                 .headers
                 .iter()
-                .any(|listed| listed.eq_ignore_ascii_case(name))
+                .any(|listed| listed.as_bytes().eq_ignore_ascii_case(name))
         {
-            removal.headers.push(name.to_ascii_lowercase());
+            removal.headers.push(lower_case_name(name));
         }
     }
+}
+
+/// A header name (UTF-8, checked when decoding) as Envoy is told to remove
+/// it.
+fn lower_case_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).to_ascii_lowercase()
 }
 
 /// Whether the value's first word, or its second after a scheme-like first
@@ -327,7 +320,7 @@ enum Source<'v> {
 /// the peer is then one of our own proxies, and counting failures against
 /// it would let one client ban every client behind it.
 pub fn client_address(
-    attributes: &AttributeContext,
+    check: &CheckRequest,
     headers: &RequestHeaders<'_>,
     trusted_proxy_hops: u32,
 ) -> Option<IpAddr> {
@@ -336,17 +329,7 @@ pub fn client_address(
         let entry = forwarded.rsplit(',').nth(trusted_proxy_hops as usize)?;
         return parse_address(entry);
     }
-    let peer = attributes
-        .source
-        .as_ref()?
-        .address
-        .as_ref()?
-        .address
-        .as_ref()?;
-    match peer {
-        Address::SocketAddress(socket) => parse_address(&socket.address),
-        _ => None,
-    }
+    parse_address(check.peer_address()?)
 }
 
 /// `203.0.113.7`, `2001:db8::1`, or either with a port (`[2001:db8::1]:443`).

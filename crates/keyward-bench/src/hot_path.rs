@@ -329,10 +329,12 @@ async fn handle(api: &KeyServiceApi, encoded: &[u8]) -> Result<bool, BenchError>
     Ok(allowed)
 }
 
-/// The same for ext_authz Check: decode, route and decide, encode.
+/// The same for ext_authz Check: decode (keyward's own decoder, from the
+/// bytes, as the server does), route and decide, encode.
 async fn handle_check(api: &ExtAuthzApi, encoded: &[u8]) -> Result<bool, BenchError> {
-    let request = CheckRequest::decode(encoded).map_err(setup_error)?;
-    let response = api.check(request).await;
+    let response = api
+        .check_encoded(prost::bytes::Bytes::copy_from_slice(encoded))
+        .await;
     let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
     std::hint::black_box(response.encode_to_vec());
     Ok(allowed)

@@ -1,34 +1,60 @@
 //! Unit tests for `ext_authz::request`.
 
-use envoy_types::ext_authz::v3::pb::Address;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+use envoy_types::ext_authz::v3::pb::{self, Address};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use prost::Message;
+use prost::bytes::Bytes;
 
 use super::*;
 
-fn http(headers: &[(&str, &str)]) -> HttpRequest {
-    HttpRequest {
+/// The request as keyward reads it off the wire.
+fn decoded(check: pb::CheckRequest) -> CheckRequest {
+    CheckRequest::decode(Bytes::from(check.encode_to_vec())).unwrap()
+}
+
+fn with_http(http: HttpRequest) -> CheckRequest {
+    decoded(pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    })
+}
+
+fn headers_of(check: &CheckRequest) -> RequestHeaders<'_> {
+    RequestHeaders::of(check.http().expect("an HTTP request"))
+}
+
+fn http(headers: &[(&str, &str)]) -> CheckRequest {
+    with_http(HttpRequest {
         headers: headers
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         ..Default::default()
-    }
+    })
 }
 
-fn attributes_from(peer: &str) -> AttributeContext {
-    AttributeContext {
-        source: Some(Peer {
-            address: Some(envoy_types::pb::envoy::config::core::v3::Address {
-                address: Some(Address::SocketAddress(SocketAddress {
-                    address: peer.into(),
-                    ..Default::default()
-                })),
+fn attributes_from(peer: &str) -> CheckRequest {
+    decoded(pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                    address: Some(Address::SocketAddress(SocketAddress {
+                        address: peer.into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
             }),
             ..Default::default()
         }),
-        ..Default::default()
-    }
+    })
 }
 
 fn ip(text: &str) -> Option<IpAddr> {
@@ -46,7 +72,7 @@ fn trusted_proxy_hops_count_like_envoys_xff_num_trusted_hops() {
         "x-forwarded-for",
         "203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5",
     )]);
-    let headers = RequestHeaders::of(&as_ext_authz_sees_it);
+    let headers = headers_of(&as_ext_authz_sees_it);
     assert_eq!(client_address(&attributes, &headers, 0), ip("192.0.2.5"));
     assert_eq!(client_address(&attributes, &headers, 1), ip("203.0.113.1"));
     assert_eq!(
@@ -66,18 +92,12 @@ fn trusted_proxy_hops_count_like_envoys_xff_num_trusted_hops() {
 
     // Only Envoy's own entry: the request skipped the trusted proxy.
     let direct = http(&[("x-forwarded-for", "192.0.2.5")]);
-    assert_eq!(
-        client_address(&attributes, &RequestHeaders::of(&direct), 1),
-        None
-    );
+    assert_eq!(client_address(&attributes, &headers_of(&direct), 1), None);
     let garbage = http(&[("x-forwarded-for", "not-an-ip, 192.0.2.5")]);
-    assert_eq!(
-        client_address(&attributes, &RequestHeaders::of(&garbage), 1),
-        None
-    );
+    assert_eq!(client_address(&attributes, &headers_of(&garbage), 1), None);
     let absent = http(&[]);
     assert_eq!(
-        client_address(&attributes, &RequestHeaders::of(&absent), 1),
+        client_address(&attributes, &headers_of(&absent), 1),
         None,
         "no header behind a trusted proxy: no client address"
     );
@@ -85,13 +105,13 @@ fn trusted_proxy_hops_count_like_envoys_xff_num_trusted_hops() {
         "x-forwarded-for",
         "[2001:db8::1]:443,198.51.100.1:80,192.0.2.5",
     )]);
-    let headers = RequestHeaders::of(&with_ports);
+    let headers = headers_of(&with_ports);
     assert_eq!(client_address(&attributes, &headers, 1), ip("198.51.100.1"));
     assert_eq!(client_address(&attributes, &headers, 2), ip("2001:db8::1"));
 
     let none = http(&[]);
     assert_eq!(
-        client_address(&AttributeContext::default(), &RequestHeaders::of(&none), 0),
+        client_address(&decoded(pb::CheckRequest::default()), &headers_of(&none), 0),
         None
     );
 }
@@ -109,7 +129,7 @@ fn a_scheme_is_a_known_word_then_whitespace() {
 
 #[test]
 fn raw_headers_read_like_the_map() {
-    let request = HttpRequest {
+    let request = with_http(HttpRequest {
         header_map: Some(HeaderMap {
             headers: vec![
                 HeaderValue {
@@ -130,8 +150,8 @@ fn raw_headers_read_like_the_map() {
             ],
         }),
         ..Default::default()
-    };
-    let headers = RequestHeaders::of(&request);
+    });
+    let headers = headers_of(&request);
     assert_eq!(headers.get("authorization").as_deref(), Some("Bearer a"));
     assert_eq!(headers.get("x-api-key").as_deref(), Some("one,two"));
     assert_eq!(headers.get("cookie"), None);
@@ -145,7 +165,7 @@ fn the_first_present_source_is_read_and_every_present_one_is_removed() {
         query_parameter: Some("api_key".into()),
     };
     let request = http(&[("x-api-key", "cc_from_header")]);
-    let headers = RequestHeaders::of(&request);
+    let headers = headers_of(&request);
     let target = RequestTarget::parse("/a?api_key=cc_from_query").unwrap();
     match sources.find(&headers, &target).unwrap() {
         FoundKey::Bare(value) => assert_eq!(value, "cc_from_header"),
@@ -157,7 +177,7 @@ fn the_first_present_source_is_read_and_every_present_one_is_removed() {
 
     let plain = RequestTarget::parse("/a?other=1").unwrap();
     let nothing = http(&[]);
-    let no_headers = RequestHeaders::of(&nothing);
+    let no_headers = headers_of(&nothing);
     assert!(matches!(
         sources.find(&no_headers, &plain).unwrap(),
         FoundKey::None
@@ -178,7 +198,7 @@ fn public_routes_strip_only_what_carries_the_key_prefix() {
     let format = KeyFormat::carboncopy();
     let jwt = http(&[("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig")]);
     let target = RequestTarget::parse("/a?api_key=cc_short").unwrap();
-    let removal = sources.carrying_keys(&RequestHeaders::of(&jwt), &target, &format);
+    let removal = sources.carrying_keys(&headers_of(&jwt), &target, &format);
     assert!(removal.headers.is_empty(), "a JWT for the upstream stays");
     assert_eq!(
         removal.query_parameters,
@@ -188,7 +208,7 @@ fn public_routes_strip_only_what_carries_the_key_prefix() {
 
     let key = http(&[("authorization", "Bearer cc_abc"), ("x-api-key", "other")]);
     let removal = sources.carrying_keys(
-        &RequestHeaders::of(&key),
+        &headers_of(&key),
         &RequestTarget::parse("/a").unwrap(),
         &format,
     );
@@ -214,7 +234,7 @@ fn keys_in_forms_keyward_does_not_read_are_stripped_too() {
         ("x-note", "Basic dXNlcjpwYXNz"),
         ("user-agent", "curl/8.0 (linux) cc_third_word"),
     ]);
-    let headers = RequestHeaders::of(&request);
+    let headers = headers_of(&request);
     let raw_target = format!("/public?API_KEY={secret}&auth=Bearer%20{secret}&page=2");
     let target = RequestTarget::parse(&raw_target).unwrap();
     for removal in [
