@@ -115,25 +115,39 @@ impl AllowedNetworks {
         self.0.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The networks as stored (normalised text).
     pub fn texts(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(_, text)| &**text)
     }
 
-    /// Whether a request from `client` may use the key: any address when
-    /// the list is empty; otherwise only a listed one, and never an unknown
-    /// address. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a
-    /// dual-stack socket reports) count as their IPv4 address.
-    pub fn allows(&self, client: Option<IpAddr>) -> bool {
-        if self.0.is_empty() {
-            return true;
-        }
-        let Some(client) = client else {
-            return false;
-        };
-        let client = client.to_canonical();
-        self.0.iter().any(|(net, _)| net.contains(&client))
+    /// The networks, parsed.
+    pub fn nets(&self) -> impl ExactSizeIterator<Item = IpNet> + '_ {
+        self.0.iter().map(|(net, _)| *net)
     }
+
+    /// Whether a request from `client` may use the key (see [`allows`]).
+    pub fn allows(&self, client: Option<IpAddr>) -> bool {
+        allows(self.nets(), client)
+    }
+}
+
+/// Whether a request from `client` may use a key with these networks: any
+/// address when there are none; otherwise only a listed one, and never an
+/// unknown address. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a
+/// dual-stack socket reports) count as their IPv4 address.
+pub fn allows(mut networks: impl ExactSizeIterator<Item = IpNet>, client: Option<IpAddr>) -> bool {
+    if networks.len() == 0 {
+        return true;
+    }
+    let Some(client) = client else {
+        return false;
+    };
+    let client = client.to_canonical();
+    networks.any(|net| net.contains(&client))
 }
 
 #[cfg(test)]

@@ -252,7 +252,7 @@ impl Authenticator {
         self.telemetry.record_decision(
             request.surface,
             verdict.denial().map(|denial| denial.reason),
-            verdict.key().map(|key| key.id.as_str()),
+            verdict.key().map(|key| key.id()),
             started.elapsed(),
         );
         verdict
@@ -289,14 +289,14 @@ impl Authenticator {
             Err(reason) => return self.refuse(reason, request).await,
         };
         if let Some(account) = request.account
-            && key.account_id != *account
+            && key.account_id() != account.as_str()
         {
             // Not a guess at a secret (the key exists): no ban accounting.
             return Verdict::deny(self.denials.deny(Reason::UnknownKey));
         }
 
         let now = UnixMillis::now();
-        if key.revoked_at.is_some() {
+        if key.revoked_at().is_some() {
             return self.refuse(Reason::Revoked, request).await;
         }
         if key.is_expired(now) {
@@ -305,7 +305,7 @@ impl Authenticator {
         // After the key is known to be live, before scopes. Not a failed
         // credential (the key is real): no ban accounting. The check scans
         // the few networks parsed into the cached key; nothing allocates.
-        if !key.allowed_networks.allows(request.client) {
+        if !key.allows(request.client) {
             return Verdict::deny_key(self.denials.deny(Reason::IpNotAllowed), key);
         }
 
@@ -384,7 +384,7 @@ impl Authenticator {
         if let Some(shared) = &self.shared_limits
             && let Some(limit) = self.rate_limits.limit_for(&limited)
         {
-            match shared.check_rate(&key.id, limit).await {
+            match shared.check_rate(&key.key_id(), limit).await {
                 Ok(decision) => return Some(decision),
                 Err(error) => {
                     self.telemetry
@@ -412,7 +412,7 @@ impl Authenticator {
             let period = quota_key.quota.refill().period(now);
             let start = self.quotas.counter(&quota_key).usage_at(0);
             match shared
-                .take_quota(&key.id, quota_key.quota, period, start)
+                .take_quota(&key.key_id(), quota_key.quota, period, start)
                 .await
             {
                 Ok((allowed, usage)) => {
@@ -664,7 +664,7 @@ impl Authenticator {
                 }
             };
             let key = Arc::new(CachedKey::from_record(record, &self.catalog));
-            if insert(&self.cache, ticket, &key) || key.revoked_at.is_some() {
+            if insert(&self.cache, ticket, &key) || key.revoked_at().is_some() {
                 return Ok(Loaded::Found(key));
             }
             ticket = next_ticket(&self.cache);

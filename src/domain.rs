@@ -89,6 +89,20 @@ impl KeyId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An id from text that was a `KeyId` (a cached key's own id, which
+    /// keeps it as text): not checked again.
+    pub(crate) fn trusted(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+/// Tables keyed by `KeyId` can be read with the id's text (a cached key
+/// holds its id as text); `KeyId` hashes and compares as its `String` does.
+impl std::borrow::Borrow<str> for KeyId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for KeyId {

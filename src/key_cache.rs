@@ -1,7 +1,8 @@
 //! The per-replica key cache: keys by digest (Authenticate) and by id
 //! (CheckScope by id), plus bounded negative caches of digests and of ids
-//! that matched no key. All four are moka caches with a TTL as a safety net;
-//! the event log keeps them honest.
+//! that matched no key. All four are moka caches with a TTL as a safety net
+//! (the key maps check it at lookup, see `with_stripes`); the event log
+//! keeps them honest. The cached key's compact layout is `cached_key.rs`.
 //!
 //! **Invariant:** a load that raced with a change never inserts the old
 //! state. Keys hash to stripes (by digest for the digest map, by id for the
@@ -19,153 +20,28 @@
 //! stripe does.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 use serde::Deserialize;
 
-use crate::allowed_networks::AllowedNetworks;
-use crate::domain::{AccountId, KeyDigest, KeyId, Quota, QuotaUsage, RateLimit, UnixMillis};
-use crate::key_metadata::{self, SharedMetadata};
-use crate::quotas::{QuotaKey, QuotaSlot};
-use crate::rate_limits::{LimitedKey, LimiterSlot};
-use crate::scope_catalog::{ScopeCatalog, ScopeSet};
+use crate::domain::{KeyDigest, KeyId};
 use crate::settings::{SettingError, in_range, seconds_or};
-use crate::storage::KeyRecord;
+
+mod cached_key;
+
+pub use cached_key::CachedKey;
 
 /// Stripes per map. Many, so that unrelated changes seldom share a stripe
 /// with a load in flight; each is one small lock.
 const STRIPES: usize = 1024;
 
-/// A key as the hot path needs it: scopes resolved to bit sets, and the
-/// in-memory last-use time that the usage flusher writes back.
-#[derive(Debug)]
-pub struct CachedKey {
-    pub id: KeyId,
-    pub account_id: AccountId,
-    pub name: Box<str>,
-    pub start: Box<str>,
-    pub granted: ScopeSet,
-    pub effective: ScopeSet,
-    pub rate_limit: Option<RateLimit>,
-    pub quota: Option<Quota>,
-    /// The quota's use as stored when this entry was loaded.
-    pub stored_quota_usage: QuotaUsage,
-    /// Its quota counter, once it has needed one (see `quotas`).
-    pub quota_slot: QuotaSlot,
-    pub created_at: UnixMillis,
-    pub expires_at: Option<UnixMillis>,
-    pub revoked_at: Option<UnixMillis>,
-    /// The key this one replaced (RotateKey).
-    pub rotated_from: Option<KeyId>,
-    /// The last-use time as stored when this entry was loaded.
-    pub stored_last_used_at: Option<UnixMillis>,
-    /// Unix millis of the last use seen by this replica (0: none).
-    last_used_ms: AtomicI64,
-    /// Set while this key waits in the usage flusher's queue.
-    usage_queued: AtomicBool,
-    /// Its rate limiter, once it has needed one (see `rate_limits`).
-    pub limiter: LimiterSlot,
-    /// The owner's labels, in name order; shared, never copied per request.
-    pub metadata: SharedMetadata,
-    /// Parsed once here; empty: any address (see `allowed_networks`).
-    pub allowed_networks: AllowedNetworks,
-    /// Its metadata and allowed networks as Authenticate's reply encodes
-    /// them: made on the key's first answer (only for a key that has
-    /// either), so a hit copies bytes instead of building a string per
-    /// entry (`grpc/convert.rs`). Opaque here; an event replaces the whole
-    /// entry, so it never goes stale.
-    pub encoded_labels: OnceLock<Arc<[u8]>>,
-}
-
-impl CachedKey {
-    /// The key as its rate limiter sees it.
-    pub fn limited(&self) -> LimitedKey<'_> {
-        LimitedKey {
-            id: &self.id,
-            rate_limit: self.rate_limit,
-            slot: &self.limiter,
-        }
-    }
-
-    /// The key as the quota table sees it, when it has a quota.
-    pub fn quota_key(&self) -> Option<QuotaKey<'_>> {
-        self.quota.map(|quota| QuotaKey {
-            id: &self.id,
-            quota,
-            stored: self.stored_quota_usage,
-            slot: &self.quota_slot,
-        })
-    }
-
-    pub fn from_record(record: KeyRecord, catalog: &ScopeCatalog) -> Self {
-        let (granted, unknown) =
-            catalog.granted_from_names(record.scopes.iter().map(String::as_str));
-        if !unknown.is_empty() {
-            tracing::warn!(
-                key_id = %record.id,
-                scopes = ?unknown,
-                "stored key holds scopes that are no longer in the catalog; ignoring them"
-            );
-        }
-        Self {
-            allowed_networks: AllowedNetworks::from_stored(&record.allowed_networks),
-            metadata: key_metadata::shared(record.metadata),
-            effective: catalog.effective(granted),
-            granted,
-            name: record.name.into_boxed_str(),
-            start: record.start.into_boxed_str(),
-            rate_limit: record.rate_limit,
-            quota: record.quota,
-            stored_quota_usage: record.quota_usage,
-            quota_slot: QuotaSlot::default(),
-            created_at: record.created_at,
-            expires_at: record.expires_at,
-            revoked_at: record.revoked_at,
-            rotated_from: record.rotated_from,
-            stored_last_used_at: record.last_used_at,
-            last_used_ms: AtomicI64::new(0),
-            usage_queued: AtomicBool::new(false),
-            limiter: LimiterSlot::default(),
-            encoded_labels: OnceLock::new(),
-            id: record.id,
-            account_id: record.account_id,
-        }
-    }
-
-    pub fn is_expired(&self, now: UnixMillis) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
-    }
-
-    /// Notes a use. Returns true when the key was not yet queued for the
-    /// usage flusher (the caller then queues it). Writes the shared time at
-    /// most once per second per key, to keep hot keys' cache lines quiet.
-    pub fn note_use(&self, now: UnixMillis) -> bool {
-        if now.0 - self.last_used_ms.load(Ordering::Relaxed) >= 1000 {
-            self.last_used_ms.fetch_max(now.0, Ordering::Relaxed);
-        }
-        !self.usage_queued.load(Ordering::Relaxed)
-            && !self.usage_queued.swap(true, Ordering::AcqRel)
-    }
-
-    /// Takes the pending last-use time and lets the key be queued again.
-    pub fn take_use(&self) -> Option<UnixMillis> {
-        self.usage_queued.store(false, Ordering::Release);
-        let at = self.last_used_ms.load(Ordering::Relaxed);
-        (at > 0).then_some(UnixMillis(at))
-    }
-
-    /// The freshest last-use time this replica knows.
-    pub fn last_used_at(&self) -> Option<UnixMillis> {
-        let seen = self.last_used_ms.load(Ordering::Relaxed);
-        match self.stored_last_used_at {
-            Some(stored) if stored.0 >= seen => Some(stored),
-            _ if seen > 0 => Some(UnixMillis(seen)),
-            _ => None,
-        }
-    }
+/// Milliseconds on the cache's own clock (monotonic, from the first call):
+/// when a cached key was built, to age it against the ttl.
+pub(crate) fn cache_clock_ms() -> u64 {
+    static STARTED: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(STARTED.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What a lookup found.
@@ -272,6 +148,8 @@ pub struct KeyCache {
     unknown: Cache<KeyDigest, ()>,
     /// Key ids recently looked up (CheckScope by id) and not found.
     unknown_ids: Cache<KeyId, ()>,
+    /// The key maps' safety-net ttl, checked at lookup (see `fresh`).
+    ttl_ms: u64,
     digest_stripes: Box<[Stripe]>,
     id_stripes: Box<[Stripe]>,
     stripe_hasher: std::hash::RandomState,
@@ -294,15 +172,26 @@ impl KeyCache {
                 })
                 .collect()
         };
+        // The key maps: bounded, least recently used out first, and no moka
+        // expiry. moka's `time_to_live` keeps a write-order node per entry
+        // (32 bytes at a million keys); the ttl is a safety net only (events
+        // keep entries current), so a lookup checks the entry's age instead
+        // (`fresh`), which answers exactly as moka's expiry did. LRU rather
+        // than TinyLFU: only keys that exist are ever cached, a miss costs
+        // one indexed read, and TinyLFU's frequency sketch costs 8 bytes per
+        // slot of capacity plus an update per read.
+        fn key_map<K>(capacity: u64) -> Cache<K, Arc<CachedKey>>
+        where
+            K: std::hash::Hash + Eq + Send + Sync + 'static,
+        {
+            Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build()
+        }
         Self {
-            by_digest: Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
-                .build(),
-            by_id: Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
-                .build(),
+            by_digest: key_map(settings.capacity),
+            by_id: key_map(settings.capacity),
             unknown: Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
@@ -311,14 +200,21 @@ impl KeyCache {
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
                 .build(),
+            ttl_ms: u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX),
             digest_stripes: new_stripes(),
             id_stripes: new_stripes(),
             stripe_hasher: std::hash::RandomState::new(),
         }
     }
 
+    /// Whether an entry is young enough to answer from: built less than the
+    /// ttl ago (an older one is a miss, and its reload replaces it).
+    fn fresh(&self, key: Arc<CachedKey>) -> Option<Arc<CachedKey>> {
+        (cache_clock_ms().saturating_sub(key.loaded_ms) < self.ttl_ms).then_some(key)
+    }
+
     pub fn lookup_digest(&self, digest: &KeyDigest) -> Lookup {
-        if let Some(key) = self.by_digest.get(digest) {
+        if let Some(key) = self.by_digest.get(digest).and_then(|key| self.fresh(key)) {
             return Lookup::Hit(key);
         }
         if self.unknown.contains_key(digest) {
@@ -328,7 +224,7 @@ impl KeyCache {
     }
 
     pub fn lookup_id(&self, id: &KeyId) -> Lookup {
-        if let Some(key) = self.by_id.get(id) {
+        if let Some(key) = self.by_id.get(id).and_then(|key| self.fresh(key)) {
             return Lookup::Hit(key);
         }
         if self.unknown_ids.contains_key(id) {
@@ -350,7 +246,7 @@ impl KeyCache {
 
     /// A ticket for a load by id that starts now.
     pub fn ticket_for_id(&self, id: &KeyId) -> LoadTicket {
-        let stripe = self.id_stripe(id);
+        let stripe = self.id_stripe(id.as_str());
         LoadTicket {
             map: Map::ById,
             stripe,
@@ -362,7 +258,7 @@ impl KeyCache {
         self.stripe_hasher.hash_one(digest) as usize % self.digest_stripes.len()
     }
 
-    fn id_stripe(&self, id: &KeyId) -> usize {
+    fn id_stripe(&self, id: &str) -> usize {
         self.stripe_hasher.hash_one(id) as usize % self.id_stripes.len()
     }
 
@@ -388,15 +284,16 @@ impl KeyCache {
 
     /// Caches a loaded key under its id unless something changed since `ticket`.
     pub fn insert_by_id(&self, ticket: LoadTicket, key: &Arc<CachedKey>) -> bool {
-        let stripe = self.id_stripe(&key.id);
+        let stripe = self.id_stripe(key.id());
         if ticket.map != Map::ById || ticket.stripe != stripe {
             return false;
         }
+        let id = key.key_id();
         let epoch = self.id_stripes[stripe].lock();
         if *epoch != ticket.epoch {
             return false;
         }
-        self.by_id.insert(key.id.clone(), Arc::clone(key));
+        self.by_id.insert(id, Arc::clone(key));
         true
     }
 
@@ -433,7 +330,7 @@ impl KeyCache {
             *epoch += 1;
             self.by_digest.invalidate(digest);
         }
-        let mut epoch = self.id_stripes[self.id_stripe(id)].lock();
+        let mut epoch = self.id_stripes[self.id_stripe(id.as_str())].lock();
         *epoch += 1;
         self.by_id.invalidate(id);
     }

@@ -1,9 +1,8 @@
 //! A key's metadata (the owner's labels, issue 17): validation of the map a
-//! caller sends, and the shared, read-only form the key cache holds so the
-//! hot path never copies it. No proto types here.
+//! caller sends. The key cache keeps it in the cached key's own allocation
+//! (`key_cache/cached_key.rs`). No proto types here.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Metadata as validated: names to values, in name order (the same type
 /// as `storage::Metadata`).
@@ -88,25 +87,6 @@ pub fn parse<'a>(
     Ok(metadata)
 }
 
-/// Metadata as the key cache holds it: entries in name order, shared by
-/// every request that reads the key (an `Arc` clone, never a copy).
-pub type SharedMetadata = Arc<[(Box<str>, Box<str>)]>;
-
-pub fn shared(metadata: Metadata) -> SharedMetadata {
-    metadata
-        .into_iter()
-        .map(|(name, value)| (name.into_boxed_str(), value.into_boxed_str()))
-        .collect()
-}
-
-/// One entry of the shared form, by name (entries are sorted).
-pub fn lookup<'m>(metadata: &'m [(Box<str>, Box<str>)], name: &str) -> Option<&'m str> {
-    metadata
-        .binary_search_by(|(entry, _)| (**entry).cmp(name))
-        .ok()
-        .map(|i| &*metadata[i].1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,13 +121,5 @@ mod tests {
         let many: BTreeMap<String, String> =
             (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
         assert_eq!(parse(many.iter()).unwrap_err().field, "metadata");
-    }
-
-    #[test]
-    fn shared_metadata_is_found_by_name() {
-        let shared = shared(map(&[("b", "2"), ("a", "1"), ("c", "3")]));
-        assert_eq!(lookup(&shared, "a"), Some("1"));
-        assert_eq!(lookup(&shared, "c"), Some("3"));
-        assert_eq!(lookup(&shared, "d"), None);
     }
 }

@@ -90,16 +90,16 @@ impl LastUseFlusher {
                 };
                 taken += 1;
                 if let Some(at) = key.take_use() {
-                    let slot = latest.entry(key.id.clone()).or_insert(at);
+                    let slot = latest.entry(key.key_id()).or_insert(at);
                     *slot = (*slot).max(at);
                 }
                 if let Some((quota, usage)) = key
-                    .quota_slot
-                    .counter()
+                    .quota_slot()
+                    .and_then(|slot| slot.counter())
                     .and_then(|counter| counter.take_pending())
                 {
                     quotas.push(QuotaNote {
-                        id: key.id.clone(),
+                        id: key.key_id(),
                         quota,
                         usage,
                     });

@@ -106,7 +106,7 @@ impl QuotaSlot {
 /// What the quota table needs of a key.
 #[derive(Debug, Clone, Copy)]
 pub struct QuotaKey<'k> {
-    pub id: &'k KeyId,
+    pub id: &'k str,
     pub quota: Quota,
     /// The use stored with the key when its cache entry was loaded.
     pub stored: QuotaUsage,
@@ -156,17 +156,17 @@ impl KeyQuotas {
         if let Some(held) = key.slot.0.get().filter(|c| c.quota == key.quota) {
             return Arc::clone(held);
         }
-        let counter =
-            self.counters
-                .entry_by_ref(key.id)
-                .and_compute_with(|current| match current {
-                    Some(entry) if entry.value().quota == key.quota => moka::ops::compute::Op::Nop,
-                    _ => moka::ops::compute::Op::Put(Arc::new(QuotaCounter {
-                        quota: key.quota,
-                        usage: Mutex::new(key.stored),
-                        dirty: AtomicBool::new(false),
-                    })),
-                });
+        let counter = self
+            .counters
+            .entry(KeyId::trusted(key.id))
+            .and_compute_with(|current| match current {
+                Some(entry) if entry.value().quota == key.quota => moka::ops::compute::Op::Nop,
+                _ => moka::ops::compute::Op::Put(Arc::new(QuotaCounter {
+                    quota: key.quota,
+                    usage: Mutex::new(key.stored),
+                    dirty: AtomicBool::new(false),
+                })),
+            });
         let counter = match counter {
             moka::ops::compute::CompResult::Inserted(entry)
             | moka::ops::compute::CompResult::ReplacedWith(entry)
@@ -217,7 +217,7 @@ mod tests {
 
     fn key<'k>(id: &'k KeyId, quota: Quota, slot: &'k QuotaSlot) -> QuotaKey<'k> {
         QuotaKey {
-            id,
+            id: id.as_str(),
             quota,
             stored: QuotaUsage::default(),
             slot,

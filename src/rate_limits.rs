@@ -73,7 +73,7 @@ pub struct LimiterSlot(OnceLock<Arc<KeyLimiter>>);
 /// slot its cache entry keeps the limiter in.
 #[derive(Debug, Clone, Copy)]
 pub struct LimitedKey<'k> {
-    pub id: &'k KeyId,
+    pub id: &'k str,
     pub rate_limit: Option<RateLimit>,
     pub slot: &'k LimiterSlot,
 }
@@ -196,7 +196,7 @@ impl KeyRateLimits {
             // Put back if it was evicted meanwhile (capacity), so a
             // reloaded entry still shares this bucket.
             self.limiters
-                .entry_by_ref(key.id)
+                .entry(KeyId::trusted(key.id))
                 .or_insert_with(|| Arc::clone(held));
         }
         Some(held)
@@ -221,7 +221,7 @@ impl KeyRateLimits {
                 };
                 let result = self
                     .limiters
-                    .entry_by_ref(key.id)
+                    .entry(KeyId::trusted(key.id))
                     .and_compute_with(|current| match current {
                         Some(entry) if entry.value().limit == limit => Op::Nop,
                         _ => Op::Put(fresh()),
@@ -296,7 +296,7 @@ mod tests {
     impl TestKey {
         fn limited(&self) -> LimitedKey<'_> {
             LimitedKey {
-                id: &self.id,
+                id: self.id.as_str(),
                 rate_limit: self.rate_limit,
                 slot: &self.slot,
             }

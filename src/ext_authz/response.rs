@@ -22,7 +22,6 @@ use serde::Serialize;
 
 use crate::denial::{Denial, DenialCatalog, DenialText, Reason};
 use crate::key_cache::CachedKey;
-use crate::key_metadata;
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::ScopeCatalog;
 
@@ -277,23 +276,20 @@ impl Responses {
         // are moved out of their array, not cloned.
         let metadata = self.dynamic_metadata.then(|| Struct {
             fields: HashMap::from([
-                ("key_id".to_owned(), string_value(key.id.as_str())),
-                (
-                    "account_id".to_owned(),
-                    string_value(key.account_id.as_str()),
-                ),
+                ("key_id".to_owned(), string_value(key.id())),
+                ("account_id".to_owned(), string_value(key.account_id())),
                 ("scopes".to_owned(), string_value(&scopes_header)),
             ]),
         });
         let mut headers = Vec::with_capacity(3 + self.forward_metadata.len());
         headers.extend([
-            header(&self.identity.key_id, key.id.as_str()),
-            header(&self.identity.account_id, key.account_id.as_str()),
+            header(&self.identity.key_id, key.id()),
+            header(&self.identity.account_id, key.account_id()),
             header_with(&self.identity.scopes, scopes_header),
         ]);
         let mut headers_to_remove = credential.headers;
         for (name, header_name) in &self.forward_metadata {
-            if let Some(value) = key_metadata::lookup(&key.metadata, name) {
+            if let Some(value) = key.metadata_value(name) {
                 headers.push(header(header_name, value));
                 // Overwritten rather than removed: Envoy may apply removals
                 // after additions.

@@ -19,7 +19,7 @@ use crate::key_cache::CachedKey;
 use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
 use crate::key_metadata;
 use crate::proto;
-use crate::proto::authenticate_reply::EncodedKey;
+use crate::proto::authenticate_reply::{EncodedFields, EncodedKey};
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::{
     MAX_SCOPE_NAME_LEN, ScopeCatalog, ScopeIndex, ScopeSet, valid_scope_name,
@@ -439,53 +439,37 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
     }
 }
 
-/// A cached key as Authenticate's reply carries it: built per call, except
-/// its metadata and allowed networks, which are encoded on the key's first
-/// answer and kept with it in the cache (an event replaces the entry, so
-/// they never go stale). A key without either keeps nothing extra.
+/// A cached key as Authenticate's reply carries it: the fields that hold
+/// its strings (id, account, name, start, predecessor, metadata, allowed
+/// networks) are copied from the cached key's own bytes, which are written
+/// as those fields (`key_cache/cached_key.rs`); the rest of `Key` is built
+/// per call.
 pub fn encoded_key(key: &CachedKey, catalog: &ScopeCatalog) -> EncodedKey {
-    let labels = (!key.metadata.is_empty() || !key.allowed_networks.is_empty()).then(|| {
-        Arc::clone(key.encoded_labels.get_or_init(|| {
-            EncodedKey::encode_labels(
-                key.metadata
-                    .iter()
-                    .map(|(name, value)| ((**name).to_owned(), (**value).to_owned()))
-                    .collect(),
-                key.allowed_networks.texts().map(str::to_owned).collect(),
-            )
-        }))
-    });
+    let (bytes, head, end) = key.encoded_fields();
     EncodedKey {
         key: key_from_cached(key, catalog),
-        labels,
+        encoded: Some(EncodedFields {
+            bytes: Arc::clone(bytes),
+            head,
+            end,
+        }),
     }
 }
 
-/// Everything of a cached key but its metadata and allowed networks (see
-/// `encoded_key`).
+/// Everything of a cached key but what `encoded_key` copies as bytes.
 fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
     // `to_owned`, not `to_string`: this runs per response, and the latter
     // goes through the formatting machinery.
     proto::Key {
-        id: key.id.as_str().to_owned(),
-        account_id: key.account_id.as_str().to_owned(),
-        name: key.name.as_ref().to_owned(),
-        start: key.start.as_ref().to_owned(),
         scopes: catalog.names(key.granted).map(str::to_owned).collect(),
         created_at: Some(millis_to_timestamp(key.created_at)),
-        expires_at: key.expires_at.map(millis_to_timestamp),
-        revoked_at: key.revoked_at.map(millis_to_timestamp),
+        expires_at: key.expires_at().map(millis_to_timestamp),
+        revoked_at: key.revoked_at().map(millis_to_timestamp),
         last_used_at: key.last_used_at().map(millis_to_timestamp),
-        rate_limit: proto_rate_limit(key.rate_limit),
-        quota: proto_quota(key.quota),
+        rate_limit: proto_rate_limit(key.rate_limit()),
+        quota: proto_quota(key.quota()),
         effective_scopes: catalog.sorted_names(key.effective),
-        rotated_from: key
-            .rotated_from
-            .as_ref()
-            .map(|id| id.as_str().to_owned())
-            .unwrap_or_default(),
-        metadata: HashMap::new(),
-        allowed_networks: Vec::new(),
+        ..Default::default()
     }
 }
 

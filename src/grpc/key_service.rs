@@ -104,9 +104,7 @@ impl KeyService for KeyServiceApi {
             cacheable: verdict.allowed()
                 && verdict.rate_limit().is_none()
                 && verdict.quota_remaining().is_none()
-                && verdict
-                    .key()
-                    .is_some_and(|key| key.allowed_networks.is_empty()),
+                && verdict.key().is_some_and(|key| !key.has_allowed_networks()),
         }))
     }
 

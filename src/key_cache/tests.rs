@@ -1,7 +1,11 @@
 //! Unit tests for `key_cache`.
 
+use std::sync::atomic::Ordering;
+
 use super::*;
-use crate::domain::KeyName;
+use crate::domain::{AccountId, KeyName, UnixMillis};
+use crate::scope_catalog::ScopeCatalog;
+use crate::storage::KeyRecord;
 
 fn record(digest: KeyDigest) -> KeyRecord {
     KeyRecord {
@@ -40,7 +44,7 @@ fn a_load_that_overlaps_a_change_is_not_cached() {
         panic!("expected a miss");
     };
     // The change commits and is applied while the load is in flight.
-    cache.invalidate(&key.id, &digest);
+    cache.invalidate(&key.key_id(), &digest);
     assert!(!cache.insert_by_digest(ticket, &key, digest));
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
 }
@@ -51,11 +55,11 @@ fn a_change_after_the_insert_removes_the_entry() {
     let digest = KeyDigest::of("cc_y");
     let key = cached(digest);
     assert!(cache.insert_by_digest(cache.ticket_for_digest(&digest), &key, digest));
-    assert!(cache.insert_by_id(cache.ticket_for_id(&key.id), &key));
+    assert!(cache.insert_by_id(cache.ticket_for_id(&key.key_id()), &key));
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Hit(_)));
-    cache.invalidate(&key.id, &digest);
+    cache.invalidate(&key.key_id(), &digest);
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
-    assert!(matches!(cache.lookup_id(&key.id), Lookup::Miss(_)));
+    assert!(matches!(cache.lookup_id(&key.key_id()), Lookup::Miss(_)));
 }
 
 /// A reusable barrier for two threads that spins instead of sleeping, so
@@ -118,11 +122,11 @@ fn median_insert_nanos(cache: &KeyCache) -> u64 {
             let key = cached(digest);
             let tickets = (
                 cache.ticket_for_digest(&digest),
-                cache.ticket_for_id(&key.id),
+                cache.ticket_for_id(&key.key_id()),
             );
             let (inserted, took) = timed_inserts(cache, &digest, &key, tickets);
             assert_eq!(inserted, [true, true]);
-            cache.invalidate(&key.id, &digest);
+            cache.invalidate(&key.key_id(), &digest);
             took
         })
         .collect();
@@ -182,14 +186,14 @@ fn racing_loads_and_changes_never_leave_a_stale_entry() {
             for (round, (digest, key)) in keys.iter().enumerate() {
                 barrier.wait(2 * round + 1);
                 spin_until(Instant::now(), delays(round).1);
-                cache.invalidate(&key.id, digest);
+                cache.invalidate(&key.key_id(), digest);
                 barrier.wait(2 * round + 2);
             }
         });
         for (round, (digest, key)) in keys.iter().enumerate() {
             let tickets = (
                 cache.ticket_for_digest(digest),
-                cache.ticket_for_id(&key.id),
+                cache.ticket_for_id(&key.key_id()),
             );
             barrier.wait(2 * round + 1);
             spin_until(Instant::now(), delays(round).0);
@@ -213,7 +217,7 @@ fn racing_loads_and_changes_never_leave_a_stale_entry() {
             if !matches!(cache.lookup_digest(digest), Lookup::Miss(_)) {
                 stale.push((round, "by digest"));
             }
-            if !matches!(cache.lookup_id(&key.id), Lookup::Miss(_)) {
+            if !matches!(cache.lookup_id(&key.key_id()), Lookup::Miss(_)) {
                 stale.push((round, "by id"));
             }
         }
@@ -248,7 +252,7 @@ fn a_change_to_a_key_in_another_stripe_does_not_disturb_a_load() {
     let digest = KeyDigest::of("cc_mine");
     let key = cached(digest);
     let by_digest = cache.ticket_for_digest(&digest);
-    let by_id = cache.ticket_for_id(&key.id);
+    let by_id = cache.ticket_for_id(&key.key_id());
     // Another key that shares neither of this key's stripes.
     let (other, other_digest) = (0..)
         .map(|i| {
@@ -257,11 +261,11 @@ fn a_change_to_a_key_in_another_stripe_does_not_disturb_a_load() {
         })
         .find(|(other, other_digest)| {
             cache.digest_stripe(other_digest) != cache.digest_stripe(&digest)
-                && cache.id_stripe(&other.id) != cache.id_stripe(&key.id)
+                && cache.id_stripe(other.id()) != cache.id_stripe(key.id())
         })
         .unwrap();
 
-    cache.invalidate(&other.id, &other_digest);
+    cache.invalidate(&other.key_id(), &other_digest);
 
     assert!(cache.insert_by_digest(by_digest, &key, digest));
     assert!(cache.insert_by_id(by_id, &key));
@@ -276,9 +280,9 @@ fn a_change_to_a_key_in_the_same_stripe_disturbs_a_load() {
     let other_digest = KeyDigest::of("cc_other");
     let other = cached(other_digest);
     let by_digest = cache.ticket_for_digest(&digest);
-    let by_id = cache.ticket_for_id(&key.id);
+    let by_id = cache.ticket_for_id(&key.key_id());
 
-    cache.invalidate(&other.id, &other_digest);
+    cache.invalidate(&other.key_id(), &other_digest);
 
     assert!(!cache.insert_by_digest(by_digest, &key, digest));
     assert!(!cache.insert_by_id(by_id, &key));
@@ -290,7 +294,7 @@ fn clearing_disturbs_every_load_in_flight() {
     let digest = KeyDigest::of("cc_clear");
     let key = cached(digest);
     let by_digest = cache.ticket_for_digest(&digest);
-    let by_id = cache.ticket_for_id(&key.id);
+    let by_id = cache.ticket_for_id(&key.key_id());
 
     cache.clear();
 
@@ -304,7 +308,7 @@ fn a_ticket_vouches_only_for_its_own_map_and_stripe() {
     let digest = KeyDigest::of("cc_t");
     let key = cached(digest);
     assert!(!cache.insert_by_id(cache.ticket_for_digest(&digest), &key));
-    assert!(!cache.insert_by_digest(cache.ticket_for_id(&key.id), &key, digest));
+    assert!(!cache.insert_by_digest(cache.ticket_for_id(&key.key_id()), &key, digest));
 }
 
 #[test]
@@ -360,4 +364,35 @@ fn an_event_forgets_an_unknown_digest_and_a_load_that_raced_it_remembers_nothing
     cache.forget_unknown(&digest);
     assert!(!cache.insert_unknown_unless_changed(stale, digest));
     assert!(matches!(cache.lookup_digest(&digest), Lookup::Miss(_)));
+}
+
+#[test]
+fn an_entry_older_than_the_ttl_is_a_miss() {
+    let aging = KeyCache::new(&CacheSettings {
+        ttl: Duration::from_millis(20),
+        ..CacheSettings::default()
+    });
+    let lasting = KeyCache::new(&CacheSettings::default());
+    let digest = KeyDigest::of("cc_aging");
+    let key = cached(digest);
+    for cache in [&aging, &lasting] {
+        assert!(cache.insert_by_digest(cache.ticket_for_digest(&digest), &key, digest));
+        assert!(cache.insert_by_id(cache.ticket_for_id(&key.key_id()), &key));
+    }
+    // The safety net: once older than the ttl, the entry answers nothing
+    // (polled: it ages on its own) ...
+    let started = std::time::Instant::now();
+    while matches!(aging.lookup_digest(&digest), Lookup::Hit(_))
+        || matches!(aging.lookup_id(&key.key_id()), Lookup::Hit(_))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the entry never aged out"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(matches!(aging.lookup_digest(&digest), Lookup::Miss(_)));
+    // ... while the same entry under the default ttl still does.
+    assert!(matches!(lasting.lookup_digest(&digest), Lookup::Hit(_)));
+    assert!(matches!(lasting.lookup_id(&key.key_id()), Lookup::Hit(_)));
 }

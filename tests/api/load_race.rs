@@ -374,7 +374,10 @@ async fn rereads_until_a_revocation(db: Db, surface: Surface) {
         _ => parts.cache.lookup_digest(&KeyDigest::of(&secret)),
     };
     if let Lookup::Hit(key) = cached {
-        assert!(key.revoked_at.is_some(), "the old row was cached: {key:?}");
+        assert!(
+            key.revoked_at().is_some(),
+            "the old row was cached: {key:?}"
+        );
     }
     let after = parts.authenticator.authenticate(presented()).await;
     assert_eq!(reason(&after), Some(Reason::Revoked), "{after:?}");
@@ -525,7 +528,7 @@ async fn a_lookup_on_b_held_across_a_revocation_on_a_is_not_allowed_or_cached(db
         );
         if let Lookup::Hit(cached) = cache.lookup_digest(&KeyDigest::of(&secret)) {
             assert!(
-                cached.revoked_at.is_some(),
+                cached.revoked_at().is_some(),
                 "round {round}: B cached the old row: {cached:?}"
             );
         }

@@ -2,14 +2,14 @@
 //!
 //! Byte for byte the same message on the wire (clients decode it as
 //! `AuthenticateResponse`), but the key is carried as an [`EncodedKey`]: a
-//! `Key` built per call, plus the key's metadata and allowed networks
-//! encoded once per cached key. Building those per call meant allocating a
-//! string per entry and a `HashMap` per answer (issue 17 measured a key with
-//! four metadata entries and two networks at up to 1.75 times a plain key);
-//! splicing their encoding in costs one copy of bytes, whatever the key
-//! holds, and a key without either keeps nothing extra.
+//! `Key` built per call, plus the fields that never change while the key is
+//! cached (its id, account, name, start, predecessor, metadata and allowed
+//! networks), encoded once per cached key. Building those per call meant
+//! allocating a string per field and per entry, and a `HashMap` per answer
+//! (issue 17 measured a key with four metadata entries and two networks at
+//! up to 1.75 times a plain key); splicing their encoding in costs copies
+//! of bytes, whatever the key holds.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -30,42 +30,54 @@ pub struct AuthenticateReply {
     pub quota_remaining: Option<u64>,
 }
 
-/// A `Key` in two parts: `key`, built per call with empty `metadata` and
-/// `allowed_networks`, and `labels`, those two fields encoded once per
-/// cached key ([`EncodedKey::encode_labels`]; `None` when both are empty),
-/// appended after `key`'s fields. Readers take fields in any order; for a
-/// key without a quota (field 15) the bytes are exactly what prost writes.
+/// A `Key` in two parts: `key`, built per call, and `encoded`, the fields
+/// encoded once per cached key (`key` leaves those empty). `encoded`'s head
+/// (fields 1 to 4) is written before `key`'s fields and its tail (12 to 14)
+/// after them. Readers take fields in any order; for a key without a quota
+/// (field 15) the bytes are exactly what prost writes.
 #[derive(Clone, PartialEq)]
 pub struct EncodedKey {
     pub key: Key,
-    pub labels: Option<Arc<[u8]>>,
+    pub encoded: Option<EncodedFields>,
+}
+
+/// Fields of a `Key` encoded ahead of time, in a buffer that may hold more
+/// (a cached key keeps its own index after them): `bytes[..head]` goes
+/// before the per-call fields, `bytes[head..end]` after them, and the rest
+/// is never sent.
+#[derive(Clone, PartialEq)]
+pub struct EncodedFields {
+    pub bytes: Arc<[u8]>,
+    pub head: usize,
+    pub end: usize,
+}
+
+impl EncodedFields {
+    fn head(&self) -> &[u8] {
+        &self.bytes[..self.head]
+    }
+
+    fn tail(&self) -> &[u8] {
+        &self.bytes[self.head..self.end]
+    }
 }
 
 impl EncodedKey {
-    /// `metadata` and `allowed_networks` (fields 13 and 14) encoded on their
-    /// own: a `Key` with nothing else set encodes as exactly those.
-    pub fn encode_labels(
-        metadata: HashMap<String, String>,
-        allowed_networks: Vec<String>,
-    ) -> Arc<[u8]> {
-        Key {
-            metadata,
-            allowed_networks,
-            ..Default::default()
-        }
-        .encode_to_vec()
-        .into()
-    }
-
     /// The whole key, decoded (for tests and tools; the server only encodes).
     pub fn to_key(&self) -> Key {
-        let mut bytes = self.key.encode_to_vec();
-        bytes.extend_from_slice(self.labels.as_deref().unwrap_or_default());
+        let mut bytes = Vec::new();
+        if let Some(encoded) = &self.encoded {
+            bytes.extend_from_slice(encoded.head());
+        }
+        self.key.encode_raw(&mut bytes);
+        if let Some(encoded) = &self.encoded {
+            bytes.extend_from_slice(encoded.tail());
+        }
         Key::decode(bytes.as_slice()).expect("an EncodedKey holds an encoded Key")
     }
 
     fn body_len(&self) -> usize {
-        self.key.encoded_len() + self.labels.as_ref().map_or(0, |labels| labels.len())
+        self.key.encoded_len() + self.encoded.as_ref().map_or(0, |encoded| encoded.end)
     }
 }
 
@@ -91,9 +103,12 @@ impl Message for AuthenticateReply {
         if let Some(key) = &self.key {
             encoding::encode_key(2, WireType::LengthDelimited, buf);
             encoding::encode_varint(key.body_len() as u64, buf);
+            if let Some(encoded) = &key.encoded {
+                buf.put_slice(encoded.head());
+            }
             key.key.encode_raw(buf);
-            if let Some(labels) = &key.labels {
-                buf.put_slice(labels);
+            if let Some(encoded) = &key.encoded {
+                buf.put_slice(encoded.tail());
             }
         }
         if let Some(denial) = &self.denial {
@@ -122,7 +137,7 @@ impl Message for AuthenticateReply {
             2 => {
                 let mut key = self.key.take().map(|key| key.to_key()).unwrap_or_default();
                 encoding::message::merge(wire_type, &mut key, buf, ctx)?;
-                self.key = Some(EncodedKey { key, labels: None });
+                self.key = Some(EncodedKey { key, encoded: None });
                 Ok(())
             }
             3 => encoding::message::merge(
@@ -188,6 +203,8 @@ impl fmt::Debug for EncodedKey {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::denial::Reason;
     use crate::{AuthenticateResponse, RateLimit};
@@ -226,17 +243,42 @@ mod tests {
         }
     }
 
-    /// `key` as the server splits it.
+    /// `key` as the server splits it: fields 1 to 4 ahead, 12 to 14 after,
+    /// in one buffer followed by bytes that must never be sent.
     fn split(key: &Key) -> EncodedKey {
-        let labels = (!key.metadata.is_empty() || !key.allowed_networks.is_empty())
-            .then(|| EncodedKey::encode_labels(key.metadata.clone(), key.allowed_networks.clone()));
+        let head = Key {
+            id: key.id.clone(),
+            account_id: key.account_id.clone(),
+            name: key.name.clone(),
+            start: key.start.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let tail = Key {
+            rotated_from: key.rotated_from.clone(),
+            metadata: key.metadata.clone(),
+            allowed_networks: key.allowed_networks.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut bytes = [head.as_slice(), tail.as_slice()].concat();
+        bytes.extend_from_slice(b"\xff\xffnot part of the key");
         EncodedKey {
             key: Key {
+                id: String::new(),
+                account_id: String::new(),
+                name: String::new(),
+                start: String::new(),
+                rotated_from: String::new(),
                 metadata: HashMap::new(),
                 allowed_networks: Vec::new(),
                 ..key.clone()
             },
-            labels,
+            encoded: Some(EncodedFields {
+                bytes: bytes.into(),
+                head: head.len(),
+                end: head.len() + tail.len(),
+            }),
         }
     }
 
@@ -342,8 +384,8 @@ mod tests {
     }
 
     /// The spliced reply is the generated encoding, byte for byte (prost
-    /// writes fields in number order, and without a quota the labels are
-    /// the last two).
+    /// writes fields in number order: 1 to 4 come first and, without a
+    /// quota, 12 to 14 last).
     #[test]
     fn a_spliced_reply_is_byte_identical() {
         // One metadata entry: a HashMap's order would vary between encodings.
