@@ -73,7 +73,7 @@ struct Span {
 }
 
 impl Span {
-    fn of<'b>(self, bytes: &'b [u8]) -> &'b [u8] {
+    fn of(self, bytes: &[u8]) -> &[u8] {
         &bytes[self.start..self.end]
     }
 
