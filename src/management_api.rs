@@ -252,7 +252,7 @@ impl Api {
             }
             Err(error) => span.in_scope(|| self.error_response(error)),
         };
-        echo_request_id(response.headers_mut(), &request_id);
+        echo_request_id(response.headers_mut(), request_id);
         self.telemetry.record_http(
             operation.as_str(),
             response.status().as_u16(),

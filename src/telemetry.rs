@@ -565,12 +565,11 @@ pub fn given_request_id(headers: &http::HeaderMap) -> Option<http::HeaderValue> 
 /// Puts the request id on a response. Marked sensitive so HTTP/2 sends it
 /// as a literal that is never indexed: a value unique to each response
 /// would otherwise enter the connection's HPACK table on every reply and
-/// evict the entries that do repeat (that churn was a third of keyward's
-/// cost over a bare tonic server on Health/Check; see BENCHMARKS.md).
-pub fn echo_request_id(headers: &mut http::HeaderMap, request_id: &http::HeaderValue) {
-    let mut value = request_id.clone();
-    value.set_sensitive(true);
-    headers.insert(REQUEST_ID, value);
+/// evict the entries that do repeat (that churn was most of what the request
+/// gate cost Health/Check over a bare tonic server; see BENCHMARKS.md).
+pub fn echo_request_id(headers: &mut http::HeaderMap, mut request_id: http::HeaderValue) {
+    request_id.set_sensitive(true);
+    headers.insert(REQUEST_ID, request_id);
 }
 
 /// [`REQUEST_ID_HEADER`] as a header name, parsed once.
@@ -653,7 +652,7 @@ mod tests {
     #[test]
     fn echoed_request_ids_are_never_indexed() {
         let mut headers = http::HeaderMap::new();
-        echo_request_id(&mut headers, &http::HeaderValue::from_static("abc-123"));
+        echo_request_id(&mut headers, http::HeaderValue::from_static("abc-123"));
         let echoed = &headers[REQUEST_ID_HEADER];
         assert_eq!(echoed, "abc-123");
         assert!(

@@ -134,7 +134,7 @@ where
                         .telemetry
                         .record_grpc(rpc, status.code(), started.elapsed());
                     let mut response = status.into_http::<ResponseBody>();
-                    if let Some(request_id) = &request_id {
+                    if let Some(request_id) = request_id {
                         echo_request_id(response.headers_mut(), request_id);
                     }
                     return Box::pin(std::future::ready(Ok(response)));
@@ -159,7 +159,7 @@ where
                 let mut result = inner.call(request).await;
                 let code = match &mut result {
                     Ok(response) => {
-                        if let Some(request_id) = &request_id {
+                        if let Some(request_id) = request_id {
                             echo_request_id(response.headers_mut(), request_id);
                         }
                         grpc_code(response.headers())

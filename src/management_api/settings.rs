@@ -461,7 +461,7 @@ fn toggles(
 
 /// `https://app.example.com` or `http://localhost:3000`: a scheme, a host and
 /// an optional port, nothing after.
-fn cors_origin(origin: &str) -> Result<http::HeaderValue, String> {
+pub(crate) fn cors_origin(origin: &str) -> Result<http::HeaderValue, String> {
     let bad =
         || format!("{origin:?} is not an origin like https://app.example.com (no path, no *)");
     let rest = origin

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::management_api::settings::ManagementApiSettings;
+use crate::management_api::settings::{ManagementApiSettings, cors_origin};
 use crate::scope_catalog::ScopeCatalog;
 use crate::settings::SettingError;
 
@@ -303,22 +303,10 @@ fn check_label(text: &str) -> Result<(), String> {
 }
 
 /// `https://app.example.com` or `http://localhost:3000`: it goes into a
-/// Content-Security-Policy header, so nothing but an origin passes.
+/// Content-Security-Policy header, so nothing but an origin passes (the
+/// same rule as the key API's CORS origins).
 fn check_origin(origin: &str) -> Result<(), String> {
-    let bad =
-        || format!("{origin:?} is not an origin like https://app.example.com (no path, no *)");
-    let rest = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .ok_or_else(bad)?;
-    if rest.is_empty()
-        || !rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-    {
-        return Err(bad());
-    }
-    Ok(())
+    cors_origin(origin).map(|_| ())
 }
 
 fn theme(raw: RawTheme) -> Result<Theme, SettingError> {
