@@ -196,7 +196,8 @@ pub fn is_format_char(c: char) -> bool {
 }
 
 /// SHA-256 of a whole key secret: the only form of a secret keyward stores.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// Ordered so that the key cache can keep digests sorted (`key_map.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyDigest([u8; 32]);
 
 impl KeyDigest {

@@ -2,11 +2,13 @@
 //! (CheckScope by id), plus bounded negative caches of digests and of ids
 //! that matched no key. All four are moka caches with a TTL as a safety net
 //! (the key maps check it at lookup, see `with_stripes`); the event log
-//! keeps them honest. The cached key's compact layout is `cached_key.rs`.
+//! keeps them honest. The cached key's compact layout is `cached_key.rs`;
+//! the key maps hold buckets of keys, not keys (`key_map.rs`).
 //!
 //! **Invariant:** a load that raced with a change never inserts the old
 //! state. Keys hash to stripes (by digest for the digest map, by id for the
-//! id map); each stripe holds an epoch under a lock. A change bumps the
+//! id map; a key's stripe is its bucket's, so the stripe lock also orders
+//! the writes to a bucket); each stripe holds an epoch under a lock. A change bumps the
 //! epoch of its key's stripes and removes the entries under the same locks;
 //! a loader takes a ticket (the stripe's epoch) before its database read and
 //! inserts, under the stripe lock, only if the epoch has not moved. Either
@@ -19,7 +21,6 @@
 //! busy management API) rarely disturb a load: only a key that shares the
 //! stripe does.
 
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,10 @@ use crate::domain::{KeyDigest, KeyId};
 use crate::settings::{SettingError, in_range, seconds_or};
 
 mod cached_key;
+mod key_map;
 
 pub use cached_key::CachedKey;
+use key_map::KeyMap;
 
 /// Stripes per map. Many, so that unrelated changes seldom share a stripe
 /// with a load in flight; each is one small lock.
@@ -143,8 +146,8 @@ impl CacheSettings {
 }
 
 pub struct KeyCache {
-    by_digest: Cache<KeyDigest, Arc<CachedKey>>,
-    by_id: Cache<KeyId, Arc<CachedKey>>,
+    by_digest: KeyMap<KeyDigest>,
+    by_id: KeyMap<KeyId>,
     unknown: Cache<KeyDigest, ()>,
     /// Key ids recently looked up (CheckScope by id) and not found.
     unknown_ids: Cache<KeyId, ()>,
@@ -152,7 +155,6 @@ pub struct KeyCache {
     ttl_ms: u64,
     digest_stripes: Box<[Stripe]>,
     id_stripes: Box<[Stripe]>,
-    stripe_hasher: std::hash::RandomState,
 }
 
 impl KeyCache {
@@ -173,25 +175,16 @@ impl KeyCache {
                 .collect()
         };
         // The key maps: bounded, least recently used out first, and no moka
-        // expiry. moka's `time_to_live` keeps a write-order node per entry
-        // (32 bytes at a million keys); the ttl is a safety net only (events
-        // keep entries current), so a lookup checks the entry's age instead
-        // (`fresh`), which answers exactly as moka's expiry did. LRU rather
-        // than TinyLFU: only keys that exist are ever cached, a miss costs
-        // one indexed read, and TinyLFU's frequency sketch costs 8 bytes per
-        // slot of capacity plus an update per read.
-        fn key_map<K>(capacity: u64) -> Cache<K, Arc<CachedKey>>
-        where
-            K: std::hash::Hash + Eq + Send + Sync + 'static,
-        {
-            Cache::builder()
-                .max_capacity(capacity)
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .build()
-        }
+        // expiry. moka's `time_to_live` keeps a write-order node per entry;
+        // the ttl is a safety net only (events keep entries current), so a
+        // lookup checks the entry's age instead (`fresh`), which answers
+        // exactly as moka's expiry did. LRU rather than TinyLFU: only keys
+        // that exist are ever cached, a miss costs one indexed read, and
+        // TinyLFU's frequency sketch costs 8 bytes per slot of capacity plus
+        // an update per read. See `key_map.rs` for the buckets.
         Self {
-            by_digest: key_map(settings.capacity),
-            by_id: key_map(settings.capacity),
+            by_digest: KeyMap::new(settings.capacity),
+            by_id: KeyMap::new(settings.capacity),
             unknown: Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
@@ -203,7 +196,6 @@ impl KeyCache {
             ttl_ms: u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX),
             digest_stripes: new_stripes(),
             id_stripes: new_stripes(),
-            stripe_hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -246,7 +238,7 @@ impl KeyCache {
 
     /// A ticket for a load by id that starts now.
     pub fn ticket_for_id(&self, id: &KeyId) -> LoadTicket {
-        let stripe = self.id_stripe(id.as_str());
+        let stripe = self.id_stripe(id);
         LoadTicket {
             map: Map::ById,
             stripe,
@@ -255,11 +247,11 @@ impl KeyCache {
     }
 
     fn digest_stripe(&self, digest: &KeyDigest) -> usize {
-        self.stripe_hasher.hash_one(digest) as usize % self.digest_stripes.len()
+        self.by_digest.stripe_of(digest, self.digest_stripes.len())
     }
 
-    fn id_stripe(&self, id: &str) -> usize {
-        self.stripe_hasher.hash_one(id) as usize % self.id_stripes.len()
+    fn id_stripe(&self, id: &KeyId) -> usize {
+        self.by_id.stripe_of(id, self.id_stripes.len())
     }
 
     /// Caches a loaded key under its digest unless something changed since
@@ -284,11 +276,11 @@ impl KeyCache {
 
     /// Caches a loaded key under its id unless something changed since `ticket`.
     pub fn insert_by_id(&self, ticket: LoadTicket, key: &Arc<CachedKey>) -> bool {
-        let stripe = self.id_stripe(key.id());
+        let id = key.key_id();
+        let stripe = self.id_stripe(&id);
         if ticket.map != Map::ById || ticket.stripe != stripe {
             return false;
         }
-        let id = key.key_id();
         let epoch = self.id_stripes[stripe].lock();
         if *epoch != ticket.epoch {
             return false;
@@ -328,11 +320,11 @@ impl KeyCache {
         {
             let mut epoch = self.digest_stripes[self.digest_stripe(digest)].lock();
             *epoch += 1;
-            self.by_digest.invalidate(digest);
+            self.by_digest.remove(digest);
         }
-        let mut epoch = self.id_stripes[self.id_stripe(id.as_str())].lock();
+        let mut epoch = self.id_stripes[self.id_stripe(id)].lock();
         *epoch += 1;
-        self.by_id.invalidate(id);
+        self.by_id.remove(id);
     }
 
     pub fn forget_unknown(&self, digest: &KeyDigest) {
@@ -346,9 +338,9 @@ impl KeyCache {
         self.unknown_ids.insert(id, ());
     }
 
-    /// Entries (by digest, negative), approximately, for metrics.
+    /// Entries (keys by digest, negative), approximately, for metrics.
     pub fn sizes(&self) -> (u64, u64) {
-        (self.by_digest.entry_count(), self.unknown.entry_count())
+        (self.by_digest.len(), self.unknown.entry_count())
     }
 
     /// Drops everything (used when a follower finds a gap it cannot replay).
@@ -366,8 +358,8 @@ impl KeyCache {
         for epoch in &mut held {
             **epoch += 1;
         }
-        self.by_digest.invalidate_all();
-        self.by_id.invalidate_all();
+        self.by_digest.clear();
+        self.by_id.clear();
         // `invalidate_all` is lazy; make it take effect while the locks are held.
         self.by_digest.run_pending_tasks();
         self.by_id.run_pending_tasks();

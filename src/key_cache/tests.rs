@@ -261,7 +261,7 @@ fn a_change_to_a_key_in_another_stripe_does_not_disturb_a_load() {
         })
         .find(|(other, other_digest)| {
             cache.digest_stripe(other_digest) != cache.digest_stripe(&digest)
-                && cache.id_stripe(other.id()) != cache.id_stripe(key.id())
+                && cache.id_stripe(&other.key_id()) != cache.id_stripe(&key.key_id())
         })
         .unwrap();
 
@@ -395,4 +395,70 @@ fn an_entry_older_than_the_ttl_is_a_miss() {
     // ... while the same entry under the default ttl still does.
     assert!(matches!(lasting.lookup_digest(&digest), Lookup::Hit(_)));
     assert!(matches!(lasting.lookup_id(&key.key_id()), Lookup::Hit(_)));
+}
+
+/// Keys that share a bucket (one bucket here) are found, replaced and
+/// removed one by one: a write to a bucket keeps its other keys.
+#[test]
+fn keys_sharing_a_bucket_are_kept_apart() {
+    let map = key_map::KeyMap::<KeyDigest>::with_buckets(1_000, 1);
+    let digests: Vec<_> = (0..50).map(|n| KeyDigest::of(&format!("cc_{n}"))).collect();
+    let keys: Vec<_> = digests.iter().map(|digest| cached(*digest)).collect();
+    for (digest, key) in digests.iter().zip(&keys) {
+        map.insert(*digest, Arc::clone(key));
+    }
+    for (digest, key) in digests.iter().zip(&keys) {
+        assert!(Arc::ptr_eq(&map.get(digest).unwrap(), key));
+    }
+    assert!(map.get(&KeyDigest::of("cc_absent")).is_none());
+
+    // Replace one, remove another: the rest are untouched.
+    let replacement = cached(digests[7]);
+    map.insert(digests[7], Arc::clone(&replacement));
+    map.remove(&digests[8]);
+    map.remove(&KeyDigest::of("cc_absent"));
+    for (n, (digest, key)) in digests.iter().zip(&keys).enumerate() {
+        match n {
+            7 => assert!(Arc::ptr_eq(&map.get(digest).unwrap(), &replacement)),
+            8 => assert!(map.get(digest).is_none()),
+            _ => assert!(Arc::ptr_eq(&map.get(digest).unwrap(), key)),
+        }
+    }
+    map.run_pending_tasks();
+    assert_eq!(map.len(), 49);
+
+    // Removing the last key of a bucket drops the bucket.
+    for digest in &digests {
+        map.remove(digest);
+    }
+    map.run_pending_tasks();
+    assert_eq!(map.len(), 0);
+    assert!(map.get(&digests[0]).is_none());
+}
+
+/// The capacity counts keys, not buckets: a small cache filled far past
+/// its capacity holds no more than it, and what it holds is still found.
+#[test]
+fn the_capacity_bounds_keys_not_buckets() {
+    let capacity = 200;
+    let cache = KeyCache::new(&CacheSettings {
+        capacity,
+        ..CacheSettings::default()
+    });
+    let digests: Vec<_> = (0..2_000)
+        .map(|n| KeyDigest::of(&format!("cc_{n}")))
+        .collect();
+    for digest in &digests {
+        let key = cached(*digest);
+        assert!(cache.insert_by_digest(cache.ticket_for_digest(digest), &key, *digest));
+    }
+    cache.run_pending_tasks();
+    let (held, _) = cache.sizes();
+    let found = digests
+        .iter()
+        .filter(|digest| matches!(cache.lookup_digest(digest), Lookup::Hit(_)))
+        .count() as u64;
+    assert!(held <= capacity, "{held} keys held, capacity {capacity}");
+    assert_eq!(found, held, "every key counted is found");
+    assert!(found >= capacity / 2, "only {found} of {capacity} kept");
 }
