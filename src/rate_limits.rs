@@ -9,8 +9,8 @@
 //! the table at most twice per refill period to keep the entry alive, so a
 //! reloaded cache entry finds the same bucket and no reload refills it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -20,6 +20,7 @@ use governor::{Quota, RateLimiter};
 use moka::Expiry;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
+use once_cell::race::OnceBox;
 use serde::Deserialize;
 
 use crate::domain::{KeyId, RateLimit};
@@ -65,9 +66,10 @@ pub struct KeyLimiter {
 }
 
 /// A cached key's own reference to its limiter (empty until its first
-/// limited request).
+/// limited request). A `OnceBox`, one pointer, rather than a `OnceLock`
+/// (a pointer and a state word): every cached key carries one (issue 19).
 #[derive(Default)]
-pub struct LimiterSlot(OnceLock<Arc<KeyLimiter>>);
+pub struct LimiterSlot(OnceBox<Arc<KeyLimiter>>);
 
 /// What the limiter needs of a key: its id, its own limit (if any), and the
 /// slot its cache entry keeps the limiter in.
@@ -254,7 +256,7 @@ impl KeyRateLimits {
                 fetched = self.table_limiter(&key, limit);
                 // Already set only by a racing request, which got the same
                 // bucket from the table.
-                let _ = key.slot.0.set(Arc::clone(&fetched));
+                let _ = key.slot.0.set(Box::new(Arc::clone(&fetched)));
                 &*fetched
             }
         };

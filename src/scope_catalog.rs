@@ -16,37 +16,48 @@ pub const MAX_SCOPE_NAME_LEN: usize = 64;
 /// Longest scope or preset description (shown by ListScopes).
 const MAX_DESCRIPTION_CHARS: usize = 500;
 
-/// A set of catalog scopes.
+/// A set of catalog scopes: bit `i` is the catalog's scope `i`. Two `u64`
+/// words rather than a `u128`, whose 16-byte alignment would round a
+/// cached key (which holds two sets) up by 8 bytes (issue 19).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ScopeSet(u128);
+pub struct ScopeSet([u64; 2]);
 
 impl ScopeSet {
-    pub const EMPTY: Self = Self(0);
+    pub const EMPTY: Self = Self([0; 2]);
+
+    const fn from_bits(bits: u128) -> Self {
+        Self([bits as u64, (bits >> 64) as u64])
+    }
 
     fn single(index: usize) -> Self {
-        Self(1 << index)
+        Self::from_bits(1 << index)
     }
 
     pub fn contains(self, index: ScopeIndex) -> bool {
-        self.0 & (1 << index.0) != 0
+        self.bits() & (1 << index.0) != 0
     }
 
     pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
+        Self::from_bits(self.bits() | other.bits())
     }
 
     pub fn insert(&mut self, index: ScopeIndex) {
-        self.0 |= 1 << index.0;
+        *self = self.union(Self::single(index.0));
     }
 
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.bits() == 0
+    }
+
+    /// The set as bits: bit `i` is the catalog's scope `i`.
+    pub fn bits(self) -> u128 {
+        u128::from(self.0[0]) | u128::from(self.0[1]) << 64
     }
 
     /// Positions of the set bits, lowest first (one step per member, not
     /// per possible scope: this runs for every response).
     fn indices(self) -> impl Iterator<Item = usize> {
-        let mut rest = self.0;
+        let mut rest = self.bits();
         std::iter::from_fn(move || {
             if rest == 0 {
                 return None;
@@ -60,7 +71,7 @@ impl ScopeSet {
 
 impl fmt::Debug for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ScopeSet({:#x})", self.0)
+        write!(f, "ScopeSet({:#x})", self.bits())
     }
 }
 
@@ -351,6 +362,28 @@ impl ScopeCatalog {
     /// Catalog names of a set, in catalog order.
     pub fn names(&self, set: ScopeSet) -> impl Iterator<Item = &str> {
         set.indices().map(|i| self.definitions[i].name.as_str())
+    }
+
+    /// Every name, in catalog order (bit `i` of a set is the `i`-th).
+    pub fn all_names(&self) -> impl Iterator<Item = &str> {
+        self.definitions.iter().map(|scope| scope.name.as_str())
+    }
+
+    /// Every name, in alphabetical order.
+    pub fn all_names_sorted(&self) -> impl Iterator<Item = &str> {
+        self.alphabetical
+            .iter()
+            .map(|&i| self.definitions[i].name.as_str())
+    }
+
+    /// A set renumbered by alphabetical position: bit `k` is the `k`-th
+    /// name of [`Self::all_names_sorted`].
+    pub fn sorted_bits(&self, set: ScopeSet) -> u128 {
+        self.alphabetical
+            .iter()
+            .enumerate()
+            .filter(|&(_, &i)| set.contains(ScopeIndex(i)))
+            .fold(0, |bits, (position, _)| bits | 1 << position)
     }
 
     /// Catalog names of a set, sorted alphabetically.

@@ -12,14 +12,14 @@
 //!
 //! Around it: scopes as bit sets over the catalog, timestamps as plain
 //! millis (`NONE` for absent), what few keys have (a revocation, a rate
-//! limit of their own, a quota) boxed apart, and the last-use atomics: 128
-//! bytes, so with its `Arc` counts it fits the allocator's 160-byte size. Nothing here is a proto type:
-//! the field numbers below are the only thing this module knows of the wire
-//! format, and `grpc/convert.rs` does the rest.
+//! limit of their own, a quota) boxed apart, and the last-use atomics: 120
+//! bytes, so with its `Arc` counts it fits the allocator's 144-byte size.
+//! Nothing here is a proto type: the field numbers below are the only thing
+//! this module knows of the wire format, and `grpc/convert.rs` does the
+//! rest.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -209,7 +209,7 @@ impl CachedKey {
     /// text allocation, `bytes[..head]` (fields 1 to 4) and
     /// `bytes[head..end]` (12 to 14). An event replaces the whole entry, so
     /// they never go stale.
-    pub fn encoded_fields(&self) -> (&Arc<[u8]>, usize, usize) {
+    pub fn encoded_fields(&self) -> (&[u8], usize, usize) {
         (&self.text.bytes, self.text.head_end(), self.text.tail_end())
     }
 
@@ -267,6 +267,14 @@ impl CachedKey {
             _ if seen > 0 => Some(UnixMillis(seen)),
             _ => None,
         }
+    }
+}
+
+/// The buffer `encoded_fields` indexes, so that a reply can hold the key
+/// itself as the owner of the bytes it splices (see `grpc/convert.rs`).
+impl AsRef<[u8]> for CachedKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.text.bytes
     }
 }
 
@@ -338,7 +346,10 @@ const NETWORK_BYTES: usize = 18;
 /// networks is closed to every address rather than opened.
 #[derive(Debug)]
 struct KeyText {
-    bytes: Arc<[u8]>,
+    /// A `Box`, not an `Arc`: a reply that sends these bytes holds the
+    /// whole `CachedKey` (see `AsRef` below), so they need no count of their
+    /// own (16 bytes a key).
+    bytes: Box<[u8]>,
     head_end: u16,
     tail_end: u16,
     metadata_count: u8,
@@ -389,7 +400,7 @@ impl KeyText {
         };
         writer.bytes.extend_from_slice(&index);
         Self {
-            bytes: writer.bytes.into(),
+            bytes: writer.bytes.into_boxed_slice(),
             head_end: head_end as u16,
             tail_end: tail_end as u16,
             metadata_count: metadata.len() as u8,

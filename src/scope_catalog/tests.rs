@@ -201,3 +201,33 @@ fn cyclic_implications_terminate() {
     let granted = catalog.resolve_grant(&["a".into()], None).unwrap();
     assert_eq!(names(&catalog, catalog.effective(granted)), ["a", "b"]);
 }
+
+/// A set's bits, renumbered by alphabetical position, pick from the sorted
+/// names exactly the set's names in alphabetical order; its plain bits pick
+/// them from the names in catalog order.
+#[test]
+fn bits_pick_a_sets_names_from_either_list() {
+    let catalog = ScopeCatalog::carboncopy();
+    let all: Vec<&str> = catalog.all_names().collect();
+    let sorted: Vec<&str> = catalog.all_names_sorted().collect();
+    let pick = |list: &[&str], bits: u128| -> Vec<String> {
+        (0..list.len())
+            .filter(|&i| bits & (1 << i) != 0)
+            .map(|i| list[i].to_owned())
+            .collect()
+    };
+    assert_ne!(all, sorted, "the test needs a catalog not already sorted");
+    for granted in [
+        &["traders:write"][..],
+        &["orders:read", "traders:read"],
+        &["account:read"],
+    ] {
+        let granted: Vec<String> = granted.iter().map(|&s| s.to_owned()).collect();
+        let set = catalog.effective(catalog.resolve_grant(&granted, None).unwrap());
+        assert_eq!(
+            pick(&sorted, catalog.sorted_bits(set)),
+            catalog.sorted_names(set)
+        );
+        assert_eq!(pick(&all, set.bits()), names(&catalog, set));
+    }
+}

@@ -250,9 +250,10 @@ fn an_unreadable_allowlist_keeps_the_key_closed() {
 #[test]
 fn the_cached_key_stays_small() {
     // A million of these are cached: see BENCHMARKS.md (issue 19) before
-    // letting this grow.
+    // letting this grow. 120 bytes and the `Arc`'s 16 fit glibc's 144-byte
+    // chunk; 121 would take 160.
     assert!(
-        std::mem::size_of::<CachedKey>() <= 128,
+        std::mem::size_of::<CachedKey>() <= 120,
         "{}",
         std::mem::size_of::<CachedKey>()
     );
