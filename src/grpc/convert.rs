@@ -19,7 +19,7 @@ use crate::key_cache::CachedKey;
 use crate::key_management::{ChangeKey, CreateKey, ImportKey, MAX_IMPORT_KEYS};
 use crate::key_metadata;
 use crate::proto;
-use crate::proto::authenticate_reply::{EncodedFields, EncodedKey};
+use crate::proto::authenticate_reply::{EncodedFields, EncodedKey, PickedEntries};
 use crate::rate_limits::RateLimitStatus;
 use crate::scope_catalog::{
     MAX_SCOPE_NAME_LEN, ScopeCatalog, ScopeIndex, ScopeSet, valid_scope_name,
@@ -444,31 +444,67 @@ pub fn key_from_record(record: &KeyRecord, catalog: &ScopeCatalog) -> proto::Key
 /// networks) are copied from the cached key's own bytes, which are written
 /// as those fields (`key_cache/cached_key.rs`); the rest of `Key` is built
 /// per call.
-pub fn encoded_key(key: &CachedKey, catalog: &ScopeCatalog) -> EncodedKey {
-    let (bytes, head, end) = key.encoded_fields();
+pub fn encoded_key(
+    key: &Arc<CachedKey>,
+    catalog: &ScopeCatalog,
+    fields: &ScopeFields,
+) -> EncodedKey {
+    let (_, head, end) = key.encoded_fields();
     EncodedKey {
-        key: key_from_cached(key, catalog),
+        key: key_from_cached(key),
         encoded: Some(EncodedFields {
-            bytes: Arc::clone(bytes),
+            bytes: Arc::clone(key) as Arc<dyn AsRef<[u8]> + Send + Sync>,
             head,
             end,
+        }),
+        scopes: Some(PickedEntries {
+            table: Arc::clone(&fields.scopes),
+            picked: key.granted.bits(),
+        }),
+        effective_scopes: Some(PickedEntries {
+            table: Arc::clone(&fields.effective_scopes),
+            picked: catalog.sorted_bits(key.effective),
         }),
     }
 }
 
-/// Everything of a cached key but what `encoded_key` copies as bytes.
-fn key_from_cached(key: &CachedKey, catalog: &ScopeCatalog) -> proto::Key {
-    // `to_owned`, not `to_string`: this runs per response, and the latter
-    // goes through the formatting machinery.
+/// Every scope name of the catalog encoded once as `Key`'s field 5
+/// (`scopes`, catalog order, as a key's granted set numbers them) and 11
+/// (`effective_scopes`, alphabetical), so that a reply picks a key's names
+/// instead of allocating them per call.
+pub struct ScopeFields {
+    scopes: Arc<[Box<[u8]>]>,
+    effective_scopes: Arc<[Box<[u8]>]>,
+}
+
+impl ScopeFields {
+    pub fn new(catalog: &ScopeCatalog) -> Self {
+        fn table<'a>(field: u32, names: impl Iterator<Item = &'a str>) -> Arc<[Box<[u8]>]> {
+            names
+                .map(|name| {
+                    let mut entry = Vec::new();
+                    prost::encoding::string::encode(field, &name.to_owned(), &mut entry);
+                    entry.into_boxed_slice()
+                })
+                .collect()
+        }
+        Self {
+            scopes: table(5, catalog.all_names()),
+            effective_scopes: table(11, catalog.all_names_sorted()),
+        }
+    }
+}
+
+/// Everything of a cached key but what `encoded_key` copies as bytes or
+/// picks from [`ScopeFields`].
+fn key_from_cached(key: &CachedKey) -> proto::Key {
     proto::Key {
-        scopes: catalog.names(key.granted).map(str::to_owned).collect(),
         created_at: Some(millis_to_timestamp(key.created_at)),
         expires_at: key.expires_at().map(millis_to_timestamp),
         revoked_at: key.revoked_at().map(millis_to_timestamp),
         last_used_at: key.last_used_at().map(millis_to_timestamp),
         rate_limit: proto_rate_limit(key.rate_limit()),
         quota: proto_quota(key.quota()),
-        effective_scopes: catalog.sorted_names(key.effective),
         ..Default::default()
     }
 }

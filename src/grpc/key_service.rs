@@ -31,6 +31,8 @@ pub struct KeyServiceApi {
     authenticator: Arc<Authenticator>,
     manager: Arc<KeyManager>,
     feed: Arc<ChangeFeed>,
+    /// The catalog's scope names, encoded once for Authenticate's replies.
+    scope_fields: convert::ScopeFields,
 }
 
 impl KeyServiceApi {
@@ -40,6 +42,7 @@ impl KeyServiceApi {
         feed: Arc<ChangeFeed>,
     ) -> Self {
         Self {
+            scope_fields: convert::ScopeFields::new(authenticator.catalog()),
             authenticator,
             manager,
             feed,
@@ -93,7 +96,9 @@ impl KeyService for KeyServiceApi {
             .await;
         Ok(Response::new(AuthenticateReply {
             allowed: verdict.allowed(),
-            key: verdict.key().map(|key| convert::encoded_key(key, catalog)),
+            key: verdict
+                .key()
+                .map(|key| convert::encoded_key(key, catalog, &self.scope_fields)),
             denial: verdict.denial().map(convert::denial),
             rate_limit: verdict.rate_limit().map(convert::rate_limit_status),
             // A limited key's (or a quota's) every use must be counted here, and a key

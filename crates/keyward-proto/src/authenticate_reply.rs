@@ -30,35 +30,84 @@ pub struct AuthenticateReply {
     pub quota_remaining: Option<u64>,
 }
 
-/// A `Key` in two parts: `key`, built per call, and `encoded`, the fields
-/// encoded once per cached key (`key` leaves those empty). `encoded`'s head
-/// (fields 1 to 4) is written before `key`'s fields and its tail (12 to 14)
-/// after them. Readers take fields in any order; for a key without a quota
-/// (field 15) the bytes are exactly what prost writes.
+/// A `Key` in parts: `key`, built per call; `encoded`, the fields encoded
+/// once per cached key; and the two scope lists picked from entries encoded
+/// once per catalog (`key` leaves all of those empty). `encoded`'s head
+/// (fields 1 to 4) is written first, then `scopes` (5), `key`'s fields (6
+/// to 10), `effective_scopes` (11) and `encoded`'s tail (12 to 14). Readers
+/// take fields in any order; for a key without a quota (field 15) the bytes
+/// are exactly what prost writes.
 #[derive(Clone, PartialEq)]
 pub struct EncodedKey {
     pub key: Key,
     pub encoded: Option<EncodedFields>,
+    pub scopes: Option<PickedEntries>,
+    pub effective_scopes: Option<PickedEntries>,
+}
+
+/// Entries of a repeated field, each encoded once (its tag, length and
+/// value) in `table`, and the ones this message has: bit `i` of `picked`
+/// sends `table[i]`, in table order. A key's scope names per call were a
+/// `Vec` and a `String` per name, twice; this is two reference counts.
+#[derive(Clone, PartialEq)]
+pub struct PickedEntries {
+    pub table: Arc<[Box<[u8]>]>,
+    pub picked: u128,
+}
+
+impl PickedEntries {
+    fn entries(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = self.picked;
+        std::iter::from_fn(move || {
+            if rest == 0 {
+                return None;
+            }
+            let at = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            Some(self.table.get(at).map_or(&[][..], |entry| &entry[..]))
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.entries().map(<[u8]>::len).sum()
+    }
+
+    fn write(&self, buf: &mut impl BufMut) {
+        for entry in self.entries() {
+            buf.put_slice(entry);
+        }
+    }
+}
+
+fn picked_len(picked: &Option<PickedEntries>) -> usize {
+    picked.as_ref().map_or(0, PickedEntries::len)
 }
 
 /// Fields of a `Key` encoded ahead of time, in a buffer that may hold more
 /// (a cached key keeps its own index after them): `bytes[..head]` goes
 /// before the per-call fields, `bytes[head..end]` after them, and the rest
-/// is never sent.
-#[derive(Clone, PartialEq)]
+/// is never sent. `bytes` is whatever owns the buffer: the server passes
+/// its cached key itself, so the buffer needs no reference count of its own.
+#[derive(Clone)]
 pub struct EncodedFields {
-    pub bytes: Arc<[u8]>,
+    pub bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
     pub head: usize,
     pub end: usize,
 }
 
 impl EncodedFields {
     fn head(&self) -> &[u8] {
-        &self.bytes[..self.head]
+        &(*self.bytes).as_ref()[..self.head]
     }
 
     fn tail(&self) -> &[u8] {
-        &self.bytes[self.head..self.end]
+        &(*self.bytes).as_ref()[self.head..self.end]
+    }
+}
+
+impl PartialEq for EncodedFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.head() == other.head() && self.tail() == other.tail()
     }
 }
 
@@ -66,18 +115,32 @@ impl EncodedKey {
     /// The whole key, decoded (for tests and tools; the server only encodes).
     pub fn to_key(&self) -> Key {
         let mut bytes = Vec::new();
-        if let Some(encoded) = &self.encoded {
-            bytes.extend_from_slice(encoded.head());
-        }
-        self.key.encode_raw(&mut bytes);
-        if let Some(encoded) = &self.encoded {
-            bytes.extend_from_slice(encoded.tail());
-        }
+        self.write_body(&mut bytes);
         Key::decode(bytes.as_slice()).expect("an EncodedKey holds an encoded Key")
     }
 
     fn body_len(&self) -> usize {
-        self.key.encoded_len() + self.encoded.as_ref().map_or(0, |encoded| encoded.end)
+        self.key.encoded_len()
+            + self.encoded.as_ref().map_or(0, |encoded| encoded.end)
+            + picked_len(&self.scopes)
+            + picked_len(&self.effective_scopes)
+    }
+
+    /// The `Key`'s fields in field order (see the type's comment).
+    fn write_body(&self, buf: &mut impl BufMut) {
+        if let Some(encoded) = &self.encoded {
+            buf.put_slice(encoded.head());
+        }
+        if let Some(scopes) = &self.scopes {
+            scopes.write(buf);
+        }
+        self.key.encode_raw(buf);
+        if let Some(effective) = &self.effective_scopes {
+            effective.write(buf);
+        }
+        if let Some(encoded) = &self.encoded {
+            buf.put_slice(encoded.tail());
+        }
     }
 }
 
@@ -103,13 +166,7 @@ impl Message for AuthenticateReply {
         if let Some(key) = &self.key {
             encoding::encode_key(2, WireType::LengthDelimited, buf);
             encoding::encode_varint(key.body_len() as u64, buf);
-            if let Some(encoded) = &key.encoded {
-                buf.put_slice(encoded.head());
-            }
-            key.key.encode_raw(buf);
-            if let Some(encoded) = &key.encoded {
-                buf.put_slice(encoded.tail());
-            }
+            key.write_body(buf);
         }
         if let Some(denial) = &self.denial {
             encoding::message::encode(3, denial, buf);
@@ -137,7 +194,12 @@ impl Message for AuthenticateReply {
             2 => {
                 let mut key = self.key.take().map(|key| key.to_key()).unwrap_or_default();
                 encoding::message::merge(wire_type, &mut key, buf, ctx)?;
-                self.key = Some(EncodedKey { key, encoded: None });
+                self.key = Some(EncodedKey {
+                    key,
+                    encoded: None,
+                    scopes: None,
+                    effective_scopes: None,
+                });
                 Ok(())
             }
             3 => encoding::message::merge(
@@ -263,8 +325,33 @@ mod tests {
         .encode_to_vec();
         let mut bytes = [head.as_slice(), tail.as_slice()].concat();
         bytes.extend_from_slice(b"\xff\xffnot part of the key");
+        // Each list as picked from a catalog's table, which also holds
+        // names the key does not have (at even positions, never sent).
+        let picked = |names: &[String], field: fn(String) -> Key| {
+            let mut table = Vec::new();
+            let mut picked = 0u128;
+            for name in names {
+                table.push(field("not:this".into()).encode_to_vec().into_boxed_slice());
+                picked |= 1 << table.len();
+                table.push(field(name.clone()).encode_to_vec().into_boxed_slice());
+            }
+            PickedEntries {
+                table: table.into(),
+                picked,
+            }
+        };
         EncodedKey {
+            scopes: Some(picked(&key.scopes, |name| Key {
+                scopes: vec![name],
+                ..Default::default()
+            })),
+            effective_scopes: Some(picked(&key.effective_scopes, |name| Key {
+                effective_scopes: vec![name],
+                ..Default::default()
+            })),
             key: Key {
+                scopes: Vec::new(),
+                effective_scopes: Vec::new(),
                 id: String::new(),
                 account_id: String::new(),
                 name: String::new(),
@@ -275,7 +362,7 @@ mod tests {
                 ..key.clone()
             },
             encoded: Some(EncodedFields {
-                bytes: bytes.into(),
+                bytes: Arc::new(bytes),
                 head: head.len(),
                 end: head.len() + tail.len(),
             }),
