@@ -20,8 +20,9 @@ use prost::{DecodeError, Message};
 /// The answer to one Check.
 #[derive(Clone, PartialEq)]
 pub enum CheckReply {
-    /// Built as envoy-types' message (denials, public routes).
-    Response(CheckResponse),
+    /// Built as envoy-types' message (denials, public routes); boxed, so
+    /// the common answer is not moved around at the size of this rare one.
+    Response(Box<CheckResponse>),
     /// An allowed answer, already encoded (see [`AllowedAnswer`]).
     Encoded(EncodedAllowed),
 }
@@ -33,13 +34,13 @@ pub struct EncodedAllowed(Vec<u8>);
 
 impl Default for CheckReply {
     fn default() -> Self {
-        Self::Response(CheckResponse::default())
+        Self::Response(Box::default())
     }
 }
 
 impl From<CheckResponse> for CheckReply {
     fn from(response: CheckResponse) -> Self {
-        Self::Response(response)
+        Self::Response(Box::new(response))
     }
 }
 
@@ -48,7 +49,7 @@ impl CheckReply {
     /// encodes).
     pub fn to_response(&self) -> CheckResponse {
         match self {
-            Self::Response(response) => response.clone(),
+            Self::Response(response) => (**response).clone(),
             Self::Encoded(encoded) => CheckResponse::decode(encoded.0.as_slice())
                 .expect("an encoded allowed answer is a CheckResponse"),
         }
@@ -82,7 +83,7 @@ impl Message for CheckReply {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         if let Self::Encoded(_) = self {
-            *self = Self::Response(self.to_response());
+            *self = Self::Response(Box::new(self.to_response()));
         }
         let Self::Response(response) = self else {
             unreachable!("made a Response above");
