@@ -5,9 +5,10 @@
 //! ([`Authenticator`]), and answers with an OK or denied HTTP response
 //! (`response`).
 //!
-//! **Every answer is `Ok(CheckResponse)`.** A denial, including a request
-//! keyward cannot read (no HTTP attributes, an ambiguous path), is a denied
-//! HTTP response with the product's status and body, never a gRPC error:
+//! **Every answer is `Ok(CheckResponse)`** (written as a [`CheckReply`]).
+//! A denial, including a request keyward cannot read (no HTTP attributes,
+//! an ambiguous path), is a denied HTTP response with the product's status
+//! and body, never a gRPC error:
 //! Envoy turns gRPC errors into its own bare 403 (or, with
 //! `failure_mode_allow`, lets the request through), which would hide the
 //! product's error body. gRPC errors are left to tonic for calls that are
@@ -21,7 +22,7 @@
 
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{self, CheckResponse};
+use envoy_types::ext_authz::v3::pb;
 use prost::Message;
 use prost::bytes::Bytes;
 use tonic::Request;
@@ -32,6 +33,7 @@ use crate::authenticator::{Authenticator, Presented, PresentedKey, Required, Ver
 use crate::scope_catalog::ScopeIndex;
 use crate::telemetry::{REQUEST_ID_HEADER, Surface};
 
+pub mod check_reply;
 pub mod check_request;
 pub mod grpc_service;
 pub mod request;
@@ -39,6 +41,7 @@ pub mod response;
 pub mod route_policy;
 pub mod settings;
 
+pub use check_reply::CheckReply;
 pub use check_request::CheckRequest;
 pub use grpc_service::{AuthorizationService, CheckMessage};
 pub use settings::ExtAuthzSettings;
@@ -93,7 +96,7 @@ impl ExtAuthzApi {
         }
     }
 
-    async fn decide(&self, check: &CheckRequest, caller: &HotPathCaller) -> CheckResponse {
+    async fn decide(&self, check: &CheckRequest, caller: &HotPathCaller) -> CheckReply {
         let responses = &self.settings.responses;
         let Some(http) = check.http() else {
             return self.refuse_malformed(MalformedRequest::NoHttpAttributes);
@@ -113,7 +116,7 @@ impl ExtAuthzApi {
                 self.authenticator
                     .telemetry()
                     .record_policy_denial(PolicyDenial::UnmatchedRoute);
-                return responses.deny_policy(PolicyDenial::UnmatchedRoute);
+                return responses.deny_policy(PolicyDenial::UnmatchedRoute).into();
             }
             (None, UnmatchedRoute::AnyKey) => &Access::ANY_KEY,
             (None, UnmatchedRoute::Public) => &Access::Public,
@@ -126,7 +129,7 @@ impl ExtAuthzApi {
                     CredentialRemoval::default()
                 };
                 request::spoofed_metadata_headers(&headers, &mut strip);
-                return responses.allow_public(strip);
+                return responses.allow_public(strip).into();
             }
             Access::Scopes { fixed, templates } => (fixed, templates),
         };
@@ -213,7 +216,11 @@ impl ExtAuthzApi {
                 rate_limit,
                 quota_remaining,
                 ..
-            } => return responses.deny_with_quota(&denial, rate_limit, quota_remaining),
+            } => {
+                return responses
+                    .deny_with_quota(&denial, rate_limit, quota_remaining)
+                    .into();
+            }
         };
         let mut removal = if self.settings.strip_credential {
             sources.present(&headers, &target, self.authenticator.key_format())
@@ -225,7 +232,7 @@ impl ExtAuthzApi {
         responses.allow_with_quota(&key, catalog, rate_limit, quota_remaining, removal)
     }
 
-    fn refuse_malformed(&self, problem: MalformedRequest) -> CheckResponse {
+    fn refuse_malformed(&self, problem: MalformedRequest) -> CheckReply {
         tracing::debug!(rpc = "Check", reason = "malformed_request", %problem, "denied");
         self.authenticator
             .telemetry()
@@ -233,6 +240,7 @@ impl ExtAuthzApi {
         self.settings
             .responses
             .deny_policy(PolicyDenial::MalformedRequest)
+            .into()
     }
 }
 
@@ -240,7 +248,7 @@ impl ExtAuthzApi {
     /// Answers one Check as it arrived from the transport: a message that
     /// does not decode is a malformed request (the product's 400), never a
     /// gRPC error (see `grpc_service`).
-    pub async fn respond(&self, request: Request<CheckMessage>) -> CheckResponse {
+    pub async fn respond(&self, request: Request<CheckMessage>) -> CheckReply {
         let (_, extensions, message) = request.into_parts();
         let check = match message {
             CheckMessage::Decoded(check) => check,
@@ -267,7 +275,7 @@ impl ExtAuthzApi {
 
     /// Answers a serialized CheckRequest in-process (benchmarks), as from
     /// a trusted caller: decoded as the transport decodes it.
-    pub async fn check_encoded(&self, bytes: Bytes) -> CheckResponse {
+    pub async fn check_encoded(&self, bytes: Bytes) -> CheckReply {
         let message = match CheckRequest::decode(bytes) {
             Ok(check) => CheckMessage::Decoded(check),
             Err(error) => CheckMessage::Undecodable(error),
@@ -278,7 +286,7 @@ impl ExtAuthzApi {
     /// Answers an envoy-types CheckRequest in-process, as from a trusted
     /// caller. It is encoded and decoded again (keyward reads requests as
     /// bytes); callers holding the bytes use [`Self::check_encoded`].
-    pub async fn check(&self, check: pb::CheckRequest) -> CheckResponse {
+    pub async fn check(&self, check: pb::CheckRequest) -> CheckReply {
         self.check_encoded(Bytes::from(check.encode_to_vec())).await
     }
 }

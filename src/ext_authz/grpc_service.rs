@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::ext_authz::v3::pb::{self, CheckResponse};
+use envoy_types::ext_authz::v3::pb;
 use prost::bytes::Buf;
 use tonic::Status;
 use tonic::body::Body;
@@ -23,6 +23,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use super::ExtAuthzApi;
+use super::check_reply::CheckReply;
 use super::check_request::{CheckRequest, CheckRequestError};
 
 /// The only method of the service.
@@ -81,11 +82,9 @@ where
 struct CheckMethod(Arc<ExtAuthzApi>);
 
 impl UnaryService<CheckMessage> for CheckMethod {
-    type Response = CheckResponse;
+    type Response = CheckReply;
     type Future = std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<tonic::Response<CheckResponse>, Status>> + Send,
-        >,
+        Box<dyn std::future::Future<Output = Result<tonic::Response<CheckReply>, Status>> + Send>,
     >;
 
     fn call(&mut self, request: tonic::Request<CheckMessage>) -> Self::Future {
@@ -94,13 +93,14 @@ impl UnaryService<CheckMessage> for CheckMethod {
     }
 }
 
-/// Encodes `CheckResponse`s and decodes [`CheckMessage`]s.
+/// Encodes [`CheckReply`]s (as `CheckResponse`s) and decodes
+/// [`CheckMessage`]s.
 struct CheckCodec;
 
 impl Codec for CheckCodec {
-    type Encode = CheckResponse;
+    type Encode = CheckReply;
     type Decode = CheckMessage;
-    type Encoder = ProstEncoder<CheckResponse>;
+    type Encoder = ProstEncoder<CheckReply>;
     type Decoder = CheckDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {

@@ -16,10 +16,10 @@ use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
     HttpResponse, HttpStatus, OkHttpResponse,
 };
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use serde::Serialize;
 
+use super::check_reply::{AllowedAnswer, CheckReply};
 use crate::denial::{Denial, DenialCatalog, DenialText, Reason};
 use crate::key_cache::CachedKey;
 use crate::rate_limits::RateLimitStatus;
@@ -250,12 +250,13 @@ impl Responses {
         catalog: &ScopeCatalog,
         rate_limit: Option<RateLimitStatus>,
         credential: CredentialRemoval,
-    ) -> CheckResponse {
+    ) -> CheckReply {
         self.allow_with_quota(key, catalog, rate_limit, None, credential)
     }
 
     /// [`Responses::allow`], with `x-quota-remaining` for the client when
-    /// the key has a usage quota.
+    /// the key has a usage quota. Encoded directly from the key's strings
+    /// (see `check_reply`), the hot path's answer.
     pub fn allow_with_quota(
         &self,
         key: &CachedKey,
@@ -263,55 +264,34 @@ impl Responses {
         rate_limit: Option<RateLimitStatus>,
         quota_remaining: Option<u64>,
         credential: CredentialRemoval,
-    ) -> CheckResponse {
-        let mut scopes_header = String::with_capacity(64);
-        for name in catalog.names(key.effective) {
-            if !scopes_header.is_empty() {
-                scopes_header.push(' ');
-            }
-            scopes_header.push_str(name);
-        }
-        // Every string here is copied once: the metadata copies the scopes,
-        // the header then takes the string itself; the rate-limit headers
-        // are moved out of their array, not cloned.
-        let metadata = self.dynamic_metadata.then(|| Struct {
-            fields: HashMap::from([
-                ("key_id".to_owned(), string_value(key.id())),
-                ("account_id".to_owned(), string_value(key.account_id())),
-                ("scopes".to_owned(), string_value(&scopes_header)),
-            ]),
-        });
-        let mut headers = Vec::with_capacity(3 + self.forward_metadata.len());
-        headers.extend([
-            header(&self.identity.key_id, key.id()),
-            header(&self.identity.account_id, key.account_id()),
-            header_with(&self.identity.scopes, scopes_header),
-        ]);
+    ) -> CheckReply {
+        let forwarded = self
+            .forward_metadata
+            .iter()
+            .filter_map(|(name, header)| Some((header.as_str(), key.metadata_value(name)?)));
         let mut headers_to_remove = credential.headers;
-        for (name, header_name) in &self.forward_metadata {
-            if let Some(value) = key.metadata_value(name) {
-                headers.push(header(header_name, value));
-                // Overwritten rather than removed: Envoy may apply removals
-                // after additions.
-                headers_to_remove.retain(|spoofed| spoofed != header_name);
-            }
+        for (header_name, _) in forwarded.clone() {
+            // Overwritten rather than removed: Envoy may apply removals
+            // after additions.
+            headers_to_remove.retain(|spoofed| spoofed != header_name);
         }
-        let mut response_headers_to_add = rate_limit
-            .map(|status| Vec::from(rate_limit_headers(status)))
-            .unwrap_or_default();
-        if let Some(remaining) = quota_remaining {
-            response_headers_to_add.push(quota_header(remaining));
+        AllowedAnswer {
+            identity: [
+                &self.identity.key_id,
+                &self.identity.account_id,
+                &self.identity.scopes,
+            ],
+            key_id: key.id(),
+            account_id: key.account_id(),
+            scopes: || catalog.names(key.effective),
+            forwarded,
+            headers_to_remove: &headers_to_remove,
+            query_parameters_to_remove: &credential.query_parameters,
+            rate_limit: rate_limit.map(rate_limit_numbers),
+            quota_remaining,
+            dynamic_metadata: self.dynamic_metadata,
         }
-        ok_response(
-            OkHttpResponse {
-                headers,
-                headers_to_remove,
-                query_parameters_to_remove: credential.query_parameters,
-                response_headers_to_add,
-                ..Default::default()
-            },
-            metadata,
-        )
+        .encode()
     }
 
     /// Allowed without a key (a public route): identity headers the client
@@ -325,14 +305,11 @@ impl Responses {
             self.identity.scopes.clone(),
         ]);
         headers_to_remove.extend(strip.headers);
-        ok_response(
-            OkHttpResponse {
-                headers_to_remove,
-                query_parameters_to_remove: strip.query_parameters,
-                ..Default::default()
-            },
-            None,
-        )
+        ok_response(OkHttpResponse {
+            headers_to_remove,
+            query_parameters_to_remove: strip.query_parameters,
+            ..Default::default()
+        })
     }
 
     /// A denial decided by the hot path; `rate_limit` adds the
@@ -413,17 +390,23 @@ fn reason_position(reason: Reason) -> usize {
         .expect("Reason::ALL lists every reason")
 }
 
-/// `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset`
-/// (seconds until the full budget is back, rounded up).
+/// `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset`.
 fn rate_limit_headers(status: RateLimitStatus) -> [HeaderValueOption; 3] {
+    let [limit, remaining, reset] = rate_limit_numbers(status);
     [
-        header_with("x-ratelimit-limit", status.limit.to_string()),
-        header_with("x-ratelimit-remaining", status.remaining.to_string()),
-        header_with(
-            "x-ratelimit-reset",
-            whole_seconds_rounded_up(u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX))
-                .to_string(),
-        ),
+        header_with("x-ratelimit-limit", limit.to_string()),
+        header_with("x-ratelimit-remaining", remaining.to_string()),
+        header_with("x-ratelimit-reset", reset.to_string()),
+    ]
+}
+
+/// The rate-limit headers' values: the limit, what remains, and the
+/// seconds until the full budget is back (rounded up).
+fn rate_limit_numbers(status: RateLimitStatus) -> [u64; 3] {
+    [
+        u64::from(status.limit),
+        u64::from(status.remaining),
+        whole_seconds_rounded_up(u64::try_from(status.reset.as_millis()).unwrap_or(u64::MAX)),
     ]
 }
 
@@ -462,20 +445,14 @@ fn header_with(name: &str, value: String) -> HeaderValueOption {
     }
 }
 
-fn string_value(text: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(text.to_owned())),
-    }
-}
-
-fn ok_response(ok: OkHttpResponse, metadata: Option<Struct>) -> CheckResponse {
+fn ok_response(ok: OkHttpResponse) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
             code: tonic::Code::Ok as i32,
             message: String::new(),
             details: Vec::new(),
         }),
-        dynamic_metadata: metadata,
+        dynamic_metadata: None,
         http_response: Some(HttpResponse::OkResponse(ok)),
     }
 }

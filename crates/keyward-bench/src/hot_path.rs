@@ -21,7 +21,6 @@ use prost::Message;
 use tonic::Request;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 
 use keyward::config::Config;
 use keyward::domain::{AccountId, KeyName, RateLimit};
@@ -332,11 +331,11 @@ async fn handle(api: &KeyServiceApi, encoded: &[u8]) -> Result<bool, BenchError>
 /// The same for ext_authz Check: decode (keyward's own decoder, from the
 /// bytes, as the server does), route and decide, encode.
 async fn handle_check(api: &ExtAuthzApi, encoded: &[u8]) -> Result<bool, BenchError> {
-    let response = api
+    let reply = api
         .check_encoded(prost::bytes::Bytes::copy_from_slice(encoded))
         .await;
-    let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
-    std::hint::black_box(response.encode_to_vec());
+    let allowed = reply.is_allowed();
+    std::hint::black_box(reply.encode_to_vec());
     Ok(allowed)
 }
 

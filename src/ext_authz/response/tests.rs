@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use prost::Message;
+
 use super::*;
 
 fn responses(style: ErrorBodyStyle) -> Responses {
@@ -182,4 +184,242 @@ fn retry_seconds_round_up() {
     assert_eq!(whole_seconds_rounded_up(1), 1);
     assert_eq!(whole_seconds_rounded_up(1_000), 1);
     assert_eq!(whole_seconds_rounded_up(1_001), 2);
+}
+
+/// The allowed answer as envoy-types' prost structs build it: the code the
+/// direct encoding replaced, kept as the reference it must match.
+fn allowed_as_built(
+    responses: &Responses,
+    key: &CachedKey,
+    catalog: &ScopeCatalog,
+    rate_limit: Option<RateLimitStatus>,
+    quota_remaining: Option<u64>,
+    credential: CredentialRemoval,
+) -> CheckResponse {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let string_value = |text: &str| Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
+    };
+    let mut scopes_header = String::new();
+    for name in catalog.names(key.effective) {
+        if !scopes_header.is_empty() {
+            scopes_header.push(' ');
+        }
+        scopes_header.push_str(name);
+    }
+    let metadata = responses.dynamic_metadata.then(|| Struct {
+        fields: HashMap::from([
+            ("key_id".to_owned(), string_value(key.id())),
+            ("account_id".to_owned(), string_value(key.account_id())),
+            ("scopes".to_owned(), string_value(&scopes_header)),
+        ]),
+    });
+    let mut headers = vec![
+        header(&responses.identity.key_id, key.id()),
+        header(&responses.identity.account_id, key.account_id()),
+        header_with(&responses.identity.scopes, scopes_header),
+    ];
+    let mut headers_to_remove = credential.headers;
+    for (name, header_name) in &responses.forward_metadata {
+        if let Some(value) = key.metadata_value(name) {
+            headers.push(header(header_name, value));
+            headers_to_remove.retain(|spoofed| spoofed != header_name);
+        }
+    }
+    let mut response_headers_to_add = rate_limit
+        .map(|status| Vec::from(rate_limit_headers(status)))
+        .unwrap_or_default();
+    if let Some(remaining) = quota_remaining {
+        response_headers_to_add.push(quota_header(remaining));
+    }
+    CheckResponse {
+        dynamic_metadata: metadata,
+        ..ok_response(OkHttpResponse {
+            headers,
+            headers_to_remove,
+            query_parameters_to_remove: credential.query_parameters,
+            response_headers_to_add,
+            ..Default::default()
+        })
+    }
+}
+
+fn key_record(
+    scopes: &[&str],
+    metadata: &[(&str, &str)],
+    networks: &[&str],
+) -> crate::storage::KeyRecord {
+    use crate::domain::{AccountId, KeyDigest, KeyId, UnixMillis};
+    crate::storage::KeyRecord {
+        id: KeyId::generate(),
+        account_id: AccountId::parse("acct_42~x").unwrap(),
+        name: "deploy bot".into(),
+        digest: KeyDigest::of("cc_plain"),
+        start: "cc_abcdef".into(),
+        scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        rate_limit: None,
+        quota: None,
+        quota_usage: Default::default(),
+        created_at: UnixMillis(0),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+        metadata: metadata
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect(),
+        allowed_networks: networks.iter().map(|net| (*net).to_owned()).collect(),
+        rotated_from: None,
+    }
+}
+
+/// Every shape of allowed answer, encoded directly, reads back (with
+/// envoy-types' decoder) as exactly the message the prost structs made,
+/// and is the same bytes: all of them when there is no dynamic metadata
+/// (prost writes a `Struct`'s entries in a `HashMap`'s order), all but
+/// that last field's entry order otherwise.
+#[test]
+fn allowed_answers_encoded_directly_are_the_prost_built_ones() {
+    let catalog = ScopeCatalog::carboncopy();
+    // A value long enough for two-byte lengths at every level, and an empty
+    // one (proto3 leaves an empty header value out).
+    let long = "é".repeat(150);
+    let keys = [
+        key_record(&["portfolio:read"], &[], &[]),
+        key_record(&[], &[], &[]),
+        key_record(
+            &["orders:write", "traders:read", "account:read"],
+            &[
+                ("plan", "pro"),
+                ("region", &long),
+                ("team", ""),
+                ("tier", "1"),
+            ],
+            &["10.0.0.0/8", "2001:db8::/32"],
+        ),
+        key_record(&["markets:read"], &[], &["192.0.2.0/24"]),
+    ]
+    .map(|record| CachedKey::from_record(record, &catalog));
+    let forward_sets: [&[&str]; 3] = [&[], &["plan", "team", "absent"], &["region"]];
+    let removals = [
+        CredentialRemoval::default(),
+        CredentialRemoval {
+            headers: vec!["authorization".into()],
+            query_parameters: Vec::new(),
+        },
+        CredentialRemoval {
+            // A spoofed forwarded header: overwritten, so not removed.
+            headers: vec![
+                "x-api-key".into(),
+                "x-keyward-meta-plan".into(),
+                String::new(),
+            ],
+            query_parameters: vec!["api_key".into(), "API_KEY".into()],
+        },
+    ];
+    let rate_limits = [
+        None,
+        Some(RateLimitStatus {
+            limit: 100,
+            remaining: 99,
+            reset: Duration::from_millis(59_500),
+        }),
+        Some(RateLimitStatus {
+            limit: u32::MAX,
+            remaining: 0,
+            reset: Duration::ZERO,
+        }),
+    ];
+    let mut compared = 0;
+    for dynamic_metadata in [true, false] {
+        for forward in forward_sets {
+            let mut responses = responses(ErrorBodyStyle::ErrorObject);
+            responses.dynamic_metadata = dynamic_metadata;
+            responses.forward_metadata = forward
+                .iter()
+                .map(|name| {
+                    (
+                        (*name).to_owned(),
+                        format!("{METADATA_HEADER_PREFIX}{name}"),
+                    )
+                })
+                .collect();
+            if forward.len() == 1 {
+                // Identity header names of another length.
+                responses.identity = IdentityHeaders {
+                    key_id: "x-id".into(),
+                    account_id: "x-customer-account-identifier".into(),
+                    scopes: "s".into(),
+                };
+            }
+            for key in &keys {
+                for removal in &removals {
+                    for rate_limit in rate_limits {
+                        for quota in [None, Some(0), Some(u64::MAX)] {
+                            let reply = responses.allow_with_quota(
+                                key,
+                                &catalog,
+                                rate_limit,
+                                quota,
+                                removal.clone(),
+                            );
+                            assert!(matches!(reply, CheckReply::Encoded(_)));
+                            assert!(reply.is_allowed());
+                            let built = allowed_as_built(
+                                &responses,
+                                key,
+                                &catalog,
+                                rate_limit,
+                                quota,
+                                removal.clone(),
+                            );
+                            assert_same_answer(&reply, &built);
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 2 * 3 * 4 * 3 * 3 * 3);
+}
+
+fn assert_same_answer(reply: &CheckReply, built: &CheckResponse) {
+    let bytes = reply.encode_to_vec();
+    assert_eq!(bytes.len(), reply.encoded_len());
+    let decoded = CheckResponse::decode(bytes.as_slice()).unwrap();
+    assert_eq!(&decoded, built);
+    assert_eq!(&reply.to_response(), built);
+    // Decoding into the reply type keeps the same message.
+    assert_eq!(
+        &CheckReply::decode(bytes.as_slice()).unwrap().to_response(),
+        built
+    );
+    let expected = built.encode_to_vec();
+    assert_eq!(bytes.len(), expected.len());
+    // The dynamic metadata is the last field: everything before it is
+    // byte-identical.
+    let without_metadata = CheckResponse {
+        dynamic_metadata: None,
+        ..built.clone()
+    }
+    .encode_to_vec();
+    assert_eq!(bytes[..without_metadata.len()], without_metadata[..]);
+    if built.dynamic_metadata.is_none() {
+        assert_eq!(bytes, expected);
+    }
+}
+
+/// Denials and public answers stay prost structs and encode as such.
+#[test]
+fn other_answers_are_carried_as_built() {
+    let responses = responses(ErrorBodyStyle::ErrorObject);
+    let denial = responses.deny(&DenialCatalog::default().deny(Reason::UnknownKey), None);
+    let public = responses.allow_public(CredentialRemoval::default());
+    for (response, allowed) in [(denial, false), (public, true)] {
+        let reply = CheckReply::from(response.clone());
+        assert_eq!(reply.is_allowed(), allowed);
+        assert_eq!(reply.encode_to_vec(), response.encode_to_vec());
+        assert_eq!(reply.to_response(), response);
+    }
 }
