@@ -6,8 +6,9 @@
 //! written as the protobuf fields of `keyward.v1.Key` that carry them
 //! (fields 1 to 4, then 12 to 14), so that Authenticate's reply copies them
 //! as they are instead of building a string per field per call. After those
-//! bytes comes an index that is never sent: where each string lies, and the
-//! allowed networks parsed to 18 bytes each. A restricted key's check and
+//! bytes comes an index that is never sent: where each metadata entry and
+//! network text lies, and the allowed networks parsed to 18 bytes each (a
+//! plain key has none of these, so its text is its wire bytes alone). A restricted key's check and
 //! reply read that one allocation, not three more (issue 17's last 5%).
 //!
 //! Around it: scopes as bit sets over the catalog, timestamps as plain
@@ -302,7 +303,7 @@ impl std::fmt::Debug for CachedKey {
     }
 }
 
-/// The strings of `CachedKey` in their index order.
+/// The strings of `CachedKey` found by walking `KeyText`'s fields.
 #[derive(Clone, Copy)]
 enum Field {
     Id,
@@ -311,8 +312,6 @@ enum Field {
     Start,
     RotatedFrom,
 }
-
-const STRING_FIELDS: usize = 5;
 
 /// `keyward.v1.Key`'s field numbers for what `KeyText` holds.
 const KEY_ID: u32 = 1;
@@ -337,9 +336,13 @@ const NETWORK_BYTES: usize = 18;
 ///  ^0          ^head_end     ^tail_end
 /// ```
 ///
-/// The index holds a (start, end) pair of little-endian `u16` offsets for
-/// each of `Field`'s strings, then for each metadata entry its name's and
-/// its value's, then for each network its text's. Every string is whole
+/// `Field`'s strings are found by walking the fields' framing (a tag and a
+/// length each; at most four fields before the one wanted), not indexed:
+/// an index entry each would be 20 bytes a key, 16 of them paid at a
+/// million keys by the allocator's sizes (issue 19), against nanoseconds to
+/// walk. The index holds a (start, end) pair of little-endian `u16` offsets
+/// for each metadata entry's name and value, then for each network's text.
+/// Every string is whole
 /// UTF-8 copied from a `str`. A key too large for 16-bit offsets (far past
 /// what validation lets through) keeps as many of its metadata entries and
 /// networks as fit; its reply then lacks the rest, and a key that lost
@@ -360,14 +363,12 @@ impl KeyText {
     fn new(record: &KeyRecord) -> Self {
         let networks = AllowedNetworks::from_stored(&record.allowed_networks);
         let mut writer = Writer::default();
-        let spans = [
-            writer.string(KEY_ID, record.id.as_str()),
-            writer.string(KEY_ACCOUNT_ID, record.account_id.as_str()),
-            writer.string(KEY_NAME, &record.name),
-            writer.string(KEY_START, &record.start),
-        ];
+        writer.string(KEY_ID, record.id.as_str());
+        writer.string(KEY_ACCOUNT_ID, record.account_id.as_str());
+        writer.string(KEY_NAME, &record.name);
+        writer.string(KEY_START, &record.start);
         let head_end = writer.bytes.len();
-        let rotated_from = writer.string(
+        writer.string(
             KEY_ROTATED_FROM,
             record.rotated_from.as_ref().map_or("", KeyId::as_str),
         );
@@ -375,15 +376,13 @@ impl KeyText {
         let network_texts = writer.networks(networks.texts());
         let tail_end = writer.bytes.len();
         let mut index = Vec::with_capacity(
-            4 * (STRING_FIELDS + 2 * metadata.len() + networks.len())
-                + NETWORK_BYTES * networks.len(),
+            4 * (2 * metadata.len() + networks.len()) + NETWORK_BYTES * networks.len(),
         );
         let mut push = |span: &Range<usize>| {
             for offset in [span.start, span.end] {
                 index.extend_from_slice(&(offset as u16).to_le_bytes());
             }
         };
-        spans.iter().chain([&rotated_from]).for_each(&mut push);
         metadata.iter().flatten().for_each(&mut push);
         let network_count = if network_texts.len() == networks.len() {
             network_texts.iter().for_each(&mut push);
@@ -433,15 +432,55 @@ impl KeyText {
 
     fn text(&self, span: Range<usize>) -> &str {
         // Always whole UTF-8 (copied from a `str`); never empty by mistake.
-        std::str::from_utf8(&self.bytes[span]).unwrap_or_default()
+        self.bytes
+            .get(span)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
     }
 
+    /// `field`'s string: the fields before it are skipped by their framing
+    /// (written here in ascending field order, each present only when not
+    /// empty, as protobuf writes them).
     fn string(&self, field: Field) -> &str {
-        self.text(self.span(field as usize))
+        let (number, mut at, end) = match field {
+            Field::Id => (KEY_ID, 0, self.head_end()),
+            Field::AccountId => (KEY_ACCOUNT_ID, 0, self.head_end()),
+            Field::Name => (KEY_NAME, 0, self.head_end()),
+            Field::Start => (KEY_START, 0, self.head_end()),
+            Field::RotatedFrom => (KEY_ROTATED_FROM, self.head_end(), self.tail_end()),
+        };
+        while at < end {
+            let tag = self.varint(&mut at);
+            let len = self.varint(&mut at);
+            let span = at..at + len;
+            match (tag >> 3).cmp(&(number as usize)) {
+                std::cmp::Ordering::Less => at = span.end,
+                std::cmp::Ordering::Equal => return self.text(span),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        ""
+    }
+
+    /// The varint at `at` (a tag or a length this module wrote: under
+    /// 2^16), moving `at` past it.
+    fn varint(&self, at: &mut usize) -> usize {
+        let mut value = 0;
+        for shift in [0, 7, 14] {
+            let Some(&byte) = self.bytes.get(*at) else {
+                break;
+            };
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        value
     }
 
     fn metadata_entry(&self, i: usize) -> (&str, &str) {
-        let first = STRING_FIELDS + 2 * i;
+        let first = 2 * i;
         (self.text(self.span(first)), self.text(self.span(first + 1)))
     }
 
@@ -461,11 +500,11 @@ impl KeyText {
     }
 
     fn network_text(&self, i: usize) -> &str {
-        self.text(self.span(STRING_FIELDS + 2 * self.metadata_count() + i))
+        self.text(self.span(2 * self.metadata_count() + i))
     }
 
     fn network(&self, i: usize) -> IpNet {
-        let spans = STRING_FIELDS + 2 * self.metadata_count() + self.network_count();
+        let spans = 2 * self.metadata_count() + self.network_count();
         let at = self.tail_end() + 4 * spans + NETWORK_BYTES * i;
         unpack_network(&self.bytes[at..at + NETWORK_BYTES])
     }
