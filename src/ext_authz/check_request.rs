@@ -221,6 +221,15 @@ fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
+/// Whether `bytes` are UTF-8, as `str::from_utf8` decides, with a quicker
+/// answer for ASCII: nearly every header name and value is ASCII, and for
+/// strings this short `is_ascii` costs a fraction of `from_utf8`'s setup
+/// (about 100 instructions a string, 23 strings in a typical Check).
+#[inline]
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
 /// Keeps the last entry sent for each name (as prost's `HashMap::insert`
 /// does) and sorts them by name, for binary search. Sorting costs nothing
 /// per entry, unlike hashing each name.
@@ -251,6 +260,7 @@ impl<'b> Reader<'b> {
     }
 
     /// Runs one of prost's readers over the rest of this message.
+    #[inline]
     fn with_buf<T>(
         &mut self,
         read: impl FnOnce(&mut &'b [u8]) -> Result<T, prost::DecodeError>,
@@ -261,14 +271,17 @@ impl<'b> Reader<'b> {
         Ok(value)
     }
 
+    #[inline]
     fn key(&mut self) -> Result<(u32, WireType)> {
         self.with_buf(decode_key)
     }
 
+    #[inline]
     fn varint_value(&mut self) -> Result<u64> {
         self.with_buf(decode_varint)
     }
 
+    #[inline]
     fn expect(&self, field: &'static str, expected: WireType, actual: WireType) -> Result<()> {
         check_wire_type(expected, actual).map_err(|_| CheckRequestError::WireType {
             field,
@@ -278,6 +291,7 @@ impl<'b> Reader<'b> {
     }
 
     /// A length-delimited field's span, the reader moved past it.
+    #[inline]
     fn delimited(&mut self) -> Result<Span> {
         let len = self.varint_value()?;
         if len > (self.end - self.pos) as u64 {
@@ -307,11 +321,13 @@ impl<'b> Reader<'b> {
         })
     }
 
+    #[inline]
     fn string(&mut self, wire_type: WireType, field: &'static str) -> Result<Span> {
         self.expect(field, WireType::LengthDelimited, wire_type)?;
         let span = self.delimited()?;
-        std::str::from_utf8(span.of(self.bytes))
-            .map_err(|_| CheckRequestError::NotUtf8 { field })?;
+        if !is_utf8(span.of(self.bytes)) {
+            return Err(CheckRequestError::NotUtf8 { field });
+        }
         Ok(span)
     }
 
