@@ -338,9 +338,9 @@ const NETWORK_BYTES: usize = 18;
 ///
 /// `Field`'s strings are found by walking the fields' framing (a tag and a
 /// length each; at most four fields before the one wanted), not indexed:
-/// an index entry each would be 20 bytes a key, 16 of them paid at a
-/// million keys by the allocator's sizes (issue 19), against nanoseconds to
-/// walk. The index holds a (start, end) pair of little-endian `u16` offsets
+/// their index entries were 20 bytes a key (at a million keys, 29 to 55 B
+/// a key of resident memory came off with them; see BENCHMARKS.md),
+/// against nanoseconds to walk. The index holds a (start, end) pair of little-endian `u16` offsets
 /// for each metadata entry's name and value, then for each network's text.
 /// Every string is whole
 /// UTF-8 copied from a `str`. A key too large for 16-bit offsets (far past
