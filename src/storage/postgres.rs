@@ -320,10 +320,12 @@ impl_key_store!(PostgresStore, {
         }
         let ids: Vec<&str> = uses.iter().map(|(id, _)| id.as_str()).collect();
         let times: Vec<i64> = uses.iter().map(|(_, at)| at.0).collect();
-        // One statement for the whole batch.
+        // One statement for the whole batch; a key listed twice counts its
+        // latest time (UPDATE ... FROM would pick one row of the two).
         sqlx::query(
             "UPDATE api_keys AS k SET last_used_at = u.at \
-             FROM UNNEST($1::text[], $2::bigint[]) AS u(id, at) \
+             FROM (SELECT id, MAX(at) AS at FROM UNNEST($1::text[], $2::bigint[]) AS u(id, at) \
+                   GROUP BY id) AS u \
              WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
         )
         .bind(ids)

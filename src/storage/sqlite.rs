@@ -259,19 +259,31 @@ impl_key_store!(SqliteStore, {
         if uses.is_empty() {
             return Ok(());
         }
-        // One statement per key in one transaction: SQLite has no arrays to
-        // UNNEST into one statement for the batch, as PostgreSQL does.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // One statement for the batch: SQLite has no arrays to UNNEST, so
+        // the uses go in as one JSON object of id to time (a key listed
+        // twice keeps its latest time, as on PostgreSQL). A statement per
+        // key cost a round trip to sqlx's SQLite thread each: flushing
+        // 30,000 keys kept most of a core busy, taken from the hot path on
+        // a small machine (BENCHMARKS.md).
+        let mut latest = serde_json::Map::new();
         for (id, at) in uses {
-            sqlx::query(
-                "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 \
-                 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(at.0)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+            let slot = latest
+                .entry(id.as_str())
+                .or_insert(serde_json::Value::from(at.0));
+            if slot.as_i64() < Some(at.0) {
+                *slot = serde_json::Value::from(at.0);
+            }
         }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = u.value \
+             FROM json_each($1) AS u \
+             WHERE api_keys.id = u.key \
+             AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < u.value)",
+        )
+        .bind(serde_json::Value::Object(latest).to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -373,6 +373,23 @@ async fn last_use_never_moves_backwards(db: Db) {
     assert_eq!(stored.last_used_at, Some(UnixMillis(2_000)));
     let stored_other = store.get_key(&other.account_id, &other.id).await.unwrap();
     assert_eq!(stored_other.last_used_at, Some(UnixMillis(5)));
+
+    // A key listed twice in one batch counts its latest time, whether it
+    // comes first or last; the other key's entry between them is its own.
+    for (first, second, latest) in [(9_000, 7_000, 9_000), (7_000, 9_500, 9_500)] {
+        store
+            .record_last_used(&[
+                (key.id.clone(), UnixMillis(first)),
+                (other.id.clone(), UnixMillis(6)),
+                (key.id.clone(), UnixMillis(second)),
+            ])
+            .await
+            .unwrap();
+        let stored = store.get_key(&key.account_id, &key.id).await.unwrap();
+        assert_eq!(stored.last_used_at, Some(UnixMillis(latest)));
+    }
+    let stored_other = store.get_key(&other.account_id, &other.id).await.unwrap();
+    assert_eq!(stored_other.last_used_at, Some(UnixMillis(6)));
 }
 
 async fn the_key_limit_is_atomic(db: Db) {
