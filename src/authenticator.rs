@@ -31,7 +31,7 @@ use crate::rate_limits::{KeyRateLimits, RateDecision, RateLimitStatus};
 use crate::scope_catalog::{ScopeCatalog, ScopeIndex};
 use crate::shared_limits::{OnBackendError, SharedFailure, SharedLimits};
 use crate::storage::{KeyRecord, KeyStore, StoreError};
-use crate::telemetry::{CacheLookup, LimitsOperation, Surface, Telemetry};
+use crate::telemetry::{CacheLookup, LimitsOperation, Surface, Telemetry, elapsed_since};
 
 /// How many reads a cache miss makes when changes to keys of its stripe keep
 /// landing mid-read, before it gives up and fails closed.
@@ -247,13 +247,13 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, request: Presented<'_>) -> Verdict {
-        let started = std::time::Instant::now();
+        let started = self.telemetry.start_timer();
         let verdict = self.decide(&request).await;
         self.telemetry.record_decision(
             request.surface,
             verdict.denial().map(|denial| denial.reason),
             verdict.key().map(|key| key.id()),
-            started.elapsed(),
+            elapsed_since(started),
         );
         verdict
     }

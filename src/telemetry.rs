@@ -17,7 +17,7 @@
 
 use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
@@ -416,6 +416,13 @@ impl Telemetry {
         self.recorder.is_some()
     }
 
+    /// The start of a timed step, or `None` when metrics are off: an
+    /// unmeasured call then reads no clock (the two reads of a decision's
+    /// timer were about 4% of a cached Authenticate in-process).
+    pub fn start_timer(&self) -> Option<Instant> {
+        self.is_enabled().then(Instant::now)
+    }
+
     /// Records one decision of the hot path, and logs it at debug level when
     /// it is a denial (the reason and key id, never the credential).
     pub fn record_decision(
@@ -542,6 +549,12 @@ impl Telemetry {
 
 /// Longest request id taken from a caller.
 const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Time since [`Telemetry::start_timer`]; zero when metrics are off (the
+/// recording it feeds then does nothing).
+pub fn elapsed_since(started: Option<Instant>) -> Duration {
+    started.map_or(Duration::ZERO, |started| started.elapsed())
+}
 
 /// The caller's `x-request-id` when it is 1 to 128 visible ASCII characters
 /// (shared with the request, not copied), else a fresh one.
@@ -688,6 +701,17 @@ mod tests {
         );
         assert!(!telemetry.is_enabled());
         assert_eq!(telemetry.render(), "");
+    }
+
+    #[test]
+    fn a_timer_reads_the_clock_only_when_metrics_are_on() {
+        assert_eq!(Telemetry::disabled().start_timer(), None);
+        assert_eq!(elapsed_since(None), Duration::ZERO);
+        let started = Telemetry::enabled().start_timer();
+        assert!(started.is_some());
+        // A step that took time is recorded as taking it.
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(elapsed_since(started) >= Duration::from_millis(2));
     }
 
     #[test]

@@ -20,7 +20,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -30,7 +29,9 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::access_control::{AccessPolicy, Caller, Refusal, Rpc, RpcClass};
-use crate::telemetry::{Telemetry, echo_request_id, given_request_id, new_request_id};
+use crate::telemetry::{
+    Telemetry, echo_request_id, elapsed_since, given_request_id, new_request_id,
+};
 
 struct Shared {
     policy: AccessPolicy,
@@ -90,7 +91,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
-        let started = Instant::now();
+        let started = self.shared.telemetry.start_timer();
         let rpc = Rpc::from_path(request.uri().path());
         let rpc_name = rpc.map_or("other", Rpc::as_str);
         // Management RPCs get an info span; the hot path and health checks
@@ -132,7 +133,7 @@ where
                     });
                     shared
                         .telemetry
-                        .record_grpc(rpc, status.code(), started.elapsed());
+                        .record_grpc(rpc, status.code(), elapsed_since(started));
                     let mut response = status.into_http::<ResponseBody>();
                     if let Some(request_id) = request_id {
                         echo_request_id(response.headers_mut(), request_id);
@@ -166,7 +167,9 @@ where
                     }
                     Err(_) => tonic::Code::Unknown,
                 };
-                shared.telemetry.record_grpc(rpc, code, started.elapsed());
+                shared
+                    .telemetry
+                    .record_grpc(rpc, code, elapsed_since(started));
                 result
             }
             .instrument(span),
