@@ -252,7 +252,8 @@ impl Authenticator {
         self.telemetry.record_decision(
             request.surface,
             verdict.denial().map(|denial| denial.reason),
-            verdict.key().map(|key| key.id()),
+            // Only a denial's log line names the key.
+            verdict.denial().and(verdict.key()).map(|key| key.id()),
             elapsed_since(started),
         );
         verdict

@@ -8,8 +8,9 @@
 //! as they are instead of building a string per field per call. After those
 //! bytes comes an index that is never sent: where each metadata entry and
 //! network text lies, and the allowed networks parsed to 18 bytes each (a
-//! plain key has none of these, so its text is its wire bytes alone). A restricted key's check and
-//! reply read that one allocation, not three more (issue 17's last 5%).
+//! plain key has none of these, so its text is its wire bytes alone). A
+//! restricted key's check and reply read that one allocation, not three
+//! more (issue 17's last 5%).
 //!
 //! Around it: scopes as bit sets over the catalog, timestamps as plain
 //! millis (`NONE` for absent), what few keys have (a revocation, a rate
@@ -340,10 +341,10 @@ const NETWORK_BYTES: usize = 18;
 /// length each; at most four fields before the one wanted), not indexed:
 /// their index entries were 20 bytes a key (at a million keys, 29 to 55 B
 /// a key of resident memory came off with them; see BENCHMARKS.md),
-/// against nanoseconds to walk. The index holds a (start, end) pair of little-endian `u16` offsets
-/// for each metadata entry's name and value, then for each network's text.
-/// Every string is whole
-/// UTF-8 copied from a `str`. A key too large for 16-bit offsets (far past
+/// against nanoseconds to walk. The index holds a (start, end) pair of
+/// little-endian `u16` offsets for each metadata entry's name and value,
+/// then for each network's text. Every string is whole UTF-8 copied from a
+/// `str`. A key too large for 16-bit offsets (far past
 /// what validation lets through) keeps as many of its metadata entries and
 /// networks as fit; its reply then lacks the rest, and a key that lost
 /// networks is closed to every address rather than opened.
