@@ -17,8 +17,8 @@ use sqlx::{Connection, Executor};
 use tokio::sync::mpsc;
 
 use super::shared::{
-    append_audit_fn, append_event_fn, delete_events_before, impl_key_store, import_locked_keys,
-    insert_key_within_limit, rotate_locked_key, update_locked_key, write_quota_usage,
+    append_audit_fn, append_event_fn, delete_events_before, furthest_quota_usage, impl_key_store,
+    import_locked_keys, insert_key_within_limit, rotate_locked_key, update_locked_key,
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT, key_columns, key_in_account};
 use super::{
@@ -339,9 +339,27 @@ impl_key_store!(PostgresStore, {
         if usage.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        write_quota_usage!(tx, usage);
-        tx.commit().await?;
+        // One statement for the batch, as for last-use times.
+        let rows = furthest_quota_usage(usage);
+        let ids: Vec<&str> = rows.iter().map(|row| row.id).collect();
+        let requests: Vec<i64> = rows.iter().map(|row| row.requests).collect();
+        let refills: Vec<&str> = rows.iter().map(|row| row.refill).collect();
+        let periods: Vec<i64> = rows.iter().map(|row| row.period).collect();
+        let used: Vec<i64> = rows.iter().map(|row| row.used).collect();
+        sqlx::query(
+            "UPDATE api_keys AS k SET quota_period = u.period, quota_used = u.used \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[]) \
+                  AS u(id, requests, refill, period, used) \
+             WHERE k.id = u.id AND k.quota_requests = u.requests AND k.quota_refill = u.refill \
+             AND (k.quota_period < u.period OR (k.quota_period = u.period AND k.quota_used < u.used))",
+        )
+        .bind(ids)
+        .bind(requests)
+        .bind(refills)
+        .bind(periods)
+        .bind(used)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

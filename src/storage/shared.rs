@@ -397,24 +397,45 @@ macro_rules! delete_events_before {
 }
 pub(super) use delete_events_before;
 
-/// Inside `$tx`: writes each key's quota use (`QuotaNote`s) for its period,
-/// as the last-use flush does.
-macro_rules! write_quota_usage {
-    ($tx:ident, $usage:ident) => {
-        for note in $usage {
-            let (requests, refill) = $crate::storage::quota_columns(Some(note.quota));
-            sqlx::query($crate::storage::statements::RECORD_QUOTA_USAGE)
-                .bind(i64::try_from(note.usage.period).unwrap_or(i64::MAX))
-                .bind(i64::try_from(note.usage.used).unwrap_or(i64::MAX))
-                .bind(note.id.as_str())
-                .bind(requests)
-                .bind(refill)
-                .execute(&mut *$tx)
-                .await?;
-        }
-    };
+/// A batch of quota notes as both backends write it: one row per key and
+/// quota, in id order, each the furthest use noted (a later period, or
+/// more used in the same one). `UPDATE ... FROM` applies one arbitrary row
+/// of several that match, so a key noted twice must be one row.
+pub(super) fn furthest_quota_usage(usage: &[crate::storage::QuotaNote]) -> Vec<QuotaRow<'_>> {
+    let mut furthest: std::collections::BTreeMap<(&str, i64, &'static str), (i64, i64)> =
+        std::collections::BTreeMap::new();
+    for note in usage {
+        let requests = i64::try_from(note.quota.requests()).unwrap_or(i64::MAX);
+        let used = (
+            i64::try_from(note.usage.period).unwrap_or(i64::MAX),
+            i64::try_from(note.usage.used).unwrap_or(i64::MAX),
+        );
+        let slot = furthest
+            .entry((note.id.as_str(), requests, note.quota.refill().as_str()))
+            .or_insert(used);
+        *slot = (*slot).max(used);
+    }
+    furthest
+        .into_iter()
+        .map(|((id, requests, refill), (period, used))| QuotaRow {
+            id,
+            requests,
+            refill,
+            period,
+            used,
+        })
+        .collect()
 }
-pub(super) use write_quota_usage;
+
+/// One row of [`furthest_quota_usage`]: the key, the quota the use counts
+/// against (written only while the key still has it), and the use.
+pub(super) struct QuotaRow<'a> {
+    pub id: &'a str,
+    pub requests: i64,
+    pub refill: &'static str,
+    pub period: i64,
+    pub used: i64,
+}
 
 /// `async fn append_event(conn, record, kind, at) -> seq` on a backend's
 /// connection type: one row of the event log (on PostgreSQL its `seq` is

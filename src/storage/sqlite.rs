@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use tokio::sync::mpsc;
 
 use super::shared::{
-    append_audit_fn, append_event_fn, delete_events_before, impl_key_store, import_locked_keys,
-    insert_key_within_limit, rotate_locked_key, update_locked_key, write_quota_usage,
+    append_audit_fn, append_event_fn, delete_events_before, furthest_quota_usage, impl_key_store,
+    import_locked_keys, insert_key_within_limit, rotate_locked_key, update_locked_key,
 };
 use super::statements::{INSERT_ACCOUNT, KEY_IN_ACCOUNT};
 use super::{
@@ -292,8 +292,29 @@ impl_key_store!(SqliteStore, {
         if usage.is_empty() {
             return Ok(());
         }
+        // One statement for the batch, as for last-use times: a JSON array
+        // of [id, requests, refill, period, used], one per key and quota.
+        let rows: Vec<serde_json::Value> = furthest_quota_usage(usage)
+            .into_iter()
+            .map(|row| serde_json::json!([row.id, row.requests, row.refill, row.period, row.used]))
+            .collect();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        write_quota_usage!(tx, usage);
+        sqlx::query(
+            "UPDATE api_keys SET quota_period = u.period, quota_used = u.used \
+             FROM (SELECT json_extract(value, '$[0]') AS id, \
+                          json_extract(value, '$[1]') AS requests, \
+                          json_extract(value, '$[2]') AS refill, \
+                          json_extract(value, '$[3]') AS period, \
+                          json_extract(value, '$[4]') AS used \
+                   FROM json_each($1)) AS u \
+             WHERE api_keys.id = u.id \
+             AND api_keys.quota_requests = u.requests AND api_keys.quota_refill = u.refill \
+             AND (api_keys.quota_period < u.period \
+                  OR (api_keys.quota_period = u.period AND api_keys.quota_used < u.used))",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -93,13 +93,6 @@ pub(super) const UPDATE_KEY: &str = "UPDATE api_keys SET name = $1, scopes = $2,
      allowed_networks = $6, quota_requests = $8, quota_refill = $9, quota_period = $10, \
      quota_used = $11 WHERE id = $7";
 
-/// Moves a key's quota use forward, while it still has the quota the use
-/// was counted against. Binds: period, used, key id, quota requests, quota
-/// refill.
-pub(super) const RECORD_QUOTA_USAGE: &str = "UPDATE api_keys SET quota_period = $1, \
-     quota_used = $2 WHERE id = $3 AND quota_requests = $4 AND quota_refill = $5 \
-     AND (quota_period < $1 OR (quota_period = $1 AND quota_used < $2))";
-
 /// A page of an account's keys in id order. Binds: account id, whether
 /// revoked keys count, the id to start after (`""` for the first page), limit.
 pub(super) const LIST_KEYS: &str = concat!(

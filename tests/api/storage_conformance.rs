@@ -5,8 +5,12 @@ use keyward::audit::Actor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward::domain::{AccountId, KeyDigest, KeyId, KeyName, RateLimit, UnixMillis};
-use keyward::storage::{self, EventKind, KeyStore, KeyUpdate, NewKey, PoolSettings, StoreError};
+use keyward::domain::{
+    AccountId, KeyDigest, KeyId, KeyName, Quota, QuotaUsage, RateLimit, Refill, UnixMillis,
+};
+use keyward::storage::{
+    self, EventKind, KeyStore, KeyUpdate, NewKey, PoolSettings, QuotaNote, StoreError,
+};
 
 use crate::helpers::{Db, TestDatabase};
 use crate::on_both_databases;
@@ -18,6 +22,7 @@ on_both_databases!(
     events_are_read_in_order_from_any_point,
     pruning_removes_a_prefix_and_remembers_it,
     last_use_never_moves_backwards,
+    quota_use_only_moves_forward_against_its_own_quota,
     the_key_limit_is_atomic,
     account_scoping_is_enforced_by_the_store,
     wakeups_follow_appends,
@@ -390,6 +395,107 @@ async fn last_use_never_moves_backwards(db: Db) {
     }
     let stored_other = store.get_key(&other.account_id, &other.id).await.unwrap();
     assert_eq!(stored_other.last_used_at, Some(UnixMillis(6)));
+}
+
+fn note(id: &KeyId, quota: Quota, period: u64, used: u64) -> QuotaNote {
+    QuotaNote {
+        id: id.clone(),
+        quota,
+        usage: QuotaUsage { period, used },
+    }
+}
+
+async fn quota_use_only_moves_forward_against_its_own_quota(db: Db) {
+    let Some((_db, store)) = open(db).await else {
+        return;
+    };
+    let daily = Quota::new(100, Refill::Daily).unwrap();
+    let never = Quota::new(50, Refill::Never).unwrap();
+    let mut with_daily = new_key("acct_1", "q1");
+    with_daily.quota = Some(daily);
+    let mut with_never = new_key("acct_1", "q2");
+    with_never.quota = Some(never);
+    let mut ids = Vec::new();
+    for key in [with_daily, with_never, new_key("acct_1", "q3")] {
+        let record = store
+            .create_key(key, 10, &Actor::in_process())
+            .await
+            .unwrap()
+            .record;
+        ids.push(record.id);
+    }
+    let [a, b, none] = &ids[..] else {
+        unreachable!()
+    };
+    let usage = async |id: &KeyId| {
+        let stored = store.get_key(&account("acct_1"), id).await.unwrap();
+        (stored.quota_usage.period, stored.quota_usage.used)
+    };
+
+    store
+        .record_quota_usage(&[note(a, daily, 10, 5), note(b, never, 0, 7)])
+        .await
+        .unwrap();
+    assert_eq!(usage(a).await, (10, 5));
+    assert_eq!(usage(b).await, (0, 7));
+
+    // Less used in the same period, or an earlier period: not written.
+    store
+        .record_quota_usage(&[note(a, daily, 10, 3)])
+        .await
+        .unwrap();
+    store
+        .record_quota_usage(&[note(a, daily, 9, 80)])
+        .await
+        .unwrap();
+    assert_eq!(usage(a).await, (10, 5));
+    // A later period, though fewer used in it: written.
+    store
+        .record_quota_usage(&[note(a, daily, 11, 1)])
+        .await
+        .unwrap();
+    assert_eq!(usage(a).await, (11, 1));
+
+    // A key noted several times in one batch keeps its furthest use,
+    // wherever it stands in the batch.
+    store
+        .record_quota_usage(&[
+            note(a, daily, 11, 4),
+            note(b, never, 0, 8),
+            note(a, daily, 11, 9),
+            note(a, daily, 11, 6),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(usage(a).await, (11, 9));
+    assert_eq!(usage(b).await, (0, 8));
+    store
+        .record_quota_usage(&[note(a, daily, 12, 2), note(a, daily, 11, 30)])
+        .await
+        .unwrap();
+    assert_eq!(usage(a).await, (12, 2));
+
+    // Use counted against a quota the key no longer has (another limit or
+    // refill), or against none, is not written; in the same batch, use of
+    // the quota the key has still is.
+    let other_limit = Quota::new(200, Refill::Daily).unwrap();
+    let other_refill = Quota::new(100, Refill::Monthly).unwrap();
+    store
+        .record_quota_usage(&[
+            note(a, other_limit, 13, 1),
+            note(a, other_refill, 14, 1),
+            note(a, daily, 12, 3),
+            note(none, daily, 5, 5),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(usage(a).await, (12, 3));
+    assert_eq!(usage(none).await, (0, 0));
+    let stored = store.get_key(&account("acct_1"), none).await.unwrap();
+    assert_eq!(stored.quota, None);
+
+    store.record_quota_usage(&[]).await.unwrap();
+    assert_eq!(usage(a).await, (12, 3));
 }
 
 async fn the_key_limit_is_atomic(db: Db) {
