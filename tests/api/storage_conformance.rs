@@ -417,62 +417,45 @@ async fn quota_use_only_moves_forward_against_its_own_quota(db: Db) {
     with_never.quota = Some(never);
     let mut ids = Vec::new();
     for key in [with_daily, with_never, new_key("acct_1", "q3")] {
-        let record = store
+        let created = store
             .create_key(key, 10, &Actor::in_process())
             .await
-            .unwrap()
-            .record;
-        ids.push(record.id);
+            .unwrap();
+        ids.push(created.record.id);
     }
     let [a, b, none] = &ids[..] else {
         unreachable!()
     };
+    let record = async |notes: &[QuotaNote]| store.record_quota_usage(notes).await.unwrap();
     let usage = async |id: &KeyId| {
         let stored = store.get_key(&account("acct_1"), id).await.unwrap();
         (stored.quota_usage.period, stored.quota_usage.used)
     };
 
-    store
-        .record_quota_usage(&[note(a, daily, 10, 5), note(b, never, 0, 7)])
-        .await
-        .unwrap();
+    record(&[note(a, daily, 10, 5), note(b, never, 0, 7)]).await;
     assert_eq!(usage(a).await, (10, 5));
     assert_eq!(usage(b).await, (0, 7));
 
     // Less used in the same period, or an earlier period: not written.
-    store
-        .record_quota_usage(&[note(a, daily, 10, 3)])
-        .await
-        .unwrap();
-    store
-        .record_quota_usage(&[note(a, daily, 9, 80)])
-        .await
-        .unwrap();
+    record(&[note(a, daily, 10, 3)]).await;
+    record(&[note(a, daily, 9, 80)]).await;
     assert_eq!(usage(a).await, (10, 5));
     // A later period, though fewer used in it: written.
-    store
-        .record_quota_usage(&[note(a, daily, 11, 1)])
-        .await
-        .unwrap();
+    record(&[note(a, daily, 11, 1)]).await;
     assert_eq!(usage(a).await, (11, 1));
 
     // A key noted several times in one batch keeps its furthest use,
     // wherever it stands in the batch.
-    store
-        .record_quota_usage(&[
-            note(a, daily, 11, 4),
-            note(b, never, 0, 8),
-            note(a, daily, 11, 9),
-            note(a, daily, 11, 6),
-        ])
-        .await
-        .unwrap();
+    record(&[
+        note(a, daily, 11, 4),
+        note(b, never, 0, 8),
+        note(a, daily, 11, 9),
+        note(a, daily, 11, 6),
+    ])
+    .await;
     assert_eq!(usage(a).await, (11, 9));
     assert_eq!(usage(b).await, (0, 8));
-    store
-        .record_quota_usage(&[note(a, daily, 12, 2), note(a, daily, 11, 30)])
-        .await
-        .unwrap();
+    record(&[note(a, daily, 12, 2), note(a, daily, 11, 30)]).await;
     assert_eq!(usage(a).await, (12, 2));
 
     // Use counted against a quota the key no longer has (another limit or
@@ -480,21 +463,19 @@ async fn quota_use_only_moves_forward_against_its_own_quota(db: Db) {
     // the quota the key has still is.
     let other_limit = Quota::new(200, Refill::Daily).unwrap();
     let other_refill = Quota::new(100, Refill::Monthly).unwrap();
-    store
-        .record_quota_usage(&[
-            note(a, other_limit, 13, 1),
-            note(a, other_refill, 14, 1),
-            note(a, daily, 12, 3),
-            note(none, daily, 5, 5),
-        ])
-        .await
-        .unwrap();
+    record(&[
+        note(a, other_limit, 13, 1),
+        note(a, other_refill, 14, 1),
+        note(a, daily, 12, 3),
+        note(none, daily, 5, 5),
+    ])
+    .await;
     assert_eq!(usage(a).await, (12, 3));
     assert_eq!(usage(none).await, (0, 0));
     let stored = store.get_key(&account("acct_1"), none).await.unwrap();
     assert_eq!(stored.quota, None);
 
-    store.record_quota_usage(&[]).await.unwrap();
+    record(&[]).await;
     assert_eq!(usage(a).await, (12, 3));
 }
 
